@@ -1,0 +1,43 @@
+# The README's commands. Everything runs from the project's own virtualenv.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PROTOS := $(shell find protos -name '*.proto')
+# xds-protos ships a stale copy of opentelemetry.proto (grpc/grpc#42926); the real one
+# must be installed last.
+OTEL_PROTO = $$($(BIN)/python -c "import importlib.metadata as m; print(m.version('opentelemetry-proto'))")
+
+.PHONY: install proto proto-check lint test test-unit test-e2e demo bench clean
+
+install: $(BIN)/.installed
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --force-reinstall --no-deps "opentelemetry-proto==$(OTEL_PROTO)"
+	touch $@
+
+proto: install
+	$(BIN)/python -m control._protogen --out .
+
+proto-check: install
+	$(BIN)/python -m control._protogen --check
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/buf lint
+
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+demo: install
+	$(BIN)/python -m mesh_demo
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .demo .bench

@@ -1,0 +1,171 @@
+import datetime
+
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Service(_message.Message):
+    __slots__ = ("name", "endpoints", "policy")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
+    policy: Policy
+    def __init__(self, name: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ...) -> None: ...
+
+class Endpoint(_message.Message):
+    __slots__ = ("address", "zone", "weight", "metadata", "node_id", "draining")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    ZONE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    zone: str
+    weight: int
+    metadata: _containers.ScalarMap[str, str]
+    node_id: str
+    draining: bool
+    def __init__(self, address: _Optional[str] = ..., zone: _Optional[str] = ..., weight: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., node_id: _Optional[str] = ..., draining: _Optional[bool] = ...) -> None: ...
+
+class Policy(_message.Message):
+    __slots__ = ("timeout", "retry", "circuit_breaker", "outlier_detection", "health_check", "lb")
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    RETRY_FIELD_NUMBER: _ClassVar[int]
+    CIRCUIT_BREAKER_FIELD_NUMBER: _ClassVar[int]
+    OUTLIER_DETECTION_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_CHECK_FIELD_NUMBER: _ClassVar[int]
+    LB_FIELD_NUMBER: _ClassVar[int]
+    timeout: _duration_pb2.Duration
+    retry: RetryPolicy
+    circuit_breaker: CircuitBreakerPolicy
+    outlier_detection: OutlierDetectionPolicy
+    health_check: HealthCheckPolicy
+    lb: str
+    def __init__(self, timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., circuit_breaker: _Optional[_Union[CircuitBreakerPolicy, _Mapping]] = ..., outlier_detection: _Optional[_Union[OutlierDetectionPolicy, _Mapping]] = ..., health_check: _Optional[_Union[HealthCheckPolicy, _Mapping]] = ..., lb: _Optional[str] = ...) -> None: ...
+
+class RetryPolicy(_message.Message):
+    __slots__ = ("attempts", "retry_on", "backoff")
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    RETRY_ON_FIELD_NUMBER: _ClassVar[int]
+    BACKOFF_FIELD_NUMBER: _ClassVar[int]
+    attempts: int
+    retry_on: _containers.RepeatedScalarFieldContainer[str]
+    backoff: Backoff
+    def __init__(self, attempts: _Optional[int] = ..., retry_on: _Optional[_Iterable[str]] = ..., backoff: _Optional[_Union[Backoff, _Mapping]] = ...) -> None: ...
+
+class Backoff(_message.Message):
+    __slots__ = ("base", "max")
+    BASE_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    base: _duration_pb2.Duration
+    max: _duration_pb2.Duration
+    def __init__(self, base: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class CircuitBreakerPolicy(_message.Message):
+    __slots__ = ("max_requests", "failure_rate", "window", "min_requests", "consecutive_failures", "open_for", "half_open_probes", "slow_call", "max_open_for", "failure_codes")
+    MAX_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_RATE_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    MIN_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    OPEN_FOR_FIELD_NUMBER: _ClassVar[int]
+    HALF_OPEN_PROBES_FIELD_NUMBER: _ClassVar[int]
+    SLOW_CALL_FIELD_NUMBER: _ClassVar[int]
+    MAX_OPEN_FOR_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_CODES_FIELD_NUMBER: _ClassVar[int]
+    max_requests: int
+    failure_rate: float
+    window: _duration_pb2.Duration
+    min_requests: int
+    consecutive_failures: int
+    open_for: _duration_pb2.Duration
+    half_open_probes: int
+    slow_call: SlowCallPolicy
+    max_open_for: _duration_pb2.Duration
+    failure_codes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, max_requests: _Optional[int] = ..., failure_rate: _Optional[float] = ..., window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., min_requests: _Optional[int] = ..., consecutive_failures: _Optional[int] = ..., open_for: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., half_open_probes: _Optional[int] = ..., slow_call: _Optional[_Union[SlowCallPolicy, _Mapping]] = ..., max_open_for: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., failure_codes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SlowCallPolicy(_message.Message):
+    __slots__ = ("threshold", "rate")
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    threshold: _duration_pb2.Duration
+    rate: float
+    def __init__(self, threshold: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., rate: _Optional[float] = ...) -> None: ...
+
+class OutlierDetectionPolicy(_message.Message):
+    __slots__ = ("failure_percentage", "success_rate", "interval", "base_ejection_time", "max_ejection_time", "max_ejection_percent")
+    FAILURE_PERCENTAGE_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_RATE_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    BASE_EJECTION_TIME_FIELD_NUMBER: _ClassVar[int]
+    MAX_EJECTION_TIME_FIELD_NUMBER: _ClassVar[int]
+    MAX_EJECTION_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    failure_percentage: FailurePercentageEjection
+    success_rate: SuccessRateEjection
+    interval: _duration_pb2.Duration
+    base_ejection_time: _duration_pb2.Duration
+    max_ejection_time: _duration_pb2.Duration
+    max_ejection_percent: int
+    def __init__(self, failure_percentage: _Optional[_Union[FailurePercentageEjection, _Mapping]] = ..., success_rate: _Optional[_Union[SuccessRateEjection, _Mapping]] = ..., interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., base_ejection_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_ejection_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_ejection_percent: _Optional[int] = ...) -> None: ...
+
+class FailurePercentageEjection(_message.Message):
+    __slots__ = ("threshold", "minimum_hosts", "request_volume", "enforcement_percentage")
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MINIMUM_HOSTS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_VOLUME_FIELD_NUMBER: _ClassVar[int]
+    ENFORCEMENT_PERCENTAGE_FIELD_NUMBER: _ClassVar[int]
+    threshold: int
+    minimum_hosts: int
+    request_volume: int
+    enforcement_percentage: int
+    def __init__(self, threshold: _Optional[int] = ..., minimum_hosts: _Optional[int] = ..., request_volume: _Optional[int] = ..., enforcement_percentage: _Optional[int] = ...) -> None: ...
+
+class SuccessRateEjection(_message.Message):
+    __slots__ = ("stdev_factor", "minimum_hosts", "request_volume", "enforcement_percentage")
+    STDEV_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    MINIMUM_HOSTS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_VOLUME_FIELD_NUMBER: _ClassVar[int]
+    ENFORCEMENT_PERCENTAGE_FIELD_NUMBER: _ClassVar[int]
+    stdev_factor: int
+    minimum_hosts: int
+    request_volume: int
+    enforcement_percentage: int
+    def __init__(self, stdev_factor: _Optional[int] = ..., minimum_hosts: _Optional[int] = ..., request_volume: _Optional[int] = ..., enforcement_percentage: _Optional[int] = ...) -> None: ...
+
+class HealthCheckPolicy(_message.Message):
+    __slots__ = ("interval", "timeout", "unhealthy_threshold", "healthy_threshold", "service_name")
+    INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    UNHEALTHY_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    HEALTHY_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_NAME_FIELD_NUMBER: _ClassVar[int]
+    interval: _duration_pb2.Duration
+    timeout: _duration_pb2.Duration
+    unhealthy_threshold: int
+    healthy_threshold: int
+    service_name: str
+    def __init__(self, interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., unhealthy_threshold: _Optional[int] = ..., healthy_threshold: _Optional[int] = ..., service_name: _Optional[str] = ...) -> None: ...
+
+class ServicePolicy(_message.Message):
+    __slots__ = ("name", "policy")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    policy: Policy
+    def __init__(self, name: _Optional[str] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ...) -> None: ...
