@@ -1,0 +1,156 @@
+"""gRPC servicers for xDS: ADS (state of the world) and CSDS. They only move messages between
+streams and :class:`~control.xds.stream.AdsSession`; the protocol lives there."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import grpc
+import structlog
+from envoy.admin.v3 import config_dump_shared_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
+from google.protobuf import timestamp_pb2
+
+from mesh.v1 import admin_pb2
+
+from .snapshot import SnapshotCache
+from .stream import AdsSession, ProtocolError, TypeState
+from .types import PUSH_ORDER
+
+log = structlog.get_logger(__name__)
+
+
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+class NodeRegistry:
+    """The sessions connected to this server, for status and CSDS. Event-loop owned."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, AdsSession] = {}
+
+    def add(self, session: AdsSession) -> None:
+        self._sessions[session.stream_id] = session
+
+    def remove(self, session: AdsSession) -> None:
+        self._sessions.pop(session.stream_id, None)
+
+    def sessions(self) -> list[AdsSession]:
+        return sorted(self._sessions.values(), key=lambda s: (s.node_id, s.stream_id))
+
+    def node_statuses(self) -> list[admin_pb2.NodeStatus]:
+        return [self._node_status(s) for s in self.sessions() if s.node is not None]
+
+    @staticmethod
+    def _type_status(state: TypeState) -> admin_pb2.TypeStatus:
+        status = admin_pb2.TypeStatus(
+            type_url=state.type_url,
+            version_sent=state.sent_version,
+            version_acked=state.acked_version,
+            responses_sent=state.responses,
+            resource_names=sorted(state.names),
+            wildcard=state.wildcard,
+        )
+        if state.last_nack is not None:
+            status.last_nack.version = state.last_nack.version
+            status.last_nack.message = state.last_nack.message
+            status.last_nack.time.CopyFrom(_timestamp(state.last_nack.at))
+        return status
+
+    def _node_status(self, session: AdsSession) -> admin_pb2.NodeStatus:
+        assert session.node is not None
+        ordered = sorted(
+            session.types.values(),
+            key=lambda t: PUSH_ORDER.index(t.type_url) if t.type_url in PUSH_ORDER else 99,
+        )
+        return admin_pb2.NodeStatus(
+            node_id=session.node.id,
+            zone=session.node.locality.zone,
+            user_agent=f"{session.node.user_agent_name} {session.node.user_agent_version}".strip(),
+            peer=session.peer,
+            connected_since=_timestamp(session.connected_at),
+            types=[self._type_status(t) for t in ordered],
+            snapshot_id=session.snapshot.id if session.snapshot is not None else "",
+            stream_id=session.stream_id,
+        )
+
+    def client_configs(self) -> Iterator[csds_pb2.ClientConfig]:
+        """What each connected node was sent, and whether it ACKed it, as CSDS reports it."""
+        for session in self.sessions():
+            if session.node is None:
+                continue
+            config = csds_pb2.ClientConfig(node=session.node)
+            snapshot = session.snapshot
+            for state in session.types.values():
+                for name in sorted(state.sent or {}):
+                    entry = config.generic_xds_configs.add(
+                        type_url=state.type_url, name=name, version_info=state.sent_version
+                    )
+                    resource = snapshot.resources.get(state.type_url, {}).get(name) if snapshot else None
+                    if resource is not None and resource.digest == (state.sent or {}).get(name):
+                        entry.xds_config.CopyFrom(resource.packed)
+                    nacked = state.last_nack is not None and state.last_nack.version == state.sent_version
+                    if nacked and state.last_nack is not None:
+                        entry.client_status = config_dump_shared_pb2.NACKED
+                        entry.error_state.details = state.last_nack.message
+                    elif state.acked_version == state.sent_version:
+                        entry.client_status = config_dump_shared_pb2.ACKED
+                    else:
+                        entry.client_status = config_dump_shared_pb2.REQUESTED
+            yield config
+
+
+class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
+    def __init__(self, cache: SnapshotCache, registry: NodeRegistry, server_id: str) -> None:
+        self._cache = cache
+        self._registry = registry
+        self._server_id = server_id
+
+    async def StreamAggregatedResources(  # noqa: N802 - gRPC method name
+        self,
+        request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
+        context: grpc.aio.ServicerContext[discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse],
+    ) -> None:
+        session = AdsSession(
+            self._cache, context.write, peer=context.peer(), server_id=self._server_id
+        )
+        self._registry.add(session)
+        try:
+            await session.run(request_iterator)
+        except ProtocolError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        finally:
+            self._registry.remove(session)
+            if session.node is not None:
+                session.log.info("node disconnected")
+
+    async def DeltaAggregatedResources(  # noqa: N802 - gRPC method name
+        self,
+        request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
+        context: grpc.aio.ServicerContext[
+            discovery_pb2.DeltaDiscoveryRequest, discovery_pb2.DeltaDiscoveryResponse
+        ],
+    ) -> None:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "incremental (delta) xDS is not served yet; use state-of-the-world ADS",
+        )
+
+
+class CsdsServicer(csds_pb2_grpc.ClientStatusDiscoveryServiceServicer):  # type: ignore[misc]
+    def __init__(self, registry: NodeRegistry) -> None:
+        self._registry = registry
+
+    async def FetchClientStatus(  # noqa: N802 - gRPC method name
+        self,
+        request: csds_pb2.ClientStatusRequest,
+        context: grpc.aio.ServicerContext[csds_pb2.ClientStatusRequest, csds_pb2.ClientStatusResponse],
+    ) -> csds_pb2.ClientStatusResponse:
+        configs = list(self._registry.client_configs())
+        if request.HasField("node") and request.node.id:
+            configs = [c for c in configs if c.node.id == request.node.id]
+        return csds_pb2.ClientStatusResponse(config=configs)

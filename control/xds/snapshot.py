@@ -1,0 +1,147 @@
+"""Immutable, versioned sets of packed xDS resources, and the cache that hands them out.
+
+A :class:`Snapshot` is built once per distinct config and shared by every node that gets
+that config: resources are packed into ``Any`` and hashed once, so serving another node
+costs no rebuild and no copy. Versions are content hashes, so a node that reconnects to any
+control server with the versions it holds is not sent what it already has.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import structlog
+from envoy.config.core.v3 import base_pb2
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+
+from mesh.v1 import config_pb2
+
+from .resources import Resources, build_resources
+from .types import ResourceName, TypeUrl, Version
+
+log = structlog.get_logger(__name__)
+
+GroupKey = str
+Builder = Callable[[Iterable[config_pb2.Service]], Resources]
+GroupOf = Callable[[base_pb2.Node], GroupKey]
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    name: ResourceName
+    packed: any_pb2.Any
+    digest: str
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
+def version_of(digests: Mapping[ResourceName, str]) -> Version:
+    """The version of a set of resources: a hash of their names and content digests."""
+    h = hashlib.blake2b(digest_size=8)
+    for name in sorted(digests):
+        h.update(name.encode())
+        h.update(b"\0")
+        h.update(digests[name].encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything one group of nodes is served. Owned by the cache; never mutated.
+
+    ``revision`` is the store revision it was built from; ``id`` is a hash of its whole
+    content, equal for equal snapshots."""
+
+    revision: int
+    resources: Mapping[TypeUrl, Mapping[ResourceName, Resource]]
+    id: str = field(default="")
+
+    @classmethod
+    def build(cls, revision: int, built: Resources) -> Snapshot:
+        packed: dict[TypeUrl, dict[ResourceName, Resource]] = {}
+        overall = hashlib.blake2b(digest_size=8)
+        for type_url in sorted(built):
+            by_name: dict[ResourceName, Resource] = {}
+            for name in sorted(built[type_url]):
+                message: Message = built[type_url][name]
+                data = message.SerializeToString(deterministic=True)
+                any_ = any_pb2.Any(type_url=type_url, value=data)
+                digest = _digest(data)
+                by_name[name] = Resource(name, any_, digest)
+                overall.update(f"{type_url}/{name}={digest};".encode())
+            packed[type_url] = by_name
+        return cls(revision=revision, resources=packed, id=overall.hexdigest())
+
+
+def _one_group(node: base_pb2.Node) -> GroupKey:
+    return ""
+
+
+class SnapshotCache:
+    """Builds and holds one snapshot per node group and tells subscribers when they change.
+
+    Lives on the event loop of the control server; not thread-safe. ``group_of`` maps a node
+    to the key of the config it gets (today every node gets the same config). Snapshots are
+    built lazily per group and de-duplicated by content, so nodes with the same config share
+    one object. Subscribers are plain callables run synchronously on change; they must only
+    schedule work, not do it.
+    """
+
+    def __init__(self, builder: Builder = build_resources, group_of: GroupOf = _one_group):
+        self._builder = builder
+        self._group_of = group_of
+        self._services: list[config_pb2.Service] = []
+        self._revision = 0
+        self._loaded = False
+        self._by_group: dict[GroupKey, Snapshot] = {}
+        self._by_id: dict[str, Snapshot] = {}
+        self._subscribers: dict[int, Callable[[], None]] = {}
+        self._next_token = 0
+        self.builds = 0
+
+    @property
+    def revision(self) -> int:
+        """Store revision of the services the snapshots are built from."""
+        return self._revision
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    def set_services(self, revision: int, services: Iterable[config_pb2.Service]) -> None:
+        """Replaces the config; snapshots are rebuilt on next use and subscribers told."""
+        self._services = sorted(services, key=lambda s: s.name)
+        self._revision = revision
+        self._loaded = True
+        self._by_group.clear()
+        self._by_id.clear()
+        for callback in list(self._subscribers.values()):
+            callback()
+
+    def snapshot_for(self, node: base_pb2.Node) -> Snapshot:
+        key = self._group_of(node)
+        snapshot = self._by_group.get(key)
+        if snapshot is None:
+            built = Snapshot.build(self._revision, self._builder(self._services))
+            self.builds += 1
+            snapshot = self._by_id.setdefault(built.id, built)
+            self._by_group[key] = snapshot
+            log.debug("snapshot built", group=key, snapshot=snapshot.id, revision=self._revision)
+        return snapshot
+
+    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Calls ``callback`` after every change; returns the function that unsubscribes."""
+        token = self._next_token
+        self._next_token += 1
+        self._subscribers[token] = callback
+
+        def unsubscribe() -> None:
+            self._subscribers.pop(token, None)
+
+        return unsubscribe

@@ -1,0 +1,36 @@
+"""Type URLs and names shared by the xDS modules."""
+
+from __future__ import annotations
+
+from typing import Final, TypeAlias
+
+TypeUrl: TypeAlias = str
+NodeId: TypeAlias = str
+ResourceName: TypeAlias = str
+Version: TypeAlias = str
+
+_PREFIX: Final = "type.googleapis.com/"
+LISTENER: Final[TypeUrl] = _PREFIX + "envoy.config.listener.v3.Listener"
+ROUTE: Final[TypeUrl] = _PREFIX + "envoy.config.route.v3.RouteConfiguration"
+CLUSTER: Final[TypeUrl] = _PREFIX + "envoy.config.cluster.v3.Cluster"
+ENDPOINT: Final[TypeUrl] = _PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
+SERVICE_POLICY: Final[TypeUrl] = _PREFIX + "mesh.v1.ServicePolicy"
+
+# Make before break: clusters, then endpoints, then listeners, then routes.
+PUSH_ORDER: Final[tuple[TypeUrl, ...]] = (CLUSTER, ENDPOINT, SERVICE_POLICY, LISTENER, ROUTE)
+ALL_TYPES: Final[frozenset[TypeUrl]] = frozenset(PUSH_ORDER)
+# Types whose every response carries every subscribed resource (absence means deletion),
+# and which accept wildcard subscriptions.
+FULL_STATE: Final[frozenset[TypeUrl]] = frozenset({LISTENER, CLUSTER, SERVICE_POLICY})
+
+SHORT_NAMES: Final[dict[TypeUrl, str]] = {
+    LISTENER: "LDS",
+    ROUTE: "RDS",
+    CLUSTER: "CDS",
+    ENDPOINT: "EDS",
+    SERVICE_POLICY: "POLICY",
+}
+
+
+def short_name(type_url: TypeUrl) -> str:
+    return SHORT_NAMES.get(type_url, type_url.removeprefix(_PREFIX))

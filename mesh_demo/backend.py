@@ -1,0 +1,90 @@
+"""A demo backend: ``mesh.demo.v1.EchoService`` answering with its own name, with
+grpc.health.v1 and reflection. ``--fail CODE`` makes every call fail with that status."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from control._logging import configure
+from mesh.demo.v1 import echo_pb2, echo_pb2_grpc
+
+log = structlog.get_logger("mesh_demo.backend")
+SERVICE = echo_pb2.DESCRIPTOR.services_by_name["EchoService"].full_name
+
+
+class Echo(echo_pb2_grpc.EchoServiceServicer):
+    def __init__(self, name: str, fail: str = "") -> None:
+        self.name = name
+        self.fail = fail
+        self.calls = 0
+
+    async def Echo(  # noqa: N802
+        self, request: echo_pb2.EchoRequest, context: grpc.aio.ServicerContext
+    ) -> echo_pb2.EchoResponse:
+        self.calls += 1
+        if self.fail:
+            await context.abort(grpc.StatusCode[self.fail], f"{self.name} told to fail")
+        return echo_pb2.EchoResponse(message=request.message, backend=self.name)
+
+    async def EchoStream(  # noqa: N802
+        self,
+        request_iterator: AsyncIterator[echo_pb2.EchoStreamRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[echo_pb2.EchoStreamResponse]:
+        self.calls += 1
+        async for request in request_iterator:
+            yield echo_pb2.EchoStreamResponse(message=request.message, backend=self.name)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    server = grpc.aio.server()
+    echo_pb2_grpc.add_EchoServiceServicer_to_server(Echo(args.name, args.fail), server)
+    checker = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(checker, server)
+    reflection.enable_server_reflection(
+        (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    port = server.add_insecure_port(args.listen)
+    await server.start()
+    await checker.set("", health_pb2.HealthCheckResponse.SERVING)
+    await checker.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    host = args.listen.rpartition(":")[0]
+    address = f"{host}:{port}"
+    log.info("backend serving", name=args.name, address=address)
+    if args.ready_file:
+        tmp = args.ready_file.with_name(args.ready_file.name + ".tmp")
+        tmp.write_text(address + "\n")
+        os.replace(tmp, args.ready_file)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await checker.enter_graceful_shutdown()
+    await server.stop(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="mesh-demo backend", description=__doc__)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--listen", default="127.0.0.1:0")
+    parser.add_argument("--ready-file", type=Path)
+    parser.add_argument("--fail", default="", help="a gRPC status name every call fails with")
+    args = parser.parse_args(argv)
+    configure()
+    asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,325 @@
+"""The state-of-the-world ADS rules, through a fake stream that itself checks the rules on
+every response it carries (nonces unique and increasing, versions set, no duplicate names,
+resources of the response's type, full state for LDS and CDS)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from google.rpc import status_pb2
+
+from control.xds.snapshot import SnapshotCache
+from control.xds.stream import AdsSession, ProtocolError
+from control.xds.types import CLUSTER, ENDPOINT, FULL_STATE, LISTENER, ROUTE, SERVICE_POLICY
+from mesh.v1 import config_pb2
+
+pytestmark = pytest.mark.timeout(10)
+
+
+def service(name: str, *addresses: str) -> config_pb2.Service:
+    return config_pb2.Service(
+        name=name, endpoints=[config_pb2.Endpoint(address=a) for a in addresses]
+    )
+
+
+class FakeStream:
+    """Drives one AdsSession. Asserts the server's side of the protocol on every response."""
+
+    def __init__(self, cache: SnapshotCache, node_id: str = "node-1") -> None:
+        self.cache = cache
+        self.node = base_pb2.Node(id=node_id)
+        self._requests: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
+        self.responses: asyncio.Queue[discovery_pb2.DiscoveryResponse] = asyncio.Queue()
+        self.all: list[discovery_pb2.DiscoveryResponse] = []
+        self._last_nonce = 0
+        self._subscribed: dict[str, set[str]] = {}
+        self.session = AdsSession(cache, self._send, peer="fake", server_id="test")
+        self.task: asyncio.Task[None] | None = None
+
+    async def _iterate(self) -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
+        while (request := await self._requests.get()) is not None:
+            yield request
+
+    async def _send(self, response: discovery_pb2.DiscoveryResponse) -> None:
+        nonce = int(response.nonce)
+        assert nonce > self._last_nonce, "nonces must be unique and increase on a stream"
+        self._last_nonce = nonce
+        assert response.version_info, "every response carries a version"
+        names = []
+        for resource in response.resources:
+            assert resource.type_url == response.type_url, "resource of another type"
+            message = self._unpack(resource)
+            names.append(message.name if hasattr(message, "name") else message.cluster_name)
+        assert len(names) == len(set(names)), f"duplicate names in one response: {names}"
+        if response.type_url in FULL_STATE:
+            wanted = self._subscribed.get(response.type_url, set())
+            if wanted and "*" not in wanted:
+                assert set(names) <= wanted, "sent resources nobody subscribed to"
+        self.all.append(response)
+        await self.responses.put(response)
+
+    @staticmethod
+    def _unpack(resource):  # type: ignore[no-untyped-def]
+        from control.xds.resources import build_listener  # noqa: F401 - registers types
+        from envoy.config.cluster.v3 import cluster_pb2
+        from envoy.config.endpoint.v3 import endpoint_pb2
+        from envoy.config.listener.v3 import listener_pb2
+        from envoy.config.route.v3 import route_pb2
+
+        kinds = {
+            LISTENER: listener_pb2.Listener,
+            ROUTE: route_pb2.RouteConfiguration,
+            CLUSTER: cluster_pb2.Cluster,
+            ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
+            SERVICE_POLICY: config_pb2.ServicePolicy,
+        }
+        message = kinds[resource.type_url]()
+        assert resource.Unpack(message)
+        return message
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.session.run(self._iterate()))
+
+    async def request(
+        self,
+        type_url: str,
+        names: list[str] | None = None,
+        *,
+        version: str = "",
+        nonce: str = "",
+        error: str = "",
+        with_node: bool = True,
+    ) -> None:
+        request = discovery_pb2.DiscoveryRequest(
+            type_url=type_url,
+            resource_names=names or [],
+            version_info=version,
+            response_nonce=nonce,
+        )
+        if with_node:
+            request.node.CopyFrom(self.node)
+        if error:
+            request.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
+        self._subscribed[type_url] = set(names or ["*"])
+        await self._requests.put(request)
+
+    async def ack(self, response: discovery_pb2.DiscoveryResponse, names: list[str]) -> None:
+        await self.request(
+            response.type_url, names, version=response.version_info, nonce=response.nonce
+        )
+
+    async def next(self, timeout: float = 2.0) -> discovery_pb2.DiscoveryResponse:
+        return await asyncio.wait_for(self.responses.get(), timeout)
+
+    async def nothing(self, wait: float = 0.2) -> None:
+        with contextlib.suppress(TimeoutError):
+            response = await asyncio.wait_for(self.responses.get(), wait)
+            raise AssertionError(f"unexpected response: {response.type_url} {response.nonce}")
+
+    async def close(self) -> None:
+        await self._requests.put(None)
+        if self.task is not None:
+            await asyncio.wait_for(self.task, 2)
+
+
+def names_of(response: discovery_pb2.DiscoveryResponse) -> list[str]:
+    return sorted(FakeStream._unpack(r).name for r in response.resources)
+
+
+@pytest.fixture
+def cache() -> SnapshotCache:
+    cache = SnapshotCache()
+    cache.set_services(1, [service("a", "10.0.0.1:1"), service("b", "10.0.0.2:1")])
+    return cache
+
+
+@pytest.fixture
+async def stream(cache: SnapshotCache) -> AsyncIterator[FakeStream]:
+    fake = FakeStream(cache)
+    fake.start()
+    yield fake
+    await fake.close()
+
+
+async def test_wildcard_lds_gets_every_listener(stream: FakeStream) -> None:
+    await stream.request(LISTENER)
+    response = await stream.next()
+    assert names_of(response) == ["a", "b"]
+    await stream.ack(response, [])
+    await stream.nothing()
+
+
+async def test_explicit_wildcard_name(stream: FakeStream) -> None:
+    await stream.request(CLUSTER, ["*"])
+    assert names_of(await stream.next()) == ["a", "b"]
+
+
+async def test_named_subscription_gets_only_those(stream: FakeStream) -> None:
+    await stream.request(ROUTE, ["b"])
+    response = await stream.next()
+    assert names_of(response) == ["b"]
+
+
+async def test_ack_is_recorded(stream: FakeStream) -> None:
+    await stream.request(LISTENER, ["a"])
+    response = await stream.next()
+    await stream.ack(response, ["a"])
+    await stream.nothing()
+    state = stream.session.types[LISTENER]
+    assert state.acked_version == response.version_info == state.sent_version
+
+
+async def test_nack_is_recorded_and_not_resent(stream: FakeStream, cache: SnapshotCache) -> None:
+    await stream.request(LISTENER, ["a"])
+    response = await stream.next()
+    await stream.request(LISTENER, ["a"], nonce=response.nonce, error="bad listener a")
+    await stream.nothing(0.3)
+    state = stream.session.types[LISTENER]
+    assert state.last_nack is not None
+    assert state.last_nack.message == "bad listener a"
+    assert state.last_nack.version == response.version_info
+    assert state.acked_version == ""
+    # An unrelated change (service b) leaves what the client asked for unchanged: no resend.
+    cache.set_services(2, [service("a", "10.0.0.1:1"), service("b", "10.0.0.9:1")])
+    await stream.nothing(0.3)
+    # A change to what it asked for is sent.
+    cache.set_services(3, [service("a", "10.0.0.1:1")])
+    await stream.nothing(0.1)  # listener a unchanged by an endpoint change
+    a = service("a", "10.0.0.1:1")
+    a.policy.timeout.seconds = 3
+    cache.set_services(4, [a])
+    await stream.request(ROUTE, ["a"])
+    assert (await stream.next()).type_url == ROUTE
+    assert len([r for r in stream.all if r.type_url == LISTENER]) == 1
+
+
+async def test_stale_nonce_is_ignored(stream: FakeStream, cache: SnapshotCache) -> None:
+    await stream.request(CLUSTER, ["a"])
+    first = await stream.next()
+    await stream.ack(first, ["a"])
+    cache.set_services(2, [service("a", "10.0.0.1:1", "10.0.0.3:1"), service("b")])
+    a = config_pb2.Service(name="a")
+    a.policy.lb = "least_request"
+    cache.set_services(3, [a, service("b")])
+    second = await stream.next()
+    # A NACK carrying the first nonce is stale: ignored, not recorded.
+    await stream.request(CLUSTER, ["a"], nonce=first.nonce, error="late complaint")
+    await stream.nothing()
+    assert stream.session.types[CLUSTER].last_nack is None
+    await stream.ack(second, ["a"])
+    await stream.nothing()
+    assert stream.session.types[CLUSTER].acked_version == second.version_info
+
+
+async def test_name_requested_before_it_exists_is_pushed_when_it_appears(
+    stream: FakeStream, cache: SnapshotCache
+) -> None:
+    await stream.request(ENDPOINT, ["later"])
+    await stream.nothing()  # EDS is not full state: nothing to say about a missing name
+    cache.set_services(2, [service("a"), service("b"), service("later", "10.0.0.7:1")])
+    response = await stream.next()
+    assert response.type_url == ENDPOINT
+    assert [FakeStream._unpack(r).cluster_name for r in response.resources] == ["later"]
+
+
+async def test_full_state_lds_reports_absence(stream: FakeStream, cache: SnapshotCache) -> None:
+    await stream.request(LISTENER, ["missing"])
+    response = await stream.next()  # an empty LDS response tells the client it does not exist
+    assert names_of(response) == []
+    await stream.ack(response, ["missing"])
+    cache.set_services(2, [service("a"), service("b"), service("missing")])
+    assert names_of(await stream.next()) == ["missing"]
+
+
+async def test_deleted_service_leaves_lds_and_cds_but_eds_is_not_resent(
+    stream: FakeStream, cache: SnapshotCache
+) -> None:
+    for type_url in (LISTENER, CLUSTER, ENDPOINT):
+        await stream.request(type_url, ["a", "b"] if type_url == ENDPOINT else [])
+        await stream.ack(await stream.next(), ["a", "b"] if type_url == ENDPOINT else [])
+    cache.set_services(2, [service("a", "10.0.0.1:1")])
+    first, second = await stream.next(), await stream.next()
+    assert [first.type_url, second.type_url] == [CLUSTER, LISTENER]  # make before break order
+    assert names_of(first) == names_of(second) == ["a"]
+    await stream.nothing()
+
+
+async def test_duplicate_names_in_request_give_one_resource(stream: FakeStream) -> None:
+    await stream.request(ROUTE, ["a", "a", "b"])
+    assert names_of(await stream.next()) == ["a", "b"]
+
+
+async def test_reconnect_with_held_version_gets_no_resend(cache: SnapshotCache) -> None:
+    first = FakeStream(cache)
+    first.start()
+    await first.request(CLUSTER)
+    held = await first.next()
+    await first.close()
+    second = FakeStream(cache)
+    second.start()
+    await second.request(CLUSTER, version=held.version_info)
+    await second.nothing()
+    assert second.session.types[CLUSTER].acked_version == held.version_info
+    await second.close()
+
+
+async def test_unsubscribe_all_then_resubscribe(stream: FakeStream) -> None:
+    await stream.request(ROUTE, ["a"])
+    response = await stream.next()
+    await stream.ack(response, [])
+    await stream.nothing()
+    await stream.request(ROUTE, ["a"], version=response.version_info, nonce=response.nonce)
+    assert names_of(await stream.next()) == ["a"]
+
+
+async def test_legacy_wildcard_ends_once_names_are_sent(stream: FakeStream) -> None:
+    await stream.request(CLUSTER)
+    first = await stream.next()
+    await stream.ack(first, ["b"])
+    assert names_of(await stream.next()) == ["b"]
+    assert not stream.session.types[CLUSTER].wildcard
+
+
+async def test_first_request_without_node_is_a_protocol_error(cache: SnapshotCache) -> None:
+    fake = FakeStream(cache)
+    fake.start()
+    await fake.request(LISTENER, with_node=False)
+    with pytest.raises(ProtocolError, match="node.id"):
+        assert fake.task is not None
+        await asyncio.wait_for(fake.task, 2)
+
+
+async def test_unknown_type_is_ignored(stream: FakeStream) -> None:
+    await stream.request("type.googleapis.com/not.a.Type", ["x"])
+    await stream.nothing()
+    await stream.request(LISTENER, ["a"])
+    assert names_of(await stream.next()) == ["a"]
+
+
+async def test_policy_type_served_on_the_same_stream(stream: FakeStream) -> None:
+    await stream.request(SERVICE_POLICY)
+    assert names_of(await stream.next()) == ["a", "b"]
+
+
+async def test_nodes_with_the_same_config_share_one_built_snapshot(cache: SnapshotCache) -> None:
+    one, two = FakeStream(cache, "node-1"), FakeStream(cache, "node-2")
+    one.start()
+    two.start()
+    await one.request(CLUSTER)
+    await two.request(CLUSTER)
+    await one.next()
+    await two.next()
+    assert one.session.snapshot is two.session.snapshot
+    assert cache.builds == 1
+    cache.set_services(2, [service("a")])
+    await one.next()
+    await two.next()
+    assert one.session.snapshot is two.session.snapshot
+    assert cache.builds == 2
+    await one.close()
+    await two.close()
