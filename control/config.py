@@ -13,7 +13,6 @@ raise one :class:`~control.errors.ConfigError` whose lines read like::
 from __future__ import annotations
 
 import difflib
-import importlib
 import ipaddress
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -28,8 +27,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 
 from control.errors import ConfigError
-
-from mesh.v1 import config_pb2  # noqa: E402
+from mesh.v1 import config_pb2
 
 __all__ = [
     "GRPC_STATUS_NAMES",

@@ -28,7 +28,7 @@ class Echo(echo_pb2_grpc.EchoServiceServicer):
         self.fail = fail
         self.calls = 0
 
-    async def Echo(  # noqa: N802
+    async def Echo(
         self, request: echo_pb2.EchoRequest, context: grpc.aio.ServicerContext
     ) -> echo_pb2.EchoResponse:
         self.calls += 1
@@ -36,7 +36,7 @@ class Echo(echo_pb2_grpc.EchoServiceServicer):
             await context.abort(grpc.StatusCode[self.fail], f"{self.name} told to fail")
         return echo_pb2.EchoResponse(message=request.message, backend=self.name)
 
-    async def EchoStream(  # noqa: N802
+    async def EchoStream(
         self,
         request_iterator: AsyncIterator[echo_pb2.EchoStreamRequest],
         context: grpc.aio.ServicerContext,
@@ -52,7 +52,11 @@ async def serve(args: argparse.Namespace) -> None:
     checker = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)
     reflection.enable_server_reflection(
-        (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        (
+            SERVICE,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
         server,
     )
     port = server.add_insecure_port(args.listen)

@@ -218,7 +218,7 @@ def _socket_address(address: str) -> address_pb2.Address:
 
 
 def endpoint_health(endpoint: config_pb2.Endpoint) -> int:
-    return health_check_pb2.DRAINING if endpoint.draining else health_check_pb2.UNKNOWN
+    return int(health_check_pb2.DRAINING if endpoint.draining else health_check_pb2.UNKNOWN)
 
 
 def build_load_assignment(
@@ -247,7 +247,7 @@ def build_load_assignment(
                     endpoint=endpoint_components_pb2.Endpoint(
                         address=_socket_address(endpoint.address)
                     ),
-                    health_status=status,  # type: ignore[arg-type]
+                    health_status=status,
                     load_balancing_weight=wrappers_pb2.UInt32Value(value=endpoint.weight or 1),
                 )
             )

@@ -90,10 +90,15 @@ class NodeRegistry:
                     entry = config.generic_xds_configs.add(
                         type_url=state.type_url, name=name, version_info=state.sent_version
                     )
-                    resource = snapshot.resources.get(state.type_url, {}).get(name) if snapshot else None
+                    resource = (
+                        snapshot.resources.get(state.type_url, {}).get(name) if snapshot else None
+                    )
                     if resource is not None and resource.digest == (state.sent or {}).get(name):
                         entry.xds_config.CopyFrom(resource.packed)
-                    nacked = state.last_nack is not None and state.last_nack.version == state.sent_version
+                    nacked = (
+                        state.last_nack is not None
+                        and state.last_nack.version == state.sent_version
+                    )
                     if nacked and state.last_nack is not None:
                         entry.client_status = config_dump_shared_pb2.NACKED
                         entry.error_state.details = state.last_nack.message
@@ -110,10 +115,12 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         self._registry = registry
         self._server_id = server_id
 
-    async def StreamAggregatedResources(  # noqa: N802 - gRPC method name
+    async def StreamAggregatedResources(
         self,
         request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
-        context: grpc.aio.ServicerContext[discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse],
+        context: grpc.aio.ServicerContext[
+            discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse
+        ],
     ) -> None:
         session = AdsSession(
             self._cache, context.write, peer=context.peer(), server_id=self._server_id
@@ -128,7 +135,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             if session.node is not None:
                 session.log.info("node disconnected")
 
-    async def DeltaAggregatedResources(  # noqa: N802 - gRPC method name
+    async def DeltaAggregatedResources(
         self,
         request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
         context: grpc.aio.ServicerContext[
@@ -145,10 +152,12 @@ class CsdsServicer(csds_pb2_grpc.ClientStatusDiscoveryServiceServicer):  # type:
     def __init__(self, registry: NodeRegistry) -> None:
         self._registry = registry
 
-    async def FetchClientStatus(  # noqa: N802 - gRPC method name
+    async def FetchClientStatus(
         self,
         request: csds_pb2.ClientStatusRequest,
-        context: grpc.aio.ServicerContext[csds_pb2.ClientStatusRequest, csds_pb2.ClientStatusResponse],
+        context: grpc.aio.ServicerContext[
+            csds_pb2.ClientStatusRequest, csds_pb2.ClientStatusResponse
+        ],
     ) -> csds_pb2.ClientStatusResponse:
         configs = list(self._registry.client_configs())
         if request.HasField("node") and request.node.id:

@@ -289,7 +289,11 @@ P = "orders.yaml: document 1 (orders): "
         ),
         pytest.param(
             "name: orders\nendpoints: [{address: 'bad host:80'}]\n",
-            [P + "endpoints[0].address: host must be an IP address (xDS clients connect to addresses, they do not resolve names), got 'bad host'"],
+            [
+                P
+                + "endpoints[0].address: host must be an IP address (xDS clients connect to "
+                "addresses, they do not resolve names), got 'bad host'"
+            ],
             id="bad-hostname",
         ),
         pytest.param(
@@ -298,7 +302,8 @@ P = "orders.yaml: document 1 (orders): "
             id="missing-address",
         ),
         pytest.param(
-            "name: orders\nendpoints: [{address: '10.0.0.1:1'}, {address: '10.0.0.2:2'}, {address: '10.0.0.1:1'}]\n",
+            "name: orders\nendpoints: [{address: '10.0.0.1:1'}, {address: '10.0.0.2:2'},"
+            " {address: '10.0.0.1:1'}]\n",
             [P + "endpoints[2].address: duplicate address '10.0.0.1:1', also endpoints[0]"],
             id="duplicate-endpoint",
         ),

@@ -1,0 +1,112 @@
+"""The operator API (``mesh.v1.MeshAdminService``) over the store."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+import structlog
+
+from mesh.v1 import admin_pb2, admin_pb2_grpc
+
+from .config import validate_service
+from .errors import ConflictError, NotFoundError, StoreUnavailableError
+from .store import Store
+from .xds.server import NodeRegistry
+from .xds.snapshot import SnapshotCache
+
+log = structlog.get_logger(__name__)
+Context = grpc.aio.ServicerContext[object, object]
+
+
+async def _abort_for(context: Context, error: Exception) -> None:
+    if isinstance(error, NotFoundError):
+        await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+    if isinstance(error, ConflictError):
+        await context.abort(grpc.StatusCode.ABORTED, str(error))
+    if isinstance(error, StoreUnavailableError):
+        await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+    raise error
+
+
+class AdminServicer(admin_pb2_grpc.MeshAdminServiceServicer):
+    def __init__(
+        self,
+        store: Store,
+        cache: SnapshotCache,
+        registry: NodeRegistry,
+        server_id: str,
+        extra_problems: Callable[[], list[admin_pb2.StoreProblem]] = list,
+    ) -> None:
+        self._store = store
+        self._cache = cache
+        self._registry = registry
+        self._server_id = server_id
+        self._extra_problems = extra_problems
+
+    async def ApplyServices(
+        self, request: admin_pb2.ApplyServicesRequest, context: Context
+    ) -> admin_pb2.ApplyServicesResponse:
+        problems: list[str] = []
+        seen: set[str] = set()
+        for index, service in enumerate(request.services, start=1):
+            label = f"service {index}" + (f" ({service.name})" if service.name else "")
+            problems += [f"{label}: {p}" for p in validate_service(service)]
+            if service.name in seen:
+                problems.append(f"{label}: name: duplicate of an earlier service in the request")
+            seen.add(service.name)
+        if not request.services:
+            problems.append("no services given")
+        if problems:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
+        try:
+            revision, applied = await self._store.apply(
+                list(request.services), if_revision=request.if_revision
+            )
+        except (ConflictError, StoreUnavailableError) as error:
+            await _abort_for(context, error)
+            raise
+        log.info(
+            "services applied",
+            revision=revision,
+            changed=[a.name for a in applied if a.changed],
+            peer=context.peer(),
+        )
+        return admin_pb2.ApplyServicesResponse(services=applied, revision=revision)
+
+    async def GetServices(
+        self, request: admin_pb2.GetServicesRequest, context: Context
+    ) -> admin_pb2.GetServicesResponse:
+        try:
+            if request.name:
+                stored = await self._store.get(request.name)
+                return admin_pb2.GetServicesResponse(
+                    services=[stored], revision=self._store.revision
+                )
+            revision, services = await self._store.list()
+        except (NotFoundError, StoreUnavailableError) as error:
+            await _abort_for(context, error)
+            raise
+        return admin_pb2.GetServicesResponse(services=services, revision=revision)
+
+    async def DeleteService(
+        self, request: admin_pb2.DeleteServiceRequest, context: Context
+    ) -> admin_pb2.DeleteServiceResponse:
+        try:
+            revision = await self._store.delete(request.name)
+        except (NotFoundError, ConflictError, StoreUnavailableError) as error:
+            await _abort_for(context, error)
+            raise
+        log.info("service deleted", service=request.name, revision=revision, peer=context.peer())
+        return admin_pb2.DeleteServiceResponse(revision=revision)
+
+    async def GetStatus(
+        self, request: admin_pb2.GetStatusRequest, context: Context
+    ) -> admin_pb2.GetStatusResponse:
+        return admin_pb2.GetStatusResponse(
+            nodes=self._registry.node_statuses(),
+            store_revision=self._store.revision,
+            snapshot_revision=self._cache.revision,
+            store_problems=[*self._store.problems(), *self._extra_problems()],
+            server_id=self._server_id,
+        )

@@ -1,0 +1,90 @@
+"""``mesh-control``: the control server's command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+import structlog
+
+from . import __version__
+from ._logging import configure
+from ._preflight import check_environment
+from .config import parse_duration
+from .server import ControlServer, write_ready_file
+
+log = structlog.get_logger(__name__)
+DEFAULT_STORE = "file:mesh-store"
+
+
+def _seconds(text: str) -> float:
+    try:
+        return parse_duration(text).ToNanoseconds() / 1e9
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mesh-control", description="The mesh control server: streams config over xDS v3."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the control server")
+    serve.add_argument(
+        "--listen", default="127.0.0.1:15010", help="HOST:PORT to serve on (port 0 picks one)"
+    )
+    serve.add_argument(
+        "--store",
+        default=DEFAULT_STORE,
+        help="config store URL: file:DIR (default %(default)s) or memory:",
+    )
+    serve.add_argument("--ready-file", type=Path, help="write the bound address here once serving")
+    serve.add_argument(
+        "--debounce", type=_seconds, default=0.1, help="quiet time before a push (default 100ms)"
+    )
+    serve.add_argument(
+        "--max-delay", type=_seconds, default=1.0, help="longest a push waits in a burst (1s)"
+    )
+    serve.add_argument("--server-id", help="identity shown to nodes (default host name + random)")
+    serve.add_argument("--log-level", default=None, help="debug, info, warning or error")
+    return parser
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    server = ControlServer(
+        args.store,
+        args.listen,
+        debounce=args.debounce,
+        max_delay=args.max_delay,
+        server_id=args.server_id,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    address = await server.start()
+    await server.wait_until_published()
+    if args.ready_file:
+        write_ready_file(args.ready_file, address)
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    configure(args.log_level)
+    check_environment("mesh-control")
+    try:
+        asyncio.run(_serve(args))
+    except (OSError, ValueError) as error:
+        sys.stderr.write(f"mesh-control: {error}\n")
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""mesh-control: store → publisher → snapshot cache → ADS, with the admin API, CSDS, health and
+reflection on one gRPC port.
+
+Lifecycle (uvicorn's shape): :meth:`ControlServer.start` opens the store, loads the first
+snapshot and binds; :meth:`ControlServer.stop` marks health NOT_SERVING, stops accepting,
+lets calls drain for ``grace`` seconds, then cancels streams and closes the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import grpc
+import structlog
+from envoy.service.discovery.v3 import ads_pb2, ads_pb2_grpc
+from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from mesh.v1 import admin_pb2, admin_pb2_grpc
+
+from .admin import AdminServicer
+from .publisher import Publisher
+from .store import Store, open_store
+from .xds.server import AdsServicer, CsdsServicer, NodeRegistry
+from .xds.snapshot import SnapshotCache
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAMES = (
+    ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name,
+    csds_pb2.DESCRIPTOR.services_by_name["ClientStatusDiscoveryService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["MeshAdminService"].full_name,
+    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+)
+
+
+class ControlServer:
+    def __init__(
+        self,
+        store: Store | str,
+        listen: str = "127.0.0.1:0",
+        *,
+        debounce: float = 0.1,
+        max_delay: float = 1.0,
+        server_id: str | None = None,
+        grace: float = 5.0,
+    ) -> None:
+        self.store = open_store(store) if isinstance(store, str) else store
+        self.listen = listen
+        self.server_id = server_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+        self.cache = SnapshotCache()
+        self.registry = NodeRegistry()
+        self.publisher = Publisher(self.store, self.cache, debounce=debounce, max_delay=max_delay)
+        self.health = health.aio.HealthServicer()
+        self.grace = grace
+        self.address = ""
+        self._server: grpc.aio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> str:
+        """Opens the store, publishes the first snapshot and starts serving; returns the
+        address bound (``--listen 127.0.0.1:0`` picks a free port)."""
+        await self.store.start()
+        self._tasks.append(asyncio.create_task(self._run_publisher(), name="publisher"))
+        server = grpc.aio.server(
+            options=[
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            ]
+        )
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
+            AdsServicer(self.cache, self.registry, self.server_id), server
+        )
+        csds_pb2_grpc.add_ClientStatusDiscoveryServiceServicer_to_server(
+            CsdsServicer(self.registry), server
+        )
+        admin_pb2_grpc.add_MeshAdminServiceServicer_to_server(
+            AdminServicer(self.store, self.cache, self.registry, self.server_id), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME), server)
+        host, _, _ = self.listen.rpartition(":")
+        port = server.add_insecure_port(self.listen)
+        if port == 0:
+            raise OSError(f"cannot listen on {self.listen}")
+        await server.start()
+        self._server = server
+        self.address = f"{host}:{port}"
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        for name in SERVICE_NAMES:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", address=self.address, server_id=self.server_id)
+        return self.address
+
+    async def _run_publisher(self) -> None:
+        try:
+            await self.publisher.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("publisher failed; the last snapshot stays in force")
+            await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def wait_until_published(self) -> None:
+        while not self.cache.loaded:
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(self.grace)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.store.close()
+        log.info("stopped")
+
+    async def wait(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+def write_ready_file(path: Path, address: str) -> None:
+    """Writes ``address`` to ``path`` atomically, so a reader never sees half a line."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(address + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,151 @@
+"""Shared fixtures: real processes on 127.0.0.1 with ports from :0, cleaned up after each test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_tool(name: str) -> str:
+    """The path of a tool the test needs. Locally a missing tool skips the test; in CI
+    (``CI=true``) it fails it, since a skipped test there hides a missing install step."""
+    path = shutil.which(name) or (
+        str(Path(sys.executable).parent / name)
+        if (Path(sys.executable).parent / name).exists()
+        else None
+    )
+    if path is None:
+        message = f"{name} is not installed"
+        if IN_CI:
+            pytest.fail(f"{message} (CI must install it)")
+        pytest.skip(message)
+    return path
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, every: float = 0.05):
+    """Polls ``predicate`` until it returns something truthy; fails the test naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
+
+
+class Proc:
+    """A child process whose stdout and stderr go to files in the test's directory."""
+
+    def __init__(self, name: str, args: list[str], workdir: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.args = args
+        self.stdout_path = workdir / f"{name}.out"
+        self.stderr_path = workdir / f"{name}.err"
+        self._stdout = self.stdout_path.open("wb")
+        self._stderr = self.stderr_path.open("wb")
+        self.popen = subprocess.Popen(
+            args, stdout=self._stdout, stderr=self._stderr, env=env, cwd=workdir
+        )
+
+    @property
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def output(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def errors(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def lines(self) -> list[str]:
+        return self.output().splitlines()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        if self.alive:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        self._stdout.close()
+        self._stderr.close()
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+class Processes:
+    """Starts processes for one test and stops every one of them at teardown."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.procs: list[Proc] = []
+        self.env = dict(os.environ)
+        self.env.pop("GRPC_XDS_BOOTSTRAP", None)
+        self.env.pop("GRPC_XDS_BOOTSTRAP_CONFIG", None)
+        self.env["PYTHONPATH"] = str(ROOT)
+        self.env["PYTHONUNBUFFERED"] = "1"
+        self.env["MESH_LOG_FORMAT"] = "json"
+
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> Proc:
+        proc = Proc(name, list(args), self.workdir, {**self.env, **(env or {})})
+        self.procs.append(proc)
+        return proc
+
+    def python(self, name: str, module: str, *args: str, **kw: dict[str, str]) -> Proc:
+        return self.start(name, sys.executable, "-m", module, *args, **kw)  # type: ignore[arg-type]
+
+    def start_ready(
+        self, name: str, module: str, *args: str, timeout: float = 20
+    ) -> tuple[Proc, str]:
+        """Starts a server that takes ``--ready-file`` and returns it with its bound address."""
+        ready = self.workdir / f"{name}.ready"
+        ready.unlink(missing_ok=True)
+        proc = self.python(name, module, *args, "--ready-file", str(ready))
+
+        def address() -> str | None:
+            if not proc.alive:
+                pytest.fail(f"{name} exited with {proc.popen.returncode}:\n{proc.errors()[-3000:]}")
+            return ready.read_text().strip() if ready.exists() else None
+
+        return proc, wait_for(address, timeout, f"{name} to be ready")
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Processes]:
+    processes = Processes(tmp_path)
+    try:
+        yield processes
+    finally:
+        processes.stop_all()
+
+
+def run_cli(module: str, *args: str, timeout: float = 30, env: dict[str, str] | None = None):
+    """Runs a CLI module to completion; returns the CompletedProcess."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        check=False,
+    )
