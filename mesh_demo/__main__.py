@@ -83,7 +83,7 @@ class Demo:
         body = ["name: echo", "endpoints:"] + [f"  - address: {a}" for a in addresses]
         body += [
             "policy:",
-            "  timeout: 1s",
+            "  timeout: 5s",
             "  retry: {attempts: 3, retry_on: [UNAVAILABLE], backoff: {base: 25ms, max: 250ms}}",
             "  outlier_detection: {failure_percentage: {threshold: 50, minimum_hosts: 2}}",
         ]
@@ -135,9 +135,13 @@ def run(demo: Demo, pause: float, duration: float) -> None:
     demo.meshctl("apply", "-f", str(demo.write_service(alpha, beta)))
     time.sleep(pause)
     demo.say("a broken hand edit in the store directory is reported and ignored")
+    good = (store / "echo.yaml").read_text()
     (store / "echo.yaml").write_text("name: echo\nendpoints: [{address: 'not an address'}]\n")
     time.sleep(pause / 2)
     demo.meshctl("status")
+    time.sleep(pause / 2)
+    demo.say("the operator puts the good file back: the problem clears")
+    (store / "echo.yaml").write_text(good)
     time.sleep(pause / 2)
     demo.say("deleting the service: calls fail with UNAVAILABLE")
     demo.meshctl("delete", "service", "echo")

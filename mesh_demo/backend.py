@@ -23,15 +23,18 @@ SERVICE = echo_pb2.DESCRIPTOR.services_by_name["EchoService"].full_name
 
 
 class Echo(echo_pb2_grpc.EchoServiceServicer):
-    def __init__(self, name: str, fail: str = "") -> None:
+    def __init__(self, name: str, fail: str = "", delay: float = 0.0) -> None:
         self.name = name
         self.fail = fail
+        self.delay = delay
         self.calls = 0
 
     async def Echo(
         self, request: echo_pb2.EchoRequest, context: grpc.aio.ServicerContext
     ) -> echo_pb2.EchoResponse:
         self.calls += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.fail:
             await context.abort(grpc.StatusCode[self.fail], f"{self.name} told to fail")
         return echo_pb2.EchoResponse(message=request.message, backend=self.name)
@@ -48,7 +51,7 @@ class Echo(echo_pb2_grpc.EchoServiceServicer):
 
 async def serve(args: argparse.Namespace) -> None:
     server = grpc.aio.server()
-    echo_pb2_grpc.add_EchoServiceServicer_to_server(Echo(args.name, args.fail), server)
+    echo_pb2_grpc.add_EchoServiceServicer_to_server(Echo(args.name, args.fail, args.delay), server)
     checker = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)
     reflection.enable_server_reflection(
@@ -85,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--listen", default="127.0.0.1:0")
     parser.add_argument("--ready-file", type=Path)
     parser.add_argument("--fail", default="", help="a gRPC status name every call fails with")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
     args = parser.parse_args(argv)
     configure()
     asyncio.run(serve(args))

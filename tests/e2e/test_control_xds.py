@@ -118,3 +118,83 @@ def test_meshctl_reports_errors_with_a_reason(procs: Processes, tmp_path: Path) 
     )
     assert result.returncode != 0
     assert "cannot reach mesh-control at 127.0.0.1:1" in result.stderr
+
+
+def test_hand_edits_reach_the_client_and_broken_ones_are_ignored(
+    procs: Processes, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    control = start_control(procs, f"file:{store}")
+    one = start_backend(procs, "backend-1")
+    two = start_backend(procs, "backend-2")
+    meshctl(control, "apply", "-f", str(service_yaml(tmp_path / "echo.yaml", "echo", one)))
+    client = start_client(procs, control, "echo")
+    wait_for(
+        lambda: any(c.get("backend") == "backend-1" for c in calls(client)),
+        30,
+        "the first successful call",
+    )
+
+    # An operator edits the store directory by hand: the client follows.
+    service_yaml(store / "echo.yaml", "echo", two)
+    seen = len(calls(client))
+    wait_for(
+        lambda: any(c.get("backend") == "backend-2" for c in calls(client)[seen:]),
+        20,
+        "the hand edit to reach the client",
+    )
+    before = meshctl(control, "get", "services", "echo", "-o", "json")
+
+    # A broken edit is reported; the last good config stays in force.
+    (store / "echo.yaml").write_text("name: echo\nendpoints: [{address: 1.2.3.4}]\n")
+
+    def reported() -> list[dict[str, str]]:
+        return json.loads(meshctl(control, "status", "-o", "json")).get("store_problems", [])
+
+    problems = wait_for(reported, 10, "the broken file to be reported")
+    assert problems[0]["source"].endswith("echo.yaml")
+    assert "endpoints[0].address" in problems[0]["message"]
+    assert meshctl(control, "get", "services", "echo", "-o", "json") == before
+    seen = len(calls(client))
+    wait_for(lambda: len(calls(client)) >= seen + 20, 20, "20 more calls")
+    recent = calls(client)[seen:]
+    assert all(c.get("backend") == "backend-2" for c in recent), recent
+
+    # Fixing the file clears the problem.
+    service_yaml(store / "echo.yaml", "echo", one)
+    wait_for(lambda: not reported(), 10, "the problem to clear")
+
+
+def test_validate_names_the_field_and_changes_nothing(procs: Processes, tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "retry.yaml").write_text("name: orders\npolicy:\n  retry: {attempts: 9}\n")
+    (bad / "unknown.yaml").write_text("name: users\npolicy: {timeuot: 2s}\n")
+    (bad / "duration.yaml").write_text("name: carts\npolicy: {timeout: 2 parsecs}\n")
+    (bad / "address.yaml").write_text("name: pay\nendpoints: [{address: '10.0.0.1'}]\n")
+    result = run_cli("control.meshctl", "validate", "-f", str(bad))
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert (
+        "retry.yaml: document 1 (orders): policy.retry.attempts: must be between 1 and 5" in lines
+    )
+    assert any(
+        line.startswith("unknown.yaml: document 1 (users): policy: unknown field 'timeuot'")
+        for line in lines
+    ), lines
+    assert any(
+        line.startswith("duration.yaml: document 1 (carts): policy.timeout:") for line in lines
+    )
+    assert any(
+        line.startswith("address.yaml: document 1 (pay): endpoints[0].address:") for line in lines
+    )
+
+    control = start_control(procs, f"file:{tmp_path / 'store'}")
+    good = service_yaml(tmp_path / "good.yaml", "orders", "127.0.0.1:7000")
+    meshctl(control, "apply", "-f", str(good))
+    before = meshctl(control, "get", "services", "-o", "json")
+    for path in sorted(bad.iterdir()):
+        result = run_cli("control.meshctl", "--control", control, "apply", "-f", str(path))
+        assert result.returncode == 1, path
+        assert "nothing applied" in result.stderr
+    assert meshctl(control, "get", "services", "-o", "json") == before

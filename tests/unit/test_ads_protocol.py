@@ -65,11 +65,12 @@ class FakeStream:
 
     @staticmethod
     def _unpack(resource):  # type: ignore[no-untyped-def]
-        from control.xds.resources import build_listener  # noqa: F401 - registers types
         from envoy.config.cluster.v3 import cluster_pb2
         from envoy.config.endpoint.v3 import endpoint_pb2
         from envoy.config.listener.v3 import listener_pb2
         from envoy.config.route.v3 import route_pb2
+
+        from control.xds.resources import build_listener  # noqa: F401 - registers types
 
         kinds = {
             LISTENER: listener_pb2.Listener,
@@ -289,7 +290,7 @@ async def test_first_request_without_node_is_a_protocol_error(cache: SnapshotCac
     fake = FakeStream(cache)
     fake.start()
     await fake.request(LISTENER, with_node=False)
-    with pytest.raises(ProtocolError, match="node.id"):
+    with pytest.raises(ProtocolError, match=r"node\.id"):
         assert fake.task is not None
         await asyncio.wait_for(fake.task, 2)
 

@@ -290,8 +290,7 @@ P = "orders.yaml: document 1 (orders): "
         pytest.param(
             "name: orders\nendpoints: [{address: 'bad host:80'}]\n",
             [
-                P
-                + "endpoints[0].address: host must be an IP address (xDS clients connect to "
+                P + "endpoints[0].address: host must be an IP address (xDS clients connect to "
                 "addresses, they do not resolve names), got 'bad host'"
             ],
             id="bad-hostname",

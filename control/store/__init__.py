@@ -1,0 +1,59 @@
+"""Config stores: where mesh-control keeps the services (DESIGN.md, decision 6).
+
+Every backend implements :class:`Store`; :func:`open_store` picks one from a URL:
+
+* ``memory:`` — :class:`MemoryStore`, in-process, for tests;
+* ``file:DIR`` or ``file:///abs/dir`` — :class:`FileStore`, a directory of YAML files, the
+  embedded default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import unquote
+
+from ._base import Store, StoreEvent
+from .file import FileStore
+from .memory import MemoryStore
+
+__all__ = ["FileStore", "MemoryStore", "Store", "StoreEvent", "open_store"]
+
+SUPPORTED = "memory:, file:DIR, file:///abs/dir"
+
+
+def _open_memory(url: str, rest: str) -> Store:
+    if rest not in ("", "//"):
+        raise ValueError(f"store URL {url!r}: memory: takes no path")
+    return MemoryStore()
+
+
+def _open_file(url: str, rest: str) -> Store:
+    if not rest:
+        raise ValueError(f"store URL {url!r}: missing the directory (file:DIR)")
+    if rest.startswith("//"):  # file://[localhost]/abs/dir
+        host, slash, path = rest[2:].partition("/")
+        if host not in ("", "localhost") or not slash:
+            raise ValueError(f"store URL {url!r}: expected file:///absolute/dir or file:DIR")
+        directory = Path("/" + unquote(path))
+    else:
+        directory = Path(rest)
+    return FileStore(directory)
+
+
+# scheme -> factory(url, rest after "scheme:"). ``etcd`` (etcd://host:port[/prefix], DESIGN.md
+# decision 6) registers here when its backend is added.
+_BACKENDS: dict[str, Callable[[str, str], Store]] = {
+    "memory": _open_memory,
+    "file": _open_file,
+}
+
+
+def open_store(url: str) -> Store:
+    """The store for ``url`` (not started yet). Raises ValueError for anything else, naming
+    the URL and the supported schemes."""
+    scheme, colon, rest = url.partition(":")
+    factory = _BACKENDS.get(scheme.lower()) if colon else None
+    if factory is None:
+        raise ValueError(f"unsupported store URL {url!r}: supported are {SUPPORTED}")
+    return factory(url, rest)

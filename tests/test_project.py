@@ -1,0 +1,83 @@
+"""The project's standing promises: generated code is fresh, lint is clean, and the OTLP
+exporters import despite the xds-protos packaging clash."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from control import _preflight
+from tests.conftest import ROOT, require_tool, run_cli
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_generated_code_is_fresh() -> None:
+    from control._protogen import stale_files
+
+    assert stale_files() == [], "generated code is stale: run `make proto`"
+
+
+def test_otlp_exporters_import() -> None:
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
+
+    assert OTLPSpanExporter and OTLPMetricExporter and InstrumentationScope
+    assert _preflight.otel_proto_problem() is None
+
+
+def test_clash_is_explained_by_the_clis(tmp_path) -> None:
+    # A stale copy of the module, shadowing the real one as xds-protos' copy does.
+    stale = tmp_path / "opentelemetry" / "proto" / "common" / "v1"
+    stale.mkdir(parents=True)
+    for d in (
+        tmp_path / "opentelemetry",
+        tmp_path / "opentelemetry" / "proto",
+        tmp_path / "opentelemetry" / "proto" / "common",
+        stale,
+    ):
+        (d / "__init__.py").write_text("")
+    (stale / "common_pb2.py").write_text("AnyValue = object\n")
+    env = {"PYTHONPATH": f"{tmp_path}:{ROOT}"}
+    result = run_cli("control.meshctl", "validate", "-f", "/nonexistent.yaml", env=env)
+    assert "meshctl: warning: the opentelemetry-proto modules were overwritten" in result.stderr
+    assert "pip install --force-reinstall --no-deps opentelemetry-proto==" in result.stderr
+    result = run_cli(
+        "control",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        "memory:",
+        env={**env, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"},
+    )
+    assert result.returncode == 2
+    assert "mesh-control: error: the opentelemetry-proto modules were overwritten" in result.stderr
+
+
+def test_ruff_is_clean() -> None:
+    ruff = require_tool("ruff")
+    result = subprocess.run([ruff, "check", "."], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_strict_is_clean() -> None:
+    mypy = require_tool("mypy")
+    result = subprocess.run([mypy], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_buf_lint_is_clean() -> None:
+    buf = require_tool("buf")
+    result = subprocess.run([buf, "lint"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_clis_have_help() -> None:
+    for module in ("control", "control.meshctl"):
+        result = run_cli(module, "--help")
+        assert result.returncode == 0 and "usage:" in result.stdout, (module, result.stderr)
+    assert sys.executable
