@@ -1,0 +1,75 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Registration(_message.Message):
+    __slots__ = ("service", "address", "zone", "weight", "metadata", "draining")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    ZONE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    address: str
+    zone: str
+    weight: int
+    metadata: _containers.ScalarMap[str, str]
+    draining: bool
+    def __init__(self, service: _Optional[str] = ..., address: _Optional[str] = ..., zone: _Optional[str] = ..., weight: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., draining: _Optional[bool] = ...) -> None: ...
+
+class SetRegistrationsRequest(_message.Message):
+    __slots__ = ("node_id", "registrations")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    REGISTRATIONS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    registrations: _containers.RepeatedCompositeFieldContainer[Registration]
+    def __init__(self, node_id: _Optional[str] = ..., registrations: _Optional[_Iterable[_Union[Registration, _Mapping]]] = ...) -> None: ...
+
+class SetRegistrationsResponse(_message.Message):
+    __slots__ = ("accepted",)
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    def __init__(self, accepted: _Optional[int] = ...) -> None: ...
+
+class LocalClientStatus(_message.Message):
+    __slots__ = ("client_id", "type_url", "version_acked", "nack_version", "nack_message", "nack_time")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_URL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_ACKED_FIELD_NUMBER: _ClassVar[int]
+    NACK_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NACK_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    NACK_TIME_FIELD_NUMBER: _ClassVar[int]
+    client_id: str
+    type_url: str
+    version_acked: str
+    nack_version: str
+    nack_message: str
+    nack_time: _timestamp_pb2.Timestamp
+    def __init__(self, client_id: _Optional[str] = ..., type_url: _Optional[str] = ..., version_acked: _Optional[str] = ..., nack_version: _Optional[str] = ..., nack_message: _Optional[str] = ..., nack_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ReportClientStatusRequest(_message.Message):
+    __slots__ = ("node_id", "clients")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    clients: _containers.RepeatedCompositeFieldContainer[LocalClientStatus]
+    def __init__(self, node_id: _Optional[str] = ..., clients: _Optional[_Iterable[_Union[LocalClientStatus, _Mapping]]] = ...) -> None: ...
+
+class ReportClientStatusResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
