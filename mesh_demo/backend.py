@@ -77,6 +77,16 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+
+    def set_health(status: int) -> None:
+        # SIGUSR1 / SIGUSR2: report NOT_SERVING / SERVING, to watch health checks react.
+        log.info("backend health set", name=args.name, serving=status == SERVING)
+        for service in ("", SERVICE):
+            loop.create_task(checker.set(service, status))
+
+    SERVING = health_pb2.HealthCheckResponse.SERVING
+    loop.add_signal_handler(signal.SIGUSR1, set_health, health_pb2.HealthCheckResponse.NOT_SERVING)
+    loop.add_signal_handler(signal.SIGUSR2, set_health, SERVING)
     await stop.wait()
     await checker.enter_graceful_shutdown()
     await server.stop(1)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 from envoy.config.core.v3 import base_pb2
 from google.protobuf import any_pb2
-from google.protobuf.message import Message
 
 from mesh.v1 import config_pb2
 
@@ -64,19 +64,51 @@ class Snapshot:
 
     @classmethod
     def build(cls, revision: int, built: Resources) -> Snapshot:
-        packed: dict[TypeUrl, dict[ResourceName, Resource]] = {}
+        return cls.from_packed(
+            revision,
+            {
+                type_url: {
+                    name: any_pb2.Any(
+                        type_url=type_url, value=message.SerializeToString(deterministic=True)
+                    )
+                    for name, message in by_name.items()
+                }
+                for type_url, by_name in built.items()
+            },
+        )
+
+    @classmethod
+    def from_packed(
+        cls, revision: int, packed: Mapping[TypeUrl, Mapping[ResourceName, any_pb2.Any]]
+    ) -> Snapshot:
+        """A snapshot of resources already packed (the agent relays what it was sent)."""
+        resources: dict[TypeUrl, dict[ResourceName, Resource]] = {}
         overall = hashlib.blake2b(digest_size=8)
-        for type_url in sorted(built):
+        for type_url in sorted(packed):
             by_name: dict[ResourceName, Resource] = {}
-            for name in sorted(built[type_url]):
-                message: Message = built[type_url][name]
-                data = message.SerializeToString(deterministic=True)
-                any_ = any_pb2.Any(type_url=type_url, value=data)
-                digest = _digest(data)
+            for name in sorted(packed[type_url]):
+                any_ = packed[type_url][name]
+                digest = _digest(any_.value)
                 by_name[name] = Resource(name, any_, digest)
                 overall.update(f"{type_url}/{name}={digest};".encode())
-            packed[type_url] = by_name
-        return cls(revision=revision, resources=packed, id=overall.hexdigest())
+            resources[type_url] = by_name
+        return cls(revision=revision, resources=resources, id=overall.hexdigest())
+
+
+class SnapshotSource(Protocol):
+    """Where an ADS session gets what it serves: the control server's
+    :class:`SnapshotCache`, or the agent's view of its cache."""
+
+    @property
+    def loaded(self) -> bool:
+        """False until there is config to serve; sessions wait until then."""
+        ...
+
+    def snapshot_for(self, node: base_pb2.Node) -> Snapshot: ...
+
+    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Calls ``callback`` after every change; returns the function that unsubscribes."""
+        ...
 
 
 def _one_group(node: base_pb2.Node) -> GroupKey:

@@ -1,0 +1,3 @@
+from mesh_agent.cli import main
+
+main()

@@ -1,0 +1,502 @@
+"""The node agent's parts as components, started, watched and stopped by one supervisor.
+
+This is the seed's ServiceMesh core (``SEED-service-mesh-core.md``) with its known faults fixed
+(DESIGN.md, decision 7):
+
+* **Strict init order.** The seed wired its parts in one hand-written order. Here every
+  component declares what it needs (``requires``); the :class:`Supervisor` derives the start
+  order from that graph (a topological order, ties broken by name so it is deterministic) and
+  stops in the reverse order. An unknown requirement, a cycle or a duplicate name is refused
+  up front with an error naming the components involved.
+* **No custom injection.** A component receives what it needs from an :class:`AgentContext`
+  (``ctx.require("cache", ConfigCache)``) instead of building it, and only what it declared.
+  Users add components, or replace a built-in one by giving theirs the same name, through the
+  ``mesh_agent.components`` entry point group (:func:`load_components`). A broken plug-in is
+  logged and skipped; it never stops the agent.
+* **No state persistence.** The context carries the agent's ``state_dir``; components keep
+  what must survive a restart (last good config, breaker state) there.
+* **Weak error propagation.** A component whose ``start()`` or ``run()`` raises is isolated:
+  it is marked failed (its last error kept and logged with the traceback), stopped, and
+  restarted with exponential backoff, forever, while every other component keeps running.
+  Each change is reported through ``on_change(name, serving)``, which the agent wires to
+  ``grpc.health.v1`` so each component shows in health under its own name.
+
+No grpc import here: transport code only feeds and reads this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import importlib.metadata
+import inspect
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol, TypeVar, cast
+
+import structlog
+
+from control.backoff import Backoff
+from control.errors import MeshError
+
+log = structlog.get_logger(__name__)
+
+ENTRY_POINT_GROUP = "mesh_agent.components"
+DEFAULT_BACKOFF = Backoff(base=0.5, cap=30.0, factor=2.0, jitter=0.5)
+
+State = Literal["starting", "running", "failed", "restarting", "stopped"]
+T = TypeVar("T")
+
+
+class Component(Protocol):
+    """One part of the agent.
+
+    ``name`` is unique within the agent and is the name it has in health. ``requires`` names
+    the components that must be started before this one; only those can be fetched from the
+    context. (Both are read-only here, so a plain class attribute satisfies them.)
+
+    ``start(ctx)`` sets up; raising means the start failed. ``run()`` is the main loop: it may
+    run until cancelled, return at once when there is nothing to loop on (the component then
+    stays running until shutdown) or raise, which means it failed. ``stop()`` releases what was
+    set up; it must be safe to call after a failed or partial ``start()``. After a failure the
+    supervisor calls ``stop()`` and later ``start()`` again on the same object.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def requires(self) -> tuple[str, ...]: ...
+
+    async def start(self, ctx: AgentContext) -> None: ...
+
+    async def run(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class ComponentError(MeshError):
+    """Base of the errors this module raises on purpose."""
+
+
+class ComponentGraphError(ComponentError, ValueError):
+    """The set of components cannot be started: a duplicate name, an unknown requirement, a
+    cycle, or an object that is not a component."""
+
+
+class ComponentLookupError(ComponentError, LookupError):
+    """A component asked the context for something it cannot have."""
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentState:
+    """A snapshot of one component, as shown by health and ``meshctl status``."""
+
+    name: str
+    state: State
+    last_error: str | None
+    restarts: int
+
+
+class AgentContext:
+    """What a component receives in ``start()``: the agent's settings, its state directory and
+    the other components, by name.
+
+    The supervisor gives each component its own view, limited to the names in its ``requires``,
+    so that a dependency that was not declared (and so might not be started yet) is an error
+    instead of a race. A context built without ``owner``/``allowed`` (e.g. in a unit test of
+    one component) gives access to every component it holds.
+    """
+
+    def __init__(
+        self,
+        settings: Mapping[str, Any] | None = None,
+        state_dir: Path | str = ".",
+        components: Mapping[str, Component] | None = None,
+        *,
+        owner: str | None = None,
+        allowed: Collection[str] | None = None,
+    ) -> None:
+        self.settings: Mapping[str, Any] = settings if settings is not None else {}
+        self.state_dir = Path(state_dir)
+        self._components: Mapping[str, Component] = components if components is not None else {}
+        self.owner = owner
+        self._allowed = frozenset(allowed) if allowed is not None else None
+
+    def for_component(self, component: Component) -> AgentContext:
+        """The view handed to ``component``: only what it declared in ``requires``."""
+        return AgentContext(
+            self.settings,
+            self.state_dir,
+            self._components,
+            owner=component.name,
+            allowed=tuple(component.requires),
+        )
+
+    def get(self, name: str) -> Component:
+        """The component called ``name``."""
+        if self._allowed is not None and name not in self._allowed:
+            declared = ", ".join(sorted(self._allowed)) or "nothing"
+            raise ComponentLookupError(
+                f"component {self.owner!r} asked for {name!r}, which it does not declare in "
+                f"requires (it declares: {declared}); add it so it is started first"
+            )
+        try:
+            return self._components[name]
+        except KeyError:
+            known = ", ".join(sorted(self._components)) or "none"
+            who = f"component {self.owner!r} asked for" if self.owner else "no component named"
+            raise ComponentLookupError(
+                f"{who} {name!r}, which is not a known component (known: {known})"
+            ) from None
+
+    def require(self, name: str, kind: type[T]) -> T:
+        """The component called ``name``, checked to be a ``kind`` (a class, or a
+        ``runtime_checkable`` protocol)."""
+        component = self.get(name)
+        if not isinstance(component, kind):
+            who = f"component {self.owner!r}" if self.owner else "the caller"
+            raise ComponentLookupError(
+                f"component {name!r} is a {type(component).__qualname__}, not the "
+                f"{kind.__qualname__} that {who} needs"
+            )
+        return component
+
+
+def component_problem(obj: object) -> str | None:
+    """Why ``obj`` is not a usable component, or None if it looks like one."""
+    name = getattr(obj, "name", None)
+    if not isinstance(name, str) or not name:
+        return f"{obj!r} has no non-empty string 'name'"
+    requires = getattr(obj, "requires", None)
+    if isinstance(requires, str) or not isinstance(requires, tuple | list):
+        return f"component {name!r}: 'requires' must be a tuple of names, not {requires!r}"
+    if not all(isinstance(r, str) for r in requires):
+        return f"component {name!r}: 'requires' must hold only names, got {requires!r}"
+    for method in ("start", "run", "stop"):
+        if not callable(getattr(obj, method, None)):
+            return f"component {name!r} has no {method}() method"
+    return None
+
+
+def _validate(components: Sequence[Component]) -> list[Component]:
+    """The components in start order, or ComponentGraphError."""
+    by_name: dict[str, Component] = {}
+    for component in components:
+        problem = component_problem(component)
+        if problem is not None:
+            raise ComponentGraphError(problem)
+        if component.name in by_name:
+            raise ComponentGraphError(
+                f"two components are named {component.name!r} "
+                f"({by_name[component.name]!r} and {component!r})"
+            )
+        by_name[component.name] = component
+    needs: dict[str, set[str]] = {}
+    for name, component in by_name.items():
+        for required in component.requires:
+            if required not in by_name:
+                raise ComponentGraphError(
+                    f"component {name!r} requires {required!r}, which is not a known "
+                    f"component (known: {', '.join(sorted(by_name))})"
+                )
+        needs[name] = set(component.requires)
+    # Kahn's algorithm with a heap: the smallest name among those ready starts first.
+    dependents: dict[str, list[str]] = {name: [] for name in by_name}
+    for name, wanted in needs.items():
+        for r in wanted:
+            dependents[r].append(name)
+    waiting = {name: len(wanted) for name, wanted in needs.items()}
+    ready = [name for name, count in waiting.items() if count == 0]
+    heapq.heapify(ready)
+    order: list[Component] = []
+    while ready:
+        name = heapq.heappop(ready)
+        order.append(by_name[name])
+        for dependent in dependents[name]:
+            waiting[dependent] -= 1
+            if waiting[dependent] == 0:
+                heapq.heappush(ready, dependent)
+    if len(order) < len(by_name):
+        left = {name for name, count in waiting.items() if count > 0}
+        cycle = _find_cycle(left, needs)
+        raise ComponentGraphError(f"components require each other in a cycle: {' -> '.join(cycle)}")
+    return order
+
+
+def _find_cycle(nodes: set[str], needs: Mapping[str, set[str]]) -> list[str]:
+    """A cycle among ``nodes`` (which must hold one), as ``[a, b, ..., a]``."""
+    start = min(nodes)
+    path: list[str] = []
+    seen: dict[str, int] = {}
+    node = start
+    # Every node left over by Kahn's algorithm needs another left-over node, so following
+    # the smallest such requirement must come back to a node already on the path.
+    while node not in seen:
+        seen[node] = len(path)
+        path.append(node)
+        node = min(r for r in needs[node] if r in nodes)
+    return [*path[seen[node] :], node]
+
+
+class _Slot:
+    """The supervisor's book-keeping for one component."""
+
+    def __init__(self, component: Component, context: AgentContext) -> None:
+        self.component = component
+        self.context = context
+        self.state: State = "stopped"
+        self.last_error: str | None = None
+        self.restarts = 0
+        self.task: asyncio.Task[None] | None = None
+        self.needs_stop = False
+        self.first_attempt = asyncio.Event()
+
+    @property
+    def name(self) -> str:
+        return self.component.name
+
+
+def _no_change(name: str, serving: bool) -> None:
+    pass
+
+
+class Supervisor:
+    """Starts components in dependency order, keeps each one's ``run()`` going in its own task,
+    restarts a failed one with backoff without touching the others, and stops them in reverse.
+
+    ``on_change(name, serving)`` is called with True when a component becomes running and with
+    False when it fails or is stopped. ``reset_after`` is how long (seconds) a component must
+    have run healthily for its backoff to start again from the first delay. ``start_timeout``
+    bounds each ``start()`` call (a start that takes longer counts as failed); ``stop_timeout``
+    bounds the ``stop()`` call made after a failure.
+    """
+
+    def __init__(
+        self,
+        components: Sequence[Component],
+        *,
+        settings: Mapping[str, Any] | None = None,
+        state_dir: Path | str = ".",
+        backoff: Backoff = DEFAULT_BACKOFF,
+        on_change: Callable[[str, bool], None] = _no_change,
+        reset_after: float = 30.0,
+        start_timeout: float = 30.0,
+        stop_timeout: float = 5.0,
+    ) -> None:
+        ordered = _validate(components)
+        self._context = AgentContext(settings, state_dir, {c.name: c for c in ordered})
+        self._backoff = backoff
+        self._on_change = on_change
+        self._reset_after = reset_after
+        self._start_timeout = start_timeout
+        self._stop_timeout = stop_timeout
+        self._slots = [_Slot(c, self._context.for_component(c)) for c in ordered]
+        self._by_name = {slot.name: slot for slot in self._slots}
+        self._started = False
+        self._stopping = False
+
+    @property
+    def context(self) -> AgentContext:
+        """The agent-wide context (not limited to any component's requirements)."""
+        return self._context
+
+    @property
+    def order(self) -> tuple[str, ...]:
+        """Component names in start order; stop order is the reverse."""
+        return tuple(slot.name for slot in self._slots)
+
+    def statuses(self) -> list[ComponentState]:
+        """A snapshot of every component, in start order."""
+        return [
+            ComponentState(slot.name, slot.state, slot.last_error, slot.restarts)
+            for slot in self._slots
+        ]
+
+    def status(self, name: str) -> ComponentState:
+        slot = self._by_name[name]
+        return ComponentState(slot.name, slot.state, slot.last_error, slot.restarts)
+
+    async def __aenter__(self) -> Supervisor:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Starts every component in dependency order. Each start is awaited before the next
+        begins; a component whose start fails is left to restart in the background and the
+        others start anyway (they may see it degraded, the agent stays up)."""
+        if self._started:
+            raise RuntimeError("the supervisor was already started")
+        self._started = True
+        for slot in self._slots:
+            if self._stopping:
+                break
+            down = [r for r in slot.component.requires if self._by_name[r].state != "running"]
+            if down:
+                log.warning(
+                    "starting component although what it requires is not running",
+                    component=slot.name,
+                    not_running=down,
+                )
+            slot.task = asyncio.create_task(self._supervise(slot), name=f"component:{slot.name}")
+            waiter = asyncio.create_task(slot.first_attempt.wait())
+            try:
+                await asyncio.wait({slot.task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+        log.info("components started", order=list(self.order))
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stops every component, dependents before what they depend on: cancels its run task
+        and awaits it, then calls its ``stop()``, each step bounded by ``timeout`` seconds. A
+        component that overruns or raises is logged and left behind; shutdown goes on."""
+        self._stopping = True
+        for slot in reversed(self._slots):
+            task = slot.task
+            if task is not None and not task.done():
+                task.cancel()
+                done, _ = await asyncio.wait({task}, timeout=timeout)
+                if not done:
+                    log.warning(
+                        "component did not finish after cancellation",
+                        component=slot.name,
+                        timeout=timeout,
+                    )
+            if task is not None and task.done() and not task.cancelled():
+                error = task.exception()
+                if error is not None:
+                    log.error("component task ended in error", component=slot.name, exc_info=error)
+            if slot.needs_stop:
+                await self._stop_component(slot, timeout)
+            if slot.state != "stopped":
+                slot.state = "stopped"
+                self._notify(slot.name, False)
+        log.info("components stopped")
+
+    async def _supervise(self, slot: _Slot) -> None:
+        loop = asyncio.get_running_loop()
+        delays: Iterator[float] = self._backoff.delays()
+        while not self._stopping:
+            slot.state = "starting"
+            slot.needs_stop = True
+            phase = "start"
+            started_at: float | None = None
+            try:
+                async with asyncio.timeout(self._start_timeout):
+                    await slot.component.start(slot.context)
+                started_at = loop.time()
+                slot.state = "running"
+                log.info("component running", component=slot.name, restarts=slot.restarts)
+                self._notify(slot.name, True)
+                slot.first_attempt.set()
+                phase = "run"
+                await slot.component.run()
+            except asyncio.CancelledError as exc:
+                current = asyncio.current_task()
+                if self._stopping or (current is not None and current.cancelling()):
+                    raise
+                error: BaseException = exc  # cancelled from inside the component: a failure
+            except Exception as exc:
+                error = exc
+            else:
+                log.debug(
+                    "component run() returned; it stays up until shutdown", component=slot.name
+                )
+                return
+            if self._stopping:
+                return
+            slot.state = "failed"
+            slot.last_error = repr(error)
+            log.error("component failed", component=slot.name, phase=phase, exc_info=error)
+            self._notify(slot.name, False)
+            await self._stop_component(slot, self._stop_timeout)
+            slot.first_attempt.set()
+            if started_at is not None and loop.time() - started_at >= self._reset_after:
+                delays = self._backoff.delays()
+            delay = next(delays)
+            slot.restarts += 1
+            slot.state = "restarting"
+            log.info(
+                "restarting component",
+                component=slot.name,
+                delay=round(delay, 3),
+                restarts=slot.restarts,
+            )
+            await asyncio.sleep(delay)
+
+    async def _stop_component(self, slot: _Slot, timeout: float) -> None:
+        slot.needs_stop = False
+        try:
+            async with asyncio.timeout(timeout):
+                await slot.component.stop()
+        except TimeoutError:
+            log.warning("component stop() timed out", component=slot.name, timeout=timeout)
+        except Exception as exc:
+            log.warning("component stop() raised; ignored", component=slot.name, exc_info=exc)
+
+    def _notify(self, name: str, serving: bool) -> None:
+        try:
+            self._on_change(name, serving)
+        except Exception as exc:
+            log.error("on_change callback raised", component=name, serving=serving, exc_info=exc)
+
+
+def load_components(
+    builtin: Sequence[Component], group: str = ENTRY_POINT_GROUP
+) -> list[Component]:
+    """The built-in components plus those installed under the entry point ``group``.
+
+    Each entry point names a factory taking no arguments (a function, or a component class)
+    that returns a component; an already built component object is accepted as is. A component
+    whose name equals a built-in's replaces it, in its place; others are appended, in entry
+    point name order. An entry point that cannot be imported, whose factory raises, or that
+    does not yield a component is logged and skipped. When two entry points give the same new
+    name, the first (by entry point name) wins and the other is logged and skipped.
+    """
+    result: dict[str, Component] = {c.name: c for c in builtin}
+    builtin_names = set(result)
+    from_entry_point: dict[str, str] = {}
+    for ep in sorted(importlib.metadata.entry_points(group=group), key=lambda e: (e.name, e.value)):
+        dist = ep.dist.name if ep.dist is not None else None
+        where = {"entry_point": ep.name, "target": ep.value, "distribution": dist}
+        try:
+            obj = ep.load()
+        except (Exception, SystemExit) as exc:
+            log.error("component entry point cannot be loaded; skipped", **where, exc_info=exc)
+            continue
+        if isinstance(obj, type) or (callable(obj) and component_problem(obj) is not None):
+            try:
+                obj = obj()
+            except (Exception, SystemExit) as exc:
+                log.error("component factory raised; skipped", **where, exc_info=exc)
+                continue
+        problem = component_problem(obj)
+        if problem is not None:
+            if inspect.iscoroutine(obj):
+                obj.close()
+                problem = "its factory is async; it must return the component itself"
+            log.error(
+                "component entry point does not give a component; skipped", **where, problem=problem
+            )
+            continue
+        component = cast(Component, obj)
+        name = component.name
+        if name in from_entry_point:
+            log.error(
+                "two component entry points give the same name; the second is skipped",
+                **where,
+                component=name,
+                kept=from_entry_point[name],
+            )
+            continue
+        from_entry_point[name] = ep.value
+        if name in builtin_names:
+            log.info("built-in component replaced by entry point", component=name, **where)
+        else:
+            log.info("component added by entry point", component=name, **where)
+        result[name] = component
+    return list(result.values())

@@ -1,0 +1,75 @@
+"""What the agent asks the control plane for: what its local processes ask for, plus what it
+already holds, plus what that references (routes of held listeners, endpoints and policies of
+held clusters). Plain functions over the cache and the local sessions; no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+
+from control.xds.stream import AdsSession
+from control.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SERVICE_POLICY, TypeUrl
+
+from .cache import ConfigCache, decode
+from .upstream import Interest
+
+
+def _route_names(cache: ConfigCache) -> set[str]:
+    names: set[str] = set()
+    for packed in cache.resources(LISTENER).values():
+        listener = decode(packed, LISTENER)
+        assert isinstance(listener, listener_pb2.Listener)
+        manager = hcm_pb2.HttpConnectionManager()
+        if listener.api_listener.api_listener.Unpack(manager) and manager.HasField("rds"):
+            names.add(manager.rds.route_config_name)
+    return names
+
+
+def _endpoint_names(cache: ConfigCache) -> set[str]:
+    names: set[str] = set()
+    for name, packed in cache.resources(CLUSTER).items():
+        cluster = decode(packed, CLUSTER)
+        assert isinstance(cluster, cluster_pb2.Cluster)
+        names.add(cluster.eds_cluster_config.service_name or name)
+    return names
+
+
+def local_demand(sessions: Iterable[AdsSession]) -> dict[TypeUrl, Interest]:
+    """The union of what local sessions subscribe to, per type (None: someone wants all)."""
+    demand: dict[TypeUrl, set[str] | None] = {}
+    for session in sessions:
+        for type_url, state in session.types.items():
+            current = demand.get(type_url, set())
+            if state.wildcard or current is None:
+                demand[type_url] = None
+            else:
+                demand[type_url] = current | state.names
+    return {t: None if n is None else frozenset(n) for t, n in demand.items()}
+
+
+def compute_interest(
+    cache: ConfigCache, demand: dict[TypeUrl, Interest]
+) -> dict[TypeUrl, Interest]:
+    held_clusters = cache.names(CLUSTER)
+    derived: dict[TypeUrl, set[str]] = {
+        LISTENER: cache.names(LISTENER),
+        CLUSTER: held_clusters,
+        ROUTE: _route_names(cache),
+        ENDPOINT: _endpoint_names(cache),
+        SERVICE_POLICY: set(held_clusters),
+    }
+    # Interceptors (and the breakers) need the policy of every service a process dials.
+    listener_demand = demand.get(LISTENER, frozenset())
+    policy_demand = demand.get(SERVICE_POLICY, frozenset())
+    if listener_demand is not None and policy_demand is not None:
+        derived[SERVICE_POLICY] |= listener_demand
+    interest: dict[TypeUrl, Interest] = {}
+    for type_url, names in derived.items():
+        wanted = demand.get(type_url, frozenset())
+        interest[type_url] = None if wanted is None else frozenset(names | wanted)
+    return interest

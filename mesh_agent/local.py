@@ -1,0 +1,90 @@
+"""What the agent serves to the processes on its node: the cached config, with endpoint health
+rewritten from the agent's own active checks.
+
+:class:`LocalSnapshotSource` gives the local ADS server (the same protocol code as the control
+server, :class:`control.xds.stream.AdsSession`) one snapshot for every local process, rebuilt
+when the cache or the health verdicts change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from envoy.config.core.v3 import base_pb2, health_check_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from google.protobuf import any_pb2
+
+from control.xds.snapshot import Snapshot
+from control.xds.types import ENDPOINT, ResourceName, TypeUrl
+
+from .cache import ConfigCache
+
+HealthOverrides = Callable[[str], Mapping[str, str]]
+"""service -> {address: "unhealthy"} for endpoints the checker says must not get traffic."""
+
+
+def _no_overrides(service: str) -> Mapping[str, str]:
+    return {}
+
+
+def rewrite_health(packed: any_pb2.Any, unhealthy: Mapping[str, str]) -> any_pb2.Any:
+    """The ClusterLoadAssignment in ``packed`` with the listed addresses marked UNHEALTHY."""
+    assignment = endpoint_pb2.ClusterLoadAssignment()
+    packed.Unpack(assignment)
+    for locality in assignment.endpoints:
+        for lb_endpoint in locality.lb_endpoints:
+            socket = lb_endpoint.endpoint.address.socket_address
+            host = f"[{socket.address}]" if ":" in socket.address else socket.address
+            if f"{host}:{socket.port_value}" in unhealthy:
+                lb_endpoint.health_status = health_check_pb2.UNHEALTHY
+    return any_pb2.Any(
+        type_url=packed.type_url, value=assignment.SerializeToString(deterministic=True)
+    )
+
+
+class LocalSnapshotSource:
+    """The snapshot source of the agent's local ADS server. Event-loop owned."""
+
+    def __init__(self, cache: ConfigCache, overrides: HealthOverrides = _no_overrides) -> None:
+        self._cache = cache
+        self._overrides = overrides
+        self._snapshot: Snapshot | None = None
+        self._revision = 0
+        self._subscribers: dict[int, Callable[[], None]] = {}
+        self._next = 0
+        cache.subscribe(self.invalidate)
+
+    @property
+    def loaded(self) -> bool:
+        """True once there is config to serve (from upstream or from the state dir)."""
+        return bool(self._cache.types)
+
+    def set_overrides(self, overrides: HealthOverrides) -> None:
+        self._overrides = overrides
+        self.invalidate()
+
+    def invalidate(self) -> None:
+        self._snapshot = None
+        self._revision += 1
+        for callback in list(self._subscribers.values()):
+            callback()
+
+    def snapshot_for(self, node: base_pb2.Node) -> Snapshot:
+        if self._snapshot is None:
+            packed: dict[TypeUrl, dict[ResourceName, any_pb2.Any]] = {}
+            for type_url, entry in self._cache.types.items():
+                resources = dict(entry.resources)
+                if type_url == ENDPOINT:
+                    for name, resource in resources.items():
+                        unhealthy = self._overrides(name)
+                        if unhealthy:
+                            resources[name] = rewrite_health(resource, unhealthy)
+                packed[type_url] = resources
+            self._snapshot = Snapshot.from_packed(self._revision, packed)
+        return self._snapshot
+
+    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
+        token = self._next
+        self._next += 1
+        self._subscribers[token] = callback
+        return lambda: self._subscribers.pop(token, None)  # type: ignore[func-returns-value]

@@ -1,0 +1,208 @@
+"""The agent's one ADS stream to the control plane.
+
+:class:`UpstreamClient` keeps a state-of-the-world ADS stream to one of the configured
+control servers, failing over between them with jittered exponential backoff. On every
+(re)connect it asks again for what it wants, with the versions it already holds, so a server
+with the same content has nothing to resend. Each response is checked by the
+:class:`~mesh_agent.cache.ConfigCache` before it replaces anything: usable responses are
+ACKed, others NACKed with the reason while the last good config stays in force.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+import structlog
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.rpc import status_pb2
+
+from control.backoff import Backoff
+from control.xds.types import PUSH_ORDER, ResourceName, TypeUrl, short_name
+
+from .cache import ConfigCache
+
+log = structlog.get_logger(__name__)
+
+Interest = frozenset[ResourceName] | None
+"""Names wanted of one type; None means every resource (wildcard)."""
+
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+]
+CONNECT_TIMEOUT = 3.0
+STABLE_AFTER = 10.0  # a stream that lived this long resets the backoff
+
+
+@dataclass(slots=True)
+class TypeStats:
+    responses: int = 0
+    last_nack: str = ""
+    rejected: bool = False  # the latest response was NACKed
+
+
+class UpstreamClient:
+    """Event-loop owned. ``want`` may be called at any time; the stream follows."""
+
+    def __init__(
+        self,
+        servers: Sequence[str],
+        node: base_pb2.Node,
+        cache: ConfigCache,
+        *,
+        backoff: Backoff = Backoff(base=0.2, cap=5.0),
+    ) -> None:
+        if not servers:
+            raise ValueError("at least one control server address is needed")
+        self.servers = list(servers)
+        self.node = node
+        self.cache = cache
+        self.backoff = backoff
+        self.interest: dict[TypeUrl, Interest] = {}
+        self.stats: dict[TypeUrl, TypeStats] = {}
+        self.connected_to = ""
+        self._queue: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] | None = None
+        self._nonces: dict[TypeUrl, str] = {}
+        self._sent_node = False
+        self._requested: set[TypeUrl] = set()
+        self._on_connect: list[Callable[[str], None]] = []
+        self._on_disconnect: list[Callable[[], None]] = []
+        self._connected_once = asyncio.Event()
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.connected_to)
+
+    def on_connect(self, callback: Callable[[str], None]) -> None:
+        self._on_connect.append(callback)
+
+    def on_disconnect(self, callback: Callable[[], None]) -> None:
+        self._on_disconnect.append(callback)
+
+    def want(self, type_url: TypeUrl, names: Interest) -> None:
+        """Subscribes to ``names`` of ``type_url`` (None: wildcard) on the current and every
+        later stream."""
+        if type_url in self.interest and self.interest[type_url] == names:
+            return
+        self.interest[type_url] = names
+        if self._queue is not None and (names != frozenset() or type_url in self._requested):
+            self._queue.put_nowait(self._request(type_url))
+
+    def _request(self, type_url: TypeUrl) -> discovery_pb2.DiscoveryRequest:
+        names = self.interest.get(type_url)
+        request = discovery_pb2.DiscoveryRequest(
+            type_url=type_url,
+            version_info=self.cache.version(type_url),
+            resource_names=["*"] if names is None else sorted(names),
+            response_nonce=self._nonces.get(type_url, ""),
+        )
+        if not self._sent_node:
+            request.node.CopyFrom(self.node)
+            self._sent_node = True
+        self._requested.add(type_url)
+        return request
+
+    async def run(self) -> None:
+        """Connects, serves and reconnects until cancelled."""
+        delays = self.backoff.delays()
+        attempt = 0
+        while True:
+            server = self.servers[attempt % len(self.servers)]
+            attempt += 1
+            started = time.monotonic()
+            try:
+                await self._stream(server)
+                log.warning("upstream stream ended", server=server)
+            except grpc.aio.AioRpcError as error:
+                log.warning(
+                    "upstream stream failed",
+                    server=server,
+                    code=error.code().name,
+                    details=error.details(),
+                )
+            except TimeoutError:
+                log.warning("control server unreachable", server=server)
+            if time.monotonic() - started > STABLE_AFTER:
+                delays = self.backoff.delays()
+            await asyncio.sleep(next(delays))
+
+    async def _stream(self, server: str) -> None:
+        channel = grpc.aio.insecure_channel(server, options=CHANNEL_OPTIONS)
+        try:
+            await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT)
+            queue: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
+            self._nonces.clear()
+            self._sent_node = False
+            self._requested.clear()
+            for type_url in sorted(self.interest, key=_push_rank):
+                # An empty first request would be a wildcard subscription: ask for nothing.
+                if self.interest[type_url] != frozenset():
+                    queue.put_nowait(self._request(type_url))
+            self._queue = queue
+            stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+            call = stub.StreamAggregatedResources(_drain(queue))
+            self.connected_to = server
+            log.info("upstream connected", server=server)
+            for callback in list(self._on_connect):
+                callback(server)
+            async for response in call:
+                self._handle(response)
+        finally:
+            was_connected = self.connected
+            self._queue = None
+            self.connected_to = ""
+            if was_connected:
+                for callback in list(self._on_disconnect):
+                    callback()
+            with contextlib.suppress(Exception):
+                await channel.close()
+
+    def _handle(self, response: discovery_pb2.DiscoveryResponse) -> None:
+        type_url = response.type_url
+        stats = self.stats.setdefault(type_url, TypeStats())
+        stats.responses += 1
+        self._nonces[type_url] = response.nonce
+        interest = self.interest.get(type_url)
+        error = self.cache.accept(
+            type_url,
+            response.version_info,
+            response.resources,
+            None if interest is None else set(interest),
+        )
+        request = self._request(type_url)
+        stats.rejected = error is not None
+        if error is not None:
+            stats.last_nack = error
+            request.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
+            log.warning(
+                "upstream config rejected (NACK)",
+                type=short_name(type_url),
+                version=response.version_info,
+                error=error,
+            )
+        else:
+            log.debug(
+                "upstream config accepted", type=short_name(type_url), version=response.version_info
+            )
+        if self._queue is not None:
+            self._queue.put_nowait(request)
+
+
+def _push_rank(type_url: TypeUrl) -> int:
+    return PUSH_ORDER.index(type_url) if type_url in PUSH_ORDER else len(PUSH_ORDER)
+
+
+async def _drain(
+    queue: asyncio.Queue[discovery_pb2.DiscoveryRequest | None],
+) -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
+    while (request := await queue.get()) is not None:
+        yield request

@@ -1,0 +1,176 @@
+"""mesh-agent end to end: control server, agent, backends and grpcio xDS clients whose
+bootstrap points at the agent's unix socket."""
+
+from __future__ import annotations
+
+import collections
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Processes, wait_for
+from tests.e2e.agentutil import agent_status, responses_received, start_agent
+from tests.e2e.test_control_xds import calls, meshctl, start_backend, start_client
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+
+def write_service(path: Path, name: str, *addresses: str, health: str = "") -> Path:
+    lines = [f"name: {name}", "endpoints:"] + [f"  - address: {a}" for a in addresses]
+    lines += ["policy:", "  timeout: 5s"]
+    if health:
+        lines.append(f"  health_check: {health}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def backends_of(records: list[dict[str, object]]) -> collections.Counter[str]:
+    return collections.Counter(str(r["backend"]) for r in records if r["ok"])
+
+
+def test_calls_through_the_agent_spread_over_both_backends(
+    procs: Processes, tmp_path: Path
+) -> None:
+    _, control = procs.start_ready(
+        "control",
+        "control",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        f"file:{tmp_path / 'store'}",
+    )
+    one, two = start_backend(procs, "backend-1"), start_backend(procs, "backend-2")
+    meshctl(control, "apply", "-f", str(write_service(tmp_path / "s.yaml", "echo", one, two)))
+    _, agent = start_agent(procs, control, "node-1")
+    client = start_client(procs, agent, "echo")
+    wait_for(lambda: len([c for c in calls(client) if c["ok"]]) >= 45, 40, "45 successful calls")
+    ok = [c for c in calls(client) if c["ok"]]
+    counts = backends_of(ok[-40:])
+    assert counts["backend-1"] >= 10 and counts["backend-2"] >= 10, counts
+    status = agent_status(agent)
+    assert status.connected and status.upstream == control
+    # The control server sees the agent and the process behind it.
+    nodes = json.loads(meshctl(control, "status", "-o", "json"))["nodes"]
+    assert any(n["node_id"] == "node-1" for n in nodes)
+
+
+def test_control_restart_resends_nothing_unchanged(procs: Processes, tmp_path: Path) -> None:
+    store = f"file:{tmp_path / 'store'}"
+    control_proc, control = procs.start_ready(
+        "control", "control", "serve", "--listen", "127.0.0.1:0", "--store", store
+    )
+    backend = start_backend(procs, "backend-1")
+    meshctl(control, "apply", "-f", str(write_service(tmp_path / "s.yaml", "echo", backend)))
+    _, agent = start_agent(procs, control, "node-1")
+    client = start_client(procs, agent, "echo")
+    wait_for(lambda: any(c["ok"] for c in calls(client)), 30, "a successful call")
+    time.sleep(0.5)
+    before = responses_received(agent)
+    assert {"Listener", "RouteConfiguration", "Cluster", "ClusterLoadAssignment"} <= set(before)
+
+    control_proc.stop()
+    procs.start_ready("control-2", "control", "serve", "--listen", control, "--store", store)
+    wait_for(lambda: agent_status(agent).connected, 20, "the agent to reconnect")
+    time.sleep(1.5)
+    assert responses_received(agent) == before, "unchanged resources were sent again"
+    # And a real change still arrives.
+    meshctl(
+        control,
+        "apply",
+        "-f",
+        str(write_service(tmp_path / "s.yaml", "echo", backend, "127.0.0.1:9")),
+    )
+    wait_for(
+        lambda: (
+            responses_received(agent)["ClusterLoadAssignment"] > before["ClusterLoadAssignment"]
+        ),
+        10,
+        "the change to reach the agent",
+    )
+
+
+def test_node_keeps_working_without_the_control_server(procs: Processes, tmp_path: Path) -> None:
+    store = f"file:{tmp_path / 'store'}"
+    control_proc, control = procs.start_ready(
+        "control", "control", "serve", "--listen", "127.0.0.1:0", "--store", store
+    )
+    one, two = start_backend(procs, "backend-1"), start_backend(procs, "backend-2")
+    meshctl(control, "apply", "-f", str(write_service(tmp_path / "s.yaml", "echo", one)))
+    agent_proc, agent = start_agent(procs, control, "node-1")
+    client = start_client(procs, agent, "echo")
+    wait_for(lambda: any(c["ok"] for c in calls(client)), 30, "a successful call")
+
+    control_proc.kill()
+    seen = len(calls(client))
+    wait_for(lambda: len(calls(client)) >= seen + 20, 20, "20 calls with the control server down")
+    assert all(c["ok"] for c in calls(client)[seen:]), calls(client)[seen:]
+
+    # The agent restarts while the control server is still down: a new process gets config.
+    client.stop()
+    agent_proc.stop()
+    _, agent = start_agent(procs, control, "node-1")
+    assert not agent_status(agent).connected
+    fresh = start_client(procs, agent, "echo", node="client-2")
+    wait_for(lambda: any(c["ok"] for c in calls(fresh)), 30, "a call served from the state dir")
+
+    # The control server comes back: a change applied there reaches the client.
+    procs.start_ready("control-2", "control", "serve", "--listen", control, "--store", store)
+    meshctl(control, "apply", "-f", str(write_service(tmp_path / "s.yaml", "echo", two)))
+    seen = len(calls(fresh))
+    wait_for(
+        lambda: any(c.get("backend") == "backend-2" for c in calls(fresh)[seen:]),
+        30,
+        "the change to reach the client",
+    )
+
+
+def test_health_checks_steer_traffic_and_panic_keeps_it_flowing(
+    procs: Processes, tmp_path: Path
+) -> None:
+    _, control = procs.start_ready(
+        "control", "control", "serve", "--listen", "127.0.0.1:0", "--store", "memory:"
+    )
+    one_proc, one = procs.start_ready("backend-1", "mesh_demo.backend", "--name", "backend-1")
+    two_proc, two = procs.start_ready("backend-2", "mesh_demo.backend", "--name", "backend-2")
+    hc = "{interval: 200ms, timeout: 100ms, unhealthy_threshold: 2, healthy_threshold: 2}"
+    meshctl(
+        control, "apply", "-f", str(write_service(tmp_path / "s.yaml", "echo", one, two, health=hc))
+    )
+    _, agent = start_agent(procs, control, "node-1")
+    client = start_client(procs, agent, "echo")
+    wait_for(lambda: len(backends_of(calls(client))) == 2, 30, "traffic on both backends")
+
+    one_proc.popen.send_signal(signal.SIGUSR1)  # backend-1 reports NOT_SERVING
+    started = time.monotonic()
+
+    def only_backend_2() -> bool:
+        recent = calls(client)[-15:]
+        return len(recent) == 15 and backends_of(recent) == {"backend-2": 15}
+
+    wait_for(only_backend_2, 10, "traffic to leave the failing backend")
+    # interval x threshold (0.4 s), plus the push to the client and 15 calls of 50 ms.
+    assert time.monotonic() - started < 5
+    unhealthy = {h.address for h in agent_status(agent).endpoint_health if h.state == "unhealthy"}
+    assert unhealthy == {one}
+
+    one_proc.popen.send_signal(signal.SIGUSR2)
+    seen = len(calls(client))
+    wait_for(lambda: backends_of(calls(client)[seen:])["backend-1"] > 0, 10, "traffic to return")
+
+    # Every endpoint failing its checks: panic threshold, calls still go out.
+    one_proc.popen.send_signal(signal.SIGUSR1)
+    two_proc.popen.send_signal(signal.SIGUSR1)
+    wait_for(
+        lambda: sum(h.state == "unhealthy" for h in agent_status(agent).endpoint_health) == 2,
+        10,
+        "both endpoints unhealthy",
+    )
+    seen = len(calls(client))
+    wait_for(lambda: len(calls(client)) >= seen + 20, 10, "20 more calls")
+    recent = calls(client)[seen:]
+    assert all(c["ok"] for c in recent), recent
+    assert len(backends_of(recent)) == 2

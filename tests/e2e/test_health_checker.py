@@ -1,0 +1,355 @@
+"""The agent's health checker against real in-process gRPC servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+import structlog
+from google.protobuf.duration_pb2 import Duration
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+
+from mesh.v1 import config_pb2
+from mesh_agent.health import HealthChecker
+
+pytestmark = [pytest.mark.e2e]
+
+INTERVAL = 0.1
+THRESHOLD = 2
+# Worst case to a verdict: the check in flight when the state flipped, then THRESHOLD more
+# rounds of interval + 10% jitter; plus a margin for a loaded CI machine.
+VERDICT_WITHIN = INTERVAL * 1.1 * (THRESHOLD + 1) + 1.0
+
+POLICY = config_pb2.HealthCheckPolicy(
+    interval=Duration(nanos=int(INTERVAL * 1e9)),
+    timeout=Duration(nanos=500_000_000),
+    unhealthy_threshold=THRESHOLD,
+    healthy_threshold=THRESHOLD,
+)
+
+
+class CountingHealthServicer(health_aio.HealthServicer):  # type: ignore[misc]
+    """The stock aio health servicer, counting the Check calls it answers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.checks = 0
+
+    async def Check(self, request: Any, context: Any) -> Any:
+        self.checks += 1
+        return await super().Check(request, context)
+
+
+class Backend:
+    """A real grpc.aio server with the standard health service, on 127.0.0.1:<free port>."""
+
+    def __init__(self) -> None:
+        self.server = grpc.aio.server()
+        self.health = CountingHealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.address = f"127.0.0.1:{self.port}"
+
+    async def start(self) -> Backend:
+        await self.server.start()
+        return self
+
+    async def set(self, status: int, service: str = "") -> None:
+        await self.health.set(service, status)
+
+    async def stop(self) -> None:
+        await self.server.stop(grace=None)
+
+
+async def eventually(
+    predicate: Callable[[], bool], within: float, what: str, every: float = 0.01
+) -> float:
+    """Waits until ``predicate()`` holds; returns the seconds it took."""
+    start = time.monotonic()
+    while not predicate():
+        elapsed = time.monotonic() - start
+        if elapsed > within:
+            pytest.fail(f"not within {within:.2f}s: {what}")
+        await asyncio.sleep(every)
+    return time.monotonic() - start
+
+
+@pytest.mark.timeout(30)
+async def test_not_serving_goes_unhealthy_and_comes_back() -> None:
+    a, b = await Backend().start(), await Backend().start()
+    checker = HealthChecker()
+    table = checker.table
+    try:
+        with structlog.testing.capture_logs() as logs:
+            checker.set_targets("orders", [a.address, b.address], POLICY)
+            await checker.start()
+            await eventually(
+                lambda: table.statuses("orders") == {a.address: "healthy", b.address: "healthy"},
+                VERDICT_WITHIN + 1.0,
+                "both endpoints healthy",
+            )
+            assert table.overrides("orders") == {}
+
+            await a.set(health_pb2.HealthCheckResponse.NOT_SERVING)
+            await eventually(
+                lambda: table.status("orders", a.address) == "unhealthy",
+                VERDICT_WITHIN,
+                "NOT_SERVING endpoint marked unhealthy",
+            )
+            assert table.overrides("orders") == {a.address: "unhealthy"}
+            assert not table.in_panic("orders")
+            assert table.status("orders", b.address) == "healthy"
+
+            await a.set(health_pb2.HealthCheckResponse.SERVING)
+            await eventually(
+                lambda: table.status("orders", a.address) == "healthy",
+                VERDICT_WITHIN,
+                "endpoint healthy again once SERVING",
+            )
+            assert table.overrides("orders") == {}
+    finally:
+        await checker.stop()
+        await a.stop()
+        await b.stop()
+
+    changes = [
+        (e["address"], e["old"], e["new"])
+        for e in logs
+        if e["event"] == "endpoint health changed" and e["service"] == "orders"
+    ]
+    assert (a.address, "healthy", "unhealthy") in changes
+    assert (a.address, "unhealthy", "healthy") in changes
+    failed = [
+        e for e in logs if e["event"] == "endpoint health changed" and e["new"] == "unhealthy"
+    ]
+    assert failed[0]["reason"] == "NOT_SERVING"
+
+
+@pytest.mark.timeout(30)
+async def test_stopped_server_goes_unhealthy_and_a_restarted_one_comes_back() -> None:
+    a, b = await Backend().start(), await Backend().start()
+    checker = HealthChecker()
+    table = checker.table
+    restarted: grpc.aio.Server | None = None
+    try:
+        checker.set_targets("orders", [a.address, b.address], POLICY)
+        await checker.start()
+        await eventually(
+            lambda: table.status("orders", a.address) == "healthy",
+            VERDICT_WITHIN + 1.0,
+            "endpoint healthy",
+        )
+        await a.stop()  # nothing listens on the port any more
+        await eventually(
+            lambda: table.status("orders", a.address) == "unhealthy",
+            VERDICT_WITHIN,
+            "stopped endpoint marked unhealthy",
+        )
+        assert table.overrides("orders") == {a.address: "unhealthy"}
+
+        # A new server on the same port: the channel reconnects within its 1s max backoff.
+        restarted = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health_aio.HealthServicer(), restarted)
+        if restarted.add_insecure_port(a.address) == 0:
+            pytest.skip("port was taken by something else meanwhile")
+        await restarted.start()
+        await eventually(
+            lambda: table.status("orders", a.address) == "healthy",
+            VERDICT_WITHIN + 1.5,
+            "restarted endpoint healthy again",
+        )
+    finally:
+        await checker.stop()
+        await a.stop()
+        await b.stop()
+        if restarted is not None:
+            await restarted.stop(grace=None)
+
+
+@pytest.mark.timeout(30)
+async def test_never_listening_address_goes_unhealthy() -> None:
+    gone = await Backend().start()
+    dead_address = gone.address
+    await gone.stop()
+    live = await Backend().start()
+    checker = HealthChecker()
+    try:
+        checker.set_targets("orders", [dead_address, live.address], POLICY)
+        await checker.start()
+        await eventually(
+            lambda: checker.table.overrides("orders") == {dead_address: "unhealthy"},
+            VERDICT_WITHIN + 1.0,
+            "unreachable endpoint overridden as unhealthy",
+        )
+    finally:
+        await checker.stop()
+        await live.stop()
+
+
+@pytest.mark.timeout(30)
+async def test_all_endpoints_failing_is_panic_without_overrides() -> None:
+    a, b = await Backend().start(), await Backend().start()
+    checker = HealthChecker()
+    table = checker.table
+    try:
+        with structlog.testing.capture_logs() as logs:
+            checker.set_targets("orders", [a.address, b.address], POLICY)
+            await checker.start()
+            await a.set(health_pb2.HealthCheckResponse.NOT_SERVING)
+            await b.set(health_pb2.HealthCheckResponse.NOT_SERVING)
+            await eventually(
+                lambda: (
+                    table.statuses("orders") == {a.address: "unhealthy", b.address: "unhealthy"}
+                ),
+                VERDICT_WITHIN + 1.0,
+                "both endpoints unhealthy",
+            )
+            assert table.in_panic("orders")
+            assert table.overrides("orders") == {}
+
+            await b.set(health_pb2.HealthCheckResponse.SERVING)
+            await eventually(lambda: not table.in_panic("orders"), VERDICT_WITHIN, "panic over")
+            assert table.overrides("orders") == {a.address: "unhealthy"}
+    finally:
+        await checker.stop()
+        await a.stop()
+        await b.stop()
+    events = [e["event"] for e in logs]
+    assert any(e.startswith("health panic:") for e in events)
+    assert any(e.startswith("health panic over") for e in events)
+
+
+@pytest.mark.timeout(30)
+async def test_service_name_is_sent_and_unknown_service_fails() -> None:
+    a = await Backend().start()
+    await a.set(health_pb2.HealthCheckResponse.SERVING, service="orders.v1.Orders")
+    checker = HealthChecker()
+    table = checker.table
+    named = config_pb2.HealthCheckPolicy()
+    named.CopyFrom(POLICY)
+    named.service_name = "orders.v1.Orders"
+    unknown = config_pb2.HealthCheckPolicy()
+    unknown.CopyFrom(POLICY)
+    unknown.service_name = "nope.v1.Nope"
+    try:
+        checker.set_targets("orders", [a.address], named)
+        checker.set_targets("other", [a.address], unknown)
+        await checker.start()
+        await eventually(
+            lambda: (
+                table.status("orders", a.address) == "healthy"
+                and table.status("other", a.address) == "unhealthy"
+            ),
+            VERDICT_WITHIN + 1.0,
+            "named service healthy, unknown service unhealthy",
+        )
+        # One channel serves both services' checks of the same address.
+        assert len(checker._channels) == 1
+    finally:
+        await checker.stop()
+        await a.stop()
+
+
+@pytest.mark.timeout(30)
+async def test_targets_update_keeps_state_and_removed_endpoints_stop_being_checked() -> None:
+    a, b, c = await Backend().start(), await Backend().start(), await Backend().start()
+    checker = HealthChecker()
+    table = checker.table
+    try:
+        await checker.start()  # targets may also arrive after start
+        checker.set_targets("orders", [a.address, b.address, c.address], POLICY)
+        await c.set(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await eventually(
+            lambda: (
+                table.statuses("orders")
+                == {a.address: "healthy", b.address: "healthy", c.address: "unhealthy"}
+            ),
+            VERDICT_WITHIN + 1.0,
+            "initial verdicts",
+        )
+        checker.set_targets("orders", [a.address, c.address], POLICY)
+        assert table.statuses("orders") == {a.address: "healthy", c.address: "unhealthy"}
+        assert checker.targets() == {"orders": [a.address, c.address]}
+        await asyncio.sleep(0.05)  # a check already on the wire may still land
+        checks = b.health.checks
+        await asyncio.sleep(INTERVAL * 4)
+        assert b.health.checks == checks, "removed endpoint is still being checked"
+        assert b.address not in checker._channels
+
+        checker.remove_service("orders")
+        assert table.services() == []
+        assert checker.targets() == {}
+        assert checker._channels == {}
+    finally:
+        await checker.stop()
+        for backend in (a, b, c):
+            await backend.stop()
+
+
+@pytest.mark.timeout(30)
+async def test_check_timeout_is_a_failure() -> None:
+    """A server that never answers: the policy's timeout turns each check into a failure."""
+
+    class Hanging(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
+        async def Check(self, request: Any, context: Any) -> Any:
+            await asyncio.sleep(10)
+
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(Hanging(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    address = f"127.0.0.1:{port}"
+    policy = config_pb2.HealthCheckPolicy()
+    policy.CopyFrom(POLICY)
+    policy.timeout.CopyFrom(Duration(nanos=50_000_000))
+    checker = HealthChecker()
+    try:
+        with structlog.testing.capture_logs() as logs:
+            checker.set_targets("orders", [address], policy)
+            await checker.start()
+            await eventually(
+                lambda: checker.table.status("orders", address) == "unhealthy",
+                VERDICT_WITHIN + 1.0,
+                "hanging endpoint unhealthy",
+            )
+    finally:
+        await checker.stop()
+        await server.stop(grace=None)
+    changed = [e for e in logs if e["event"] == "endpoint health changed"]
+    assert changed[0]["reason"].startswith(grpc.StatusCode.DEADLINE_EXCEEDED.name)
+
+
+@pytest.mark.timeout(30)
+async def test_a_check_loop_survives_errors() -> None:
+    a = await Backend().start()
+    checker = HealthChecker()
+    real_check = checker._check
+    failures = 3
+
+    async def flaky_check(target: Any) -> tuple[bool, str]:
+        nonlocal failures
+        if failures > 0:
+            failures -= 1
+            raise RuntimeError("bug in a check")
+        return await real_check(target)
+
+    checker._check = flaky_check  # type: ignore[method-assign]
+    try:
+        with structlog.testing.capture_logs() as logs:
+            checker.set_targets("orders", [a.address], POLICY)
+            await checker.start()
+            await eventually(
+                lambda: checker.table.status("orders", a.address) == "healthy",
+                VERDICT_WITHIN + INTERVAL * 1.1 * 3,
+                "endpoint healthy after the loop's errors",
+            )
+    finally:
+        await checker.stop()
+        await a.stop()
+    assert sum(e["event"] == "health check loop error" for e in logs) == 3
