@@ -14,6 +14,7 @@ from . import __version__
 from ._logging import configure
 from ._preflight import check_environment
 from .config import parse_duration
+from .registry import DEFAULT_GRACE
 from .server import ControlServer, write_ready_file
 
 log = structlog.get_logger(__name__)
@@ -49,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-delay", type=_seconds, default=1.0, help="longest a push waits in a burst (1s)"
     )
+    serve.add_argument(
+        "--registration-grace",
+        type=_seconds,
+        default=DEFAULT_GRACE,
+        help="how long a node's registered endpoints outlive its last ADS stream (30s)",
+    )
     serve.add_argument("--server-id", help="identity shown to nodes (default host name + random)")
     serve.add_argument("--log-level", default=None, help="debug, info, warning or error")
     return parser
@@ -61,6 +68,7 @@ async def _serve(args: argparse.Namespace) -> None:
         debounce=args.debounce,
         max_delay=args.max_delay,
         server_id=args.server_id,
+        registration_grace=args.registration_grace,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

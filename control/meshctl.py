@@ -152,10 +152,11 @@ def cmd_status(args: argparse.Namespace) -> None:
             )
         )
         return
+    streams = sum(1 for node in response.nodes if node.stream_id)
     print(
         f"server {response.server_id}: store revision {response.store_revision}, "
         f"serving snapshot of revision {response.snapshot_revision}, "
-        f"{len(response.nodes)} node stream(s)"
+        f"{streams} node stream(s)"
     )
     rows = [("NODE", "TYPE", "SENT", "ACKED", "STATE", "CONNECTED", "LAST NACK")]
     for node in response.nodes:
@@ -182,8 +183,33 @@ def cmd_status(args: argparse.Namespace) -> None:
             )
     if len(rows) > 1:
         _table(rows)
+    _node_state_tables(response.nodes)
     for problem in response.store_problems:
         print(f"store problem: {problem.source}: {problem.message}")
+
+
+def _node_state_tables(nodes: Sequence[admin_pb2.NodeStatus]) -> None:
+    """Registrations per node, and the local clients that rejected config. A node with
+    several streams is listed in several NodeStatus entries with the same node state."""
+    registered = [("NODE", "SERVICE", "ADDRESS", "DRAINING")]
+    nacks = [("NODE", "CLIENT", "TYPE", "NACK")]
+    seen: set[str] = set()
+    for node in nodes:
+        if node.node_id in seen:
+            continue
+        seen.add(node.node_id)
+        for r in node.registrations:
+            registered.append((node.node_id, r.service, r.address, "yes" if r.draining else "no"))
+        for c in node.local_clients:
+            if not c.nack_message:
+                continue
+            message = c.nack_message.replace("\n", " ")[:80]
+            nack = f"{c.nack_version}: {message}" if c.nack_version else message
+            nacks.append((node.node_id, c.client_id or "-", short_name(c.type_url), nack))
+    for rows in (registered, nacks):
+        if len(rows) > 1:
+            print()
+            _table(rows)
 
 
 def _table(rows: Sequence[Sequence[str]]) -> None:

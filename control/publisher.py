@@ -1,4 +1,5 @@
-"""Follows the store and feeds the snapshot cache, coalescing bursts of changes."""
+"""Follows the store and the registered endpoints and feeds the snapshot cache, coalescing
+bursts of changes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import structlog
 
 from mesh.v1 import config_pb2
 
+from .registry import Registrations, merge_registered
 from .store import Store
 from .xds.snapshot import SnapshotCache
 
@@ -20,6 +22,10 @@ class Publisher:
     A change is published once the store has been quiet for ``debounce`` seconds, and never
     later than ``max_delay`` after the first change of a burst, so a burst of applies becomes
     one push and a steady trickle still gets through. ``pushes`` counts publications.
+
+    With ``registrations``, endpoints registered by nodes are merged into the services before
+    publishing (:func:`~control.registry.merge_registered`), and a change of them goes
+    through the same debounce as a store change.
     """
 
     def __init__(
@@ -29,8 +35,10 @@ class Publisher:
         *,
         debounce: float = 0.1,
         max_delay: float = 1.0,
+        registrations: Registrations | None = None,
     ) -> None:
         self._store = store
+        self._registrations = registrations
         self._cache = cache
         self._debounce = debounce
         self._max_delay = max_delay
@@ -46,21 +54,31 @@ class Publisher:
         self._revision = revision
         self._publish()
         follower = asyncio.create_task(self._follow(revision))
+        unsubscribe = (
+            self._registrations.subscribe(self.mark_dirty)
+            if self._registrations is not None
+            else None
+        )
         try:
             await self._publish_loop()
         finally:
+            if unsubscribe is not None:
+                unsubscribe()
             follower.cancel()
 
+    def mark_dirty(self) -> None:
+        """Something the published config is built from changed: publish after the debounce."""
+        self._last_change = asyncio.get_running_loop().time()
+        self._dirty.set()
+
     async def _follow(self, after: int) -> None:
-        loop = asyncio.get_running_loop()
         async for event in self._store.watch(after):
             if event.service is None:
                 self._services.pop(event.name, None)
             else:
                 self._services[event.name] = event.service
             self._revision = max(self._revision, event.revision)
-            self._last_change = loop.time()
-            self._dirty.set()
+            self.mark_dirty()
 
     async def _publish_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -72,7 +90,19 @@ class Publisher:
             self._dirty.clear()
             self._publish()
 
+    def services(self) -> list[config_pb2.Service]:
+        """What is published: the store's services with the registered endpoints merged in."""
+        if self._registrations is None:
+            return list(self._services.values())
+        return merge_registered(self._services.values(), self._registrations.by_service())
+
     def _publish(self) -> None:
-        self._cache.set_services(self._revision, self._services.values())
+        services = self.services()
+        self._cache.set_services(self._revision, services)
         self.pushes += 1
-        log.info("config published", revision=self._revision, services=len(self._services))
+        log.info(
+            "config published",
+            revision=self._revision,
+            services=len(services),
+            stored=len(self._services),
+        )

@@ -1,5 +1,5 @@
-"""mesh-control: store → publisher → snapshot cache → ADS, with the admin API, CSDS, health and
-reflection on one gRPC port.
+"""mesh-control: store (+ endpoints registered by nodes) → publisher → snapshot cache → ADS,
+with the admin API, the node API, CSDS, health and reflection on one gRPC port.
 
 Lifecycle (uvicorn's shape): :meth:`ControlServer.start` opens the store, loads the first
 snapshot and binds; :meth:`ControlServer.stop` marks health NOT_SERVING, stops accepting,
@@ -22,10 +22,12 @@ from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mesh.v1 import admin_pb2, admin_pb2_grpc
+from mesh.v1 import admin_pb2, admin_pb2_grpc, node_pb2, node_pb2_grpc
 
 from .admin import AdminServicer
+from .node_api import NodeServicer
 from .publisher import Publisher
+from .registry import DEFAULT_GRACE, Registrations
 from .store import Store, open_store
 from .xds.server import AdsServicer, CsdsServicer, NodeRegistry
 from .xds.snapshot import SnapshotCache
@@ -36,6 +38,7 @@ SERVICE_NAMES = (
     ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name,
     csds_pb2.DESCRIPTOR.services_by_name["ClientStatusDiscoveryService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["MeshAdminService"].full_name,
+    node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name,
     health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
 )
 
@@ -50,13 +53,23 @@ class ControlServer:
         max_delay: float = 1.0,
         server_id: str | None = None,
         grace: float = 5.0,
+        registration_grace: float = DEFAULT_GRACE,
     ) -> None:
+        """``grace`` is how long calls may drain on stop; ``registration_grace`` how long a
+        node's registrations outlive its last ADS stream (seconds)."""
         self.store = open_store(store) if isinstance(store, str) else store
         self.listen = listen
         self.server_id = server_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
         self.cache = SnapshotCache()
-        self.registry = NodeRegistry()
-        self.publisher = Publisher(self.store, self.cache, debounce=debounce, max_delay=max_delay)
+        self.registrations = Registrations(registration_grace)
+        self.registry = NodeRegistry(self.registrations)
+        self.publisher = Publisher(
+            self.store,
+            self.cache,
+            debounce=debounce,
+            max_delay=max_delay,
+            registrations=self.registrations,
+        )
         self.health = health.aio.HealthServicer()
         self.grace = grace
         self.address = ""
@@ -84,6 +97,7 @@ class ControlServer:
         admin_pb2_grpc.add_MeshAdminServiceServicer_to_server(
             AdminServicer(self.store, self.cache, self.registry, self.server_id), server
         )
+        node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(self.registrations), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME), server)
         host, _, _ = self.listen.rpartition(":")
@@ -116,6 +130,7 @@ class ControlServer:
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(self.grace)
+        self.registrations.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

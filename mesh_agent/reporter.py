@@ -24,6 +24,7 @@ from mesh.v1 import node_pb2, node_pb2_grpc
 from .cache import atomic_write
 
 log = structlog.get_logger(__name__)
+RECONNECT_BACKOFF = Backoff(base=0.2, cap=5.0)
 REGISTRATIONS_FILE = "registrations.json"
 
 
@@ -40,7 +41,7 @@ class Reporter:
         local: NodeRegistry,
         state_dir: Path | None,
         static: Iterable[node_pb2.Registration] = (),
-        backoff: Backoff = Backoff(base=0.2, cap=5.0),
+        backoff: Backoff = RECONNECT_BACKOFF,
     ) -> None:
         self.node_id = node_id
         self.local = local

@@ -28,6 +28,7 @@ from control.xds.types import PUSH_ORDER, ResourceName, TypeUrl, short_name
 from .cache import ConfigCache
 
 log = structlog.get_logger(__name__)
+RECONNECT_BACKOFF = Backoff(base=0.2, cap=5.0)
 
 Interest = frozenset[ResourceName] | None
 """Names wanted of one type; None means every resource (wildcard)."""
@@ -59,7 +60,7 @@ class UpstreamClient:
         node: base_pb2.Node,
         cache: ConfigCache,
         *,
-        backoff: Backoff = Backoff(base=0.2, cap=5.0),
+        backoff: Backoff = RECONNECT_BACKOFF,
     ) -> None:
         if not servers:
             raise ValueError("at least one control server address is needed")

@@ -82,9 +82,10 @@ async def serve(args: argparse.Namespace) -> None:
         # SIGUSR1 / SIGUSR2: report NOT_SERVING / SERVING, to watch health checks react.
         log.info("backend health set", name=args.name, serving=status == SERVING)
         for service in ("", SERVICE):
-            loop.create_task(checker.set(service, status))
+            pending.add(loop.create_task(checker.set(service, status)))
 
     SERVING = health_pb2.HealthCheckResponse.SERVING
+    pending: set[asyncio.Task[None]] = set()
     loop.add_signal_handler(signal.SIGUSR1, set_health, health_pb2.HealthCheckResponse.NOT_SERVING)
     loop.add_signal_handler(signal.SIGUSR2, set_health, SERVING)
     await stop.wait()

@@ -3,7 +3,7 @@ streams and :class:`~control.xds.stream.AdsSession`; the protocol lives there.""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import grpc
 import structlog
@@ -14,7 +14,8 @@ from google.protobuf import timestamp_pb2
 
 from mesh.v1 import admin_pb2
 
-from .snapshot import SnapshotCache
+from ..registry import Registrations
+from .snapshot import SnapshotSource
 from .stream import AdsSession, ProtocolError, TypeState
 from .types import PUSH_ORDER
 
@@ -28,22 +29,53 @@ def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
 
 
 class NodeRegistry:
-    """The sessions connected to this server, for status and CSDS. Event-loop owned."""
+    """The sessions connected to this server, for status and CSDS. Event-loop owned.
 
-    def __init__(self) -> None:
+    With ``registrations``, it tells them when a node's stream is known (its first request
+    named the node: :meth:`node_known`) and when that stream ends (:meth:`remove`), so a
+    node's registrations live as long as its streams plus the grace; status then shows each
+    node's registrations and local clients."""
+
+    def __init__(self, registrations: Registrations | None = None) -> None:
         self._sessions: dict[str, AdsSession] = {}
+        self._known: set[str] = set()  # stream ids announced to the registrations
+        self.registrations = registrations
 
     def add(self, session: AdsSession) -> None:
         self._sessions[session.stream_id] = session
 
+    def node_known(self, session: AdsSession) -> None:
+        if self.registrations is None or session.node is None:
+            return
+        if session.stream_id not in self._known:
+            self._known.add(session.stream_id)
+            self.registrations.connected(session.node_id)
+
     def remove(self, session: AdsSession) -> None:
         self._sessions.pop(session.stream_id, None)
+        if self.registrations is not None and session.stream_id in self._known:
+            self._known.discard(session.stream_id)
+            self.registrations.disconnected(session.node_id)
 
     def sessions(self) -> list[AdsSession]:
         return sorted(self._sessions.values(), key=lambda s: (s.node_id, s.stream_id))
 
     def node_statuses(self) -> list[admin_pb2.NodeStatus]:
-        return [self._node_status(s) for s in self.sessions() if s.node is not None]
+        """One status per connected stream, then one (with no stream) per node that has no
+        stream but still has registrations or client reports (within its grace)."""
+        statuses = [self._node_status(s) for s in self.sessions() if s.node is not None]
+        if self.registrations is not None:
+            streaming = {status.node_id for status in statuses}
+            for node_id in self.registrations.nodes():
+                if node_id not in streaming:
+                    statuses.append(self._with_node_state(admin_pb2.NodeStatus(node_id=node_id)))
+        return statuses
+
+    def _with_node_state(self, status: admin_pb2.NodeStatus) -> admin_pb2.NodeStatus:
+        if self.registrations is not None:
+            status.registrations.extend(self.registrations.registrations(status.node_id))
+            status.local_clients.extend(self.registrations.local_clients(status.node_id))
+        return status
 
     @staticmethod
     def _type_status(state: TypeState) -> admin_pb2.TypeStatus:
@@ -67,7 +99,7 @@ class NodeRegistry:
             session.types.values(),
             key=lambda t: PUSH_ORDER.index(t.type_url) if t.type_url in PUSH_ORDER else 99,
         )
-        return admin_pb2.NodeStatus(
+        status = admin_pb2.NodeStatus(
             node_id=session.node.id,
             zone=session.node.locality.zone,
             user_agent=f"{session.node.user_agent_name} {session.node.user_agent_version}".strip(),
@@ -77,6 +109,7 @@ class NodeRegistry:
             snapshot_id=session.snapshot.id if session.snapshot is not None else "",
             stream_id=session.stream_id,
         )
+        return self._with_node_state(status)
 
     def client_configs(self) -> Iterator[csds_pb2.ClientConfig]:
         """What each connected node was sent, and whether it ACKed it, as CSDS reports it."""
@@ -110,10 +143,18 @@ class NodeRegistry:
 
 
 class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
-    def __init__(self, cache: SnapshotCache, registry: NodeRegistry, server_id: str) -> None:
+    def __init__(
+        self,
+        cache: SnapshotSource,
+        registry: NodeRegistry,
+        server_id: str,
+        on_event: Callable[[str, AdsSession, TypeState], None] | None = None,
+    ) -> None:
+        """``on_event`` is passed to every session (subscribe, ack, nack, send)."""
         self._cache = cache
         self._registry = registry
         self._server_id = server_id
+        self._on_event = on_event
 
     async def StreamAggregatedResources(
         self,
@@ -123,7 +164,12 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         ],
     ) -> None:
         session = AdsSession(
-            self._cache, context.write, peer=context.peer(), server_id=self._server_id
+            self._cache,
+            context.write,
+            peer=context.peer(),
+            server_id=self._server_id,
+            on_event=self._on_event,
+            on_node=self._registry.node_known,
         )
         self._registry.add(session)
         try:

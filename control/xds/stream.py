@@ -31,7 +31,7 @@ import structlog
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
-from .snapshot import Resource, Snapshot, SnapshotCache, version_of
+from .snapshot import Resource, Snapshot, SnapshotSource, version_of
 from .types import ALL_TYPES, FULL_STATE, PUSH_ORDER, ResourceName, TypeUrl, Version, short_name
 
 log = structlog.get_logger(__name__)
@@ -96,17 +96,21 @@ class AdsSession:
 
     def __init__(
         self,
-        cache: SnapshotCache,
+        cache: SnapshotSource,
         send: Send,
         *,
         peer: str = "",
         server_id: str = "",
         on_event: Callable[[str, AdsSession, TypeState], None] | None = None,
+        on_node: Callable[[AdsSession], None] | None = None,
     ) -> None:
+        """``on_event`` is told of every ack, nack and send; ``on_node`` is called once, when
+        the first request has named the node (``self.node`` is set)."""
         self._cache = cache
         self._send = send
         self._server_id = server_id
         self._on_event = on_event or (lambda *_: None)
+        self._on_node = on_node or (lambda _: None)
         self._nonces = itertools.count(1)
         self._queue: asyncio.Queue[discovery_pb2.DiscoveryRequest | str] = asyncio.Queue()
         self._change_pending = False
@@ -164,6 +168,7 @@ class AdsSession:
             self.node = request.node
             self.log = self.log.bind(node=self.node.id)
             self.log.info("node connected", zone=self.node.locality.zone)
+            self._on_node(self)
         type_url = request.type_url
         if type_url not in ALL_TYPES:
             self.log.warning("unknown type requested; ignored", type_url=type_url)
@@ -191,7 +196,10 @@ class AdsSession:
             else:
                 state.acked_version = request.version_info
                 self._on_event("ack", self, state)
+        before = (state.wildcard, set(state.names))
         state.subscribe(list(request.resource_names))
+        if (state.wildcard, state.names) != before:
+            self._on_event("subscribe", self, state)
         resume = request.version_info if not request.response_nonce else ""
         await self._respond(state, resume_version=resume)
 
