@@ -52,14 +52,21 @@ def test_grpcurl_lists_describes_and_dumps_csds(procs: Processes, tmp_path: Path
         async with AdsTestClient(control, "csds-node") as client:
             client.subscribe(LISTENER)
             client.subscribe(CLUSTER)
-            await client.wait_for(lambda c: len(c.of_type(CLUSTER)) == 1)
+            await client.wait_for(lambda c: any(r.resources for r in c.of_type(CLUSTER)))
             await client.wait_for(lambda c: any(r.resources for r in c.of_type(LISTENER)))
-            return grpcurl(
-                "-d",
-                "{}",
-                control,
-                "envoy.service.status.v3.ClientStatusDiscoveryService/FetchClientStatus",
-            )
+            # grpcurl runs in a thread: the client must keep ACKing meanwhile.
+            for _ in range(50):
+                dump = await asyncio.to_thread(
+                    grpcurl,
+                    "-d",
+                    "{}",
+                    control,
+                    "envoy.service.status.v3.ClientStatusDiscoveryService/FetchClientStatus",
+                )
+                if '"ACKED"' in dump and "REQUESTED" not in dump:
+                    break
+                await asyncio.sleep(0.1)
+            return dump
 
     import asyncio
 
