@@ -356,6 +356,7 @@ class Supervisor:
         component that overruns or raises is logged and left behind; shutdown goes on."""
         self._stopping = True
         for slot in reversed(self._slots):
+            log.info("component stopping", component=slot.name)
             task = slot.task
             if task is not None and not task.done():
                 task.cancel()

@@ -23,7 +23,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import status_pb2
 
 from control.backoff import Backoff
-from control.xds.types import PUSH_ORDER, ResourceName, TypeUrl, short_name
+from control.xds.types import PUSH_ORDER, SERVICE_POLICY, ResourceName, TypeUrl, short_name
 
 from .cache import ConfigCache
 
@@ -145,9 +145,15 @@ class UpstreamClient:
             self._sent_node = False
             self._requested.clear()
             for type_url in sorted(self.interest, key=_push_rank):
-                # An empty first request would be a wildcard subscription: ask for nothing.
+                # An empty first LDS/CDS request would be a wildcard subscription.
                 if self.interest[type_url] != frozenset():
                     queue.put_nowait(self._request(type_url))
+            if not self._requested:
+                # Announce the node even when there is nothing to ask for yet: the control
+                # server keeps a node's registrations alive while its stream lasts. An empty
+                # request for our own policy type subscribes to nothing.
+                self.interest.setdefault(SERVICE_POLICY, frozenset())
+                queue.put_nowait(self._request(SERVICE_POLICY))
             self._queue = queue
             stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
             call = stub.StreamAggregatedResources(_drain(queue))

@@ -11,7 +11,8 @@ last nonce, what was sent and what the client ACKed or NACKed, following
   a response goes out only when what the client is subscribed to changes.
 - A request whose ``response_nonce`` is not the latest sent for its type is stale and ignored.
 - LDS, CDS and our policy type are full state (a response carries every subscribed resource)
-  and take wildcard subscriptions: a first request with no names, or the name ``*``.
+  and take wildcard subscriptions: the name ``*``, or (LDS and CDS only) a first request
+  with no names.
   For RDS and EDS only new or changed resources trigger a response.
 - Names requested before they exist are remembered and pushed when they appear.
 - A first request that carries the version the client already holds (a reconnect) gets no
@@ -32,7 +33,16 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from .snapshot import Resource, Snapshot, SnapshotSource, version_of
-from .types import ALL_TYPES, FULL_STATE, PUSH_ORDER, ResourceName, TypeUrl, Version, short_name
+from .types import (
+    ALL_TYPES,
+    FULL_STATE,
+    LEGACY_WILDCARD,
+    PUSH_ORDER,
+    ResourceName,
+    TypeUrl,
+    Version,
+    short_name,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -75,7 +85,9 @@ class TypeState:
             requested.discard(WILDCARD)
         else:
             # Legacy wildcard: only before the client has ever named a resource.
-            self.wildcard = not requested and not self.named_before and self.type_url in FULL_STATE
+            self.wildcard = (
+                not requested and not self.named_before and self.type_url in LEGACY_WILDCARD
+            )
         if names:
             self.named_before = True
         self.names = requested

@@ -22,6 +22,10 @@ ALL_TYPES: Final[frozenset[TypeUrl]] = frozenset(PUSH_ORDER)
 # Types whose every response carries every subscribed resource (absence means deletion),
 # and which accept wildcard subscriptions.
 FULL_STATE: Final[frozenset[TypeUrl]] = frozenset({LISTENER, CLUSTER, SERVICE_POLICY})
+# Types where a first request with no names means "everything" (the spec's legacy wildcard).
+# Our own policy type takes only the explicit "*": an empty request subscribes to nothing,
+# which lets an agent with nothing to ask for still announce its node on the stream.
+LEGACY_WILDCARD: Final[frozenset[TypeUrl]] = frozenset({LISTENER, CLUSTER})
 
 SHORT_NAMES: Final[dict[TypeUrl, str]] = {
     LISTENER: "LDS",

@@ -303,7 +303,12 @@ async def test_unknown_type_is_ignored(stream: FakeStream) -> None:
 
 
 async def test_policy_type_served_on_the_same_stream(stream: FakeStream) -> None:
+    # Our own type has no legacy wildcard: an empty first request asks for nothing (it lets an
+    # agent announce its node), "*" asks for everything.
     await stream.request(SERVICE_POLICY)
+    await stream.nothing()
+    assert stream.session.node_id == "node-1"
+    await stream.request(SERVICE_POLICY, ["*"])
     assert names_of(await stream.next()) == ["a", "b"]
 
 
