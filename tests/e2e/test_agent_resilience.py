@@ -4,6 +4,7 @@ upstream that serves something unusable, and a clean SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 from collections.abc import AsyncIterator
@@ -151,8 +152,20 @@ async def test_unusable_upstream_config_is_nacked_and_the_last_good_kept(
 
 
 def test_sigterm_stops_the_agent_cleanly(procs: Processes) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
     proc, agent = start_agent(procs, "127.0.0.1:1", "node-1")
-    proc.popen.send_signal(signal.SIGTERM)
+    statuses: list[int] = []
+    with grpc.insecure_channel(agent) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=""), timeout=15
+        )
+        statuses.append(next(watch).status)
+        proc.popen.send_signal(signal.SIGTERM)
+        with contextlib.suppress(grpc.RpcError):
+            statuses.extend(reply.status for reply in watch)
+    assert statuses[0] == health_pb2.HealthCheckResponse.SERVING
+    assert health_pb2.HealthCheckResponse.NOT_SERVING in statuses[1:]
     assert proc.popen.wait(15) == 0
     log = proc.errors()
     assert '"components stopped"' in log and '"stopped"' in log
