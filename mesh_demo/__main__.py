@@ -26,6 +26,7 @@ class Demo:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.named: dict[str, subprocess.Popen[bytes]] = {}
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
         self.env.setdefault("MESH_LOG_FORMAT", "json")
         self.env.setdefault("MESH_LOG_LEVEL", "warning")
@@ -51,6 +52,7 @@ class Demo:
             env=self.env,
         )
         self.procs.append(proc)
+        self.named[name] = proc
         if show:
             threading.Thread(target=self._pipe, args=(name, proc.stdout), daemon=True).start()
         return proc
@@ -65,6 +67,29 @@ class Demo:
                 raise SystemExit(f"{name} did not start; see {self.workdir / (name + '.log')}")
             time.sleep(0.05)
         return ready.read_text().strip()
+
+    def backend(self, name: str) -> tuple[subprocess.Popen[bytes], str]:
+        address = self.ready(name, ["mesh_demo.backend", "--name", name])
+        return self.named[name], address
+
+    def kill(self, name: str) -> None:
+        proc = self.named[name]
+        proc.kill()
+        proc.wait(10)
+
+    def agent_health(self, agent: str) -> None:
+        import grpc
+
+        from mesh.v1 import agent_pb2, agent_pb2_grpc
+
+        with grpc.insecure_channel(agent) as channel:
+            status = agent_pb2_grpc.AgentServiceStub(channel).GetAgentStatus(
+                agent_pb2.GetAgentStatusRequest(), timeout=5
+            )
+        for endpoint in status.endpoint_health:
+            sys.stdout.write(
+                f"agent: endpoint {endpoint.service}/{endpoint.address} is {endpoint.state}\n"
+            )
 
     def meshctl(self, *args: str) -> None:
         sys.stdout.write(f"$ meshctl {' '.join(args)}\n")
@@ -86,6 +111,8 @@ class Demo:
             "  timeout: 5s",
             "  retry: {attempts: 3, retry_on: [UNAVAILABLE], backoff: {base: 25ms, max: 250ms}}",
             "  outlier_detection: {failure_percentage: {threshold: 50, minimum_hosts: 2}}",
+            "  health_check: {interval: 500ms, timeout: 250ms, unhealthy_threshold: 2,"
+            " healthy_threshold: 2}",
         ]
         path.write_text("\n".join(body) + "\n")
         return path
@@ -104,17 +131,33 @@ class Demo:
 def run(demo: Demo, pause: float, duration: float) -> None:
     store = demo.workdir / "store"
     demo.say(f"starting mesh-control on the file store {store}")
-    demo.control = demo.ready(
-        "control", ["control", "serve", "--listen", "127.0.0.1:0", "--store", f"file:{store}"]
-    )
+    control_args = ["control", "serve", "--listen", "127.0.0.1:0", "--store", f"file:{store}"]
+    demo.control = demo.ready("control", control_args)
     print(f"mesh-control serving on {demo.control}")
-    alpha = demo.ready("alpha", ["mesh_demo.backend", "--name", "alpha"])
-    beta = demo.ready("beta", ["mesh_demo.backend", "--name", "beta"])
+    socket_path = demo.workdir / "agent.sock"
+    agent = demo.ready(
+        "agent",
+        [
+            "mesh_agent",
+            "run",
+            "--control",
+            demo.control,
+            "--node-id",
+            "demo-node",
+            "--socket",
+            str(socket_path),
+            "--state-dir",
+            str(demo.workdir / "agent-state"),
+        ],
+    )
+    print(f"mesh-agent serving the node on {agent}")
+    alpha_proc, alpha = demo.backend("alpha")
+    _, beta = demo.backend("beta")
     print(f"backends: alpha on {alpha}, beta on {beta}")
 
     demo.say("describing service 'echo' with one endpoint (alpha)")
     demo.meshctl("apply", "-f", str(demo.write_service(alpha)))
-    demo.say("a client calls xds:///echo through grpcio's own xDS client")
+    demo.say("a client calls xds:///echo through grpcio's own xDS client, fed by the agent")
     demo.spawn(
         "client",
         [
@@ -122,7 +165,7 @@ def run(demo: Demo, pause: float, duration: float) -> None:
             "--service",
             "echo",
             "--xds-server",
-            demo.control,
+            agent,
             "--node-id",
             "demo-client",
             "--interval",
@@ -131,9 +174,23 @@ def run(demo: Demo, pause: float, duration: float) -> None:
         show=True,
     )
     time.sleep(pause)
-    demo.say("adding beta: traffic spreads over both endpoints")
+    demo.say("adding beta, with active health checks: traffic spreads over both endpoints")
     demo.meshctl("apply", "-f", str(demo.write_service(alpha, beta)))
     time.sleep(pause)
+    demo.say("alpha reports NOT_SERVING: the agent's checks mark it, traffic leaves it")
+    alpha_proc.send_signal(signal.SIGUSR1)
+    time.sleep(pause)
+    demo.agent_health(agent)
+    demo.say("alpha is healthy again: traffic returns")
+    alpha_proc.send_signal(signal.SIGUSR2)
+    time.sleep(pause)
+    demo.say("the control server dies (SIGKILL): the node keeps working on the agent's cache")
+    demo.kill("control")
+    time.sleep(pause)
+    demo.say("the control server comes back on the same address; the agent reconnects")
+    control_args[3] = demo.control
+    demo.ready("control", control_args)
+    time.sleep(pause / 2)
     demo.say("a broken hand edit in the store directory is reported and ignored")
     good = (store / "echo.yaml").read_text()
     (store / "echo.yaml").write_text("name: echo\nendpoints: [{address: 'not an address'}]\n")

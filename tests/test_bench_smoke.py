@@ -92,14 +92,19 @@ def test_bench_quick_agent_prints_a_json_summary() -> None:
         assert 0 < row["median_ms"] <= row["p99_ms"] < 30_000
 
     pushes = [r for r in rows if r["table"].startswith("push to client")]
-    assert [r["path"] for r in pushes][:2] == ["via agent", "direct to control"]
-    for row in pushes[:2]:
+    assert [r["path"] for r in pushes][:3] == [
+        "via agent holding echo only",
+        "via agent holding 101 services",
+        "direct to control",
+    ]
+    for row in pushes[:3]:
         assert row["pushes"] == 5 and 0 < row["median_ms"] <= row["p99_ms"] < 10_000
 
     compared = {r["compare"]: r for r in rows if r["table"].startswith("side by side")}
     assert set(compared) == {
         "start to first LDS, cold / warm",
-        "push to client, via agent / direct",
+        "push to client, via agent holding echo only / direct",
+        "push to client, via agent holding 101 services / direct",
     }
     assert all(r["ratio"] > 0 for r in compared.values())
     assert any(line.startswith("== agent: footprint") for line in lines)
