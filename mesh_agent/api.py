@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .agent import Agent
 
 log = structlog.get_logger(__name__)
-Context = grpc.aio.ServicerContext
+Context = grpc.aio.ServicerContext[object, object]
 
 
 def registration_problems(registration: node_pb2.Registration) -> list[str]:
@@ -87,7 +87,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         return self._agent.status()
 
 
-class AgentCsdsServicer(csds_pb2_grpc.ClientStatusDiscoveryServiceServicer):
+class AgentCsdsServicer(csds_pb2_grpc.ClientStatusDiscoveryServiceServicer):  # type: ignore[misc]
     """The agent's own config (upstream view) first, then one entry per local process."""
 
     def __init__(self, agent: Agent) -> None:

@@ -87,4 +87,8 @@ class LocalSnapshotSource:
         token = self._next
         self._next += 1
         self._subscribers[token] = callback
-        return lambda: self._subscribers.pop(token, None)  # type: ignore[func-returns-value]
+
+        def unsubscribe() -> None:
+            self._subscribers.pop(token, None)
+
+        return unsubscribe

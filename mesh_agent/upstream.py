@@ -168,8 +168,8 @@ class UpstreamClient:
             self._queue = None
             self.connected_to = ""
             if was_connected:
-                for callback in list(self._on_disconnect):
-                    callback()
+                for notify in list(self._on_disconnect):
+                    notify()
             with contextlib.suppress(Exception):
                 await channel.close()
 
