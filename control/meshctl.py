@@ -62,8 +62,25 @@ def _load(path: str) -> list[Any]:
         _fail(f"cannot read {path}: {error.strerror}")
 
 
+# grpcio measures route timeouts from a start 1-2 s in the past (README, "Known limits").
+GRPCIO_TIMEOUT_FLOOR_S = 2.0
+
+
+def _warn_about(services: Sequence[Any]) -> None:
+    for service in services:
+        if service.policy.HasField("timeout"):
+            seconds = service.policy.timeout.ToNanoseconds() / 1e9
+            if seconds < GRPCIO_TIMEOUT_FLOOR_S:
+                sys.stderr.write(
+                    f"meshctl: warning: service/{service.name}: policy.timeout {seconds:g}s is "
+                    f"under {GRPCIO_TIMEOUT_FLOOR_S:g}s: grpcio (1.85) clients start the route "
+                    "timeout 1-2 s early and would fail every call (see README, Known limits)\n"
+                )
+
+
 def cmd_apply(args: argparse.Namespace) -> None:
     services = _load(args.file)
+    _warn_about(services)
     if not services:
         _fail(f"no service documents in {args.file}")
     response = _call(
@@ -129,6 +146,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
             failed = True
             print(f"{path}: cannot read: {error.strerror}")
             continue
+        _warn_about(services)
         for service in services:
             print(f"{path}: service/{service.name} valid")
     if failed:

@@ -198,3 +198,39 @@ def test_validate_names_the_field_and_changes_nothing(procs: Processes, tmp_path
         assert result.returncode == 1, path
         assert "nothing applied" in result.stderr
     assert meshctl(control, "get", "services", "-o", "json") == before
+
+
+def test_short_route_timeouts_are_warned_about(tmp_path: Path) -> None:
+    path = tmp_path / "fast.yaml"
+    path.write_text("name: fast\npolicy: {timeout: 500ms}\n")
+    result = run_cli("control.meshctl", "validate", "-f", str(path))
+    assert result.returncode == 0
+    assert "service/fast: policy.timeout 0.5s is under 2s" in result.stderr
+
+
+def test_route_timeout_reaches_grpcio(procs: Processes, tmp_path: Path) -> None:
+    """The served timeout is enforced by grpcio's own client (early, see README)."""
+    control = start_control(procs, "memory:")
+    _, slow = procs.start_ready("slow", "mesh_demo.backend", "--name", "slow", "--delay", "6")
+    path = tmp_path / "slow.yaml"
+    path.write_text(f"name: slow\nendpoints: [{{address: '{slow}'}}]\npolicy: {{timeout: 3s}}\n")
+    meshctl(control, "apply", "-f", str(path))
+    client = procs.python(
+        "client",
+        "mesh_demo.client",
+        "--service",
+        "slow",
+        "--xds-server",
+        control,
+        "--interval",
+        "0.1",
+        "--timeout",
+        "20",
+        "--count",
+        "2",
+        "--json",
+    )
+    wait_for(lambda: len(calls(client)) >= 2, 40, "two calls")
+    for call in calls(client):
+        assert call["code"] == "DEADLINE_EXCEEDED", call
+        assert float(call["ms"]) < 3500, call  # the route's 3s, not the call's own 20s
