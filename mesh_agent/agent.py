@@ -10,8 +10,10 @@ component  requires       does
 cache      -              loads the last good config from the state dir
 upstream   cache          the ADS stream to the control plane, with failover
 health     cache          active grpc.health.v1 checks of the endpoints served
+breakers   cache          the node's circuit breakers, fed by local interceptors
 reporter   upstream       registrations and local NACKs, to the control server
-server     cache, health  local ADS, agent API, CSDS, health, reflection
+server     cache, health, local ADS, agent API, CSDS, health, reflection
+           breakers
 ========== ============== =====================================================
 """
 
@@ -42,6 +44,7 @@ from mesh.v1 import agent_pb2, agent_pb2_grpc, config_pb2, node_pb2
 
 from . import __version__
 from .api import AgentCsdsServicer, AgentServicer
+from .breakers import BreakerHub
 from .cache import ConfigCache, decode
 from .components import AgentContext, Component, Supervisor, load_components
 from .health import HealthChecker
@@ -109,6 +112,7 @@ class Agent:
         self.reporter = Reporter(
             settings.node_id, self.local_registry, settings.state_dir, settings.registrations
         )
+        self.breakers = BreakerHub(settings.state_dir)
         self.health = health.aio.HealthServicer()
         self.addresses: list[str] = []
         self.supervisor: Supervisor | None = None
@@ -123,6 +127,7 @@ class Agent:
     def _config_changed(self) -> None:
         self.update_interest()
         self.update_health_targets()
+        self.breakers.apply_policies(self.cache)
 
     def local_event(self, event: str, session: AdsSession, state: TypeState) -> None:
         """Hook of every local ADS session."""
@@ -132,7 +137,11 @@ class Agent:
             self.reporter.changed()
 
     def update_interest(self) -> None:
-        interest = compute_interest(self.cache, local_demand(self.local_registry.sessions()))
+        interest = compute_interest(
+            self.cache,
+            local_demand(self.local_registry.sessions()),
+            extra_policies=self.breakers.watched(),
+        )
         for type_url, names in interest.items():
             self.upstream.want(type_url, names)
 
@@ -204,6 +213,7 @@ class Agent:
                 response.endpoint_health.add(
                     service=service, address=address, state=status, applied=not in_panic
                 )
+        response.breakers.extend(self.breakers.statuses())
         if self.cache.updated_at:
             response.config_updated.FromNanoseconds(int(self.cache.updated_at * 1e9))
         return response
@@ -216,6 +226,7 @@ class Agent:
                 CacheComponent(self),
                 UpstreamComponent(self),
                 HealthComponent(self),
+                BreakersComponent(self),
                 ReporterComponent(self),
                 ServerComponent(self),
             ]
@@ -292,6 +303,20 @@ class HealthComponent(_AgentComponent):
         await self.agent.checker.stop()
 
 
+class BreakersComponent(_AgentComponent):
+    """The node's circuit breakers: restored from the state dir, policies from the cache."""
+
+    name = "breakers"
+    requires = ("cache",)
+
+    async def start(self, ctx: AgentContext) -> None:
+        self.agent.breakers.load()
+        self.agent.breakers.apply_policies(self.agent.cache)
+
+    async def run(self) -> None:
+        await self.agent.breakers.run()
+
+
 class ReporterComponent(_AgentComponent):
     name = "reporter"
     requires = ("upstream",)
@@ -304,7 +329,7 @@ class ServerComponent(_AgentComponent):
     """The agent's gRPC server: the unix socket (mode 0660) and the optional loopback TCP."""
 
     name = "server"
-    requires = ("cache", "health")
+    requires = ("cache", "health", "breakers")
 
     def __init__(self, agent: Agent) -> None:
         super().__init__(agent)

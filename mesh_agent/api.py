@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import grpc
@@ -80,6 +81,38 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             )
         log.info("endpoint deregistered", service=request.service, address=request.address)
         return agent_pb2.DeregisterResponse()
+
+    async def ReportOutcomes(
+        self, request_iterator: AsyncIterator[agent_pb2.ReportOutcomesRequest], context: Context
+    ) -> agent_pb2.ReportOutcomesResponse:
+        accepted = 0
+        async for batch in request_iterator:
+            self._agent.breakers.record(batch.outcomes)
+            accepted += len(batch.outcomes)
+        return agent_pb2.ReportOutcomesResponse(accepted=accepted)
+
+    async def WatchBreakers(
+        self, request: agent_pb2.WatchBreakersRequest, context: Context
+    ) -> AsyncIterator[agent_pb2.WatchBreakersResponse]:
+        hub = self._agent.breakers
+        watcher = hub.add_watcher(request.services)
+        if request.services:
+            self._agent.update_interest()  # fetch the policies of the watched services
+        try:
+            yield agent_pb2.WatchBreakersResponse(breakers=hub.initial(watcher))
+            while True:
+                first = await watcher.queue.get()
+                batch = [first]
+                while not watcher.queue.empty():
+                    batch.append(watcher.queue.get_nowait())
+                yield agent_pb2.WatchBreakersResponse(breakers=batch)
+        finally:
+            hub.remove_watcher(watcher)
+
+    async def AcquirePermit(
+        self, request: agent_pb2.AcquirePermitRequest, context: Context
+    ) -> agent_pb2.AcquirePermitResponse:
+        return self._agent.breakers.acquire_permit(request.service)
 
     async def GetAgentStatus(
         self, request: agent_pb2.GetAgentStatusRequest, context: Context

@@ -53,7 +53,9 @@ def local_demand(sessions: Iterable[AdsSession]) -> dict[TypeUrl, Interest]:
 
 
 def compute_interest(
-    cache: ConfigCache, demand: dict[TypeUrl, Interest]
+    cache: ConfigCache,
+    demand: dict[TypeUrl, Interest],
+    extra_policies: frozenset[str] = frozenset(),
 ) -> dict[TypeUrl, Interest]:
     held_clusters = cache.names(CLUSTER)
     derived: dict[TypeUrl, set[str]] = {
@@ -61,7 +63,7 @@ def compute_interest(
         CLUSTER: held_clusters,
         ROUTE: _route_names(cache),
         ENDPOINT: _endpoint_names(cache),
-        SERVICE_POLICY: set(held_clusters),
+        SERVICE_POLICY: set(held_clusters) | extra_policies,
     }
     # Interceptors (and the breakers) need the policy of every service a process dials.
     listener_demand = demand.get(LISTENER, frozenset())

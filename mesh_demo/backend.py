@@ -39,13 +39,29 @@ class Echo(echo_pb2_grpc.EchoServiceServicer):
             await context.abort(grpc.StatusCode[self.fail], f"{self.name} told to fail")
         return echo_pb2.EchoResponse(message=request.message, backend=self.name)
 
+    async def Configure(
+        self, request: echo_pb2.ConfigureRequest, context: grpc.aio.ServicerContext
+    ) -> echo_pb2.ConfigureResponse:
+        if not request.read_only:
+            if request.fail and request.fail not in grpc.StatusCode.__members__:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"unknown status {request.fail!r}"
+                )
+            self.fail, self.delay = request.fail, request.delay
+            log.info("backend configured", name=self.name, fail=self.fail, delay=self.delay)
+        return echo_pb2.ConfigureResponse(calls=self.calls)
+
     async def EchoStream(
         self,
         request_iterator: AsyncIterator[echo_pb2.EchoStreamRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[echo_pb2.EchoStreamResponse]:
         self.calls += 1
+        if self.fail:
+            await context.abort(grpc.StatusCode[self.fail], f"{self.name} told to fail")
         async for request in request_iterator:
+            if self.delay:
+                await asyncio.sleep(self.delay)
             yield echo_pb2.EchoStreamResponse(message=request.message, backend=self.name)
 
 

@@ -51,6 +51,21 @@ class AgentServiceStub:
                 request_serializer=mesh_dot_v1_dot_agent__pb2.GetAgentStatusRequest.SerializeToString,
                 response_deserializer=mesh_dot_v1_dot_agent__pb2.GetAgentStatusResponse.FromString,
                 _registered_method=True)
+        self.ReportOutcomes = channel.stream_unary(
+                '/mesh.v1.AgentService/ReportOutcomes',
+                request_serializer=mesh_dot_v1_dot_agent__pb2.ReportOutcomesRequest.SerializeToString,
+                response_deserializer=mesh_dot_v1_dot_agent__pb2.ReportOutcomesResponse.FromString,
+                _registered_method=True)
+        self.WatchBreakers = channel.unary_stream(
+                '/mesh.v1.AgentService/WatchBreakers',
+                request_serializer=mesh_dot_v1_dot_agent__pb2.WatchBreakersRequest.SerializeToString,
+                response_deserializer=mesh_dot_v1_dot_agent__pb2.WatchBreakersResponse.FromString,
+                _registered_method=True)
+        self.AcquirePermit = channel.unary_unary(
+                '/mesh.v1.AgentService/AcquirePermit',
+                request_serializer=mesh_dot_v1_dot_agent__pb2.AcquirePermitRequest.SerializeToString,
+                response_deserializer=mesh_dot_v1_dot_agent__pb2.AcquirePermitResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -78,6 +93,28 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportOutcomes(self, request_iterator, context):
+        """Call outcomes from a process's interceptors, in batches, off the call path.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchBreakers(self, request, context):
+        """The node's circuit breakers: the current state of each watched service first, then
+        every transition. Watching a service also makes the agent fetch its policy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcquirePermit(self, request, context):
+        """Asks for one of the probe permits of a half-open breaker (the one RPC on the slow path).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +132,21 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.GetAgentStatus,
                     request_deserializer=mesh_dot_v1_dot_agent__pb2.GetAgentStatusRequest.FromString,
                     response_serializer=mesh_dot_v1_dot_agent__pb2.GetAgentStatusResponse.SerializeToString,
+            ),
+            'ReportOutcomes': grpc.stream_unary_rpc_method_handler(
+                    servicer.ReportOutcomes,
+                    request_deserializer=mesh_dot_v1_dot_agent__pb2.ReportOutcomesRequest.FromString,
+                    response_serializer=mesh_dot_v1_dot_agent__pb2.ReportOutcomesResponse.SerializeToString,
+            ),
+            'WatchBreakers': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchBreakers,
+                    request_deserializer=mesh_dot_v1_dot_agent__pb2.WatchBreakersRequest.FromString,
+                    response_serializer=mesh_dot_v1_dot_agent__pb2.WatchBreakersResponse.SerializeToString,
+            ),
+            'AcquirePermit': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcquirePermit,
+                    request_deserializer=mesh_dot_v1_dot_agent__pb2.AcquirePermitRequest.FromString,
+                    response_serializer=mesh_dot_v1_dot_agent__pb2.AcquirePermitResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,6 +232,87 @@ class AgentService:
             '/mesh.v1.AgentService/GetAgentStatus',
             mesh_dot_v1_dot_agent__pb2.GetAgentStatusRequest.SerializeToString,
             mesh_dot_v1_dot_agent__pb2.GetAgentStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportOutcomes(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/mesh.v1.AgentService/ReportOutcomes',
+            mesh_dot_v1_dot_agent__pb2.ReportOutcomesRequest.SerializeToString,
+            mesh_dot_v1_dot_agent__pb2.ReportOutcomesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchBreakers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mesh.v1.AgentService/WatchBreakers',
+            mesh_dot_v1_dot_agent__pb2.WatchBreakersRequest.SerializeToString,
+            mesh_dot_v1_dot_agent__pb2.WatchBreakersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcquirePermit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mesh.v1.AgentService/AcquirePermit',
+            mesh_dot_v1_dot_agent__pb2.AcquirePermitRequest.SerializeToString,
+            mesh_dot_v1_dot_agent__pb2.AcquirePermitResponse.FromString,
             options,
             channel_credentials,
             insecure,

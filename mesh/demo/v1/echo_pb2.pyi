@@ -4,6 +4,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ConfigureRequest(_message.Message):
+    __slots__ = ("fail", "delay", "read_only")
+    FAIL_FIELD_NUMBER: _ClassVar[int]
+    DELAY_FIELD_NUMBER: _ClassVar[int]
+    READ_ONLY_FIELD_NUMBER: _ClassVar[int]
+    fail: str
+    delay: float
+    read_only: bool
+    def __init__(self, fail: _Optional[str] = ..., delay: _Optional[float] = ..., read_only: _Optional[bool] = ...) -> None: ...
+
+class ConfigureResponse(_message.Message):
+    __slots__ = ("calls",)
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    calls: int
+    def __init__(self, calls: _Optional[int] = ...) -> None: ...
+
 class EchoRequest(_message.Message):
     __slots__ = ("message",)
     MESSAGE_FIELD_NUMBER: _ClassVar[int]

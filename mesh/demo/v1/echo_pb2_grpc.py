@@ -45,6 +45,11 @@ class EchoServiceStub:
                 request_serializer=mesh_dot_demo_dot_v1_dot_echo__pb2.EchoStreamRequest.SerializeToString,
                 response_deserializer=mesh_dot_demo_dot_v1_dot_echo__pb2.EchoStreamResponse.FromString,
                 _registered_method=True)
+        self.Configure = channel.unary_unary(
+                '/mesh.demo.v1.EchoService/Configure',
+                request_serializer=mesh_dot_demo_dot_v1_dot_echo__pb2.ConfigureRequest.SerializeToString,
+                response_deserializer=mesh_dot_demo_dot_v1_dot_echo__pb2.ConfigureResponse.FromString,
+                _registered_method=True)
 
 
 class EchoServiceServicer:
@@ -63,6 +68,13 @@ class EchoServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Configure(self, request, context):
+        """Test and demo control: how the backend answers from now on, and its call count.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EchoServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +87,11 @@ def add_EchoServiceServicer_to_server(servicer, server):
                     servicer.EchoStream,
                     request_deserializer=mesh_dot_demo_dot_v1_dot_echo__pb2.EchoStreamRequest.FromString,
                     response_serializer=mesh_dot_demo_dot_v1_dot_echo__pb2.EchoStreamResponse.SerializeToString,
+            ),
+            'Configure': grpc.unary_unary_rpc_method_handler(
+                    servicer.Configure,
+                    request_deserializer=mesh_dot_demo_dot_v1_dot_echo__pb2.ConfigureRequest.FromString,
+                    response_serializer=mesh_dot_demo_dot_v1_dot_echo__pb2.ConfigureResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +149,33 @@ class EchoService:
             '/mesh.demo.v1.EchoService/EchoStream',
             mesh_dot_demo_dot_v1_dot_echo__pb2.EchoStreamRequest.SerializeToString,
             mesh_dot_demo_dot_v1_dot_echo__pb2.EchoStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Configure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mesh.demo.v1.EchoService/Configure',
+            mesh_dot_demo_dot_v1_dot_echo__pb2.ConfigureRequest.SerializeToString,
+            mesh_dot_demo_dot_v1_dot_echo__pb2.ConfigureResponse.FromString,
             options,
             channel_credentials,
             insecure,

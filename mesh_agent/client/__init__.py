@@ -1,0 +1,36 @@
+"""The mesh's client library: channels and interceptors through which application processes
+use their node's agent.
+
+    channel = mesh_channel("orders")            # xds:///orders, breaker, outcome reports
+    stub = OrdersStub(channel)
+
+    channel = aio_mesh_channel("orders")        # the same for grpc.aio
+
+    channel = grpc.intercept_channel(my_channel, mesh_interceptor("orders"))
+"""
+
+from ._channel import (
+    BootstrapConflictError,
+    agent_address,
+    aio_mesh_channel,
+    aio_mesh_interceptors,
+    configure_bootstrap,
+    mesh_channel,
+    mesh_interceptor,
+)
+from ._classify import is_mesh_rejection
+from ._interceptors import OPEN_CIRCUIT_KEY, CircuitOpenError, MeshClientInterceptor
+
+__all__ = [
+    "OPEN_CIRCUIT_KEY",
+    "BootstrapConflictError",
+    "CircuitOpenError",
+    "MeshClientInterceptor",
+    "agent_address",
+    "aio_mesh_channel",
+    "aio_mesh_interceptors",
+    "configure_bootstrap",
+    "is_mesh_rejection",
+    "mesh_channel",
+    "mesh_interceptor",
+]

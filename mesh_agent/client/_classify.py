@@ -1,0 +1,40 @@
+"""Which failed calls were answered by a backend, and which are the mesh's own rejections.
+
+The breaker must count only what backends answered: counting the mesh's own rejections
+would let a breaker trip itself (an open circuit's fast-fails feeding the failure rate) or
+trip on a config problem no backend is involved in. grpcio gives a client no way to tell
+whether a call reached a server, so the mesh's own rejections are recognised by the status
+details that grpc's C-core (1.85) and our interceptors produce:
+
+===================================  =========================================================
+details contain                      produced by
+===================================  =========================================================
+``circuit breaker drop``             grpcio's xDS ``max_requests`` limit (gRFC A32)
+``does not exist``                   an xDS resource (listener, route, cluster) that is absent
+``empty address list``               no endpoints, or none usable (all ejected or unhealthy)
+``no children``, ``no healthy``      load balancing with nothing to pick
+``No matching route``                the route configuration has no route for the call
+``circuit for service``              a fast-fail of our own interceptor (never recorded)
+===================================  =========================================================
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+MESH_REJECTION_MARKERS: Final = (
+    "circuit breaker drop",
+    "does not exist",
+    "empty address list",
+    "no children",
+    "no healthy",
+    "No matching route",
+    "circuit for service",
+)
+
+
+def is_mesh_rejection(code: str, details: str | None) -> bool:
+    """True when a failed call never reached a backend because the mesh refused it."""
+    if code != "UNAVAILABLE" or not details:
+        return False
+    return any(marker in details for marker in MESH_REJECTION_MARKERS)

@@ -1,0 +1,245 @@
+"""Node-wide circuit breakers with real processes: client processes using mesh_channel(), one
+agent holding the breakers, a backend told how to answer."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from mesh.demo.v1 import echo_pb2, echo_pb2_grpc
+from mesh.v1 import agent_pb2
+from tests.conftest import Proc, Processes, wait_for
+from tests.e2e.agentutil import agent_status, start_agent
+from tests.e2e.test_control_xds import meshctl
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+OPEN = agent_pb2.BREAKER_STATE_OPEN
+CLOSED = agent_pb2.BREAKER_STATE_CLOSED
+
+
+def configure(backend: str, fail: str = "", delay: float = 0.0, read_only: bool = False) -> int:
+    with grpc.insecure_channel(backend) as channel:
+        reply = echo_pb2_grpc.EchoServiceStub(channel).Configure(
+            echo_pb2.ConfigureRequest(fail=fail, delay=delay, read_only=read_only), timeout=5
+        )
+    return int(reply.calls)
+
+
+def backend_calls(backend: str) -> int:
+    return configure(backend, read_only=True)
+
+
+def records(client: Proc) -> list[dict[str, object]]:
+    return [json.loads(line) for line in client.lines() if line.startswith("{")]
+
+
+def breaker(agent: str, service: str) -> agent_pb2.BreakerStatus | None:
+    return next((b for b in agent_status(agent).breakers if b.service == service), None)
+
+
+def mesh_client(procs: Processes, name: str, agent: str, service: str, *args: str) -> Proc:
+    return procs.python(
+        name,
+        "mesh_demo.client",
+        "--service",
+        service,
+        "--xds-server",
+        agent,
+        "--mesh",
+        "--json",
+        "--node-id",
+        name,
+        "--timeout",
+        "2",
+        *args,
+    )
+
+
+def set_up(procs: Processes, tmp_path: Path, service: str, policy: str, delay: float = 0.0):
+    _, control = procs.start_ready(
+        "control", "control", "serve", "--listen", "127.0.0.1:0", "--store", "memory:"
+    )
+    extra = ["--delay", str(delay)] if delay else []
+    _, backend = procs.start_ready("backend", "mesh_demo.backend", "--name", "b1", *extra)
+    path = tmp_path / f"{service}.yaml"
+    path.write_text(
+        f"name: {service}\nendpoints: [{{address: '{backend}'}}]\npolicy:\n  {policy}\n"
+    )
+    meshctl(control, "apply", "-f", str(path))
+    _, agent = start_agent(procs, control, "node-1")
+    return control, backend, agent
+
+
+def test_trip_in_one_process_fails_fast_in_another(procs: Processes, tmp_path: Path) -> None:
+    policy = (
+        "circuit_breaker: {consecutive_failures: 3, open_for: 2s, max_open_for: 10s,"
+        " half_open_probes: 2}"
+    )
+    _, backend, agent = set_up(procs, tmp_path, "flaky", policy)
+    gate = tmp_path / "go"
+    b = mesh_client(procs, "B", agent, "flaky", "--interval", "0.002", "--after-file", str(gate))
+    configure(backend, fail="UNAVAILABLE")
+    a = mesh_client(
+        procs,
+        "A",
+        agent,
+        "flaky",
+        "--interval",
+        "0.05",
+        "--count",
+        "3",
+        "--touch-after",
+        "3",
+        str(gate),
+    )
+    wait_for(lambda: any(r.get("circuit_open") for r in records(b)), 20, "B's first fail-fast")
+    tripping = records(a)[2]
+    assert tripping["code"] == "UNAVAILABLE" and not tripping["circuit_open"]
+    first_fast = next(r for r in records(b) if r.get("circuit_open"))
+    assert "circuit for service 'flaky' is open until" in str(first_fast["details"])
+    propagation = float(first_fast["t"]) - float(tripping["t"])
+    assert propagation <= 0.1, f"B failed fast {propagation * 1000:.0f} ms after A's trip"
+
+    # While open, B's calls never touch the backend.
+    status = breaker(agent, "flaky")
+    assert status is not None and status.state == OPEN and status.reason == "consecutive_failures"
+    before = backend_calls(backend)
+    time.sleep(0.5)
+    assert backend_calls(backend) == before
+    assert all(r.get("circuit_open") for r in records(b)[-50:])
+
+    # Half-open with the backend still failing: only the permitted probes reach it.
+    reopened_at = time.time() + 3
+    wait_for(
+        lambda: (s := breaker(agent, "flaky")) is not None and s.reason == "probe_failed",
+        5,
+        "the probes to fail and the breaker to reopen",
+    )
+    probes = backend_calls(backend) - before
+    assert 1 <= probes <= 2, f"{probes} calls reached the backend while half-open"
+    assert time.time() < reopened_at
+
+    # The backend recovers: the next probes succeed and close the breaker everywhere.
+    configure(backend)
+    wait_for(
+        lambda: (s := breaker(agent, "flaky")) is not None and s.state == CLOSED,
+        15,
+        "the breaker to close",
+    )
+    seen = len(records(b))
+    wait_for(lambda: sum(r["ok"] for r in records(b)[seen:]) >= 20, 10, "B's calls to succeed")
+    c = mesh_client(procs, "C", agent, "flaky", "--interval", "0.01", "--count", "5")
+    wait_for(lambda: len(records(c)) == 5, 20, "a new process's calls")
+    assert all(r["ok"] for r in records(c)), records(c)
+
+
+def test_failure_rate_trip_survives_an_agent_restart(procs: Processes, tmp_path: Path) -> None:
+    policy = "circuit_breaker: {failure_rate: 0.5, min_requests: 10, window: 10s, open_for: 60s}"
+    control, backend, agent = set_up(procs, tmp_path, "rated", policy)
+    configure(backend, fail="INTERNAL")
+    client = mesh_client(procs, "A", agent, "rated", "--interval", "0.01")
+    wait_for(
+        lambda: (s := breaker(agent, "rated")) is not None and s.state == OPEN,
+        20,
+        "the failure rate to open the breaker",
+    )
+    status = breaker(agent, "rated")
+    assert status is not None and status.reason == "failure_rate"
+    failed = [r for r in records(client) if not r["ok"] and not r.get("circuit_open")]
+    assert len(failed) >= 10  # min_requests honoured
+    client.stop()
+
+    agent_proc = next(p for p in procs.procs if p.name == "node-1")
+    agent_proc.stop()
+    _, agent = start_agent(procs, control, "node-1")
+    wait_for(lambda: breaker(agent, "rated") is not None, 10, "the breaker restored")
+    restored = breaker(agent, "rated")
+    assert restored is not None and restored.state == OPEN
+    assert restored.open_until == status.open_until
+    before = backend_calls(backend)
+    again = mesh_client(procs, "A2", agent, "rated", "--interval", "0.01", "--count", "20")
+    wait_for(lambda: len(records(again)) == 20, 20, "20 calls after the restart")
+    assert all(r.get("circuit_open") for r in records(again)[-10:]), records(again)
+    assert backend_calls(backend) - before <= 1
+
+
+def test_slow_calls_trip_the_breaker(procs: Processes, tmp_path: Path) -> None:
+    policy = (
+        "circuit_breaker: {slow_call: {threshold: 100ms, rate: 0.5}, min_requests: 5,"
+        " window: 10s, open_for: 60s}"
+    )
+    _, _, agent = set_up(procs, tmp_path, "slow", policy, delay=0.15)
+    client = mesh_client(procs, "A", agent, "slow", "--interval", "0.01")
+    wait_for(
+        lambda: (s := breaker(agent, "slow")) is not None and s.state == OPEN,
+        20,
+        "slow calls to open the breaker",
+    )
+    status = breaker(agent, "slow")
+    assert status is not None and status.reason == "slow_call_rate"
+    assert all(r["ok"] for r in records(client)[:5])  # slow, yet successful
+    wait_for(lambda: any(r.get("circuit_open") for r in records(client)), 10, "a fail-fast")
+
+
+def test_max_requests_drops_do_not_open_the_breaker(procs: Processes, tmp_path: Path) -> None:
+    policy = "circuit_breaker: {max_requests: 1, consecutive_failures: 3, open_for: 60s}"
+    _, _, agent = set_up(procs, tmp_path, "narrow", policy, delay=0.2)
+    client = procs.python(
+        "A",
+        "mesh_demo.client",
+        "--service",
+        "narrow",
+        "--xds-server",
+        agent,
+        "--aio",
+        "--json",
+        "--concurrency",
+        "8",
+        "--count",
+        "32",
+        "--interval",
+        "0.05",
+        "--timeout",
+        "5",
+    )
+    wait_for(lambda: len(records(client)) == 32, 40, "32 concurrent calls")
+    dropped = [r for r in records(client) if not r["ok"]]
+    assert dropped, "max_requests: 1 dropped nothing"
+    assert all("circuit breaker drop" in str(r["details"]) for r in dropped), dropped
+    assert not any(r.get("circuit_open") for r in records(client))
+    status = breaker(agent, "narrow")
+    assert status is not None and status.state == CLOSED
+
+
+def test_asyncio_streaming_calls_trip_and_fail_fast(procs: Processes, tmp_path: Path) -> None:
+    policy = "circuit_breaker: {consecutive_failures: 3, open_for: 60s}"
+    _, backend, agent = set_up(procs, tmp_path, "streamy", policy)
+    configure(backend, fail="UNAVAILABLE")
+    client = procs.python(
+        "A",
+        "mesh_demo.client",
+        "--service",
+        "streamy",
+        "--xds-server",
+        agent,
+        "--aio",
+        "--stream",
+        "--json",
+        "--interval",
+        "0.02",
+        "--count",
+        "40",
+    )
+    wait_for(lambda: len(records(client)) == 40, 30, "40 streaming calls")
+    outcomes = records(client)
+    assert not outcomes[0]["ok"] and not outcomes[0].get("circuit_open")
+    fast = [r for r in outcomes if r.get("circuit_open")]
+    assert len(fast) >= 30, outcomes
+    assert all(r["code"] == "UNAVAILABLE" for r in fast)
+    status = breaker(agent, "streamy")
+    assert status is not None and status.state == OPEN
