@@ -116,14 +116,22 @@ class BreakerHub:
         if breaker is None:
             return agent_pb2.AcquirePermitResponse(granted=False, status=_without_breaker(service))
         granted = breaker.admit()
-        return agent_pb2.AcquirePermitResponse(granted=granted, status=to_proto(breaker.status()))
+        return agent_pb2.AcquirePermitResponse(granted=granted, status=self.status(service))
+
+    def _counted(self, message: agent_pb2.BreakerStatus) -> agent_pb2.BreakerStatus:
+        message.transitions = sum(
+            n for (service, _), n in self.transitions.items() if service == message.service
+        )
+        return message
 
     def status(self, service: str) -> agent_pb2.BreakerStatus:
         breaker = self.board.get(service)
-        return to_proto(breaker.status()) if breaker is not None else _without_breaker(service)
+        if breaker is None:
+            return _without_breaker(service)
+        return self._counted(to_proto(breaker.status()))
 
     def statuses(self) -> list[agent_pb2.BreakerStatus]:
-        return [to_proto(s) for _, s in sorted(self.board.statuses().items())]
+        return [self._counted(to_proto(s)) for _, s in sorted(self.board.statuses().items())]
 
     def add_watcher(self, services: Iterable[str]) -> Watcher:
         watcher = Watcher(frozenset(services))

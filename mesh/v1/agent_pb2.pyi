@@ -52,18 +52,20 @@ class ReportOutcomesResponse(_message.Message):
     def __init__(self, accepted: _Optional[int] = ...) -> None: ...
 
 class BreakerStatus(_message.Message):
-    __slots__ = ("service", "state", "open_until", "reason", "enabled")
+    __slots__ = ("service", "state", "open_until", "reason", "enabled", "transitions")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     OPEN_UNTIL_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     ENABLED_FIELD_NUMBER: _ClassVar[int]
+    TRANSITIONS_FIELD_NUMBER: _ClassVar[int]
     service: str
     state: BreakerState
     open_until: _timestamp_pb2.Timestamp
     reason: str
     enabled: bool
-    def __init__(self, service: _Optional[str] = ..., state: _Optional[_Union[BreakerState, str]] = ..., open_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., enabled: _Optional[bool] = ...) -> None: ...
+    transitions: int
+    def __init__(self, service: _Optional[str] = ..., state: _Optional[_Union[BreakerState, str]] = ..., open_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., enabled: _Optional[bool] = ..., transitions: _Optional[int] = ...) -> None: ...
 
 class WatchBreakersRequest(_message.Message):
     __slots__ = ("services",)

@@ -38,3 +38,15 @@ def is_mesh_rejection(code: str, details: str | None) -> bool:
     if code != "UNAVAILABLE" or not details:
         return False
     return any(marker in details for marker in MESH_REJECTION_MARKERS)
+
+
+def counts_for_breaker(code: str, details: str | None) -> bool:
+    """Whether a finished call's outcome is evidence about the backend: successes and the
+    backend's own failures are; the mesh's rejections are not, and neither is a call the
+    caller cancelled (it says nothing about the service, and counting it as a success would
+    reset a run of consecutive failures)."""
+    if code == "OK":
+        return True
+    if code == "CANCELLED":
+        return False
+    return not is_mesh_rejection(code, details)

@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from ._classify import is_mesh_rejection
+from ._classify import counts_for_breaker
 from ._link import AgentLink, Decision
 
 OPEN_CIRCUIT_KEY = "mesh-circuit"
@@ -106,9 +106,8 @@ def _finish(link: AgentLink, service: str, started: float, probe: bool) -> Calla
     def done(call: Any) -> None:
         code = call.code()
         name = code.name if code is not None else "CANCELLED"
-        if name != "OK" and is_mesh_rejection(name, call.details()):
-            return
-        link.record(service, name, time.perf_counter() - started, probe=probe)
+        if counts_for_breaker(name, call.details()):
+            link.record(service, name, time.perf_counter() - started, probe=probe)
 
     return done
 
@@ -191,9 +190,8 @@ class _AioBase:
             async def read() -> None:
                 code = await call.code()
                 name = code.name
-                if name != "OK" and is_mesh_rejection(name, await call.details()):
-                    return
-                link.record(service, name, time.perf_counter() - started, probe=probe)
+                if counts_for_breaker(name, await call.details()):
+                    link.record(service, name, time.perf_counter() - started, probe=probe)
 
             asyncio.get_running_loop().create_task(read())
 
@@ -213,7 +211,7 @@ class AioUnaryUnaryInterceptor(_AioBase, grpc.aio.UnaryUnaryClientInterceptor):
             await call
         except grpc.aio.AioRpcError as error:
             name = error.code().name
-            if not is_mesh_rejection(name, error.details()):
+            if counts_for_breaker(name, error.details()):
                 self._link.record(
                     self._service,
                     name,

@@ -133,6 +133,9 @@ def test_trip_in_one_process_fails_fast_in_another(procs: Processes, tmp_path: P
     )
     seen = len(records(b))
     wait_for(lambda: sum(r["ok"] for r in records(b)[seen:]) >= 20, 10, "B's calls to succeed")
+    closed = breaker(agent, "flaky")
+    # open, half-open, open again, half-open, closed: each one counted.
+    assert closed is not None and closed.transitions >= 5, closed
     c = mesh_client(procs, "C", agent, "flaky", "--interval", "0.01", "--count", "5")
     wait_for(lambda: len(records(c)) == 5, 20, "a new process's calls")
     assert all(r["ok"] for r in records(c)), records(c)
@@ -243,3 +246,79 @@ def test_asyncio_streaming_calls_trip_and_fail_fast(procs: Processes, tmp_path: 
     assert all(r["code"] == "UNAVAILABLE" for r in fast)
     status = breaker(agent, "streamy")
     assert status is not None and status.state == OPEN
+
+
+def test_calls_to_a_service_with_no_endpoints_do_not_trip(procs: Processes, tmp_path: Path) -> None:
+    _, control = procs.start_ready(
+        "control", "control", "serve", "--listen", "127.0.0.1:0", "--store", "memory:"
+    )
+    path = tmp_path / "empty.yaml"
+    path.write_text(
+        "name: empty\nendpoints: []\npolicy:\n"
+        "  circuit_breaker: {consecutive_failures: 3, open_for: 60s}\n"
+    )
+    meshctl(control, "apply", "-f", str(path))
+    _, agent = start_agent(procs, control, "node-1")
+    client = mesh_client(procs, "A", agent, "empty", "--interval", "0.01", "--count", "30")
+    wait_for(lambda: len(records(client)) == 30, 30, "30 calls")
+    assert all(r["code"] == "UNAVAILABLE" and not r.get("circuit_open") for r in records(client))
+    status = breaker(agent, "empty")
+    assert status is not None and status.enabled and status.state == CLOSED
+
+
+def test_deadlines_and_cancellation_pass_through_and_agent_loss_fails_open(
+    procs: Processes, tmp_path: Path
+) -> None:
+    from mesh_agent.client import mesh_interceptor
+
+    policy = "circuit_breaker: {consecutive_failures: 3, open_for: 60s}"
+    _, backend, agent = set_up(procs, tmp_path, "plain", policy, delay=0.3)
+    channel = grpc.intercept_channel(
+        grpc.insecure_channel(backend), mesh_interceptor("plain", agent=agent)
+    )
+    stub = echo_pb2_grpc.EchoServiceStub(channel)
+    wait_for(
+        lambda: (s := breaker(agent, "plain")) is not None and s.enabled,
+        10,
+        "the breaker policy at the agent",
+    )
+    # A deadline shorter than the backend's answer passes through and counts as a failure.
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Echo(echo_pb2.EchoRequest(message="x"), timeout=0.05)
+    assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - started < 0.25
+    # Cancellation passes through and is not a failure of the service.
+    for _ in range(5):
+        future = stub.Echo.future(echo_pb2.EchoRequest(message="x"))
+        time.sleep(0.02)
+        assert future.cancel()
+        assert future.code() is grpc.StatusCode.CANCELLED
+    time.sleep(0.3)
+    status = breaker(agent, "plain")
+    assert status is not None and status.state == CLOSED, "cancellations tripped the breaker"
+    # Two more deadline failures make three in a row: the breaker opens, calls fail fast.
+    for _ in range(2):
+        with pytest.raises(grpc.RpcError):
+            stub.Echo(echo_pb2.EchoRequest(message="x"), timeout=0.05)
+    wait_for(lambda: (s := breaker(agent, "plain")) is not None and s.state == OPEN, 5, "open")
+    time.sleep(0.2)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Echo(echo_pb2.EchoRequest(message="x"), timeout=2)
+    assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert "is open until" in (caught.value.details() or "")
+    channel.close()
+
+
+def test_unreachable_agent_fails_open(tmp_path: Path, procs: Processes) -> None:
+    from mesh_agent.client import mesh_interceptor
+
+    _, backend = procs.start_ready("backend", "mesh_demo.backend", "--name", "b1")
+    missing = f"unix:{tmp_path / 'no-agent.sock'}"
+    channel = grpc.intercept_channel(
+        grpc.insecure_channel(backend), mesh_interceptor("lonely", agent=missing)
+    )
+    stub = echo_pb2_grpc.EchoServiceStub(channel)
+    for _ in range(20):
+        assert stub.Echo(echo_pb2.EchoRequest(message="x"), timeout=2).backend == "b1"
+    channel.close()

@@ -86,3 +86,19 @@ def test_bootstrap_set_by_someone_else_is_respected(monkeypatch: pytest.MonkeyPa
     )
     with pytest.raises(BootstrapConflictError, match=r"10\.1\.1\.1:15010"):
         _channel.configure_bootstrap(["unix:/tmp/agent.sock"])
+
+
+@pytest.mark.parametrize(
+    ("code", "details", "counts"),
+    [
+        ("OK", None, True),
+        ("UNAVAILABLE", "failed to connect to all addresses", True),
+        ("INTERNAL", "boom", True),
+        ("CANCELLED", "Locally cancelled by application!", False),
+        ("UNAVAILABLE", "circuit breaker drop", False),
+    ],
+)
+def test_what_counts_for_the_breaker(code: str, details: str | None, counts: bool) -> None:
+    from mesh_agent.client._classify import counts_for_breaker
+
+    assert counts_for_breaker(code, details) is counts
