@@ -219,7 +219,8 @@ def test_max_requests_drops_do_not_open_the_breaker(procs: Processes, tmp_path: 
     assert status is not None and status.state == CLOSED
 
 
-def test_asyncio_streaming_calls_trip_and_fail_fast(procs: Processes, tmp_path: Path) -> None:
+@pytest.mark.parametrize("flavour", ["sync", "aio"])
+def test_streaming_calls_trip_and_fail_fast(procs: Processes, tmp_path: Path, flavour: str) -> None:
     policy = "circuit_breaker: {consecutive_failures: 3, open_for: 60s}"
     _, backend, agent = set_up(procs, tmp_path, "streamy", policy)
     configure(backend, fail="UNAVAILABLE")
@@ -230,7 +231,7 @@ def test_asyncio_streaming_calls_trip_and_fail_fast(procs: Processes, tmp_path: 
         "streamy",
         "--xds-server",
         agent,
-        "--aio",
+        "--aio" if flavour == "aio" else "--mesh",
         "--stream",
         "--json",
         "--interval",
