@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import json
 import signal
+import stat
 import time
 from pathlib import Path
 
@@ -45,7 +46,11 @@ def test_calls_through_the_agent_spread_over_both_backends(
     )
     one, two = start_backend(procs, "backend-1"), start_backend(procs, "backend-2")
     meshctl(control, "apply", "-f", str(write_service(tmp_path / "s.yaml", "echo", one, two)))
-    _, agent = start_agent(procs, control, "node-1")
+    _, agent = start_agent(procs, control, "node-1", "--listen", "127.0.0.1:0")
+    socket_path = Path(agent.removeprefix("unix:"))
+    assert stat.S_IMODE(socket_path.stat().st_mode) == 0o660
+    tcp = (procs.workdir / "node-1.ready").read_text().split()[1]
+    assert tcp.startswith("127.0.0.1:") and agent_status(tcp).node_id == "node-1"
     client = start_client(procs, agent, "echo")
     wait_for(lambda: len([c for c in calls(client) if c["ok"]]) >= 45, 40, "45 successful calls")
     ok = [c for c in calls(client) if c["ok"]]
