@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
+from control import config
+
 if TYPE_CHECKING:
     from google.protobuf.duration_pb2 import Duration
 
@@ -57,27 +59,7 @@ log = structlog.get_logger(__name__)
 
 Clock = Callable[[], float]
 
-GRPC_STATUS_NAMES: Final = frozenset(
-    {
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    }
-)
+GRPC_STATUS_NAMES: Final = frozenset({"OK", *config.GRPC_STATUS_NAMES})
 DEFAULT_FAILURE_CODES: Final = frozenset(
     {"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "UNKNOWN", "RESOURCE_EXHAUSTED"}
 )

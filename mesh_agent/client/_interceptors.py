@@ -5,6 +5,7 @@ arity, since ``grpc.aio`` registers a multi-arity interceptor only for the first
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import time
 from collections.abc import Callable
@@ -183,10 +184,7 @@ class _AioBase:
         link, service = self._link, self._service
 
         def done(call: Any) -> None:
-            # aio calls expose their status only through coroutines; the C call object
-            # holds it once done, read through the public cancelled()/ exception-free path.
-            import asyncio
-
+            # aio calls expose their status only through coroutines: read it in a task.
             async def read() -> None:
                 code = await call.code()
                 name = code.name
@@ -219,51 +217,45 @@ class AioUnaryUnaryInterceptor(_AioBase, grpc.aio.UnaryUnaryClientInterceptor):
                     probe=decision is Decision.PROBE,
                 )
             raise
-        except BaseException:
-            raise
         self._link.record(
             self._service, "OK", time.perf_counter() - started, probe=decision is Decision.PROBE
         )
         return call
 
 
-class AioUnaryStreamInterceptor(_AioBase, grpc.aio.UnaryStreamClientInterceptor):
+class _AioStreaming(_AioBase):
+    """Calls with a response stream or a request stream finish after the interceptor returns:
+    their outcome is read when they are done."""
+
+    async def _intercept(self, continuation: Any, details: Any, request: Any) -> Any:
+        decision, open_until = self._decide()
+        if decision is Decision.REJECT:
+            raise _aio_rejection(self._service, open_until)
+        started = time.perf_counter()
+        call = await continuation(details, request)
+        call.add_done_callback(self._on_done(started, decision is Decision.PROBE))
+        return call
+
+
+class AioUnaryStreamInterceptor(_AioStreaming, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(
         self, continuation: Any, client_call_details: Any, request: Any
     ) -> Any:
-        decision, open_until = self._decide()
-        if decision is Decision.REJECT:
-            raise _aio_rejection(self._service, open_until)
-        started = time.perf_counter()
-        call = await continuation(client_call_details, request)
-        call.add_done_callback(self._on_done(started, decision is Decision.PROBE))
-        return call
+        return await self._intercept(continuation, client_call_details, request)
 
 
-class AioStreamUnaryInterceptor(_AioBase, grpc.aio.StreamUnaryClientInterceptor):
+class AioStreamUnaryInterceptor(_AioStreaming, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
-        decision, open_until = self._decide()
-        if decision is Decision.REJECT:
-            raise _aio_rejection(self._service, open_until)
-        started = time.perf_counter()
-        call = await continuation(client_call_details, request_iterator)
-        call.add_done_callback(self._on_done(started, decision is Decision.PROBE))
-        return call
+        return await self._intercept(continuation, client_call_details, request_iterator)
 
 
-class AioStreamStreamInterceptor(_AioBase, grpc.aio.StreamStreamClientInterceptor):
+class AioStreamStreamInterceptor(_AioStreaming, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
-        decision, open_until = self._decide()
-        if decision is Decision.REJECT:
-            raise _aio_rejection(self._service, open_until)
-        started = time.perf_counter()
-        call = await continuation(client_call_details, request_iterator)
-        call.add_done_callback(self._on_done(started, decision is Decision.PROBE))
-        return call
+        return await self._intercept(continuation, client_call_details, request_iterator)
 
 
 def aio_interceptors(link: AgentLink, service: str) -> list[grpc.aio.ClientInterceptor]:
