@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--store",
         default=DEFAULT_STORE,
-        help="config store URL: file:DIR (default %(default)s) or memory:",
+        help="config store URL: file:DIR (default %(default)s), "
+        "etcd://HOST:PORT[,HOST:PORT...][/prefix] or memory:",
     )
     serve.add_argument("--ready-file", type=Path, help="write the bound address here once serving")
     serve.add_argument(

@@ -4,7 +4,9 @@ Every backend implements :class:`Store`; :func:`open_store` picks one from a URL
 
 * ``memory:`` — :class:`MemoryStore`, in-process, for tests;
 * ``file:DIR`` or ``file:///abs/dir`` — :class:`FileStore`, a directory of YAML files, the
-  embedded default.
+  embedded default;
+* ``etcd://HOST:PORT[,HOST:PORT...][/prefix]`` — :class:`EtcdStore`, shared by several
+  control servers (prefix ``/mesh`` unless given).
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from ._base import Store, StoreEvent
+from .etcd import EtcdStore, parse_etcd_url
 from .file import FileStore
 from .memory import MemoryStore
 
-__all__ = ["FileStore", "MemoryStore", "Store", "StoreEvent", "open_store"]
+__all__ = ["EtcdStore", "FileStore", "MemoryStore", "Store", "StoreEvent", "open_store"]
 
-SUPPORTED = "memory:, file:DIR, file:///abs/dir"
+SUPPORTED = "memory:, file:DIR, file:///abs/dir, etcd://HOST:PORT[,HOST:PORT...][/prefix]"
 
 
 def _open_memory(url: str, rest: str) -> Store:
@@ -41,11 +44,16 @@ def _open_file(url: str, rest: str) -> Store:
     return FileStore(directory)
 
 
-# scheme -> factory(url, rest after "scheme:"). ``etcd`` (etcd://host:port[/prefix], DESIGN.md
-# decision 6) registers here when its backend is added.
+def _open_etcd(url: str, rest: str) -> Store:
+    endpoints, prefix = parse_etcd_url(url)
+    return EtcdStore(endpoints, prefix=prefix, url=url)
+
+
+# scheme -> factory(url, rest after "scheme:").
 _BACKENDS: dict[str, Callable[[str, str], Store]] = {
     "memory": _open_memory,
     "file": _open_file,
+    "etcd": _open_etcd,
 }
 
 

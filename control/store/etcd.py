@@ -1,0 +1,721 @@
+"""``etcd://HOST:PORT[,HOST:PORT...][/prefix]`` — services kept in etcd, shared by every control
+server pointed at the same cluster (DESIGN.md, decision 6).
+
+Key layout (``prefix`` defaults to ``/mesh``)::
+
+    <prefix>/services/<name>    one mesh.v1.Service, protobuf binary, deterministic serialization
+
+Nothing else is written. Revisions are etcd's own: a service's revision is the ``mod_revision``
+of its key, and the store revision is the etcd revision the store has caught up with (the
+header revision of the last read, or the revision of the last change seen). So every control
+server on one etcd agrees on revisions, and they never go backwards.
+
+The store keeps a copy of every service in memory (:class:`BaseStore`): it is loaded with one
+range read on :meth:`EtcdStore.start`, then kept current by a single etcd watch on
+``<prefix>/services/`` from the revision after the last one seen. ``list``, ``get`` and
+``watch`` are served from that copy, so they keep working, on the last state read, while etcd
+is unreachable; :meth:`EtcdStore.problems` says so meanwhile. When the watch comes back it
+resumes from the revision after the last one seen, so no change is missed; if etcd has
+compacted that history away, the store reads everything again and turns the difference into
+events (a put for each service changed meanwhile, at its ``mod_revision``; a delete at the
+revision of the read for each one gone).
+
+Writes go to etcd directly, as transactions that check what they read: ``apply`` reads the
+named keys, then writes the changed ones in ONE transaction that compares every named key's
+``mod_revision`` with the one read (``create_revision == 0`` for a key that did not exist).
+When another writer got in between, the store reads again and retries (up to ``write_retries``
+times, with a short jittered backoff; then ConflictError); with
+``if_revision`` > 0 the re-read then finds the newer revision and raises ConflictError. A write
+returns once the watch has delivered it to the local copy (bounded by the operation timeout), so
+a ``get`` after an ``apply`` sees it.
+
+The aetcd client talks to one member; failing over is done here: on a connection error the
+store moves to the next listed member (round robin), the watch with backoff
+(:class:`control.backoff.Backoff`), a write once through every member before it raises
+StoreUnavailableError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import unquote
+
+import aetcd
+import grpc
+import structlog
+from aetcd import rpc
+from aetcd.utils import prefix_range_end
+
+from control.backoff import Backoff
+from control.errors import ConflictError, NotFoundError, StoreUnavailableError
+from mesh.v1 import admin_pb2, config_pb2
+
+from ._base import (
+    DEFAULT_MAX_LOG,
+    AppliedService,
+    BaseStore,
+    Service,
+    StoreEvent,
+    StoreProblem,
+    _Entry,
+    copy_service,
+)
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_PREFIX = "/mesh"
+DEFAULT_PORT = 2379
+SERVICES_DIR = "/services/"
+
+_T = TypeVar("_T")
+
+# Keepalive so that a member that vanishes without closing the connection is noticed; etcd
+# refuses pings more often than every 5 s (--grpc-keepalive-min-time).
+_CHANNEL_OPTIONS: dict[str, Any] = {
+    "grpc.keepalive_time_ms": 10_000,
+    "grpc.keepalive_timeout_ms": 5_000,
+    "grpc.keepalive_permit_without_calls": 0,
+}
+# Between the attempts of a write that lost a race with another writer: jittered, so that
+# writers racing for one key do not collide again in step.
+_RACE_BACKOFF = Backoff(base=0.005, cap=0.2)
+_CONNECTION_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+)
+
+
+def parse_etcd_url(url: str) -> tuple[builtins.list[str], str]:
+    """``etcd://HOST:PORT[,HOST:PORT...][/prefix]`` -> (endpoints ``HOST:PORT``, prefix).
+
+    The port defaults to 2379, the prefix to ``/mesh``; an IPv6 host goes in brackets.
+    Raises ValueError naming the URL."""
+    scheme, colon, rest = url.partition(":")
+    if scheme.lower() != "etcd" or not colon or not rest.startswith("//"):
+        raise ValueError(f"store URL {url!r}: expected etcd://HOST:PORT[,HOST:PORT...][/prefix]")
+    hosts, slash, path = rest[2:].partition("/")
+    endpoints: builtins.list[str] = []
+    for item in hosts.split(","):
+        item = item.strip()
+        if not item:
+            raise ValueError(f"store URL {url!r}: empty etcd endpoint")
+        if item.startswith("["):  # [v6]:port
+            host, bracket, tail = item.partition("]")
+            host += bracket
+            if not bracket or (tail and not tail.startswith(":")):
+                raise ValueError(f"store URL {url!r}: bad etcd endpoint {item!r}")
+            port_text = tail[1:]
+        else:
+            host, _, port_text = item.partition(":")
+        if not host or host == "[]":
+            raise ValueError(f"store URL {url!r}: missing host in {item!r}")
+        port = DEFAULT_PORT
+        if port_text:
+            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+                raise ValueError(f"store URL {url!r}: bad port in {item!r}")
+            port = int(port_text)
+        endpoints.append(f"{host}:{port}")
+    prefix = "/" + unquote(path).strip("/") if slash else ""
+    return endpoints, (prefix if prefix not in ("", "/") else DEFAULT_PREFIX)
+
+
+def _split_endpoint(endpoint: str) -> tuple[str, int]:
+    host, _, port = endpoint.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"etcd endpoint {endpoint!r}: expected HOST:PORT")
+    return host, int(port)
+
+
+def _rpc_error(exc: BaseException) -> grpc.aio.AioRpcError | None:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, grpc.aio.AioRpcError):
+            return seen
+        seen = seen.__cause__
+    return None
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    """Whether ``exc`` means the member could not be reached (try another one)."""
+    if isinstance(exc, aetcd.ConnectionFailedError | aetcd.ConnectionTimeoutError):
+        return True
+    if isinstance(exc, grpc.aio.UsageError | ConnectionError):  # channel closed under us
+        return True
+    error = _rpc_error(exc)
+    return error is not None and error.code() in _CONNECTION_CODES
+
+
+def _being_cancelled() -> bool:
+    """Whether the running task is being cancelled (rather than a grpc call of it having been
+    cancelled because its channel was closed)."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
+
+
+def _describe(exc: BaseException) -> str:
+    error = _rpc_error(exc)
+    if error is not None:
+        return f"{error.code().name}: {error.details()}"
+    return str(exc) or type(exc).__name__
+
+
+class _WatchEnded(Exception):
+    """The watch stream ended or was canceled by etcd; start it again."""
+
+
+@dataclass(frozen=True)
+class _Current:
+    """A key as read from etcd."""
+
+    mod_revision: int
+    service: Service | None  # None when the value does not decode
+
+
+class EtcdStore(BaseStore):
+    """The services under ``prefix`` in the etcd cluster reached through ``endpoints``
+    (``HOST:PORT`` each; the first one reachable is used, the next on failure).
+
+    ``start`` gives up after ``start_timeout`` seconds without reaching any member
+    (StoreUnavailableError). ``op_timeout`` bounds every etcd call and a write's wait for its
+    own change to come back through the watch. ``write_retries`` is how often a write that
+    lost a race with another writer is tried again."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str] | str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        url: str | None = None,
+        start_timeout: float = 10.0,
+        op_timeout: float = 5.0,
+        write_retries: int = 10,
+        backoff: Backoff = Backoff(base=0.1, cap=2.0),  # noqa: B008 (frozen, shared safely)
+        max_log: int = DEFAULT_MAX_LOG,
+    ) -> None:
+        super().__init__(max_log=max_log)
+        if isinstance(endpoints, str):
+            endpoints = [e for e in endpoints.split(",") if e.strip()]
+        if not endpoints:
+            raise ValueError("EtcdStore needs at least one endpoint (HOST:PORT)")
+        self.endpoints = [e.strip() for e in endpoints]
+        self._members = [_split_endpoint(e) for e in self.endpoints]
+        clean = "/" + prefix.strip("/")
+        self.prefix = clean if clean != "/" else ""
+        self.url = url or f"etcd://{','.join(self.endpoints)}{self.prefix or '/'}"
+        self._services_key = (self.prefix + SERVICES_DIR).encode("utf-8")
+        self._services_end: bytes = prefix_range_end(self._services_key)
+        self._start_timeout = start_timeout
+        self._op_timeout = op_timeout
+        self._write_retries = max(1, write_retries)
+        self._backoff = backoff
+        self._member = 0  # index into _members of the one in use
+        self._client: Any = None  # aetcd.Client of the member in use
+        self._started = False
+        self._watcher: asyncio.Task[None] | None = None
+        self._unreachable: str | None = None  # why, while the watch cannot reach etcd
+        self._bad_keys: dict[str, str] = {}  # key -> why its value is not taken
+        self._logger = log.bind(store=self.url)
+
+    def __repr__(self) -> str:
+        return f"EtcdStore({self.url!r})"
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._check_not_closed()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._start_timeout
+        delays = self._backoff.delays()
+        while True:
+            try:
+                await self._reload()
+                break
+            except StoreUnavailableError as exc:
+                delay = next(delays)
+                if loop.time() + delay > deadline:
+                    raise StoreUnavailableError(
+                        f"cannot reach etcd at {', '.join(self.endpoints)} within "
+                        f"{self._start_timeout:g}s: {exc}"
+                    ) from exc
+                self._logger.info("etcd not reachable yet; retrying", error=str(exc))
+                await asyncio.sleep(delay)
+        self._started = True
+        self._logger.info(
+            "store opened",
+            revision=self._revision,
+            services=len(self._services),
+            member=self.endpoints[self._member],
+        )
+        self._watcher = asyncio.create_task(self._watch_loop(), name=f"{self!r} watch")
+
+    async def close(self) -> None:
+        self._close()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+        client, self._client = self._client, None
+        if client is not None:
+            await self._close_client(client)
+
+    # -- writes -----------------------------------------------------------------------------
+
+    async def apply(
+        self, services: Sequence[Service], *, if_revision: int = 0
+    ) -> tuple[int, builtins.list[AppliedService]]:
+        self._check_open()
+        self._check_batch(services)
+        names: builtins.list[str] = [svc.name for svc in services]
+        delays = _RACE_BACKOFF.delays()
+        for attempt in range(self._write_retries):
+            if attempt:
+                await asyncio.sleep(next(delays))
+            current = await self._read_keys(names)
+            self._check_read_conflicts(names, current, if_revision)
+            changed = [
+                svc
+                for svc in services
+                if current.get(svc.name) is None or current[svc.name].service != svc
+            ]
+            if not changed:
+                await self._wait_for(max(c.mod_revision for c in current.values()))
+                return self._revision, [
+                    admin_pb2.AppliedService(
+                        name=name, revision=current[name].mod_revision, changed=False
+                    )
+                    for name in names
+                ]
+            txn = rpc.TxnRequest(
+                compare=[self._unchanged_since_read(name, current.get(name)) for name in names],
+                success=[
+                    rpc.RequestOp(
+                        request_put=rpc.PutRequest(
+                            key=self._key(svc.name),
+                            value=svc.SerializeToString(deterministic=True),
+                        )
+                    )
+                    for svc in changed
+                ],
+            )
+            revision = await self._commit_txn(txn)
+            if revision is None:
+                self._logger.debug("apply raced another writer; reading again", services=names)
+                continue
+            await self._wait_for(revision)
+            written = {svc.name for svc in changed}
+            return revision, [
+                admin_pb2.AppliedService(
+                    name=name,
+                    revision=revision if name in written else current[name].mod_revision,
+                    changed=name in written,
+                )
+                for name in names
+            ]
+        raise ConflictError(
+            f"services {', '.join(repr(n) for n in names)} kept changing in etcd while being "
+            f"applied ({self._write_retries} attempts); try again"
+        )
+
+    async def delete(self, name: str, *, if_revision: int = 0) -> int:
+        self._check_open()
+        delays = _RACE_BACKOFF.delays()
+        for attempt in range(self._write_retries):
+            if attempt:
+                await asyncio.sleep(next(delays))
+            current = (await self._read_keys([name])).get(name)
+            if current is None:
+                raise NotFoundError(f"service {name!r} not found")
+            self._check_read_conflicts([name], {name: current}, if_revision)
+            txn = rpc.TxnRequest(
+                compare=[self._unchanged_since_read(name, current)],
+                success=[
+                    rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=self._key(name)))
+                ],
+            )
+            revision = await self._commit_txn(txn)
+            if revision is None:
+                self._logger.debug("delete raced another writer; reading again", service=name)
+                continue
+            await self._wait_for(revision)
+            return revision
+        raise ConflictError(
+            f"service {name!r} kept changing in etcd while being deleted "
+            f"({self._write_retries} attempts); try again"
+        )
+
+    def problems(self) -> builtins.list[StoreProblem]:
+        out: builtins.list[StoreProblem] = []
+        if self._unreachable is not None:
+            out.append(
+                admin_pb2.StoreProblem(
+                    source=self.url,
+                    message=f"etcd is unreachable ({self._unreachable}); the last state read "
+                    f"(revision {self._revision}) stays in force",
+                )
+            )
+        out += [
+            admin_pb2.StoreProblem(source=f"{self.url} key {key}", message=message)
+            for key, message in sorted(self._bad_keys.items())
+        ]
+        return out
+
+    # -- etcd calls -------------------------------------------------------------------------
+
+    def _key(self, name: str) -> bytes:
+        return self._services_key + name.encode("utf-8")
+
+    def _name(self, key: bytes) -> str:
+        return key[len(self._services_key) :].decode("utf-8", errors="replace")
+
+    async def _connected(self) -> Any:
+        if self._client is None:
+            host, port = self._members[self._member]
+            client = aetcd.Client(
+                host=host, port=port, timeout=self._op_timeout, options=dict(_CHANNEL_OPTIONS)
+            )
+            await client.connect()
+            self._client = client
+        return self._client
+
+    async def _drop(self, client: Any, exc: BaseException) -> None:
+        """``client``'s member failed: close it and move on to the next member."""
+        if client is None or client is not self._client:
+            return  # someone else moved on already
+        failed = self.endpoints[self._member]
+        self._client = None
+        self._member = (self._member + 1) % len(self._members)
+        self._logger.info(
+            "etcd member unreachable",
+            member=failed,
+            next=self.endpoints[self._member],
+            error=_describe(exc),
+        )
+        await self._close_client(client)
+
+    async def _close_client(self, client: Any) -> None:
+        try:
+            await asyncio.wait_for(client.close(), self._op_timeout)
+        except Exception as exc:  # closing is best effort
+            self._logger.debug("closing the etcd client failed", error=_describe(exc))
+
+    async def _call(self, call: Callable[[Any], Awaitable[_T]]) -> _T:
+        """Runs ``call`` with a client, moving through the members on connection errors;
+        raises StoreUnavailableError once each has failed."""
+        errors: builtins.list[str] = []
+        for _ in range(len(self._members)):
+            endpoint = self.endpoints[self._member]
+            client = None
+            try:
+                client = await self._connected()
+                return await call(client)
+            except asyncio.CancelledError as exc:
+                if _being_cancelled():
+                    raise
+                # Not us: grpc cancels the calls of a channel that is closed, which happens
+                # when the watch moved to another member meanwhile.
+                errors.append(f"{endpoint}: call cancelled, the connection was closed")
+                await self._drop(client, exc)
+            except Exception as exc:
+                if not _is_connection_error(exc):
+                    raise StoreUnavailableError(
+                        f"etcd at {endpoint} failed: {_describe(exc)}"
+                    ) from exc
+                errors.append(f"{endpoint}: {_describe(exc)}")
+                await self._drop(client, exc)
+        raise StoreUnavailableError(f"etcd is unreachable ({'; '.join(errors)})")
+
+    async def _read_keys(self, names: Sequence[str]) -> dict[str, _Current]:
+        """The named services as etcd has them now (absent names left out), in one read."""
+        txn = rpc.TxnRequest(
+            success=[
+                rpc.RequestOp(request_range=rpc.RangeRequest(key=self._key(name))) for name in names
+            ]
+        )
+
+        async def call(client: Any) -> Any:
+            return await client.kvstub.Txn(txn, timeout=self._op_timeout, metadata=client.metadata)
+
+        response = await self._call(call)
+        out: dict[str, _Current] = {}
+        for name, op in zip(names, response.responses, strict=True):
+            for kv in op.response_range.kvs:
+                service, _ = self._decode(kv.key, kv.value)
+                out[name] = _Current(int(kv.mod_revision), service)
+        return out
+
+    async def _commit_txn(self, txn: Any) -> int | None:
+        """The revision of a transaction that succeeded, or None when a compare failed."""
+
+        async def call(client: Any) -> Any:
+            return await client.kvstub.Txn(txn, timeout=self._op_timeout, metadata=client.metadata)
+
+        response = await self._call(call)
+        if not response.succeeded:
+            return None
+        return int(response.header.revision)
+
+    def _unchanged_since_read(self, name: str, current: _Current | None) -> Any:
+        if current is None:
+            return rpc.Compare(
+                key=self._key(name),
+                result=rpc.Compare.EQUAL,
+                target=rpc.Compare.CREATE,
+                create_revision=0,
+            )
+        return rpc.Compare(
+            key=self._key(name),
+            result=rpc.Compare.EQUAL,
+            target=rpc.Compare.MOD,
+            mod_revision=current.mod_revision,
+        )
+
+    def _check_read_conflicts(
+        self, names: Sequence[str], current: dict[str, _Current], if_revision: int
+    ) -> None:
+        if if_revision <= 0:
+            return
+        for name in names:
+            read = current.get(name)
+            if read is not None and read.mod_revision > if_revision:
+                raise ConflictError(
+                    f"service {name!r} changed at revision {read.mod_revision}, "
+                    f"after revision {if_revision}"
+                )
+
+    def _decode(self, key: bytes, value: bytes) -> tuple[Service | None, str | None]:
+        """The service a key holds, or None and why not."""
+        name = self._name(key)
+        try:
+            service = config_pb2.Service.FromString(value)
+        except Exception as exc:  # protobuf DecodeError and friends
+            return None, f"not a mesh.v1.Service: {exc}"
+        if service.name != name:
+            return None, f"holds service {service.name!r}, expected {name!r}"
+        return service, None
+
+    # -- the local copy ---------------------------------------------------------------------
+
+    async def _wait_for(self, revision: int) -> None:
+        """Waits until the local copy has caught up with ``revision`` (bounded)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._op_timeout
+        while self._revision < revision and not self._closed:
+            changed = self._changed
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                self._logger.warning(
+                    "the etcd watch is late; the local copy lags behind a write",
+                    revision=self._revision,
+                    written=revision,
+                )
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), remaining)
+
+    async def _reload(self) -> None:
+        """Reads every service and brings the local copy in line: on start it is the first
+        state; later the differences become events."""
+        request = rpc.RangeRequest(key=self._services_key, range_end=self._services_end)
+
+        async def call(client: Any) -> Any:
+            return await client.kvstub.Range(
+                request, timeout=self._op_timeout, metadata=client.metadata
+            )
+
+        response = await self._call(call)
+        revision = int(response.header.revision)
+        found: dict[str, tuple[Service, int]] = {}
+        bad: dict[str, str] = {}
+        for kv in response.kvs:
+            service, problem = self._decode(kv.key, kv.value)
+            key = kv.key.decode("utf-8", errors="replace")
+            if service is None:
+                bad[key] = problem or "invalid"
+            else:
+                found[service.name] = (service, int(kv.mod_revision))
+        for key, problem in bad.items():
+            if self._bad_keys.get(key) != problem:
+                self._logger.warning("etcd key ignored", key=key, problem=problem)
+        # A bad key keeps the service it held in force at its last good version.
+        kept = {self._name(k.encode("utf-8")) for k in bad}
+        self._bad_keys = bad
+        if not self._started:
+            self._services = {name: _Entry(service, mod) for name, (service, mod) in found.items()}
+            self._revision = max(self._revision, revision)
+            self._reset_log()
+            return
+        batches: dict[int, tuple[builtins.list[Service], builtins.list[str]]] = {}
+        for name, (service, mod) in found.items():
+            entry = self._services.get(name)
+            if entry is None or entry.service != service:
+                at = mod if mod > self._revision else revision
+                batches.setdefault(at, ([], []))[0].append(service)
+        for name in self._services:
+            if name not in found and name not in kept:
+                batches.setdefault(revision, ([], []))[1].append(name)
+        if batches:
+            self._logger.info(
+                "store caught up with etcd",
+                revision=revision,
+                updated=sorted(s.name for puts, _ in batches.values() for s in puts),
+                deleted=sorted(n for _, deletes in batches.values() for n in deletes),
+            )
+        for at in sorted(batches):
+            puts, deletes = batches[at]
+            self._commit_at(at, puts, deletes)
+        self._commit_at(revision, [], [])
+
+    def _commit_at(self, revision: int, puts: Sequence[Service], deletes: Sequence[str]) -> None:
+        """Like :meth:`BaseStore._commit`, at etcd's ``revision``."""
+        if revision <= self._revision:
+            return  # already seen
+        for svc in sorted(puts, key=lambda s: str(s.name)):
+            stored = copy_service(svc)
+            name: str = stored.name
+            self._services[name] = _Entry(stored, revision)
+            self._tombstones.pop(name, None)
+            self._log.append(StoreEvent(revision, name, stored))
+        for name in sorted(deletes):
+            if self._services.pop(name, None) is None:
+                continue
+            self._tombstones[name] = revision
+            self._log.append(StoreEvent(revision, name, None))
+        self._revision = revision
+        self._trim_log()
+        self._notify()
+
+    def _apply_watch_events(self, events: Sequence[Any]) -> None:
+        """Takes one watch response's events, a whole etcd revision at a time."""
+        batches: dict[int, tuple[builtins.list[Service], builtins.list[str]]] = {}
+        for event in events:
+            kv = event.kv
+            revision = int(kv.mod_revision)
+            key = kv.key.decode("utf-8", errors="replace")
+            name = self._name(kv.key)
+            puts, deletes = batches.setdefault(revision, ([], []))
+            if event.type == rpc.Event.DELETE:
+                self._bad_keys.pop(key, None)
+                deletes.append(name)
+                continue
+            service, problem = self._decode(kv.key, kv.value)
+            if service is None:
+                self._bad_keys[key] = problem or "invalid"
+                self._logger.warning(
+                    "etcd key ignored; the service keeps its last good version",
+                    key=key,
+                    problem=problem,
+                )
+                continue
+            self._bad_keys.pop(key, None)
+            puts.append(service)
+        for revision in sorted(batches):
+            puts, deletes = batches[revision]
+            self._commit_at(revision, puts, deletes)
+
+    # -- the watch --------------------------------------------------------------------------
+
+    async def _watch_loop(self) -> None:
+        delays = None
+        needs_reload = False
+        while not self._closed:
+            client = None
+            try:
+                if needs_reload:
+                    await self._reload()
+                    needs_reload = False
+                client = await self._connected()
+                needs_reload = await self._follow(client)
+                delays = None
+                continue
+            except asyncio.CancelledError:
+                if _being_cancelled():
+                    raise
+                # grpc cancelled the call: its channel was closed by a write that moved on
+                # to another member. Follow it there.
+                if client is not self._client:
+                    continue
+            except Exception as exc:
+                reason = _describe(exc)
+                if client is not None and client is not self._client:
+                    continue  # a write moved to another member meanwhile: follow it there
+                if isinstance(exc, StoreUnavailableError) or _is_connection_error(exc):
+                    if self._unreachable is None:
+                        self._logger.warning(
+                            "etcd unreachable; serving the last state read",
+                            revision=self._revision,
+                            error=reason,
+                        )
+                    self._unreachable = reason
+                    if client is not None:
+                        await self._drop(client, exc)
+                else:
+                    self._logger.exception("etcd watch failed; starting it again")
+            if delays is None:
+                delays = self._backoff.delays()
+            await asyncio.sleep(next(delays))
+
+    async def _follow(self, client: Any) -> bool:
+        """Watches the services from the revision after the last one seen, feeding the local
+        copy, until the stream fails (raises) or etcd says that revision is compacted (returns
+        True: read everything again)."""
+        start = self._revision + 1
+        create = rpc.WatchRequest(
+            create_request=rpc.WatchCreateRequest(
+                key=self._services_key, range_end=self._services_end, start_revision=start
+            )
+        )
+        # No request iterator: the stream stays open for writing, and nothing is left for
+        # grpc to close when the call ends.
+        call = rpc.WatchStub(client.channel).Watch(metadata=client.metadata)
+        try:
+            await call.write(create)
+            async for response in call:
+                if response.created:
+                    self._on_watching(int(response.header.revision))
+                if response.compact_revision:
+                    self._logger.warning(
+                        "etcd compacted the history the store needs; reading everything again",
+                        revision=self._revision,
+                        compacted=int(response.compact_revision),
+                    )
+                    return True
+                if response.canceled:
+                    raise _WatchEnded(f"etcd canceled the watch: {response.cancel_reason}")
+                if response.events:
+                    self._apply_watch_events(response.events)
+            raise _WatchEnded("etcd ended the watch stream")
+        finally:
+            call.cancel()
+
+    def _on_watching(self, etcd_revision: int) -> None:
+        if self._unreachable is not None:
+            self._logger.info(
+                "etcd reachable again; catching up",
+                member=self.endpoints[self._member],
+                revision=self._revision,
+            )
+            self._unreachable = None
+        if etcd_revision < self._revision:
+            self._logger.error(
+                "etcd's revision is behind the store's: was etcd reset? Changes below the "
+                "store's revision are not seen until the control server restarts",
+                etcd_revision=etcd_revision,
+                revision=self._revision,
+            )
+
+    # -- checks -----------------------------------------------------------------------------
+
+    def _check_not_closed(self) -> None:
+        super()._check_open()
+
+    def _check_open(self) -> None:
+        super()._check_open()
+        if not self._started:
+            raise StoreUnavailableError(f"{self!r} is not started")

@@ -1,0 +1,540 @@
+"""The etcd store against a real etcd: the store contract as tests/unit/test_store.py checks it
+for the other backends (with etcd's revisions), then what only a shared, remote store has:
+several writers, compaction, outages and failover."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from control.backoff import Backoff
+from control.errors import ConfigError, ConflictError, NotFoundError, StoreUnavailableError
+from control.store import EtcdStore, Store, StoreEvent, open_store
+from control.store.etcd import parse_etcd_url
+from mesh.v1 import config_pb2
+from tests.etcd_fixture import EtcdServer, etcd, free_port
+
+__all__ = ["etcd"]  # the fixture, imported to register it
+
+pytestmark = [pytest.mark.e2e]
+
+FAST = {"start_timeout": 5.0, "op_timeout": 3.0}
+
+
+def svc(name: str, address: str = "10.0.0.1:50051") -> config_pb2.Service:
+    service = config_pb2.Service(name=name)
+    service.endpoints.add(address=address)
+    return service
+
+
+def etcd_store(endpoints: str | list[str], prefix: str = "/test") -> EtcdStore:
+    return EtcdStore(endpoints, prefix=prefix, backoff=Backoff(base=0.05, cap=0.3), **FAST)
+
+
+@pytest.fixture
+async def store(etcd: EtcdServer) -> AsyncIterator[EtcdStore]:
+    s = etcd_store(etcd.endpoint)
+    await s.start()
+    yield s
+    await s.close()
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def take(
+    events: AsyncIterator[StoreEvent], count: int, timeout: float = 10
+) -> list[StoreEvent]:
+    async def collect() -> list[StoreEvent]:
+        out: list[StoreEvent] = []
+        async for event in events:
+            out.append(event)
+            if len(out) == count:
+                break
+        return out
+
+    return await asyncio.wait_for(collect(), timeout=timeout)
+
+
+def summary(events: list[StoreEvent]) -> list[tuple[str, str | None]]:
+    return [(e.name, None if e.service is None else e.service.endpoints[0].address) for e in events]
+
+
+class Proxy:
+    """A TCP relay to etcd that can cut every connection and refuse new ones: a network
+    partition between one store and etcd, while the test still reaches etcd directly."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.cut_off = False
+        self._server: asyncio.Server | None = None
+        self._transports: set[asyncio.BaseTransport] = set()
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.cut_off:
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        pair = {writer.transport, up_writer.transport}
+        self._transports |= pair
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._transports -= pair
+
+    def cut(self) -> None:
+        self.cut_off = True
+        for transport in list(self._transports):
+            transport.abort()
+
+    def restore(self) -> None:
+        self.cut_off = False
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+
+
+@pytest.fixture
+async def proxy(etcd: EtcdServer) -> AsyncIterator[Proxy]:
+    relay = Proxy(etcd.port)
+    await relay.start()
+    yield relay
+    await relay.close()
+
+
+# -- the contract ------------------------------------------------------------------------------
+
+
+async def test_empty_store(store: EtcdStore, etcd: EtcdServer) -> None:
+    assert store.revision == await etcd.revision()
+    revision, services = await store.list()
+    assert (revision, services) == (store.revision, [])
+    with pytest.raises(NotFoundError, match="orders"):
+        await store.get("orders")
+    with pytest.raises(NotFoundError, match="orders"):
+        await store.delete("orders")
+    assert store.problems() == []
+    assert isinstance(store, Store)
+
+
+async def test_apply_get_list_delete(store: EtcdStore, etcd: EtcdServer) -> None:
+    base = store.revision
+    revision, applied = await store.apply([svc("orders"), svc("billing")])
+    first = revision
+    assert first > base
+    assert revision == store.revision == await etcd.revision()
+    assert [(a.name, a.revision, a.changed) for a in applied] == [
+        ("orders", first, True),
+        ("billing", first, True),
+    ]
+    stored = await store.get("orders")
+    assert stored.service == svc("orders")
+    assert stored.revision == first
+
+    revision, applied = await store.apply([svc("orders", "10.0.0.2:50051")])
+    second = revision
+    assert second > first
+    assert [(a.name, a.revision, a.changed) for a in applied] == [("orders", second, True)]
+
+    revision, services = await store.list()
+    assert revision == second
+    assert [(s.service.name, s.revision) for s in services] == [
+        ("billing", first),
+        ("orders", second),
+    ]
+    assert services[1].service.endpoints[0].address == "10.0.0.2:50051"
+
+    third = await store.delete("billing")
+    assert third > second == store.revision - 1
+    with pytest.raises(NotFoundError):
+        await store.get("billing")
+    revision, services = await store.list()
+    assert revision == third
+    assert [s.service.name for s in services] == ["orders"]
+
+
+async def test_returned_messages_are_copies(store: EtcdStore) -> None:
+    original = svc("orders")
+    await store.apply([original])
+    original.endpoints[0].address = "10.9.9.9:1"
+    stored = await store.get("orders")
+    stored.service.endpoints[0].address = "10.8.8.8:1"
+    assert (await store.get("orders")).service == svc("orders")
+
+
+async def test_identical_apply_is_unchanged(store: EtcdStore, etcd: EtcdServer) -> None:
+    first, _ = await store.apply([svc("orders"), svc("billing")])
+    revision, applied = await store.apply([svc("orders"), svc("billing")])
+    assert revision == first == store.revision == await etcd.revision()  # nothing written
+    assert [(a.name, a.revision, a.changed) for a in applied] == [
+        ("orders", first, False),
+        ("billing", first, False),
+    ]
+    revision, applied = await store.apply([svc("orders"), svc("billing", "10.0.0.3:50051")])
+    assert revision == first + 1
+    assert [(a.name, a.revision, a.changed) for a in applied] == [
+        ("orders", first, False),
+        ("billing", first + 1, True),
+    ]
+
+
+async def test_if_revision_conflict(store: EtcdStore) -> None:
+    r1, _ = await store.apply([svc("orders")])
+    r2, _ = await store.apply([svc("billing")])
+    r3, _ = await store.apply([svc("orders", "10.0.0.2:50051")], if_revision=r1)
+    assert r3 > r2
+    with pytest.raises(ConflictError, match=rf"'orders' changed at revision {r3}"):
+        await store.apply(
+            [svc("billing", "10.0.0.4:1"), svc("orders", "10.0.0.4:1")], if_revision=r2
+        )
+    # all or nothing: billing was not written either
+    assert (await store.get("billing")).service == svc("billing")
+    assert store.revision == r3
+    # a service that does not exist yet passes
+    r4, _ = await store.apply([svc("new")], if_revision=r1)
+    assert r4 > r3
+    with pytest.raises(ConflictError, match="orders"):
+        await store.delete("orders", if_revision=r2)
+    assert await store.delete("orders", if_revision=r3) > r4
+
+
+async def test_bad_batch_refused(store: EtcdStore) -> None:
+    before = store.revision
+    with pytest.raises(ConfigError, match="more than once"):
+        await store.apply([svc("orders"), svc("orders", "10.0.0.2:1")])
+    with pytest.raises(ConfigError, match="empty"):
+        await store.apply([config_pb2.Service()])
+    assert store.revision == before
+    assert await store.list() == (before, [])
+
+
+async def test_watch_delivers_every_change_to_concurrent_watchers(store: EtcdStore) -> None:
+    r1, _ = await store.apply([svc("orders")])  # before the watch revision
+    r2, _ = await store.apply([svc("billing")])
+    first, second = store.watch(r1), store.watch(r1)
+    tasks = [asyncio.create_task(take(first, 5)), asyncio.create_task(take(second, 5))]
+    await asyncio.sleep(0.05)
+    r3, _ = await store.apply([svc("orders", "10.0.0.2:1"), svc("shipping")])
+    r4 = await store.delete("billing")
+    r5, _ = await store.apply([svc("billing", "10.0.0.5:1")])
+    expected = [
+        (r2, "billing", "10.0.0.1:50051"),
+        (r3, "orders", "10.0.0.2:1"),
+        (r3, "shipping", "10.0.0.1:50051"),
+        (r4, "billing", None),
+        (r5, "billing", "10.0.0.5:1"),
+    ]
+    results = await asyncio.gather(*tasks)
+    for events in results:
+        assert [(e.revision, *s) for e, s in zip(events, summary(events), strict=True)] == expected
+    assert results[0][3].deleted
+
+
+async def test_watch_from_now_waits_for_new_changes(store: EtcdStore) -> None:
+    await store.apply([svc("orders")])
+    task = asyncio.create_task(take(store.watch(store.revision), 1))
+    await asyncio.sleep(0.1)
+    assert not task.done()
+    revision, _ = await store.apply([svc("billing")])
+    events = await task
+    assert summary(events) == [("billing", "10.0.0.1:50051")]
+    assert events[0].revision == revision
+
+
+async def test_watch_ends_when_store_closes(store: EtcdStore) -> None:
+    async def drain() -> list[StoreEvent]:
+        return [event async for event in store.watch(0)]
+
+    task = asyncio.create_task(drain())
+    await store.apply([svc("orders")])
+    await asyncio.sleep(0.05)
+    await store.close()
+    events = await asyncio.wait_for(task, timeout=5)
+    assert summary(events) == [("orders", "10.0.0.1:50051")]
+    with pytest.raises(StoreUnavailableError):
+        await store.list()
+
+
+async def test_must_be_started(etcd: EtcdServer) -> None:
+    s = etcd_store(etcd.endpoint)
+    with pytest.raises(StoreUnavailableError, match="not started"):
+        await s.list()
+
+
+# -- the key layout and the URL ----------------------------------------------------------------
+
+
+async def test_key_layout_and_prefixes(etcd: EtcdServer) -> None:
+    a, b = etcd_store(etcd.endpoint, "/team-a"), etcd_store(etcd.endpoint, "/team-b/")
+    await a.start()
+    await b.start()
+    revision, _ = await a.apply([svc("orders")])
+    async with etcd.client() as client:
+        got = await client.get(b"/team-a/services/orders")
+        assert got is not None
+        assert got.value == svc("orders").SerializeToString(deterministic=True)
+        assert got.mod_revision == revision
+        keys = [kv.key for kv in await client.get_prefix(b"/")]
+    assert keys == [b"/team-a/services/orders"]
+    assert await b.list() == (b.revision, [])  # another prefix is another store
+    await a.close()
+    await b.close()
+
+
+def test_open_store_etcd_urls() -> None:
+    single = open_store("etcd://127.0.0.1:2379")
+    assert isinstance(single, EtcdStore)
+    assert (single.endpoints, single.prefix) == (["127.0.0.1:2379"], "/mesh")
+    many = open_store("etcd://10.0.0.1:2379,10.0.0.2,[::1]:2380/prod/mesh/")
+    assert isinstance(many, EtcdStore)
+    assert many.endpoints == ["10.0.0.1:2379", "10.0.0.2:2379", "[::1]:2380"]
+    assert many.prefix == "/prod/mesh"
+    assert parse_etcd_url("etcd://h:1/") == (["h:1"], "/mesh")
+    for url in ("etcd:", "etcd:h:1", "etcd://", "etcd://h:x", "etcd://h:1,,h:2", "etcd://:1"):
+        with pytest.raises(ValueError, match=r"etcd://HOST:PORT|endpoint|host|port") as info:
+            open_store(url)
+        assert url in str(info.value)
+
+
+# -- several control servers on one etcd -------------------------------------------------------
+
+
+async def test_two_stores_see_each_others_writes(etcd: EtcdServer) -> None:
+    a, b = etcd_store(etcd.endpoint), etcd_store(etcd.endpoint)
+    await a.start()
+    await b.start()
+    watch_b = b.watch(b.revision)
+    watch_a = a.watch(a.revision)
+    r1, _ = await a.apply([svc("orders")])
+    [event] = await take(watch_b, 1)
+    assert (event.revision, event.name, event.service) == (r1, "orders", svc("orders"))
+    assert (await b.get("orders")).revision == r1
+    r2 = await b.delete("orders")
+    r3, _ = await b.apply([svc("billing")])
+    events = await take(watch_a, 3)
+    assert [(e.revision, e.name, e.deleted) for e in events] == [
+        (r1, "orders", False),
+        (r2, "orders", True),
+        (r3, "billing", False),
+    ]
+    assert await a.list() == await b.list()
+    # b's view of orders is a's write: an if_revision from a's revision works from b
+    r4, _ = await b.apply([svc("orders", "10.0.0.9:1")], if_revision=r3)
+    await eventually(lambda: a.revision == r4)
+    assert (await a.get("orders")).service == svc("orders", "10.0.0.9:1")
+    await a.close()
+    await b.close()
+
+
+async def test_concurrent_conditional_applies_one_wins(etcd: EtcdServer) -> None:
+    a, b = etcd_store(etcd.endpoint), etcd_store(etcd.endpoint)
+    await a.start()
+    await b.start()
+    base, _ = await a.apply([svc("orders")])
+    await eventually(lambda: b.revision == base)
+    for round_ in range(5):
+        results = await asyncio.gather(
+            a.apply([svc("orders", f"10.1.{round_}.1:1")], if_revision=base),
+            b.apply([svc("orders", f"10.2.{round_}.2:1")], if_revision=base),
+            return_exceptions=True,
+        )
+        wins = [r for r in results if not isinstance(r, BaseException)]
+        losses = [r for r in results if isinstance(r, BaseException)]
+        assert len(wins) == 1, results
+        assert len(losses) == 1 and isinstance(losses[0], ConflictError), results
+        revision, [applied] = wins[0]
+        assert "orders" in str(losses[0]) and str(revision) in str(losses[0])
+        winner = a if results[0] is wins[0] else b
+        stored = await winner.get("orders")
+        assert stored.revision == applied.revision == revision
+        expected = f"10.{1 if winner is a else 2}.{round_}.{1 if winner is a else 2}:1"
+        assert stored.service.endpoints[0].address == expected
+        await eventually(lambda r=revision: a.revision >= r and b.revision >= r)  # type: ignore[misc]
+        assert await a.list() == await b.list()
+        base = revision
+    await a.close()
+    await b.close()
+
+
+async def test_concurrent_plain_applies_lose_nothing(etcd: EtcdServer) -> None:
+    stores = [etcd_store(etcd.endpoint) for _ in range(3)]
+    for s in stores:
+        await s.start()
+    # every store writes its own services and a shared one, many times, at once
+    await asyncio.gather(
+        *(
+            s.apply([svc(f"own-{i}-{n}"), svc("shared", f"10.0.{i}.{n}:1")])
+            for n in range(4)
+            for i, s in enumerate(stores)
+        )
+    )
+    names = {f"own-{i}-{n}" for i in range(3) for n in range(4)} | {"shared"}
+    for s in stores:
+        await eventually(lambda s=s: len(s._services) == len(names))  # type: ignore[misc]
+        _, services = await s.list()
+        assert {x.service.name for x in services} == names
+    assert len({str(await s.list()) for s in stores}) == 1
+    for s in stores:
+        await s.close()
+
+
+# -- compaction, outages, failover -------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+async def test_compaction_past_the_watch_recovers(etcd: EtcdServer, proxy: Proxy) -> None:
+    store = etcd_store(proxy.endpoint)
+    other = etcd_store(etcd.endpoint)
+    await store.start()
+    await other.start()
+    await store.apply([svc("a"), svc("keep")])
+    watch = store.watch(store.revision)
+    proxy.cut()  # the store's watch breaks and cannot come back
+    await eventually(lambda: bool(store.problems()))
+    await other.apply([svc("b", "10.0.0.1:1")])
+    await other.apply([svc("b", "10.0.0.2:1")])
+    await other.delete("a")
+    await other.apply([svc("c")])
+    await etcd.compact(await etcd.revision())
+    proxy.restore()
+    # the history is gone: the store reads everything again and delivers the difference
+    events = await take(watch, 3, timeout=20)
+    assert summary(events) == [("b", "10.0.0.2:1"), ("c", "10.0.0.1:50051"), ("a", None)]
+    assert [e.revision for e in events] == sorted(e.revision for e in events)
+    await eventually(lambda: not store.problems())
+    assert await store.list() == await other.list()
+    # and goes on watching without a restart
+    revision, _ = await other.apply([svc("d")])
+    [event] = await take(watch, 1)
+    assert (event.revision, event.name) == (revision, "d")
+    await store.close()
+    await other.close()
+
+
+@pytest.mark.timeout(60)
+async def test_etcd_outage_keeps_the_last_state_and_catches_up(
+    store: EtcdStore, etcd: EtcdServer
+) -> None:
+    await store.apply([svc("orders"), svc("billing")])
+    before = await store.list()
+    watch = store.watch(store.revision)
+    etcd.stop()
+    await eventually(lambda: bool(store.problems()))
+    [problem] = store.problems()
+    assert problem.source == store.url
+    assert "unreachable" in problem.message
+    assert await store.list() == before
+    assert (await store.get("orders")).service == svc("orders")
+    with pytest.raises(StoreUnavailableError, match=etcd.endpoint):
+        await store.apply([svc("shipping")])
+    with pytest.raises(StoreUnavailableError):
+        await store.delete("orders")
+
+    etcd.start()
+    # another control server writes as soon as etcd is back, maybe before this one reconnects
+    other = etcd_store(etcd.endpoint)
+    await other.start()
+    r1, _ = await other.apply([svc("shipping")])
+    r2 = await other.delete("billing")
+    events = await take(watch, 2, timeout=20)
+    assert [(e.revision, e.name, e.deleted) for e in events] == [
+        (r1, "shipping", False),
+        (r2, "billing", True),
+    ]
+    await eventually(lambda: not store.problems())
+    assert await store.list() == await other.list()
+    revision, _ = await store.apply([svc("orders", "10.0.0.2:1")])  # writes work again
+    assert revision > r2
+    await other.close()
+
+
+async def test_failover_to_the_next_member(etcd: EtcdServer) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    store = etcd_store([dead, etcd.endpoint])
+    await store.start()
+    revision, _ = await store.apply([svc("orders")])
+    assert (await store.get("orders")).revision == revision
+    assert store.problems() == []
+    await store.close()
+    # the same through a URL
+    url_store = open_store(f"etcd://{dead},{etcd.endpoint}/test")
+    await url_store.start()
+    assert [s.service.name for s in (await url_store.list())[1]] == ["orders"]
+    await url_store.close()
+
+
+@pytest.mark.timeout(60)
+async def test_failover_while_running(etcd: EtcdServer, proxy: Proxy) -> None:
+    store = etcd_store([proxy.endpoint, etcd.endpoint])
+    await store.start()
+    await store.apply([svc("orders")])
+    watch = store.watch(store.revision)
+    proxy.cut()  # the first member becomes unreachable
+    revision, _ = await store.apply([svc("billing")])  # goes to the second member
+    [event] = await take(watch, 1, timeout=20)
+    assert (event.revision, event.name) == (revision, "billing")
+    await eventually(lambda: not store.problems())
+    await store.close()
+
+
+async def test_start_gives_up_naming_the_endpoints() -> None:
+    dead = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    store = EtcdStore(dead, start_timeout=0.5, op_timeout=1)
+    with pytest.raises(StoreUnavailableError) as info:
+        await store.start()
+    for endpoint in dead:
+        assert endpoint in str(info.value)
+    await store.close()
+
+
+async def test_a_bad_value_under_the_prefix_is_a_problem(
+    store: EtcdStore, etcd: EtcdServer
+) -> None:
+    await store.apply([svc("orders")])
+    async with etcd.client() as client:
+        await client.put(b"/test/services/orders", b"\xff not protobuf")
+        await client.put(b"/test/services/other", svc("wrong-name").SerializeToString())
+    await eventually(lambda: len(store.problems()) == 2)
+    sources = sorted(p.source for p in store.problems())
+    assert sources == [
+        f"{store.url} key /test/services/orders",
+        f"{store.url} key /test/services/other",
+    ]
+    # the last good version stays in force
+    assert (await store.get("orders")).service == svc("orders")
+    with pytest.raises(NotFoundError):
+        await store.get("other")
+    # writing a good version through the store repairs it
+    await store.apply([svc("orders", "10.0.0.2:1")])
+    assert len(store.problems()) == 1
