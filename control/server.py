@@ -34,6 +34,7 @@ from .xds.snapshot import SnapshotCache
 
 log = structlog.get_logger(__name__)
 
+STORE_HEALTH = "store"
 SERVICE_NAMES = (
     ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name,
     csds_pb2.DESCRIPTOR.services_by_name["ClientStatusDiscoveryService"].full_name,
@@ -81,6 +82,7 @@ class ControlServer:
         address bound (``--listen 127.0.0.1:0`` picks a free port)."""
         await self.store.start()
         self._tasks.append(asyncio.create_task(self._run_publisher(), name="publisher"))
+        self._tasks.append(asyncio.create_task(self._watch_store(), name="store-health"))
         server = grpc.aio.server(
             options=[
                 ("grpc.keepalive_time_ms", 30_000),
@@ -112,6 +114,27 @@ class ControlServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving", address=self.address, server_id=self.server_id)
         return self.address
+
+    async def _watch_store(self) -> None:
+        """Health service ``store`` follows the store: NOT_SERVING while it reports a problem
+        (etcd unreachable, a rejected hand edit); the last snapshot keeps being served."""
+        serving: bool | None = None
+        while True:
+            healthy = not self.store.problems()
+            if healthy != serving:
+                serving = healthy
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING
+                    if healthy
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+                await self.health.set(STORE_HEALTH, status)
+                if not healthy:
+                    log.warning(
+                        "store has problems; serving the last snapshot",
+                        problems=[p.message for p in self.store.problems()],
+                    )
+            await asyncio.sleep(0.5)
 
     async def _run_publisher(self) -> None:
         try:
