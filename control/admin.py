@@ -37,7 +37,9 @@ class AdminServicer(admin_pb2_grpc.MeshAdminServiceServicer):
         registry: NodeRegistry,
         server_id: str,
         extra_problems: Callable[[], list[admin_pb2.StoreProblem]] = list,
+        remote_nodes: Callable[[set[str]], list[admin_pb2.NodeStatus]] | None = None,
     ) -> None:
+        self._remote_nodes = remote_nodes
         self._store = store
         self._cache = cache
         self._registry = registry
@@ -103,8 +105,13 @@ class AdminServicer(admin_pb2_grpc.MeshAdminServiceServicer):
     async def GetStatus(
         self, request: admin_pb2.GetStatusRequest, context: Context
     ) -> admin_pb2.GetStatusResponse:
+        nodes = self._registry.node_statuses()
+        for node in nodes:
+            node.server_id = node.server_id or self._server_id
+        if self._remote_nodes is not None:
+            nodes += self._remote_nodes({n.node_id for n in nodes})
         return admin_pb2.GetStatusResponse(
-            nodes=self._registry.node_statuses(),
+            nodes=nodes,
             store_revision=self._store.revision,
             snapshot_revision=self._cache.revision,
             store_problems=[*self._store.problems(), *self._extra_problems()],

@@ -9,7 +9,7 @@ import structlog
 
 from mesh.v1 import config_pb2
 
-from .registry import Registrations, merge_registered
+from .registry import RegistrationSource, merge_registered
 from .store import Store
 from .xds.snapshot import SnapshotCache
 
@@ -35,7 +35,7 @@ class Publisher:
         *,
         debounce: float = 0.1,
         max_delay: float = 1.0,
-        registrations: Registrations | None = None,
+        registrations: RegistrationSource | None = None,
     ) -> None:
         self._store = store
         self._registrations = registrations

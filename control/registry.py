@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 
@@ -126,10 +127,21 @@ class _Node:
     clients: list[node_pb2.LocalClientStatus] = field(default_factory=list)
     streams: int = 0
     timer: asyncio.TimerHandle | None = None
+    # The node has sent its set (possibly empty) since it last connected to this server.
+    reported: bool = False
 
     @property
     def empty(self) -> bool:
         return not self.registrations and not self.clients and self.streams == 0
+
+
+class RegistrationSource(Protocol):
+    """Where the publisher finds registered endpoints: this server's :class:`Registrations`,
+    or every server's when they share a store (:class:`control.shared_nodes.SharedNodes`)."""
+
+    def by_service(self) -> Mapping[str, list[config_pb2.Endpoint]]: ...
+
+    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]: ...
 
 
 class Registrations:
@@ -181,6 +193,7 @@ class Registrations:
                 return 0
             node = self._nodes[node_id] = _Node()
         node.registrations = new
+        node.reported = True
         self._arm_if_unconnected(node_id, node)
         if _serialized(old) != _serialized(new):
             log.info(
@@ -223,6 +236,8 @@ class Registrations:
     def connected(self, node_id: str) -> None:
         """A new ADS stream of ``node_id`` named its node: keep the node's state."""
         node = self._nodes.setdefault(node_id, _Node())
+        if node.streams == 0 and node.timer is None:
+            node.reported = False  # a node new to this server: its set has yet to come
         node.streams += 1
         if node.timer is not None:
             node.timer.cancel()
@@ -298,6 +313,11 @@ class Registrations:
     def local_clients(self, node_id: str) -> list[node_pb2.LocalClientStatus]:
         node = self._nodes.get(node_id)
         return list(node.clients) if node is not None else []
+
+    def has_reported(self, node_id: str) -> bool:
+        """Whether the node sent its registrations since it connected to this server."""
+        node = self._nodes.get(node_id)
+        return node is not None and node.reported
 
     def is_connected(self, node_id: str) -> bool:
         node = self._nodes.get(node_id)

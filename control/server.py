@@ -28,7 +28,9 @@ from .admin import AdminServicer
 from .node_api import NodeServicer
 from .publisher import Publisher
 from .registry import DEFAULT_GRACE, Registrations
+from .shared_nodes import SharedNodes
 from .store import Store, open_store
+from .store.etcd import EtcdStore
 from .xds.server import AdsServicer, CsdsServicer, NodeRegistry
 from .xds.snapshot import SnapshotCache
 
@@ -64,12 +66,20 @@ class ControlServer:
         self.cache = SnapshotCache()
         self.registrations = Registrations(registration_grace)
         self.registry = NodeRegistry(self.registrations)
+        # With a shared store, registrations and node status are shared through it too.
+        self.shared = (
+            SharedNodes(
+                self.store, self.registrations, self.registry, self.server_id, registration_grace
+            )
+            if isinstance(self.store, EtcdStore)
+            else None
+        )
         self.publisher = Publisher(
             self.store,
             self.cache,
             debounce=debounce,
             max_delay=max_delay,
-            registrations=self.registrations,
+            registrations=self.shared if self.shared is not None else self.registrations,
         )
         self.health = health.aio.HealthServicer()
         self.grace = grace
@@ -83,6 +93,8 @@ class ControlServer:
         await self.store.start()
         self._tasks.append(asyncio.create_task(self._run_publisher(), name="publisher"))
         self._tasks.append(asyncio.create_task(self._watch_store(), name="store-health"))
+        if self.shared is not None:
+            self._tasks.append(asyncio.create_task(self.shared.run(), name="shared-nodes"))
         server = grpc.aio.server(
             options=[
                 ("grpc.keepalive_time_ms", 30_000),
@@ -97,7 +109,14 @@ class ControlServer:
             CsdsServicer(self.registry), server
         )
         admin_pb2_grpc.add_MeshAdminServiceServicer_to_server(
-            AdminServicer(self.store, self.cache, self.registry, self.server_id), server
+            AdminServicer(
+                self.store,
+                self.cache,
+                self.registry,
+                self.server_id,
+                remote_nodes=self.shared.remote_statuses if self.shared is not None else None,
+            ),
+            server,
         )
         node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(self.registrations), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

@@ -719,3 +719,47 @@ class EtcdStore(BaseStore):
         super()._check_open()
         if not self._started:
             raise StoreUnavailableError(f"{self!r} is not started")
+
+
+class EtcdKeys:
+    """Plain keys next to the services, under the same prefix, through the same members and
+    failover: for state the control servers share that is not config (nodes' registrations
+    and status). Keys may be attached to leases, which etcd deletes when they are not kept
+    alive."""
+
+    def __init__(self, store: EtcdStore, section: str) -> None:
+        self._store = store
+        self._prefix = f"{store.prefix.rstrip('/')}/{section}/".encode()
+
+    def key(self, name: str) -> bytes:
+        return self._prefix + name.encode()
+
+    async def put(self, name: str, value: bytes, lease_id: int | None = None) -> None:
+        key = self.key(name)
+        await self._store._call(lambda client: client.put(key, value, lease=lease_id))
+
+    async def delete(self, name: str) -> None:
+        key = self.key(name)
+        await self._store._call(lambda client: client.delete(key))
+
+    async def items(self) -> builtins.list[tuple[str, bytes]]:
+        prefix = self._prefix
+
+        async def call(client: Any) -> Any:
+            return await client.get_prefix(prefix)
+
+        found = await self._store._call(call)
+        return [(kv.key[len(prefix) :].decode(), kv.value) for kv in found]
+
+    async def grant(self, ttl: int) -> int:
+        lease = await self._store._call(lambda client: client.lease(ttl))
+        return int(lease.id)
+
+    async def keep_alive(self, lease_id: int) -> bool:
+        """Refreshes a lease; False when etcd no longer knows it (it expired)."""
+
+        async def call(client: Any) -> Any:
+            return await client.refresh_lease(lease_id)
+
+        reply = await self._store._call(call)
+        return int(getattr(reply, "TTL", 1)) > 0
