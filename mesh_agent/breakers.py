@@ -84,13 +84,23 @@ class BreakerHub:
             assert isinstance(message, config_pb2.ServicePolicy)
             has = message.policy.HasField("circuit_breaker")
             policies[name] = message.policy.circuit_breaker if has else None
+        before = {s: self.status(s).enabled for s in self.board.services()}
         for service in self.board.services():
             if service not in policies:
                 self.board.set_policy(service, None)
         for service, policy in policies.items():
             if policy is not None or service in self.board:
                 self.board.set_policy(service, policy)
+        # A breaker that appeared or went changes what watchers must do, with no transition.
+        for service in set(before) | set(self.board.services()):
+            if before.get(service, False) != self.status(service).enabled:
+                self._notify(self.status(service))
         self._wake.set()
+
+    def _notify(self, status: agent_pb2.BreakerStatus) -> None:
+        for watcher in self.watchers:
+            if watcher.wants(status.service):
+                watcher.queue.put_nowait(status)
 
     # -- calls from local processes ------------------------------------------------------------
 
@@ -159,10 +169,7 @@ class BreakerHub:
             reason=transition.reason,
             open_until=transition.open_until,
         )
-        status = self.status(transition.service)
-        for watcher in self.watchers:
-            if watcher.wants(transition.service):
-                watcher.queue.put_nowait(status)
+        self._notify(self.status(transition.service))
         self.save()
         self._wake.set()
 

@@ -9,8 +9,8 @@ logged, and it reconnects with backoff.
 
 from __future__ import annotations
 
+import collections
 import os
-import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +30,7 @@ FLUSH_INTERVAL = 0.005  # seconds an outcome may wait for its batch
 MAX_BATCH = 512
 MAX_PENDING = 50_000  # outcomes kept while the agent is away; older ones are dropped
 RECONNECT = Backoff(base=0.1, cap=5.0)
+Outcome = tuple[str, str, float, float, bool]  # service, code, latency s, end time, probe
 
 
 class Decision(Enum):
@@ -62,7 +63,7 @@ def view_of(status: agent_pb2.BreakerStatus) -> BreakerView:
 
 class AgentLink:
     """Thread-safe. The hot path (:meth:`decide`, :meth:`record`) takes no lock and does no
-    I/O: it reads a dict that the watch thread replaces, and appends to a queue."""
+    I/O: it reads a dict that the watch thread replaces, and appends to a deque."""
 
     def __init__(self, target: str, client_id: str | None = None) -> None:
         self.target = target
@@ -70,8 +71,11 @@ class AgentLink:
         self.breakers: dict[str, BreakerView] = {}
         self._services: set[str] = set()
         self._services_changed = threading.Event()
-        self._outcomes: queue.SimpleQueue[agent_pb2.CallOutcome | None] = queue.SimpleQueue()
-        self._pending = 0
+        # Outcomes wait here as plain tuples: the call path only appends (no message built,
+        # no thread woken but once per batch); the report thread drains and sends them.
+        self._outcomes: collections.deque[Outcome] = collections.deque()
+        self._wake = threading.Event()
+        self._armed = False
         self._channel = grpc.insecure_channel(target)
         self._stub = agent_pb2_grpc.AgentServiceStub(self._channel)
         self._closed = threading.Event()
@@ -101,18 +105,13 @@ class AgentLink:
         return self._permit(service)
 
     def record(self, service: str, code: str, latency: float, *, probe: bool = False) -> None:
-        if self._pending >= MAX_PENDING:
+        outcomes = self._outcomes
+        if len(outcomes) >= MAX_PENDING:
             return
-        self._pending += 1
-        self._outcomes.put(
-            agent_pb2.CallOutcome(
-                service=service,
-                code=code,
-                latency_us=int(latency * 1e6),
-                end_unix_ms=int(time.time() * 1000),
-                probe=probe,
-            )
-        )
+        outcomes.append((service, code, latency, time.time(), probe))
+        if not self._armed:
+            self._armed = True
+            self._wake.set()
 
     # -- slow path -----------------------------------------------------------------------------
 
@@ -188,26 +187,29 @@ class AgentLink:
                 self._watch_call = None
 
     def _batches(self) -> Iterator[agent_pb2.ReportOutcomesRequest]:
+        outcomes = self._outcomes
         while not self._closed.is_set():
-            first = self._outcomes.get()
-            if first is None:
+            self._wake.wait()
+            if self._closed.is_set():
                 return
-            batch = [first]
-            deadline = time.monotonic() + FLUSH_INTERVAL
-            while len(batch) < MAX_BATCH:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    item = self._outcomes.get(timeout=remaining)
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._closed.set()
-                    break
-                batch.append(item)
-            self._pending -= len(batch)
-            yield agent_pb2.ReportOutcomesRequest(client_id=self.client_id, outcomes=batch)
+            time.sleep(FLUSH_INTERVAL)  # let the batch gather
+            # Re-arm before draining: an outcome appended from now on wakes us again.
+            self._wake.clear()
+            self._armed = False
+            while outcomes:
+                batch: list[agent_pb2.CallOutcome] = []
+                while outcomes and len(batch) < MAX_BATCH:
+                    service, code, latency, ended, probe = outcomes.popleft()
+                    batch.append(
+                        agent_pb2.CallOutcome(
+                            service=service,
+                            code=code,
+                            latency_us=int(latency * 1e6),
+                            end_unix_ms=int(ended * 1000),
+                            probe=probe,
+                        )
+                    )
+                yield agent_pb2.ReportOutcomesRequest(client_id=self.client_id, outcomes=batch)
 
     def _report_loop(self) -> None:
         delays = RECONNECT.delays()
@@ -224,7 +226,7 @@ class AgentLink:
 
     def close(self) -> None:
         self._closed.set()
-        self._outcomes.put(None)
+        self._wake.set()
         call = self._watch_call
         if call is not None:
             call.cancel()
