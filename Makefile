@@ -7,7 +7,7 @@ PROTOS := $(shell find protos -name '*.proto')
 # must be installed last.
 OTEL_PROTO = $$($(BIN)/python -c "import importlib.metadata as m; print(m.version('opentelemetry-proto'))")
 
-.PHONY: install proto proto-check lint test test-unit test-e2e demo bench clean
+.PHONY: install proto proto-check lint test test-unit test-e2e demo bench bench-datapath clean
 
 install: $(BIN)/.installed
 
@@ -38,6 +38,9 @@ demo: install
 
 bench: install
 	$(BIN)/python -m bench
+
+bench-datapath: install
+	$(BIN)/python -m bench --only datapath
 
 clean:
 	rm -rf $(VENV) .demo .bench

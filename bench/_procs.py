@@ -3,6 +3,7 @@ stopped (SIGTERM, then SIGKILL) by :class:`Processes` when its ``with`` block en
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -30,21 +31,25 @@ class BenchError(RuntimeError):
 
 
 class Proc:
-    """A child whose stderr goes to ``workdir/NAME.err``; stdout to a file or to a pipe."""
+    """A child whose stderr goes to ``workdir/NAME.err``; stdout to a file or to a pipe;
+    stdin from a pipe if ``pipe_stdin`` (for children driven line by line)."""
 
-    def __init__(self, name: str, args: list[str], workdir: Path, pipe_stdout: bool) -> None:
+    def __init__(
+        self, name: str, args: list[str], workdir: Path, pipe_stdout: bool, pipe_stdin: bool = False
+    ) -> None:
         self.name = name
         self.stderr_path = workdir / f"{name}.err"
         self._stderr = self.stderr_path.open("wb")
         self._stdout = None if pipe_stdout else (workdir / f"{name}.out").open("wb")
         self.popen = subprocess.Popen(
             args,
+            stdin=subprocess.PIPE if pipe_stdin else None,
             stdout=subprocess.PIPE if pipe_stdout else self._stdout,
             stderr=self._stderr,
             env=child_env(),
             cwd=workdir,
-            text=pipe_stdout,
-            bufsize=1 if pipe_stdout else -1,
+            text=pipe_stdout or pipe_stdin,
+            bufsize=1 if pipe_stdout or pipe_stdin else -1,
         )
 
     @property
@@ -58,6 +63,9 @@ class Proc:
             return ""
 
     def stop(self, timeout: float = 5.0) -> None:
+        if self.popen.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.popen.stdin.close()
         if self.alive:
             self.popen.send_signal(signal.SIGTERM)
             try:
@@ -90,10 +98,26 @@ class Processes:
     ) -> None:
         self.stop_all()
 
-    def python(self, name: str, module: str, *args: str, pipe_stdout: bool = False) -> Proc:
-        proc = Proc(
-            name, [sys.executable, "-m", module, *args], self.workdir, pipe_stdout=pipe_stdout
+    def python(
+        self,
+        name: str,
+        module: str,
+        *args: str,
+        pipe_stdout: bool = False,
+        pipe_stdin: bool = False,
+    ) -> Proc:
+        return self.command(
+            name,
+            [sys.executable, "-m", module, *args],
+            pipe_stdout=pipe_stdout,
+            pipe_stdin=pipe_stdin,
         )
+
+    def command(
+        self, name: str, args: list[str], pipe_stdout: bool = False, pipe_stdin: bool = False
+    ) -> Proc:
+        """Any executable (``args[0]``), stopped like the others."""
+        proc = Proc(name, args, self.workdir, pipe_stdout=pipe_stdout, pipe_stdin=pipe_stdin)
         self.procs.append(proc)
         return proc
 

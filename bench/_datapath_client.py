@@ -1,0 +1,457 @@
+"""Bench client for the ``datapath`` section: one process per client variant, driven line by
+line on stdin so the parent can interleave variants (only one process calls at a time).
+
+``python -m bench._datapath_client --variant V --backend ADDR --agent unix:PATH [...]``
+builds the variant's channel, warms it up, prints ``{"ready": ...}`` and then answers each
+command with one JSON line:
+
+* ``run N``: N sequential unary Echo calls, ``{"lat_ns": [...], "errors": k}``;
+* ``admit N``: the in-process hot path timed with ``perf_counter_ns`` (``AgentLink.decide``
+  with the breaker CLOSED, ``AgentLink.record``, the sync interceptor around a stand-in
+  call);
+* ``trip GATE`` (variant ``trip``): three calls to a failing backend, then creates GATE;
+  ``{"t": time.time() at the end of the third call, "codes": [...]}``;
+* ``watch GATE`` (variant ``watch``): once GATE exists, calls in a tight loop until a call
+  fails fast (trailing ``mesh-circuit: open``); ``{"t": time.time() then, "calls": n}``;
+* ``heal``: calls every 5 ms until this process's breaker view is CLOSED and a call
+  succeeds;
+* ``quit``.
+
+Variants: ``direct`` (plain channel to the backend), ``xds`` (``xds:///SERVICE`` through the
+agent, no interceptor), ``mesh`` (``mesh_channel``), ``interceptor`` (plain channel +
+``mesh_interceptor``), ``noop_interceptor`` (plain channel + a pass-through interceptor:
+grpcio's interceptor machinery alone), ``envoy`` (plain channel to an Envoy listener), and
+``aio_direct``, ``aio_xds``, ``aio_mesh``, ``aio_noop_interceptor`` for grpc.aio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+SYNC = (
+    "direct",
+    "xds",
+    "mesh",
+    "interceptor",
+    "interceptor_norecord",
+    "noop_interceptor",
+    "envoy",
+    "trip",
+    "watch",
+)
+# cProfile entries that are waits (time blocked in C), not Python work.
+WAITS = ("_blocking", "'poll' of", "selectors.py", "'acquire' of", "'wait' of")
+AIO = ("aio_direct", "aio_xds", "aio_mesh", "aio_noop_interceptor")
+CALL_TIMEOUT = 5.0
+
+
+def emit(record: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(record) + "\n")
+    sys.stdout.flush()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench._datapath_client", description=__doc__)
+    parser.add_argument("--variant", required=True, choices=SYNC + AIO)
+    parser.add_argument("--service", default="echo")
+    parser.add_argument("--backend", required=True, help="HOST:PORT of the backend")
+    parser.add_argument("--agent", required=True, help="unix:PATH of the node agent")
+    parser.add_argument("--envoy", help="HOST:PORT of the Envoy listener (variant envoy)")
+    parser.add_argument("--node-id", default=f"bench-datapath-{os.getpid()}")
+    parser.add_argument("--warmup", type=int, default=200, help="calls before ready")
+    args = parser.parse_args()
+    if args.variant in ("xds", "aio_xds"):
+        from mesh_agent.client import configure_bootstrap
+
+        # Before the first xds: channel: grpcio reads the bootstrap once per process.
+        configure_bootstrap([args.agent], args.node_id)
+    if args.variant in AIO:
+        AioClient(args).serve()
+    else:
+        SyncClient(args).serve()
+
+
+# -- sync ------------------------------------------------------------------------------------
+
+
+class SyncClient:
+    def __init__(self, args: argparse.Namespace) -> None:
+        import grpc
+
+        from mesh.demo.v1 import echo_pb2, echo_pb2_grpc
+        from mesh_agent.client import mesh_channel, mesh_interceptor
+
+        self.args = args
+        self.grpc = grpc
+        self.link: Any = None
+        variant = args.variant
+        if variant in ("mesh", "trip", "watch"):
+            channel = mesh_channel(args.service, agent=args.agent, node_id=args.node_id)
+        elif variant == "xds":
+            channel = grpc.insecure_channel(f"xds:///{args.service}")
+        elif variant in ("interceptor", "interceptor_norecord"):
+            self.interceptor = mesh_interceptor(args.service, agent=args.agent)
+            if variant == "interceptor_norecord":
+                # Profiling aid: no outcome is queued, so the report thread stays idle.
+                self.interceptor._link.record = lambda *a, **k: None  # type: ignore[method-assign]
+            channel = grpc.intercept_channel(grpc.insecure_channel(args.backend), self.interceptor)
+        elif variant == "noop_interceptor":
+
+            class Noop(grpc.UnaryUnaryClientInterceptor):
+                def intercept_unary_unary(
+                    self, continuation: Any, details: Any, request: Any
+                ) -> Any:
+                    return continuation(details, request)
+
+            channel = grpc.intercept_channel(grpc.insecure_channel(args.backend), Noop())
+        elif variant == "envoy":
+            if not args.envoy:
+                raise SystemExit("--envoy is required for variant envoy")
+            channel = grpc.insecure_channel(args.envoy)
+        else:
+            channel = grpc.insecure_channel(args.backend)
+        if variant in ("mesh", "interceptor", "interceptor_norecord", "trip", "watch"):
+            from mesh_agent.client._link import link_for
+
+            self.link = link_for(args.agent)
+        self.channel = channel
+        self.stub = echo_pb2_grpc.EchoServiceStub(channel)
+        self.request = echo_pb2.EchoRequest(message="bench")
+        self.echo_pb2 = echo_pb2
+
+    def serve(self) -> None:
+        started = time.perf_counter()
+        if self.args.variant not in ("trip", "watch"):
+            # The first call waits for the xDS config (or the connection); then warm up.
+            self.stub.Echo(self.request, timeout=30, wait_for_ready=True)
+            self.run(self.args.warmup)
+        breaker = self.wait_view() if self.link is not None else None
+        emit(
+            {
+                "ready": True,
+                "variant": self.args.variant,
+                "setup_ms": round((time.perf_counter() - started) * 1000, 1),
+                "breaker": breaker,
+            }
+        )
+        for line in sys.stdin:
+            command, _, arg = line.strip().partition(" ")
+            if command == "run":
+                emit(self.run(int(arg)))
+            elif command == "admit":
+                emit(self.admit(int(arg)))
+            elif command == "profile":
+                n = int(arg)
+                emit(profile(lambda n=n: self.run(n), n))
+            elif command == "trip":
+                emit(self.trip(Path(arg)))
+            elif command == "watch":
+                emit(self.watch(Path(arg)))
+            elif command == "heal":
+                emit(self.heal())
+            elif command == "quit":
+                break
+            else:
+                emit({"error": f"unknown command {line.strip()!r}"})
+        self.channel.close()
+
+    def wait_view(self, timeout: float = 10.0) -> str | None:
+        """Waits until this process knows the service's breaker, enabled by its policy;
+        returns its state name (`` (off)`` appended if still not enabled)."""
+        deadline = time.monotonic() + timeout
+        while (view := self.link.breakers.get(self.args.service)) is None or not view.enabled:
+            if time.monotonic() > deadline:
+                if view is None:
+                    return None
+                break
+            time.sleep(0.005)
+        from mesh.v1 import agent_pb2
+
+        return str(agent_pb2.BreakerState.Name(view.state)) + ("" if view.enabled else " (off)")
+
+    def run(self, n: int) -> dict[str, Any]:
+        stub_echo, request, clock = self.stub.Echo, self.request, time.perf_counter_ns
+        rpc_error = self.grpc.RpcError
+        lat = [0] * n
+        errors = 0
+        cpu0, thread0 = time.process_time_ns(), time.thread_time_ns()
+        for i in range(n):
+            t0 = clock()
+            try:
+                stub_echo(request, timeout=CALL_TIMEOUT)
+            except rpc_error:
+                errors += 1
+            lat[i] = clock() - t0
+        return {
+            "lat_ns": lat,
+            "errors": errors,
+            "cpu_ns": (time.process_time_ns() - cpu0) / max(n, 1),
+            "thread_cpu_ns": (time.thread_time_ns() - thread0) / max(n, 1),
+        }
+
+    def admit(self, n: int) -> dict[str, Any]:
+        from mesh_agent.client import MeshClientInterceptor
+        from mesh_agent.client._link import Decision
+
+        link, service, clock = self.link, self.args.service, time.perf_counter_ns
+        assert link is not None, "admit needs a variant with an AgentLink"
+        view = link.breakers.get(service)
+        decide = link.decide
+        decision = decide(service)[0]
+        # decide(): n calls; the loop's own cost is subtracted.
+        t0 = clock()
+        for _ in range(n):
+            pass
+        empty = clock() - t0
+        t0 = clock()
+        for _ in range(n):
+            decide(service)
+        decide_ns = (clock() - t0 - empty) / n
+        # Building the CallOutcome message alone (record() builds one per call).
+        from mesh.v1 import agent_pb2
+
+        outcome = agent_pb2.CallOutcome
+        wall = time.time
+        t0 = clock()
+        for _ in range(m := min(n, 100_000)):
+            outcome(service=service, code="OK", latency_us=200, end_unix_ms=int(wall() * 1000))
+        outcome_ns = (clock() - t0) / m
+        # record(): fewer, to stay under the link's MAX_PENDING; they are real outcomes.
+        m = min(n, 20_000)
+        record = link.record
+        time.sleep(0.05)
+        t0 = clock()
+        for _ in range(m):
+            record(service, "OK", 0.0002)
+        record_ns = (clock() - t0) / m
+        time.sleep(0.1)  # let the report thread send them
+        # The whole sync interceptor (decide, continuation, done-callback with record)
+        # around a stand-in for grpcio's call, which finishes at once.
+        interceptor = MeshClientInterceptor(link, service)
+        call = _DoneCall()
+
+        def continuation(details: Any, request: Any) -> _DoneCall:
+            return call
+
+        intercept = interceptor.intercept_unary_unary
+        t0 = clock()
+        for _ in range(m):
+            intercept(continuation, None, None)
+        intercept_ns = (clock() - t0) / m
+        t0 = clock()
+        for _ in range(m):
+            continuation(None, None).add_done_callback(_nothing)
+        stand_in_ns = (clock() - t0) / m
+        time.sleep(0.1)
+        return {
+            "decision": decision.name,
+            "breaker_state": view.state if view is not None else None,
+            "closed": decision is Decision.ADMIT,
+            "decide_ns": round(decide_ns, 1),
+            "record_ns": round(record_ns, 1),
+            "outcome_proto_ns": round(outcome_ns, 1),
+            "intercept_ns": round(intercept_ns - stand_in_ns, 1),
+            "iterations": n,
+            "record_iterations": m,
+        }
+
+    # -- propagation roles -----------------------------------------------------------------
+
+    def _view_closed(self) -> bool:
+        from mesh_agent.client._link import CLOSED
+
+        view = self.link.breakers.get(self.args.service)
+        return view is not None and view.state == CLOSED
+
+    def _call(self) -> tuple[str, bool]:
+        """One call: (code name, failed fast by the mesh)."""
+        try:
+            self.stub.Echo(self.request, timeout=2.0)
+            return "OK", False
+        except self.grpc.RpcError as error:
+            call: Any = error
+            trailing: dict[str, Any] = dict(call.trailing_metadata() or ())
+            fast = trailing.get("mesh-circuit") == "open"
+            return str(call.code().name), fast
+
+    def trip(self, gate: Path) -> dict[str, Any]:
+        deadline = time.monotonic() + 10
+        while not self._view_closed() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        codes = []
+        for _ in range(3):
+            code, fast = self._call()
+            codes.append(code + (" (fast)" if fast else ""))
+        t = time.time()
+        gate.touch()
+        return {"t": t, "codes": codes}
+
+    def watch(self, gate: Path) -> dict[str, Any]:
+        deadline = time.monotonic() + 10
+        while not gate.exists():
+            if time.monotonic() > deadline:
+                return {"error": "no gate"}
+            time.sleep(0.0002)
+        started = time.time()
+        calls = 0
+        while time.monotonic() < deadline:
+            calls += 1
+            _, fast = self._call()
+            if fast:
+                return {"t": time.time(), "calls": calls, "started": started}
+        return {"error": f"no fail-fast after {calls} calls"}
+
+    def heal(self) -> dict[str, Any]:
+        started = time.monotonic()
+        deadline = started + 15
+        calls = 0
+        while time.monotonic() < deadline:
+            calls += 1
+            code, _ = self._call()
+            if code == "OK" and self._view_closed():
+                return {"ok": True, "calls": calls, "ms": (time.monotonic() - started) * 1000}
+            time.sleep(0.005)
+        return {"ok": False, "calls": calls}
+
+
+def profile(calls: Any, n: int, top: int = 15) -> dict[str, Any]:
+    """``calls()`` (n calls) under cProfile, which sees the calling thread only (not the
+    report thread); the ``top`` functions by own time per call, leaving out waits
+    (time blocked in C: the call itself, epoll)."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    calls()
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    entries = []
+    for (path, line, func), (_, ncalls, tottime, cumtime, _) in stats.stats.items():  # type: ignore[attr-defined]
+        short = "/".join(Path(path).parts[-2:]) if path != "~" else ""
+        entries.append(
+            {
+                "function": f"{short}:{line}:{func}" if short else func,
+                "per_call": round(ncalls / n, 2),
+                "own_us": round(tottime / n * 1e6, 2),
+                "cum_us": round(cumtime / n * 1e6, 2),
+            }
+        )
+    entries = [e for e in entries if not any(w in str(e["function"]) for w in WAITS)]
+    entries.sort(key=lambda e: e["own_us"], reverse=True)
+    total = sum(e["own_us"] for e in entries)
+    return {"top": entries[:top], "total_own_us": round(total, 2)}
+
+
+def _nothing(call: Any) -> None:
+    pass
+
+
+class _DoneCall:
+    """Stands in for a finished grpcio call: the done-callback runs at once."""
+
+    def code(self) -> Any:
+        import grpc
+
+        return grpc.StatusCode.OK
+
+    def details(self) -> str:
+        return ""
+
+    def add_done_callback(self, fn: Any) -> None:
+        fn(self)
+
+
+# -- asyncio ---------------------------------------------------------------------------------
+
+
+class AioClient:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+
+    def serve(self) -> None:
+        loop = self.loop
+        started = time.perf_counter()
+        loop.run_until_complete(self.setup())
+        emit(
+            {
+                "ready": True,
+                "variant": self.args.variant,
+                "setup_ms": round((time.perf_counter() - started) * 1000, 1),
+            }
+        )
+        for line in sys.stdin:
+            command, _, arg = line.strip().partition(" ")
+            if command == "run":
+                emit(loop.run_until_complete(self.run(int(arg))))
+            elif command == "profile":
+                n = int(arg)
+                emit(profile(lambda n=n: loop.run_until_complete(self.run(n)), n))
+            elif command == "quit":
+                break
+            else:
+                emit({"error": f"unknown command {line.strip()!r}"})
+        loop.run_until_complete(self.channel.close())
+        loop.close()
+
+    async def setup(self) -> None:
+        import grpc.aio
+
+        from mesh.demo.v1 import echo_pb2, echo_pb2_grpc
+        from mesh_agent.client import aio_mesh_channel
+
+        args = self.args
+        if args.variant == "aio_mesh":
+            channel = aio_mesh_channel(args.service, agent=args.agent, node_id=args.node_id)
+        elif args.variant == "aio_xds":
+            channel = grpc.aio.insecure_channel(f"xds:///{args.service}")
+        elif args.variant == "aio_noop_interceptor":
+
+            class Noop(grpc.aio.UnaryUnaryClientInterceptor):
+                async def intercept_unary_unary(
+                    self, continuation: Any, details: Any, request: Any
+                ) -> Any:
+                    return await continuation(details, request)
+
+            channel = grpc.aio.insecure_channel(args.backend, interceptors=[Noop()])
+        else:
+            channel = grpc.aio.insecure_channel(args.backend)
+        self.channel = channel
+        self.stub = echo_pb2_grpc.EchoServiceStub(channel)
+        self.request = echo_pb2.EchoRequest(message="bench")
+        self.rpc_error = grpc.aio.AioRpcError
+        await self.stub.Echo(self.request, timeout=30, wait_for_ready=True)
+        await self.run(self.args.warmup)
+
+    async def run(self, n: int) -> dict[str, Any]:
+        stub_echo, request, clock = self.stub.Echo, self.request, time.perf_counter_ns
+        rpc_error = self.rpc_error
+        lat = [0] * n
+        errors = 0
+        cpu0, thread0 = time.process_time_ns(), time.thread_time_ns()
+        for i in range(n):
+            t0 = clock()
+            try:
+                await stub_echo(request, timeout=CALL_TIMEOUT)
+            except rpc_error:
+                errors += 1
+            lat[i] = clock() - t0
+        return {
+            "lat_ns": lat,
+            "errors": errors,
+            "cpu_ns": (time.process_time_ns() - cpu0) / max(n, 1),
+            "thread_cpu_ns": (time.thread_time_ns() - thread0) / max(n, 1),
+        }
+
+
+if __name__ == "__main__":
+    main()
