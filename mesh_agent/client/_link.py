@@ -26,7 +26,8 @@ from mesh.v1 import agent_pb2, agent_pb2_grpc
 
 log = structlog.get_logger(__name__)
 
-FLUSH_INTERVAL = 0.005  # seconds an outcome may wait for its batch
+FLUSH_INTERVAL = 0.005  # seconds a failure waits for others to share its batch
+IDLE_FLUSH_INTERVAL = 0.1  # seconds successes may wait: they cannot open a breaker
 MAX_BATCH = 512
 MAX_PENDING = 50_000  # outcomes kept while the agent is away; older ones are dropped
 RECONNECT = Backoff(base=0.1, cap=5.0)
@@ -109,7 +110,9 @@ class AgentLink:
         if len(outcomes) >= MAX_PENDING:
             return
         outcomes.append((service, code, latency, time.time(), probe))
-        if not self._armed:
+        # Failures and probe results can change a breaker: send them within milliseconds.
+        # Successes ride along, or go with the next periodic flush.
+        if (code != "OK" or probe) and not self._armed:
             self._armed = True
             self._wake.set()
 
@@ -189,10 +192,10 @@ class AgentLink:
     def _batches(self) -> Iterator[agent_pb2.ReportOutcomesRequest]:
         outcomes = self._outcomes
         while not self._closed.is_set():
-            self._wake.wait()
-            if self._closed.is_set():
-                return
-            time.sleep(FLUSH_INTERVAL)  # let the batch gather
+            if self._wake.wait(IDLE_FLUSH_INTERVAL):
+                if self._closed.is_set():
+                    return
+                time.sleep(FLUSH_INTERVAL)  # let the batch gather
             # Re-arm before draining: an outcome appended from now on wakes us again.
             self._wake.clear()
             self._armed = False
