@@ -17,6 +17,7 @@ from .xds.snapshot import SnapshotCache
 
 log = structlog.get_logger(__name__)
 Context = grpc.aio.ServicerContext[object, object]
+STORE_ERROR = "mesh-store-unavailable"
 
 
 async def _abort_for(context: Context, error: Exception) -> None:
@@ -25,7 +26,11 @@ async def _abort_for(context: Context, error: Exception) -> None:
     if isinstance(error, ConflictError):
         await context.abort(grpc.StatusCode.ABORTED, str(error))
     if isinstance(error, StoreUnavailableError):
-        await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+        # UNAVAILABLE (a retry may succeed), marked so a client can tell that this server
+        # answered and its store did not.
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE, str(error), trailing_metadata=((STORE_ERROR, "1"),)
+        )
     raise error
 
 

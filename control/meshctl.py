@@ -24,6 +24,7 @@ from mesh.v1 import admin_pb2, admin_pb2_grpc
 
 from . import __version__
 from ._preflight import check_environment
+from .admin import STORE_ERROR
 from .config import load_path, service_to_dict
 from .errors import ConfigError
 from .xds.types import short_name
@@ -46,6 +47,9 @@ def _call(args: argparse.Namespace, method: Callable[..., Any], request: Any) ->
         return method(request, timeout=args.timeout)
     except grpc.RpcError as error:
         code = error.code()
+        trailing = error.trailing_metadata() or ()
+        if any(key == STORE_ERROR for key, _ in trailing):
+            _fail(f"mesh-control at {args.control} cannot reach its store: {error.details()}")
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             _fail(f"cannot reach mesh-control at {args.control}: {error.details()}")
         _fail(f"{code.name.lower().replace('_', ' ')}: {error.details()}")

@@ -1,0 +1,557 @@
+"""Control servers on a real etcd, end to end: several control servers sharing one etcd, agents
+failing over between them, an etcd restart under a stream of writes, compaction past a control
+server's watch, an etcd outage, and racing conditional applies."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from control.config import service_to_dict
+from control.xds.types import CLUSTER, ENDPOINT
+from mesh.v1 import admin_pb2, admin_pb2_grpc, config_pb2
+from tests.conftest import Proc, Processes, run_cli, wait_for
+from tests.e2e.agentutil import agent_status, start_agent
+from tests.e2e.test_control_xds import calls, meshctl, service_yaml, start_backend, start_client
+from tests.etcd_fixture import EtcdServer, etcd
+
+__all__ = ["etcd"]  # the fixture, imported to register it
+
+pytestmark = [pytest.mark.e2e]
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def start_control(
+    procs: Processes, name: str, store: str, listen: str = "127.0.0.1:0"
+) -> tuple[Proc, str]:
+    return procs.start_ready(name, "control", "serve", "--listen", listen, "--store", store)
+
+
+def store_health(control: str) -> int:
+    """The control server's grpc.health.v1 status for the service ``store``."""
+    with grpc.insecure_channel(control) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        response = stub.Check(health_pb2.HealthCheckRequest(service="store"), timeout=5)
+        return int(response.status)
+
+
+def get_service(control: str, name: str) -> dict[str, object]:
+    return json.loads(meshctl(control, "get", "services", name, "-o", "json"))
+
+
+def stored(control: str, name: str) -> dict[str, object]:
+    """The service as ``control`` serves it through ``meshctl get -o json``."""
+    [entry] = get_service(control, name)["services"]
+    return entry["service"]
+
+
+def settled_on(client: Proc, backend: str, last: int = 10) -> bool:
+    """Whether the client's last ``last`` calls all succeeded on ``backend``."""
+    recent = calls(client)[-last:]
+    return len(recent) == last and all(c.get("backend") == backend for c in recent)
+
+
+def wait_settled(client: Proc, backend: str, what: str, timeout: float = 30) -> None:
+    wait_for(lambda: settled_on(client, backend), timeout, f"{what}: {client.name} on {backend}")
+
+
+def echo(tmp_path: Path, *addresses: str) -> str:
+    return str(service_yaml(tmp_path / "echo.yaml", "echo", *addresses))
+
+
+class Relay:
+    """A threaded TCP relay to etcd that can cut every connection and refuse new ones (a
+    network partition between one control server and etcd while the test reaches etcd)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self.port: int = self._listener.getsockname()[1]
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+        self._cut_off = False
+        self._closed = False
+        self.accepted = 0
+        self._thread = threading.Thread(target=self._accept_loop, name="relay", daemon=True)
+        self._thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @staticmethod
+    def _kill(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            sock.close()
+
+    def _accept_loop(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(None)
+            if self._cut_off:
+                self._kill(conn)
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=2)
+                upstream.settimeout(None)
+            except OSError:
+                self._kill(conn)
+                continue
+            with self._lock:
+                self._sockets |= {conn, upstream}
+                self.accepted += 1
+            for src, dst in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                self._kill(sock)
+            with self._lock:
+                self._sockets -= {src, dst}
+
+    def cut(self) -> None:
+        self._cut_off = True
+        with self._lock:
+            doomed = list(self._sockets)
+        for sock in doomed:
+            self._kill(sock)
+
+    def restore(self) -> None:
+        self._cut_off = False
+
+    def close(self) -> None:
+        self.cut()
+        self._closed = True
+        self._thread.join(5)
+        self._listener.close()
+
+
+@pytest.fixture
+def relay(etcd: EtcdServer):
+    r = Relay(etcd.port)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+# -- 1. two control servers, two agents, failover ----------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_two_control_servers_share_etcd_and_agents_fail_over(
+    procs: Processes, etcd: EtcdServer, tmp_path: Path
+) -> None:
+    store = etcd.url("/mesh")
+    c1_proc, c1 = start_control(procs, "control-1", store)
+    _, c2 = start_control(procs, "control-2", store)
+    b1, b2, b3 = (start_backend(procs, f"backend-{i}") for i in (1, 2, 3))
+    meshctl(c1, "apply", "-f", echo(tmp_path, b1))
+
+    _, agent1 = start_agent(procs, f"{c1},{c2}", "node-1")
+    _, agent2 = start_agent(procs, f"{c2},{c1}", "node-2")
+    client1 = start_client(procs, agent1, "echo", node="client-1")
+    client2 = start_client(procs, agent2, "echo", node="client-2")
+    for client in (client1, client2):
+        wait_settled(client, "backend-1", "first calls")
+    assert agent_status(agent1).upstream == c1
+    assert agent_status(agent2).upstream == c2
+
+    # a change through control-1 reaches the node on control-2 too, through etcd
+    meshctl(c1, "apply", "-f", echo(tmp_path, b2))
+    for client in (client1, client2):
+        wait_settled(client, "backend-2", "a change through control-1")
+
+    seen = {c.name: len(calls(c)) for c in (client1, client2)}
+    c1_proc.kill()
+    wait_for(lambda: agent_status(agent1).upstream == c2, 30, "node-1 to fail over to control-2")
+    assert agent_status(agent2).upstream == c2
+    meshctl(c2, "apply", "-f", echo(tmp_path, b3))
+    for client in (client1, client2):
+        wait_settled(client, "backend-3", "a change through control-2 after the failover")
+        after = calls(client)[seen[client.name] :]
+        assert all(c["ok"] for c in after), [c for c in after if not c["ok"]]
+
+
+# -- 2. etcd restart under a stream of writes --------------------------------------------------
+
+ROTATION = [(0,), (1,), (2,), (0, 1), (1, 2), (0, 2), (0, 1, 2)]
+
+
+def load_service(seq: int, backends: list[str]) -> config_pb2.Service:
+    """Version ``seq`` of the service ``load``: a rotating endpoint list, weights and a
+    metadata value that make every version different."""
+    service = config_pb2.Service(name="load")
+    for index in ROTATION[seq % len(ROTATION)]:
+        service.endpoints.add(
+            address=backends[index], weight=1 + (seq + index) % 7, metadata={"seq": str(seq)}
+        )
+    service.policy.timeout.FromSeconds(3)
+    return service
+
+
+@dataclass
+class Writer:
+    """Applies a new version of ``load`` every ~100 ms through one control server's admin API,
+    one at a time, keeping track of what succeeded and what failed."""
+
+    control: str
+    backends: list[str]
+    stop: threading.Event = field(default_factory=threading.Event)
+    successes: list[tuple[float, int, config_pb2.Service]] = field(default_factory=list)
+    failures: list[tuple[float, int, str]] = field(default_factory=list)
+    errors: list[BaseException] = field(default_factory=list)
+
+    def run(self) -> None:
+        try:
+            with grpc.insecure_channel(self.control) as channel:
+                stub = admin_pb2_grpc.MeshAdminServiceStub(channel)
+                seq = 0
+                while not self.stop.is_set():
+                    seq += 1
+                    service = load_service(seq, self.backends)
+                    started = time.monotonic()
+                    try:
+                        stub.ApplyServices(
+                            admin_pb2.ApplyServicesRequest(services=[service]), timeout=20
+                        )
+                    except grpc.RpcError as error:
+                        self.failures.append(
+                            (started, seq, f"{error.code().name}: {error.details()}")
+                        )
+                    else:
+                        self.successes.append((started, seq, service))
+                    self.stop.wait(0.1)
+        except BaseException as error:  # surfaced by the test
+            self.errors.append(error)
+
+    def successes_since(self, moment: float) -> int:
+        return sum(1 for started, _, _ in self.successes if started >= moment)
+
+
+def endpoints_of(assignment: endpoint_pb2.ClusterLoadAssignment) -> list[tuple[str, int]]:
+    return sorted(
+        (
+            f"{lb.endpoint.address.socket_address.address}:"
+            f"{lb.endpoint.address.socket_address.port_value}",
+            lb.load_balancing_weight.value,
+        )
+        for locality in assignment.endpoints
+        for lb in locality.lb_endpoints
+    )
+
+
+def agent_assignment(
+    agent: str, node_id: str, name: str
+) -> endpoint_pb2.ClusterLoadAssignment | None:
+    """The ClusterLoadAssignment ``name`` the agent holds, from its CSDS (own node first)."""
+    with grpc.insecure_channel(agent) as channel:
+        stub = csds_pb2_grpc.ClientStatusDiscoveryServiceStub(channel)
+        response = stub.FetchClientStatus(csds_pb2.ClientStatusRequest(), timeout=5)
+    own = response.config[0]
+    assert own.node.id == node_id, own.node
+    for config in own.generic_xds_configs:
+        if config.type_url == ENDPOINT and config.name == name:
+            assignment = endpoint_pb2.ClusterLoadAssignment()
+            assert config.xds_config.Unpack(assignment)
+            return assignment
+    return None
+
+
+def acked_versions(agent: str) -> dict[str, str]:
+    return {
+        t.type_url: t.version_acked
+        for t in agent_status(agent).types
+        if t.type_url in (CLUSTER, ENDPOINT)
+    }
+
+
+@pytest.mark.timeout(120)
+def test_etcd_restart_under_writes_converges_on_the_last_write(
+    procs: Processes, etcd: EtcdServer, tmp_path: Path
+) -> None:
+    store = etcd.url("/mesh")
+    _, c1 = start_control(procs, "control-1", store)
+    _, c2 = start_control(procs, "control-2", store)
+    backends = [start_backend(procs, f"backend-{i}") for i in (1, 2, 3)]
+    names = {address: f"backend-{i}" for i, address in enumerate(backends, start=1)}
+    (tmp_path / "load.yaml").write_text(f"name: load\nendpoints: [{{address: '{backends[0]}'}}]\n")
+    meshctl(c1, "apply", "-f", str(tmp_path / "load.yaml"))
+    _, agent1 = start_agent(procs, f"{c1},{c2}", "node-1")
+    _, agent2 = start_agent(procs, f"{c2},{c1}", "node-2")
+    clients = [
+        start_client(procs, agent1, "load", node="client-1"),
+        start_client(procs, agent2, "load", node="client-2"),
+    ]
+    for client in clients:
+        wait_settled(client, "backend-1", "first calls")
+
+    writer = Writer(c1, backends)
+    thread = threading.Thread(target=writer.run, name="writer", daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: len(writer.successes) >= 5, 20, "5 writes before the restart")
+        etcd.stop()
+        time.sleep(1)
+        etcd.start()
+        back = time.monotonic()
+        wait_for(lambda: writer.successes_since(back) >= 5, 40, "5 writes after the restart")
+    finally:
+        writer.stop.set()
+        thread.join(30)
+    assert not thread.is_alive() and not writer.errors, writer.errors
+    assert writer.failures, "no write failed: etcd was not down while writing"
+    for _, seq, reason in writer.failures:
+        assert "etcd" in reason or "UNAVAILABLE" in reason, (seq, reason)
+    _, last_seq, last = writer.successes[-1]
+    assert last_seq == max(seq for _, seq, _ in writer.successes + writer.failures)
+    expected = service_to_dict(last)
+
+    # both control servers hold the last write
+    wait_for(
+        lambda: stored(c1, "load") == expected and stored(c2, "load") == expected,
+        20,
+        "both control servers to hold the last write",
+    )
+    one, two = get_service(c1, "load"), get_service(c2, "load")
+    assert one["services"] == two["services"]
+
+    # both agents hold it: same versions ACKed, and the endpoints of the last write
+    want = sorted((e.address, e.weight) for e in last.endpoints)
+
+    def converged() -> bool:
+        v1, v2 = acked_versions(agent1), acked_versions(agent2)
+        return (
+            set(v1) == {CLUSTER, ENDPOINT}
+            and v1 == v2
+            and all(v1.values())
+            and all(
+                (a := agent_assignment(agent, node, "load")) is not None and endpoints_of(a) == want
+                for agent, node in ((agent1, "node-1"), (agent2, "node-2"))
+            )
+        )
+
+    wait_for(converged, 30, "both agents to hold the last write")
+    for agent in (agent1, agent2):
+        status = agent_status(agent)
+        assert status.connected
+        assert all(not t.last_nack for t in status.types), status
+
+    # and the clients call only the endpoints of the last write
+    allowed = {names[e.address] for e in last.endpoints}
+    seen = [len(calls(c)) for c in clients]
+    for client, start in zip(clients, seen, strict=True):
+        wait_for(lambda c=client, s=start: len(calls(c)) >= s + 20, 20, "20 more calls")
+        recent = calls(client)[-10:]
+        assert all(c["ok"] and c["backend"] in allowed for c in recent), (allowed, recent)
+
+
+# -- 3. compaction past a control server's revision --------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_compaction_past_a_control_servers_revision_recovers_without_restart(
+    procs: Processes, etcd: EtcdServer, relay: Relay, tmp_path: Path
+) -> None:
+    behind_proc, behind = start_control(procs, "control-behind", f"etcd://{relay.endpoint}/mesh")
+    _, direct = start_control(procs, "control-direct", etcd.url("/mesh"))
+    b1, b2, b3 = (start_backend(procs, f"backend-{i}") for i in (1, 2, 3))
+    meshctl(behind, "apply", "-f", echo(tmp_path, b1))
+    client = start_client(procs, behind, "echo")
+    wait_settled(client, "backend-1", "first calls")
+    assert store_health(behind) == SERVING
+    pid = behind_proc.popen.pid
+
+    relay.cut()
+    wait_for(lambda: store_health(behind) == NOT_SERVING, 20, "the cut-off store to be reported")
+
+    # several changes the cut-off control server does not see, then their history is compacted
+    (tmp_path / "aux.yaml").write_text("name: aux\nendpoints: [{address: '127.0.0.1:9'}]\n")
+    (tmp_path / "extra.yaml").write_text("name: extra\nendpoints: [{address: '127.0.0.1:9'}]\n")
+    meshctl(direct, "apply", "-f", str(tmp_path / "aux.yaml"))
+    meshctl(direct, "apply", "-f", echo(tmp_path, b2))
+    meshctl(direct, "apply", "-f", str(tmp_path / "extra.yaml"))
+    meshctl(direct, "delete", "service", "aux")
+    meshctl(direct, "apply", "-f", echo(tmp_path, b3))
+    revision = asyncio.run(etcd.revision())
+    asyncio.run(etcd.compact(revision))
+    # meanwhile the cut-off server still serves the last state it read
+    assert stored(behind, "echo")["endpoints"] == [{"address": b1}]
+    assert settled_on(client, "backend-1")
+
+    relay.restore()
+    wait_for(lambda: store_health(behind) == SERVING, 30, "the store to be SERVING again")
+    want = json.loads(meshctl(direct, "get", "services", "-o", "json"))
+    assert want["revision"] == revision
+    wait_for(
+        lambda: json.loads(meshctl(behind, "get", "services", "-o", "json")) == want,
+        20,
+        "the recovered control server to serve the latest config",
+    )
+    assert [s["service"]["name"] for s in want["services"]] == ["echo", "extra"]
+    wait_settled(client, "backend-3", "the last change to reach the client")
+    assert behind_proc.alive and behind_proc.popen.pid == pid  # not restarted
+    assert "etcd compacted the history" in behind_proc.output() + behind_proc.errors()
+    status = json.loads(meshctl(behind, "status", "-o", "json"))
+    assert not status.get("store_problems"), status
+
+    # and it keeps following etcd
+    meshctl(direct, "apply", "-f", echo(tmp_path, b2))
+    wait_settled(client, "backend-2", "a later change")
+
+
+# -- 4. etcd unreachable -----------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_etcd_outage_is_reported_and_the_last_config_stays(
+    procs: Processes, etcd: EtcdServer, tmp_path: Path
+) -> None:
+    _, control = start_control(procs, "control", etcd.url("/mesh"))
+    b1, b2 = start_backend(procs, "backend-1"), start_backend(procs, "backend-2")
+    meshctl(control, "apply", "-f", echo(tmp_path, b1))
+    client = start_client(procs, control, "echo")
+    wait_settled(client, "backend-1", "first calls")
+    assert store_health(control) == SERVING
+    before = get_service(control, "echo")
+
+    etcd.stop()
+    wait_for(lambda: store_health(control) == NOT_SERVING, 20, "store health NOT_SERVING")
+    status = json.loads(meshctl(control, "status", "-o", "json"))
+    [problem] = status["store_problems"]
+    assert problem["source"] == etcd.url("/mesh")
+    assert "unreachable" in problem["message"], problem
+    assert get_service(control, "echo") == before  # reads serve the last state
+
+    started = time.monotonic()
+    result = run_cli("control.meshctl", "--control", control, "apply", "-f", echo(tmp_path, b2))
+    took = time.monotonic() - started
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("meshctl: ") and etcd.endpoint in lines[0], lines[0]
+    assert "unreachable" in lines[0], lines[0]
+    assert took < 15, took
+    seen = len(calls(client))
+    wait_for(lambda: len(calls(client)) >= seen + 20, 20, "20 calls during the outage")
+    during = calls(client)[seen:]
+    assert all(c.get("backend") == "backend-1" for c in during), during
+
+    etcd.start()
+    wait_for(lambda: store_health(control) == SERVING, 30, "store health SERVING again")
+    assert not json.loads(meshctl(control, "status", "-o", "json")).get("store_problems")
+    meshctl(control, "apply", "-f", echo(tmp_path, b2))
+    wait_settled(client, "backend-2", "an apply after the outage")
+
+
+@pytest.mark.timeout(60)
+def test_apply_during_an_outage_blames_etcd_not_the_control_server(
+    procs: Processes, etcd: EtcdServer, tmp_path: Path
+) -> None:
+    _, control = start_control(procs, "control", etcd.url("/mesh"))
+    etcd.stop()
+    wait_for(lambda: store_health(control) == NOT_SERVING, 20, "store health NOT_SERVING")
+    result = run_cli(
+        "control.meshctl", "--control", control, "apply", "-f", echo(tmp_path, "127.0.0.1:9")
+    )
+    assert result.returncode != 0
+    assert "etcd is unreachable" in result.stderr, result.stderr
+    assert "cannot reach mesh-control" not in result.stderr, result.stderr
+
+
+# -- 5. racing conditional applies through two control servers ---------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_concurrent_conditional_applies_through_two_control_servers(
+    procs: Processes, etcd: EtcdServer, tmp_path: Path
+) -> None:
+    store = etcd.url("/mesh")
+    _, c1 = start_control(procs, "control-1", store)
+    _, c2 = start_control(procs, "control-2", store)
+    meshctl(c1, "apply", "-f", str(service_yaml(tmp_path / "race.yaml", "race", "127.0.0.1:7000")))
+
+    for round_ in range(3):
+        base = get_service(c1, "race")
+        wait_for(lambda b=base: get_service(c2, "race") == b, 10, "control-2 to catch up")
+        revision = base["revision"]
+        files = {
+            control: service_yaml(
+                tmp_path / f"race-{round_}-{i}.yaml", "race", f"127.0.0.{i}:{7100 + round_}"
+            )
+            for i, control in enumerate((c1, c2), start=1)
+        }
+        runs = {
+            control: subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "control.meshctl",
+                    "--control",
+                    control,
+                    "apply",
+                    "-f",
+                    str(path),
+                    "--if-revision",
+                    str(revision),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=procs.env,
+            )
+            for control, path in files.items()
+        }
+        outputs = {control: p.communicate(timeout=30) for control, p in runs.items()}
+        results = {c: (runs[c].returncode, out, err) for c, (out, err) in outputs.items()}
+        winners = [c for c, (code, _, _) in results.items() if code == 0]
+        losers = [c for c, (code, _, _) in results.items() if code != 0]
+        assert len(winners) == 1 and len(losers) == 1, results
+        [winner], [loser] = winners, losers
+        assert results[winner][1].startswith("service/race configured (revision "), results
+        reason = results[loser][2].strip()
+        assert len(reason.splitlines()) == 1, reason
+        assert "aborted" in reason and "race" in reason, reason
+        want = [{"address": f"127.0.0.{1 if winner == c1 else 2}:{7100 + round_}"}]
+        for control in (c1, c2):
+            wait_for(
+                lambda c=control, w=want: stored(c, "race")["endpoints"] == w,
+                10,
+                f"the winner's content on {control}",
+            )
+        after = get_service(c1, "race")
+        assert after["revision"] > revision
+        assert after["services"][0]["revision"] > revision
