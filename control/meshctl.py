@@ -47,8 +47,8 @@ def _call(args: argparse.Namespace, method: Callable[..., Any], request: Any) ->
         return method(request, timeout=args.timeout)
     except grpc.RpcError as error:
         code = error.code()
-        trailing = error.trailing_metadata() or ()
-        if any(key == STORE_ERROR for key, _ in trailing):
+        trailing: Any = error.trailing_metadata() or ()
+        if any(item[0] == STORE_ERROR for item in trailing):
             _fail(f"mesh-control at {args.control} cannot reach its store: {error.details()}")
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             _fail(f"cannot reach mesh-control at {args.control}: {error.details()}")
