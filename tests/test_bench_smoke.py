@@ -1,6 +1,7 @@
-"""``python -m bench`` runs end to end: a quick control section at N=1, a quick agent section
-and a quick datapath section, each as a subprocess whose last line is the JSON summary with
-every table's rows."""
+"""``python -m bench`` runs end to end: a quick control section at N=1, a quick agent section,
+a quick datapath section and a quick etcd section (needs the ``etcd`` binary: skipped locally
+without it, failed with CI=true), each as a subprocess whose last line is the JSON summary
+with every table's rows."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, require_tool
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -164,3 +165,46 @@ def test_bench_quick_datapath_prints_a_json_summary() -> None:
     targets = [r for r in rows if r["table"].startswith("target")]
     assert [r["compare"] for r in targets] == ["mesh - direct", "aio_mesh - aio_direct"]
     assert any(line.startswith("== datapath: latency") for line in lines)
+
+
+def test_bench_quick_etcd_prints_a_json_summary() -> None:
+    require_tool("etcd")
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "etcd"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert summary["quick"] is True
+    assert list(summary["results"]) == ["etcd"]
+    rows = summary["results"]["etcd"]
+
+    setup = next(r for r in rows if r["table"] == "setup")
+    assert setup["etcd_version"] and setup["etcd_version"] != "unknown"
+    assert setup["agents_per_mesh"] == 10 and setup["agents_total"] == 20
+    for mesh in ("d0", "d100"):
+        assert setup[f"on_server_1_{mesh}"] + setup[f"on_server_2_{mesh}"] == 10
+        for server in (1, 2):
+            assert 0 < setup[f"control_rss_mib_{mesh}_s{server}"] < 1024
+
+    fanout = [r for r in rows if r["table"].startswith("fan-out")]
+    assert {(r["debounce"], r["agents"]) for r in fanout} == {
+        (debounce, scope)
+        for debounce in ("0s", "100ms")
+        for scope in ("all", "on server 1", "on server 2")
+    }
+    for row in fanout:
+        assert row["writes"] == 5
+        assert 0 < row["median_agent_median_ms"] <= row["median_ms"] <= row["p99_ms"] < 20_000
+    total = {r["debounce"]: r for r in fanout if r["agents"] == "all"}
+    assert total["0s"]["count"] == total["100ms"]["count"] == 10
+    # A 100 ms debounce cannot push sooner than 100 ms after the write.
+    assert total["100ms"]["min_ms"] >= 100
+    compared = {r["compare"] for r in rows if r["table"].startswith("side by side")}
+    assert "all agents, debounce 100ms / 0s" in compared
+    assert any(line.startswith("== etcd: fan-out") for line in lines)
