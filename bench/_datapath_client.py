@@ -6,6 +6,11 @@ builds the variant's channel, warms it up, prints ``{"ready": ...}`` and then an
 command with one JSON line:
 
 * ``run N``: N sequential unary Echo calls, ``{"lat_ns": [...], "errors": k}``;
+* ``paired ROUNDS BLOCK`` (variants ``paired``, ``aio_paired``): one unmeasured block per
+  channel, then ROUNDS rounds of one BLOCK-call block per channel of this process, the order
+  reversed every other round (the base channel is in the middle, so it is always next to
+  each other one); ``{"lat_ns": {variant: [...]}, "block_p50_ns": {variant: [...]},
+  "errors": {variant: k}}``;
 * ``admit N``: the in-process hot path timed with ``perf_counter_ns`` (``AgentLink.decide``
   with the breaker CLOSED, ``AgentLink.record``, the sync interceptor around a stand-in
   call);
@@ -22,6 +27,12 @@ agent, no interceptor), ``mesh`` (``mesh_channel``), ``interceptor`` (plain chan
 ``mesh_interceptor``), ``noop_interceptor`` (plain channel + a pass-through interceptor:
 grpcio's interceptor machinery alone), ``envoy`` (plain channel to an Envoy listener), and
 ``aio_direct``, ``aio_xds``, ``aio_mesh``, ``aio_noop_interceptor`` for grpc.aio.
+
+``paired`` holds three channels in one process: ``mesh`` (``mesh_channel``), ``direct``
+(plain channel to the backend, which needs no xDS bootstrap) and ``interceptor`` (another
+plain channel + ``mesh_interceptor``); ``aio_paired`` holds ``aio_direct`` and ``aio_mesh``
+(``aio_mesh_channel``). Comparing channels of one process removes the process-to-process
+noise of comparing separate variants.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -45,16 +57,38 @@ SYNC = (
     "envoy",
     "trip",
     "watch",
+    "paired",
 )
 # cProfile entries that are waits (time blocked in C), not Python work.
 WAITS = ("_blocking", "'poll' of", "selectors.py", "'acquire' of", "'wait' of")
-AIO = ("aio_direct", "aio_xds", "aio_mesh", "aio_noop_interceptor")
+AIO = ("aio_direct", "aio_xds", "aio_mesh", "aio_noop_interceptor", "aio_paired")
+# The channels of the paired variants, base in the middle.
+PAIRED = ("mesh", "direct", "interceptor")
+AIO_PAIRED = ("aio_direct", "aio_mesh")
 CALL_TIMEOUT = 5.0
 
 
 def emit(record: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(record) + "\n")
     sys.stdout.flush()
+
+
+def paired_result(
+    rounds: int, names: tuple[str, ...], results: list[tuple[str, dict[str, Any]]]
+) -> dict[str, Any]:
+    """Gathers the measured blocks (``(variant, run result)`` in call order)."""
+    lat: dict[str, list[int]] = {name: [] for name in names}
+    block_p50: dict[str, list[float]] = {name: [] for name in names}
+    errors = dict.fromkeys(names, 0)
+    for name, result in results:
+        lat[name].extend(result["lat_ns"])
+        block_p50[name].append(statistics.median(result["lat_ns"]))
+        errors[name] += result["errors"]
+    return {"lat_ns": lat, "block_p50_ns": block_p50, "errors": errors, "rounds": rounds}
+
+
+def paired_order(names: tuple[str, ...], r: int) -> tuple[str, ...]:
+    return names if r % 2 == 0 else names[::-1]
 
 
 def main() -> None:
@@ -92,7 +126,20 @@ class SyncClient:
         self.grpc = grpc
         self.link: Any = None
         variant = args.variant
-        if variant in ("mesh", "trip", "watch"):
+        self.channels: list[Any] = []
+        if variant == "paired":
+            channel = mesh_channel(args.service, agent=args.agent, node_id=args.node_id)
+            direct = grpc.insecure_channel(args.backend)
+            self.interceptor = mesh_interceptor(args.service, agent=args.agent)
+            plain = grpc.insecure_channel(args.backend)
+            intercepted = grpc.intercept_channel(plain, self.interceptor)
+            self.channels = [direct, plain]
+            self.stubs = {
+                "mesh": echo_pb2_grpc.EchoServiceStub(channel),
+                "direct": echo_pb2_grpc.EchoServiceStub(direct),
+                "interceptor": echo_pb2_grpc.EchoServiceStub(intercepted),
+            }
+        elif variant in ("mesh", "trip", "watch"):
             channel = mesh_channel(args.service, agent=args.agent, node_id=args.node_id)
         elif variant == "xds":
             channel = grpc.insecure_channel(f"xds:///{args.service}")
@@ -117,12 +164,14 @@ class SyncClient:
             channel = grpc.insecure_channel(args.envoy)
         else:
             channel = grpc.insecure_channel(args.backend)
-        if variant in ("mesh", "interceptor", "interceptor_norecord", "trip", "watch"):
+        if variant in ("mesh", "interceptor", "interceptor_norecord", "trip", "watch", "paired"):
             from mesh_agent.client._link import link_for
 
             self.link = link_for(args.agent)
         self.channel = channel
         self.stub = echo_pb2_grpc.EchoServiceStub(channel)
+        if variant != "paired":
+            self.stubs = {variant: self.stub}
         self.request = echo_pb2.EchoRequest(message="bench")
         self.echo_pb2 = echo_pb2
 
@@ -130,8 +179,9 @@ class SyncClient:
         started = time.perf_counter()
         if self.args.variant not in ("trip", "watch"):
             # The first call waits for the xDS config (or the connection); then warm up.
-            self.stub.Echo(self.request, timeout=30, wait_for_ready=True)
-            self.run(self.args.warmup)
+            for stub in self.stubs.values():
+                stub.Echo(self.request, timeout=30, wait_for_ready=True)
+                self.calls(stub.Echo, self.args.warmup)
         breaker = self.wait_view() if self.link is not None else None
         emit(
             {
@@ -145,6 +195,9 @@ class SyncClient:
             command, _, arg = line.strip().partition(" ")
             if command == "run":
                 emit(self.run(int(arg)))
+            elif command == "paired":
+                rounds, block = map(int, arg.split())
+                emit(self.paired(rounds, block))
             elif command == "admit":
                 emit(self.admit(int(arg)))
             elif command == "profile":
@@ -160,7 +213,8 @@ class SyncClient:
                 break
             else:
                 emit({"error": f"unknown command {line.strip()!r}"})
-        self.channel.close()
+        for channel in [self.channel, *self.channels]:
+            channel.close()
 
     def wait_view(self, timeout: float = 10.0) -> str | None:
         """Waits until this process knows the service's breaker, enabled by its policy;
@@ -176,8 +230,22 @@ class SyncClient:
 
         return str(agent_pb2.BreakerState.Name(view.state)) + ("" if view.enabled else " (off)")
 
+    def paired(self, rounds: int, block: int) -> dict[str, Any]:
+        stubs = self.stubs
+        for name in PAIRED:  # unmeasured
+            self.calls(stubs[name].Echo, block)
+        results = [
+            (name, self.calls(stubs[name].Echo, block))
+            for r in range(rounds)
+            for name in paired_order(PAIRED, r)
+        ]
+        return paired_result(rounds, PAIRED, results)
+
     def run(self, n: int) -> dict[str, Any]:
-        stub_echo, request, clock = self.stub.Echo, self.request, time.perf_counter_ns
+        return self.calls(self.stub.Echo, n)
+
+    def calls(self, stub_echo: Any, n: int) -> dict[str, Any]:
+        request, clock = self.request, time.perf_counter_ns
         rpc_error = self.grpc.RpcError
         lat = [0] * n
         errors = 0
@@ -393,6 +461,9 @@ class AioClient:
             command, _, arg = line.strip().partition(" ")
             if command == "run":
                 emit(loop.run_until_complete(self.run(int(arg))))
+            elif command == "paired":
+                rounds, block = map(int, arg.split())
+                emit(loop.run_until_complete(self.paired(rounds, block)))
             elif command == "profile":
                 n = int(arg)
                 emit(profile(lambda n=n: loop.run_until_complete(self.run(n)), n))
@@ -400,7 +471,8 @@ class AioClient:
                 break
             else:
                 emit({"error": f"unknown command {line.strip()!r}"})
-        loop.run_until_complete(self.channel.close())
+        for channel in [self.channel, *self.channels]:
+            loop.run_until_complete(channel.close())
         loop.close()
 
     async def setup(self) -> None:
@@ -410,7 +482,16 @@ class AioClient:
         from mesh_agent.client import aio_mesh_channel
 
         args = self.args
-        if args.variant == "aio_mesh":
+        self.channels: list[Any] = []
+        if args.variant == "aio_paired":
+            channel = aio_mesh_channel(args.service, agent=args.agent, node_id=args.node_id)
+            direct = grpc.aio.insecure_channel(args.backend)
+            self.channels = [direct]
+            self.stubs = {
+                "aio_direct": echo_pb2_grpc.EchoServiceStub(direct),
+                "aio_mesh": echo_pb2_grpc.EchoServiceStub(channel),
+            }
+        elif args.variant == "aio_mesh":
             channel = aio_mesh_channel(args.service, agent=args.agent, node_id=args.node_id)
         elif args.variant == "aio_xds":
             channel = grpc.aio.insecure_channel(f"xds:///{args.service}")
@@ -427,13 +508,30 @@ class AioClient:
             channel = grpc.aio.insecure_channel(args.backend)
         self.channel = channel
         self.stub = echo_pb2_grpc.EchoServiceStub(channel)
+        if args.variant != "aio_paired":
+            self.stubs = {args.variant: self.stub}
         self.request = echo_pb2.EchoRequest(message="bench")
         self.rpc_error = grpc.aio.AioRpcError
-        await self.stub.Echo(self.request, timeout=30, wait_for_ready=True)
-        await self.run(self.args.warmup)
+        for stub in self.stubs.values():
+            await stub.Echo(self.request, timeout=30, wait_for_ready=True)
+            await self.calls(stub.Echo, self.args.warmup)
+
+    async def paired(self, rounds: int, block: int) -> dict[str, Any]:
+        stubs = self.stubs
+        for name in AIO_PAIRED:  # unmeasured
+            await self.calls(stubs[name].Echo, block)
+        results = [
+            (name, await self.calls(stubs[name].Echo, block))
+            for r in range(rounds)
+            for name in paired_order(AIO_PAIRED, r)
+        ]
+        return paired_result(rounds, AIO_PAIRED, results)
 
     async def run(self, n: int) -> dict[str, Any]:
-        stub_echo, request, clock = self.stub.Echo, self.request, time.perf_counter_ns
+        return await self.calls(self.stub.Echo, n)
+
+    async def calls(self, stub_echo: Any, n: int) -> dict[str, Any]:
+        request, clock = self.request, time.perf_counter_ns
         rpc_error = self.rpc_error
         lat = [0] * n
         errors = 0

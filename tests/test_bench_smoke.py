@@ -164,6 +164,14 @@ def test_bench_quick_datapath_prints_a_json_summary() -> None:
     assert 0 < final["propagation_median_ms"] <= final["propagation_p99_ms"] < 5_000
     targets = [r for r in rows if r["table"].startswith("target")]
     assert [r["compare"] for r in targets] == ["mesh - direct", "aio_mesh - aio_direct"]
+    # The target is judged on the paired in-process figures (one process per API).
+    paired = {r["variant"]: r for r in rows if r["table"].startswith("paired")}
+    assert set(paired) == {"direct", "mesh", "interceptor", "aio_direct", "aio_mesh"}
+    for row in paired.values():
+        assert row["calls"] == 600 and row["errors"] == 0, row
+    assert final["target_basis"] == "paired in-process"
+    assert final["mesh_p50_us"] == paired["mesh"]["p50_us"]
+    assert final["mesh_added_p50_us"] == targets[0]["added_us"]
     assert any(line.startswith("== datapath: latency") for line in lines)
 
 
