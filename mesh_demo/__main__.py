@@ -77,6 +77,16 @@ class Demo:
         proc.kill()
         proc.wait(10)
 
+    def configure(self, backend: str, fail: str = "") -> None:
+        import grpc
+
+        from mesh.demo.v1 import echo_pb2, echo_pb2_grpc
+
+        with grpc.insecure_channel(backend) as channel:
+            echo_pb2_grpc.EchoServiceStub(channel).Configure(
+                echo_pb2.ConfigureRequest(fail=fail), timeout=5
+            )
+
     def agent_health(self, agent: str) -> None:
         import grpc
 
@@ -113,6 +123,7 @@ class Demo:
             "  outlier_detection: {failure_percentage: {threshold: 50, minimum_hosts: 2}}",
             "  health_check: {interval: 500ms, timeout: 250ms, unhealthy_threshold: 2,"
             " healthy_threshold: 2}",
+            "  circuit_breaker: {consecutive_failures: 4, open_for: 2s, half_open_probes: 1}",
         ]
         path.write_text("\n".join(body) + "\n")
         return path
@@ -157,7 +168,10 @@ def run(demo: Demo, pause: float, duration: float) -> None:
 
     demo.say("describing service 'echo' with one endpoint (alpha)")
     demo.meshctl("apply", "-f", str(demo.write_service(alpha)))
-    demo.say("a client calls xds:///echo through grpcio's own xDS client, fed by the agent")
+    demo.say(
+        "a client calls mesh_channel('echo'): xds:///echo through grpcio's own xDS client, "
+        "fed by the agent, with the node's circuit breaker"
+    )
     demo.spawn(
         "client",
         [
@@ -170,6 +184,7 @@ def run(demo: Demo, pause: float, duration: float) -> None:
             "demo-client",
             "--interval",
             "0.25",
+            "--mesh",
         ],
         show=True,
     )
@@ -184,6 +199,14 @@ def run(demo: Demo, pause: float, duration: float) -> None:
     demo.say("alpha is healthy again: traffic returns")
     alpha_proc.send_signal(signal.SIGUSR2)
     time.sleep(pause)
+    demo.say("both backends fail every call: the node's breaker opens, calls fail fast")
+    for address in (alpha, beta):
+        demo.configure(address, fail="UNAVAILABLE")
+    time.sleep(pause)
+    demo.say("the backends recover: after the open time a probe gets through, the breaker closes")
+    for address in (alpha, beta):
+        demo.configure(address)
+    time.sleep(max(pause, 3.0))
     demo.say("the control server dies (SIGKILL): the node keeps working on the agent's cache")
     demo.kill("control")
     time.sleep(pause)

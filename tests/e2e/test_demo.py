@@ -30,6 +30,11 @@ def test_demo_shows_the_mesh_working(tmp_path: Path) -> None:
     tail = unhealthy.split("agent: endpoint")[0].splitlines()[-4:]
     assert all(" beta " in line for line in tail if "[client]" in line), tail
 
+    tripped = section(out, "both backends fail", "the backends recover")
+    assert "circuit for service 'echo' is open until" in tripped, tripped
+    recovered = section(out, "the backends recover", "control server dies")
+    assert re.search(r"\[client\] call +\d+ +ok", recovered), recovered
+
     outage = section(out, "control server dies", "control server comes back")
     assert "[client]" in outage and "FAIL" not in outage, outage
 
