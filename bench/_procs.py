@@ -3,6 +3,7 @@ stopped (SIGTERM, then SIGKILL) by :class:`Processes` when its ``with`` block en
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -144,3 +145,21 @@ class Processes:
     def stop_all(self) -> None:
         while self.procs:
             self.procs.pop().stop()
+
+
+async def start_ready(
+    procs: Processes, name: str, module: str, *args: str, timeout: float
+) -> tuple[Proc, str]:
+    """Starts a server taking ``--ready-file``; returns it and the first address written."""
+    ready = procs.workdir / f"{name}.ready"
+    ready.unlink(missing_ok=True)
+    proc = procs.python(name, module, *args, "--ready-file", str(ready))
+    deadline = time.monotonic() + timeout
+    while True:
+        if ready.exists() and (text := ready.read_text().strip()):
+            return proc, text.split()[0]
+        if not proc.alive:
+            raise BenchError(f"{name} exited with {proc.popen.returncode}:\n{proc.errors()}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"{name} not ready after {timeout}s:\n{proc.errors()}")
+        await asyncio.sleep(0.01)

@@ -39,7 +39,7 @@ from control.config import load_documents
 from control.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from mesh.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, config_pb2
 
-from . import Options, Row, ratio, section, summary
+from . import Options, Row, _procs, ratio, section, summary
 from ._ads_client import AdsClient
 from ._procs import BenchError, Proc, Processes
 
@@ -104,19 +104,7 @@ def echo_service(port: int) -> config_pb2.Service:
 async def start_ready(
     procs: Processes, name: str, module: str, *args: str, timeout: float = START_TIMEOUT
 ) -> tuple[Proc, str]:
-    """Starts a server taking ``--ready-file``; returns it and the first address written."""
-    ready = procs.workdir / f"{name}.ready"
-    ready.unlink(missing_ok=True)
-    proc = procs.python(name, module, *args, "--ready-file", str(ready))
-    deadline = time.monotonic() + timeout
-    while True:
-        if ready.exists() and (text := ready.read_text().strip()):
-            return proc, text.split()[0]
-        if not proc.alive:
-            raise BenchError(f"{name} exited with {proc.popen.returncode}:\n{proc.errors()}")
-        if time.monotonic() > deadline:
-            raise BenchError(f"{name} not ready after {timeout}s:\n{proc.errors()}")
-        await asyncio.sleep(0.01)
+    return await _procs.start_ready(procs, name, module, *args, timeout=timeout)
 
 
 def agent_args(control: str, socket: Path, state_dir: Path) -> list[str]:

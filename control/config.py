@@ -47,6 +47,13 @@ NANOS_PER_SECOND = 1_000_000_000
 MAX_DURATION = Duration(seconds=86_400)
 """Longest duration any policy field accepts (one day)."""
 
+# Health-check defaults for fields a policy leaves unset. The control server advertises them
+# in Cluster.health_checks and the agent's checker applies them: one definition for both.
+HEALTH_CHECK_INTERVAL_S = 5.0
+HEALTH_CHECK_TIMEOUT_S = 1.0
+HEALTH_CHECK_UNHEALTHY_THRESHOLD = 3
+HEALTH_CHECK_HEALTHY_THRESHOLD = 2
+
 GRPC_STATUS_NAMES: tuple[str, ...] = (
     "CANCELLED",
     "UNKNOWN",

@@ -26,7 +26,6 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import grpc
 import structlog
@@ -37,6 +36,7 @@ from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from control.xds.resources import join_address
 from control.xds.server import AdsServicer, NodeRegistry
 from control.xds.stream import AdsSession, TypeState
 from control.xds.types import ENDPOINT, PUSH_ORDER, SERVICE_POLICY
@@ -78,15 +78,6 @@ class AgentSettings:
     registrations: list[node_pb2.Registration] = field(default_factory=list)
     panic_threshold: float = 0.5
     grace: float = 5.0
-
-
-def _address(socket_address: Any) -> str:
-    host = socket_address.address
-    return (
-        f"[{host}]:{socket_address.port_value}"
-        if ":" in host
-        else (f"{host}:{socket_address.port_value}")
-    )
 
 
 class Agent:
@@ -159,7 +150,7 @@ class Agent:
             assignment = decode(packed, ENDPOINT)
             assert isinstance(assignment, endpoint_pb2.ClusterLoadAssignment)
             addresses = [
-                _address(lb.endpoint.address.socket_address)
+                join_address(lb.endpoint.address.socket_address)
                 for locality in assignment.endpoints
                 for lb in locality.lb_endpoints
             ]

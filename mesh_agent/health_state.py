@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Final, Literal
 
 import structlog
 
+from control import config
+
 if TYPE_CHECKING:
     from mesh.v1 import config_pb2
 
@@ -28,10 +30,10 @@ UNKNOWN: Final = "unknown"
 HEALTHY: Final = "healthy"
 UNHEALTHY: Final = "unhealthy"
 
-DEFAULT_INTERVAL: Final = 5.0
-DEFAULT_TIMEOUT: Final = 1.0
-DEFAULT_UNHEALTHY_THRESHOLD: Final = 3
-DEFAULT_HEALTHY_THRESHOLD: Final = 2
+DEFAULT_INTERVAL: Final = config.HEALTH_CHECK_INTERVAL_S
+DEFAULT_TIMEOUT: Final = config.HEALTH_CHECK_TIMEOUT_S
+DEFAULT_UNHEALTHY_THRESHOLD: Final = config.HEALTH_CHECK_UNHEALTHY_THRESHOLD
+DEFAULT_HEALTHY_THRESHOLD: Final = config.HEALTH_CHECK_HEALTHY_THRESHOLD
 DEFAULT_PANIC_THRESHOLD: Final = 0.5
 DEFAULT_TRANSITION_HISTORY: Final = 100
 

@@ -14,6 +14,7 @@ from envoy.config.core.v3 import base_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from google.protobuf import any_pb2
 
+from control.xds.resources import join_address
 from control.xds.snapshot import Snapshot
 from control.xds.types import ENDPOINT, ResourceName, TypeUrl
 
@@ -33,9 +34,7 @@ def rewrite_health(packed: any_pb2.Any, unhealthy: Mapping[str, str]) -> any_pb2
     packed.Unpack(assignment)
     for locality in assignment.endpoints:
         for lb_endpoint in locality.lb_endpoints:
-            socket = lb_endpoint.endpoint.address.socket_address
-            host = f"[{socket.address}]" if ":" in socket.address else socket.address
-            if f"{host}:{socket.port_value}" in unhealthy:
+            if join_address(lb_endpoint.endpoint.address.socket_address) in unhealthy:
                 lb_endpoint.health_status = health_check_pb2.UNHEALTHY
     return any_pb2.Any(
         type_url=packed.type_url, value=assignment.SerializeToString(deterministic=True)

@@ -33,6 +33,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
+from control import config
 from mesh.v1 import config_pb2
 
 from .types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SERVICE_POLICY, ResourceName, TypeUrl
@@ -48,10 +49,10 @@ LB_POLICIES: Mapping[str, int] = {
     "ring_hash": cluster_pb2.Cluster.RING_HASH,
 }
 # Health-check defaults when a service asks for checks but leaves a field unset.
-_HC_INTERVAL = duration_pb2.Duration(seconds=5)
-_HC_TIMEOUT = duration_pb2.Duration(seconds=1)
-_HC_UNHEALTHY = 3
-_HC_HEALTHY = 2
+_HC_INTERVAL = duration_pb2.Duration(seconds=int(config.HEALTH_CHECK_INTERVAL_S))
+_HC_TIMEOUT = duration_pb2.Duration(seconds=int(config.HEALTH_CHECK_TIMEOUT_S))
+_HC_UNHEALTHY = config.HEALTH_CHECK_UNHEALTHY_THRESHOLD
+_HC_HEALTHY = config.HEALTH_CHECK_HEALTHY_THRESHOLD
 
 
 def _ads() -> config_source_pb2.ConfigSource:
@@ -207,6 +208,13 @@ def split_address(address: str) -> tuple[str, int]:
     """``10.0.0.5:50051`` or ``[::1]:50051`` to host and port (validated beforehand)."""
     host, _, port = address.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+def join_address(socket_address: address_pb2.SocketAddress) -> str:
+    """The inverse of :func:`split_address`: ``host:port``, an IPv6 host in brackets."""
+    host = socket_address.address
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{socket_address.port_value}"
 
 
 def _socket_address(address: str) -> address_pb2.Address:
