@@ -8,6 +8,18 @@ import os
 import sys
 
 import structlog
+from opentelemetry import trace
+
+
+def add_trace_context(
+    logger: object, method: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """Adds ``trace_id`` and ``span_id`` of the span current where the line is written."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event.setdefault("trace_id", format(context.trace_id, "032x"))
+        event.setdefault("span_id", format(context.span_id, "016x"))
+    return event
 
 
 def configure(level: str | None = None, *, json: bool | None = None) -> None:
@@ -23,6 +35,7 @@ def configure(level: str | None = None, *, json: bool | None = None) -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            add_trace_context,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import structlog
 
-from . import __version__
+from . import __version__, telemetry
 from ._logging import configure
 from ._preflight import check_environment
 from .config import parse_duration
@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--server-id", help="identity shown to nodes (default host name + random)")
     serve.add_argument("--log-level", default=None, help="debug, info, warning or error")
+    telemetry.add_arguments(serve)
     return parser
 
 
@@ -71,6 +72,7 @@ async def _serve(args: argparse.Namespace) -> None:
         server_id=args.server_id,
         registration_grace=args.registration_grace,
     )
+    structlog.contextvars.bind_contextvars(server_id=server.server_id)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -88,11 +90,14 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     configure(args.log_level)
     check_environment("mesh-control")
+    otel = telemetry.start("mesh-control", "mesh-control", args.metrics_port, args.metrics_host)
     try:
         asyncio.run(_serve(args))
     except (OSError, ValueError) as error:
         sys.stderr.write(f"mesh-control: {error}\n")
         raise SystemExit(1) from None
+    finally:
+        otel.shutdown()
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """``mesh-agent``: the node agent's command line.
 
 Every flag can also come from ``--config FILE`` (YAML, keys named like the flags with
-underscores: ``control``, ``node_id``, ``zone``, ``socket``, ``listen``, ``state_dir``, plus
-``registrations``: a list of ``{service, address, zone, weight, metadata}``); flags given on
-the command line win.
+underscores: ``control``, ``node_id``, ``zone``, ``socket``, ``listen``, ``state_dir``,
+``metrics_port``, ``metrics_host``, plus ``registrations``: a list of
+``{service, address, zone, weight, metadata}``); flags given on the command line win.
+Telemetry export is set by the standard ``OTEL_*`` variables (see ``control.telemetry``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import structlog
 import yaml
 from google.protobuf import json_format
 
+from control import telemetry
 from control._logging import configure
 from control._preflight import check_environment
 from mesh.v1 import node_pb2
@@ -39,6 +41,8 @@ CONFIG_KEYS = {
     "listen",
     "state_dir",
     "registrations",
+    "metrics_port",
+    "metrics_host",
 }
 
 
@@ -57,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--state-dir", type=Path, help=f"where state persists ({DEFAULT_STATE_DIR})")
     run.add_argument("--ready-file", type=Path, help="write the bound addresses once serving")
     run.add_argument("--log-level", default=None)
+    telemetry.add_arguments(run)
     return parser
 
 
@@ -65,7 +70,8 @@ def _fail(message: str) -> None:
     raise SystemExit(2)
 
 
-def settings_from(args: argparse.Namespace) -> AgentSettings:
+def load_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``--config`` file's settings (empty without one); exits naming what is wrong."""
     config: dict[str, Any] = {}
     if args.config is not None:
         try:
@@ -81,6 +87,11 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
                 f"known are {', '.join(sorted(CONFIG_KEYS))}"
             )
         config = loaded
+    return config
+
+
+def settings_from(args: argparse.Namespace, config: dict[str, Any] | None = None) -> AgentSettings:
+    config = load_config(args) if config is None else config
 
     def pick(name: str, default: Any = None) -> Any:
         value = getattr(args, name, None)
@@ -134,11 +145,21 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     configure(args.log_level)
     check_environment("mesh-agent")
-    settings = settings_from(args)
+    config = load_config(args)
+    settings = settings_from(args, config)
+    structlog.contextvars.bind_contextvars(node_id=settings.node_id)
+    port = args.metrics_port if args.metrics_port is not None else config.get("metrics_port")
+    if port is not None and not isinstance(port, int):
+        _fail(f"{args.config}: metrics_port: expected a port number, got {port!r}")
+    otel = telemetry.start(
+        "mesh-agent", "mesh-agent", port, args.metrics_host or config.get("metrics_host")
+    )
     try:
         asyncio.run(_run(settings, args.ready_file))
     except OSError as error:
         _fail(str(error))
+    finally:
+        otel.shutdown()
 
 
 if __name__ == "__main__":

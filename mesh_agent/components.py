@@ -379,6 +379,9 @@ class Supervisor:
         log.info("components stopped")
 
     async def _supervise(self, slot: _Slot) -> None:
+        # The task has its own context: every line the component (and the tasks it starts)
+        # writes names it.
+        structlog.contextvars.bind_contextvars(component=slot.name)
         loop = asyncio.get_running_loop()
         delays: Iterator[float] = self._backoff.delays()
         while not self._stopping:

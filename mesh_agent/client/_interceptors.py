@@ -1,11 +1,13 @@
-"""Client interceptors: the breaker check before a call and the outcome after it, for all
-four call types; sync ones for ``grpc.intercept_channel`` and asyncio ones (one object per
-arity, since ``grpc.aio`` registers a multi-arity interceptor only for the first it matches).
+"""Client interceptors: the breaker check before a call and the outcome after it, with an
+OpenTelemetry client span and call-duration histogram around it, for all four call types;
+sync ones for ``grpc.intercept_channel`` and asyncio ones (one object per arity, since
+``grpc.aio`` registers a multi-arity interceptor only for the first it matches).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime
 import time
 from collections.abc import Callable
@@ -13,6 +15,9 @@ from typing import Any
 
 import grpc
 import grpc.aio
+from opentelemetry import metrics, trace
+
+from mesh_agent._rpc_telemetry import ClientRpcTelemetry, rpc_method, trace_headers
 
 from ._classify import counts_for_breaker
 from ._link import AgentLink, Decision
@@ -103,14 +108,26 @@ class CircuitOpenError(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[t
         raise self
 
 
-def _finish(link: AgentLink, service: str, started: float, probe: bool) -> Callable[[Any], None]:
-    def done(call: Any) -> None:
-        code = call.code()
-        name = code.name if code is not None else "CANCELLED"
-        if counts_for_breaker(name, call.details()):
-            link.record(service, name, time.perf_counter() - started, probe=probe)
+class _CallDetails(
+    collections.namedtuple(
+        "_CallDetails",
+        ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
+    ),
+    grpc.ClientCallDetails,
+):
+    """Call details with the trace context added to the metadata."""
 
-    return done
+
+def _with_trace(details: Any, span: trace.Span) -> Any:
+    metadata = [*(details.metadata or ()), *trace_headers(span)]
+    return _CallDetails(
+        details.method,
+        details.timeout,
+        metadata,
+        details.credentials,
+        getattr(details, "wait_for_ready", None),
+        getattr(details, "compression", None),
+    )
 
 
 class MeshClientInterceptor(
@@ -120,22 +137,47 @@ class MeshClientInterceptor(
     grpc.StreamStreamClientInterceptor,
 ):
     """For ``grpc.intercept_channel(channel, MeshClientInterceptor(link, "orders"))``: every
-    call on the channel is a call to mesh service ``service``."""
+    call on the channel is a call to mesh service ``service``. Each call is checked against
+    the node's breaker, traced (when a tracer provider is installed), timed into
+    ``rpc.client.call.duration``, and its outcome reported to the agent."""
 
-    def __init__(self, link: AgentLink, service: str) -> None:
+    def __init__(
+        self,
+        link: AgentLink,
+        service: str,
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+    ) -> None:
         self._link = link
         self._service = service
+        self._rpc = ClientRpcTelemetry(service, tracer_provider, meter_provider)
         link.watch(service)
 
     def _intercept(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
         decision, open_until = self._link.decide(self._service)
+        method = rpc_method(details.method)
+        span = self._rpc.start(method, decision.value) if self._rpc.tracing() else None
         if decision is Decision.REJECT:
-            return CircuitOpenError(self._service, open_until)
+            error = CircuitOpenError(self._service, open_until)
+            if span is not None:
+                self._rpc.rejected(span, error.details(), open_until)
+            return error
+        if span is not None:
+            details = _with_trace(details, span)
         started = time.perf_counter()
         call = continuation(details, request)
-        call.add_done_callback(
-            _finish(self._link, self._service, started, decision is Decision.PROBE)
-        )
+        link, service, rpc, probe = self._link, self._service, self._rpc, decision is Decision.PROBE
+
+        def done(finished: Any) -> None:
+            code = finished.code()
+            name = code.name if code is not None else "CANCELLED"
+            text = finished.details() or ""
+            if counts_for_breaker(name, text):
+                link.record(service, name, time.perf_counter() - started, probe=probe)
+            rpc.finish(span, method, started, name, text)
+
+        call.add_done_callback(done)
         return call
 
     def intercept_unary_unary(
@@ -171,25 +213,63 @@ def _aio_rejection(service: str, open_until: float) -> grpc.aio.AioRpcError:
     )
 
 
+def _aio_with_trace(details: Any, span: trace.Span) -> Any:
+    metadata = grpc.aio.Metadata(*(details.metadata or ()), *trace_headers(span))
+    return grpc.aio.ClientCallDetails(
+        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+    )
+
+
 class _AioBase:
-    def __init__(self, link: AgentLink, service: str) -> None:
+    def __init__(
+        self,
+        link: AgentLink,
+        service: str,
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+    ) -> None:
         self._link = link
         self._service = service
+        self._rpc = ClientRpcTelemetry(service, tracer_provider, meter_provider)
         link.watch(service)
 
-    def _decide(self) -> tuple[Decision, float]:
-        return self._link.decide(self._service)
+    def _begin(self, details: Any) -> tuple[Decision, str, trace.Span | None, Any]:
+        """The breaker's decision, the method, the call's span, and the details to send;
+        raises the fast-fail error when the breaker is open."""
+        decision, open_until = self._link.decide(self._service)
+        method = rpc_method(details.method)
+        span = self._rpc.start(method, decision.value) if self._rpc.tracing() else None
+        if decision is Decision.REJECT:
+            error = _aio_rejection(self._service, open_until)
+            if span is not None:
+                self._rpc.rejected(span, error.details() or "", open_until)
+            raise error
+        if span is not None:
+            details = _aio_with_trace(details, span)
+        return decision, method, span, details
 
-    def _on_done(self, started: float, probe: bool) -> Callable[[Any], None]:
-        link, service = self._link, self._service
+    def _outcome(
+        self,
+        span: trace.Span | None,
+        method: str,
+        started: float,
+        probe: bool,
+        code: str,
+        details: str,
+    ) -> None:
+        if counts_for_breaker(code, details):
+            self._link.record(self._service, code, time.perf_counter() - started, probe=probe)
+        self._rpc.finish(span, method, started, code, details)
 
+    def _on_done(
+        self, span: trace.Span | None, method: str, started: float, probe: bool
+    ) -> Callable[[Any], None]:
         def done(call: Any) -> None:
             # aio calls expose their status only through coroutines: read it in a task.
             async def read() -> None:
                 code = await call.code()
-                name = code.name
-                if counts_for_breaker(name, await call.details()):
-                    link.record(service, name, time.perf_counter() - started, probe=probe)
+                self._outcome(span, method, started, probe, code.name, await call.details())
 
             asyncio.get_running_loop().create_task(read())
 
@@ -200,26 +280,19 @@ class AioUnaryUnaryInterceptor(_AioBase, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(
         self, continuation: Any, client_call_details: Any, request: Any
     ) -> Any:
-        decision, open_until = self._decide()
-        if decision is Decision.REJECT:
-            raise _aio_rejection(self._service, open_until)
+        decision, method, span, details = self._begin(client_call_details)
+        probe = decision is Decision.PROBE
         started = time.perf_counter()
-        call = await continuation(client_call_details, request)
+        call = await continuation(details, request)
         try:
             await call
         except grpc.aio.AioRpcError as error:
-            name = error.code().name
-            if counts_for_breaker(name, error.details()):
-                self._link.record(
-                    self._service,
-                    name,
-                    time.perf_counter() - started,
-                    probe=decision is Decision.PROBE,
-                )
+            self._outcome(span, method, started, probe, error.code().name, error.details() or "")
             raise
-        self._link.record(
-            self._service, "OK", time.perf_counter() - started, probe=decision is Decision.PROBE
-        )
+        except asyncio.CancelledError:
+            self._outcome(span, method, started, probe, "CANCELLED", "")
+            raise
+        self._outcome(span, method, started, probe, "OK", "")
         return call
 
 
@@ -228,12 +301,10 @@ class _AioStreaming(_AioBase):
     their outcome is read when they are done."""
 
     async def _intercept(self, continuation: Any, details: Any, request: Any) -> Any:
-        decision, open_until = self._decide()
-        if decision is Decision.REJECT:
-            raise _aio_rejection(self._service, open_until)
+        decision, method, span, details = self._begin(details)
         started = time.perf_counter()
         call = await continuation(details, request)
-        call.add_done_callback(self._on_done(started, decision is Decision.PROBE))
+        call.add_done_callback(self._on_done(span, method, started, decision is Decision.PROBE))
         return call
 
 
@@ -258,11 +329,21 @@ class AioStreamStreamInterceptor(_AioStreaming, grpc.aio.StreamStreamClientInter
         return await self._intercept(continuation, client_call_details, request_iterator)
 
 
-def aio_interceptors(link: AgentLink, service: str) -> list[grpc.aio.ClientInterceptor]:
+def aio_interceptors(
+    link: AgentLink,
+    service: str,
+    *,
+    tracer_provider: trace.TracerProvider | None = None,
+    meter_provider: metrics.MeterProvider | None = None,
+) -> list[grpc.aio.ClientInterceptor]:
     """One interceptor per arity, for ``grpc.aio.insecure_channel(..., interceptors=...)``."""
+    kinds = (
+        AioUnaryUnaryInterceptor,
+        AioUnaryStreamInterceptor,
+        AioStreamUnaryInterceptor,
+        AioStreamStreamInterceptor,
+    )
     return [
-        AioUnaryUnaryInterceptor(link, service),
-        AioUnaryStreamInterceptor(link, service),
-        AioStreamUnaryInterceptor(link, service),
-        AioStreamStreamInterceptor(link, service),
+        kind(link, service, tracer_provider=tracer_provider, meter_provider=meter_provider)
+        for kind in kinds
     ]

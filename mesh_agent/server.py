@@ -1,0 +1,248 @@
+"""Server interceptors for backends in the mesh, sync and asyncio, for all four call types.
+
+    server = grpc.server(executor, interceptors=[MeshServerInterceptor()])
+    server = grpc.aio.server(interceptors=[AioMeshServerInterceptor()])
+
+Each call gets an OpenTelemetry server span, continuing the caller's trace from the W3C
+trace context in its metadata, current while the handler runs (so log lines written in the
+handler carry its ``trace_id`` and ``span_id``), and is timed into
+``rpc.server.call.duration``. With no tracer provider installed only the histogram is
+recorded.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import grpc
+import grpc.aio
+from opentelemetry import metrics, trace
+
+from ._rpc_telemetry import ServerCall, ServerRpcTelemetry, rpc_method, status_of
+
+__all__ = ["AioMeshServerInterceptor", "MeshServerInterceptor"]
+
+_KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+_FACTORIES = {
+    "unary_unary": grpc.unary_unary_rpc_method_handler,
+    "unary_stream": grpc.unary_stream_rpc_method_handler,
+    "stream_unary": grpc.stream_unary_rpc_method_handler,
+    "stream_stream": grpc.stream_stream_rpc_method_handler,
+}
+
+
+def _kind(handler: grpc.RpcMethodHandler[Any, Any]) -> str:
+    for kind in _KINDS:
+        if getattr(handler, kind) is not None:
+            return kind
+    raise ValueError("method handler without a behavior")
+
+
+def _rebuild(
+    handler: grpc.RpcMethodHandler[Any, Any], kind: str, behavior: Any
+) -> grpc.RpcMethodHandler[Any, Any]:
+    return _FACTORIES[kind](
+        behavior,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+# -- sync ---------------------------------------------------------------------------------------
+
+
+def _sync_unary_response(
+    telemetry: ServerRpcTelemetry, method: str, behavior: Callable[..., Any]
+) -> Callable[..., Any]:
+    def handle(request: Any, context: grpc.ServicerContext) -> Any:
+        call = telemetry.call(method, context.invocation_metadata(), context.peer())
+        token = call.enter()
+        try:
+            response = behavior(request, context)
+        except BaseException as error:
+            call.finish(*status_of(context, error))
+            raise
+        finally:
+            call.exit(token)
+        call.finish(*status_of(context, None))
+        return response
+
+    return handle
+
+
+def _sync_stream_response(
+    telemetry: ServerRpcTelemetry, method: str, behavior: Callable[..., Iterator[Any]]
+) -> Callable[..., Iterator[Any]]:
+    def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        call = telemetry.call(method, context.invocation_metadata(), context.peer())
+        return _traced_iterator(call, context, lambda: behavior(request, context))
+
+    return handle
+
+
+def _traced_iterator(
+    call: ServerCall, context: grpc.ServicerContext, start: Callable[[], Iterator[Any]]
+) -> Iterator[Any]:
+    """Runs the handler's generator with the call's span current for each step (never across
+    a ``yield``, so an abandoned stream cannot leave a context attached)."""
+    error: BaseException | None = None
+    try:
+        token = call.enter()
+        try:
+            responses = iter(start())
+        finally:
+            call.exit(token)
+        yield from _stepwise(call, responses)
+    except BaseException as raised:
+        error = raised
+        raise
+    finally:
+        if isinstance(error, GeneratorExit):
+            call.finish("CANCELLED", "stream closed before it ended")
+        else:
+            call.finish(*status_of(context, error))
+
+
+def _stepwise(call: ServerCall, responses: Iterator[Any]) -> Iterator[Any]:
+    while True:
+        token = call.enter()
+        try:
+            response = next(responses)
+        except StopIteration:
+            return
+        finally:
+            call.exit(token)
+        yield response
+
+
+class MeshServerInterceptor(grpc.ServerInterceptor):
+    """For ``grpc.server(..., interceptors=[MeshServerInterceptor()])``."""
+
+    def __init__(
+        self,
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+    ) -> None:
+        self._telemetry = ServerRpcTelemetry(tracer_provider, meter_provider)
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        kind = _kind(handler)
+        method = rpc_method(handler_call_details.method)
+        behavior = getattr(handler, kind)
+        if kind.endswith("_stream"):
+            wrapped = _sync_stream_response(self._telemetry, method, behavior)
+        else:
+            wrapped = _sync_unary_response(self._telemetry, method, behavior)
+        return _rebuild(handler, kind, wrapped)
+
+
+# -- asyncio ------------------------------------------------------------------------------------
+
+
+def _aio_coroutine(
+    telemetry: ServerRpcTelemetry, method: str, behavior: Callable[..., Awaitable[Any]]
+) -> Callable[..., Awaitable[Any]]:
+    """Unary-response handlers, and streaming ones written with ``context.write()``."""
+
+    async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        call = telemetry.call(method, context.invocation_metadata(), context.peer())
+        token = call.enter()
+        try:
+            response = behavior(request, context)
+            if inspect.isawaitable(response):
+                response = await response
+        except BaseException as error:
+            call.finish(*status_of(context, error))
+            raise
+        finally:
+            call.exit(token)
+        call.finish(*status_of(context, None))
+        return response
+
+    return handle
+
+
+def _aio_generator(
+    telemetry: ServerRpcTelemetry, method: str, behavior: Callable[..., Any]
+) -> Callable[..., AsyncIterator[Any]]:
+    """Streaming-response handlers written as generators (async, or plain ones, which
+    ``grpc.aio`` also accepts)."""
+
+    async def handle(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        call = telemetry.call(method, context.invocation_metadata(), context.peer())
+        error: BaseException | None = None
+        try:
+            token = call.enter()
+            try:
+                responses = behavior(request, context)
+            finally:
+                call.exit(token)
+            if not hasattr(responses, "__aiter__"):
+                for response in _stepwise(call, iter(responses)):
+                    yield response
+                return
+            stream = responses.__aiter__()
+            while True:
+                token = call.enter()
+                try:
+                    response = await stream.__anext__()
+                except StopAsyncIteration:
+                    return
+                finally:
+                    call.exit(token)
+                yield response
+        except BaseException as raised:
+            error = raised
+            raise
+        finally:
+            if isinstance(error, GeneratorExit):
+                call.finish("CANCELLED", "stream closed before it ended")
+            else:
+                call.finish(*status_of(context, error))
+
+    return handle
+
+
+class AioMeshServerInterceptor(grpc.aio.ServerInterceptor):
+    """For ``grpc.aio.server(interceptors=[AioMeshServerInterceptor()])``."""
+
+    def __init__(
+        self,
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+    ) -> None:
+        self._telemetry = ServerRpcTelemetry(tracer_provider, meter_provider)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        kind = _kind(handler)
+        method = rpc_method(handler_call_details.method)
+        behavior = getattr(handler, kind)
+        if kind.endswith("_stream") and (
+            inspect.isasyncgenfunction(behavior) or inspect.isgeneratorfunction(behavior)
+        ):
+            wrapped: Any = _aio_generator(self._telemetry, method, behavior)
+        else:
+            wrapped = _aio_coroutine(self._telemetry, method, behavior)
+        return _rebuild(handler, kind, wrapped)
