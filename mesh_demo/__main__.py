@@ -1,14 +1,19 @@
 """``make demo``: a working mesh on the embedded file store, narrated.
 
-Starts mesh-control, two echo backends and a client that calls ``xds:///echo`` through
-grpcio's own xDS client, then changes the config with ``meshctl`` while the client's calls
-scroll by: one endpoint, then two (traffic spreads), a bad hand edit in the store directory
-(reported, ignored), then the service deleted and re-created. Ctrl-C stops everything.
+Starts mesh-control, a mesh-agent, two echo backends and a client that calls ``xds:///echo``
+through grpcio's own xDS client, then changes the config with ``meshctl`` while the client's
+calls scroll by, one timestamped line each: one endpoint, then two (traffic spreads), one
+reporting NOT_SERVING, one stopped and restarted, both failing (the breaker opens and closes),
+a control-server outage, a bad hand edit in the store directory (reported, ignored), then the
+service deleted and re-created. The agent's breaker and endpoint-health transitions are read
+from its log and shown as they happen. Ctrl-C stops everything.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import os
 import shutil
 import signal
@@ -18,8 +23,82 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import IO, Any
+
+from mesh_demo.client import clock
 
 ROOT = Path(__file__).resolve().parent.parent
+
+BREAKER_EVENTS = frozenset({"circuit opened", "circuit changed"})
+HEALTH_EVENT = "endpoint health changed"
+PANIC_EVENT = "health panic"
+PANIC_OVER_EVENT = "health panic over"
+REASON_MAX = 60
+"""Health-check reasons longer than this are shortened in the narration."""
+
+
+def _words(value: object) -> str:
+    return str(value).replace("_", " ") if value else "?"
+
+
+def _state(value: object) -> str:
+    return str(value).replace("_", "-") if value else "?"
+
+
+def _reason(value: object) -> str:
+    """A health check's failure reason, cut to its status code and last part when long
+    (``UNAVAILABLE: failed to connect ...: Connection refused`` -> ``UNAVAILABLE: Connection
+    refused``); the agent's log keeps the whole text."""
+    text = str(value or "?")
+    if len(text) <= REASON_MAX:
+        return text
+    code, _, rest = text.partition(": ")
+    tail = rest.rsplit(": ", 1)[-1]
+    short = f"{code}: {tail}" if tail else code
+    return short if len(short) <= REASON_MAX else short[: REASON_MAX - 3] + "..."
+
+
+def _log_time(entry: dict[str, Any]) -> float:
+    try:
+        return datetime.datetime.fromisoformat(str(entry.get("timestamp"))).timestamp()
+    except ValueError:
+        return time.time()
+
+
+def narrate(line: str) -> str | None:
+    """The narration for one agent JSON log line: breaker and endpoint-health transitions and
+    health panics, as ``HH:MM:SS.mmm  text``; None for every other line."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(entry, dict):
+        return None
+    event = str(entry.get("event", ""))
+    service = entry.get("service", "?")
+    if event in BREAKER_EVENTS:
+        text = (
+            f"breaker {service}: {_state(entry.get('old'))} -> {_state(entry.get('new'))}"
+            f" ({_words(entry.get('reason'))})"
+        )
+        until = entry.get("open_until")
+        if entry.get("new") == "open" and isinstance(until, int | float):
+            text += f", open until {clock(until)}"
+    elif event == HEALTH_EVENT:
+        text = (
+            f"endpoint {service} {entry.get('address', '?')}: {entry.get('old', '?')} ->"
+            f" {entry.get('new', '?')} ({_reason(entry.get('reason'))})"
+        )
+    elif event.startswith(PANIC_OVER_EVENT):
+        text = f"health panic over for {service}: health checks applied again"
+    elif event.startswith(PANIC_EVENT):
+        statuses = entry.get("statuses")
+        text = f"health panic for {service}: too few usable endpoints, health checks ignored"
+        if isinstance(statuses, dict) and statuses:
+            text += " (" + ", ".join(f"{a} {s}" for a, s in statuses.items()) + ")"
+    else:
+        return None
+    return f"{clock(_log_time(entry))}  {text}"
 
 
 class Demo:
@@ -30,37 +109,77 @@ class Demo:
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
         self.env.setdefault("MESH_LOG_FORMAT", "json")
         self.env.setdefault("MESH_LOG_LEVEL", "warning")
+        # A followed child logs JSON at info (or debug, if asked), so its transitions show.
+        debug = self.env["MESH_LOG_LEVEL"].lower() == "debug"
+        self.follow_env = {
+            **self.env,
+            "MESH_LOG_FORMAT": "json",
+            "MESH_LOG_LEVEL": "debug" if debug else "info",
+        }
         self.control = ""
+        self.stopping = False
+        self._out = threading.Lock()
 
-    def say(self, text: str) -> None:
-        sys.stdout.write(f"\n==> {text}\n")
-        sys.stdout.flush()
-
-    def _pipe(self, name: str, stream: object) -> None:
-        for raw in iter(stream.readline, b""):  # type: ignore[attr-defined]
-            sys.stdout.write(f"[{name}] {raw.decode(errors='replace')}")
+    def out(self, text: str, *, narration: bool = False) -> None:
+        """Writes whole lines to stdout, never interleaved with another thread's; narration
+        stops once the demo is stopping."""
+        if text and not text.endswith("\n"):
+            text += "\n"
+        with self._out:
+            if narration and self.stopping:
+                return
+            sys.stdout.write(text)
             sys.stdout.flush()
 
+    def say(self, text: str) -> None:
+        self.out(f"\n==> {text}")
+
+    def _pipe(self, name: str, stream: IO[bytes]) -> None:
+        for raw in iter(stream.readline, b""):
+            self.out(f"[{name}] {raw.decode(errors='replace')}")
+
+    def _follow(self, name: str, stream: IO[bytes], log: IO[bytes]) -> None:
+        """Copies a child's log to its file and narrates its transitions until it exits; a
+        line it cannot narrate is skipped, so the pipe is always drained."""
+        with log:
+            for raw in iter(stream.readline, b""):
+                log.write(raw)
+                log.flush()
+                try:
+                    line = narrate(raw.decode(errors="replace"))
+                except (TypeError, ValueError, OverflowError, OSError):
+                    line = None
+                if line is not None:
+                    self.out(f"[{name}]{' ' * max(1, 7 - len(name))}{line}", narration=True)
+
     def spawn(
-        self, name: str, args: Sequence[str], *, show: bool = False
+        self, name: str, args: Sequence[str], *, show: bool = False, follow: bool = False
     ) -> subprocess.Popen[bytes]:
-        log = (self.workdir / f"{name}.log").open("wb")
+        """Starts ``python -m ARGS``; ``show`` prints its stdout, ``follow`` narrates its log.
+        The log (stderr) always goes to ``WORKDIR/NAME.log``."""
+        log = (self.workdir / f"{name}.log").open("ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", *args],
             stdout=subprocess.PIPE if show else log,
-            stderr=log,
-            env=self.env,
+            stderr=subprocess.PIPE if follow else log,
+            env=self.follow_env if follow else self.env,
         )
         self.procs.append(proc)
         self.named[name] = proc
         if show:
+            assert proc.stdout is not None
             threading.Thread(target=self._pipe, args=(name, proc.stdout), daemon=True).start()
+        if follow:
+            assert proc.stderr is not None
+            threading.Thread(
+                target=self._follow, args=(name, proc.stderr, log), daemon=True
+            ).start()
         return proc
 
-    def ready(self, name: str, args: Sequence[str]) -> str:
+    def ready(self, name: str, args: Sequence[str], *, follow: bool = False) -> str:
         ready = self.workdir / f"{name}.ready"
         ready.unlink(missing_ok=True)
-        proc = self.spawn(name, [*args, "--ready-file", str(ready)])
+        proc = self.spawn(name, [*args, "--ready-file", str(ready)], follow=follow)
         deadline = time.monotonic() + 30
         while not ready.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -68,14 +187,26 @@ class Demo:
             time.sleep(0.05)
         return ready.read_text().strip()
 
-    def backend(self, name: str) -> tuple[subprocess.Popen[bytes], str]:
-        address = self.ready(name, ["mesh_demo.backend", "--name", name])
+    def backend(
+        self, name: str, listen: str = "127.0.0.1:0"
+    ) -> tuple[subprocess.Popen[bytes], str]:
+        address = self.ready(name, ["mesh_demo.backend", "--name", name, "--listen", listen])
         return self.named[name], address
 
     def kill(self, name: str) -> None:
         proc = self.named[name]
         proc.kill()
         proc.wait(10)
+
+    def terminate(self, name: str) -> None:
+        """SIGTERM, then waits for the process to exit."""
+        proc = self.named[name]
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
     def configure(self, backend: str, fail: str = "") -> None:
         import grpc
@@ -87,7 +218,7 @@ class Demo:
                 echo_pb2.ConfigureRequest(fail=fail), timeout=5
             )
 
-    def agent_health(self, agent: str) -> None:
+    def _endpoint_health(self, agent: str) -> list[tuple[str, str, str]]:
         import grpc
 
         from mesh.v1 import agent_pb2, agent_pb2_grpc
@@ -96,13 +227,26 @@ class Demo:
             status = agent_pb2_grpc.AgentServiceStub(channel).GetAgentStatus(
                 agent_pb2.GetAgentStatusRequest(), timeout=5
             )
-        for endpoint in status.endpoint_health:
-            sys.stdout.write(
-                f"agent: endpoint {endpoint.service}/{endpoint.address} is {endpoint.state}\n"
+        return [(e.service, e.address, e.state) for e in status.endpoint_health]
+
+    def agent_health(self, agent: str) -> None:
+        self.out(
+            "".join(
+                f"agent: endpoint {service}/{address} is {state}\n"
+                for service, address, state in self._endpoint_health(agent)
             )
+        )
+
+    def wait_health(self, agent: str, address: str, state: str, timeout: float = 15) -> None:
+        """Waits (at most ``timeout`` seconds) until the agent reports ``address`` in ``state``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(a == address and s == state for _, a, s in self._endpoint_health(agent)):
+                return
+            time.sleep(0.1)
 
     def meshctl(self, *args: str) -> None:
-        sys.stdout.write(f"$ meshctl {' '.join(args)}\n")
+        self.out(f"$ meshctl {' '.join(args)}")
         result = subprocess.run(
             [sys.executable, "-m", "control.meshctl", "--control", self.control, *args],
             env=self.env,
@@ -110,8 +254,7 @@ class Demo:
             text=True,
             check=False,
         )
-        sys.stdout.write(result.stdout + result.stderr)
-        sys.stdout.flush()
+        self.out(result.stdout + result.stderr)
 
     def write_service(self, *addresses: str) -> Path:
         path = self.workdir / "echo.yaml"
@@ -129,6 +272,9 @@ class Demo:
         return path
 
     def stop(self) -> None:
+        with self._out:
+            self.stopping = True
+        self.say("stopping")
         for proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -144,7 +290,7 @@ def run(demo: Demo, pause: float, duration: float) -> None:
     demo.say(f"starting mesh-control on the file store {store}")
     control_args = ["control", "serve", "--listen", "127.0.0.1:0", "--store", f"file:{store}"]
     demo.control = demo.ready("control", control_args)
-    print(f"mesh-control serving on {demo.control}")
+    demo.out(f"mesh-control serving on {demo.control}")
     socket_path = demo.workdir / "agent.sock"
     agent = demo.ready(
         "agent",
@@ -160,11 +306,12 @@ def run(demo: Demo, pause: float, duration: float) -> None:
             "--state-dir",
             str(demo.workdir / "agent-state"),
         ],
+        follow=True,
     )
-    print(f"mesh-agent serving the node on {agent}")
+    demo.out(f"mesh-agent serving the node on {agent}; its transitions show as [agent] lines")
     alpha_proc, alpha = demo.backend("alpha")
     _, beta = demo.backend("beta")
-    print(f"backends: alpha on {alpha}, beta on {beta}")
+    demo.out(f"backends: alpha on {alpha}, beta on {beta}")
 
     demo.say("describing service 'echo' with one endpoint (alpha)")
     demo.meshctl("apply", "-f", str(demo.write_service(alpha)))
@@ -198,6 +345,14 @@ def run(demo: Demo, pause: float, duration: float) -> None:
     demo.agent_health(agent)
     demo.say("alpha is healthy again: traffic returns")
     alpha_proc.send_signal(signal.SIGUSR2)
+    time.sleep(pause)
+    demo.say("beta is stopped (SIGTERM): its health checks fail, traffic moves to alpha")
+    demo.terminate("beta")
+    demo.wait_health(agent, beta, "unhealthy")
+    time.sleep(pause)
+    demo.say(f"beta starts again on {beta}: the checks mark it healthy, traffic spreads again")
+    demo.backend("beta", listen=beta)
+    demo.wait_health(agent, beta, "healthy")
     time.sleep(pause)
     demo.say("both backends fail every call: the node's breaker opens, calls fail fast")
     for address in (alpha, beta):
@@ -251,7 +406,6 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        demo.say("stopping")
         demo.stop()
 
 

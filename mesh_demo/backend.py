@@ -15,8 +15,10 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from control import telemetry
 from control._logging import configure
 from mesh.demo.v1 import echo_pb2, echo_pb2_grpc
+from mesh_agent.server import AioMeshServerInterceptor
 
 log = structlog.get_logger("mesh_demo.backend")
 SERVICE = echo_pb2.DESCRIPTOR.services_by_name["EchoService"].full_name
@@ -33,6 +35,7 @@ class Echo(echo_pb2_grpc.EchoServiceServicer):
         self, request: echo_pb2.EchoRequest, context: grpc.aio.ServicerContext
     ) -> echo_pb2.EchoResponse:
         self.calls += 1
+        log.info("echo", name=self.name, fail=self.fail or None)
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.fail:
@@ -66,7 +69,7 @@ class Echo(echo_pb2_grpc.EchoServiceServicer):
 
 
 async def serve(args: argparse.Namespace) -> None:
-    server = grpc.aio.server()
+    server = grpc.aio.server(interceptors=[AioMeshServerInterceptor()])
     echo_pb2_grpc.add_EchoServiceServicer_to_server(Echo(args.name, args.fail, args.delay), server)
     checker = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)
@@ -118,7 +121,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
     args = parser.parse_args(argv)
     configure()
-    asyncio.run(serve(args))
+    otel = telemetry.start("mesh-demo backend", f"demo-backend-{args.name}", None, None)
+    try:
+        asyncio.run(serve(args))
+    finally:
+        otel.shutdown()
 
 
 if __name__ == "__main__":

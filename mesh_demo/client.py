@@ -1,5 +1,6 @@
 """A demo client: calls ``xds:///SERVICE`` in a loop and prints each call's outcome, one
-line per call (``--json`` for machines).
+timestamped line per call (``--json`` for machines). Calls the node's open breaker failed
+fast are marked ``circuit open (fail fast)``.
 
 By default it uses grpcio's own xDS client directly (``--xds-server`` names the xDS server);
 with ``--mesh`` it uses :func:`mesh_agent.client.mesh_channel` (``--aio``: the asyncio one),
@@ -17,6 +18,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from control import telemetry
+from control._logging import configure
+
+DETAILS_MAX = 100
+"""Failure details longer than this are cut short in the human-readable lines."""
+
 
 def _record(seq: int, started: float, ok: bool, **fields: Any) -> dict[str, Any]:
     return {
@@ -28,24 +35,49 @@ def _record(seq: int, started: float, ok: bool, **fields: Any) -> dict[str, Any]
     }
 
 
+def clock(t: float) -> str:
+    """Wall-clock time ``t`` as local ``HH:MM:SS.mmm``."""
+    return time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(t * 1000) % 1000:03d}"
+
+
+def _short(details: str | None) -> str:
+    lines = (details or "").splitlines()
+    line = lines[0] if lines else ""
+    return line if len(line) <= DETAILS_MAX else line[: DETAILS_MAX - 3] + "..."
+
+
+def format_record(record: dict[str, Any]) -> str:
+    """One call's outcome as a human-readable line."""
+    head = f"{clock(record['t'])}  call {record['seq']:>4}"
+    if record["ok"]:
+        return f"{head}  ok    {record['backend']:<10} {record['ms']:>8.2f} ms"
+    if record.get("circuit_open"):
+        until = record.get("open_until")
+        outcome = "circuit open (fail fast)"
+        if until is not None:
+            outcome += f", open until {clock(until)}"
+        return f"{head}  FAIL  {record['code']}: {outcome}"
+    return f"{head}  FAIL  {record['code']}: {_short(record['details'])} ({record['ms']:.2f} ms)"
+
+
 def _emit(record: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        line = json.dumps(record)
-    elif record["ok"]:
-        line = f"call {record['seq']:>4}  ok    {record['backend']:<10} {record['ms']:>8} ms"
-    else:
-        line = f"call {record['seq']:>4}  FAIL  {record['code']}: {record['details']}"
+    line = json.dumps(record) if as_json else format_record(record)
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
 
 
 def _failure(error: Any) -> dict[str, Any]:
     trailing = dict(error.trailing_metadata() or ())
-    return {
+    circuit_open = trailing.get("mesh-circuit") == "open"
+    fields: dict[str, Any] = {
         "code": error.code().name,
         "details": error.details(),
-        "circuit_open": trailing.get("mesh-circuit") == "open",
+        "circuit_open": circuit_open,
     }
+    until_ms = trailing.get("mesh-open-until-ms")
+    if circuit_open and until_ms is not None and str(until_ms).isdigit():
+        fields["open_until"] = int(until_ms) / 1000
+    return fields
 
 
 def _wait_for_file(path: Path | None) -> None:
@@ -152,6 +184,8 @@ def main(argv: list[str] | None = None) -> None:
 
         # Must be set before the first xds: channel; grpcio reads it once per process.
         os.environ["GRPC_XDS_BOOTSTRAP_CONFIG"] = bootstrap_json([args.xds_server], args.node_id)
+    configure()  # logs go to stderr: stdout carries only the call lines
+    otel = telemetry.start("mesh-demo client", "demo-client", None, None)
     try:
         if args.aio:
             asyncio.run(run_aio(args))
@@ -159,6 +193,8 @@ def main(argv: list[str] | None = None) -> None:
             run_sync(args)
     except KeyboardInterrupt:
         pass
+    finally:
+        otel.shutdown()
 
 
 if __name__ == "__main__":

@@ -11,9 +11,16 @@ from tests.conftest import run_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
+CLOCK = r"\d\d:\d\d:\d\d\.\d{3}"
+AGENT = rf"\[agent\]  {CLOCK}  "
+
 
 def section(out: str, start: str, end: str) -> str:
     return out.split(start, 1)[1].split(end, 1)[0]
+
+
+def client_calls(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("[client] ")]
 
 
 def test_demo_shows_the_mesh_working(tmp_path: Path) -> None:
@@ -22,24 +29,56 @@ def test_demo_shows_the_mesh_working(tmp_path: Path) -> None:
     )
     out = result.stdout
     assert result.returncode == 0, result.stderr[-2000:]
-    assert re.search(r"\[client\] call +\d+ +ok +alpha", out), out
-    assert re.search(r"\[client\] call +\d+ +ok +beta", out), out
+    ok_line = rf"\[client\] {CLOCK}  call +\d+  ok    %s +\d+\.\d\d ms"
+    assert re.search(ok_line % "alpha", out), out
+    assert re.search(ok_line % "beta", out), out
+    calls = client_calls(out)
+    assert calls and all(re.match(rf"\[client\] {CLOCK}  call +\d+  (ok|FAIL) ", c) for c in calls)
+    found = re.search(r"backends: alpha on (\S+), beta on (\S+)", out)
+    assert found, out
+    alpha, beta = found.groups()
 
     unhealthy = section(out, "alpha reports NOT_SERVING", "alpha is healthy again")
+    assert re.search(
+        AGENT + re.escape(f"endpoint echo {alpha}: healthy -> unhealthy (NOT_SERVING)"), unhealthy
+    ), unhealthy
     assert re.search(r"agent: endpoint echo/\S+ is unhealthy", unhealthy), unhealthy
-    tail = unhealthy.split("agent: endpoint")[0].splitlines()[-4:]
-    assert all(" beta " in line for line in tail if "[client]" in line), tail
+    tail = client_calls(unhealthy.split("agent: endpoint")[0])[-4:]
+    assert tail and all(" beta " in line for line in tail), tail
 
-    tripped = section(out, "both backends fail", "the backends recover")
-    assert "circuit for service 'echo' is open until" in tripped, tripped
+    stopped = section(out, "beta is stopped (SIGTERM)", "beta starts again")
+    down = re.search(AGENT + re.escape(f"endpoint echo {beta}: healthy -> unhealthy ("), stopped)
+    assert down, stopped
+    tail = client_calls(stopped[down.end() :])[-4:]
+    assert tail and all(" ok    alpha " in line for line in tail), tail
+    restarted = section(out, f"beta starts again on {beta}", "both backends fail")
+    up = re.search(
+        AGENT + re.escape(f"endpoint echo {beta}: unhealthy -> healthy (SERVING)"), restarted
+    )
+    assert up, restarted
+    assert re.search(ok_line % "beta", restarted[up.end() :]), restarted
+
+    tripped = section(out, "both backends fail", "control server dies")
+    opened = re.search(
+        AGENT + rf"breaker echo: closed -> open \(consecutive failures\), open until ({CLOCK})",
+        tripped,
+    )
+    assert opened, tripped
+    fast_fail = rf"\[client\] {CLOCK}  call +\d+  FAIL  UNAVAILABLE: circuit open \(fail fast\)"
+    assert re.search(fast_fail + re.escape(f", open until {opened[1]}"), tripped), tripped
+    closed = re.search(
+        AGENT + r"breaker echo: half-open -> closed \(probes succeeded\)", tripped[opened.end() :]
+    )
+    assert closed, tripped
     recovered = section(out, "the backends recover", "control server dies")
-    assert re.search(r"\[client\] call +\d+ +ok", recovered), recovered
+    assert re.search(ok_line % r"\S+", recovered), recovered
 
     outage = section(out, "control server dies", "control server comes back")
     assert "[client]" in outage and "FAIL" not in outage, outage
 
     assert "store problem:" in out and "endpoints[0].address" in out
     after_delete = out.split("deleting the service", 1)[1]
-    assert "FAIL  UNAVAILABLE" in after_delete
+    assert re.search(rf"\[client\] {CLOCK}  call +\d+  FAIL  UNAVAILABLE: ", after_delete)
     after_reapply = after_delete.split("applying it again", 1)[1]
-    assert re.search(r"\[client\] call +\d+ +ok", after_reapply), after_reapply
+    assert re.search(ok_line % r"\S+", after_reapply), after_reapply
+    assert "\n[agent]" not in out.split("==> stopping", 1)[1]
