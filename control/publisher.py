@@ -4,6 +4,7 @@ bursts of changes."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import structlog
 
@@ -26,6 +27,9 @@ class Publisher:
     With ``registrations``, endpoints registered by nodes are merged into the services before
     publishing (:func:`~control.registry.merge_registered`), and a change of them goes
     through the same debounce as a store change.
+
+    Each publication carries the ``time.monotonic()`` of the first change it coalesced
+    (:attr:`~control.xds.snapshot.Snapshot.changed_at`), for the convergence time.
     """
 
     def __init__(
@@ -45,6 +49,7 @@ class Publisher:
         self._services: dict[str, config_pb2.Service] = {}
         self._revision = 0
         self._last_change = 0.0
+        self._first_change: float | None = None
         self._dirty = asyncio.Event()
         self.pushes = 0
 
@@ -69,6 +74,8 @@ class Publisher:
     def mark_dirty(self) -> None:
         """Something the published config is built from changed: publish after the debounce."""
         self._last_change = asyncio.get_running_loop().time()
+        if self._first_change is None:
+            self._first_change = time.monotonic()
         self._dirty.set()
 
     async def _follow(self, after: int) -> None:
@@ -98,7 +105,8 @@ class Publisher:
 
     def _publish(self) -> None:
         services = self.services()
-        self._cache.set_services(self._revision, services)
+        changed_at, self._first_change = self._first_change, None
+        self._cache.set_services(self._revision, services, changed_at)
         self.pushes += 1
         log.info(
             "config published",

@@ -24,6 +24,7 @@ from mesh.v1 import agent_pb2, config_pb2
 
 from .breaker import BreakerBoard, BreakerState, BreakerStatus, Outcome, Transition
 from .cache import ConfigCache, atomic_write, decode
+from .metrics import AgentMetrics, agent_metrics
 
 log = structlog.get_logger(__name__)
 STATE_FILE = "breakers.json"
@@ -62,14 +63,20 @@ class Watcher:
 
 
 class BreakerHub:
-    def __init__(self, state_dir: Path | None) -> None:
+    """``metrics`` (default: the agent's, on the global meter) counts transitions and reports
+    each breaker's state."""
+
+    def __init__(self, state_dir: Path | None, *, metrics: AgentMetrics | None = None) -> None:
         self.state_dir = state_dir
         self.board = BreakerBoard()
         self.watchers: set[Watcher] = set()
         self.transitions: collections.Counter[tuple[str, str]] = collections.Counter()
         self.outcomes_received = 0
         self._wake = asyncio.Event()
+        self._states: dict[str, BreakerState] = {}
+        self.metrics = metrics if metrics is not None else agent_metrics()
         self.board.subscribe(self._on_transition)
+        self.metrics.observe_breakers(self)
 
     # -- policy --------------------------------------------------------------------------------
 
@@ -95,6 +102,7 @@ class BreakerHub:
         for service in set(before) | set(self.board.services()):
             if before.get(service, False) != self.status(service).enabled:
                 self._notify(self.status(service))
+        self._states = self.board.states()
         self._wake.set()
 
     def _notify(self, status: agent_pb2.BreakerStatus) -> None:
@@ -143,6 +151,11 @@ class BreakerHub:
     def statuses(self) -> list[agent_pb2.BreakerStatus]:
         return [self._counted(to_proto(s)) for _, s in sorted(self.board.statuses().items())]
 
+    def breaker_states(self) -> dict[str, BreakerState]:
+        """Each breaker's state as of its last transition or policy change, by service. Safe
+        to call from any thread (a metric reader's): it returns a copy and changes nothing."""
+        return self._states.copy()
+
     def add_watcher(self, services: Iterable[str]) -> Watcher:
         watcher = Watcher(frozenset(services))
         self.watchers.add(watcher)
@@ -160,6 +173,11 @@ class BreakerHub:
 
     def _on_transition(self, transition: Transition) -> None:
         self.transitions[(transition.service, transition.new.value)] += 1
+        self.metrics.breaker_transition(transition)
+        if transition.service in self.board:
+            self._states[transition.service] = transition.new
+        else:
+            self._states.pop(transition.service, None)
         event = "circuit opened" if transition.new is BreakerState.OPEN else "circuit changed"
         log.info(
             event,

@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mesh.v1 import config_pb2
 from mesh_agent.health_state import HealthPolicy, HealthTable
+from mesh_agent.metrics import AgentMetrics, agent_metrics
 
 log = structlog.get_logger(__name__)
 
@@ -66,6 +67,8 @@ class HealthChecker:
     verdicts from :attr:`table`. A check counts as a success only when the endpoint answers
     SERVING; NOT_SERVING, UNKNOWN, SERVICE_UNKNOWN, any RPC error and a timeout are failures.
     A check loop never dies of an error: it logs it and checks again at the next interval.
+    ``metrics`` (default: the agent's, on the global meter) counts every check by result and
+    reports the table's endpoint health.
     """
 
     def __init__(
@@ -74,8 +77,11 @@ class HealthChecker:
         *,
         channel_options: Sequence[tuple[str, int | str]] = DEFAULT_CHANNEL_OPTIONS,
         rng: random.Random | None = None,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.table = table if table is not None else HealthTable()
+        self._metrics = metrics if metrics is not None else agent_metrics()
+        self._metrics.observe_endpoints(self.table)
         self._channel_options = list(channel_options)
         self._rng = rng if rng is not None else random.Random()
         self._targets: dict[tuple[str, str], _Target] = {}
@@ -204,6 +210,7 @@ class HealthChecker:
         while True:
             try:
                 ok, reason = await self._check(target)
+                self._metrics.health_check(target.service, target.address, ok)
                 transition = self.table.record(target.service, target.address, ok)
                 if transition is not None:
                     log.info(

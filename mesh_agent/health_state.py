@@ -262,6 +262,16 @@ class HealthTable:
     def services(self) -> list[str]:
         return list(self._states)
 
+    def endpoint_usability(self) -> list[tuple[str, str, bool]]:
+        """``(service, address, usable)`` of every targeted endpoint, from its raw state (a
+        service in panic still shows its unhealthy endpoints). Safe to call from any thread
+        (a metric reader's): it reads copies and changes nothing."""
+        return [
+            (service, address, state.usable)
+            for service, states in self._states.copy().items()
+            for address, state in states.copy().items()
+        ]
+
     def recent_transitions(self) -> list[Transition]:
         """The most recent transitions, oldest first (bounded by ``history``)."""
         return list(self._transitions)

@@ -26,6 +26,7 @@ from control.backoff import Backoff
 from control.xds.types import PUSH_ORDER, SERVICE_POLICY, ResourceName, TypeUrl, short_name
 
 from .cache import ConfigCache
+from .metrics import AgentMetrics, agent_metrics
 
 log = structlog.get_logger(__name__)
 RECONNECT_BACKOFF = Backoff(base=0.2, cap=5.0)
@@ -52,7 +53,8 @@ class TypeStats:
 
 
 class UpstreamClient:
-    """Event-loop owned. ``want`` may be called at any time; the stream follows."""
+    """Event-loop owned. ``want`` may be called at any time; the stream follows. ``metrics``
+    (default: the agent's, on the global meter) reports :meth:`config_age`."""
 
     def __init__(
         self,
@@ -61,6 +63,7 @@ class UpstreamClient:
         cache: ConfigCache,
         *,
         backoff: Backoff = RECONNECT_BACKOFF,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         if not servers:
             raise ValueError("at least one control server address is needed")
@@ -78,10 +81,24 @@ class UpstreamClient:
         self._on_connect: list[Callable[[str], None]] = []
         self._on_disconnect: list[Callable[[], None]] = []
         self._connected_once = asyncio.Event()
+        self._up_until = 0.0  # wall time the last stream ended; 0: none has
+        (metrics if metrics is not None else agent_metrics()).observe_config_age(self)
 
     @property
     def connected(self) -> bool:
         return bool(self.connected_to)
+
+    def config_age(self) -> float | None:
+        """Seconds the cached config has gone without confirmation from a control server:
+        0 while a stream is up (on a resumed stream the server sends nothing when the
+        versions match, so an open stream is the confirmation), else since a stream was last
+        up or, if none has been, since the cache was written (its state file, on a start
+        from the state dir). None while there is no config. Safe to call from any thread."""
+        if not self.cache.types:
+            return None
+        if self.connected:
+            return 0.0
+        return max(0.0, time.time() - max(self._up_until, self.cache.updated_at))
 
     def on_connect(self, callback: Callable[[str], None]) -> None:
         self._on_connect.append(callback)
@@ -166,6 +183,8 @@ class UpstreamClient:
         finally:
             was_connected = self.connected
             self._queue = None
+            if was_connected:
+                self._up_until = time.time()
             self.connected_to = ""
             if was_connected:
                 for notify in list(self._on_disconnect):

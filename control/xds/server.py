@@ -4,6 +4,7 @@ streams and :class:`~control.xds.stream.AdsSession`; the protocol lives there.""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import grpc
 import structlog
@@ -18,6 +19,9 @@ from ..registry import Registrations
 from .snapshot import SnapshotSource
 from .stream import AdsSession, ProtocolError, TypeState
 from .types import PUSH_ORDER
+
+if TYPE_CHECKING:
+    from ..metrics import XdsMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -149,12 +153,26 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         registry: NodeRegistry,
         server_id: str,
         on_event: Callable[[str, AdsSession, TypeState], None] | None = None,
+        *,
+        metrics: XdsMetrics | None = None,
     ) -> None:
-        """``on_event`` is passed to every session (subscribe, ack, nack, send)."""
+        """``on_event`` is told of every session's events (subscribe, ack, nack, send).
+        ``metrics`` records them; by default as the control server, on the global meter."""
         self._cache = cache
         self._registry = registry
         self._server_id = server_id
         self._on_event = on_event
+        if metrics is None:
+            # Imported here: meshctl imports this module and must start without OpenTelemetry.
+            from ..metrics import CONTROL, XdsMetrics
+
+            metrics = XdsMetrics(CONTROL)
+        self._metrics = metrics
+
+    def _event(self, event: str, session: AdsSession, state: TypeState) -> None:
+        self._metrics.on_event(event, session, state)
+        if self._on_event is not None:
+            self._on_event(event, session, state)
 
     async def StreamAggregatedResources(
         self,
@@ -168,15 +186,17 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             context.write,
             peer=context.peer(),
             server_id=self._server_id,
-            on_event=self._on_event,
+            on_event=self._event,
             on_node=self._registry.node_known,
         )
         self._registry.add(session)
+        self._metrics.stream_opened()
         try:
             await session.run(request_iterator)
         except ProtocolError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         finally:
+            self._metrics.stream_closed()
             self._registry.remove(session)
             if session.node is not None:
                 session.log.info("node disconnected")

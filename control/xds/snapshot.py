@@ -56,11 +56,15 @@ class Snapshot:
     """Everything one group of nodes is served. Owned by the cache; never mutated.
 
     ``revision`` is the store revision it was built from; ``id`` is a hash of its whole
-    content, equal for equal snapshots."""
+    content, equal for equal snapshots. ``changed_at`` is the ``time.monotonic()`` of the
+    earliest config change it was built from (the first of changes coalesced into one
+    publication), or None when it was not built from a change seen by this process (the
+    first load, config the agent relays)."""
 
     revision: int
     resources: Mapping[TypeUrl, Mapping[ResourceName, Resource]]
     id: str = field(default="")
+    changed_at: float | None = field(default=None, compare=False)
 
     @classmethod
     def build(cls, revision: int, built: Resources) -> Snapshot:
@@ -96,7 +100,10 @@ class Snapshot:
 
     @classmethod
     def assemble(
-        cls, revision: int, parts: Iterable[Mapping[TypeUrl, Mapping[ResourceName, Resource]]]
+        cls,
+        revision: int,
+        parts: Iterable[Mapping[TypeUrl, Mapping[ResourceName, Resource]]],
+        changed_at: float | None = None,
     ) -> Snapshot:
         """A snapshot of resources packed and hashed already, e.g. per service."""
         resources: dict[TypeUrl, dict[ResourceName, Resource]] = {}
@@ -109,7 +116,9 @@ class Snapshot:
             resources[type_url] = by_name
             for name, resource in by_name.items():
                 overall.update(f"{type_url}/{name}={resource.digest};".encode())
-        return cls(revision=revision, resources=resources, id=overall.hexdigest())
+        return cls(
+            revision=revision, resources=resources, id=overall.hexdigest(), changed_at=changed_at
+        )
 
 
 class SnapshotSource(Protocol):
@@ -147,6 +156,7 @@ class SnapshotCache:
         self._group_of = group_of
         self._services: list[config_pb2.Service] = []
         self._revision = 0
+        self._changed_at: float | None = None
         self._loaded = False
         self._by_group: dict[GroupKey, Snapshot] = {}
         self._by_id: dict[str, Snapshot] = {}
@@ -165,14 +175,22 @@ class SnapshotCache:
     def loaded(self) -> bool:
         return self._loaded
 
-    def set_services(self, revision: int, services: Iterable[config_pb2.Service]) -> None:
-        """Replaces the config; snapshots are rebuilt on next use and subscribers told."""
+    def set_services(
+        self,
+        revision: int,
+        services: Iterable[config_pb2.Service],
+        changed_at: float | None = None,
+    ) -> None:
+        """Replaces the config; snapshots are rebuilt on next use and subscribers told.
+        ``changed_at`` (``time.monotonic()``) is when the earliest change behind it happened;
+        the snapshots built from it carry it."""
         self._services = sorted(services, key=lambda s: s.name)
         if self._used:
             # Forget the parts of services that are gone or changed since the last build.
             self._memo = {k: v for k, v in self._memo.items() if k in self._used}
             self._used = set()
         self._revision = revision
+        self._changed_at = changed_at
         self._loaded = True
         self._by_group.clear()
         self._by_id.clear()
@@ -184,7 +202,9 @@ class SnapshotCache:
         snapshot = self._by_group.get(key)
         if snapshot is None:
             built = Snapshot.assemble(
-                self._revision, (self._service_resources(svc) for svc in self._services)
+                self._revision,
+                (self._service_resources(svc) for svc in self._services),
+                changed_at=self._changed_at,
             )
             self.builds += 1
             snapshot = self._by_id.setdefault(built.id, built)

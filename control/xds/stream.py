@@ -17,6 +17,12 @@ last nonce, what was sent and what the client ACKed or NACKed, following
 - Names requested before they exist are remembered and pushed when they appear.
 - A first request that carries the version the client already holds (a reconnect) gets no
   response until something changes.
+
+Convergence: when a config change is pushed to a stream already subscribed to the type, the
+ACK of that version sets ``TypeState.converged_in`` to the seconds from the change
+(:attr:`~control.xds.snapshot.Snapshot.changed_at`) to the ACK, once per version. Responses to
+requests (a node connecting or changing its subscription) are not counted, so a node that
+connects late and is sent an old version does not count the time since that old change.
 """
 
 from __future__ import annotations
@@ -77,6 +83,8 @@ class TypeState:
     acked_version: Version = ""
     last_nack: Nack | None = None
     responses: int = 0
+    change_at: float | None = None  # monotonic time of the change pushed, until ACKed
+    converged_in: float | None = None  # set by the ACK of a pushed change: seconds since it
 
     def subscribe(self, names: list[str]) -> None:
         requested = set(names)
@@ -204,9 +212,14 @@ class AdsSession:
                     version=state.sent_version,
                     error=request.error_detail.message,
                 )
+                state.change_at = None
                 self._on_event("nack", self, state)
             else:
                 state.acked_version = request.version_info
+                state.converged_in = None
+                if state.change_at is not None and request.version_info == state.sent_version:
+                    state.converged_in = time.monotonic() - state.change_at
+                    state.change_at = None
                 self._on_event("ack", self, state)
         before = (state.wildcard, set(state.names))
         state.subscribe(list(request.resource_names))
@@ -219,9 +232,13 @@ class AdsSession:
         for type_url in PUSH_ORDER:
             state = self.types.get(type_url)
             if state is not None:
-                await self._respond(state)
+                await self._respond(state, pushed=True)
 
-    async def _respond(self, state: TypeState, resume_version: Version = "") -> None:
+    async def _respond(
+        self, state: TypeState, resume_version: Version = "", *, pushed: bool = False
+    ) -> None:
+        """Sends what ``state`` is missing, if anything. ``pushed``: because the config
+        changed, not because the client asked."""
         if self.node is None or not self._cache.loaded:
             return
         snapshot = self._cache.snapshot_for(self.node)
@@ -254,6 +271,7 @@ class AdsSession:
         )
         response.control_plane.identifier = self._server_id
         state.nonce, state.sent, state.sent_version = nonce, digests, version
+        state.change_at = snapshot.changed_at if pushed else None
         state.responses += 1
         self._on_event("send", self, state)
         await self._send(response)
