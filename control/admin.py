@@ -111,8 +111,12 @@ class AdminServicer(admin_pb2_grpc.MeshAdminServiceServicer):
         self, request: admin_pb2.GetStatusRequest, context: Context
     ) -> admin_pb2.GetStatusResponse:
         nodes = self._registry.node_statuses()
+        registrations = self._registry.registrations
         for node in nodes:
             node.server_id = node.server_id or self._server_id
+            health = registrations.health(node.node_id) if registrations is not None else None
+            if health is not None and not node.HasField("health"):
+                node.health.CopyFrom(health)
         if self._remote_nodes is not None:
             nodes += self._remote_nodes({n.node_id for n in nodes})
         return admin_pb2.GetStatusResponse(

@@ -20,7 +20,7 @@ import grpc
 import yaml
 from google.protobuf import json_format
 
-from mesh.v1 import admin_pb2, admin_pb2_grpc
+from mesh.v1 import admin_pb2, admin_pb2_grpc, node_pb2
 
 from . import __version__
 from ._preflight import check_environment
@@ -42,17 +42,22 @@ def _stub(args: argparse.Namespace) -> admin_pb2_grpc.MeshAdminServiceStub:
     return admin_pb2_grpc.MeshAdminServiceStub(channel)
 
 
+def _error_message(args: argparse.Namespace, error: Any) -> str:
+    """One line saying why a call to mesh-control failed."""
+    code = error.code()
+    trailing: Any = error.trailing_metadata() or ()
+    if any(item[0] == STORE_ERROR for item in trailing):
+        return f"mesh-control at {args.control} cannot reach its store: {error.details()}"
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return f"cannot reach mesh-control at {args.control}: {error.details()}"
+    return f"{code.name.lower().replace('_', ' ')}: {error.details()}"
+
+
 def _call(args: argparse.Namespace, method: Callable[..., Any], request: Any) -> Any:
     try:
         return method(request, timeout=args.timeout)
     except grpc.RpcError as error:
-        code = error.code()
-        trailing: Any = error.trailing_metadata() or ()
-        if any(item[0] == STORE_ERROR for item in trailing):
-            _fail(f"mesh-control at {args.control} cannot reach its store: {error.details()}")
-        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            _fail(f"cannot reach mesh-control at {args.control}: {error.details()}")
-        _fail(f"{code.name.lower().replace('_', ' ')}: {error.details()}")
+        _fail(_error_message(args, error))
 
 
 def _load(path: str) -> list[Any]:
@@ -157,60 +162,212 @@ def cmd_validate(args: argparse.Namespace) -> None:
         _fail("validation failed")
 
 
-def _age(stamp_seconds: int) -> str:
-    seconds = max(0, int(time.time()) - stamp_seconds)
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
 
 
-def cmd_status(args: argparse.Namespace) -> None:
-    response = _call(args, _stub(args).GetStatus, admin_pb2.GetStatusRequest())
-    if args.output == "json":
-        print(
-            json.dumps(
-                json_format.MessageToDict(response, preserving_proto_field_name=True), indent=2
-            )
-        )
-        return
+def _age(stamp_seconds: int) -> str:
+    return _duration(time.time() - stamp_seconds)
+
+
+def _type_state(t: admin_pb2.TypeStatus) -> str:
+    if t.last_nack.message and t.last_nack.version == t.version_sent:
+        return "NACKED"
+    if t.version_sent and t.version_sent == t.version_acked:
+        return "ACKED"
+    if t.version_sent:
+        return "PENDING"
+    return "WAITING"
+
+
+def _by_node(nodes: Sequence[admin_pb2.NodeStatus]) -> dict[str, list[admin_pb2.NodeStatus]]:
+    """The entries of each node id (one per stream, or one without a stream), in order."""
+    grouped: dict[str, list[admin_pb2.NodeStatus]] = {}
+    for node in nodes:
+        grouped.setdefault(node.node_id, []).append(node)
+    return grouped
+
+
+def _config_state(
+    response: admin_pb2.GetStatusResponse, entries: Sequence[admin_pb2.NodeStatus]
+) -> str:
+    """latest (every type sent is ACKed, nothing left to push), NACKED, PENDING or no stream."""
+    streams = [e for e in entries if e.stream_id]
+    if not streams:
+        return "no stream"
+    states = {_type_state(t) for e in streams for t in e.types}
+    if "NACKED" in states:
+        return "NACKED"
+    if "PENDING" in states or response.store_revision != response.snapshot_revision:
+        return "PENDING"
+    return "latest"
+
+
+def _health_of(entries: Sequence[admin_pb2.NodeStatus]) -> node_pb2.NodeHealth | None:
+    return next((e.health for e in entries if e.HasField("health")), None)
+
+
+def _health_text(health: node_pb2.NodeHealth | None) -> str:
+    if health is None:
+        return "-"
+    down = [f"{c.name}: {c.state}" for c in health.components if c.state != "running"]
+    return f"{health.status} ({', '.join(down)})" if down else health.status or "-"
+
+
+def _utc(stamp: Any) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp.seconds))
+
+
+def _one_line(text: str, limit: int = 80) -> str:
+    return text.replace("\n", " ")[:limit]
+
+
+def _status_lines(response: admin_pb2.GetStatusResponse) -> list[str]:
+    """``meshctl status`` as text: the header, the tables, store problems and a summary."""
     streams = sum(1 for node in response.nodes if node.stream_id)
-    print(
+    lines = [
         f"server {response.server_id}: store revision {response.store_revision}, "
         f"serving snapshot of revision {response.snapshot_revision}, "
         f"{streams} node stream(s)"
-    )
+    ]
     rows = [("NODE", "TYPE", "SENT", "ACKED", "STATE", "CONNECTED", "LAST NACK")]
     for node in response.nodes:
         for t in node.types:
-            if t.last_nack.message and t.last_nack.version == t.version_sent:
-                state = "NACKED"
-            elif t.version_sent and t.version_sent == t.version_acked:
-                state = "ACKED"
-            elif t.version_sent:
-                state = "PENDING"
-            else:
-                state = "WAITING"
-            nack = t.last_nack.message.replace("\n", " ")[:80] if t.last_nack.message else "-"
+            nack = _one_line(t.last_nack.message) if t.last_nack.message else "-"
             rows.append(
                 (
                     node.node_id,
                     short_name(t.type_url),
                     t.version_sent or "-",
                     t.version_acked or "-",
-                    state,
+                    _type_state(t),
                     _age(node.connected_since.seconds),
                     nack,
                 )
             )
     if len(rows) > 1:
-        _table(rows)
-    _node_state_tables(response.nodes)
+        lines += _table_lines(rows)
+    lines += _health_tables(response)
+    lines += _node_state_tables(response.nodes)
     for problem in response.store_problems:
-        print(f"store problem: {problem.source}: {problem.message}")
+        lines.append(f"store problem: {problem.source}: {problem.message}")
+    lines += ["", _summary(response)]
+    return lines
 
 
-def _node_state_tables(nodes: Sequence[admin_pb2.NodeStatus]) -> None:
+def _health_tables(response: admin_pb2.GetStatusResponse) -> list[str]:
+    """Per node: config state and agent health; the components not running; the breakers
+    not closed."""
+    nodes = [("NODE", "CONFIG", "HEALTH")]
+    components = [("NODE", "COMPONENT", "STATE", "RESTARTS", "LAST ERROR")]
+    breakers = [("NODE", "SERVICE", "STATE", "OPEN UNTIL", "LEFT", "SINCE", "REASON")]
+    now = time.time()
+    for node_id, entries in _by_node(response.nodes).items():
+        health = _health_of(entries)
+        nodes.append((node_id, _config_state(response, entries), _health_text(health)))
+        if health is None:
+            continue
+        for c in health.components:
+            if c.state != "running":
+                error = _one_line(c.last_error) if c.last_error else "-"
+                components.append((node_id, c.name, c.state, str(c.restarts), error))
+        for b in health.breakers:
+            is_open = b.HasField("open_until")
+            breakers.append(
+                (
+                    node_id,
+                    b.service,
+                    b.state,
+                    _utc(b.open_until) if is_open else "-",
+                    _duration(b.open_until.seconds - now) if is_open else "-",
+                    _age(b.since.seconds) if b.HasField("since") else "-",
+                    b.reason or "-",
+                )
+            )
+    lines: list[str] = []
+    for rows in (nodes, components, breakers):
+        if len(rows) > 1:
+            lines += ["", *_table_lines(rows)]
+    return lines
+
+
+def _summary(response: admin_pb2.GetStatusResponse) -> str:
+    grouped = _by_node(response.nodes)
+    states = {node_id: _config_state(response, e) for node_id, e in grouped.items()}
+    healths = [_health_of(e) for e in grouped.values()]
+    latest = sum(1 for s in states.values() if s == "latest")
+    nacked = sum(1 for s in states.values() if s == "NACKED")
+    streamless = sum(1 for s in states.values() if s == "no stream")
+    not_serving = sum(1 for h in healths if h is not None and h.status != "SERVING")
+    breakers = sum(1 for h in healths if h is not None and h.breakers)
+    return (
+        f"{len(grouped)} node(s): {latest} on the latest config, {nacked} NACKed, "
+        f"{not_serving} not serving, {breakers} with open breakers, {streamless} without a stream"
+    )
+
+
+def _status_json(response: admin_pb2.GetStatusResponse, indent: int | None) -> str:
+    document = json_format.MessageToDict(response, preserving_proto_field_name=True)
+    return json.dumps(document, indent=indent, separators=None if indent else (",", ":"))
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    if args.watch:
+        _watch_status(args)
+        return
+    response = _call(args, _stub(args).GetStatus, admin_pb2.GetStatusRequest())
+    if args.output == "json":
+        print(_status_json(response, indent=2))
+        return
+    print("\n".join(_status_lines(response)))
+
+
+def _watch_status(args: argparse.Namespace) -> None:
+    """Redraws the status every ``args.interval`` seconds until Ctrl-C. On a terminal the
+    screen is cleared first; otherwise each refresh starts with a separator line. With
+    ``-o json``, one compact document per line. An unreachable server is an error line (on
+    stderr with ``-o json``), and the next refresh tries again."""
+    terminal = sys.stdout.isatty()
+    channel: grpc.Channel | None = None
+    try:
+        while True:
+            if channel is None:
+                channel = grpc.insecure_channel(args.control)
+            stub = admin_pb2_grpc.MeshAdminServiceStub(channel)
+            response: admin_pb2.GetStatusResponse | None = None
+            message = ""
+            try:
+                response = stub.GetStatus(admin_pb2.GetStatusRequest(), timeout=args.timeout)
+            except grpc.RpcError as error:
+                message = f"meshctl: {_error_message(args, error)}"
+                channel.close()  # a new channel reconnects at once, without grpc's backoff
+                channel = None
+            if args.output == "json":
+                if response is None:
+                    sys.stderr.write(f"{message}\n")
+                    sys.stderr.flush()
+                else:
+                    sys.stdout.write(f"{_status_json(response, indent=None)}\n")
+            else:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                lines = [f"--- {stamp}, every {args.interval:g}s (Ctrl-C to stop) ---"]
+                lines += [message] if response is None else _status_lines(response)
+                clear = "\x1b[H\x1b[2J" if terminal else ""
+                sys.stdout.write(clear + "\n".join(lines) + "\n")
+            sys.stdout.flush()
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if channel is not None:
+            channel.close()
+
+
+def _node_state_tables(nodes: Sequence[admin_pb2.NodeStatus]) -> list[str]:
     """Registrations per node, and the local clients that rejected config. A node with
     several streams is listed in several NodeStatus entries with the same node state."""
     registered = [("NODE", "SERVICE", "ADDRESS", "DRAINING")]
@@ -225,21 +382,36 @@ def _node_state_tables(nodes: Sequence[admin_pb2.NodeStatus]) -> None:
         for c in node.local_clients:
             if not c.nack_message:
                 continue
-            message = c.nack_message.replace("\n", " ")[:80]
+            message = _one_line(c.nack_message)
             nack = f"{c.nack_version}: {message}" if c.nack_version else message
             nacks.append((node.node_id, c.client_id or "-", short_name(c.type_url), nack))
+    lines: list[str] = []
     for rows in (registered, nacks):
         if len(rows) > 1:
-            print()
-            _table(rows)
+            lines += ["", *_table_lines(rows)]
+    return lines
+
+
+def _table_lines(rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
 
 
 def _table(rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )
+    print("\n".join(_table_lines(rows)))
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -278,8 +450,27 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("-f", "--file", required=True, action="append", help="file or directory")
     validate.set_defaults(func=cmd_validate)
 
-    status = sub.add_parser("status", help="connected nodes: what each was sent and ACKed")
+    status = sub.add_parser(
+        "status",
+        help="nodes: what each was sent and ACKed, agent health, open breakers",
+        description=(
+            "Per node: versions sent and ACKed per type, last NACK, the agent's health and "
+            "the breakers not closed; a last line sums it up. A node is on the latest config "
+            "when every type sent is ACKed and the store revision is served; NACKed counts "
+            "nodes whose own stream rejected the version sent (local processes' NACKs are "
+            "listed in their own table)."
+        ),
+    )
     status.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    status.add_argument(
+        "-w", "--watch", action="store_true", help="redraw until Ctrl-C (-o json: one per line)"
+    )
+    status.add_argument(
+        "--interval",
+        type=_positive_seconds,
+        default=2.0,
+        help="seconds between refreshes with --watch (default %(default)s)",
+    )
     status.set_defaults(func=cmd_status)
     return parser
 

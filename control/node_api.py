@@ -43,8 +43,18 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         self, request: node_pb2.ReportClientStatusRequest, context: Context
     ) -> node_pb2.ReportClientStatusResponse:
         try:
-            self._registrations.report_clients(request.node_id, list(request.clients))
+            self._registrations.report_clients(
+                request.node_id,
+                list(request.clients),
+                request.health if request.HasField("health") else None,
+            )
         except RegistrationError as error:
+            log.warning(
+                "client status refused",
+                node=request.node_id,
+                peer=context.peer(),
+                problems=error.problems,
+            )
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
             raise
         return node_pb2.ReportClientStatusResponse()

@@ -1,5 +1,6 @@
-"""Endpoints registered by node agents, and what their local clients reported: soft state
-owned by the agents, kept by mesh-control only while the node is around.
+"""Endpoints registered by node agents, what their local clients reported and the agents'
+own health: soft state owned by the agents, kept by mesh-control only while the node is
+around.
 
 Plain state with no grpc import (DESIGN.md, decision 5): :class:`Registrations` takes events
 (a node's set of registrations, a stream connected or ended, a grace timer) and tells its
@@ -8,9 +9,9 @@ the ADS servicer) only feeds it and reads it.
 
 Liveness: a node's registrations are kept while the node has at least one ADS stream to this
 server. When its last stream ends, a grace timer starts; a new stream of the node before it
-fires cancels it, otherwise the node's registrations (and client reports) are dropped. A node
-that registers without any stream gets the same grace to connect one. Nothing survives a
-restart of the server: agents send their full set again when they reconnect.
+fires cancels it, otherwise the node's registrations (and client and health reports) are
+dropped. A node that registers without any stream gets the same grace to connect one. Nothing
+survives a restart of the server: agents send their full set again when they reconnect.
 
 Identity: a request names its node and touches only that node's set, but nothing checks yet
 that the caller *is* that node. That check comes with mTLS, where the node id will be taken
@@ -36,6 +37,7 @@ log = structlog.get_logger(__name__)
 DEFAULT_GRACE = 30.0
 MAX_REGISTRATIONS_PER_NODE = 10_000
 MAX_CLIENTS_PER_NODE = 10_000
+MAX_HEALTH_ENTRIES = 10_000
 MAX_NODE_ID_LENGTH = 1024
 
 # validate_service's field paths for a one-endpoint service, in Registration terms.
@@ -125,14 +127,20 @@ def _serialized(
 class _Node:
     registrations: list[node_pb2.Registration] = field(default_factory=list)
     clients: list[node_pb2.LocalClientStatus] = field(default_factory=list)
+    health: node_pb2.NodeHealth | None = None
     streams: int = 0
     timer: asyncio.TimerHandle | None = None
     # The node has sent its set (possibly empty) since it last connected to this server.
     reported: bool = False
 
     @property
+    def has_state(self) -> bool:
+        """Whether the node sent anything that outlives its streams for the grace."""
+        return bool(self.registrations or self.clients or self.health is not None)
+
+    @property
     def empty(self) -> bool:
-        return not self.registrations and not self.clients and self.streams == 0
+        return not self.has_state and self.streams == 0
 
 
 class RegistrationSource(Protocol):
@@ -145,8 +153,9 @@ class RegistrationSource(Protocol):
 
 
 class Registrations:
-    """Per node: its registrations, its local clients' status, and how many ADS streams it
-    has to this server. Lives on the event loop of the control server; not thread-safe.
+    """Per node: its registrations, its local clients' status, its agent's health, and how
+    many ADS streams it has to this server. Lives on the event loop of the control server; not
+    thread-safe.
 
     ``grace`` is how long a node's state outlives its last stream (seconds). Listeners added
     with :meth:`subscribe` are plain callables run synchronously whenever the registered
@@ -206,17 +215,32 @@ class Registrations:
         self._forget_if_empty(node_id)
         return len(new)
 
-    def report_clients(self, node_id: str, clients: Sequence[node_pb2.LocalClientStatus]) -> None:
-        """Replaces what ``node_id`` reported of its local clients. Raises RegistrationError
-        for a missing node id or an oversized report."""
+    def report_clients(
+        self,
+        node_id: str,
+        clients: Sequence[node_pb2.LocalClientStatus],
+        health: node_pb2.NodeHealth | None = None,
+    ) -> None:
+        """Replaces what ``node_id`` reported of its local clients and of its agent's health
+        (None: no health reported). Raises RegistrationError, changing nothing, for a
+        missing node id or an oversized report."""
         problems = _check_node_id(node_id)
         if len(clients) > MAX_CLIENTS_PER_NODE:
             problems.append(f"clients: at most {MAX_CLIENTS_PER_NODE} per node, got {len(clients)}")
+        if health is not None:
+            for name, entries in (
+                ("components", health.components),
+                ("breakers", health.breakers),
+            ):
+                if len(entries) > MAX_HEALTH_ENTRIES:
+                    problems.append(
+                        f"health.{name}: at most {MAX_HEALTH_ENTRIES} per node, got {len(entries)}"
+                    )
         if problems:
             raise RegistrationError(problems)
         node = self._nodes.get(node_id)
         if node is None:
-            if not clients:
+            if not clients and health is None:
                 return
             node = self._nodes[node_id] = _Node()
         copied = []
@@ -225,11 +249,32 @@ class Registrations:
             copy.CopyFrom(client)
             copied.append(copy)
         node.clients = sorted(copied, key=lambda c: (c.client_id, c.type_url))
+        self._set_health(node_id, node, health)
         self._arm_if_unconnected(node_id, node)
         nacks = [c.client_id for c in node.clients if c.nack_message]
         if nacks:
             log.info("local clients report NACKs", node=node_id, clients=sorted(set(nacks)))
         self._forget_if_empty(node_id)
+
+    @staticmethod
+    def _set_health(node_id: str, node: _Node, health: node_pb2.NodeHealth | None) -> None:
+        before = node.health
+        if health is None:
+            node.health = None
+            return
+        node.health = node_pb2.NodeHealth()
+        node.health.CopyFrom(health)
+        if before is not None and before.status == health.status:
+            opened_before = {(b.service, b.state) for b in before.breakers}
+            if opened_before == {(b.service, b.state) for b in health.breakers}:
+                return
+        log.info(
+            "node health reported",
+            node=node_id,
+            status=health.status,
+            not_running={c.name: c.state for c in health.components if c.state != "running"},
+            breakers={b.service: b.state for b in health.breakers},
+        )
 
     # -- stream liveness -------------------------------------------------------------------
 
@@ -258,7 +303,7 @@ class Registrations:
     def _arm_if_unconnected(self, node_id: str, node: _Node) -> None:
         if node.streams > 0 or node.timer is not None:
             return
-        if not node.registrations and not node.clients:
+        if not node.has_state:
             return
         loop = asyncio.get_running_loop()
         node.timer = loop.call_later(self.grace, self._expire, node_id)
@@ -303,8 +348,8 @@ class Registrations:
         return copy
 
     def nodes(self) -> list[str]:
-        """Node ids with registrations or client reports, sorted."""
-        return sorted(n for n, node in self._nodes.items() if node.registrations or node.clients)
+        """Node ids with registrations, client reports or a health report, sorted."""
+        return sorted(n for n, node in self._nodes.items() if node.has_state)
 
     def registrations(self, node_id: str) -> list[node_pb2.Registration]:
         node = self._nodes.get(node_id)
@@ -313,6 +358,15 @@ class Registrations:
     def local_clients(self, node_id: str) -> list[node_pb2.LocalClientStatus]:
         node = self._nodes.get(node_id)
         return list(node.clients) if node is not None else []
+
+    def health(self, node_id: str) -> node_pb2.NodeHealth | None:
+        """The health the node's agent last reported; None when it reported none."""
+        node = self._nodes.get(node_id)
+        if node is None or node.health is None:
+            return None
+        copy = node_pb2.NodeHealth()
+        copy.CopyFrom(node.health)
+        return copy
 
     def has_reported(self, node_id: str) -> bool:
         """Whether the node sent its registrations since it connected to this server."""

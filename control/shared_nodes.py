@@ -2,13 +2,13 @@
 
 Each control server writes, for every node whose ADS stream it holds, one key
 ``<prefix>/nodes/<node_id>`` holding the node's ``mesh.v1.NodeStatus`` (versions sent and
-ACKed, last NACK, registrations, local clients, and which server holds it), attached to a
-lease of its own that it keeps alive while it holds a stream of that node. When the node
-goes (or the server dies) the lease is not refreshed and etcd deletes the key after its TTL,
-the registration grace; a node that reconnects to another server within it is written again
-by that server under its lease, so its registrations never lapse. Every server reads all the
-keys, so registered endpoints reach every node and ``meshctl status`` on any server shows
-every node.
+ACKed, last NACK, registrations, local clients, agent health and open breakers, and which
+server holds it), attached to a lease of its own that it keeps alive while it holds a stream
+of that node. When the node goes (or the server dies) the lease is not refreshed and etcd
+deletes the key after its TTL, the registration grace; a node that reconnects to another
+server within it is written again by that server under its lease, so its registrations never
+lapse. Every server reads all the keys, so registered endpoints reach every node and
+``meshctl status`` on any server shows every node.
 """
 
 from __future__ import annotations
@@ -111,6 +111,16 @@ class SharedNodes:
                 status.registrations.extend(self._records[node_id].registrations)
             del status.local_clients[:]
             status.local_clients.extend(self._registrations.local_clients(node_id))
+            health = self._registrations.health(node_id)
+            if health is not None:
+                status.health.CopyFrom(health)
+            elif not self._registrations.has_reported(node_id) and node_id in self._records:
+                # Taken over, as above: keep the health reported there until it is re-sent.
+                previous = self._records[node_id]
+                if previous.HasField("health"):
+                    status.health.CopyFrom(previous.health)
+            else:
+                status.ClearField("health")
             value = status.SerializeToString(deterministic=True)
             lease = self._leases.get(node_id)
             if lease is not None and now - lease[1] > self._ttl / 3:

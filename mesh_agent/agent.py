@@ -11,7 +11,8 @@ cache      -              loads the last good config from the state dir
 upstream   cache          the ADS stream to the control plane, with failover
 health     cache          active grpc.health.v1 checks of the endpoints served
 breakers   cache          the node's circuit breakers, fed by local interceptors
-reporter   upstream       registrations and local NACKs, to the control server
+reporter   upstream       registrations, local NACKs and the agent's health (its
+                          components, open breakers), to the control server
 server     cache, health, local ADS, agent API, CSDS, health, reflection
            breakers
 ========== ============== =====================================================
@@ -36,6 +37,7 @@ from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from control.metrics import AGENT, XdsMetrics
 from control.xds.resources import join_address
 from control.xds.server import AdsServicer, NodeRegistry
 from control.xds.stream import AdsSession, TypeState
@@ -51,7 +53,7 @@ from .health import HealthChecker
 from .health_state import HealthTable
 from .interest import compute_interest, local_demand
 from .local import LocalSnapshotSource
-from .reporter import Reporter
+from .reporter import Reporter, node_health
 from .upstream import UpstreamClient
 
 log = structlog.get_logger(__name__)
@@ -112,6 +114,8 @@ class Agent:
         self.table.subscribe(lambda service: self.source.invalidate())
         self.upstream.on_connect(self.reporter.connected)
         self.upstream.on_disconnect(self.reporter.disconnected)
+        self.reporter.health_source = self.node_health
+        self.breakers.board.subscribe(lambda transition: self.reporter.status_changed())
 
     # -- wiring --------------------------------------------------------------------------------
 
@@ -168,6 +172,12 @@ class Agent:
         task = asyncio.get_running_loop().create_task(self.health.set(name, status))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        self.reporter.status_changed()
+
+    def node_health(self) -> node_pb2.NodeHealth:
+        """The agent's health as reported to the control server."""
+        components = self.supervisor.statuses() if self.supervisor is not None else []
+        return node_health(components, self.breakers)
 
     # -- status --------------------------------------------------------------------------------
 
@@ -330,7 +340,13 @@ class ServerComponent(_AgentComponent):
         agent = self.agent
         server = grpc.aio.server()
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
-            AdsServicer(agent.source, agent.local_registry, agent.node.id, agent.local_event),
+            AdsServicer(
+                agent.source,
+                agent.local_registry,
+                agent.node.id,
+                agent.local_event,
+                metrics=XdsMetrics(AGENT),
+            ),
             server,
         )
         csds_pb2_grpc.add_ClientStatusDiscoveryServiceServicer_to_server(

@@ -1,7 +1,8 @@
 """Tells the control server what only the agent knows: the endpoints this node registered,
-and what its local processes accepted or rejected.
+what its local processes accepted or rejected, and the agent's health (its components and
+the breakers that are not closed).
 
-Both are full sets, re-sent after every (re)connect and on every change, to the control
+Each is a full set, re-sent after every (re)connect and on every change, to the control
 server the upstream ADS stream is connected to (its liveness is what keeps the
 registrations). Registrations made through the agent API persist in the state dir.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import grpc
@@ -19,13 +20,58 @@ from google.protobuf import json_format
 
 from control.backoff import Backoff
 from control.xds.server import NodeRegistry
-from mesh.v1 import node_pb2, node_pb2_grpc
+from mesh.v1 import agent_pb2, node_pb2, node_pb2_grpc
 
+from .breakers import BreakerHub
 from .cache import atomic_write
+from .components import ComponentState
 
 log = structlog.get_logger(__name__)
 RECONNECT_BACKOFF = Backoff(base=0.2, cap=5.0)
 REGISTRATIONS_FILE = "registrations.json"
+SERVING = "SERVING"
+NOT_SERVING = "NOT_SERVING"
+UNKNOWN = "UNKNOWN"
+BREAKER_STATES = {
+    agent_pb2.BREAKER_STATE_OPEN: "open",
+    agent_pb2.BREAKER_STATE_HALF_OPEN: "half_open",
+}
+HealthSource = Callable[[], node_pb2.NodeHealth]
+
+
+def node_health(components: Iterable[ComponentState], breakers: BreakerHub) -> node_pb2.NodeHealth:
+    """The agent's health: SERVING when every component runs, and the breakers not closed."""
+    health = node_pb2.NodeHealth()
+    for component in components:
+        health.components.add(
+            name=component.name,
+            state=component.state,
+            last_error=component.last_error or "",
+            restarts=component.restarts,
+        )
+    if not health.components:
+        health.status = UNKNOWN
+    elif all(c.state == "running" for c in health.components):
+        health.status = SERVING
+    else:
+        health.status = NOT_SERVING
+    for status in breakers.statuses():
+        state = BREAKER_STATES.get(status.state)
+        if state is None:
+            continue
+        entry = health.breakers.add(
+            service=status.service,
+            state=state,
+            reason=status.reason,
+            transitions=status.transitions,
+        )
+        if status.HasField("open_until"):
+            entry.open_until.CopyFrom(status.open_until)
+        breaker = breakers.board.get(status.service)
+        history = breaker.history if breaker is not None else []
+        if history:
+            entry.since.FromNanoseconds(int(history[-1].at * 1e9))
+    return health
 
 
 def registration_key(registration: node_pb2.Registration) -> tuple[str, str]:
@@ -33,7 +79,8 @@ def registration_key(registration: node_pb2.Registration) -> tuple[str, str]:
 
 
 class Reporter:
-    """Event-loop owned. ``changed()`` schedules a send; ``run()`` sends."""
+    """Event-loop owned. ``changed()`` and ``status_changed()`` schedule a send; ``run()``
+    sends, a burst of changes at once. ``health`` gives the agent's health for each report."""
 
     def __init__(
         self,
@@ -42,8 +89,10 @@ class Reporter:
         state_dir: Path | None,
         static: Iterable[node_pb2.Registration] = (),
         backoff: Backoff = RECONNECT_BACKOFF,
+        health: HealthSource | None = None,
     ) -> None:
         self.node_id = node_id
+        self.health_source = health
         self.local = local
         self.state_dir = state_dir
         self.backoff = backoff
@@ -53,6 +102,9 @@ class Reporter:
         self._static = set(self.registrations)
         self.server = ""
         self._dirty = asyncio.Event()
+        self._registrations_dirty = False
+        self._status_dirty = False
+        self._sent_status: bytes | None = None  # the last status report the server accepted
         self._load()
 
     # -- registrations -----------------------------------------------------------------------
@@ -126,11 +178,28 @@ class Reporter:
 
     # -- sending -----------------------------------------------------------------------------
 
+    def status_request(self) -> node_pb2.ReportClientStatusRequest:
+        request = node_pb2.ReportClientStatusRequest(
+            node_id=self.node_id, clients=self.client_statuses()
+        )
+        if self.health_source is not None:
+            request.health.CopyFrom(self.health_source())
+        return request
+
     def changed(self) -> None:
+        """Registrations or local clients changed: send everything."""
+        self._registrations_dirty = True
+        self._status_dirty = True
+        self._dirty.set()
+
+    def status_changed(self) -> None:
+        """Local clients or the agent's health changed: send the status report."""
+        self._status_dirty = True
         self._dirty.set()
 
     def connected(self, server: str) -> None:
         self.server = server
+        self._sent_status = None
         self.changed()
 
     def disconnected(self) -> None:
@@ -145,10 +214,14 @@ class Reporter:
             server = self.server
             if not server:
                 continue  # sent on the next connect
+            registrations, status = self._registrations_dirty, self._status_dirty
+            self._registrations_dirty = self._status_dirty = False
             try:
-                await self._send(server)
+                await self._send(server, registrations, status)
                 delays = self.backoff.delays()
             except grpc.aio.AioRpcError as error:
+                self._registrations_dirty |= registrations
+                self._status_dirty |= status
                 log.warning(
                     "report to control server failed",
                     server=server,
@@ -158,19 +231,25 @@ class Reporter:
                 await asyncio.sleep(next(delays))
                 self._dirty.set()
 
-    async def _send(self, server: str) -> None:
+    async def _send(self, server: str, registrations: bool, status: bool) -> None:
+        request = self.status_request() if status else None
+        body = request.SerializeToString(deterministic=True) if request is not None else None
+        if body is not None and body == self._sent_status:
+            request = None  # the server has this report already
+        if not registrations and request is None:
+            return
         async with grpc.aio.insecure_channel(server) as channel:
             stub = node_pb2_grpc.NodeServiceStub(channel)
-            await stub.SetRegistrations(
-                node_pb2.SetRegistrationsRequest(
-                    node_id=self.node_id,
-                    registrations=[r for _, r in sorted(self.registrations.items())],
-                ),
-                timeout=5,
-            )
-            await stub.ReportClientStatus(
-                node_pb2.ReportClientStatusRequest(
-                    node_id=self.node_id, clients=self.client_statuses()
-                ),
-                timeout=5,
-            )
+            if registrations:
+                await stub.SetRegistrations(
+                    node_pb2.SetRegistrationsRequest(
+                        node_id=self.node_id,
+                        registrations=[r for _, r in sorted(self.registrations.items())],
+                    ),
+                    timeout=5,
+                )
+            if request is not None:
+                self._sent_status = None
+                await stub.ReportClientStatus(request, timeout=5)
+                if server == self.server:
+                    self._sent_status = body

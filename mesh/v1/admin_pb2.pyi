@@ -98,7 +98,7 @@ class StoreProblem(_message.Message):
     def __init__(self, source: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("node_id", "zone", "user_agent", "peer", "connected_since", "types", "snapshot_id", "stream_id", "local_clients", "registrations", "server_id")
+    __slots__ = ("node_id", "zone", "user_agent", "peer", "connected_since", "types", "snapshot_id", "stream_id", "local_clients", "registrations", "server_id", "health")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ZONE_FIELD_NUMBER: _ClassVar[int]
     USER_AGENT_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +110,7 @@ class NodeStatus(_message.Message):
     LOCAL_CLIENTS_FIELD_NUMBER: _ClassVar[int]
     REGISTRATIONS_FIELD_NUMBER: _ClassVar[int]
     SERVER_ID_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     zone: str
     user_agent: str
@@ -121,7 +122,8 @@ class NodeStatus(_message.Message):
     local_clients: _containers.RepeatedCompositeFieldContainer[_node_pb2.LocalClientStatus]
     registrations: _containers.RepeatedCompositeFieldContainer[_node_pb2.Registration]
     server_id: str
-    def __init__(self, node_id: _Optional[str] = ..., zone: _Optional[str] = ..., user_agent: _Optional[str] = ..., peer: _Optional[str] = ..., connected_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., types: _Optional[_Iterable[_Union[TypeStatus, _Mapping]]] = ..., snapshot_id: _Optional[str] = ..., stream_id: _Optional[str] = ..., local_clients: _Optional[_Iterable[_Union[_node_pb2.LocalClientStatus, _Mapping]]] = ..., registrations: _Optional[_Iterable[_Union[_node_pb2.Registration, _Mapping]]] = ..., server_id: _Optional[str] = ...) -> None: ...
+    health: _node_pb2.NodeHealth
+    def __init__(self, node_id: _Optional[str] = ..., zone: _Optional[str] = ..., user_agent: _Optional[str] = ..., peer: _Optional[str] = ..., connected_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., types: _Optional[_Iterable[_Union[TypeStatus, _Mapping]]] = ..., snapshot_id: _Optional[str] = ..., stream_id: _Optional[str] = ..., local_clients: _Optional[_Iterable[_Union[_node_pb2.LocalClientStatus, _Mapping]]] = ..., registrations: _Optional[_Iterable[_Union[_node_pb2.Registration, _Mapping]]] = ..., server_id: _Optional[str] = ..., health: _Optional[_Union[_node_pb2.NodeHealth, _Mapping]] = ...) -> None: ...
 
 class TypeStatus(_message.Message):
     __slots__ = ("type_url", "version_sent", "version_acked", "responses_sent", "last_nack", "resource_names", "wildcard")

@@ -63,12 +63,52 @@ class LocalClientStatus(_message.Message):
     def __init__(self, client_id: _Optional[str] = ..., type_url: _Optional[str] = ..., version_acked: _Optional[str] = ..., nack_version: _Optional[str] = ..., nack_message: _Optional[str] = ..., nack_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ReportClientStatusRequest(_message.Message):
-    __slots__ = ("node_id", "clients")
+    __slots__ = ("node_id", "clients", "health")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     clients: _containers.RepeatedCompositeFieldContainer[LocalClientStatus]
-    def __init__(self, node_id: _Optional[str] = ..., clients: _Optional[_Iterable[_Union[LocalClientStatus, _Mapping]]] = ...) -> None: ...
+    health: NodeHealth
+    def __init__(self, node_id: _Optional[str] = ..., clients: _Optional[_Iterable[_Union[LocalClientStatus, _Mapping]]] = ..., health: _Optional[_Union[NodeHealth, _Mapping]] = ...) -> None: ...
+
+class NodeHealth(_message.Message):
+    __slots__ = ("status", "components", "breakers")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    COMPONENTS_FIELD_NUMBER: _ClassVar[int]
+    BREAKERS_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    components: _containers.RepeatedCompositeFieldContainer[ComponentHealth]
+    breakers: _containers.RepeatedCompositeFieldContainer[OpenBreaker]
+    def __init__(self, status: _Optional[str] = ..., components: _Optional[_Iterable[_Union[ComponentHealth, _Mapping]]] = ..., breakers: _Optional[_Iterable[_Union[OpenBreaker, _Mapping]]] = ...) -> None: ...
+
+class ComponentHealth(_message.Message):
+    __slots__ = ("name", "state", "last_error", "restarts")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    state: str
+    last_error: str
+    restarts: int
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., last_error: _Optional[str] = ..., restarts: _Optional[int] = ...) -> None: ...
+
+class OpenBreaker(_message.Message):
+    __slots__ = ("service", "state", "open_until", "reason", "since", "transitions")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    OPEN_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    TRANSITIONS_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    state: str
+    open_until: _timestamp_pb2.Timestamp
+    reason: str
+    since: _timestamp_pb2.Timestamp
+    transitions: int
+    def __init__(self, service: _Optional[str] = ..., state: _Optional[str] = ..., open_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., transitions: _Optional[int] = ...) -> None: ...
 
 class ReportClientStatusResponse(_message.Message):
     __slots__ = ()
