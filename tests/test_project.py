@@ -29,11 +29,14 @@ def test_otlp_exporters_import() -> None:
 
 
 def test_clash_is_explained_by_the_clis(tmp_path) -> None:
-    # A stale copy of the module, shadowing the real one as xds-protos' copy does.
+    # A stale copy of the proto modules, shadowing the real ones as xds-protos' copy does,
+    # while the rest of the opentelemetry package (API, SDK) stays the installed one.
     stale = tmp_path / "opentelemetry" / "proto" / "common" / "v1"
     stale.mkdir(parents=True)
+    (tmp_path / "opentelemetry" / "__init__.py").write_text(
+        "import pkgutil\n__path__ = pkgutil.extend_path(__path__, __name__)\n"
+    )
     for d in (
-        tmp_path / "opentelemetry",
         tmp_path / "opentelemetry" / "proto",
         tmp_path / "opentelemetry" / "proto" / "common",
         stale,
