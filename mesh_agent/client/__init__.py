@@ -7,7 +7,11 @@ use their node's agent.
     channel = aio_mesh_channel("orders")        # the same for grpc.aio
 
     channel = grpc.intercept_channel(my_channel, mesh_interceptor("orders"))
+
+    setup_telemetry("orders")                   # OTLP / Prometheus from the OTEL_* settings
 """
+
+from control.telemetry import setup as setup_telemetry
 
 from ._channel import (
     BootstrapConflictError,
@@ -33,4 +37,5 @@ __all__ = [
     "is_mesh_rejection",
     "mesh_channel",
     "mesh_interceptor",
+    "setup_telemetry",
 ]
