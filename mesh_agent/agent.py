@@ -129,7 +129,7 @@ class Agent:
         if event == "subscribe":
             self.update_interest()
         elif event == "nack":
-            self.reporter.changed()
+            self.reporter.status_changed()
 
     def update_interest(self) -> None:
         interest = compute_interest(
