@@ -7,7 +7,7 @@ PROTOS := $(shell find protos -name '*.proto')
 # must be installed last.
 OTEL_PROTO = $$($(BIN)/python -c "import importlib.metadata as m; print(m.version('opentelemetry-proto'))")
 
-.PHONY: install proto proto-check lint test test-unit test-e2e demo bench bench-datapath clean
+.PHONY: install proto proto-check lint test test-unit test-e2e demo bench bench-datapath bench-tracing clean
 
 install: $(BIN)/.installed
 
@@ -41,6 +41,9 @@ bench: install
 
 bench-datapath: install
 	$(BIN)/python -m bench --only datapath
+
+bench-tracing: install
+	$(BIN)/python -m bench --only tracing
 
 clean:
 	rm -rf $(VENV) .demo .bench

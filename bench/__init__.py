@@ -22,7 +22,13 @@ Row = dict[str, Any]
 SectionFn = Callable[["Options"], list[Row]]
 
 # Modules that register sections when imported, in the order their sections run.
-SECTION_MODULES = ("bench.control", "bench.agent", "bench.datapath", "bench.etcd")
+SECTION_MODULES = (
+    "bench.control",
+    "bench.agent",
+    "bench.datapath",
+    "bench.tracing",
+    "bench.etcd",
+)
 
 
 @dataclass(frozen=True)

@@ -216,3 +216,57 @@ def test_bench_quick_etcd_prints_a_json_summary() -> None:
     compared = {r["compare"] for r in rows if r["table"].startswith("side by side")}
     assert "all agents, debounce 100ms / 0s" in compared
     assert any(line.startswith("== etcd: fan-out") for line in lines)
+
+
+def test_bench_quick_tracing_prints_a_json_summary() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "tracing"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert summary["quick"] is True
+    assert list(summary["results"]) == ["tracing"]
+    rows = summary["results"]["tracing"]
+
+    calls = {r["variant"]: r for r in rows if r["table"].startswith("calls")}
+    assert list(calls) == ["plain", "mesh_off", "mesh_on", "otel"]
+    for row in calls.values():
+        assert row["calls"] == 480 and row["errors"] == 0, row
+        assert 0 < row["p50_us"] <= row["p99_us"] < 1_000_000, row
+    assert calls["plain"]["added_paired_us"] is None
+    for name in ("mesh_off", "mesh_on", "otel"):
+        assert isinstance(calls[name]["added_paired_us"], float), calls[name]
+
+    costs = {r["compare"]: r for r in rows if r["table"].startswith("cost")}
+    assert set(costs) == {
+        "mesh_on - mesh_off",
+        "mesh_off - plain",
+        "mesh_on - plain",
+        "otel - plain",
+        "mesh_on - otel",
+    }
+    for row in costs.values():
+        assert isinstance(row["paired_us"], float) and row["a_p50_us"] > 0 and row["b_p50_us"] > 0
+
+    client = {r["variant"]: r for r in rows if r["table"].startswith("client interceptor alone")}
+    server = {r["variant"]: r for r in rows if r["table"].startswith("server interceptor alone")}
+    assert set(client) == {"mesh_off", "mesh_on", "mesh_spans_only", "otel"}
+    assert set(server) == {"mesh_off", "mesh_on", "otel"}
+    for row in [*client.values(), *server.values()]:
+        assert 0 < row["intercept_ns"] < 10_000_000, row  # in process: no RPC
+
+    final = next(r for r in rows if r["table"] == "summary")
+    # Tracing off really was off (no SDK installed globally), on really was on: every span
+    # and histogram point the calls made reached its exporter.
+    assert final["global_tracer_provider"] in ("ProxyTracerProvider", "NoOpTracerProvider")
+    for key in ("spans_mesh_on", "spans_otel", "spans_mesh_spans_only", "histogram_mesh_on"):
+        got, expected = map(int, final[key].split("/"))
+        assert got == expected > 0, (key, final[key])
+    assert final["tracing_on_vs_off_us"] == costs["mesh_on - mesh_off"]["paired_us"]
+    assert any(line.startswith("== tracing: cost") for line in lines)
