@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
+from opentelemetry.metrics._internal import _ProxyMeterProvider
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.semconv._incubating.attributes.rpc_attributes import (
     RPC_METHOD,
@@ -44,19 +45,57 @@ GRPC = RpcSystemNameValues.GRPC.value
 SERVER_ERROR_CODES = frozenset(
     {"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"}
 )
-_NO_PROVIDER = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+_NO_TRACER = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+_NO_METER: tuple[type, ...] = (metrics.NoOpMeterProvider, _ProxyMeterProvider)
+# Asking OpenTelemetry for the global providers reads the environment (~1 µs each): they are
+# asked at most once a second until real ones show up, which then stay (each is set once).
+_RECHECK = 1.0
+_tracer_seen = False
+_meter_seen = False
+_next_check = 0.0
+
+
+def _refresh() -> None:
+    global _tracer_seen, _meter_seen, _next_check
+    now = time.monotonic()
+    if now < _next_check:
+        return
+    _next_check = now + _RECHECK
+    _tracer_seen = not isinstance(trace.get_tracer_provider(), _NO_TRACER)
+    _meter_seen = not isinstance(metrics.get_meter_provider(), _NO_METER)
 
 
 def tracing_on() -> bool:
-    """Whether a real tracer provider is installed in this process."""
-    return not isinstance(trace.get_tracer_provider(), _NO_PROVIDER)
+    """Whether a real tracer provider is installed in this process (noticed within a
+    second of its installation)."""
+    if not _tracer_seen:
+        _refresh()
+    return _tracer_seen
+
+
+def telemetry_on() -> bool:
+    """Whether a real tracer or meter provider is installed: if neither is, the interceptors
+    step aside entirely."""
+    if not (_tracer_seen and _meter_seen):
+        _refresh()
+    return _tracer_seen or _meter_seen
+
+
+_methods: dict[str | bytes, str] = {}
 
 
 def rpc_method(method: str | bytes) -> str:
     """``/package.Service/Method`` as the conventions name it: ``package.Service/Method``."""
-    if isinstance(method, bytes):
-        method = method.decode("utf-8", "replace")
-    return method[1:] if method.startswith("/") else method
+    name = _methods.get(method)
+    if name is None:
+        text = method.decode("utf-8", "replace") if isinstance(method, bytes) else method
+        name = text[1:] if text.startswith("/") else text
+        if len(_methods) < 4096:  # a hostile peer's made-up methods must not grow it forever
+            _methods[method] = name
+    return name
+
+
+CODE_NAMES = {code: code.name for code in grpc.StatusCode}
 
 
 class _MetadataGetter(Getter[Sequence[tuple[str, Any]]]):
@@ -101,9 +140,14 @@ class _Instruments:
         self.tracer = trace.get_tracer(INSTRUMENTATION, __version__, tracer_provider)
         self.meter = metrics.get_meter(INSTRUMENTATION, __version__, meter_provider)
         self._own_tracer = tracer_provider is not None
+        self._own = tracer_provider is not None or meter_provider is not None
 
     def tracing(self) -> bool:
         return self._own_tracer or tracing_on()
+
+    def active(self) -> bool:
+        """Whether there is anything to record: spans or metrics."""
+        return self._own or telemetry_on()
 
 
 class ClientRpcTelemetry(_Instruments):
@@ -234,7 +278,7 @@ class ServerRpcTelemetry(_Instruments):
 
 
 def code_name(code: grpc.StatusCode | None, default: str = "OK") -> str:
-    return code.name if code is not None else default
+    return CODE_NAMES[code] if code is not None else default
 
 
 def status_of(context: Any, error: BaseException | None) -> tuple[str, str]:

@@ -7,7 +7,8 @@ Each call gets an OpenTelemetry server span, continuing the caller's trace from 
 trace context in its metadata, current while the handler runs (so log lines written in the
 handler carry its ``trace_id`` and ``span_id``), and is timed into
 ``rpc.server.call.duration``. With no tracer provider installed only the histogram is
-recorded.
+recorded; with neither a tracer nor a meter provider installed, calls pass through
+untouched.
 """
 
 from __future__ import annotations
@@ -48,6 +49,35 @@ def _rebuild(
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
+
+
+class _HandlerCache:
+    """Wrapped handlers by the handler grpc resolved: a method's handler is wrapped once,
+    not on every call (building one costs more than the rest of the interceptor)."""
+
+    LIMIT = 4096
+
+    def __init__(self, telemetry: ServerRpcTelemetry) -> None:
+        self.telemetry = telemetry
+        self._entries: dict[int, tuple[Any, str | bytes, grpc.RpcMethodHandler[Any, Any]]] = {}
+
+    def get(
+        self,
+        handler: grpc.RpcMethodHandler[Any, Any],
+        method: str | bytes,
+        wrap: Callable[[ServerRpcTelemetry, str, str, Any], Any],
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        entry = self._entries.get(id(handler))
+        if entry is not None and entry[0] is handler and entry[1] == method:
+            return entry[2]
+        kind = _kind(handler)
+        wrapped = _rebuild(
+            handler, kind, wrap(self.telemetry, kind, rpc_method(method), getattr(handler, kind))
+        )
+        if len(self._entries) >= self.LIMIT:  # handlers made per call: keep it bounded
+            self._entries.clear()
+        self._entries[id(handler)] = (handler, method, wrapped)
+        return wrapped
 
 
 # -- sync ---------------------------------------------------------------------------------------
@@ -117,6 +147,12 @@ def _stepwise(call: ServerCall, responses: Iterator[Any]) -> Iterator[Any]:
         yield response
 
 
+def _sync_wrap(telemetry: ServerRpcTelemetry, kind: str, method: str, behavior: Any) -> Any:
+    if kind.endswith("_stream"):
+        return _sync_stream_response(telemetry, method, behavior)
+    return _sync_unary_response(telemetry, method, behavior)
+
+
 class MeshServerInterceptor(grpc.ServerInterceptor):
     """For ``grpc.server(..., interceptors=[MeshServerInterceptor()])``."""
 
@@ -126,7 +162,7 @@ class MeshServerInterceptor(grpc.ServerInterceptor):
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
-        self._telemetry = ServerRpcTelemetry(tracer_provider, meter_provider)
+        self._handlers = _HandlerCache(ServerRpcTelemetry(tracer_provider, meter_provider))
 
     def intercept_service(
         self,
@@ -134,16 +170,9 @@ class MeshServerInterceptor(grpc.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        kind = _kind(handler)
-        method = rpc_method(handler_call_details.method)
-        behavior = getattr(handler, kind)
-        if kind.endswith("_stream"):
-            wrapped = _sync_stream_response(self._telemetry, method, behavior)
-        else:
-            wrapped = _sync_unary_response(self._telemetry, method, behavior)
-        return _rebuild(handler, kind, wrapped)
+        if handler is None or not self._handlers.telemetry.active():
+            return handler
+        return self._handlers.get(handler, handler_call_details.method, _sync_wrap)
 
 
 # -- asyncio ------------------------------------------------------------------------------------
@@ -215,6 +244,14 @@ def _aio_generator(
     return handle
 
 
+def _aio_wrap(telemetry: ServerRpcTelemetry, kind: str, method: str, behavior: Any) -> Any:
+    if kind.endswith("_stream") and (
+        inspect.isasyncgenfunction(behavior) or inspect.isgeneratorfunction(behavior)
+    ):
+        return _aio_generator(telemetry, method, behavior)
+    return _aio_coroutine(telemetry, method, behavior)
+
+
 class AioMeshServerInterceptor(grpc.aio.ServerInterceptor):
     """For ``grpc.aio.server(interceptors=[AioMeshServerInterceptor()])``."""
 
@@ -224,7 +261,7 @@ class AioMeshServerInterceptor(grpc.aio.ServerInterceptor):
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
-        self._telemetry = ServerRpcTelemetry(tracer_provider, meter_provider)
+        self._handlers = _HandlerCache(ServerRpcTelemetry(tracer_provider, meter_provider))
 
     async def intercept_service(
         self,
@@ -234,15 +271,6 @@ class AioMeshServerInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        kind = _kind(handler)
-        method = rpc_method(handler_call_details.method)
-        behavior = getattr(handler, kind)
-        if kind.endswith("_stream") and (
-            inspect.isasyncgenfunction(behavior) or inspect.isgeneratorfunction(behavior)
-        ):
-            wrapped: Any = _aio_generator(self._telemetry, method, behavior)
-        else:
-            wrapped = _aio_coroutine(self._telemetry, method, behavior)
-        return _rebuild(handler, kind, wrapped)
+        if handler is None or not self._handlers.telemetry.active():
+            return handler
+        return self._handlers.get(handler, handler_call_details.method, _aio_wrap)

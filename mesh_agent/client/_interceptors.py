@@ -17,7 +17,7 @@ import grpc
 import grpc.aio
 from opentelemetry import metrics, trace
 
-from mesh_agent._rpc_telemetry import ClientRpcTelemetry, rpc_method, trace_headers
+from mesh_agent._rpc_telemetry import CODE_NAMES, ClientRpcTelemetry, rpc_method, trace_headers
 
 from ._classify import counts_for_breaker
 from ._link import AgentLink, Decision
@@ -108,6 +108,16 @@ class CircuitOpenError(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[t
         raise self
 
 
+def _report(link: AgentLink, service: str, started: float, probe: bool) -> Callable[[Any], None]:
+    def done(call: Any) -> None:
+        code = call.code()
+        name = CODE_NAMES[code] if code is not None else "CANCELLED"
+        if counts_for_breaker(name, call.details()):
+            link.record(service, name, time.perf_counter() - started, probe=probe)
+
+    return done
+
+
 class _CallDetails(
     collections.namedtuple(
         "_CallDetails",
@@ -156,6 +166,26 @@ class MeshClientInterceptor(
 
     def _intercept(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
         decision, open_until = self._link.decide(self._service)
+        if not self._rpc.active():
+            # No telemetry installed: the breaker alone.
+            if decision is Decision.REJECT:
+                return CircuitOpenError(self._service, open_until)
+            started = time.perf_counter()
+            call = continuation(details, request)
+            call.add_done_callback(
+                _report(self._link, self._service, started, decision is Decision.PROBE)
+            )
+            return call
+        return self._observed(continuation, details, request, decision, open_until)
+
+    def _observed(
+        self,
+        continuation: Callable[..., Any],
+        details: Any,
+        request: Any,
+        decision: Decision,
+        open_until: float,
+    ) -> Any:
         method = rpc_method(details.method)
         span = self._rpc.start(method, decision.value) if self._rpc.tracing() else None
         if decision is Decision.REJECT:
@@ -171,7 +201,7 @@ class MeshClientInterceptor(
 
         def done(finished: Any) -> None:
             code = finished.code()
-            name = code.name if code is not None else "CANCELLED"
+            name = CODE_NAMES[code] if code is not None else "CANCELLED"
             text = finished.details() or ""
             if counts_for_breaker(name, text):
                 link.record(service, name, time.perf_counter() - started, probe=probe)
@@ -235,9 +265,14 @@ class _AioBase:
         link.watch(service)
 
     def _begin(self, details: Any) -> tuple[Decision, str, trace.Span | None, Any]:
-        """The breaker's decision, the method, the call's span, and the details to send;
-        raises the fast-fail error when the breaker is open."""
+        """The breaker's decision, the method (empty when there is no telemetry to record),
+        the call's span, and the details to send; raises the fast-fail error when the breaker
+        is open."""
         decision, open_until = self._link.decide(self._service)
+        if not self._rpc.active():
+            if decision is Decision.REJECT:
+                raise _aio_rejection(self._service, open_until)
+            return decision, "", None, details
         method = rpc_method(details.method)
         span = self._rpc.start(method, decision.value) if self._rpc.tracing() else None
         if decision is Decision.REJECT:
@@ -260,7 +295,8 @@ class _AioBase:
     ) -> None:
         if counts_for_breaker(code, details):
             self._link.record(self._service, code, time.perf_counter() - started, probe=probe)
-        self._rpc.finish(span, method, started, code, details)
+        if method:
+            self._rpc.finish(span, method, started, code, details)
 
     def _on_done(
         self, span: trace.Span | None, method: str, started: float, probe: bool
@@ -269,7 +305,8 @@ class _AioBase:
             # aio calls expose their status only through coroutines: read it in a task.
             async def read() -> None:
                 code = await call.code()
-                self._outcome(span, method, started, probe, code.name, await call.details())
+                name = CODE_NAMES[code]
+                self._outcome(span, method, started, probe, name, await call.details())
 
             asyncio.get_running_loop().create_task(read())
 
