@@ -1,7 +1,7 @@
 """``python -m bench`` runs end to end: a quick control section at N=1, a quick agent section,
-a quick datapath section, a quick tracing section and a quick etcd section (needs the ``etcd`` binary: skipped locally
-without it, failed with CI=true), each as a subprocess whose last line is the JSON summary
-with every table's rows."""
+a quick datapath section, a quick tracing section and a quick etcd section (needs the
+``etcd`` binary: skipped locally without it, failed with CI=true), each as a subprocess whose
+last line is the JSON summary with every table's rows."""
 
 from __future__ import annotations
 
