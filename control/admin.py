@@ -11,6 +11,8 @@ from mesh.v1 import admin_pb2, admin_pb2_grpc
 
 from .config import validate_service
 from .errors import ConflictError, NotFoundError, StoreUnavailableError
+from .limits import Limits, admit_write, enforce, peer_host
+from .security import Access
 from .store import Store
 from .xds.server import NodeRegistry
 from .xds.snapshot import SnapshotCache
@@ -43,7 +45,14 @@ class AdminServicer(admin_pb2_grpc.MeshAdminServiceServicer):
         server_id: str,
         extra_problems: Callable[[], list[admin_pb2.StoreProblem]] = list,
         remote_nodes: Callable[[set[str]], list[admin_pb2.NodeStatus]] | None = None,
+        access: Access | None = None,
+        limits: Limits | None = None,
     ) -> None:
+        """``access``: who may write (default: anyone, a development set-up); ``limits``:
+        request sizes and the rate of writes per caller."""
+        self._limits = limits or Limits()
+        self._writes = self._limits.write_limiter()
+        self._access = access or Access()
         self._remote_nodes = remote_nodes
         self._store = store
         self._cache = cache
@@ -51,9 +60,19 @@ class AdminServicer(admin_pb2_grpc.MeshAdminServiceServicer):
         self._server_id = server_id
         self._extra_problems = extra_problems
 
+    async def _admit_write(self, context: Context, method: str, operator: str) -> None:
+        """Rate-limits writes per caller: the operator's certificate identity, else (a token,
+        or an open server) the peer's host."""
+        caller = operator if operator.startswith("spiffe://") else peer_host(context.peer())
+        await admit_write(self._writes, context, method, caller=caller)
+
     async def ApplyServices(
         self, request: admin_pb2.ApplyServicesRequest, context: Context
     ) -> admin_pb2.ApplyServicesResponse:
+        operator = await self._access.require_operator(context, "apply")
+        await self._admit_write(context, "ApplyServices", operator)
+        limited = self._limits.check_apply(len(request.services))
+        await enforce(context, limited, method="ApplyServices")
         problems: list[str] = []
         seen: set[str] = set()
         for index, service in enumerate(request.services, start=1):
@@ -78,12 +97,15 @@ class AdminServicer(admin_pb2_grpc.MeshAdminServiceServicer):
             revision=revision,
             changed=[a.name for a in applied if a.changed],
             peer=context.peer(),
+            operator=operator,
         )
         return admin_pb2.ApplyServicesResponse(services=applied, revision=revision)
 
     async def GetServices(
         self, request: admin_pb2.GetServicesRequest, context: Context
     ) -> admin_pb2.GetServicesResponse:
+        limited = self._limits.check_name("name", request.name)
+        await enforce(context, limited, method="GetServices")
         try:
             if request.name:
                 stored = await self._store.get(request.name)
@@ -99,12 +121,22 @@ class AdminServicer(admin_pb2_grpc.MeshAdminServiceServicer):
     async def DeleteService(
         self, request: admin_pb2.DeleteServiceRequest, context: Context
     ) -> admin_pb2.DeleteServiceResponse:
+        operator = await self._access.require_operator(context, "delete")
+        await self._admit_write(context, "DeleteService", operator)
+        limited = self._limits.check_name("name", request.name)
+        await enforce(context, limited, method="DeleteService")
         try:
             revision = await self._store.delete(request.name)
         except (NotFoundError, ConflictError, StoreUnavailableError) as error:
             await _abort_for(context, error)
             raise
-        log.info("service deleted", service=request.name, revision=revision, peer=context.peer())
+        log.info(
+            "service deleted",
+            service=request.name,
+            revision=revision,
+            peer=context.peer(),
+            operator=operator,
+        )
         return admin_pb2.DeleteServiceResponse(revision=revision)
 
     async def GetStatus(

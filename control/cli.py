@@ -10,11 +10,12 @@ from pathlib import Path
 
 import structlog
 
-from . import __version__, telemetry
+from . import __version__, limits, telemetry, tls
 from ._logging import configure
 from ._preflight import check_environment
 from .config import parse_duration
 from .registry import DEFAULT_GRACE
+from .security import Access
 from .server import ControlServer, write_ready_file
 
 log = structlog.get_logger(__name__)
@@ -59,11 +60,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--server-id", help="identity shown to nodes (default host name + random)")
     serve.add_argument("--log-level", default=None, help="debug, info, warning or error")
+    limits.add_arguments(serve)
     telemetry.add_arguments(serve)
+    tls.add_arguments(serve, role="control server")
+    serve.add_argument(
+        "--operator-token-file",
+        type=Path,
+        help="a file holding a bearer token that also makes a caller an operator (local dev)",
+    )
+    serve.add_argument(
+        "--trust-domain",
+        help="the SPIFFE trust domain of callers' identities (default: the one the CA names)",
+    )
     return parser
 
 
+def access_from(args: argparse.Namespace) -> tuple[tls.TlsFiles | None, Access]:
+    """The server's TLS files and access policy from its flags."""
+    files = tls.from_args(args)
+    token = args.operator_token_file
+    if token is not None and not token.is_file():
+        raise tls.TlsError(f"--operator-token-file {token}: no such file")
+    domain = args.trust_domain or (tls.trust_domain(files) if files is not None else None)
+    return files, Access(mtls=files is not None, trust_domain=domain, token_file=token)
+
+
 async def _serve(args: argparse.Namespace) -> None:
+    files, access = access_from(args)
     server = ControlServer(
         args.store,
         args.listen,
@@ -71,6 +94,9 @@ async def _serve(args: argparse.Namespace) -> None:
         max_delay=args.max_delay,
         server_id=args.server_id,
         registration_grace=args.registration_grace,
+        tls=files,
+        access=access,
+        limits=limits.from_args(args),
     )
     structlog.contextvars.bind_contextvars(server_id=server.server_id)
     stop = asyncio.Event()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -466,6 +466,8 @@ def _address_problem(address: str) -> str | None:
             )
     if not port.isascii() or not port.isdigit():
         return f"invalid port {port!r} in {address!r}"
+    if len(port.lstrip("0")) > 5:
+        return f"port must be between 1 and 65535, got a number of {len(port)} digits"
     if not 1 <= int(port) <= 65535:
         return f"port must be between 1 and 65535, got {int(port)}"
     return None
@@ -642,8 +644,39 @@ def _check_health(p: _Problems, hc: Any, path: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+_MAX_NESTING = 64
+"""Deepest nesting of mappings and lists a document may have (deeper would exhaust the stack)."""
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys instead of keeping the last one silently."""
+    """SafeLoader that refuses duplicate keys instead of keeping the last one silently, nesting
+    deeper than ``_MAX_NESTING`` levels, and scalars Python cannot represent."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:
+        # Refused here already: the scanner's look-ahead costs O(depth) per token past this.
+        if self.flow_level >= _MAX_NESTING:
+            raise yaml.scanner.ScannerError(
+                None, None, f"nested more than {_MAX_NESTING} levels deep", self.get_mark()
+            )
+        super().fetch_flow_collection_start(TokenClass)
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > _MAX_NESTING:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"nested more than {_MAX_NESTING} levels deep",
+                    self.peek_event().start_mark,  # type: ignore[no-untyped-call]
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> Any:
@@ -662,7 +695,57 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = Fal
     return loader.construct_mapping(node, deep=deep)
 
 
+def _construct_str(loader: _Loader, node: yaml.ScalarNode) -> str:
+    value: str = loader.construct_scalar(node)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        try:  # escaped UTF-16 surrogate pairs, as JSON writes "\ud83d\ude00", become one character
+            value = value.encode("utf-16", "surrogatepass").decode("utf-16")
+        except UnicodeDecodeError:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                "invalid text: an unpaired surrogate escape (\\ud800-\\udfff)",
+                node.start_mark,
+            ) from None
+    return value
+
+
+def _checked_scalar(
+    construct: Callable[[yaml.SafeLoader, yaml.ScalarNode], Any], what: str
+) -> Callable[[_Loader, yaml.ScalarNode], Any]:
+    """``construct`` with Python's errors for values it cannot hold (a date that does not
+    exist, an integer of more than 4300 digits, a bad explicit ``!!int``) made YAML errors."""
+
+    def checked(loader: _Loader, node: yaml.ScalarNode) -> Any:
+        try:
+            return construct(loader, node)
+        except (ValueError, LookupError, AttributeError, OverflowError):
+            text = str(node.value)
+            shown = repr(text) if len(text) <= 40 else f"{text[:40]!r}... ({len(text)} characters)"
+            raise yaml.constructor.ConstructorError(
+                None, None, f"invalid {what} {shown}", node.start_mark
+            ) from None
+
+    return checked
+
+
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_Loader.add_constructor("tag:yaml.org,2002:str", _construct_str)
+_safe = yaml.constructor.SafeConstructor
+_Loader.add_constructor(
+    "tag:yaml.org,2002:bool", _checked_scalar(_safe.construct_yaml_bool, "boolean")
+)
+_Loader.add_constructor(
+    "tag:yaml.org,2002:int", _checked_scalar(_safe.construct_yaml_int, "integer")
+)
+_Loader.add_constructor(
+    "tag:yaml.org,2002:float", _checked_scalar(_safe.construct_yaml_float, "number")
+)
+_Loader.add_constructor(
+    "tag:yaml.org,2002:timestamp", _checked_scalar(_safe.construct_yaml_timestamp, "date")
+)
 
 
 @dataclass

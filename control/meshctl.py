@@ -22,11 +22,12 @@ from google.protobuf import json_format
 
 from mesh.v1 import admin_pb2, admin_pb2_grpc, node_pb2
 
-from . import __version__
+from . import __version__, certs, tls
 from ._preflight import check_environment
 from .admin import STORE_ERROR
 from .config import load_path, service_to_dict
 from .errors import ConfigError
+from .security import TOKEN_KEY
 from .xds.types import short_name
 
 DEFAULT_CONTROL = "127.0.0.1:15010"
@@ -37,9 +38,30 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     raise SystemExit(code)
 
 
+def _channel(args: argparse.Namespace) -> grpc.Channel:
+    """A channel to mesh-control: mTLS with ``--tls-*`` (or ``$MESH_TLS_*``), else plaintext."""
+    try:
+        files = tls.from_values(args.tls_cert, args.tls_key, args.tls_ca)
+    except tls.TlsError as error:
+        _fail(str(error), 2)
+    if files is None:
+        return grpc.insecure_channel(args.control)
+    return grpc.secure_channel(args.control, tls.channel_credentials(files))
+
+
 def _stub(args: argparse.Namespace) -> admin_pb2_grpc.MeshAdminServiceStub:
-    channel = grpc.insecure_channel(args.control)
-    return admin_pb2_grpc.MeshAdminServiceStub(channel)
+    return admin_pb2_grpc.MeshAdminServiceStub(_channel(args))
+
+
+def _metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    """The operator token, when ``--token-file`` (or ``$MESH_TOKEN_FILE``) names one."""
+    if not args.token_file:
+        return ()
+    try:
+        token = Path(args.token_file).read_text().strip()
+    except OSError as error:
+        _fail(f"cannot read --token-file {args.token_file}: {error.strerror}", 2)
+    return ((TOKEN_KEY, f"Bearer {token}"),)
 
 
 def _error_message(args: argparse.Namespace, error: Any) -> str:
@@ -55,7 +77,7 @@ def _error_message(args: argparse.Namespace, error: Any) -> str:
 
 def _call(args: argparse.Namespace, method: Callable[..., Any], request: Any) -> Any:
     try:
-        return method(request, timeout=args.timeout)
+        return method(request, timeout=args.timeout, metadata=_metadata(args))
     except grpc.RpcError as error:
         _fail(_error_message(args, error))
 
@@ -336,7 +358,7 @@ def _watch_status(args: argparse.Namespace) -> None:
     try:
         while True:
             if channel is None:
-                channel = grpc.insecure_channel(args.control)
+                channel = _channel(args)
             stub = admin_pb2_grpc.MeshAdminServiceStub(channel)
             response: admin_pb2.GetStatusResponse | None = None
             message = ""
@@ -423,6 +445,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="mesh-control HOST:PORT (default $MESH_CONTROL or %(default)s)",
     )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    env = os.environ.get
+    parser.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=env("MESH_TLS_CERT") or None,
+        help="client certificate for mTLS (default $MESH_TLS_CERT); an operator's to write",
+    )
+    parser.add_argument(
+        "--tls-key", type=Path, default=env("MESH_TLS_KEY") or None, help="its key ($MESH_TLS_KEY)"
+    )
+    parser.add_argument(
+        "--tls-ca",
+        type=Path,
+        default=env("MESH_TLS_CA") or None,
+        help="the mesh CA certificate ($MESH_TLS_CA)",
+    )
+    parser.add_argument(
+        "--token-file",
+        default=env("MESH_TOKEN_FILE") or None,
+        help="operator token file for a server with --operator-token-file ($MESH_TOKEN_FILE)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     apply = sub.add_parser("apply", help="create or update services from a file or directory")
@@ -472,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between refreshes with --watch (default %(default)s)",
     )
     status.set_defaults(func=cmd_status)
+    certs.add_parser(sub)
     return parser
 
 

@@ -25,12 +25,15 @@ from grpc_reflection.v1alpha import reflection
 from mesh.v1 import admin_pb2, admin_pb2_grpc, node_pb2, node_pb2_grpc
 
 from .admin import AdminServicer
+from .limits import Limits, StreamCounter
 from .node_api import NodeServicer
 from .publisher import Publisher
 from .registry import DEFAULT_GRACE, Registrations
+from .security import Access
 from .shared_nodes import SharedNodes
 from .store import Store, open_store
 from .store.etcd import EtcdStore
+from .tls import TlsFiles, server_credentials
 from .xds.server import AdsServicer, CsdsServicer, NodeRegistry
 from .xds.snapshot import SnapshotCache
 
@@ -57,9 +60,19 @@ class ControlServer:
         server_id: str | None = None,
         grace: float = 5.0,
         registration_grace: float = DEFAULT_GRACE,
+        tls: TlsFiles | None = None,
+        access: Access | None = None,
+        limits: Limits | None = None,
     ) -> None:
         """``grace`` is how long calls may drain on stop; ``registration_grace`` how long a
-        node's registrations outlive its last ADS stream (seconds)."""
+        node's registrations outlive its last ADS stream (seconds). ``tls``: serve mTLS with
+        these files (reloaded when they change); ``access``: who may do what (default: open
+        without ``tls``, node and operator identities with it). ``limits``: what one call or
+        node may take (default :class:`~control.limits.Limits`)."""
+        self.limits = limits or Limits()
+        self.streams = StreamCounter(self.limits.max_streams_per_node)
+        self.tls = tls
+        self.access = access or Access(mtls=tls is not None)
         self.store = open_store(store) if isinstance(store, str) else store
         self.listen = listen
         self.server_id = server_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
@@ -99,11 +112,19 @@ class ControlServer:
             options=[
                 ("grpc.keepalive_time_ms", 30_000),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+                *self.limits.server_options(),
             ]
         )
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
-            AdsServicer(self.cache, self.registry, self.server_id), server
+            AdsServicer(
+                self.cache,
+                self.registry,
+                self.server_id,
+                access=self.access,
+                limits=self.limits,
+                streams=self.streams,
+            ),
+            server,
         )
         csds_pb2_grpc.add_ClientStatusDiscoveryServiceServicer_to_server(
             CsdsServicer(self.registry), server
@@ -115,14 +136,21 @@ class ControlServer:
                 self.registry,
                 self.server_id,
                 remote_nodes=self.shared.remote_statuses if self.shared is not None else None,
+                access=self.access,
+                limits=self.limits,
             ),
             server,
         )
-        node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(self.registrations), server)
+        node_pb2_grpc.add_NodeServiceServicer_to_server(
+            NodeServicer(self.registrations, self.access, limits=self.limits), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME), server)
         host, _, _ = self.listen.rpartition(":")
-        port = server.add_insecure_port(self.listen)
+        if self.tls is not None:
+            port = server.add_secure_port(self.listen, server_credentials(self.tls))
+        else:
+            port = server.add_insecure_port(self.listen)
         if port == 0:
             raise OSError(f"cannot listen on {self.listen}")
         await server.start()
@@ -131,7 +159,16 @@ class ControlServer:
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         for name in SERVICE_NAMES:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving", address=self.address, server_id=self.server_id)
+        log.info(
+            "serving",
+            address=self.address,
+            server_id=self.server_id,
+            tls=self.tls is not None,
+            access=self.access.describe(),
+            limits=self.limits.describe(),
+        )
+        if self.access.open:
+            log.warning("admin writes are open to anyone: no mTLS and no operator token")
         return self.address
 
     async def _watch_store(self) -> None:

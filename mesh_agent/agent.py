@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,9 +38,12 @@ from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from control.errors import MeshError
+from control.limits import Limits
 from control.metrics import AGENT, XdsMetrics
+from control.tls import TlsFiles, server_credentials
 from control.xds.resources import join_address
-from control.xds.server import AdsServicer, NodeRegistry
+from control.xds.server import AdsServicer
 from control.xds.stream import AdsSession, TypeState
 from control.xds.types import ENDPOINT, PUSH_ORDER, SERVICE_POLICY
 from mesh.v1 import agent_pb2, agent_pb2_grpc, config_pb2, node_pb2
@@ -52,7 +56,7 @@ from .components import AgentContext, Component, Supervisor, load_components
 from .health import HealthChecker
 from .health_state import HealthTable
 from .interest import compute_interest, local_demand
-from .local import LocalSnapshotSource
+from .local import LocalSessions, LocalSnapshotSource
 from .reporter import Reporter, node_health
 from .upstream import UpstreamClient
 
@@ -75,11 +79,18 @@ class AgentSettings:
     zone: str = ""
     cluster: str = ""
     socket: str = DEFAULT_SOCKET
+    # The unix socket's mode, and its owner and group (uid, gid; None leaves them unchanged).
+    socket_mode: int = 0o660
+    socket_owner: int | None = None
+    socket_group: int | None = None
     listen: str = ""
     state_dir: Path | None = Path(DEFAULT_STATE_DIR)
     registrations: list[node_pb2.Registration] = field(default_factory=list)
     panic_threshold: float = 0.5
     grace: float = 5.0
+    # mTLS to the control server, and on the TCP listener (the unix socket stays plaintext,
+    # guarded by its file mode).
+    tls: TlsFiles | None = None
 
 
 class Agent:
@@ -100,15 +111,20 @@ class Agent:
         self.table = HealthTable(panic_threshold=settings.panic_threshold)
         self.checker = HealthChecker(self.table)
         self.source = LocalSnapshotSource(self.cache, self.table.overrides)
-        self.local_registry = NodeRegistry()
-        self.upstream = UpstreamClient(settings.control, self.node, self.cache)
+        self.local_registry = LocalSessions(lambda: self.update_interest())
+        self.upstream = UpstreamClient(settings.control, self.node, self.cache, tls=settings.tls)
         self.reporter = Reporter(
-            settings.node_id, self.local_registry, settings.state_dir, settings.registrations
+            settings.node_id,
+            self.local_registry,
+            settings.state_dir,
+            settings.registrations,
+            tls=settings.tls,
         )
         self.breakers = BreakerHub(settings.state_dir)
         self.health = health.aio.HealthServicer()
         self.addresses: list[str] = []
         self.supervisor: Supervisor | None = None
+        self.socket_error: SocketSetupError | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.cache.subscribe(self._config_changed)
         self.table.subscribe(lambda service: self.source.invalidate())
@@ -241,6 +257,9 @@ class Agent:
             on_change=self.component_changed,
         )
         await self.supervisor.start()
+        if self.socket_error is not None:
+            await self.stop()
+            raise self.socket_error
 
     async def stop(self) -> None:
         await self.health.enter_graceful_shutdown()
@@ -326,8 +345,68 @@ class ReporterComponent(_AgentComponent):
         await self.agent.reporter.run()
 
 
+class SocketSetupError(MeshError, OSError):
+    """The unix socket cannot be given the owner, group or mode asked for; the agent exits."""
+
+
+def make_socket_dir(directory: Path) -> None:
+    """Creates ``directory`` and its missing parents with mode 0755; existing ones are kept."""
+    missing: list[Path] = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, 0o755)
+        except FileExistsError:
+            continue
+        os.chmod(path, 0o755)
+
+
+def _ids(owner: int | None, group: int | None) -> str:
+    parts = [f"owner {owner} (--socket-owner)"] if owner is not None else []
+    parts += [f"group {group} (--socket-group)"] if group is not None else []
+    return " and ".join(parts)
+
+
+def bind_unix_socket(server: grpc.aio.Server, path: Path, settings: AgentSettings) -> None:
+    """Binds ``server`` to the unix socket ``path``. The socket is created with no more than
+    the owner's bits of ``settings.socket_mode`` (umask set around the bind only), then given
+    its owner and group, then its full mode, all before the server accepts anyone."""
+    mode = settings.socket_mode
+    previous = os.umask(0o777 & ~(mode & 0o700))
+    try:
+        server.add_insecure_port(f"unix:{path}")
+    finally:
+        os.umask(previous)
+    owner, group = settings.socket_owner, settings.socket_group
+    action = "inspect"
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise SocketSetupError(f"{path} was replaced by something that is not a socket")
+        if owner is not None or group is not None:
+            action = f"give {_ids(owner, group)} to"
+            os.chown(
+                path,
+                -1 if owner is None else owner,
+                -1 if group is None else group,
+                follow_symlinks=False,
+            )
+        action = f"set mode {mode:04o} (--socket-mode) on"
+        os.chmod(path, mode)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        if isinstance(error, SocketSetupError):
+            raise
+        raise SocketSetupError(
+            f"cannot {action} the agent socket {path}: {error.strerror or error}"
+        ) from error
+
+
 class ServerComponent(_AgentComponent):
-    """The agent's gRPC server: the unix socket (mode 0660) and the optional loopback TCP."""
+    """The agent's gRPC server: the unix socket (mode 0660 unless set otherwise) and the
+    optional loopback TCP."""
 
     name = "server"
     requires = ("cache", "health", "breakers")
@@ -338,7 +417,7 @@ class ServerComponent(_AgentComponent):
 
     async def start(self, ctx: AgentContext) -> None:
         agent = self.agent
-        server = grpc.aio.server()
+        server = grpc.aio.server(options=Limits().server_options())
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
             AdsServicer(
                 agent.source,
@@ -359,19 +438,26 @@ class ServerComponent(_AgentComponent):
         settings = agent.settings
         if settings.socket:
             path = Path(settings.socket)
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_socket_dir(path.parent)
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()  # a stale socket of an earlier run
-            server.add_insecure_port(f"unix:{path}")
+            try:
+                bind_unix_socket(server, path, settings)
+            except SocketSetupError as error:
+                await server.stop(None)
+                agent.socket_error = error
+                raise
             addresses.append(f"unix:{path}")
         if settings.listen:
-            port = server.add_insecure_port(settings.listen)
+            port = (
+                server.add_secure_port(settings.listen, server_credentials(settings.tls))
+                if settings.tls is not None
+                else server.add_insecure_port(settings.listen)
+            )
             if port == 0:
                 raise OSError(f"cannot listen on {settings.listen}")
             addresses.append(f"{settings.listen.rpartition(':')[0]}:{port}")
         await server.start()
-        if settings.socket:
-            os.chmod(settings.socket, 0o660)
         self.server = server
         agent.addresses = addresses
         await agent.health.set("", health_pb2.HealthCheckResponse.SERVING)

@@ -1,7 +1,8 @@
 """``mesh-agent``: the node agent's command line.
 
 Every flag can also come from ``--config FILE`` (YAML, keys named like the flags with
-underscores: ``control``, ``node_id``, ``zone``, ``socket``, ``listen``, ``state_dir``,
+underscores: ``control``, ``node_id``, ``zone``, ``socket``, ``socket_mode`` (octal, as
+written: ``0660``), ``socket_owner``, ``socket_group``, ``listen``, ``state_dir``,
 ``metrics_port``, ``metrics_host``, plus ``registrations``: a list of
 ``{service, address, zone, weight, metadata}``); flags given on the command line win.
 Telemetry export is set by the standard ``OTEL_*`` variables (see ``control.telemetry``).
@@ -11,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import grp
 import os
+import pwd
 import signal
 import socket
 import sys
@@ -22,9 +25,10 @@ import structlog
 import yaml
 from google.protobuf import json_format
 
-from control import telemetry
+from control import telemetry, tls
 from control._logging import configure
 from control._preflight import check_environment
+from control.security import NODE, parse_uri
 from mesh.v1 import node_pb2
 
 from . import __version__
@@ -38,11 +42,17 @@ CONFIG_KEYS = {
     "zone",
     "cluster",
     "socket",
+    "socket_mode",
+    "socket_owner",
+    "socket_group",
     "listen",
     "state_dir",
     "registrations",
     "metrics_port",
     "metrics_host",
+    "tls_cert",
+    "tls_key",
+    "tls_ca",
 }
 
 
@@ -57,12 +67,40 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--zone", help="this node's zone")
     run.add_argument("--cluster", help="this node's cluster (xDS node.cluster)")
     run.add_argument("--socket", help=f"unix socket for local processes ({DEFAULT_SOCKET})")
+    run.add_argument(
+        "--socket-mode", metavar="MODE", help="the unix socket's mode, in octal (default 0660)"
+    )
+    run.add_argument(
+        "--socket-owner", metavar="USER", help="the unix socket's owner, a user name or uid"
+    )
+    run.add_argument(
+        "--socket-group", metavar="GROUP", help="the unix socket's group, a group name or gid"
+    )
     run.add_argument("--listen", help="also serve on this loopback HOST:PORT (port 0 picks one)")
     run.add_argument("--state-dir", type=Path, help=f"where state persists ({DEFAULT_STATE_DIR})")
     run.add_argument("--ready-file", type=Path, help="write the bound addresses once serving")
     run.add_argument("--log-level", default=None)
     telemetry.add_arguments(run)
+    tls.add_arguments(run, role="node (a node certificate from `meshctl certs issue --node`)")
     return parser
+
+
+def tls_settings(
+    files: tls.TlsFiles | None, node_id: str | None
+) -> tuple[tls.TlsFiles | None, str | None]:
+    """Checks the node's certificate names the node (``spiffe://TD/node/ID``); the node id
+    defaults to the one it names."""
+    if files is None:
+        return None, node_id
+    named = [p[2] for u in tls.certificate_uris(files) if (p := parse_uri(u)) and p[1] == NODE]
+    if not named:
+        _fail(f"--tls-cert {files.cert}: not a node certificate (no spiffe://…/node/ID URI SAN)")
+    if node_id is not None and node_id != named[0]:
+        _fail(
+            f"--node-id {node_id!r} does not match the certificate, which identifies node "
+            f"{named[0]!r}; the control server would refuse the node"
+        )
+    return files, named[0]
 
 
 def _fail(message: str) -> None:
@@ -75,7 +113,8 @@ def load_config(args: argparse.Namespace) -> dict[str, Any]:
     config: dict[str, Any] = {}
     if args.config is not None:
         try:
-            loaded = yaml.safe_load(args.config.read_text()) or {}
+            text = args.config.read_text()
+            loaded = yaml.safe_load(text) or {}
         except (OSError, yaml.YAMLError) as error:
             _fail(f"cannot read config file {args.config}: {error}")
         if not isinstance(loaded, dict):
@@ -86,8 +125,75 @@ def load_config(args: argparse.Namespace) -> dict[str, Any]:
                 f"{args.config}: unknown setting(s) {', '.join(unknown)}; "
                 f"known are {', '.join(sorted(CONFIG_KEYS))}"
             )
+        if isinstance(loaded.get("socket_mode"), int):
+            # YAML reads 660 as decimal and 0660 as octal; a mode is meant as written.
+            loaded["socket_mode"] = _scalar_text(text, "socket_mode")
         config = loaded
     return config
+
+
+def _scalar_text(text: str, key: str) -> str | None:
+    """The text of the top-level ``key``'s value in the YAML document ``text``, as written."""
+    node = yaml.compose(text)
+    if isinstance(node, yaml.MappingNode):
+        for name, value in node.value:
+            if name.value == key and isinstance(value, yaml.ScalarNode):
+                return str(value.value)
+    return None
+
+
+def _where(args: argparse.Namespace, name: str) -> str:
+    """How the user gave setting ``name``: the flag, or the key in the config file."""
+    if getattr(args, name, None) is not None:
+        return f"--{name.replace('_', '-')}"
+    return f"{args.config}: {name}"
+
+
+def socket_mode(value: Any, where: str) -> int:
+    """A file mode from octal text (``0660``, ``660``, ``0o660``) or an int; exits otherwise."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        mode = value
+    else:
+        text = str(value).strip().lower().removeprefix("0o")
+        try:
+            mode = int(text, 8)
+        except ValueError:
+            _fail(f"{where}: {value!r} is not an octal file mode such as 0660")
+    if not 0 <= mode <= 0o777:
+        _fail(f"{where}: {value!r} is not a file mode (0000-0777) such as 0660")
+    return mode
+
+
+def socket_owner_id(value: Any, where: str) -> int | None:
+    """The uid of a user name or numeric id (None when not given); exits if unknown."""
+    if value is None or value == "":
+        return None
+    text = str(value)
+    if text.isascii() and text.isdigit():
+        return int(text)
+    try:
+        uid: int | None = pwd.getpwnam(text).pw_uid
+    except KeyError:
+        uid = None
+    if uid is None:
+        _fail(f"{where}: unknown user {text!r}")
+    return uid
+
+
+def socket_group_id(value: Any, where: str) -> int | None:
+    """The gid of a group name or numeric id (None when not given); exits if unknown."""
+    if value is None or value == "":
+        return None
+    text = str(value)
+    if text.isascii() and text.isdigit():
+        return int(text)
+    try:
+        gid: int | None = grp.getgrnam(text).gr_gid
+    except KeyError:
+        gid = None
+    if gid is None:
+        _fail(f"{where}: unknown group {text!r}")
+    return gid
 
 
 def settings_from(args: argparse.Namespace, config: dict[str, Any] | None = None) -> AgentSettings:
@@ -100,6 +206,13 @@ def settings_from(args: argparse.Namespace, config: dict[str, Any] | None = None
     control = pick("control")
     if not control:
         _fail("--control HOST:PORT is required (or `control` in --config)")
+    try:
+        given = tls.from_values(
+            *(Path(v) if (v := pick(f"tls_{part}")) else None for part in ("cert", "key", "ca"))
+        )
+    except tls.TlsError as error:
+        _fail(str(error))
+    files, node_id = tls_settings(given, pick("node_id"))
     servers = control if isinstance(control, list) else str(control).split(",")
     registrations = []
     for index, body in enumerate(config.get("registrations") or []):
@@ -114,13 +227,17 @@ def settings_from(args: argparse.Namespace, config: dict[str, Any] | None = None
     state_dir = pick("state_dir", DEFAULT_STATE_DIR)
     return AgentSettings(
         control=[s.strip() for s in servers if s.strip()],
-        node_id=pick("node_id") or socket.gethostname(),
+        node_id=node_id or socket.gethostname(),
         zone=pick("zone", ""),
         cluster=pick("cluster", ""),
         socket=pick("socket", DEFAULT_SOCKET),
+        socket_mode=socket_mode(pick("socket_mode", "0660"), _where(args, "socket_mode")),
+        socket_owner=socket_owner_id(pick("socket_owner"), _where(args, "socket_owner")),
+        socket_group=socket_group_id(pick("socket_group"), _where(args, "socket_group")),
         listen=pick("listen", ""),
         state_dir=Path(state_dir),
         registrations=registrations,
+        tls=files,
     )
 
 

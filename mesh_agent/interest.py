@@ -12,11 +12,18 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 
+from control.limits import Limits
 from control.xds.stream import AdsSession
 from control.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SERVICE_POLICY, TypeUrl
 
 from .cache import ConfigCache, decode
 from .upstream import Interest
+
+MAX_NAMES = Limits().max_names_per_request // 2
+"""Past this many names of one type, or MAX_NAME_BYTES of them, the agent asks for every
+resource of the type instead: a request over the control server's limits would cut the node
+off, and local processes together may ask for more than one of them may."""
+MAX_NAME_BYTES = Limits().max_message_bytes // 4
 
 
 def _route_names(cache: ConfigCache) -> set[str]:
@@ -73,5 +80,10 @@ def compute_interest(
     interest: dict[TypeUrl, Interest] = {}
     for type_url, names in derived.items():
         wanted = demand.get(type_url, frozenset())
-        interest[type_url] = None if wanted is None else frozenset(names | wanted)
+        union = None if wanted is None else frozenset(names | wanted)
+        interest[type_url] = None if union is None or _too_many(union) else union
     return interest
+
+
+def _too_many(names: frozenset[str]) -> bool:
+    return len(names) > MAX_NAMES or sum(len(n.encode()) for n in names) > MAX_NAME_BYTES

@@ -15,7 +15,9 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from google.protobuf import any_pb2
 
 from control.xds.resources import join_address
+from control.xds.server import NodeRegistry
 from control.xds.snapshot import Snapshot
+from control.xds.stream import AdsSession
 from control.xds.types import ENDPOINT, ResourceName, TypeUrl
 
 from .cache import ConfigCache
@@ -91,3 +93,16 @@ class LocalSnapshotSource:
             self._subscribers.pop(token, None)
 
         return unsubscribe
+
+
+class LocalSessions(NodeRegistry):
+    """The local ADS sessions; ``ended`` is called after one ends, so that what the agent asks
+    the control plane for stops including what only that session asked for."""
+
+    def __init__(self, ended: Callable[[], None]) -> None:
+        super().__init__()
+        self._ended = ended
+
+    def remove(self, session: AdsSession) -> None:
+        super().remove(session)
+        self._ended()

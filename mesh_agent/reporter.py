@@ -19,6 +19,7 @@ import structlog
 from google.protobuf import json_format
 
 from control.backoff import Backoff
+from control.tls import TlsFiles, aio_channel
 from control.xds.server import NodeRegistry
 from mesh.v1 import agent_pb2, node_pb2, node_pb2_grpc
 
@@ -90,7 +91,9 @@ class Reporter:
         static: Iterable[node_pb2.Registration] = (),
         backoff: Backoff = RECONNECT_BACKOFF,
         health: HealthSource | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
+        self.tls = tls
         self.node_id = node_id
         self.health_source = health
         self.local = local
@@ -238,7 +241,7 @@ class Reporter:
             request = None  # the server has this report already
         if not registrations and request is None:
             return
-        async with grpc.aio.insecure_channel(server) as channel:
+        async with aio_channel(server, self.tls) as channel:
             stub = node_pb2_grpc.NodeServiceStub(channel)
             if registrations:
                 await stub.SetRegistrations(

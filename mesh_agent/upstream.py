@@ -23,6 +23,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import status_pb2
 
 from control.backoff import Backoff
+from control.tls import TlsFiles, aio_channel
 from control.xds.types import PUSH_ORDER, SERVICE_POLICY, ResourceName, TypeUrl, short_name
 
 from .cache import ConfigCache
@@ -64,9 +65,12 @@ class UpstreamClient:
         *,
         backoff: Backoff = RECONNECT_BACKOFF,
         metrics: AgentMetrics | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
+        """``tls``: connect with mTLS, the files read again at every (re)connect."""
         if not servers:
             raise ValueError("at least one control server address is needed")
+        self.tls = tls
         self.servers = list(servers)
         self.node = node
         self.cache = cache
@@ -154,7 +158,7 @@ class UpstreamClient:
             await asyncio.sleep(next(delays))
 
     async def _stream(self, server: str) -> None:
-        channel = grpc.aio.insecure_channel(server, options=CHANNEL_OPTIONS)
+        channel = aio_channel(server, self.tls, CHANNEL_OPTIONS)
         try:
             await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT)
             queue: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()

@@ -1,6 +1,8 @@
 """``make demo``: a working mesh on the embedded file store, narrated.
 
-Starts mesh-control, a mesh-agent, two echo backends and a client that calls ``xds:///echo``
+Issues a development CA and certificates with ``meshctl certs`` (mTLS between the agent and
+mesh-control, an operator certificate for ``meshctl``; ``--no-tls`` runs without), starts
+mesh-control, a mesh-agent, two echo backends and a client that calls ``xds:///echo``
 through grpcio's own xDS client, then changes the config with ``meshctl`` while the client's
 calls scroll by, one timestamped line each: one endpoint, then two (traffic spreads), one
 reporting NOT_SERVING, one stopped and restarted, both failing (the breaker opens and closes),
@@ -117,6 +119,7 @@ class Demo:
             "MESH_LOG_LEVEL": "debug" if debug else "info",
         }
         self.control = ""
+        self.meshctl_flags: list[str] = []
         self.stopping = False
         self._out = threading.Lock()
 
@@ -248,7 +251,15 @@ class Demo:
     def meshctl(self, *args: str) -> None:
         self.out(f"$ meshctl {' '.join(args)}")
         result = subprocess.run(
-            [sys.executable, "-m", "control.meshctl", "--control", self.control, *args],
+            [
+                sys.executable,
+                "-m",
+                "control.meshctl",
+                "--control",
+                self.control,
+                *self.meshctl_flags,
+                *args,
+            ],
             env=self.env,
             capture_output=True,
             text=True,
@@ -285,10 +296,50 @@ class Demo:
                 proc.kill()
 
 
-def run(demo: Demo, pause: float, duration: float) -> None:
+def tls_flags(directory: Path) -> list[str]:
+    return [
+        "--tls-cert",
+        str(directory / "cert.pem"),
+        "--tls-key",
+        str(directory / "key.pem"),
+        "--tls-ca",
+        str(directory / "ca.pem"),
+    ]
+
+
+def issue_certificates(demo: Demo) -> tuple[list[str], list[str]]:
+    """A CA and the server's, the node's and an operator's certificates; returns the control
+    server's and the agent's TLS flags, and points meshctl at the operator's."""
+    pki = demo.workdir / "pki"
+    demo.say(
+        "a development CA (meshctl certs): mTLS between the node and mesh-control, "
+        "and an operator certificate for meshctl"
+    )
+    demo.meshctl("certs", "init", "--out", str(pki / "ca"), "--trust-domain", "demo.mesh")
+    kinds = {
+        "server": ["--server", "127.0.0.1"],
+        "node": ["--node", "demo-node", "--ip", "127.0.0.1"],
+        "operator": ["--operator", "demo"],
+    }
+    for name, kind in kinds.items():
+        demo.meshctl("certs", "issue", "--ca", str(pki / "ca"), *kind, "--out", str(pki / name))
+    demo.meshctl_flags = tls_flags(pki / "operator")
+    return tls_flags(pki / "server"), tls_flags(pki / "node")
+
+
+def run(demo: Demo, pause: float, duration: float, mtls: bool = True) -> None:
     store = demo.workdir / "store"
+    control_tls, agent_tls = issue_certificates(demo) if mtls else ([], [])
     demo.say(f"starting mesh-control on the file store {store}")
-    control_args = ["control", "serve", "--listen", "127.0.0.1:0", "--store", f"file:{store}"]
+    control_args = [
+        "control",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        f"file:{store}",
+        *control_tls,
+    ]
     demo.control = demo.ready("control", control_args)
     demo.out(f"mesh-control serving on {demo.control}")
     socket_path = demo.workdir / "agent.sock"
@@ -305,6 +356,7 @@ def run(demo: Demo, pause: float, duration: float) -> None:
             str(socket_path),
             "--state-dir",
             str(demo.workdir / "agent-state"),
+            *agent_tls,
         ],
         follow=True,
     )
@@ -397,12 +449,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", type=Path, default=ROOT / ".demo")
     parser.add_argument("--pause", type=float, default=4.0, help="seconds between steps")
     parser.add_argument("--once", action="store_true", help="stop after the scripted steps")
+    parser.add_argument(
+        "--no-tls", action="store_true", help="run without mTLS (plaintext, open admin API)"
+    )
     args = parser.parse_args(argv)
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)
     demo = Demo(args.workdir)
     try:
-        run(demo, args.pause, 1 if args.once else 0)
+        run(demo, args.pause, 1 if args.once else 0, mtls=not args.no_tls)
     except KeyboardInterrupt:
         pass
     finally:

@@ -4,7 +4,7 @@ streams and :class:`~control.xds.stream.AdsSession`; the protocol lives there.""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
@@ -15,13 +15,15 @@ from google.protobuf import timestamp_pb2
 
 from mesh.v1 import admin_pb2
 
+from ..limits import AdsStreamGuard, LimitExceeded, Limits, StreamCounter, refuse
 from ..registry import Registrations
 from .snapshot import SnapshotSource
-from .stream import AdsSession, ProtocolError, TypeState
+from .stream import AdsSession, NodeRefused, ProtocolError, TypeState
 from .types import PUSH_ORDER
 
 if TYPE_CHECKING:
     from ..metrics import XdsMetrics
+    from ..security import Access
 
 log = structlog.get_logger(__name__)
 
@@ -155,9 +157,18 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         on_event: Callable[[str, AdsSession, TypeState], None] | None = None,
         *,
         metrics: XdsMetrics | None = None,
+        access: Access | None = None,
+        limits: Limits | None = None,
+        streams: StreamCounter | None = None,
     ) -> None:
         """``on_event`` is told of every session's events (subscribe, ack, nack, send).
-        ``metrics`` records them; by default as the control server, on the global meter."""
+        ``metrics`` records them; by default as the control server, on the global meter.
+        ``access`` decides whether a caller may speak for the node its stream names.
+        ``limits`` bound each request (defaults: :class:`~control.limits.Limits`);
+        ``streams`` counts the streams of each node id against its limit."""
+        self._limits = limits or Limits()
+        self._streams = streams
+        self._access = access
         self._cache = cache
         self._registry = registry
         self._server_id = server_id
@@ -174,6 +185,12 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         if self._on_event is not None:
             self._on_event(event, session, state)
 
+    def _authorizer(self, context: Any) -> Callable[[str], str | None] | None:
+        access = self._access
+        if access is None or not access.mtls:
+            return None
+        return lambda node_id: access.node_refusal(context, node_id, "ADS stream")
+
     async def StreamAggregatedResources(
         self,
         request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
@@ -181,21 +198,29 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse
         ],
     ) -> None:
+        guard = AdsStreamGuard(self._limits, self._streams)
         session = AdsSession(
             self._cache,
             context.write,
             peer=context.peer(),
             server_id=self._server_id,
             on_event=self._event,
-            on_node=self._registry.node_known,
+            on_node=guard.holding(self._registry.node_known),
+            authorize=self._authorizer(context),
         )
         self._registry.add(session)
         self._metrics.stream_opened()
         try:
-            await session.run(request_iterator)
+            await session.run(guard.requests(request_iterator))
         except ProtocolError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        except NodeRefused as error:
+            session.log.warning("stream refused", reason=str(error), peer=context.peer())
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(error))
+        except LimitExceeded as error:
+            await refuse(context, error, node=guard.node_id, stream=session.stream_id)
         finally:
+            guard.release()
             self._metrics.stream_closed()
             self._registry.remove(session)
             if session.node is not None:

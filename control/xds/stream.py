@@ -62,6 +62,11 @@ class ProtocolError(Exception):
     """The client broke the protocol; the stream ends with INVALID_ARGUMENT."""
 
 
+class NodeRefused(Exception):
+    """The caller may not speak for the node its stream names; the stream ends with
+    PERMISSION_DENIED."""
+
+
 @dataclass(slots=True)
 class Nack:
     version: Version
@@ -123,14 +128,17 @@ class AdsSession:
         server_id: str = "",
         on_event: Callable[[str, AdsSession, TypeState], None] | None = None,
         on_node: Callable[[AdsSession], None] | None = None,
+        authorize: Callable[[str], str | None] | None = None,
     ) -> None:
         """``on_event`` is told of every ack, nack and send; ``on_node`` is called once, when
-        the first request has named the node (``self.node`` is set)."""
+        the first request has named the node (``self.node`` is set). ``authorize`` is asked
+        first, with the node id: a reason to refuse it ends the stream (:class:`NodeRefused`)."""
         self._cache = cache
         self._send = send
         self._server_id = server_id
         self._on_event = on_event or (lambda *_: None)
         self._on_node = on_node or (lambda _: None)
+        self._authorize = authorize
         self._nonces = itertools.count(1)
         self._queue: asyncio.Queue[discovery_pb2.DiscoveryRequest | str] = asyncio.Queue()
         self._change_pending = False
@@ -185,6 +193,10 @@ class AdsSession:
         if self.node is None:
             if not request.HasField("node") or not request.node.id:
                 raise ProtocolError("the first request on a stream must carry node.id")
+            if self._authorize is not None:
+                refusal = self._authorize(request.node.id)
+                if refusal is not None:
+                    raise NodeRefused(refusal)
             self.node = request.node
             self.log = self.log.bind(node=self.node.id)
             self.log.info("node connected", zone=self.node.locality.zone)
