@@ -29,6 +29,9 @@ def test_demo_shows_the_mesh_working(tmp_path: Path) -> None:
     )
     out = result.stdout
     assert result.returncode == 0, result.stderr[-2000:]
+    # mTLS on: the node's certificate names it, and meshctl writes as an operator.
+    assert "SANs: URI:spiffe://demo.mesh/node/demo-node, IP:127.0.0.1" in out, out
+    assert "service/echo configured (revision 1)" in out, out
     ok_line = rf"\[client\] {CLOCK}  call +\d+  ok    %s +\d+\.\d\d ms"
     assert re.search(ok_line % "alpha", out), out
     assert re.search(ok_line % "beta", out), out
