@@ -7,7 +7,7 @@ PROTOS := $(shell find protos -name '*.proto')
 # must be installed last.
 OTEL_PROTO = $$($(BIN)/python -c "import importlib.metadata as m; print(m.version('opentelemetry-proto'))")
 
-.PHONY: install proto proto-check lint test test-unit test-e2e demo bench bench-datapath bench-tracing clean
+.PHONY: install proto proto-check lint test test-unit test-e2e demo bench bench-datapath bench-tracing bench-mtls clean
 
 install: $(BIN)/.installed
 
@@ -44,6 +44,9 @@ bench-datapath: install
 
 bench-tracing: install
 	$(BIN)/python -m bench --only tracing
+
+bench-mtls: install
+	$(BIN)/python -m bench --only mtls
 
 clean:
 	rm -rf $(VENV) .demo .bench

@@ -27,7 +27,9 @@ SECTION_MODULES = (
     "bench.agent",
     "bench.datapath",
     "bench.tracing",
+    "bench.mtls",
     "bench.etcd",
+    "bench.scale",
 )
 
 

@@ -5,6 +5,7 @@ fast are marked ``circuit open (fail fast)``.
 By default it uses grpcio's own xDS client directly (``--xds-server`` names the xDS server);
 with ``--mesh`` it uses :func:`mesh_agent.client.mesh_channel` (``--aio``: the asyncio one),
 so calls also pass the node's circuit breakers. ``--stream`` calls the streaming method.
+``--tls-cert/--tls-key/--tls-ca`` (default ``$MESH_TLS_*``): mTLS to a TCP ``--xds-server``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from control import telemetry
+from control import telemetry, tls
 from control._logging import configure
 
 DETAILS_MAX = 100
@@ -93,7 +94,9 @@ def run_sync(args: argparse.Namespace) -> None:
     if args.mesh:
         from mesh_agent.client import mesh_channel
 
-        channel = mesh_channel(args.service, agent=args.xds_server, node_id=args.node_id)
+        channel = mesh_channel(
+            args.service, agent=args.xds_server, node_id=args.node_id, tls=args.tls
+        )
     else:
         channel = grpc.insecure_channel(f"xds:///{args.service}")
     stub = echo_pb2_grpc.EchoServiceStub(channel)
@@ -125,7 +128,9 @@ async def run_aio(args: argparse.Namespace) -> None:
     from mesh.demo.v1 import echo_pb2, echo_pb2_grpc
     from mesh_agent.client import aio_mesh_channel
 
-    channel = aio_mesh_channel(args.service, agent=args.xds_server, node_id=args.node_id)
+    channel = aio_mesh_channel(
+        args.service, agent=args.xds_server, node_id=args.node_id, tls=args.tls
+    )
     stub = echo_pb2_grpc.EchoServiceStub(channel)
     while args.after_file is not None and not args.after_file.exists():
         await asyncio.sleep(0.001)
@@ -176,14 +181,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--touch-after", nargs=2, metavar=("N", "PATH"), help="create PATH after the N-th call"
     )
+    tls.add_arguments(parser, role="client (default: $MESH_TLS_*)")
     args = parser.parse_args(argv)
+    try:
+        args.tls = tls.from_args(args) or tls.env_files()
+    except tls.TlsError as error:
+        parser.error(str(error))
     if args.touch_after:
         args.touch_after = (int(args.touch_after[0]), args.touch_after[1])
     if not args.mesh and not args.aio:
         from mesh_agent._bootstrap import bootstrap_json
 
         # Must be set before the first xds: channel; grpcio reads it once per process.
-        os.environ["GRPC_XDS_BOOTSTRAP_CONFIG"] = bootstrap_json([args.xds_server], args.node_id)
+        os.environ["GRPC_XDS_BOOTSTRAP_CONFIG"] = bootstrap_json(
+            [args.xds_server], args.node_id, tls=args.tls
+        )
     configure()  # logs go to stderr: stdout carries only the call lines
     otel = telemetry.start("mesh-demo client", "demo-client", None, None)
     try:

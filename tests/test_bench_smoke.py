@@ -270,3 +270,43 @@ def test_bench_quick_tracing_prints_a_json_summary() -> None:
         assert got == expected > 0, (key, final[key])
     assert final["tracing_on_vs_off_us"] == costs["mesh_on - mesh_off"]["paired_us"]
     assert any(line.startswith("== tracing: cost") for line in lines)
+
+
+def test_bench_quick_mtls_prints_a_json_summary() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "mtls"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert summary["quick"] is True
+    assert list(summary["results"]) == ["mtls"]
+    rows = summary["results"]["mtls"]
+    transports = ["unix", "tcp", "mtls", "unix_b"]
+
+    shakes = {r["transport"]: r for r in rows if r["table"].startswith("handshake")}
+    assert list(shakes) == transports
+    for row in shakes.values():
+        assert row["samples"] == 16 and row["errors"] == 0, row
+        assert 0 < row["second_call_p50_ms"] < row["p50_ms"] <= row["p99_ms"] < 10_000, row
+    calls = {r["transport"]: r for r in rows if r["table"].startswith("calls")}
+    assert list(calls) == transports
+    for row in calls.values():
+        assert row["calls"] == 480 and row["errors"] == 0, row
+        assert 0 < row["p50_us"] <= row["p99_us"] < 1_000_000, row
+    assert shakes["tcp"]["vs_tcp_paired_ms"] is None and calls["tcp"]["vs_tcp_paired_us"] is None
+    assert isinstance(calls["mtls"]["vs_tcp_paired_us"], float)
+
+    costs = {r["compare"]: r for r in rows if r["table"].startswith("cost")}
+    assert set(costs) == {"mtls - tcp", "tcp - unix", "mtls - unix", "unix_b - unix"}
+    final = next(r for r in rows if r["table"] == "summary")
+    assert final["rpc"] == "mesh.v1.AgentService/AcquirePermit" and final["errors"] == 0
+    assert final["handshake_mtls_vs_tcp_ms"] == costs["mtls - tcp"]["handshake_ms"]
+    assert final["call_mtls_vs_tcp_us"] == costs["mtls - tcp"]["call_us"]
+    assert final["credentials_us"] > 0
+    assert any(line.startswith("== mtls: handshake") for line in lines)

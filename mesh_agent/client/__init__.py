@@ -8,10 +8,14 @@ use their node's agent.
 
     channel = grpc.intercept_channel(my_channel, mesh_interceptor("orders"))
 
+    channel = mesh_channel("orders", agent="127.0.0.1:15011",   # mTLS to a TCP agent address
+                           tls=TlsFiles(cert, key, ca))        # (default: $MESH_TLS_*)
+
     setup_telemetry("orders")                   # OTLP / Prometheus from the OTEL_* settings
 """
 
 from control.telemetry import setup as setup_telemetry
+from control.tls import TlsFiles
 
 from ._channel import (
     BootstrapConflictError,
@@ -21,6 +25,7 @@ from ._channel import (
     configure_bootstrap,
     mesh_channel,
     mesh_interceptor,
+    tls_files,
 )
 from ._classify import is_mesh_rejection
 from ._interceptors import OPEN_CIRCUIT_KEY, CircuitOpenError, MeshClientInterceptor
@@ -30,6 +35,7 @@ __all__ = [
     "BootstrapConflictError",
     "CircuitOpenError",
     "MeshClientInterceptor",
+    "TlsFiles",
     "agent_address",
     "aio_mesh_channel",
     "aio_mesh_interceptors",
@@ -38,4 +44,5 @@ __all__ = [
     "mesh_channel",
     "mesh_interceptor",
     "setup_telemetry",
+    "tls_files",
 ]

@@ -1,5 +1,11 @@
 """``mesh_channel()`` and ``aio_mesh_channel()``: an ``xds:///SERVICE`` channel fed by the
-node's agent, with the mesh interceptors on it."""
+node's agent, with the mesh interceptors on it.
+
+TLS: with ``tls=TlsFiles(...)``, or ``$MESH_TLS_CERT``/``$MESH_TLS_KEY``/``$MESH_TLS_CA`` (the
+variables ``meshctl`` reads), a TCP agent address (and a fallback control server) is reached
+with mTLS, both by grpcio's xDS client (bootstrap channel creds ``tls``, gRFC A65) and by the
+process's :class:`AgentLink`. A unix-socket agent address is always plaintext.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +21,8 @@ import grpc
 import grpc.aio
 
 from control.errors import MeshError
-from mesh_agent._bootstrap import bootstrap_config
+from control.tls import TlsFiles, env_files
+from mesh_agent._bootstrap import bootstrap_config, is_unix
 
 from ._interceptors import MeshClientInterceptor, aio_interceptors
 from ._link import AgentLink, link_for
@@ -24,7 +31,7 @@ DEFAULT_AGENT = "unix:/run/mesh-agent/agent.sock"
 ENV_AGENT = "MESH_AGENT"
 _BOOTSTRAP_ENV = "GRPC_XDS_BOOTSTRAP_CONFIG"
 _lock = threading.Lock()
-_configured: list[str] | None = None
+_configured: list[dict[str, Any]] | None = None
 
 
 class BootstrapConflictError(MeshError):
@@ -40,7 +47,16 @@ def agent_address(agent: str | None = None) -> str:
     return address
 
 
-def _existing_servers() -> list[str] | None:
+def tls_files(tls: TlsFiles | None = None) -> TlsFiles | None:
+    """The TLS files to use: ``tls``, else ``$MESH_TLS_CERT``/``_KEY``/``_CA`` (all three or
+    none), else None. The files are checked (readable PEM, key matching the certificate)."""
+    if tls is None:
+        return env_files()
+    tls.read()
+    return tls
+
+
+def _existing_servers() -> list[dict[str, Any]] | None:
     """The servers of a bootstrap someone else set in this process's environment."""
     text = os.environ.get(_BOOTSTRAP_ENV)
     path = os.environ.get("GRPC_XDS_BOOTSTRAP")
@@ -52,40 +68,82 @@ def _existing_servers() -> list[str] | None:
     if text is None:
         return None
     try:
-        return [s["server_uri"] for s in json.loads(text).get("xds_servers", [])]
+        return [
+            {"server_uri": s["server_uri"], "channel_creds": s.get("channel_creds") or []}
+            for s in json.loads(text).get("xds_servers", [])
+        ]
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
-def configure_bootstrap(servers: Sequence[str], node_id: str | None = None) -> None:
+def _tls_creds(server: dict[str, Any]) -> Any:
+    """The server's ``tls`` channel creds (what grpcio uses when listed first), or None."""
+    creds = server.get("channel_creds")
+    first = creds[0] if isinstance(creds, list) and creds else None
+    return first if isinstance(first, dict) and first.get("type") == "tls" else None
+
+
+def _same(current: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """The same server, and the same mTLS files when either side uses mTLS."""
+    if current["server_uri"] != wanted["server_uri"]:
+        return False
+    mtls = _tls_creds(current), _tls_creds(wanted)
+    return mtls == (None, None) or mtls[0] == mtls[1]
+
+
+def _describe(servers: Sequence[dict[str, Any]]) -> str:
+    return ", ".join(
+        s["server_uri"] + (" (mTLS)" if _tls_creds(s) is not None else "") for s in servers
+    )
+
+
+def configure_bootstrap(
+    servers: Sequence[str], node_id: str | None = None, *, tls: TlsFiles | None = None
+) -> None:
     """Points grpcio's xDS client at ``servers`` (the agent first, then fallbacks, gRFC A71)
-    for this whole process. Asking again for the same servers is a no-op; asking for others
+    for this whole process, with mTLS to the TCP ones if ``tls`` is given. Asking again for
+    the same servers is a no-op; asking for others, or for the same over other credentials,
     raises :class:`BootstrapConflictError`, since grpcio would silently keep the first."""
     global _configured
-    wanted = list(servers)
+    node = node_id or os.environ.get("MESH_CLIENT_ID") or f"{socket.gethostname()}-{os.getpid()}"
+    config = bootstrap_config(list(servers), node, tls=tls)
+    wanted: list[dict[str, Any]] = [
+        {"server_uri": s["server_uri"], "channel_creds": s["channel_creds"]}
+        for s in config["xds_servers"]
+    ]
     with _lock:
         current = _configured if _configured is not None else _existing_servers()
         if current is not None:
-            if current[: len(wanted)] != wanted:
+            if len(current) < len(wanted) or not all(
+                _same(c, w) for c, w in zip(current, wanted, strict=False)
+            ):
                 raise BootstrapConflictError(
-                    f"this process's xDS bootstrap already points at {', '.join(current)}; "
-                    f"grpcio reads it once per process, so {', '.join(wanted)} cannot be used"
+                    f"this process's xDS bootstrap already points at {_describe(current)}; "
+                    f"grpcio reads it once per process, so {_describe(wanted)} cannot be used"
                 )
             _configured = current
             return
-        node = (
-            node_id or os.environ.get("MESH_CLIENT_ID") or (f"{socket.gethostname()}-{os.getpid()}")
-        )
-        os.environ[_BOOTSTRAP_ENV] = json.dumps(bootstrap_config(wanted, node))
+        os.environ[_BOOTSTRAP_ENV] = json.dumps(config)
         _configured = wanted
 
 
 def _setup(
-    service: str, agent: str | None, fallback: str | None, node_id: str | None
+    service: str,
+    agent: str | None,
+    fallback: str | None,
+    node_id: str | None,
+    tls: TlsFiles | None,
 ) -> tuple[str, AgentLink]:
     address = agent_address(agent)
-    configure_bootstrap([address, *([fallback] if fallback else [])], node_id)
-    return f"xds:///{service}", link_for(address)
+    servers = [address, *([fallback] if fallback else [])]
+    files = tls_files(tls) if not all(is_unix(server) for server in servers) else None
+    configure_bootstrap(servers, node_id, tls=files)
+    return f"xds:///{service}", link_for(address, files)
+
+
+def _link(agent: str | None, tls: TlsFiles | None) -> AgentLink:
+    address = agent_address(agent)
+    return link_for(address, None if is_unix(address) else tls_files(tls))
 
 
 def mesh_channel(
@@ -95,11 +153,13 @@ def mesh_channel(
     fallback_control: str | None = None,
     node_id: str | None = None,
     options: Sequence[tuple[str, Any]] | None = None,
+    tls: TlsFiles | None = None,
 ) -> grpc.Channel:
     """A channel to mesh service ``service`` through the node's agent, with circuit breaking
     and outcome reporting. ``fallback_control`` (``HOST:PORT``) is used by grpcio when the
-    agent cannot be reached at start."""
-    target, link = _setup(service, agent, fallback_control, node_id)
+    agent cannot be reached at start. ``tls`` (default: ``$MESH_TLS_*``): mTLS to a TCP agent
+    address and to the fallback."""
+    target, link = _setup(service, agent, fallback_control, node_id, tls)
     channel = grpc.insecure_channel(target, options=options)
     return grpc.intercept_channel(channel, MeshClientInterceptor(link, service))
 
@@ -111,22 +171,26 @@ def aio_mesh_channel(
     fallback_control: str | None = None,
     node_id: str | None = None,
     options: Sequence[tuple[str, Any]] | None = None,
+    tls: TlsFiles | None = None,
 ) -> grpc.aio.Channel:
     """The asyncio counterpart of :func:`mesh_channel`."""
-    target, link = _setup(service, agent, fallback_control, node_id)
+    target, link = _setup(service, agent, fallback_control, node_id, tls)
     return grpc.aio.insecure_channel(
         target, options=options, interceptors=aio_interceptors(link, service)
     )
 
 
-def mesh_interceptor(service: str, *, agent: str | None = None) -> MeshClientInterceptor:
+def mesh_interceptor(
+    service: str, *, agent: str | None = None, tls: TlsFiles | None = None
+) -> MeshClientInterceptor:
     """The sync interceptor alone, for a channel of your own:
-    ``grpc.intercept_channel(channel, mesh_interceptor("orders"))``."""
-    return MeshClientInterceptor(link_for(agent_address(agent)), service)
+    ``grpc.intercept_channel(channel, mesh_interceptor("orders"))``. ``tls`` (default:
+    ``$MESH_TLS_*``) is for the link to a TCP agent address."""
+    return MeshClientInterceptor(_link(agent, tls), service)
 
 
 def aio_mesh_interceptors(
-    service: str, *, agent: str | None = None
+    service: str, *, agent: str | None = None, tls: TlsFiles | None = None
 ) -> list[grpc.aio.ClientInterceptor]:
     """The asyncio interceptors alone, for ``grpc.aio.insecure_channel(..., interceptors=)``."""
-    return aio_interceptors(link_for(agent_address(agent)), service)
+    return aio_interceptors(_link(agent, tls), service)

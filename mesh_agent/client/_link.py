@@ -5,6 +5,10 @@ for the agent (DESIGN.md, decision 4).
 One :class:`AgentLink` per agent address per process (:func:`link_for`). If the agent is
 unreachable the link fails open: calls are admitted, outcomes are dropped, one warning is
 logged, and it reconnects with backoff.
+
+With TLS files, a link to a TCP agent address uses mTLS; the files are read when the channel
+is made, and again after a failed call if they changed on disk (a renewed certificate). A
+unix-socket address is always plaintext (the socket's file mode guards it).
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import grpc
 import structlog
 
 from control.backoff import Backoff
+from control.tls import TlsError, TlsFiles, channel_credentials
 from mesh.v1 import agent_pb2, agent_pb2_grpc
+from mesh_agent._bootstrap import is_unix
 
 log = structlog.get_logger(__name__)
 
@@ -66,9 +72,12 @@ class AgentLink:
     """Thread-safe. The hot path (:meth:`decide`, :meth:`record`) takes no lock and does no
     I/O: it reads a dict that the watch thread replaces, and appends to a deque."""
 
-    def __init__(self, target: str, client_id: str | None = None) -> None:
+    def __init__(
+        self, target: str, client_id: str | None = None, *, tls: TlsFiles | None = None
+    ) -> None:
         self.target = target
         self.client_id = client_id or f"pid-{os.getpid()}"
+        self.tls = None if is_unix(target) else tls
         self.breakers: dict[str, BreakerView] = {}
         self._services: set[str] = set()
         self._services_changed = threading.Event()
@@ -77,12 +86,13 @@ class AgentLink:
         self._outcomes: collections.deque[Outcome] = collections.deque()
         self._wake = threading.Event()
         self._armed = False
-        self._channel = grpc.insecure_channel(target)
+        self._lock = threading.Lock()
+        self._tls_stamp = self.tls.stamp() if self.tls is not None else ()
+        self._channel = self._new_channel()
         self._stub = agent_pb2_grpc.AgentServiceStub(self._channel)
         self._closed = threading.Event()
         self._warned = False
         self._watch_call: grpc.Future[Any] | None = None
-        self._lock = threading.Lock()
         self._threads = [
             threading.Thread(target=self._watch_loop, name="mesh-breaker-watch", daemon=True),
             threading.Thread(target=self._report_loop, name="mesh-outcome-report", daemon=True),
@@ -145,7 +155,33 @@ class AgentLink:
         if call is not None:
             call.cancel()  # restart the watch with the new set
 
+    def _new_channel(self) -> grpc.Channel:
+        if self.tls is None:
+            return grpc.insecure_channel(self.target)
+        return grpc.secure_channel(self.target, channel_credentials(self.tls))
+
+    def _reload_tls(self) -> None:
+        """Makes a new channel if the TLS files changed since the current one was made; the
+        old channel is closed, which ends a call still on it (it is retried)."""
+        if self.tls is None or self._closed.is_set():
+            return
+        with self._lock:
+            stamp = self.tls.stamp()
+            if stamp == self._tls_stamp:
+                return
+            self._tls_stamp = stamp
+            try:
+                channel = self._new_channel()
+            except TlsError as error:
+                log.error("new TLS files not usable, keeping the previous ones", error=str(error))
+                return
+            old, self._channel = self._channel, channel
+            self._stub = agent_pb2_grpc.AgentServiceStub(channel)
+        log.info("TLS files changed; reconnecting to the mesh agent", agent=self.target)
+        old.close()
+
     def _agent_away(self, error: grpc.RpcError | None) -> None:
+        self._reload_tls()
         if not self._warned:
             self._warned = True
             log.warning(
@@ -236,14 +272,16 @@ class AgentLink:
         self._channel.close()
 
 
-_links: dict[str, AgentLink] = {}
+_links: dict[tuple[str, TlsFiles | None], AgentLink] = {}
 _links_lock = threading.Lock()
 
 
-def link_for(target: str) -> AgentLink:
-    """The process's one link to the agent at ``target``."""
+def link_for(target: str, tls: TlsFiles | None = None) -> AgentLink:
+    """The process's one link to the agent at ``target`` (mTLS with ``tls`` if ``target`` is
+    TCP)."""
+    key = (target, None if is_unix(target) else tls)
     with _links_lock:
-        link = _links.get(target)
+        link = _links.get(key)
         if link is None:
-            link = _links[target] = AgentLink(target)
+            link = _links[key] = AgentLink(target, tls=key[1])
         return link

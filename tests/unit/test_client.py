@@ -64,7 +64,10 @@ def test_agent_address_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_bootstrap_is_process_wide(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GRPC_XDS_BOOTSTRAP", raising=False)
-    monkeypatch.delenv("GRPC_XDS_BOOTSTRAP_CONFIG", raising=False)
+    # Set first so that monkeypatch restores the variable's absence afterwards (delenv of
+    # an absent variable records nothing, and configure_bootstrap sets it).
+    monkeypatch.setenv("GRPC_XDS_BOOTSTRAP_CONFIG", "")
+    monkeypatch.delenv("GRPC_XDS_BOOTSTRAP_CONFIG")
     monkeypatch.setattr(_channel, "_configured", None)
     _channel.configure_bootstrap(["unix:/tmp/agent.sock", "10.0.0.2:15010"], "proc-1")
     config = json.loads(os.environ["GRPC_XDS_BOOTSTRAP_CONFIG"])

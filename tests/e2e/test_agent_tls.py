@@ -1,0 +1,250 @@
+"""The client library over mTLS to the agent's TCP listener, with real processes: a TLS control
+server, a TLS agent with ``--listen 127.0.0.1:0``, client processes with ``$MESH_TLS_*`` whose
+grpcio xDS client (bootstrap channel creds ``tls``) and AgentLink both use mTLS."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import grpc
+import pytest
+
+from control.tls import TlsFiles
+from mesh.demo.v1 import echo_pb2, echo_pb2_grpc
+from mesh.v1 import agent_pb2, agent_pb2_grpc
+from mesh_agent._bootstrap import bootstrap_config
+from mesh_agent.client import BootstrapConflictError, _channel, mesh_interceptor
+from tests.conftest import Proc, Processes, run_cli, wait_for
+from tests.e2e.agentutil import agent_status, start_agent
+from tests.e2e.test_breakers import breaker, configure, records
+from tests.e2e.test_security import Pki
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+OPEN = agent_pb2.BREAKER_STATE_OPEN
+POLICY = "circuit_breaker: {consecutive_failures: 3, open_for: 60s}"
+NO_TLS = {"MESH_TLS_CERT": "", "MESH_TLS_KEY": "", "MESH_TLS_CA": ""}
+
+
+def tls_env(directory: Path) -> dict[str, str]:
+    return {
+        "MESH_TLS_CERT": str(directory / "cert.pem"),
+        "MESH_TLS_KEY": str(directory / "key.pem"),
+        "MESH_TLS_CA": str(directory / "ca.pem"),
+    }
+
+
+def files_of(directory: Path) -> TlsFiles:
+    return TlsFiles(directory / "cert.pem", directory / "key.pem", directory / "ca.pem")
+
+
+class Mesh:
+    """A TLS control server, one backend serving ``service``, and agent n1 with mTLS on its
+    TCP listener."""
+
+    def __init__(self, procs: Processes, tmp_path: Path, service: str) -> None:
+        self.procs = procs
+        self.pki = Pki(tmp_path / "pki")
+        server = self.pki.issue("server", server="127.0.0.1")
+        _, self.control = procs.start_ready(
+            "control",
+            "control",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            "memory:",
+            *Pki.flags(server),
+        )
+        _, self.backend = procs.start_ready("backend", "mesh_demo.backend", "--name", "b1")
+        operator = self.pki.issue("operator", operator="alice")
+        path = tmp_path / f"{service}.yaml"
+        path.write_text(
+            f"name: {service}\nendpoints: [{{address: '{self.backend}'}}]\npolicy:\n  {POLICY}\n"
+        )
+        applied = run_cli(
+            "control.meshctl",
+            "--control",
+            self.control,
+            *Pki.flags(operator),
+            "apply",
+            "-f",
+            str(path),
+        )
+        assert applied.returncode == 0, applied.stderr
+        node = self.pki.issue("n1", node="n1", ips=["127.0.0.1"])
+        _, self.unix = start_agent(
+            procs, self.control, "n1", "--listen", "127.0.0.1:0", *Pki.flags(node)
+        )
+        addresses = (procs.workdir / "n1.ready").read_text().split()
+        assert addresses[0] == self.unix and len(addresses) == 2, addresses
+        self.tcp = addresses[1]
+        wait_for(lambda: agent_status(self.unix).upstream == self.control, 20, "agent on mTLS")
+        # The application's own certificate from the mesh CA.
+        self.app = self.pki.issue("app", node="n1")
+
+    def client(self, name: str, agent: str, service: str, env: dict[str, str], *args: str) -> Proc:
+        return self.procs.python(
+            name,
+            "mesh_demo.client",
+            "--service",
+            service,
+            "--xds-server",
+            agent,
+            "--mesh",
+            "--json",
+            "--node-id",
+            name,
+            "--timeout",
+            "2",
+            *args,
+            env=env,
+        )
+
+
+def test_mesh_channel_uses_mtls_to_the_agent_and_its_breaker(
+    procs: Processes, tmp_path: Path
+) -> None:
+    mesh = Mesh(procs, tmp_path, "flaky")
+    client = mesh.client("A", mesh.tcp, "flaky", tls_env(mesh.app), "--interval", "0.02")
+    wait_for(lambda: sum(r["ok"] for r in records(client)) >= 10, 30, "calls over xds + mTLS")
+    assert all(r["backend"] == "b1" for r in records(client) if r["ok"])
+
+    # The outcomes reach the agent over the TLS link: a failing backend opens its breaker,
+    # and the open state comes back over the same link (the client then fails fast).
+    configure(mesh.backend, fail="UNAVAILABLE")
+    wait_for(
+        lambda: (s := breaker(mesh.unix, "flaky")) is not None and s.state == OPEN,
+        20,
+        "the client's failures to open the agent's breaker",
+    )
+    status = breaker(mesh.unix, "flaky")
+    assert status is not None and status.reason == "consecutive_failures"
+    wait_for(lambda: any(r.get("circuit_open") for r in records(client)), 10, "a fail-fast")
+    assert "mesh agent unreachable" not in client.errors()
+
+
+def test_the_tcp_listener_refuses_clients_without_a_certificate(
+    procs: Processes, tmp_path: Path
+) -> None:
+    mesh = Mesh(procs, tmp_path, "echo")
+    request = agent_pb2.GetAgentStatusRequest()
+    ca = (mesh.app / "ca.pem").read_bytes()
+    for channel in (
+        grpc.insecure_channel(mesh.tcp),
+        grpc.secure_channel(mesh.tcp, grpc.ssl_channel_credentials(ca)),  # no client cert
+    ):
+        with channel, pytest.raises(grpc.RpcError) as refused:
+            agent_pb2_grpc.AgentServiceStub(channel).GetAgentStatus(request, timeout=5)
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+    with grpc.secure_channel(mesh.tcp, Pki.credentials(mesh.app)) as channel:
+        status = agent_pb2_grpc.AgentServiceStub(channel).GetAgentStatus(request, timeout=5)
+        assert status.node_id == "n1"
+
+    # A mesh_channel process without certificates: grpcio's xDS client cannot connect.
+    plain = mesh.client("plain", mesh.tcp, "echo", NO_TLS, "--count", "2", "--interval", "0.5")
+    wait_for(lambda: len(records(plain)) == 2, 30, "two calls without certificates")
+    for record in records(plain):
+        assert record["code"] == "UNAVAILABLE" and mesh.tcp in str(record["details"]), record
+    # With certificates, over the unix socket (plaintext there: the TLS files are ignored).
+    unix = mesh.client("unix", mesh.unix, "echo", tls_env(mesh.app), "--count", "5")
+    wait_for(lambda: len(records(unix)) == 5, 30, "five calls over the unix socket")
+    assert all(r["ok"] for r in records(unix)), records(unix)
+    # Through the agent's TCP listener with them: the same calls work.
+    tcp = mesh.client("tcp", mesh.tcp, "echo", tls_env(mesh.app), "--count", "5")
+    wait_for(lambda: len(records(tcp)) == 5, 30, "five calls over mTLS")
+    assert all(r["ok"] for r in records(tcp)), records(tcp)
+
+
+def test_mesh_interceptor_over_a_plain_channel_reports_over_mtls(
+    procs: Processes, tmp_path: Path
+) -> None:
+    mesh = Mesh(procs, tmp_path, "plain")
+    interceptor = mesh_interceptor("plain", agent=mesh.tcp, tls=files_of(mesh.app))
+    link = interceptor._link
+    assert link.tls == files_of(mesh.app)
+    channel = grpc.intercept_channel(grpc.insecure_channel(mesh.backend), interceptor)
+    stub = echo_pb2_grpc.EchoServiceStub(channel)
+    wait_for(
+        lambda: (s := breaker(mesh.unix, "plain")) is not None and s.enabled,
+        10,
+        "the breaker policy at the agent",
+    )
+    assert stub.Echo(echo_pb2.EchoRequest(message="x"), timeout=2).backend == "b1"
+    configure(mesh.backend, fail="INTERNAL")
+    for _ in range(3):
+        with pytest.raises(grpc.RpcError):
+            stub.Echo(echo_pb2.EchoRequest(message="x"), timeout=2)
+    wait_for(lambda: (s := breaker(mesh.unix, "plain")) is not None and s.state == OPEN, 5, "open")
+
+    def fails_fast() -> grpc.RpcError | None:
+        # The open state reaches the process over its watch stream.
+        try:
+            stub.Echo(echo_pb2.EchoRequest(message="x"), timeout=2)
+        except grpc.RpcError as error:
+            return error if "is open until" in (error.details() or "") else None
+        return None
+
+    error = wait_for(fails_fast, 5, "a fail-fast from the open breaker")
+    assert error.code() is grpc.StatusCode.UNAVAILABLE
+
+    # A renewed certificate: after a failed call the link makes a new channel with it.
+    before = link._channel
+    mesh.pki.issue("app", node="n1")
+    link._agent_away(None)
+    assert link._channel is not before
+    status = link._stub.GetAgentStatus(agent_pb2.GetAgentStatusRequest(), timeout=5)
+    assert status.node_id == "n1"
+    channel.close()
+    link.close()
+
+
+def test_the_bootstrap_names_tls_creds_for_tcp_servers_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pki = Pki(tmp_path / "pki")
+    app = pki.issue("app", node="n1")
+    files = files_of(app)
+    config = bootstrap_config(["unix:/tmp/a.sock", "127.0.0.1:15011"], "p1", tls=files)
+    unix, tcp = config["xds_servers"]
+    assert unix["channel_creds"] == [{"type": "insecure"}]
+    assert tcp["channel_creds"] == [
+        {
+            "type": "tls",
+            "config": {
+                "ca_certificate_file": str(app / "ca.pem"),
+                "certificate_file": str(app / "cert.pem"),
+                "private_key_file": str(app / "key.pem"),
+            },
+        }
+    ]
+
+    # The process's bootstrap is set once: the same agent over other credentials is refused.
+    # setenv first, so that teardown restores each variable (delenv of an absent one does not).
+    for name in (
+        "GRPC_XDS_BOOTSTRAP",
+        "GRPC_XDS_BOOTSTRAP_CONFIG",
+        "MESH_TLS_CERT",
+        "MESH_TLS_KEY",
+        "MESH_TLS_CA",
+    ):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(_channel, "_configured", None)
+    _channel.configure_bootstrap(["127.0.0.1:15011"], "p1", tls=files)
+    written = json.loads(os.environ["GRPC_XDS_BOOTSTRAP_CONFIG"])
+    assert written["xds_servers"][0]["channel_creds"][0]["type"] == "tls"
+    _channel.configure_bootstrap(["127.0.0.1:15011"], tls=files)  # the same: fine
+    with pytest.raises(BootstrapConflictError, match=r"127\.0\.0\.1:15011 \(mTLS\)"):
+        _channel.configure_bootstrap(["127.0.0.1:15011"])
+    # The environment's files are used when none are given; a unix agent ignores them.
+    monkeypatch.setenv("MESH_TLS_CERT", str(app / "cert.pem"))
+    monkeypatch.setenv("MESH_TLS_KEY", str(app / "key.pem"))
+    monkeypatch.setenv("MESH_TLS_CA", str(app / "ca.pem"))
+    assert _channel.tls_files() == files
+    _channel.configure_bootstrap(["127.0.0.1:15011"], tls=_channel.tls_files())
+    monkeypatch.setenv("MESH_TLS_CA", "")
+    with pytest.raises(ValueError, match="missing --tls-ca"):
+        _channel.tls_files()
