@@ -1,5 +1,6 @@
-"""gRPC servicers for xDS: ADS (state of the world) and CSDS. They only move messages between
-streams and :class:`~control.xds.stream.AdsSession`; the protocol lives there."""
+"""gRPC servicers for xDS: ADS (state of the world and delta) and CSDS. They only move
+messages between streams and :class:`~control.xds.stream.AdsSession` or
+:class:`~control.xds.delta.DeltaSession`; the protocol lives there."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from mesh.v1 import admin_pb2
 
 from ..limits import AdsStreamGuard, LimitExceeded, Limits, StreamCounter, refuse
 from ..registry import Registrations
+from .delta import DeltaSession
 from .snapshot import SnapshotSource
 from .stream import AdsSession, NodeRefused, ProtocolError, TypeState
 from .types import PUSH_ORDER
@@ -208,10 +210,38 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             on_node=guard.holding(self._registry.node_known),
             authorize=self._authorizer(context),
         )
+        await self._serve(session, guard, guard.requests(request_iterator), context)
+
+    async def DeltaAggregatedResources(
+        self,
+        request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
+        context: grpc.aio.ServicerContext[
+            discovery_pb2.DeltaDiscoveryRequest, discovery_pb2.DeltaDiscoveryResponse
+        ],
+    ) -> None:
+        guard = AdsStreamGuard(self._limits, self._streams)
+        session = DeltaSession(
+            self._cache,
+            context.write,
+            peer=context.peer(),
+            server_id=self._server_id,
+            on_event=self._event,
+            on_node=guard.holding(self._registry.node_known),
+            authorize=self._authorizer(context),
+        )
+        await self._serve(session, guard, _checked_delta(guard, request_iterator), context)
+
+    async def _serve(
+        self,
+        session: AdsSession,
+        guard: AdsStreamGuard,
+        requests: AsyncIterator[Any],
+        context: Any,
+    ) -> None:
         self._registry.add(session)
         self._metrics.stream_opened()
         try:
-            await session.run(guard.requests(request_iterator))
+            await session.run(requests)
         except ProtocolError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         except NodeRefused as error:
@@ -226,17 +256,27 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             if session.node is not None:
                 session.log.info("node disconnected")
 
-    async def DeltaAggregatedResources(
-        self,
-        request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
-        context: grpc.aio.ServicerContext[
-            discovery_pb2.DeltaDiscoveryRequest, discovery_pb2.DeltaDiscoveryResponse
-        ],
-    ) -> None:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "incremental (delta) xDS is not served yet; use state-of-the-world ADS",
+
+async def _checked_delta(
+    guard: AdsStreamGuard, source: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest]
+) -> AsyncIterator[discovery_pb2.DeltaDiscoveryRequest]:
+    """``source``, each request checked against the same limits as a state-of-the-world one:
+    the node id, the type URL, and each of its lists of names (subscribed, unsubscribed,
+    initially held)."""
+    async for request in source:
+        lists = (
+            request.resource_names_subscribe,
+            request.resource_names_unsubscribe,
+            request.initial_resource_versions.keys(),
         )
+        for index, names in enumerate(lists):
+            check = discovery_pb2.DiscoveryRequest(
+                type_url=request.type_url, resource_names=list(names)
+            )
+            if index == 0 and request.HasField("node"):
+                check.node.id = request.node.id
+            guard.check(check)
+        yield request
 
 
 class CsdsServicer(csds_pb2_grpc.ClientStatusDiscoveryServiceServicer):  # type: ignore[misc]

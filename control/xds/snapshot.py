@@ -15,6 +15,7 @@ from typing import Protocol
 
 import structlog
 from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 
 from mesh.v1 import config_pb2
@@ -34,6 +35,21 @@ class Resource:
     name: ResourceName
     packed: any_pb2.Any
     digest: str
+    _delta: discovery_pb2.Resource | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    @property
+    def delta(self) -> discovery_pb2.Resource:
+        """The resource as delta xDS sends it (its version is its digest), built on first use
+        and shared by every stream and snapshot that holds this resource."""
+        message = self._delta
+        if message is None:
+            message = discovery_pb2.Resource(
+                name=self.name, version=self.digest, resource=self.packed
+            )
+            object.__setattr__(self, "_delta", message)
+        return message
 
 
 def _digest(data: bytes) -> str:

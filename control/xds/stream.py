@@ -161,13 +161,13 @@ class AdsSession:
         try:
             while True:
                 item = await self._queue.get()
-                if isinstance(item, discovery_pb2.DiscoveryRequest):
-                    await self._handle(item)
-                elif item is _CLOSED:
+                if item is _CLOSED:
                     break
-                else:
+                if item is _CHANGED:
                     self._change_pending = False
                     await self._push_all()
+                else:
+                    await self._handle(item)
         finally:
             unsubscribe()
             reader.cancel()
@@ -189,18 +189,24 @@ class AdsSession:
             self._change_pending = True
             self._queue.put_nowait(_CHANGED)
 
+    def _know_node(self, request: discovery_pb2.DiscoveryRequest) -> None:
+        """Takes the node from the stream's first request (SotW or delta): checks it, asks
+        ``authorize`` and calls ``on_node``."""
+        if self.node is not None:
+            return
+        if not request.HasField("node") or not request.node.id:
+            raise ProtocolError("the first request on a stream must carry node.id")
+        if self._authorize is not None:
+            refusal = self._authorize(request.node.id)
+            if refusal is not None:
+                raise NodeRefused(refusal)
+        self.node = request.node
+        self.log = self.log.bind(node=self.node.id)
+        self.log.info("node connected", zone=self.node.locality.zone)
+        self._on_node(self)
+
     async def _handle(self, request: discovery_pb2.DiscoveryRequest) -> None:
-        if self.node is None:
-            if not request.HasField("node") or not request.node.id:
-                raise ProtocolError("the first request on a stream must carry node.id")
-            if self._authorize is not None:
-                refusal = self._authorize(request.node.id)
-                if refusal is not None:
-                    raise NodeRefused(refusal)
-            self.node = request.node
-            self.log = self.log.bind(node=self.node.id)
-            self.log.info("node connected", zone=self.node.locality.zone)
-            self._on_node(self)
+        self._know_node(request)
         type_url = request.type_url
         if type_url not in ALL_TYPES:
             self.log.warning("unknown type requested; ignored", type_url=type_url)

@@ -1,0 +1,495 @@
+"""The delta ADS rules, through a fake stream that checks the server's side of the protocol on
+every response it carries (nonces unique and increasing, resources of the response's type and
+named as they are, no name both sent and removed, nothing sent twice in one response)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from google.rpc import status_pb2
+
+from control.metrics import CONTROL, XdsMetrics
+from control.xds.delta import DeltaSession, DeltaTypeState
+from control.xds.server import NodeRegistry
+from control.xds.snapshot import SnapshotCache
+from control.xds.stream import NodeRefused, ProtocolError
+from control.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SERVICE_POLICY
+from mesh.v1 import config_pb2
+
+pytestmark = pytest.mark.timeout(10)
+
+
+def service(name: str, *addresses: str) -> config_pb2.Service:
+    return config_pb2.Service(
+        name=name, endpoints=[config_pb2.Endpoint(address=a) for a in addresses]
+    )
+
+
+class FakeDeltaStream:
+    """Drives one DeltaSession and keeps what the client holds, per type: name -> version."""
+
+    def __init__(self, cache: SnapshotCache, node_id: str = "node-1", **kwargs: object) -> None:
+        self.node = base_pb2.Node(id=node_id)
+        self._requests: asyncio.Queue[discovery_pb2.DeltaDiscoveryRequest | None] = asyncio.Queue()
+        self.responses: asyncio.Queue[discovery_pb2.DeltaDiscoveryResponse] = asyncio.Queue()
+        self.all: list[discovery_pb2.DeltaDiscoveryResponse] = []
+        self.held: dict[str, dict[str, str]] = {}
+        self._last_nonce = 0
+        self._sent_node = False
+        self.session = DeltaSession(cache, self._send, peer="fake", server_id="test", **kwargs)  # type: ignore[arg-type]
+        self.task: asyncio.Task[None] | None = None
+
+    async def _iterate(self) -> AsyncIterator[discovery_pb2.DeltaDiscoveryRequest]:
+        while (request := await self._requests.get()) is not None:
+            yield request
+
+    async def _send(self, response: discovery_pb2.DeltaDiscoveryResponse) -> None:
+        nonce = int(response.nonce)
+        assert nonce > self._last_nonce, "nonces must be unique and increase on a stream"
+        self._last_nonce = nonce
+        assert response.system_version_info
+        assert response.resources or response.removed_resources, "empty delta response"
+        names = [r.name for r in response.resources]
+        assert len(names) == len(set(names)), f"duplicate names: {names}"
+        assert not set(names) & set(response.removed_resources), "sent and removed at once"
+        held = self.held.setdefault(response.type_url, {})
+        for resource in response.resources:
+            assert resource.resource.type_url == response.type_url
+            assert resource.version
+            message = _unpack(resource.resource)
+            assert (getattr(message, "name", "") or message.cluster_name) == resource.name
+            held[resource.name] = resource.version
+        for name in response.removed_resources:
+            held.pop(name, None)
+        self.all.append(response)
+        await self.responses.put(response)
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.session.run(self._iterate()))
+
+    async def request(
+        self,
+        type_url: str,
+        subscribe: list[str] | None = None,
+        unsubscribe: list[str] | None = None,
+        *,
+        initial: dict[str, str] | None = None,
+        nonce: str = "",
+        error: str = "",
+    ) -> None:
+        request = discovery_pb2.DeltaDiscoveryRequest(
+            type_url=type_url,
+            resource_names_subscribe=subscribe or [],
+            resource_names_unsubscribe=unsubscribe or [],
+            initial_resource_versions=initial or {},
+            response_nonce=nonce,
+        )
+        if not self._sent_node:
+            request.node.CopyFrom(self.node)
+            self._sent_node = True
+        if error:
+            request.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
+        for name in unsubscribe or []:
+            self.held.get(type_url, {}).pop(name, None)
+        await self._requests.put(request)
+
+    async def ack(self, response: discovery_pb2.DeltaDiscoveryResponse) -> None:
+        await self.request(response.type_url, nonce=response.nonce)
+
+    async def next(self, timeout: float = 2.0) -> discovery_pb2.DeltaDiscoveryResponse:
+        return await asyncio.wait_for(self.responses.get(), timeout)
+
+    async def nothing(self, wait: float = 0.2) -> None:
+        with contextlib.suppress(TimeoutError):
+            response = await asyncio.wait_for(self.responses.get(), wait)
+            raise AssertionError(
+                f"unexpected response: {response.type_url} {[r.name for r in response.resources]}"
+                f" removed {list(response.removed_resources)}"
+            )
+
+    async def close(self) -> None:
+        await self._requests.put(None)
+        if self.task is not None:
+            await asyncio.wait_for(self.task, 2)
+
+
+def _unpack(resource):  # type: ignore[no-untyped-def]
+    from envoy.config.cluster.v3 import cluster_pb2
+    from envoy.config.endpoint.v3 import endpoint_pb2
+    from envoy.config.listener.v3 import listener_pb2
+    from envoy.config.route.v3 import route_pb2
+
+    kinds = {
+        LISTENER: listener_pb2.Listener,
+        ROUTE: route_pb2.RouteConfiguration,
+        CLUSTER: cluster_pb2.Cluster,
+        ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
+        SERVICE_POLICY: config_pb2.ServicePolicy,
+    }
+    message = kinds[resource.type_url]()
+    assert resource.Unpack(message)
+    return message
+
+
+def names_of(response: discovery_pb2.DeltaDiscoveryResponse) -> list[str]:
+    return sorted(r.name for r in response.resources)
+
+
+def changed(name: str, n: int) -> config_pb2.Service:
+    """Service ``name`` with its route, cluster and policy changed (by ``n``)."""
+    svc = service(name, "10.0.0.1:1")
+    svc.policy.timeout.seconds = n
+    svc.policy.circuit_breaker.max_requests = 100 + n
+    return svc
+
+
+@pytest.fixture
+def cache() -> SnapshotCache:
+    cache = SnapshotCache()
+    cache.set_services(1, [service("a", "10.0.0.1:1"), service("b", "10.0.0.2:1")])
+    return cache
+
+
+@pytest.fixture
+async def stream(cache: SnapshotCache) -> AsyncIterator[FakeDeltaStream]:
+    fake = FakeDeltaStream(cache)
+    fake.start()
+    yield fake
+    await fake.close()
+
+
+async def test_first_request_without_node_is_refused(cache: SnapshotCache) -> None:
+    fake = FakeDeltaStream(cache)
+    fake._sent_node = True
+    fake.start()
+    await fake.request(LISTENER)
+    with pytest.raises(ProtocolError):
+        await asyncio.wait_for(fake.task, 2)  # type: ignore[arg-type]
+
+
+async def test_authorize_refuses_the_node(cache: SnapshotCache) -> None:
+    fake = FakeDeltaStream(cache, authorize=lambda node: f"not {node}")
+    fake.start()
+    await fake.request(LISTENER)
+    with pytest.raises(NodeRefused, match="not node-1"):
+        await asyncio.wait_for(fake.task, 2)  # type: ignore[arg-type]
+
+
+async def test_legacy_wildcard_lds_gets_every_listener(stream: FakeDeltaStream) -> None:
+    await stream.request(LISTENER)
+    response = await stream.next()
+    assert names_of(response) == ["a", "b"]
+    assert not response.removed_resources
+    await stream.ack(response)
+    await stream.nothing()
+    state = stream.session.types[LISTENER]
+    assert isinstance(state, DeltaTypeState)
+    assert (
+        state.wildcard and state.acked_version == state.sent_version == response.system_version_info
+    )
+
+
+async def test_explicit_wildcard_and_policy_has_no_legacy_wildcard(
+    stream: FakeDeltaStream,
+) -> None:
+    await stream.request(SERVICE_POLICY)
+    await stream.nothing()
+    assert not stream.session.types[SERVICE_POLICY].wildcard
+    await stream.request(SERVICE_POLICY, ["*"])
+    assert names_of(await stream.next()) == ["a", "b"]
+
+
+async def test_named_subscribe_and_unsubscribe(
+    stream: FakeDeltaStream, cache: SnapshotCache
+) -> None:
+    await stream.request(ROUTE, ["b"])
+    response = await stream.next()
+    assert names_of(response) == ["b"]
+    await stream.request(ROUTE, ["a"], nonce=response.nonce)
+    assert names_of(await stream.next()) == ["a"]  # only the new one
+    await stream.request(ROUTE, unsubscribe=["b"])
+    await stream.nothing()  # unsubscribed names are not reported removed
+    state = stream.session.types[ROUTE]
+    assert state.names == {"a"} and set(state.sent or {}) == {"a"}
+    cache.set_services(2, [changed("a", 1), changed("b", 1)])
+    response = await stream.next()
+    assert names_of(response) == ["a"]  # b changed too, but is no longer subscribed
+
+
+async def test_unsubscribing_wildcard_keeps_named_ones(stream: FakeDeltaStream) -> None:
+    await stream.request(CLUSTER, ["*", "a"])
+    assert names_of(await stream.next()) == ["a", "b"]
+    await stream.request(CLUSTER, unsubscribe=["*"])
+    await stream.nothing()
+    state = stream.session.types[CLUSTER]
+    assert not state.wildcard and set(state.sent or {}) == {"a"}
+
+
+async def test_only_changed_resources_are_sent(
+    stream: FakeDeltaStream, cache: SnapshotCache
+) -> None:
+    await stream.request(CLUSTER)
+    await stream.ack(await stream.next())
+    await stream.request(ENDPOINT, ["a", "b"])
+    await stream.ack(await stream.next())
+    cache.set_services(2, [service("a", "10.0.0.1:1"), service("b", "10.0.0.2:1", "10.0.0.3:1")])
+    response = await stream.next()
+    assert response.type_url == ENDPOINT and names_of(response) == ["b"]
+    assert not response.removed_resources
+    await stream.nothing()  # clusters unchanged: nothing for CDS
+
+
+async def test_deletion_is_sent_in_removed_resources(
+    stream: FakeDeltaStream, cache: SnapshotCache
+) -> None:
+    await stream.request(LISTENER)
+    await stream.ack(await stream.next())
+    await stream.request(ROUTE, ["a", "b"])
+    await stream.ack(await stream.next())
+    cache.set_services(2, [service("a", "10.0.0.1:1")])
+    response = await stream.next()
+    assert response.type_url == LISTENER  # PUSH_ORDER: listeners before routes
+    assert not response.resources and list(response.removed_resources) == ["b"]
+    response = await stream.next()
+    assert response.type_url == ROUTE and list(response.removed_resources) == ["b"]
+    assert stream.held[LISTENER].keys() == {"a"}
+
+
+async def test_push_order_is_make_before_break(
+    stream: FakeDeltaStream, cache: SnapshotCache
+) -> None:
+    for type_url in (ROUTE, LISTENER, ENDPOINT, CLUSTER):
+        await stream.request(type_url, ["c"])
+    await stream.nothing()
+    cache.set_services(2, [service("c", "10.0.0.3:1")])
+    order = [(await stream.next()).type_url for _ in range(4)]
+    assert order == [CLUSTER, ENDPOINT, LISTENER, ROUTE]
+
+
+async def test_names_requested_before_they_exist(
+    stream: FakeDeltaStream, cache: SnapshotCache
+) -> None:
+    await stream.request(CLUSTER, ["c"])
+    await stream.nothing()
+    cache.set_services(2, [service("a", "10.0.0.1:1"), service("c", "10.0.0.3:1")])
+    response = await stream.next()
+    assert names_of(response) == ["c"] and not response.removed_resources
+
+
+async def test_resubscribe_resends_unchanged(stream: FakeDeltaStream) -> None:
+    await stream.request(CLUSTER, ["a"])
+    response = await stream.next()
+    await stream.request(CLUSTER, unsubscribe=["a"], nonce=response.nonce)
+    await stream.nothing()
+    await stream.request(CLUSTER, ["a"])
+    again = await stream.next()
+    assert names_of(again) == ["a"]
+    assert again.resources[0].version == response.resources[0].version
+
+
+async def test_initial_resource_versions_on_reconnect(
+    cache: SnapshotCache, stream: FakeDeltaStream
+) -> None:
+    await stream.request(CLUSTER)
+    await stream.ack(await stream.next())
+    held = dict(stream.held[CLUSTER])
+    # While the node is away: a changes, b is deleted, c is added.
+    cache.set_services(2, [changed("a", 5), service("c", "10.0.0.3:1")])
+    again = FakeDeltaStream(cache)
+    again.start()
+    try:
+        await again.request(CLUSTER, initial=held | {"gone": "x"})
+        response = await again.next()
+        assert names_of(response) == ["a", "c"]
+        assert sorted(response.removed_resources) == ["b", "gone"]
+        await again.ack(response)
+        await again.nothing()
+        # Current versions, plus b it still claims: only b is named, as removed.
+        third = FakeDeltaStream(cache)
+        third.start()
+        await third.request(CLUSTER, initial=held | dict(again.held[CLUSTER]))
+        response = await third.next()
+        assert not response.resources and sorted(response.removed_resources) == ["b"]
+        await third.close()
+    finally:
+        await again.close()
+
+
+async def test_reconnect_with_everything_current_gets_nothing(cache: SnapshotCache) -> None:
+    first = FakeDeltaStream(cache)
+    first.start()
+    await first.request(CLUSTER, ["a", "b", "missing"])
+    await first.ack(await first.next())
+    await first.close()
+    again = FakeDeltaStream(cache)
+    again.start()
+    await again.request(CLUSTER, ["a", "b", "missing"], initial=first.held[CLUSTER])
+    await again.nothing()
+    state = again.session.types[CLUSTER]
+    assert set(state.sent or {}) == {"a", "b"}
+    await again.close()
+
+
+async def test_subscribed_name_the_client_holds_but_gone_is_removed(
+    cache: SnapshotCache,
+) -> None:
+    fake = FakeDeltaStream(cache)
+    fake.start()
+    await fake.request(ROUTE, ["a", "zzz"], initial={"zzz": "old"})
+    response = await fake.next()
+    assert names_of(response) == ["a"] and list(response.removed_resources) == ["zzz"]
+    await fake.close()
+
+
+async def test_nack_is_recorded_and_not_resent(
+    stream: FakeDeltaStream, cache: SnapshotCache
+) -> None:
+    await stream.request(CLUSTER, ["a"])
+    response = await stream.next()
+    await stream.request(CLUSTER, nonce=response.nonce, error="bad cluster a")
+    await stream.nothing(0.3)
+    state = stream.session.types[CLUSTER]
+    assert state.last_nack is not None and state.last_nack.message == "bad cluster a"
+    assert state.last_nack.version == response.system_version_info
+    assert state.acked_version == ""
+    # A change elsewhere leaves cluster a as it was rejected: it is not resent.
+    cache.set_services(2, [service("a", "10.0.0.1:1"), service("b", "10.0.0.9:1")])
+    await stream.nothing(0.3)
+    cache.set_services(3, [service("a", "10.0.0.7:1")])  # endpoints only
+    await stream.nothing(0.3)
+    # A change to cluster a itself is sent.
+    cache.set_services(4, [changed("a", 3)])
+    fixed = await stream.next()
+    assert names_of(fixed) == ["a"]
+    await stream.ack(fixed)
+    await stream.nothing()
+    assert state.acked_version == fixed.system_version_info
+    assert len(stream.all) == 2
+
+
+async def test_stale_nonce_is_ignored(stream: FakeDeltaStream, cache: SnapshotCache) -> None:
+    await stream.request(CLUSTER, ["a"])
+    first = await stream.next()
+    cache.set_services(2, [changed("a", 7), service("b", "10.0.0.2:1")])
+    second = await stream.next()
+    assert names_of(second) == ["a"]
+    await stream.request(CLUSTER, nonce=first.nonce, error="late NACK of the old response")
+    await stream.nothing()
+    state = stream.session.types[CLUSTER]
+    assert state.last_nack is None and state.acked_version == ""
+    # A stale request still changes the subscription.
+    await stream.request(CLUSTER, ["b"], nonce=first.nonce)
+    assert names_of(await stream.next()) == ["b"]
+    await stream.ack(second)
+    await stream.nothing()
+    assert state.acked_version == ""  # `second` is no longer the latest response
+
+
+async def test_unknown_type_is_ignored(stream: FakeDeltaStream) -> None:
+    await stream.request("type.googleapis.com/not.a.Type", ["x"])
+    await stream.nothing()
+
+
+async def test_nothing_before_config_is_loaded() -> None:
+    cache = SnapshotCache()
+    fake = FakeDeltaStream(cache)
+    fake.start()
+    await fake.request(CLUSTER)
+    await fake.nothing()
+    cache.set_services(1, [service("a", "10.0.0.1:1")])
+    assert names_of(await fake.next()) == ["a"]
+    await fake.close()
+
+
+async def test_resources_are_shared_between_streams(cache: SnapshotCache) -> None:
+    one, two = FakeDeltaStream(cache, "n1"), FakeDeltaStream(cache, "n2")
+    one.start()
+    two.start()
+    await one.request(CLUSTER)
+    await two.request(CLUSTER)
+    await one.next()
+    await two.next()
+    snapshot = cache.snapshot_for(one.node)
+    resource = snapshot.resources[CLUSTER]["a"]
+    assert resource.delta is resource.delta
+    assert resource.delta.version == resource.digest
+    await one.close()
+    await two.close()
+
+
+async def test_metrics_and_status_see_delta_streams(cache: SnapshotCache) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    metrics = XdsMetrics(CONTROL, MeterProvider(metric_readers=[reader]).get_meter("t"))
+    registry = NodeRegistry()
+    fake = FakeDeltaStream(cache, on_event=metrics.on_event, on_node=registry.node_known)
+    registry.add(fake.session)
+    fake.start()
+    await fake.request(CLUSTER)
+    response = await fake.next()
+    await fake.ack(response)
+    await fake.request(LISTENER, ["a"])
+    await fake.request(LISTENER, nonce=(await fake.next()).nonce, error="no")
+    await fake.nothing()
+    data = reader.get_metrics_data()
+    assert data is not None
+    totals: dict[str, int] = {}
+    for rm in data.resource_metrics:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                totals[metric.name] = sum(p.value for p in metric.data.data_points)  # type: ignore[union-attr]
+    assert totals["mesh.xds.pushes"] == 2
+    assert totals["mesh.xds.acks"] == 1
+    assert totals["mesh.xds.nacks"] == 1
+    (status,) = registry.node_statuses()
+    assert status.stream_id.endswith("-delta")
+    types = {t.type_url: t for t in status.types}
+    assert (
+        types[CLUSTER].version_acked == types[CLUSTER].version_sent == response.system_version_info
+    )
+    assert types[CLUSTER].wildcard
+    assert types[LISTENER].last_nack.message == "no"
+    (config,) = registry.client_configs()
+    assert {(c.type_url, c.name) for c in config.generic_xds_configs} == {
+        (CLUSTER, "a"),
+        (CLUSTER, "b"),
+        (LISTENER, "a"),
+    }
+    await fake.close()
+
+
+async def test_delta_requests_are_held_to_the_limits() -> None:
+    from control.limits import AdsStreamGuard, LimitExceeded, Limits
+    from control.xds.server import _checked_delta
+
+    async def requests(
+        *items: discovery_pb2.DeltaDiscoveryRequest,
+    ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryRequest]:
+        for item in items:
+            yield item
+
+    limits = Limits(max_names_per_request=2, max_name_length=100)
+    fine = discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER, resource_names_subscribe=["a"])
+    fine.node.id = "n1"
+    for bad in (
+        discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER, resource_names_subscribe="abc"),
+        discovery_pb2.DeltaDiscoveryRequest(
+            type_url=CLUSTER, resource_names_unsubscribe=["x" * 101]
+        ),
+        discovery_pb2.DeltaDiscoveryRequest(
+            type_url=CLUSTER, initial_resource_versions={"a": "1", "b": "1", "c": "1"}
+        ),
+    ):
+        guard = AdsStreamGuard(limits)
+        seen = []
+        with pytest.raises(LimitExceeded):
+            async for request in _checked_delta(guard, requests(fine, bad)):
+                seen.append(request)
+        assert seen == [fine] and guard.node_id == "n1"
