@@ -91,6 +91,8 @@ class AgentSettings:
     # mTLS to the control server, and on the TCP listener (the unix socket stays plaintext,
     # guarded by its file mode).
     tls: TlsFiles | None = None
+    # Upstream xDS flavour: "auto" (delta where the server offers it), "delta" or "sotw".
+    xds_protocol: str = "auto"
 
 
 class Agent:
@@ -112,7 +114,13 @@ class Agent:
         self.checker = HealthChecker(self.table)
         self.source = LocalSnapshotSource(self.cache, self.table.overrides)
         self.local_registry = LocalSessions(lambda: self.update_interest())
-        self.upstream = UpstreamClient(settings.control, self.node, self.cache, tls=settings.tls)
+        self.upstream = UpstreamClient(
+            settings.control,
+            self.node,
+            self.cache,
+            tls=settings.tls,
+            protocol=settings.xds_protocol,
+        )
         self.reporter = Reporter(
             settings.node_id,
             self.local_registry,

@@ -146,18 +146,7 @@ class ConfigCache:
         """Takes an upstream response; returns None when accepted, else the NACK text (and
         keeps what it had). ``requested`` is the subscription (None for wildcard): for full
         state types, subscribed names missing from the response are deleted."""
-        received: dict[ResourceName, any_pb2.Any] = {}
-        problems: list[str] = []
-        for resource in resources:
-            try:
-                message = decode(resource, type_url)
-            except ValueError as error:
-                problems.append(str(error))
-                continue
-            name = resource_name(type_url, message)
-            if name in received:
-                problems.append(f"duplicate {short_name(type_url)} resource {name!r}")
-            received[name] = resource
+        received, problems = _decoded(type_url, resources)
         if problems:
             return "; ".join(problems)
         entry = self.types.setdefault(type_url, TypeEntry())
@@ -169,6 +158,30 @@ class ConfigCache:
                 entry.resources = {**kept, **received}
         else:
             entry.resources.update(received)
+        entry.version = version
+        self._changed()
+        return None
+
+    def accept_delta(
+        self,
+        type_url: TypeUrl,
+        version: Version,
+        updated: Iterable[any_pb2.Any],
+        removed: Iterable[ResourceName],
+    ) -> str | None:
+        """Takes an incremental (delta xDS) response: ``updated`` resources replace theirs,
+        ``removed`` names go. Returns None when accepted, else the NACK text (and keeps what
+        it had)."""
+        received, problems = _decoded(type_url, updated)
+        gone = set(removed)
+        if gone & set(received):
+            problems.append(f"resources both updated and removed: {sorted(gone & set(received))}")
+        if problems:
+            return "; ".join(problems)
+        entry = self.types.setdefault(type_url, TypeEntry())
+        for name in gone:
+            entry.resources.pop(name, None)
+        entry.resources.update(received)
         entry.version = version
         self._changed()
         return None
@@ -283,3 +296,22 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def _decoded(
+    type_url: TypeUrl, resources: Iterable[any_pb2.Any]
+) -> tuple[dict[ResourceName, any_pb2.Any], list[str]]:
+    """Resources by name, and what is wrong with them (undecodable, duplicate names)."""
+    received: dict[ResourceName, any_pb2.Any] = {}
+    problems: list[str] = []
+    for resource in resources:
+        try:
+            message = decode(resource, type_url)
+        except ValueError as error:
+            problems.append(str(error))
+            continue
+        name = resource_name(type_url, message)
+        if name in received:
+            problems.append(f"duplicate {short_name(type_url)} resource {name!r}")
+        received[name] = resource
+    return received, problems

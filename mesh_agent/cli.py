@@ -3,7 +3,8 @@
 Every flag can also come from ``--config FILE`` (YAML, keys named like the flags with
 underscores: ``control``, ``node_id``, ``zone``, ``socket``, ``socket_mode`` (octal, as
 written: ``0660``), ``socket_owner``, ``socket_group``, ``listen``, ``state_dir``,
-``metrics_port``, ``metrics_host``, plus ``registrations``: a list of
+``metrics_port``, ``metrics_host``, ``tls_cert``, ``tls_key``, ``tls_ca``, ``xds_protocol``,
+plus ``registrations``: a list of
 ``{service, address, zone, weight, metadata}``); flags given on the command line win.
 Telemetry export is set by the standard ``OTEL_*`` variables (see ``control.telemetry``).
 """
@@ -34,6 +35,7 @@ from mesh.v1 import node_pb2
 from . import __version__
 from .agent import DEFAULT_SOCKET, DEFAULT_STATE_DIR, Agent, AgentSettings
 from .api import registration_problems
+from .upstream import PROTOCOLS
 
 log = structlog.get_logger(__name__)
 CONFIG_KEYS = {
@@ -53,6 +55,7 @@ CONFIG_KEYS = {
     "tls_cert",
     "tls_key",
     "tls_ca",
+    "xds_protocol",
 }
 
 
@@ -80,9 +83,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--state-dir", type=Path, help=f"where state persists ({DEFAULT_STATE_DIR})")
     run.add_argument("--ready-file", type=Path, help="write the bound addresses once serving")
     run.add_argument("--log-level", default=None)
+    run.add_argument(
+        "--xds-protocol",
+        choices=PROTOCOLS,
+        help="upstream xDS: auto (delta where the control server offers it, the default), "
+        "delta or sotw",
+    )
     telemetry.add_arguments(run)
     tls.add_arguments(run, role="node (a node certificate from `meshctl certs issue --node`)")
     return parser
+
+
+def xds_protocol(value: Any, args: argparse.Namespace) -> str:
+    if value not in PROTOCOLS:
+        _fail(f"{args.config}: xds_protocol: expected one of {', '.join(PROTOCOLS)}, got {value!r}")
+    return str(value)
 
 
 def tls_settings(
@@ -238,6 +253,7 @@ def settings_from(args: argparse.Namespace, config: dict[str, Any] | None = None
         state_dir=Path(state_dir),
         registrations=registrations,
         tls=files,
+        xds_protocol=xds_protocol(pick("xds_protocol", "auto"), args),
     )
 
 

@@ -1,17 +1,20 @@
 """The agent's one ADS stream to the control plane.
 
-:class:`UpstreamClient` keeps a state-of-the-world ADS stream to one of the configured
-control servers, failing over between them with jittered exponential backoff. On every
-(re)connect it asks again for what it wants, with the versions it already holds, so a server
-with the same content has nothing to resend. Each response is checked by the
-:class:`~mesh_agent.cache.ConfigCache` before it replaces anything: usable responses are
-ACKed, others NACKed with the reason while the last good config stays in force.
+:class:`UpstreamClient` keeps an ADS stream to one of the configured control servers,
+failing over between them with jittered exponential backoff. It speaks delta xDS when the
+server offers it (only changed resources travel; on a reconnect it names the resource
+versions it holds) and falls back to state of the world with a server that answers
+UNIMPLEMENTED. On every (re)connect it asks again for what it wants, with the versions it
+already holds, so a server with the same content has nothing to resend. Each response is
+checked by the :class:`~mesh_agent.cache.ConfigCache` before it replaces anything: usable
+responses are ACKed, others NACKed with the reason while the last good config stays in force.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -43,6 +46,7 @@ CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 2_000),
 ]
 CONNECT_TIMEOUT = 3.0
+PROTOCOLS = ("auto", "delta", "sotw")
 STABLE_AFTER = 10.0  # a stream that lived this long resets the backoff
 
 
@@ -66,8 +70,19 @@ class UpstreamClient:
         backoff: Backoff = RECONNECT_BACKOFF,
         metrics: AgentMetrics | None = None,
         tls: TlsFiles | None = None,
+        protocol: str = "auto",
     ) -> None:
-        """``tls``: connect with mTLS, the files read again at every (re)connect."""
+        """``tls``: connect with mTLS, the files read again at every (re)connect.
+        ``protocol``: ``auto`` (delta, or state of the world where the server has no delta),
+        ``delta`` or ``sotw``."""
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
+        self.protocol = protocol
+        self.speaking = ""  # the protocol of the current stream: "delta" or "sotw"
+        self._sotw_only: set[str] = set()  # servers that answered UNIMPLEMENTED to delta
+        self._delta_queue: asyncio.Queue[discovery_pb2.DeltaDiscoveryRequest | None] | None = None
+        self._delta_subscribed: dict[TypeUrl, Interest] = {}
+        self._delta_versions: dict[TypeUrl, dict[ResourceName, str]] = {}
         if not servers:
             raise ValueError("at least one control server address is needed")
         self.tls = tls
@@ -118,6 +133,10 @@ class UpstreamClient:
         self.interest[type_url] = names
         if self._queue is not None and (names != frozenset() or type_url in self._requested):
             self._queue.put_nowait(self._request(type_url))
+        if self._delta_queue is not None:
+            request = self._delta_change(type_url)
+            if request is not None:
+                self._delta_queue.put_nowait(request)
 
     def _request(self, type_url: TypeUrl) -> discovery_pb2.DiscoveryRequest:
         names = self.interest.get(type_url)
@@ -142,7 +161,17 @@ class UpstreamClient:
             attempt += 1
             started = time.monotonic()
             try:
-                await self._stream(server)
+                if self._use_delta(server):
+                    try:
+                        await self._delta_stream(server)
+                    except grpc.aio.AioRpcError as error:
+                        if error.code() is not grpc.StatusCode.UNIMPLEMENTED:
+                            raise
+                        log.info("no delta xDS on this server; state of the world", server=server)
+                        self._sotw_only.add(server)
+                        await self._stream(server)
+                else:
+                    await self._stream(server)
                 log.warning("upstream stream ended", server=server)
             except grpc.aio.AioRpcError as error:
                 log.warning(
@@ -157,7 +186,13 @@ class UpstreamClient:
                 delays = self.backoff.delays()
             await asyncio.sleep(next(delays))
 
+    def _use_delta(self, server: str) -> bool:
+        return self.protocol == "delta" or (
+            self.protocol == "auto" and server not in self._sotw_only
+        )
+
     async def _stream(self, server: str) -> None:
+        self.speaking = "sotw"
         channel = aio_channel(server, self.tls, CHANNEL_OPTIONS)
         try:
             await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT)
@@ -178,23 +213,28 @@ class UpstreamClient:
             self._queue = queue
             stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
             call = stub.StreamAggregatedResources(_drain(queue))
-            self.connected_to = server
-            log.info("upstream connected", server=server)
-            for callback in list(self._on_connect):
-                callback(server)
+            self._connected(server)
             async for response in call:
                 self._handle(response)
         finally:
-            was_connected = self.connected
             self._queue = None
-            if was_connected:
-                self._up_until = time.time()
-            self.connected_to = ""
-            if was_connected:
-                for notify in list(self._on_disconnect):
-                    notify()
+            self._disconnected()
             with contextlib.suppress(Exception):
                 await channel.close()
+
+    def _connected(self, server: str) -> None:
+        self.connected_to = server
+        log.info("upstream connected", server=server, protocol=self.speaking)
+        for callback in list(self._on_connect):
+            callback(server)
+
+    def _disconnected(self) -> None:
+        if not self.connected:
+            return
+        self._up_until = time.time()
+        self.connected_to = ""
+        for notify in list(self._on_disconnect):
+            notify()
 
     def _handle(self, response: discovery_pb2.DiscoveryResponse) -> None:
         type_url = response.type_url
@@ -225,6 +265,109 @@ class UpstreamClient:
             )
         if self._queue is not None:
             self._queue.put_nowait(request)
+
+    # -- delta xDS -------------------------------------------------------------------------------
+
+    def _delta_change(self, type_url: TypeUrl) -> discovery_pb2.DeltaDiscoveryRequest | None:
+        """The request that moves the stream's subscription of ``type_url`` to the current
+        interest, or None when nothing changes."""
+        wanted = self.interest.get(type_url)
+        had = self._delta_subscribed.get(type_url, frozenset())
+        if type_url in self._delta_subscribed and wanted == had:
+            return None
+        request = discovery_pb2.DeltaDiscoveryRequest(type_url=type_url)
+        if wanted is None:
+            if had is not None:
+                request.resource_names_subscribe.append("*")
+                request.resource_names_unsubscribe.extend(sorted(had))
+        elif had is None:
+            request.resource_names_unsubscribe.append("*")
+            request.resource_names_subscribe.extend(sorted(wanted))
+        else:
+            request.resource_names_subscribe.extend(sorted(wanted - had))
+            request.resource_names_unsubscribe.extend(sorted(had - wanted))
+        first = type_url not in self._delta_subscribed
+        self._delta_subscribed[type_url] = wanted
+        if first:
+            held = self._delta_versions.get(type_url)
+            if held:
+                request.initial_resource_versions.update(held)
+        elif not request.resource_names_subscribe and not request.resource_names_unsubscribe:
+            return None
+        if not self._sent_node:
+            request.node.CopyFrom(self.node)
+            self._sent_node = True
+        return request
+
+    async def _delta_stream(self, server: str) -> None:
+        self.speaking = "delta"
+        channel = aio_channel(server, self.tls, CHANNEL_OPTIONS)
+        try:
+            await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT)
+            queue: asyncio.Queue[discovery_pb2.DeltaDiscoveryRequest | None] = asyncio.Queue()
+            self._sent_node = False
+            self._delta_subscribed.clear()
+            for type_url in sorted(self.interest, key=_push_rank):
+                if self.interest[type_url] != frozenset():
+                    request = self._delta_change(type_url)
+                    if request is not None:
+                        queue.put_nowait(request)
+            if not self._sent_node:
+                # Announce the node even with nothing to ask for (see the SotW stream).
+                self.interest.setdefault(SERVICE_POLICY, frozenset())
+                announce = discovery_pb2.DeltaDiscoveryRequest(type_url=SERVICE_POLICY)
+                announce.node.CopyFrom(self.node)
+                self._sent_node = True
+                self._delta_subscribed[SERVICE_POLICY] = frozenset()
+                queue.put_nowait(announce)
+            self._delta_queue = queue
+            stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+            call = stub.DeltaAggregatedResources(_drain(queue))
+            self._connected(server)
+            async for response in call:
+                self._handle_delta(response)
+        finally:
+            self._delta_queue = None
+            self._disconnected()
+            with contextlib.suppress(Exception):
+                await channel.close()
+
+    def _handle_delta(self, response: discovery_pb2.DeltaDiscoveryResponse) -> None:
+        type_url = response.type_url
+        stats = self.stats.setdefault(type_url, TypeStats())
+        stats.responses += 1
+        versions = dict(self._delta_versions.get(type_url, {}))
+        updated = [r for r in response.resources if r.HasField("resource")]
+        for resource in updated:
+            versions[resource.name] = resource.version
+        for name in response.removed_resources:
+            versions.pop(name, None)
+        version = response.system_version_info or _digest(versions)
+        error = self.cache.accept_delta(
+            type_url, version, [r.resource for r in updated], list(response.removed_resources)
+        )
+        ack = discovery_pb2.DeltaDiscoveryRequest(type_url=type_url, response_nonce=response.nonce)
+        stats.rejected = error is not None
+        if error is None:
+            self._delta_versions[type_url] = versions
+            log.debug("upstream config accepted", type=short_name(type_url), version=version)
+        else:
+            stats.last_nack = error
+            ack.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
+            log.warning(
+                "upstream config rejected (NACK)",
+                type=short_name(type_url),
+                version=version,
+                error=error,
+            )
+        if self._delta_queue is not None:
+            self._delta_queue.put_nowait(ack)
+
+
+def _digest(versions: dict[ResourceName, str]) -> str:
+    """A version for a type's whole delta state: a digest of its resources' versions."""
+    body = "\n".join(f"{name}={version}" for name, version in sorted(versions.items()))
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
 def _push_rank(type_url: TypeUrl) -> int:
