@@ -310,3 +310,50 @@ def test_bench_quick_mtls_prints_a_json_summary() -> None:
     assert final["call_mtls_vs_tcp_us"] == costs["mtls - tcp"]["call_us"]
     assert final["credentials_us"] > 0
     assert any(line.startswith("== mtls: handshake") for line in lines)
+
+
+def test_bench_quick_scale_prints_a_json_summary() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "scale", "--sizes", "5,20"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert summary["quick"] is True and summary["sizes"] == [5, 20]
+    assert list(summary["results"]) == ["scale"]
+    rows = summary["results"]["scale"]
+
+    setup = next(r for r in rows if r["table"] == "setup")
+    assert setup["changes_per_case"] == 3 and setup["services"] == 5
+    cases = [r for r in rows if r["table"].startswith("apply -> every node ACKed")]
+    assert [(r["mode"], r["nodes"]) for r in cases if r["mode"] == "sotw"] == [
+        ("sotw", 5),
+        ("sotw", 20),
+    ]
+    for row in cases:
+        if row["mode"] == "delta" and row["result"] != "ok":
+            # Until the control server serves delta xDS the row says so.
+            assert row["result"] == "delta: server answers UNIMPLEMENTED", row
+            continue
+        assert row["result"] == "ok" and row["changes"] == 3, row
+        assert 0 < row["p50_s"] <= row["p99_s"] < 30, row
+        assert isinstance(row["rss_per_node_kb"], float) and row["cpu_s_per_change"] >= 0, row
+        assert row["eds_versions"] == 1 and row["goal_rss"] in ("PASS", "FAIL"), row
+
+    # The per-mode JSON lines (largest N) stand just before the tables.
+    per_mode = [json.loads(line) for line in lines if line.startswith('{"mode"')]
+    assert [m["mode"] for m in per_mode] == ["sotw", "delta"]
+    for record in per_mode:
+        assert {"mode", "nodes", "p50_s", "p99_s", "rss_per_node_kb"} <= set(record)
+        if record.get("result"):
+            assert record["mode"] == "delta" and "UNIMPLEMENTED" in record["result"]
+            continue
+        assert record["nodes"] == 20
+        assert 0 < record["p50_s"] <= record["p99_s"] < 30
+        assert record["rss_per_node_kb"] > 0
+    assert any(line.startswith("== scale: apply -> every node ACKed") for line in lines)
