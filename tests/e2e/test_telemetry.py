@@ -47,8 +47,10 @@ def _log_lines(proc: Proc) -> list[dict[str, object]]:
 
 
 def test_one_trace_spans_client_and_backend_with_metrics_and_logs(
-    procs: Processes, tmp_path: Path, otlp: Receiver
+    otlp: Receiver, procs: Processes, tmp_path: Path
 ) -> None:
+    # The receiver is asked for first, so it outlives the processes: they flush to it as
+    # they stop, rather than waiting out the exporter's timeout.
     _export_to(procs, otlp)
     _, control = procs.start_ready(
         "control", "control", "serve", "--listen", "127.0.0.1:0", "--store", "memory:"
