@@ -114,6 +114,28 @@ class TypeState:
 
 _stream_ids = itertools.count(1)
 
+Selection = tuple[dict[ResourceName, Resource], dict[ResourceName, str], Version]
+# What a subscription selects from a snapshot, shared by every stream with the same one: a
+# push to many nodes computes each selection, its digests and version once, not per node.
+# Keyed by the snapshot's content id, so equal content shares an entry; never mutated.
+_selections: dict[tuple[str, TypeUrl, bool, frozenset[ResourceName]], Selection] = {}
+_SELECTIONS_LIMIT = 4096
+
+
+def _selection(snapshot: Snapshot, state: TypeState) -> Selection:
+    names = frozenset() if state.wildcard else frozenset(state.names)
+    key = (snapshot.id, state.type_url, state.wildcard, names)
+    found = _selections.get(key) if snapshot.id else None
+    if found is None:
+        selected = state.select(snapshot)
+        digests = {name: resource.digest for name, resource in selected.items()}
+        found = (selected, digests, version_of(digests))
+        if snapshot.id:
+            if len(_selections) >= _SELECTIONS_LIMIT:
+                _selections.clear()
+            _selections[key] = found
+    return found
+
 
 class AdsSession:
     """Serves one ADS stream. Everything runs on one task: requests and snapshot changes are
@@ -265,16 +287,14 @@ class AdsSession:
             # Unsubscribed from everything of this type: nothing to send until it asks again.
             state.sent = {} if state.sent is not None else None
             return
-        selected = state.select(snapshot)
-        digests = {name: resource.digest for name, resource in selected.items()}
-        version = version_of(digests)
+        selected, digests, version = _selection(snapshot, state)
         if state.sent is None and resume_version and resume_version == version:
             # Reconnect: the client already holds exactly this.
             state.sent, state.sent_version, state.acked_version = digests, version, version
             self.log.debug("resumed without resend", type=short_name(state.type_url))
             return
         if state.type_url in FULL_STATE:
-            if state.sent is not None and digests == state.sent:
+            if state.sent is not None and (digests is state.sent or digests == state.sent):
                 return
         else:
             previous = state.sent or {}
