@@ -58,6 +58,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from control import tls
+
 from . import Options, Row, percentile, section
 from ._procs import BenchError, Processes, child_env
 from .tracing import order
@@ -485,17 +487,6 @@ def _start(procs: Processes, name: str, module: str, *args: str) -> tuple[int, l
     return proc.popen.pid, text.split()
 
 
-def _flags(directory: Path) -> list[str]:
-    return [
-        "--tls-cert",
-        str(directory / "cert.pem"),
-        "--tls-key",
-        str(directory / "key.pem"),
-        "--tls-ca",
-        str(directory / "ca.pem"),
-    ]
-
-
 def _agent(procs: Processes, name: str, control: str, *extra: str) -> tuple[int, list[str]]:
     workdir = procs.workdir
     pid, addresses = _start(
@@ -534,10 +525,10 @@ def run(options: Options) -> list[Row]:
     with Processes(workdir) as procs:
         serve = ["serve", "--listen", "127.0.0.1:0", "--store", "memory:"]
         control_plain = _start(procs, "control-plain", "control", *serve)[1][0]
-        tls_serve = [*serve, *_flags(pki / "control")]
+        tls_serve = [*serve, *tls.flags(pki / "control")]
         control_mtls = _start(procs, "control-mtls", "control", *tls_serve)[1][0]
         pid_a, (unix_a, tcp_a) = _agent(procs, "agent-a", control_plain)
-        pid_b, (unix_b, tcp_b) = _agent(procs, "agent-b", control_mtls, *_flags(pki / "agent-b"))
+        pid_b, (unix_b, tcp_b) = _agent(procs, "agent-b", control_mtls, *tls.flags(pki / "agent-b"))
         err = workdir / "mtls-worker.err"
         with err.open("wb") as stderr:
             result = subprocess.run(
@@ -557,7 +548,7 @@ def run(options: Options) -> list[Row]:
                     str(pid_a),
                     "--agent-b-pid",
                     str(pid_b),
-                    *_flags(pki / "client"),
+                    *tls.flags(pki / "client"),
                     *plan.args(),
                 ],
                 stdout=subprocess.PIPE,

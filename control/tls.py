@@ -91,6 +91,19 @@ def _check(material: TlsMaterial, files: TlsFiles) -> None:
         raise TlsError(f"{files.key} is not the key of the certificate in {files.cert}")
 
 
+def flags(directory: Path) -> list[str]:
+    """``--tls-cert/--tls-key/--tls-ca`` for the files ``meshctl certs issue`` wrote to
+    ``directory`` (``cert.pem``, ``key.pem``, ``ca.pem``)."""
+    return [
+        "--tls-cert",
+        str(directory / "cert.pem"),
+        "--tls-key",
+        str(directory / "key.pem"),
+        "--tls-ca",
+        str(directory / "ca.pem"),
+    ]
+
+
 def add_arguments(parser: argparse.ArgumentParser, *, role: str) -> None:
     """``--tls-cert``, ``--tls-key``, ``--tls-ca``: all three or none."""
     parser.add_argument("--tls-cert", type=Path, help=f"PEM certificate of this {role}")

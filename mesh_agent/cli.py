@@ -19,6 +19,7 @@ import pwd
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -179,36 +180,29 @@ def socket_mode(value: Any, where: str) -> int:
     return mode
 
 
-def socket_owner_id(value: Any, where: str) -> int | None:
-    """The uid of a user name or numeric id (None when not given); exits if unknown."""
+def _account_id(value: Any, where: str, kind: str, lookup: Callable[[str], int]) -> int | None:
+    """The id of a user or group given by name or number (None when not given); exits if
+    unknown."""
     if value is None or value == "":
         return None
     text = str(value)
     if text.isascii() and text.isdigit():
         return int(text)
     try:
-        uid: int | None = pwd.getpwnam(text).pw_uid
+        return lookup(text)
     except KeyError:
-        uid = None
-    if uid is None:
-        _fail(f"{where}: unknown user {text!r}")
-    return uid
+        _fail(f"{where}: unknown {kind} {text!r}")
+    return None
+
+
+def socket_owner_id(value: Any, where: str) -> int | None:
+    """The uid of a user name or numeric id (None when not given); exits if unknown."""
+    return _account_id(value, where, "user", lambda name: pwd.getpwnam(name).pw_uid)
 
 
 def socket_group_id(value: Any, where: str) -> int | None:
     """The gid of a group name or numeric id (None when not given); exits if unknown."""
-    if value is None or value == "":
-        return None
-    text = str(value)
-    if text.isascii() and text.isdigit():
-        return int(text)
-    try:
-        gid: int | None = grp.getgrnam(text).gr_gid
-    except KeyError:
-        gid = None
-    if gid is None:
-        _fail(f"{where}: unknown group {text!r}")
-    return gid
+    return _account_id(value, where, "group", lambda name: grp.getgrnam(name).gr_gid)
 
 
 def settings_from(args: argparse.Namespace, config: dict[str, Any] | None = None) -> AgentSettings:

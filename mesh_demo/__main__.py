@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from control import tls
 from mesh_demo.client import clock
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -296,17 +297,6 @@ class Demo:
                 proc.kill()
 
 
-def tls_flags(directory: Path) -> list[str]:
-    return [
-        "--tls-cert",
-        str(directory / "cert.pem"),
-        "--tls-key",
-        str(directory / "key.pem"),
-        "--tls-ca",
-        str(directory / "ca.pem"),
-    ]
-
-
 def issue_certificates(demo: Demo) -> tuple[list[str], list[str]]:
     """A CA and the server's, the node's and an operator's certificates; returns the control
     server's and the agent's TLS flags, and points meshctl at the operator's."""
@@ -323,8 +313,8 @@ def issue_certificates(demo: Demo) -> tuple[list[str], list[str]]:
     }
     for name, kind in kinds.items():
         demo.meshctl("certs", "issue", "--ca", str(pki / "ca"), *kind, "--out", str(pki / name))
-    demo.meshctl_flags = tls_flags(pki / "operator")
-    return tls_flags(pki / "server"), tls_flags(pki / "node")
+    demo.meshctl_flags = tls.flags(pki / "operator")
+    return tls.flags(pki / "server"), tls.flags(pki / "node")
 
 
 def run(demo: Demo, pause: float, duration: float, mtls: bool = True) -> None:

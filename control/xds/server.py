@@ -193,15 +193,9 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             return None
         return lambda node_id: access.node_refusal(context, node_id, "ADS stream")
 
-    async def StreamAggregatedResources(
-        self,
-        request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
-        context: grpc.aio.ServicerContext[
-            discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse
-        ],
-    ) -> None:
-        guard = AdsStreamGuard(self._limits, self._streams)
-        session = AdsSession(
+    def _session(self, kind: type[AdsSession], guard: AdsStreamGuard, context: Any) -> AdsSession:
+        """A state-of-the-world or delta session for one stream, with the server's hooks."""
+        return kind(
             self._cache,
             context.write,
             peer=context.peer(),
@@ -210,6 +204,16 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             on_node=guard.holding(self._registry.node_known),
             authorize=self._authorizer(context),
         )
+
+    async def StreamAggregatedResources(
+        self,
+        request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
+        context: grpc.aio.ServicerContext[
+            discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse
+        ],
+    ) -> None:
+        guard = AdsStreamGuard(self._limits, self._streams)
+        session = self._session(AdsSession, guard, context)
         await self._serve(session, guard, guard.requests(request_iterator), context)
 
     async def DeltaAggregatedResources(
@@ -220,15 +224,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         ],
     ) -> None:
         guard = AdsStreamGuard(self._limits, self._streams)
-        session = DeltaSession(
-            self._cache,
-            context.write,
-            peer=context.peer(),
-            server_id=self._server_id,
-            on_event=self._event,
-            on_node=guard.holding(self._registry.node_known),
-            authorize=self._authorizer(context),
-        )
+        session = self._session(DeltaSession, guard, context)
         await self._serve(session, guard, _checked_delta(guard, request_iterator), context)
 
     async def _serve(

@@ -12,7 +12,7 @@ import grpc
 import pytest
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
-from control import certs
+from control import certs, tls
 from control.xds.types import LISTENER
 from mesh.v1 import node_pb2, node_pb2_grpc
 from tests.conftest import Processes, run_cli, wait_for
@@ -34,16 +34,7 @@ class Pki:
         certs.issue(self.ca, out, **kind)  # type: ignore[arg-type]
         return out
 
-    @staticmethod
-    def flags(directory: Path) -> list[str]:
-        return [
-            "--tls-cert",
-            str(directory / "cert.pem"),
-            "--tls-key",
-            str(directory / "key.pem"),
-            "--tls-ca",
-            str(directory / "ca.pem"),
-        ]
+    flags = staticmethod(tls.flags)
 
     @staticmethod
     def credentials(directory: Path) -> grpc.ChannelCredentials:
