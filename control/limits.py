@@ -17,7 +17,7 @@ import dataclasses
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar
 
@@ -248,24 +248,35 @@ class AdsStreamGuard:
 
     def check(self, request: discovery_pb2.DiscoveryRequest) -> None:
         """Raises :class:`LimitExceeded` for a request over a limit."""
-        limits = self._limits
         node_id: str = request.node.id if request.HasField("node") else ""
+        self.check_parts(node_id, request.type_url, (request.resource_names,))
+
+    def check_parts(
+        self, node_id: str, type_url: str, name_lists: Iterable[Collection[str]]
+    ) -> None:
+        """The checks of :meth:`check` on a request's parts; each list of names (a delta
+        request has three) is held to the limits on its own."""
+        limits = self._limits
         if node_id and not self.node_id:
             self.node_id = node_id[: limits.max_node_id_length or None]
-        names = request.resource_names
-        error = (
-            too_long("node.id", node_id, limits.max_node_id_length, "max_node_id_length")
-            or too_long("type_url", request.type_url, limits.max_name_length, "max_name_length")
-            or too_many(
-                "resource names", len(names), limits.max_names_per_request, "max_names_per_request"
+        errors = [
+            too_long("node.id", node_id, limits.max_node_id_length, "max_node_id_length"),
+            too_long("type_url", type_url, limits.max_name_length, "max_name_length"),
+        ]
+        for names in name_lists:
+            errors.append(
+                too_many(
+                    "resource names",
+                    len(names),
+                    limits.max_names_per_request,
+                    "max_names_per_request",
+                )
             )
-            or too_long(
-                "resource name",
-                max(names, key=len, default=""),
-                limits.max_name_length,
-                "max_name_length",
+            longest = max(names, key=len, default="")
+            errors.append(
+                too_long("resource name", longest, limits.max_name_length, "max_name_length")
             )
-        )
+        error = next((e for e in errors if e is not None), None)
         if error is not None:
             raise error
 

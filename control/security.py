@@ -27,6 +27,8 @@ from typing import Any
 import grpc
 import structlog
 
+from .limits import peer_host
+
 log = structlog.get_logger(__name__)
 
 NODE = "node"
@@ -86,13 +88,11 @@ def _normal_ip(text: str) -> str:
         return text
 
 
-def peer_host(context: Any) -> str:
-    """The IP address a caller connects from (``ipv4:1.2.3.4:5`` / ``ipv6:[::1]:5``)."""
+def peer_ip(context: Any) -> str:
+    """The IP address a caller connects from (``ipv4:1.2.3.4:5`` / ``ipv6:[::1]:5``); empty
+    for a caller on a unix socket."""
     peer = str(context.peer() or "")
-    kind, _, rest = peer.partition(":")
-    if kind in ("ipv4", "ipv6"):
-        return _normal_ip(rest.rpartition(":")[0])
-    return ""
+    return _normal_ip(peer_host(peer)) if peer.startswith(("ipv4:", "ipv6:")) else ""
 
 
 @dataclass
@@ -160,7 +160,7 @@ class Access:
         identity = self.identity(context)
         owned = set(identity.ips) if identity is not None and identity.ips else set()
         if not owned:
-            host = peer_host(context)
+            host = peer_ip(context)
             owned = {host} if host else set()
         return sorted({h for h in (_normal_ip(h) for h in hosts) if h not in owned})
 

@@ -260,18 +260,15 @@ async def _checked_delta(
     the node id, the type URL, and each of its lists of names (subscribed, unsubscribed,
     initially held)."""
     async for request in source:
-        lists = (
-            request.resource_names_subscribe,
-            request.resource_names_unsubscribe,
-            request.initial_resource_versions.keys(),
+        guard.check_parts(
+            request.node.id if request.HasField("node") else "",
+            request.type_url,
+            (
+                request.resource_names_subscribe,
+                request.resource_names_unsubscribe,
+                request.initial_resource_versions.keys(),
+            ),
         )
-        for index, names in enumerate(lists):
-            check = discovery_pb2.DiscoveryRequest(
-                type_url=request.type_url, resource_names=list(names)
-            )
-            if index == 0 and request.HasField("node"):
-                check.node.id = request.node.id
-            guard.check(check)
         yield request
 
 
