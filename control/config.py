@@ -83,7 +83,13 @@ RETRYABLE_STATUS_NAMES: tuple[str, ...] = (
 )
 """Status names a retry policy may list in ``retry_on``."""
 
-LB_POLICIES: tuple[str, ...] = ("", "round_robin", "least_request", "ring_hash")
+LB_POLICIES: tuple[str, ...] = ("", "round_robin", "ring_hash")
+"""Load balancing policies every gRPC xDS client implements ("" is round_robin)."""
+UNSUPPORTED_LB_POLICIES: dict[str, str] = {
+    "least_request": "gRPC's xDS clients implement it only in grpc-java; grpcio and the "
+    "other languages reject the whole cluster, and every call to the service fails",
+}
+"""Policies xDS can express but gRPC clients reject, with the reason."""
 
 MAX_WEIGHT = 1_000_000
 MAX_HALF_OPEN_PROBES = 1000
@@ -491,6 +497,13 @@ def _check_endpoints(p: _Problems, endpoints: Sequence[Any]) -> None:
                 seen[key] = i
         if ep.weight > MAX_WEIGHT:
             p.add(f"{path}.weight", f"must be at most {MAX_WEIGHT}, got {ep.weight}")
+    total = sum(min(ep.weight, MAX_WEIGHT) or 1 for ep in endpoints)
+    if total > UINT32_MAX:
+        p.add(
+            "endpoints",
+            f"the weights add up to {total}, more than xDS allows ({UINT32_MAX}); "
+            "lower them or split the service",
+        )
 
 
 def _check_duration(
@@ -543,11 +556,15 @@ def _check_statuses(
 def _check_policy(p: _Problems, policy: Any) -> None:
     _check_duration(p, policy, "timeout", "policy")
     if policy.lb not in LB_POLICIES:
-        p.add(
-            "policy.lb",
-            f"unknown load balancing policy {policy.lb!r}; expected one of "
-            f"{', '.join(x for x in LB_POLICIES if x)}",
-        )
+        supported = ", ".join(x for x in LB_POLICIES if x)
+        reason = UNSUPPORTED_LB_POLICIES.get(policy.lb)
+        if reason is not None:
+            p.add("policy.lb", f"{policy.lb!r} is not supported: {reason}; use one of {supported}")
+        else:
+            p.add(
+                "policy.lb",
+                f"unknown load balancing policy {policy.lb!r}; expected one of {supported}",
+            )
     if policy.HasField("retry"):
         _check_retry(p, policy.retry, "policy.retry")
     if policy.HasField("circuit_breaker"):

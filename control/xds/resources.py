@@ -45,7 +45,6 @@ HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 LB_POLICIES: Mapping[str, int] = {
     "": cluster_pb2.Cluster.ROUND_ROBIN,
     "round_robin": cluster_pb2.Cluster.ROUND_ROBIN,
-    "least_request": cluster_pb2.Cluster.LEAST_REQUEST,
     "ring_hash": cluster_pb2.Cluster.RING_HASH,
 }
 # Health-check defaults when a service asks for checks but leaves a field unset.

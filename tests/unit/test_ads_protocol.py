@@ -205,7 +205,7 @@ async def test_stale_nonce_is_ignored(stream: FakeStream, cache: SnapshotCache) 
     await stream.ack(first, ["a"])
     cache.set_services(2, [service("a", "10.0.0.1:1", "10.0.0.3:1"), service("b")])
     a = config_pb2.Service(name="a")
-    a.policy.lb = "least_request"
+    a.policy.lb = "ring_hash"
     cache.set_services(3, [a, service("b")])
     second = await stream.next()
     # A NACK carrying the first nonce is stale: ignored, not recorded.

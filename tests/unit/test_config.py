@@ -334,9 +334,30 @@ P = "orders.yaml: document 1 (orders): "
             "name: orders\npolicy: {lb: random}\n",
             [
                 P + "policy.lb: unknown load balancing policy 'random'; expected one of "
-                "round_robin, least_request, ring_hash"
+                "round_robin, ring_hash"
             ],
             id="bad-lb",
+        ),
+        pytest.param(
+            "name: orders\npolicy: {lb: least_request}\n",
+            [
+                P + "policy.lb: 'least_request' is not supported: gRPC's xDS clients implement "
+                "it only in grpc-java; grpcio and the other languages reject the whole cluster, "
+                "and every call to the service fails; use one of round_robin, ring_hash"
+            ],
+            id="lb-grpcio-rejects",
+        ),
+        pytest.param(
+            "name: orders\nendpoints:\n"
+            + "".join(
+                f"  - {{address: 10.0.{i // 250}.{i % 250 + 1}:80, weight: 1000000}}\n"
+                for i in range(4295)
+            ),
+            [
+                P + "endpoints: the weights add up to 4295000000, more than xDS allows "
+                "(4294967295); lower them or split the service"
+            ],
+            id="weights-overflow-uint32",
         ),
         pytest.param(
             "name: orders\npolicy: {circuit_breaker: {failure_rate: 1.5}}\n",
@@ -434,7 +455,7 @@ def test_every_problem_of_every_document_is_reported() -> None:
         P + "endpoints[0].address: must be host:port, got '10.0.0.5'",
         P + "policy.retry.attempts: must be between 1 and 5",
         "orders.yaml: document 2 (billing): policy.lb: unknown load balancing policy 'random'; "
-        "expected one of round_robin, least_request, ring_hash",
+        "expected one of round_robin, ring_hash",
         "orders.yaml: document 3: expected a mapping of service fields, got an integer",
     ]
 
@@ -478,7 +499,7 @@ def full_service() -> object:
     ep.metadata["canary"] = "true"
     p = svc.policy
     p.timeout.FromMilliseconds(1500)
-    p.lb = "least_request"
+    p.lb = "ring_hash"
     p.retry.attempts = 4
     p.retry.retry_on.extend(["UNAVAILABLE", "RESOURCE_EXHAUSTED"])
     p.retry.backoff.base.FromMicroseconds(100)
@@ -594,7 +615,7 @@ def test_load_path_duplicates_across_files(tmp_path: Path) -> None:
         load_path(tmp_path)
     assert info.value.problems == [
         "b.yaml: document 1 (orders): policy.lb: unknown load balancing policy 'random'; "
-        "expected one of round_robin, least_request, ring_hash",
+        "expected one of round_robin, ring_hash",
         "b.yaml: document 1 (orders): name: duplicate service 'orders', first defined in "
         "a.yaml document 2",
     ]

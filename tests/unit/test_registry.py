@@ -235,7 +235,7 @@ def test_merge_rules() -> None:
     operator = config_pb2.Service(
         name="orders",
         endpoints=[ep("10.0.0.1:80", zone="op")],
-        policy=config_pb2.Policy(lb="least_request"),
+        policy=config_pb2.Policy(lb="ring_hash"),
     )
     registered = {
         "orders": [
@@ -247,7 +247,7 @@ def test_merge_rules() -> None:
     }
     merged = {s.name: s for s in merge_registered([operator], registered)}
     orders = merged["orders"]
-    assert orders.policy.lb == "least_request"
+    assert orders.policy.lb == "ring_hash"
     assert [(e.address, e.zone, e.node_id) for e in orders.endpoints] == [
         ("10.0.0.1:80", "op", ""),
         ("10.0.0.2:80", "z", "a"),

@@ -1,0 +1,261 @@
+"""Everything ``meshctl validate`` accepts is accepted by grpcio's own xDS client.
+
+One table names every enumerated option of the service config (each load balancing policy,
+retry code, outlier detection form, health-check and circuit-breaker field, the endpoint
+fields). Each row becomes a service; grpcio's real xDS client, connected straight to the
+control server, calls every one of them. Every call must succeed and ``meshctl status`` must
+show the client's stream with every type ACKed and no NACK. New config fields add rows here.
+
+A second table holds what gRPC's xDS clients would reject: ``meshctl validate`` refuses each,
+naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from control.config import RETRYABLE_STATUS_NAMES
+from tests.conftest import Processes, run_cli, wait_for
+from tests.e2e.test_control_xds import meshctl, start_backend, start_control
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+
+BREAKER_FIELDS: dict[str, Any] = {
+    "max_requests": 1000,
+    "failure_rate": 0.5,
+    "window": "10s",
+    "min_requests": 20,
+    "consecutive_failures": 5,
+    "open_for": "30s",
+    "max_open_for": "5m",
+    "half_open_probes": 3,
+    "slow_call": {"threshold": "1s", "rate": 0.8},
+    "failure_codes": ["UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL"],
+}
+FAILURE_PERCENTAGE: dict[str, Any] = {
+    "threshold": 50,
+    "minimum_hosts": 2,
+    "request_volume": 10,
+    "enforcement_percentage": 100,
+}
+SUCCESS_RATE: dict[str, Any] = {
+    "stdev_factor": 1900,
+    "minimum_hosts": 2,
+    "request_volume": 10,
+    "enforcement_percentage": 50,
+}
+EJECTION: dict[str, Any] = {
+    "interval": "1s",
+    "base_ejection_time": "30s",
+    "max_ejection_time": "5m",
+    "max_ejection_percent": 50,
+}
+
+
+def breaker_field(name: str, value: Any) -> dict[str, Any]:
+    """A breaker policy setting one field (and the window the rates need)."""
+    needs_window = name in ("failure_rate", "slow_call")
+    return {name: value, **({"window": "10s"} if needs_window else {})}
+
+
+# (row id, policy); every service has the backend as its endpoint unless the row says more.
+POLICIES: list[tuple[str, dict[str, Any]]] = [
+    ("no-policy", {}),
+    ("lb-default", {"lb": ""}),
+    ("lb-round-robin", {"lb": "round_robin"}),
+    ("lb-ring-hash", {"lb": "ring_hash"}),
+    ("timeout", {"timeout": "5s"}),
+    *[
+        (f"retry-{code.lower().replace('_', '-')}", {"retry": {"attempts": 3, "retry_on": [code]}})
+        for code in RETRYABLE_STATUS_NAMES
+    ],
+    ("retry-default-codes", {"retry": {"attempts": 2}}),
+    ("retry-one-attempt", {"retry": {"attempts": 1, "retry_on": ["UNAVAILABLE"]}}),
+    (
+        "retry-all-codes-backoff",
+        {
+            "retry": {
+                "attempts": 5,
+                "retry_on": list(RETRYABLE_STATUS_NAMES),
+                "backoff": {"base": "25ms", "max": "250ms"},
+            }
+        },
+    ),
+    ("retry-backoff-base-only", {"retry": {"attempts": 2, "backoff": {"base": "10ms"}}}),
+    *[
+        (f"breaker-{name.replace('_', '-')}", {"circuit_breaker": breaker_field(name, value)})
+        for name, value in BREAKER_FIELDS.items()
+    ],
+    ("breaker-all", {"circuit_breaker": BREAKER_FIELDS}),
+    (
+        "outlier-failure-percentage",
+        {"outlier_detection": {"failure_percentage": FAILURE_PERCENTAGE}},
+    ),
+    ("outlier-success-rate", {"outlier_detection": {"success_rate": SUCCESS_RATE}}),
+    (
+        "outlier-both-and-ejection",
+        {
+            "outlier_detection": {
+                "failure_percentage": FAILURE_PERCENTAGE,
+                "success_rate": SUCCESS_RATE,
+                **EJECTION,
+            }
+        },
+    ),
+    ("outlier-ejection-only", {"outlier_detection": EJECTION}),
+    ("health-check-defaults", {"health_check": {}}),
+    (
+        "health-check-all",
+        {
+            "health_check": {
+                "interval": "2s",
+                "timeout": "500ms",
+                "unhealthy_threshold": 2,
+                "healthy_threshold": 1,
+                "service_name": "mesh.demo.v1.EchoService",
+            }
+        },
+    ),
+    (
+        "everything",
+        {
+            "timeout": "5s",
+            "lb": "ring_hash",
+            "retry": {"attempts": 3, "retry_on": ["UNAVAILABLE"], "backoff": {"base": "25ms"}},
+            "circuit_breaker": BREAKER_FIELDS,
+            "outlier_detection": {"failure_percentage": FAILURE_PERCENTAGE, **EJECTION},
+            "health_check": {"interval": "5s"},
+        },
+    ),
+]
+
+
+def endpoint_rows(backend: str, spare: str) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Rows of endpoint forms; ``spare`` is a second, live backend."""
+    return [
+        (
+            "endpoint-zone-weight-metadata",
+            [
+                {"address": backend, "zone": "eu-1a", "weight": 3, "metadata": {"version": "v1"}},
+                {"address": spare, "zone": "eu-1b", "weight": 1_000_000},
+            ],
+        ),
+        (
+            "endpoint-draining-beside-a-live-one",
+            [
+                {"address": backend},
+                {"address": spare, "draining": True},
+            ],
+        ),
+    ]
+
+
+def write_services(path: Path, backend: str, spare: str) -> list[str]:
+    documents = [
+        {"name": f"conf-{row}", "endpoints": [{"address": backend}], "policy": policy}
+        for row, policy in POLICIES
+    ]
+    documents += [
+        {"name": f"conf-{row}", "endpoints": endpoints}
+        for row, endpoints in endpoint_rows(backend, spare)
+    ]
+    for document in documents:
+        if not document.get("policy"):
+            document.pop("policy", None)
+    path.write_text(yaml.safe_dump_all(documents, sort_keys=False))
+    return [str(d["name"]) for d in documents]
+
+
+def test_grpcio_acks_every_option_and_calls_succeed(procs: Processes, tmp_path: Path) -> None:
+    # grpcio opens one ADS stream per channel target (gRFC A71), all with one node id.
+    control = start_control(procs, "memory:", "--max-streams-per-node", "0")
+    backend = start_backend(procs, "backend-1")
+    spare = start_backend(procs, "backend-2")
+    path = tmp_path / "conformance.yaml"
+    names = write_services(path, backend, spare)
+    assert len(names) == len(set(names))
+
+    validated = run_cli("control.meshctl", "validate", "-f", str(path))
+    assert validated.returncode == 0, validated.stdout + validated.stderr
+    meshctl(control, "apply", "-f", str(path))
+
+    caller = procs.python(
+        "caller",
+        "tests.xds_caller",
+        "--server",
+        control,
+        "--node-id",
+        "conformance",
+        "--hold",
+        *names,
+    )
+
+    def all_called() -> bool:
+        assert caller.alive, caller.errors()[-3000:]
+        return len(caller.lines()) == len(names)
+
+    wait_for(all_called, 150, "a call to every service")
+    records = [json.loads(line) for line in caller.lines()]
+    assert [r["target"] for r in records] == [f"xds:///{n}" for n in names]
+    failed = [r for r in records if not r["ok"]]
+    assert not failed, failed
+
+    status = json.loads(meshctl(control, "status", "-o", "json"))
+    streams = [n for n in status["nodes"] if n["node_id"] == "conformance"]
+    assert streams, status
+    for node in streams:
+        for t in node["types"]:
+            assert "last_nack" not in t or not t["last_nack"].get("message"), t
+            assert t["version_sent"] == t["version_acked"], t
+
+
+# What grpcio (or any gRPC xDS client) would reject: validate refuses it, naming the field.
+REFUSED: list[tuple[str, str, str]] = [
+    (
+        "lb-least-request",
+        "policy: {lb: least_request}",
+        "policy.lb: 'least_request' is not supported",
+    ),
+    ("lb-unknown", "policy: {lb: maglev}", "policy.lb: unknown load balancing policy 'maglev'"),
+    *[
+        (
+            f"retry-{code.lower()}",
+            f"policy: {{retry: {{attempts: 2, retry_on: [{code}]}}}}",
+            f"policy.retry.retry_on[0]: '{code}' is not retryable",
+        )
+        for code in ("NOT_FOUND", "UNKNOWN", "ABORTED", "PERMISSION_DENIED")
+    ],
+    ("retry-attempts", "policy: {retry: {attempts: 6}}", "policy.retry.attempts: must be between"),
+    (
+        "retry-backoff-without-base",
+        "policy: {retry: {attempts: 2, backoff: {max: 1s}}}",
+        "policy.retry.backoff.base: required",
+    ),
+    (
+        "outlier-percent",
+        "policy: {outlier_detection: {max_ejection_percent: 101}}",
+        "policy.outlier_detection.max_ejection_percent: must be between 0 and 100",
+    ),
+    (
+        "outlier-threshold",
+        "policy: {outlier_detection: {failure_percentage: {threshold: 150}}}",
+        "policy.outlier_detection.failure_percentage.threshold: must be between 0 and 100",
+    ),
+    ("timeout-zero", "policy: {timeout: 0s}", "policy.timeout: must be greater than 0"),
+]
+
+
+@pytest.mark.parametrize(("row", "policy", "expected"), REFUSED, ids=[r[0] for r in REFUSED])
+def test_validate_refuses_what_grpc_clients_reject(
+    tmp_path: Path, row: str, policy: str, expected: str
+) -> None:
+    path = tmp_path / f"{row}.yaml"
+    path.write_text(f"name: orders\nendpoints: [{{address: 10.0.0.5:50051}}]\n{policy}\n")
+    result = run_cli("control.meshctl", "validate", "-f", str(path))
+    assert result.returncode != 0
+    assert f"{path}: document 1 (orders): {expected}" in result.stdout, result.stdout
