@@ -862,7 +862,8 @@ CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
 def load_path(path: Path) -> list[Any]:
     """Loads a file, or every ``*.yaml``, ``*.yml`` and ``*.json`` directly in a directory
-    (sorted by name). Raises ConfigError listing every problem of every file."""
+    (sorted by name). Raises ConfigError listing every problem of every file, and when they
+    hold no service at all (an empty or comment-only file, ``---`` alone, no config files)."""
     if path.is_dir():
         files = sorted(
             p for p in path.iterdir() if p.is_file() and p.suffix.lower() in CONFIG_SUFFIXES
@@ -888,6 +889,8 @@ def load_path(path: Path) -> list[Any]:
         documents.extend(file_documents)
         problems.extend(file_problems)
     problems.extend(_duplicate_problems(documents))
+    if not problems and not documents:
+        problems.append(f"no service documents in {path}")
     if problems:
         raise ConfigError(problems)
     return [doc.service for doc in documents]

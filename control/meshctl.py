@@ -112,8 +112,6 @@ def _warn_about(services: Sequence[Any]) -> None:
 def cmd_apply(args: argparse.Namespace) -> None:
     services = _load(args.file)
     _warn_about(services)
-    if not services:
-        _fail(f"no service documents in {args.file}")
     response = _call(
         args,
         _stub(args).ApplyServices,
