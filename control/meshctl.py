@@ -7,9 +7,14 @@ per problem).
 
 from __future__ import annotations
 
+import os
+
+# grpc's C core writes TLS handshake failures to stderr at INFO level; meshctl says in one line
+# what failed instead. The variable is read when grpc is first imported, so it is set first.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -71,8 +76,41 @@ def _error_message(args: argparse.Namespace, error: Any) -> str:
     if any(item[0] == STORE_ERROR for item in trailing):
         return f"mesh-control at {args.control} cannot reach its store: {error.details()}"
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return f"cannot reach mesh-control at {args.control}: {error.details()}"
+        details = error.details() or code.name
+        return f"cannot reach mesh-control at {args.control}: {details}; {_hint(args, details)}"
     return f"{code.name.lower().replace('_', ' ')}: {error.details()}"
+
+
+TLS_FLAGS = "--tls-cert, --tls-key and --tls-ca (or $MESH_TLS_CERT, $MESH_TLS_KEY, $MESH_TLS_CA)"
+
+
+def _hint(args: argparse.Namespace, details: str) -> str:
+    """What the operator can do about a connection that failed with ``details``."""
+    text = details.lower()
+    tls = args.tls_cert is not None
+    if "connection refused" in text or "name resolution" in text or "dns" in text:
+        return (
+            "is mesh-control running there? Give its address with --control HOST:PORT or "
+            "$MESH_CONTROL"
+        )
+    if "wrong_version_number" in text:
+        return "the server does not speak TLS: leave out " + TLS_FLAGS
+    if "hostname verification" in text or "peer name" in text:
+        return (
+            f"the server's certificate does not name {args.control.rpartition(':')[0]}: "
+            "connect to a name or IP address among its SANs"
+        )
+    if "certificate_verify_failed" in text or "unable to get local issuer" in text:
+        return f"the server's certificate is not signed by the CA in --tls-ca {args.tls_ca}"
+    if tls:
+        return (
+            f"the server may have refused the client certificate {args.tls_cert} (it must be "
+            "issued by the CA the server trusts), or it is not mesh-control"
+        )
+    return (
+        "if the server requires mTLS (mesh-control serve --tls-*), give this client "
+        "a certificate with " + TLS_FLAGS
+    )
 
 
 def _call(args: argparse.Namespace, method: Callable[..., Any], request: Any) -> Any:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import Processes, run_cli
+from tests.e2e.test_security import Pki
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
@@ -35,3 +36,66 @@ def test_validate_refuses_a_directory_without_config_files(tmp_path: Path) -> No
     result = run_cli("control.meshctl", "validate", "-f", str(tmp_path))
     assert result.returncode != 0
     assert f"no service documents in {tmp_path}" in result.stdout
+
+
+def _meshctl(*args: str) -> tuple[int, str]:
+    env = {"MESH_CONTROL": "", "MESH_TLS_CERT": "", "MESH_TLS_KEY": "", "MESH_TLS_CA": ""}
+    result = run_cli("control.meshctl", "--timeout", "5", *args, env=env)
+    return result.returncode, result.stderr
+
+
+def test_nothing_listening_names_the_flag_and_the_variable() -> None:
+    code, stderr = _meshctl("--control", "127.0.0.1:1", "get", "services")
+    assert code != 0
+    assert stderr.startswith("meshctl: cannot reach mesh-control at 127.0.0.1:1: ")
+    assert "--control" in stderr and "$MESH_CONTROL" in stderr, stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+
+
+def test_tls_mistakes_say_what_to_change(procs: Processes, tmp_path: Path) -> None:
+    pki = Pki(tmp_path / "pki")
+    operator = pki.issue("operator", operator="alice")
+    server = pki.issue("server", server="127.0.0.1")
+    _, secure = procs.start_ready(
+        "secure",
+        "control",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        "memory:",
+        *Pki.flags(server),
+    )
+    _, plain = procs.start_ready(
+        "plain", "control", "serve", "--listen", "127.0.0.1:0", "--store", "memory:"
+    )
+
+    # No certificate for a server that requires mTLS: not "the server is down".
+    code, stderr = _meshctl("--control", secure, "get", "services")
+    assert code != 0
+    assert "requires mTLS" in stderr and "--tls-cert" in stderr and "$MESH_TLS_CERT" in stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr  # no TLS lines from grpc's core
+
+    # A certificate for a server without TLS.
+    code, stderr = _meshctl("--control", plain, *Pki.flags(operator), "get", "services")
+    assert code != 0
+    assert "the server does not speak TLS" in stderr, stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+
+    # A certificate from another CA: the server closes the connection.
+    other = Pki(tmp_path / "other")
+    stranger = other.issue("stranger", operator="mallory")
+    flags = Pki.flags(stranger)
+    flags[flags.index("--tls-ca") + 1] = str(operator / "ca.pem")
+    code, stderr = _meshctl("--control", secure, *flags, "get", "services")
+    assert code != 0
+    assert f"refused the client certificate {stranger / 'cert.pem'}" in stderr, stderr
+
+    # Trusting another CA than the server's.
+    code, stderr = _meshctl("--control", secure, *Pki.flags(stranger), "get", "services")
+    assert code != 0
+    assert "not signed by the CA in --tls-ca" in stderr, stderr
+
+    # The right certificate works.
+    code, stderr = _meshctl("--control", secure, *Pki.flags(operator), "get", "services")
+    assert code == 0, stderr
