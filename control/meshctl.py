@@ -24,6 +24,8 @@ from typing import Any, NoReturn
 import grpc
 import yaml
 from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 from mesh.v1 import admin_pb2, admin_pb2_grpc, node_pb2
 
@@ -368,8 +370,51 @@ def _summary(response: admin_pb2.GetStatusResponse) -> str:
     )
 
 
+_INT64_TYPES = frozenset(
+    {
+        FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_SINT64,
+        FieldDescriptor.TYPE_FIXED64,
+        FieldDescriptor.TYPE_SFIXED64,
+    }
+)
+
+
+def message_document(message: Message) -> dict[str, Any]:
+    """``message`` as JSON data for scripts: every field present (an empty list, 0, "",
+    false, or null for a message that is not set), 64-bit integers as numbers (protobuf's
+    JSON mapping writes them as strings), timestamps as RFC 3339 text, enums by name."""
+    document = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    return _filled(message, document)
+
+
+def _filled(message: Message, document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` completed as :func:`message_document` says, in the fields' order."""
+    out: dict[str, Any] = {}
+    fields: list[Any] = list(message.DESCRIPTOR.fields)
+    for fd in fields:
+        value = getattr(message, fd.name)
+        data: Any = document.get(fd.name)
+        if fd.type in _INT64_TYPES:
+            data = [int(v) for v in value] if fd.is_repeated else int(value)
+        elif fd.type != FieldDescriptor.TYPE_MESSAGE or fd.message_type.GetOptions().map_entry:
+            pass
+        elif fd.is_repeated:
+            if not fd.message_type.full_name.startswith("google.protobuf."):
+                data = [_filled(item, d) for item, d in zip(value, data, strict=True)]
+        elif not message.HasField(fd.name):
+            data = None
+        elif not fd.message_type.full_name.startswith("google.protobuf."):
+            data = _filled(value, data)
+        out[fd.name] = data
+    return out
+
+
 def _status_json(response: admin_pb2.GetStatusResponse, indent: int | None) -> str:
-    document = json_format.MessageToDict(response, preserving_proto_field_name=True)
+    document = message_document(response)
     return json.dumps(document, indent=indent, separators=None if indent else (",", ":"))
 
 

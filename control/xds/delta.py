@@ -232,10 +232,14 @@ class DeltaSession(AdsSession):
         updates, removed = state.changes(names, available)
         state.synced = snapshot
         state.resend.clear()
+        version = snapshot.id or str(snapshot.revision)
         if not updates and not removed:
+            if not state.nonce and state.held:
+                # A reconnect whose initial versions are all current: the client holds this
+                # version already, and status should say so rather than "waiting".
+                state.sent_version = state.acked_version = version
             return
         nonce = str(next(self._nonces))
-        version = snapshot.id or str(snapshot.revision)
         response = discovery_pb2.DeltaDiscoveryResponse(
             system_version_info=version,
             type_url=state.type_url,

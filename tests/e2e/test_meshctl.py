@@ -3,11 +3,17 @@ that want TLS, and the shape of its JSON output."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from control.xds.types import LISTENER
+from tests.adsclient import AdsTestClient
 from tests.conftest import Processes, run_cli
+from tests.e2e.test_control_xds import meshctl
 from tests.e2e.test_security import Pki
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
@@ -99,3 +105,38 @@ def test_tls_mistakes_say_what_to_change(procs: Processes, tmp_path: Path) -> No
     # The right certificate works.
     code, stderr = _meshctl("--control", secure, *Pki.flags(operator), "get", "services")
     assert code == 0, stderr
+
+
+async def test_status_json_has_one_type_per_field_and_every_key(
+    procs: Processes, tmp_path: Path
+) -> None:
+    _, control = procs.start_ready(
+        "control", "control", "serve", "--listen", "127.0.0.1:0", "--store", "memory:"
+    )
+
+    async def status() -> dict[str, Any]:
+        return dict(json.loads(await asyncio.to_thread(meshctl, control, "status", "-o", "json")))
+
+    empty = await status()
+    assert empty["nodes"] == [] and empty["store_problems"] == []
+    assert isinstance(empty["store_revision"], int) and isinstance(empty["snapshot_revision"], int)
+
+    path = tmp_path / "echo.yaml"
+    path.write_text("name: echo\nendpoints: [{address: '127.0.0.1:9'}]\n")
+    meshctl(control, "apply", "-f", str(path))
+    got = json.loads(meshctl(control, "get", "services", "-o", "json"))
+    async with AdsTestClient(control, "node-1") as client:
+        client.subscribe(LISTENER, ["echo"])
+        await client.wait_for(lambda c: bool(c.of_type(LISTENER)))
+        for _ in range(100):
+            current = await status()
+            if current["nodes"] and current["nodes"][0]["types"][0]["version_acked"]:
+                break
+            await asyncio.sleep(0.05)
+    assert current["store_revision"] == got["revision"] and isinstance(got["revision"], int)
+    node = current["nodes"][0]
+    for key in ("registrations", "local_clients", "health", "zone", "connected_since"):
+        assert key in node, key
+    lds = node["types"][0]
+    assert isinstance(lds["responses_sent"], int) and lds["responses_sent"] == 1
+    assert lds["last_nack"] is None and lds["resource_names"] == ["echo"]

@@ -120,7 +120,14 @@ async def test_registered_endpoint_is_served_and_dropped_after_grace(procs: Proc
 
             nodes = {n["node_id"]: n for n in (await status(control))["nodes"]}
             assert nodes["node-a"]["registrations"] == [
-                {"service": "reg", "address": "127.0.0.1:7001", "zone": "z1"}
+                {
+                    "service": "reg",
+                    "address": "127.0.0.1:7001",
+                    "zone": "z1",
+                    "weight": 0,
+                    "metadata": {},
+                    "draining": False,
+                }
             ]
             table = await meshctl(control, "status")
             assert "SERVICE" in table and "DRAINING" in table

@@ -334,3 +334,43 @@ def test_health_is_shared_through_etcd(procs: Processes, etcd: EtcdServer) -> No
     assert {c["name"] for c in node["health"]["components"]} == BUILTIN_COMPONENTS
     row = rows_of(meshctl(c2, "status"), ("NODE", "CONFIG", "HEALTH"))[0]
     assert row[0] == "node-1" and row[2] == "SERVING", row
+
+
+@pytest.mark.parametrize("protocol", ["delta", "sotw"])
+def test_status_right_after_a_control_server_restart(
+    procs: Processes, tmp_path: Path, protocol: str
+) -> None:
+    """The agent resumes with the versions it holds and is sent nothing: status shows every
+    type ACKed at the current version, not waiting, and the node on the latest config."""
+    store = f"file:{tmp_path / 'store'}"
+    first, control = procs.start_ready(
+        "control", "control", "serve", "--listen", "127.0.0.1:0", "--store", store
+    )
+    _, backend = procs.start_ready("backend", "mesh_demo.backend", "--name", "b1")
+    path = tmp_path / "echo.yaml"
+    path.write_text(f"name: echo\nendpoints: [{{address: '{backend}'}}]\n")
+    meshctl(control, "apply", "-f", str(path))
+    _, agent = start_agent(procs, control, "node-1", "--xds-protocol", protocol)
+    client = mesh_client(procs, "client-1", agent, "echo", "--interval", "0.2")
+    wait_for(lambda: any(r["ok"] for r in records(client)), 30, "a call through the agent")
+
+    def agent_types_settled() -> bool:
+        node = json_node(control, "node-1")
+        types = node.get("types", [])
+        return len(types) >= 4 and all(t["version_acked"] == t["version_sent"] for t in types)
+
+    wait_for(agent_types_settled, 20, "the agent to ACK everything")
+    first.stop()
+    procs.start_ready("control-again", "control", "serve", "--listen", control, "--store", store)
+
+    def resumed() -> dict[str, Any] | None:
+        node = json_node(control, "node-1")
+        return node if len(node.get("types", [])) >= 4 else None
+
+    node = wait_for(resumed, 30, "the agent to resume on the restarted server")
+    for t in node["types"]:
+        assert t["version_sent"] and t["version_sent"] == t["version_acked"], t
+    table = meshctl(control, "status")
+    rows = [r for r in rows_of(table, ("NODE", "TYPE")) if r[0] == "node-1"]
+    assert rows and all(r[4] == "ACKED" for r in rows), table
+    assert summary(table)[:2] == (1, 1), table

@@ -332,6 +332,10 @@ async def test_reconnect_with_everything_current_gets_nothing(cache: SnapshotCac
     await again.nothing()
     state = again.session.types[CLUSTER]
     assert set(state.sent or {}) == {"a", "b"}
+    # Status and CSDS see the node as holding the current version, not as waiting for one.
+    current = cache.snapshot_for(again.node).id
+    assert state.sent_version == state.acked_version == current
+    assert state.last_nack is None
     await again.close()
 
 
