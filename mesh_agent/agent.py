@@ -21,7 +21,6 @@ server     cache, health, local ADS, agent API, CSDS, health, reflection
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -55,7 +54,14 @@ from .health_state import HealthTable
 from .interest import compute_interest, local_demand
 from .local import LocalSessions, LocalSnapshotSource
 from .reporter import Reporter, node_health
-from .unix_socket import SocketSetupError, bind_unix_socket, make_socket_dir
+from .unix_socket import (
+    SocketId,
+    SocketLock,
+    SocketSetupError,
+    bind_unix_socket,
+    make_socket_dir,
+    remove_own_socket,
+)
 from .upstream import UpstreamClient
 
 log = structlog.get_logger(__name__)
@@ -131,6 +137,7 @@ class Agent:
         self.addresses: list[str] = []
         self.supervisor: Supervisor | None = None
         self.socket_error: SocketSetupError | None = None
+        self.socket_lock: SocketLock | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.cache.subscribe(self._config_changed)
         self.table.subscribe(lambda service: self.source.invalidate())
@@ -256,6 +263,14 @@ class Agent:
         )
 
     async def start(self, components: Sequence[Component] | None = None) -> None:
+        """Starts the components; raises :class:`SocketSetupError` (the agent exits) when the
+        unix socket is another agent's or cannot be made as asked. The socket's lock is taken
+        before any component starts, so an agent that must give way touches nothing: not the
+        socket, not the state dir, not the control server."""
+        if self.settings.socket and self.socket_lock is None:
+            path = Path(self.settings.socket)
+            make_socket_dir(path.parent)
+            self.socket_lock = SocketLock.acquire(path)
         self.supervisor = Supervisor(
             list(components) if components is not None else self.components(),
             settings={"agent": self},
@@ -273,6 +288,9 @@ class Agent:
             await self.supervisor.stop()
         for task in list(self._tasks):
             task.cancel()
+        if self.socket_lock is not None:
+            self.socket_lock.release()
+            self.socket_lock = None
 
 
 async def _forever() -> None:
@@ -361,6 +379,7 @@ class ServerComponent(_AgentComponent):
     def __init__(self, agent: Agent) -> None:
         super().__init__(agent)
         self.server: grpc.aio.Server | None = None
+        self.socket: tuple[Path, SocketId] | None = None
 
     async def start(self, ctx: AgentContext) -> None:
         agent = self.agent
@@ -386,14 +405,13 @@ class ServerComponent(_AgentComponent):
         if settings.socket:
             path = Path(settings.socket)
             make_socket_dir(path.parent)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()  # a stale socket of an earlier run
             try:
-                bind_unix_socket(server, path, settings)
+                socket_id = bind_unix_socket(server, path, settings)
             except SocketSetupError as error:
                 await server.stop(None)
                 agent.socket_error = error
                 raise
+            self.server, self.socket = server, (path, socket_id)  # stop() removes it
             addresses.append(f"unix:{path}")
         if settings.listen:
             port = (
@@ -411,6 +429,9 @@ class ServerComponent(_AgentComponent):
         log.info("agent serving", addresses=addresses, node=agent.node.id)
 
     async def stop(self) -> None:
+        if self.socket is not None:
+            remove_own_socket(*self.socket)  # new clients find no socket from here on
+            self.socket = None
         if self.server is not None:
             await self.server.stop(self.agent.settings.grace)
             self.server = None
