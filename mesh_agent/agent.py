@@ -52,6 +52,7 @@ from .components import AgentContext, Component, Supervisor, load_components
 from .health import HealthChecker
 from .health_state import HealthTable
 from .interest import compute_interest, local_demand
+from .listener_access import ListenerAccess, node_identity
 from .local import LocalSessions, LocalSnapshotSource
 from .reporter import Reporter, node_health
 from .unix_socket import (
@@ -95,6 +96,9 @@ class AgentSettings:
     # mTLS to the control server, and on the TCP listener (the unix socket stays plaintext,
     # guarded by its file mode).
     tls: TlsFiles | None = None
+    # With mTLS, the identities (SPIFFE IDs) besides the node's own that may use the TCP
+    # listener.
+    listen_allow: list[str] = field(default_factory=list)
     # Upstream xDS flavour: "auto" (delta where the server offers it), "delta" or "sotw".
     xds_protocol: str = "auto"
 
@@ -371,7 +375,8 @@ class ReporterComponent(_AgentComponent):
 
 class ServerComponent(_AgentComponent):
     """The agent's gRPC server: the unix socket (mode 0660 unless set otherwise) and the
-    optional loopback TCP."""
+    optional loopback TCP; with mTLS there, only the node's own identity and those in
+    ``listen_allow`` may use it (:class:`~mesh_agent.listener_access.ListenerAccess`)."""
 
     name = "server"
     requires = ("cache", "health", "breakers")
@@ -383,7 +388,12 @@ class ServerComponent(_AgentComponent):
 
     async def start(self, ctx: AgentContext) -> None:
         agent = self.agent
-        server = grpc.aio.server(options=Limits().server_options())
+        settings = agent.settings
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if settings.listen and settings.tls is not None:
+            own = node_identity(settings.tls, agent.node.id)
+            interceptors.append(ListenerAccess(own, settings.listen_allow))
+        server = grpc.aio.server(interceptors=interceptors, options=Limits().server_options())
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
             AdsServicer(
                 agent.source,
@@ -401,7 +411,6 @@ class ServerComponent(_AgentComponent):
         health_pb2_grpc.add_HealthServicer_to_server(agent.health, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME), server)
         addresses: list[str] = []
-        settings = agent.settings
         if settings.socket:
             path = Path(settings.socket)
             make_socket_dir(path.parent)
