@@ -8,7 +8,8 @@ but for ``--tls-*``: agent A (plaintext, on the plaintext control server) and ag
 certificate, on the mTLS control server), each with its unix socket and ``--listen
 127.0.0.1:0``. An agent's ``--tls-*`` sets both its upstream link and its TCP listener, hence
 two control servers; the upstream streams are idle while the client measures. One client
-process (``python -m bench.mtls``, a client certificate from the same CA) measures four
+process (``python -m bench.mtls``, with a certificate for agent B's node from the same CA, as
+an application on that node has: the listener admits no other node) measures four
 transports, in alternating blocks:
 
 * ``unix``: agent A's unix socket (plaintext, as the client library always uses it);
@@ -521,7 +522,8 @@ def run(options: Options) -> list[Row]:
     certs.init_ca(pki / "ca", "bench.mesh")
     certs.issue(pki / "ca", pki / "control", server="127.0.0.1")
     certs.issue(pki / "ca", pki / "agent-b", node="agent-b", ips=["127.0.0.1"])
-    certs.issue(pki / "ca", pki / "client", node="bench-client")
+    # An application on node agent-b: the agent's listener admits the node's own identity.
+    certs.issue(pki / "ca", pki / "client", node="agent-b")
     with Processes(workdir) as procs:
         serve = ["serve", "--listen", "127.0.0.1:0", "--store", "memory:"]
         control_plain = _start(procs, "control-plain", "control", *serve)[1][0]

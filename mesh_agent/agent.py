@@ -21,10 +21,7 @@ server     cache, health, local ADS, agent API, CSDS, health, reflection
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import socket
-import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +35,6 @@ from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from control.errors import MeshError
 from control.limits import Limits
 from control.metrics import AGENT, XdsMetrics
 from control.tls import TlsFiles, server_credentials
@@ -56,8 +52,17 @@ from .components import AgentContext, Component, Supervisor, load_components
 from .health import HealthChecker
 from .health_state import HealthTable
 from .interest import compute_interest, local_demand
+from .listener_access import ListenerAccess, node_identity
 from .local import LocalSessions, LocalSnapshotSource
 from .reporter import Reporter, node_health
+from .unix_socket import (
+    SocketId,
+    SocketLock,
+    SocketSetupError,
+    bind_unix_socket,
+    make_socket_dir,
+    remove_own_socket,
+)
 from .upstream import UpstreamClient
 
 log = structlog.get_logger(__name__)
@@ -91,6 +96,9 @@ class AgentSettings:
     # mTLS to the control server, and on the TCP listener (the unix socket stays plaintext,
     # guarded by its file mode).
     tls: TlsFiles | None = None
+    # With mTLS, the identities (SPIFFE IDs) besides the node's own that may use the TCP
+    # listener.
+    listen_allow: list[str] = field(default_factory=list)
     # Upstream xDS flavour: "auto" (delta where the server offers it), "delta" or "sotw".
     xds_protocol: str = "auto"
 
@@ -133,6 +141,7 @@ class Agent:
         self.addresses: list[str] = []
         self.supervisor: Supervisor | None = None
         self.socket_error: SocketSetupError | None = None
+        self.socket_lock: SocketLock | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.cache.subscribe(self._config_changed)
         self.table.subscribe(lambda service: self.source.invalidate())
@@ -258,6 +267,14 @@ class Agent:
         )
 
     async def start(self, components: Sequence[Component] | None = None) -> None:
+        """Starts the components; raises :class:`SocketSetupError` (the agent exits) when the
+        unix socket is another agent's or cannot be made as asked. The socket's lock is taken
+        before any component starts, so an agent that must give way touches nothing: not the
+        socket, not the state dir, not the control server."""
+        if self.settings.socket and self.socket_lock is None:
+            path = Path(self.settings.socket)
+            make_socket_dir(path.parent)
+            self.socket_lock = SocketLock.acquire(path)
         self.supervisor = Supervisor(
             list(components) if components is not None else self.components(),
             settings={"agent": self},
@@ -275,6 +292,9 @@ class Agent:
             await self.supervisor.stop()
         for task in list(self._tasks):
             task.cancel()
+        if self.socket_lock is not None:
+            self.socket_lock.release()
+            self.socket_lock = None
 
 
 async def _forever() -> None:
@@ -353,68 +373,10 @@ class ReporterComponent(_AgentComponent):
         await self.agent.reporter.run()
 
 
-class SocketSetupError(MeshError, OSError):
-    """The unix socket cannot be given the owner, group or mode asked for; the agent exits."""
-
-
-def make_socket_dir(directory: Path) -> None:
-    """Creates ``directory`` and its missing parents with mode 0755; existing ones are kept."""
-    missing: list[Path] = []
-    while not directory.exists():
-        missing.append(directory)
-        directory = directory.parent
-    for path in reversed(missing):
-        try:
-            os.mkdir(path, 0o755)
-        except FileExistsError:
-            continue
-        os.chmod(path, 0o755)
-
-
-def _ids(owner: int | None, group: int | None) -> str:
-    parts = [f"owner {owner} (--socket-owner)"] if owner is not None else []
-    parts += [f"group {group} (--socket-group)"] if group is not None else []
-    return " and ".join(parts)
-
-
-def bind_unix_socket(server: grpc.aio.Server, path: Path, settings: AgentSettings) -> None:
-    """Binds ``server`` to the unix socket ``path``. The socket is created with no more than
-    the owner's bits of ``settings.socket_mode`` (umask set around the bind only), then given
-    its owner and group, then its full mode, all before the server accepts anyone."""
-    mode = settings.socket_mode
-    previous = os.umask(0o777 & ~(mode & 0o700))
-    try:
-        server.add_insecure_port(f"unix:{path}")
-    finally:
-        os.umask(previous)
-    owner, group = settings.socket_owner, settings.socket_group
-    action = "inspect"
-    try:
-        if not stat.S_ISSOCK(os.lstat(path).st_mode):
-            raise SocketSetupError(f"{path} was replaced by something that is not a socket")
-        if owner is not None or group is not None:
-            action = f"give {_ids(owner, group)} to"
-            os.chown(
-                path,
-                -1 if owner is None else owner,
-                -1 if group is None else group,
-                follow_symlinks=False,
-            )
-        action = f"set mode {mode:04o} (--socket-mode) on"
-        os.chmod(path, mode)
-    except OSError as error:
-        with contextlib.suppress(OSError):
-            path.unlink()
-        if isinstance(error, SocketSetupError):
-            raise
-        raise SocketSetupError(
-            f"cannot {action} the agent socket {path}: {error.strerror or error}"
-        ) from error
-
-
 class ServerComponent(_AgentComponent):
     """The agent's gRPC server: the unix socket (mode 0660 unless set otherwise) and the
-    optional loopback TCP."""
+    optional loopback TCP; with mTLS there, only the node's own identity and those in
+    ``listen_allow`` may use it (:class:`~mesh_agent.listener_access.ListenerAccess`)."""
 
     name = "server"
     requires = ("cache", "health", "breakers")
@@ -422,10 +384,16 @@ class ServerComponent(_AgentComponent):
     def __init__(self, agent: Agent) -> None:
         super().__init__(agent)
         self.server: grpc.aio.Server | None = None
+        self.socket: tuple[Path, SocketId] | None = None
 
     async def start(self, ctx: AgentContext) -> None:
         agent = self.agent
-        server = grpc.aio.server(options=Limits().server_options())
+        settings = agent.settings
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if settings.listen and settings.tls is not None:
+            own = node_identity(settings.tls, agent.node.id)
+            interceptors.append(ListenerAccess(own, settings.listen_allow))
+        server = grpc.aio.server(interceptors=interceptors, options=Limits().server_options())
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
             AdsServicer(
                 agent.source,
@@ -443,18 +411,16 @@ class ServerComponent(_AgentComponent):
         health_pb2_grpc.add_HealthServicer_to_server(agent.health, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME), server)
         addresses: list[str] = []
-        settings = agent.settings
         if settings.socket:
             path = Path(settings.socket)
             make_socket_dir(path.parent)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()  # a stale socket of an earlier run
             try:
-                bind_unix_socket(server, path, settings)
+                socket_id = bind_unix_socket(server, path, settings)
             except SocketSetupError as error:
                 await server.stop(None)
                 agent.socket_error = error
                 raise
+            self.server, self.socket = server, (path, socket_id)  # stop() removes it
             addresses.append(f"unix:{path}")
         if settings.listen:
             port = (
@@ -472,6 +438,9 @@ class ServerComponent(_AgentComponent):
         log.info("agent serving", addresses=addresses, node=agent.node.id)
 
     async def stop(self) -> None:
+        if self.socket is not None:
+            remove_own_socket(*self.socket)  # new clients find no socket from here on
+            self.socket = None
         if self.server is not None:
             await self.server.stop(self.agent.settings.grace)
             self.server = None

@@ -2,10 +2,17 @@
 
 Every flag can also come from ``--config FILE`` (YAML, keys named like the flags with
 underscores: ``control``, ``node_id``, ``zone``, ``socket``, ``socket_mode`` (octal, as
-written: ``0660``), ``socket_owner``, ``socket_group``, ``listen``, ``state_dir``,
-``metrics_port``, ``metrics_host``, ``tls_cert``, ``tls_key``, ``tls_ca``, ``xds_protocol``,
-plus ``registrations``: a list of
+written: ``0660``), ``socket_owner``, ``socket_group``, ``listen``, ``listen_allow`` (a list),
+``state_dir``, ``metrics_port``, ``metrics_host``, ``tls_cert``, ``tls_key``, ``tls_ca``,
+``xds_protocol``, plus ``registrations``: a list of
 ``{service, address, zone, weight, metadata}``); flags given on the command line win.
+
+With mTLS (``--tls-cert``, ``--tls-key``, ``--tls-ca``, the node's certificate) the ``--listen``
+TCP listener admits only callers whose certificate names the node itself
+(``spiffe://TD/node/ID``) or an identity given with ``--listen-allow SPIFFE_ID`` (repeatable;
+full SPIFFE IDs such as ``spiffe://mesh.local/operator/alice``); anyone else gets
+PERMISSION_DENIED and a warning in the agent's log. ``grpc.health.v1`` is open to any
+certificate of the mesh CA, and the unix socket to anyone its file mode lets in.
 Telemetry export is set by the standard ``OTEL_*`` variables (see ``control.telemetry``).
 """
 
@@ -49,6 +56,7 @@ CONFIG_KEYS = {
     "socket_owner",
     "socket_group",
     "listen",
+    "listen_allow",
     "state_dir",
     "registrations",
     "metrics_port",
@@ -81,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--socket-group", metavar="GROUP", help="the unix socket's group, a group name or gid"
     )
     run.add_argument("--listen", help="also serve on this loopback HOST:PORT (port 0 picks one)")
+    run.add_argument(
+        "--listen-allow",
+        metavar="SPIFFE_ID",
+        action="append",
+        help="with mTLS, an identity besides the node's own that may use the --listen "
+        "listener, e.g. spiffe://mesh.local/operator/alice (repeatable)",
+    )
     run.add_argument("--state-dir", type=Path, help=f"where state persists ({DEFAULT_STATE_DIR})")
     run.add_argument("--ready-file", type=Path, help="write the bound addresses once serving")
     run.add_argument("--log-level", default=None)
@@ -117,6 +132,33 @@ def tls_settings(
             f"{named[0]!r}; the control server would refuse the node"
         )
     return files, named[0]
+
+
+def listen_allow(value: Any, where: str, files: tls.TlsFiles | None) -> list[str]:
+    """The identities of ``--listen-allow``/``listen_allow``: full SPIFFE IDs, and only with
+    mTLS (without it a caller has no identity to check); exits otherwise."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        _fail(f"{where}: expected a list of SPIFFE IDs, got {value!r}")
+    if value and files is None:
+        _fail(
+            f"{where} needs mTLS on the listener (--tls-cert, --tls-key, --tls-ca): without "
+            "certificates a caller has no identity to check"
+        )
+    for item in value:
+        if not isinstance(item, str) or parse_uri(item) is None:
+            example = _example(item, files)
+            _fail(f"{where}: {item!r} is not a SPIFFE ID; give it in full, as in {example}")
+    return [str(item) for item in value]
+
+
+def _example(item: Any, files: tls.TlsFiles | None) -> str:
+    """A SPIFFE ID in the agent's trust domain, for a short form such as ``operator/alice``."""
+    domains = [p[0] for u in tls.certificate_uris(files) if (p := parse_uri(u))] if files else []
+    domain = domains[0] if domains else "mesh.local"
+    guess = f"spiffe://{domain}/{str(item).strip('/')}"
+    return guess if parse_uri(guess) else f"spiffe://{domain}/operator/NAME"
 
 
 def _fail(message: str) -> None:
@@ -244,6 +286,7 @@ def settings_from(args: argparse.Namespace, config: dict[str, Any] | None = None
         socket_owner=socket_owner_id(pick("socket_owner"), _where(args, "socket_owner")),
         socket_group=socket_group_id(pick("socket_group"), _where(args, "socket_group")),
         listen=pick("listen", ""),
+        listen_allow=listen_allow(pick("listen_allow"), _where(args, "listen_allow"), files),
         state_dir=Path(state_dir),
         registrations=registrations,
         tls=files,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import grp
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import IN_CI, ROOT, Processes, require_tool, wait_for
+from tests.conftest import IN_CI, ROOT, Proc, Processes, require_tool, wait_for
 from tests.e2e.agentutil import agent_status, start_agent
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
@@ -196,3 +197,142 @@ def test_the_socket_never_has_wider_permissions_than_asked(procs: Processes) -> 
 
     wait_for(settled, 20, "the socket to get mode 0640", every=0.0005)
     assert all(mode & ~0o640 == 0 for mode in seen), [oct(m) for m in seen]
+
+
+# -- one agent per socket -------------------------------------------------------------------
+
+
+def agent_on(procs: Processes, name: str, path: Path) -> Proc:
+    """Starts agent ``name`` on the socket ``path`` (without waiting for it)."""
+    ready = procs.workdir / f"{name}.ready"
+    ready.unlink(missing_ok=True)
+    return procs.python(
+        name,
+        "mesh_agent",
+        "run",
+        "--control",
+        NO_CONTROL,
+        "--node-id",
+        name,
+        "--socket",
+        str(path),
+        "--state-dir",
+        str(procs.workdir / f"{name}-state"),
+        "--ready-file",
+        str(ready),
+    )
+
+
+def exited(proc: Proc, timeout: float = 30) -> int:
+    wait_for(lambda: not proc.alive, timeout, f"{proc.name} to exit")
+    return proc.popen.returncode
+
+
+def last_line(proc: Proc) -> str:
+    return proc.errors().strip().splitlines()[-1]
+
+
+def test_a_second_agent_on_a_live_socket_refuses_and_leaves_it_alone(procs: Processes) -> None:
+    path = procs.workdir / "run" / "agent.sock"
+    first, target = start_agent(procs, NO_CONTROL, "node-1", "--socket", str(path))
+    inode = path.lstat().st_ino
+    lock = path.with_name("agent.sock.lock")
+    assert lock.read_text().strip() == str(first.popen.pid)
+
+    second = agent_on(procs, "node-2", path)
+    assert exited(second) == 2, second.errors()[-3000:]
+    assert last_line(second) == (
+        f"mesh-agent: the agent socket {path} is in use: another mesh-agent (pid "
+        f"{first.popen.pid}) holds its lock {lock}; stop that agent first, or give this one "
+        "another --socket"
+    )
+    # The first agent serves on, on the same socket file, after the second one is gone.
+    assert path.lstat().st_ino == inode
+    assert agent_status(target).node_id == "node-1"
+    assert lock.read_text().strip() == str(first.popen.pid)
+    assert not (procs.workdir / "node-2.ready").exists()
+
+    # A graceful stop removes the socket and the lock file.
+    assert first.stop() == 0
+    assert not path.exists() and not lock.exists()
+
+
+def test_a_live_socket_of_another_kind_of_process_is_refused(procs: Processes) -> None:
+    """A listener that takes no lock (an older agent, any other program) is found by
+    connecting to it; its pid comes from the socket's peer credentials."""
+    path = procs.workdir / "agent.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+        listener.listen()
+        inode = path.lstat().st_ino
+        agent = agent_on(procs, "node-1", path)
+        assert exited(agent) == 2, agent.errors()[-3000:]
+        assert last_line(agent) == (
+            f"mesh-agent: the agent socket {path} is in use: a process (pid {os.getpid()}) "
+            "serves on it; stop it first, or give the agent another --socket"
+        )
+        assert path.lstat().st_ino == inode
+    # Something at the path that is not a socket is not removed either.
+    path.unlink()
+    path.write_text("not a socket\n")
+    agent = agent_on(procs, "node-2", path)
+    assert exited(agent) == 2
+    assert last_line(agent) == (
+        f"mesh-agent: {path} exists and is not a socket; remove it, or give the agent "
+        "another --socket"
+    )
+    assert path.read_text() == "not a socket\n"
+
+
+def test_a_stale_socket_is_replaced(procs: Processes) -> None:
+    path = procs.workdir / "agent.sock"
+    first, _ = start_agent(procs, NO_CONTROL, "node-1", "--socket", str(path))
+    first.kill()  # leaves its socket and its lock file behind, with nothing listening
+    assert stat.S_ISSOCK(path.lstat().st_mode)
+    second, target = start_agent(procs, NO_CONTROL, "node-2", "--socket", str(path))
+    assert agent_status(target).node_id == "node-2"
+    assert path.with_name("agent.sock.lock").read_text().strip() == str(second.popen.pid)
+
+    # A socket file nobody ever listened on, without a lock file.
+    other = procs.workdir / "other.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unused:
+        unused.bind(str(other))
+    _, target = start_agent(procs, NO_CONTROL, "node-3", "--socket", str(other))
+    assert agent_status(target).node_id == "node-3"
+
+
+def test_an_agent_removes_only_its_own_socket(procs: Processes) -> None:
+    path = procs.workdir / "agent.sock"
+    agent, _ = start_agent(procs, NO_CONTROL, "node-1", "--socket", str(path))
+    # Someone replaces the agent's socket behind its back: the agent's stop must leave the
+    # new one alone.
+    path.unlink()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+        listener.listen()
+        inode = path.lstat().st_ino
+        assert agent.stop() == 0
+        assert path.lstat().st_ino == inode
+
+
+def test_two_agents_starting_at_once_on_one_socket(procs: Processes) -> None:
+    for race in range(2):
+        path = procs.workdir / f"race-{race}.sock"
+        agents = [agent_on(procs, f"r{race}-{side}", path) for side in "ab"]
+        wait_for(
+            lambda agents=agents: (
+                any((procs.workdir / f"{a.name}.ready").exists() for a in agents)
+                and not all(a.alive for a in agents)
+            ),
+            40,
+            "one agent to serve and the other to give up",
+        )
+        winners = [a for a in agents if a.alive]
+        losers = [a for a in agents if not a.alive]
+        assert len(winners) == 1 and len(losers) == 1, [a.errors()[-2000:] for a in agents]
+        assert losers[0].popen.returncode == 2
+        assert last_line(losers[0]).startswith(
+            f"mesh-agent: the agent socket {path} is in use: another mesh-agent"
+        )
+        assert agent_status(f"unix:{path}").node_id == winners[0].name
+        assert winners[0].stop() == 0

@@ -6,14 +6,22 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from control.tls import TlsFiles
+from control.xds.types import LISTENER
 from mesh.demo.v1 import echo_pb2, echo_pb2_grpc
 from mesh.v1 import agent_pb2, agent_pb2_grpc
+from mesh_agent import cli
 from mesh_agent._bootstrap import bootstrap_config
 from mesh_agent.client import BootstrapConflictError, _channel, mesh_interceptor
 from tests.conftest import Proc, Processes, run_cli, wait_for
@@ -248,3 +256,153 @@ def test_the_bootstrap_names_tls_creds_for_tcp_servers_only(
     monkeypatch.setenv("MESH_TLS_CA", "")
     with pytest.raises(ValueError, match="missing --tls-ca"):
         _channel.tls_files()
+
+
+# -- who may use the TCP listener ----------------------------------------------------------
+
+# No control server is needed: the agent serves locally while it retries the upstream.
+NO_CONTROL = "127.0.0.1:1"
+ALICE = "spiffe://mesh.test/operator/alice"
+
+
+def calls(channel: grpc.Channel) -> dict[str, Callable[[], object]]:
+    """One call of each kind the agent serves: unary, server stream, bidirectional streams
+    (its xDS, reflection) and CSDS."""
+    agent = agent_pb2_grpc.AgentServiceStub(channel)
+    ads = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+    csds = csds_pb2_grpc.ClientStatusDiscoveryServiceStub(channel)
+    reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+    node = base_pb2.Node(id="p1")
+    return {
+        "GetAgentStatus": lambda: agent.GetAgentStatus(
+            agent_pb2.GetAgentStatusRequest(), timeout=5
+        ),
+        "WatchBreakers": lambda: next(
+            agent.WatchBreakers(agent_pb2.WatchBreakersRequest(), timeout=5)
+        ),
+        # Without config (no control server) the agent has nothing to send: the stream ends
+        # when the request stream does.
+        "StreamAggregatedResources": lambda: list(
+            ads.StreamAggregatedResources(
+                iter([discovery_pb2.DiscoveryRequest(node=node, type_url=LISTENER)]), timeout=5
+            )
+        ),
+        "FetchClientStatus": lambda: csds.FetchClientStatus(
+            csds_pb2.ClientStatusRequest(), timeout=5
+        ),
+        "ServerReflectionInfo": lambda: next(
+            reflection.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+            )
+        ),
+    }
+
+
+def refused(call: Callable[[], object]) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as error:
+        call()
+    return error.value
+
+
+def test_the_tcp_listener_admits_the_node_and_listen_allow_only(
+    procs: Processes, tmp_path: Path
+) -> None:
+    pki = Pki(tmp_path / "pki")
+    node = pki.issue("n1", node="n1", ips=["127.0.0.1"])
+    agent, unix = start_agent(
+        procs,
+        NO_CONTROL,
+        "n1",
+        "--listen",
+        "127.0.0.1:0",
+        "--listen-allow",
+        ALICE,
+        "--listen-allow",
+        "spiffe://mesh.test/operator/carol",
+        *Pki.flags(node),
+    )
+    tcp = (procs.workdir / "n1.ready").read_text().split()[1]
+
+    # The node's own identity (an application on the node, with a certificate for it) and
+    # an identity given with --listen-allow: every kind of call goes through.
+    for admitted in (pki.issue("app", node="n1"), pki.issue("alice", operator="alice")):
+        with grpc.secure_channel(tcp, Pki.credentials(admitted)) as channel:
+            for name, call in calls(channel).items():
+                assert call() is not None, name
+
+    # Another node of the same CA, and an operator not given: refused, every kind of call.
+    for other, identity in (
+        (pki.issue("n2", node="n2", ips=["127.0.0.1"]), "spiffe://mesh.test/node/n2"),
+        (pki.issue("bob", operator="bob"), "spiffe://mesh.test/operator/bob"),
+    ):
+        with grpc.secure_channel(tcp, Pki.credentials(other)) as channel:
+            for name, call in calls(channel).items():
+                error = refused(call)
+                assert error.code() is grpc.StatusCode.PERMISSION_DENIED, (name, error)
+                assert error.details() == (
+                    f"{identity} may not use this agent's TCP listener: it admits the node's "
+                    "own identity (spiffe://mesh.test/node/n1) and the identities given with "
+                    "--listen-allow (listen_allow in --config)"
+                ), name
+            # grpc.health.v1 stays open to any certificate of the mesh CA.
+            health = health_pb2_grpc.HealthStub(channel)
+            status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
+
+    def refusals() -> list[dict[str, object]]:
+        lines = [json.loads(line) for line in agent.errors().splitlines() if line.startswith("{")]
+        return [line for line in lines if line.get("event") == "listener call refused"]
+
+    wait_for(lambda: len(refusals()) == 10, 5, "ten refusals in the agent's log")
+    logged = refusals()
+    assert all(line["level"] == "warning" for line in logged)
+    assert {line["identity"] for line in logged} == {
+        "spiffe://mesh.test/node/n2",
+        "spiffe://mesh.test/operator/bob",
+    }
+    assert all(str(line["peer"]).startswith("ipv4:127.0.0.1:") for line in logged)
+    assert "/mesh.v1.AgentService/GetAgentStatus" in {line["method"] for line in logged}
+
+    # The unix socket is not affected: anyone its file mode lets in, without a certificate.
+    with grpc.insecure_channel(unix) as channel:
+        for name, call in calls(channel).items():
+            assert call() is not None, name
+    assert len(refusals()) == 10
+
+
+def test_listen_allow_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--listen-allow (repeatable) and listen_allow in --config: full SPIFFE IDs, with mTLS."""
+    pki = Pki(tmp_path / "pki")
+    node = Pki.flags(pki.issue("n1", node="n1"))
+    config = tmp_path / "agent.yaml"
+
+    def settings(*args: str, yaml: str | None = None) -> list[str]:
+        extra = ["--config", str(config)] if yaml is not None else []
+        if yaml is not None:
+            config.write_text(yaml)
+        parsed = cli.build_parser().parse_args(["run", "--control", NO_CONTROL, *extra, *args])
+        return cli.settings_from(parsed).listen_allow
+
+    def failure(*args: str, yaml: str | None = None) -> str:
+        with pytest.raises(SystemExit) as exit_:
+            settings(*args, yaml=yaml)
+        assert exit_.value.code == 2
+        return capsys.readouterr().err.strip()
+
+    bob = "spiffe://mesh.test/operator/bob"
+    assert settings(*node) == []
+    assert settings(*node, "--listen-allow", ALICE, "--listen-allow", bob) == [ALICE, bob]
+    assert settings(*node, yaml=f"listen_allow: [{ALICE}]\n") == [ALICE]
+    # Flags given on the command line win over the config file, as for every setting.
+    assert settings(*node, "--listen-allow", bob, yaml=f"listen_allow: [{ALICE}]\n") == [bob]
+    assert failure(*node, "--listen-allow", "operator/alice") == (
+        "mesh-agent: --listen-allow: 'operator/alice' is not a SPIFFE ID; give it in full, "
+        f"as in {ALICE}"
+    )
+    assert failure(*node, yaml=f"listen_allow: {ALICE}\n") == (
+        f"mesh-agent: {config}: listen_allow: expected a list of SPIFFE IDs, got '{ALICE}'"
+    )
+    assert failure("--listen-allow", ALICE) == (
+        "mesh-agent: --listen-allow needs mTLS on the listener (--tls-cert, --tls-key, "
+        "--tls-ca): without certificates a caller has no identity to check"
+    )
