@@ -120,7 +120,9 @@ class Agent:
         self.cache = ConfigCache(settings.state_dir, settings.node_id)
         self.table = HealthTable(panic_threshold=settings.panic_threshold)
         self.checker = HealthChecker(self.table)
-        self.source = LocalSnapshotSource(self.cache, self.table.overrides)
+        self.source = LocalSnapshotSource(
+            self.cache, self.table.overrides, lambda: self.upstream.unreachable
+        )
         self.local_registry = LocalSessions(lambda: self.update_interest())
         self.upstream = UpstreamClient(
             settings.control,
@@ -147,6 +149,7 @@ class Agent:
         self.table.subscribe(lambda service: self.source.invalidate())
         self.upstream.on_connect(self.reporter.connected)
         self.upstream.on_disconnect(self.reporter.disconnected)
+        self.upstream.on_unreachable(self._upstream_unreachable)
         self.reporter.health_source = self.node_health
         self.breakers.board.subscribe(lambda transition: self.reporter.status_changed())
 
@@ -156,6 +159,10 @@ class Agent:
         self.update_interest()
         self.update_health_targets()
         self.breakers.apply_policies(self.cache)
+
+    def _upstream_unreachable(self, reason: str) -> None:
+        if not self.source.loaded:
+            self.source.invalidate()  # local streams waiting for config learn why none comes
 
     def local_event(self, event: str, session: AdsSession, state: TypeState) -> None:
         """Hook of every local ADS session."""
@@ -332,8 +339,27 @@ class CacheComponent(_AgentComponent):
 
 
 class UpstreamComponent(_AgentComponent):
+    """Degraded, with the reason, while no control server can be reached."""
+
     name = "upstream"
     requires = ("cache",)
+
+    def __init__(self, agent: Agent) -> None:
+        super().__init__(agent)
+        self._ctx: AgentContext | None = None
+        agent.upstream.on_connect(self._connected)
+        agent.upstream.on_unreachable(self._unreachable)
+
+    def _connected(self, server: str) -> None:
+        if self._ctx is not None:
+            self._ctx.recovered()
+
+    def _unreachable(self, reason: str) -> None:
+        if self._ctx is not None:
+            self._ctx.degraded(f"not connected to a control server: {reason}")
+
+    async def start(self, ctx: AgentContext) -> None:
+        self._ctx = ctx
 
     async def run(self) -> None:
         await self.agent.upstream.run()

@@ -27,6 +27,7 @@ No grpc import here: transport code only feeds and reads this module.
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import importlib.metadata
 import inspect
@@ -45,7 +46,9 @@ log = structlog.get_logger(__name__)
 ENTRY_POINT_GROUP = "mesh_agent.components"
 DEFAULT_BACKOFF = Backoff(base=0.5, cap=30.0, factor=2.0, jitter=0.5)
 
-State = Literal["starting", "running", "failed", "restarting", "stopped"]
+State = Literal["starting", "running", "degraded", "failed", "restarting", "stopped"]
+"""A component's state. ``degraded``: running, but not doing its job (the component said why
+through :meth:`AgentContext.degraded`; the upstream, while no control server answers)."""
 T = TypeVar("T")
 
 
@@ -117,22 +120,39 @@ class AgentContext:
         *,
         owner: str | None = None,
         allowed: Collection[str] | None = None,
+        condition: Callable[[str | None], None] | None = None,
     ) -> None:
         self.settings: Mapping[str, Any] = settings if settings is not None else {}
         self.state_dir = Path(state_dir)
         self._components: Mapping[str, Component] = components if components is not None else {}
         self.owner = owner
         self._allowed = frozenset(allowed) if allowed is not None else None
+        self._condition = condition
 
-    def for_component(self, component: Component) -> AgentContext:
-        """The view handed to ``component``: only what it declared in ``requires``."""
+    def for_component(
+        self, component: Component, condition: Callable[[str | None], None] | None = None
+    ) -> AgentContext:
+        """The view handed to ``component``: only what it declared in ``requires``;
+        ``condition`` takes what the component says of its own health."""
         return AgentContext(
             self.settings,
             self.state_dir,
             self._components,
             owner=component.name,
             allowed=tuple(component.requires),
+            condition=condition,
         )
+
+    def degraded(self, reason: str) -> None:
+        """The component runs but cannot do its job, for ``reason``: it shows as ``degraded``
+        with that reason, and NOT_SERVING in health, until :meth:`recovered`."""
+        if self._condition is not None:
+            self._condition(reason)
+
+    def recovered(self) -> None:
+        """The component does its job again (after :meth:`degraded`)."""
+        if self._condition is not None:
+            self._condition(None)
 
     def get(self, name: str) -> Component:
         """The component called ``name``."""
@@ -248,6 +268,7 @@ class _Slot:
         self.context = context
         self.state: State = "stopped"
         self.last_error: str | None = None
+        self.degraded: str | None = None  # why, while the running component says so
         self.restarts = 0
         self.task: asyncio.Task[None] | None = None
         self.needs_stop = False
@@ -292,7 +313,11 @@ class Supervisor:
         self._reset_after = reset_after
         self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
-        self._slots = [_Slot(c, self._context.for_component(c)) for c in ordered]
+        self._slots = [_Slot(c, self._context) for c in ordered]
+        for slot in self._slots:
+            slot.context = self._context.for_component(
+                slot.component, functools.partial(self._condition, slot)
+            )
         self._by_name = {slot.name: slot for slot in self._slots}
         self._started = False
         self._stopping = False
@@ -309,14 +334,29 @@ class Supervisor:
 
     def statuses(self) -> list[ComponentState]:
         """A snapshot of every component, in start order."""
-        return [
-            ComponentState(slot.name, slot.state, slot.last_error, slot.restarts)
-            for slot in self._slots
-        ]
+        return [self._state_of(slot) for slot in self._slots]
 
     def status(self, name: str) -> ComponentState:
-        slot = self._by_name[name]
+        return self._state_of(self._by_name[name])
+
+    @staticmethod
+    def _state_of(slot: _Slot) -> ComponentState:
+        if slot.state == "running" and slot.degraded is not None:
+            return ComponentState(slot.name, "degraded", slot.degraded, slot.restarts)
         return ComponentState(slot.name, slot.state, slot.last_error, slot.restarts)
+
+    def _condition(self, slot: _Slot, reason: str | None) -> None:
+        """What ``slot``'s component says of itself (None: fine) through its context."""
+        if reason == slot.degraded:
+            return
+        slot.degraded = reason
+        if slot.state != "running":
+            return  # starting, failed or stopped say more; it counts once it runs
+        if reason is not None:
+            log.warning("component degraded", component=slot.name, reason=reason)
+        else:
+            log.info("component recovered", component=slot.name)
+        self._notify(slot.name, reason is None)
 
     async def __aenter__(self) -> Supervisor:
         await self.start()
@@ -395,7 +435,7 @@ class Supervisor:
                 started_at = loop.time()
                 slot.state = "running"
                 log.info("component running", component=slot.name, restarts=slot.restarts)
-                self._notify(slot.name, True)
+                self._notify(slot.name, slot.degraded is None)
                 slot.first_attempt.set()
                 phase = "run"
                 await slot.component.run()
@@ -414,6 +454,7 @@ class Supervisor:
             if self._stopping:
                 return
             slot.state = "failed"
+            slot.degraded = None  # a restart starts afresh
             slot.last_error = repr(error)
             log.error("component failed", component=slot.name, phase=phase, exc_info=error)
             self._notify(slot.name, False)

@@ -46,9 +46,17 @@ def rewrite_health(packed: any_pb2.Any, unhealthy: Mapping[str, str]) -> any_pb2
 class LocalSnapshotSource:
     """The snapshot source of the agent's local ADS server. Event-loop owned."""
 
-    def __init__(self, cache: ConfigCache, overrides: HealthOverrides = _no_overrides) -> None:
+    def __init__(
+        self,
+        cache: ConfigCache,
+        overrides: HealthOverrides = _no_overrides,
+        unreachable: Callable[[], str] = str,
+    ) -> None:
+        """``unreachable`` says why no control server can be reached ("" while one is, or
+        before the first attempt ended): while the cache is empty that ends local streams."""
         self._cache = cache
         self._overrides = overrides
+        self._unreachable = unreachable
         self._snapshot: Snapshot | None = None
         self._revision = 0
         self._subscribers: dict[int, Callable[[], None]] = {}
@@ -59,6 +67,17 @@ class LocalSnapshotSource:
     def loaded(self) -> bool:
         """True once there is config to serve (from upstream or from the state dir)."""
         return bool(self._cache.types)
+
+    def unavailable(self) -> str | None:
+        if self.loaded:
+            return None
+        reason = self._unreachable()
+        if not reason:
+            return None
+        return (
+            "the mesh agent has no config yet and cannot reach the control plane "
+            f"({reason}); calls can be made once it has reached a control server"
+        )
 
     def set_overrides(self, overrides: HealthOverrides) -> None:
         self._overrides = overrides

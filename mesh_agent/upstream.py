@@ -18,6 +18,7 @@ import hashlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import structlog
@@ -99,6 +100,10 @@ class UpstreamClient:
         self._requested: set[TypeUrl] = set()
         self._on_connect: list[Callable[[str], None]] = []
         self._on_disconnect: list[Callable[[], None]] = []
+        self._on_unreachable: list[Callable[[str], None]] = []
+        # Why the last attempt to reach a control server failed; "" while connected and
+        # before the first attempt has ended.
+        self.last_error = ""
         self._connected_once = asyncio.Event()
         self._up_until = 0.0  # wall time the last stream ended; 0: none has
         (metrics if metrics is not None else agent_metrics()).observe_config_age(self)
@@ -124,6 +129,16 @@ class UpstreamClient:
 
     def on_disconnect(self, callback: Callable[[], None]) -> None:
         self._on_disconnect.append(callback)
+
+    def on_unreachable(self, callback: Callable[[str], None]) -> None:
+        """``callback(reason)`` after every attempt that did not get (or lost) a stream."""
+        self._on_unreachable.append(callback)
+
+    @property
+    def unreachable(self) -> str:
+        """Why no control server can be reached, while none is connected and at least one
+        attempt has failed; empty otherwise."""
+        return "" if self.connected else self.last_error
 
     def want(self, type_url: TypeUrl, names: Interest) -> None:
         """Subscribes to ``names`` of ``type_url`` (None: wildcard) on the current and every
@@ -173,6 +188,7 @@ class UpstreamClient:
                 else:
                     await self._stream(server)
                 log.warning("upstream stream ended", server=server)
+                self._failed(server, "the control server ended the stream")
             except grpc.aio.AioRpcError as error:
                 log.warning(
                     "upstream stream failed",
@@ -180,11 +196,18 @@ class UpstreamClient:
                     code=error.code().name,
                     details=error.details(),
                 )
-            except TimeoutError:
-                log.warning("control server unreachable", server=server)
+                self._failed(server, f"{error.code().name}: {error.details()}")
+            except _Unreachable as error:
+                log.warning("control server unreachable", server=server, reason=error.reason)
+                self._failed(server, error.reason)
             if time.monotonic() - started > STABLE_AFTER:
                 delays = self.backoff.delays()
             await asyncio.sleep(next(delays))
+
+    def _failed(self, server: str, reason: str) -> None:
+        self.last_error = f"{server}: {reason}"
+        for callback in list(self._on_unreachable):
+            callback(self.last_error)
 
     def _use_delta(self, server: str) -> bool:
         return self.protocol == "delta" or (
@@ -195,7 +218,7 @@ class UpstreamClient:
         self.speaking = "sotw"
         channel = aio_channel(server, self.tls, CHANNEL_OPTIONS)
         try:
-            await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT)
+            await _ready(channel)
             queue: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
             self._nonces.clear()
             self._sent_node = False
@@ -303,7 +326,7 @@ class UpstreamClient:
         self.speaking = "delta"
         channel = aio_channel(server, self.tls, CHANNEL_OPTIONS)
         try:
-            await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT)
+            await _ready(channel)
             queue: asyncio.Queue[discovery_pb2.DeltaDiscoveryRequest | None] = asyncio.Queue()
             self._sent_node = False
             self._delta_subscribed.clear()
@@ -362,6 +385,40 @@ class UpstreamClient:
             )
         if self._delta_queue is not None:
             self._delta_queue.put_nowait(ack)
+
+
+class _Unreachable(Exception):
+    """No connection to the control server within the connect timeout; ``reason`` is what
+    grpc last saw (refused, a failed handshake, a name that does not resolve, ...)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+async def _ready(channel: grpc.aio.Channel) -> None:
+    """Waits until ``channel`` is connected; raises :class:`_Unreachable` with grpc's reason
+    after ``CONNECT_TIMEOUT``."""
+    try:
+        await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT)
+    except TimeoutError:
+        raise _Unreachable(await _connect_error(channel)) from None
+
+
+async def _connect_error(channel: grpc.aio.Channel) -> str:
+    """Why ``channel`` cannot connect, as grpc reports it to a call that does not wait for the
+    connection (the channel's own state carries no reason)."""
+    probe: Any = channel.unary_unary(
+        "/grpc.health.v1.Health/Check",
+        request_serializer=lambda _: b"",
+        response_deserializer=lambda _: None,
+    )
+    try:
+        await probe(None, timeout=1.0, wait_for_ready=False)
+    except grpc.aio.AioRpcError as error:
+        if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+            return error.details() or error.code().name
+    return f"no connection within {CONNECT_TIMEOUT:g}s"
 
 
 def _digest(versions: dict[ResourceName, str]) -> str:

@@ -5,7 +5,8 @@ JSON line per call: ``{"target", "ok", "backend" | "code", "details", "ms"}``.
 
 The bootstrap names ``--server`` (a control server or an agent) and the node id; each call
 waits for the channel to be ready (``wait_for_ready``), so a name whose resources grpcio
-rejected fails with the reason it gives. With ``--hold`` the channels stay open after the
+rejected fails with the reason it gives; with ``--fail-fast`` a call fails as soon as the
+channel does. With ``--hold`` the channels stay open after the
 calls (their ADS streams too) until the process is terminated.
 """
 
@@ -25,6 +26,9 @@ def main() -> None:
     parser.add_argument("--node-id", required=True)
     parser.add_argument("--timeout", type=float, default=15.0)
     parser.add_argument("--hold", action="store_true", help="keep the channels open until killed")
+    parser.add_argument(
+        "--fail-fast", action="store_true", help="calls do not wait for the channel to be ready"
+    )
     parser.add_argument("names", nargs="+")
     args = parser.parse_args()
     os.environ["GRPC_XDS_BOOTSTRAP_CONFIG"] = json.dumps(
@@ -53,7 +57,9 @@ def main() -> None:
         stub = echo_pb2_grpc.EchoServiceStub(channel)
         try:
             reply = stub.Echo(
-                echo_pb2.EchoRequest(message=name), timeout=args.timeout, wait_for_ready=True
+                echo_pb2.EchoRequest(message=name),
+                timeout=args.timeout,
+                wait_for_ready=not args.fail_fast,
             )
             record.update(ok=True, backend=reply.backend)
         except grpc.RpcError as error:

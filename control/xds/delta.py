@@ -220,10 +220,9 @@ class DeltaSession(AdsSession):
     ) -> None:
         """Sends what changed for ``state`` since it was last brought up to date; ``full``:
         compares its whole subscription instead. ``pushed``: because the config changed."""
-        if self.node is None or not self._cache.loaded:
+        snapshot = self._current()
+        if snapshot is None:
             return
-        snapshot = self._cache.snapshot_for(self.node)
-        self.snapshot = snapshot
         available = snapshot.resources.get(state.type_url, {})
         if full or state.synced is None:
             names: Iterable[ResourceName] = state.candidates(snapshot)

@@ -20,7 +20,7 @@ from ..limits import AdsStreamGuard, LimitExceeded, Limits, StreamCounter, refus
 from ..registry import Registrations
 from .delta import DeltaSession
 from .snapshot import SnapshotSource
-from .stream import AdsSession, NodeRefused, ProtocolError, TypeState
+from .stream import AdsSession, NodeRefused, ProtocolError, SourceUnavailable, TypeState
 from .types import PUSH_ORDER
 
 if TYPE_CHECKING:
@@ -245,6 +245,9 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(error))
         except LimitExceeded as error:
             await refuse(context, error, node=guard.node_id, stream=session.stream_id)
+        except SourceUnavailable as error:
+            session.log.warning("stream ended: no config to serve", reason=str(error))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
         finally:
             guard.release()
             self._metrics.stream_closed()

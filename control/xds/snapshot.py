@@ -148,6 +148,12 @@ class SnapshotSource(Protocol):
 
     def snapshot_for(self, node: base_pb2.Node) -> Snapshot: ...
 
+    def unavailable(self) -> str | None:
+        """While not :attr:`loaded`: why there will be no config for a while (the agent cannot
+        reach the control plane); sessions then end their streams with UNAVAILABLE and this
+        reason instead of waiting. None: wait."""
+        ...
+
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Calls ``callback`` after every change; returns the function that unsubscribes."""
         ...
@@ -190,6 +196,9 @@ class SnapshotCache:
     @property
     def loaded(self) -> bool:
         return self._loaded
+
+    def unavailable(self) -> str | None:
+        return None  # the control server's own store: its first snapshot comes at start
 
     def set_services(
         self,

@@ -67,6 +67,12 @@ class NodeRefused(Exception):
     PERMISSION_DENIED."""
 
 
+class SourceUnavailable(Exception):
+    """There is no config to serve and there will be none for a while (the snapshot source
+    says why); the stream ends with UNAVAILABLE, so the client fails its calls with this
+    reason (and may try another server) instead of waiting for resources that cannot come."""
+
+
 @dataclass(slots=True)
 class Nack:
     version: Version
@@ -274,15 +280,27 @@ class AdsSession:
             if state is not None:
                 await self._respond(state, pushed=True)
 
+    def _current(self) -> Snapshot | None:
+        """The snapshot to serve from (kept in :attr:`snapshot`), or None while there is
+        none yet; raises :class:`SourceUnavailable` when none will come for a while."""
+        if self.node is None:
+            return None
+        if not self._cache.loaded:
+            reason = self._cache.unavailable()
+            if reason:
+                raise SourceUnavailable(reason)
+            return None
+        self.snapshot = self._cache.snapshot_for(self.node)
+        return self.snapshot
+
     async def _respond(
         self, state: TypeState, resume_version: Version = "", *, pushed: bool = False
     ) -> None:
         """Sends what ``state`` is missing, if anything. ``pushed``: because the config
         changed, not because the client asked."""
-        if self.node is None or not self._cache.loaded:
+        snapshot = self._current()
+        if snapshot is None:
             return
-        snapshot = self._cache.snapshot_for(self.node)
-        self.snapshot = snapshot
         if not state.wildcard and not state.names:
             # Unsubscribed from everything of this type: nothing to send until it asks again.
             state.sent = {} if state.sent is not None else None

@@ -6,11 +6,14 @@ from __future__ import annotations
 import collections
 import json
 import signal
+import socket
 import stat
 import time
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.conftest import Processes, wait_for
 from tests.e2e.agentutil import agent_status, responses_received, start_agent
@@ -179,3 +182,70 @@ def test_health_checks_steer_traffic_and_panic_keeps_it_flowing(
     recent = calls(client)[seen:]
     assert all(c["ok"] for c in recent), recent
     assert len(backends_of(recent)) == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _health(target: str, service: str) -> int:
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        return int(reply.status)
+
+
+def test_an_agent_that_never_reached_the_control_server_says_so(
+    procs: Processes, tmp_path: Path
+) -> None:
+    control = f"127.0.0.1:{_free_port()}"  # nothing listens here yet
+    agent_proc, agent = start_agent(procs, control, "node-1")
+
+    def upstream() -> object:
+        found = [c for c in agent_status(agent).components if c.name == "upstream"]
+        return found[0] if found and found[0].state == "degraded" else None
+
+    component = wait_for(upstream, 20, "the upstream component to say it is not connected")
+    assert control in component.last_error and "Connection refused" in component.last_error
+    status = agent_status(agent)
+    assert not status.connected and status.upstream == ""
+    assert _health(agent, "upstream") == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert "Connection refused" in agent_proc.errors()  # the log says why, not only "unreachable"
+
+    # A local process asking for a service is told the control plane cannot be reached, at
+    # once, instead of waiting out grpcio's does-not-exist timer for a service that may exist.
+    started = time.monotonic()
+    caller = procs.python(
+        "caller",
+        "tests.xds_caller",
+        "--server",
+        agent,
+        "--node-id",
+        "app-1",
+        "--fail-fast",
+        "--timeout",
+        "30",
+        "orders",
+    )
+    assert caller.popen.wait(30) == 0, caller.errors()[-2000:]
+    record = json.loads(caller.lines()[0])
+    assert not record["ok"] and record["code"] == "UNAVAILABLE", record
+    assert "cannot reach the control plane" in record["details"], record
+    assert "does not exist" not in record["details"], record
+    assert time.monotonic() - started < 10, "the caller waited for the resource"
+
+    # The control plane comes: the agent says so, and calls go through.
+    _, backend = procs.start_ready("backend", "mesh_demo.backend", "--name", "b1")
+    procs.start_ready("control", "control", "serve", "--listen", control, "--store", "memory:")
+    meshctl(control, "apply", "-f", str(write_service(tmp_path / "orders.yaml", "orders", backend)))
+    wait_for(lambda: agent_status(agent).connected, 30, "the agent to connect")
+    running = [c for c in agent_status(agent).components if c.name == "upstream"]
+    assert running[0].state == "running", running
+    assert _health(agent, "upstream") == health_pb2.HealthCheckResponse.SERVING
+    again = procs.python(
+        "caller-2", "tests.xds_caller", "--server", agent, "--node-id", "app-2", "orders"
+    )
+    assert again.popen.wait(60) == 0, again.errors()[-2000:]
+    assert json.loads(again.lines()[0])["ok"], again.lines()

@@ -524,3 +524,28 @@ async def test_broken_entry_points_are_skipped(
         "async-factory",
     } <= skipped
     assert "good" not in skipped
+
+
+async def test_a_running_component_can_say_it_is_degraded_and_recovered() -> None:
+    events: list[str] = []
+    upstream = Recorder("upstream", events)
+    changes: list[tuple[str, bool]] = []
+    supervisor = Supervisor(
+        [upstream], backoff=FAST, on_change=lambda name, ok: changes.append((name, ok))
+    )
+    async with supervisor:
+        assert upstream.ctx is not None
+        assert changes == [("upstream", True)]
+        upstream.ctx.degraded("10.0.0.2:15010: connection refused")
+        state = supervisor.status("upstream")
+        assert (state.state, state.last_error) == (
+            "degraded",
+            "10.0.0.2:15010: connection refused",
+        )
+        upstream.ctx.degraded("10.0.0.2:15010: connection refused")  # no news: not told again
+        assert changes == [("upstream", True), ("upstream", False)]
+        upstream.ctx.recovered()
+        assert supervisor.status("upstream").state == "running"
+        assert changes[-1] == ("upstream", True)
+    # A context without a supervisor (a unit test of one component) takes it silently.
+    AgentContext().degraded("anything")
