@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 _ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
+SHUTDOWN_TIMEOUT = 1.0
+"""Seconds a process waits at exit for its telemetry to be flushed."""
 _EXPORTERS = ("otlp", "console", "none")
 
 
@@ -101,14 +104,36 @@ class Telemetry:
     def tracing(self) -> bool:
         return self._tracer_provider is not None
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT) -> None:
+        """Flushes and stops the providers, waiting at most ``timeout`` seconds: with its
+        collector down or stalled, an OTLP exporter would otherwise hold the process for its
+        whole export timeout (10 s by default). What is not flushed by then is dropped."""
         if self._http is not None:
             self._http.shutdown()
             self._http = None
-        if self._tracer_provider is not None:
-            self._tracer_provider.shutdown()
-        if self._meter_provider is not None:
-            self._meter_provider.shutdown()
+        providers: list[Any] = [
+            p for p in (self._tracer_provider, self._meter_provider) if p is not None
+        ]
+        self._tracer_provider = self._meter_provider = None
+        if not providers:
+            return
+        done = threading.Event()
+
+        def flush() -> None:
+            try:
+                for provider in providers:
+                    provider.shutdown()
+            finally:
+                done.set()
+
+        threading.Thread(target=flush, name="telemetry-shutdown", daemon=True).start()
+        if not done.wait(timeout):
+            log.warning(
+                "telemetry not flushed in time; what was not exported is dropped",
+                timeout=timeout,
+                traces=self.traces,
+                metrics=self.metrics,
+            )
 
 
 _installed: Telemetry | None = None
@@ -147,7 +172,9 @@ def setup(
     resource = resource_for(service_name)
 
     if telemetry.traces != "none":
-        provider = TracerProvider(resource=resource)
+        # Shut down by Telemetry.shutdown, within its timeout, not by an exit hook of the SDK's
+        # that would wait out a stalled exporter.
+        provider = TracerProvider(resource=resource, shutdown_on_exit=False)
         if telemetry.traces == "otlp":
             _check_protocol("traces", env)
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -177,7 +204,9 @@ def setup(
         host = host.decode() if isinstance(host, bytes) else str(host)
         telemetry.metrics_address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     if readers:
-        meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+        meter_provider = MeterProvider(
+            resource=resource, metric_readers=readers, shutdown_on_exit=False
+        )
         metrics.set_meter_provider(meter_provider)
         telemetry._meter_provider = meter_provider
 

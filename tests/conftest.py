@@ -110,12 +110,19 @@ class Processes:
         return self.start(name, sys.executable, "-m", module, *args, **kw)  # type: ignore[arg-type]
 
     def start_ready(
-        self, name: str, module: str, *args: str, timeout: float = 20
+        self,
+        name: str,
+        module: str,
+        *args: str,
+        timeout: float = 20,
+        env: dict[str, str] | None = None,
     ) -> tuple[Proc, str]:
         """Starts a server that takes ``--ready-file`` and returns it with its bound address."""
         ready = self.workdir / f"{name}.ready"
         ready.unlink(missing_ok=True)
-        proc = self.python(name, module, *args, "--ready-file", str(ready))
+        proc = self.start(
+            name, sys.executable, "-m", module, *args, "--ready-file", str(ready), env=env
+        )
 
         def address() -> str | None:
             if not proc.alive:

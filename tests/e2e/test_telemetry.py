@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -242,3 +244,41 @@ def test_bad_telemetry_settings_are_named(procs: Processes) -> None:
     )
     assert bad.popen.wait(20) == 2
     assert "OTEL_TRACES_EXPORTER='zipkin'" in bad.errors()
+
+
+@pytest.fixture
+def stalled_collector() -> Iterator[str]:
+    """An OTLP endpoint that takes connections and never answers (a collector that hangs)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+def _stop_time(procs: Processes, name: str, env: dict[str, str]) -> tuple[float, Proc]:
+    """Runs a control server with a node connected (so it has metrics to export), then
+    measures SIGTERM to exit."""
+    proc, control = procs.start_ready(
+        name, "control", "serve", "--listen", "127.0.0.1:0", "--store", "memory:", env=env
+    )
+    agent, _ = start_agent(procs, control, f"{name}-node")
+    wait_for(lambda: "upstream connected" in agent.errors(), 20, "the agent to connect")
+    agent.stop()
+    started = time.monotonic()
+    proc.stop(timeout=30)
+    return time.monotonic() - started, proc
+
+
+def test_a_stalled_collector_does_not_hold_up_shutdown(
+    procs: Processes, stalled_collector: str
+) -> None:
+    plain, _ = _stop_time(procs, "plain", {})
+    stalled, proc = _stop_time(
+        procs,
+        "stalled",
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": stalled_collector, "OTEL_METRIC_EXPORT_INTERVAL": "200"},
+    )
+    # The exporter's own timeout is 10 s; the flush at exit is given 1 s.
+    assert stalled - plain < 3.0, (plain, stalled)
+    events = [line.get("event") for line in _log_lines(proc)]
+    assert "telemetry not flushed in time; what was not exported is dropped" in events
