@@ -890,7 +890,7 @@ def load_path(path: Path) -> list[Any]:
         problems.extend(file_problems)
     problems.extend(_duplicate_problems(documents))
     if not problems and not documents:
-        problems.append(f"no service documents in {path}")
+        problems.append(f"{path}: no service documents")
     if problems:
         raise ConfigError(problems)
     return [doc.service for doc in documents]

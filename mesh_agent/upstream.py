@@ -49,6 +49,7 @@ CHANNEL_OPTIONS = [
 CONNECT_TIMEOUT = 3.0
 PROTOCOLS = ("auto", "delta", "sotw")
 STABLE_AFTER = 10.0  # a stream that lived this long resets the backoff
+UNREACHABLE_AFTER = 1.0  # seconds of failed attempts before the control plane counts as away
 
 
 @dataclass(slots=True)
@@ -101,9 +102,10 @@ class UpstreamClient:
         self._on_connect: list[Callable[[str], None]] = []
         self._on_disconnect: list[Callable[[], None]] = []
         self._on_unreachable: list[Callable[[str], None]] = []
-        # Why the last attempt to reach a control server failed; "" while connected and
-        # before the first attempt has ended.
+        # Why the last attempt to reach a control server failed, and since when attempts have
+        # failed (None once a stream has delivered a response).
         self.last_error = ""
+        self._failing_since: float | None = None
         self._connected_once = asyncio.Event()
         self._up_until = 0.0  # wall time the last stream ended; 0: none has
         (metrics if metrics is not None else agent_metrics()).observe_config_age(self)
@@ -136,9 +138,13 @@ class UpstreamClient:
 
     @property
     def unreachable(self) -> str:
-        """Why no control server can be reached, while none is connected and at least one
-        attempt has failed; empty otherwise."""
-        return "" if self.connected else self.last_error
+        """Why no control server can be reached, once none has been for ``UNREACHABLE_AFTER``
+        seconds of failed attempts; empty otherwise (one failure may be a blip)."""
+        if self.connected or self._failing_since is None:
+            return ""
+        if time.monotonic() - self._failing_since < UNREACHABLE_AFTER:
+            return ""
+        return self.last_error
 
     def want(self, type_url: TypeUrl, names: Interest) -> None:
         """Subscribes to ``names`` of ``type_url`` (None: wildcard) on the current and every
@@ -188,7 +194,7 @@ class UpstreamClient:
                 else:
                     await self._stream(server)
                 log.warning("upstream stream ended", server=server)
-                self._failed(server, "the control server ended the stream")
+                reason = "the control server ended the stream"
             except grpc.aio.AioRpcError as error:
                 log.warning(
                     "upstream stream failed",
@@ -196,16 +202,20 @@ class UpstreamClient:
                     code=error.code().name,
                     details=error.details(),
                 )
-                self._failed(server, f"{error.code().name}: {error.details()}")
+                reason = f"{error.code().name}: {error.details()}"
             except _Unreachable as error:
                 log.warning("control server unreachable", server=server, reason=error.reason)
-                self._failed(server, error.reason)
+                reason = error.reason
             if time.monotonic() - started > STABLE_AFTER:
                 delays = self.backoff.delays()
+                self._failing_since = None  # a long-lived stream: this is a new outage
+            self._failed(server, reason)
             await asyncio.sleep(next(delays))
 
     def _failed(self, server: str, reason: str) -> None:
         self.last_error = f"{server}: {reason}"
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
         for callback in list(self._on_unreachable):
             callback(self.last_error)
 
@@ -260,6 +270,7 @@ class UpstreamClient:
             notify()
 
     def _handle(self, response: discovery_pb2.DiscoveryResponse) -> None:
+        self._failing_since = None
         type_url = response.type_url
         stats = self.stats.setdefault(type_url, TypeStats())
         stats.responses += 1
@@ -356,6 +367,7 @@ class UpstreamClient:
                 await channel.close()
 
     def _handle_delta(self, response: discovery_pb2.DeltaDiscoveryResponse) -> None:
+        self._failing_since = None
         type_url = response.type_url
         stats = self.stats.setdefault(type_url, TypeStats())
         stats.responses += 1
@@ -398,11 +410,22 @@ class _Unreachable(Exception):
 
 async def _ready(channel: grpc.aio.Channel) -> None:
     """Waits until ``channel`` is connected; raises :class:`_Unreachable` with grpc's reason
-    after ``CONNECT_TIMEOUT``."""
-    try:
-        await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT)
-    except TimeoutError:
-        raise _Unreachable(await _connect_error(channel)) from None
+    as soon as the connection attempt fails (refused, a failed handshake), or after
+    ``CONNECT_TIMEOUT`` without an answer."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CONNECT_TIMEOUT
+    state = channel.get_state(try_to_connect=True)
+    while state is not grpc.ChannelConnectivity.READY:
+        if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+            raise _Unreachable(await _connect_error(channel))
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise _Unreachable(await _connect_error(channel))
+        try:
+            await asyncio.wait_for(channel.wait_for_state_change(state), remaining)
+        except TimeoutError:
+            continue
+        state = channel.get_state(try_to_connect=True)
 
 
 async def _connect_error(channel: grpc.aio.Channel) -> str:

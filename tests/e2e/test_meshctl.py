@@ -30,7 +30,7 @@ def test_validate_and_apply_refuse_a_file_without_services_alike(tmp_path: Path,
     validate = run_cli("control.meshctl", "validate", "-f", str(path))
     # apply refuses before it contacts any server: nothing listens on this port.
     apply = run_cli("control.meshctl", "--control", "127.0.0.1:1", "apply", "-f", str(path))
-    expected = f"no service documents in {path}"
+    expected = f"{path}: no service documents"
     assert validate.returncode != 0 and apply.returncode != 0
     assert expected in validate.stdout, validate.stdout + validate.stderr
     assert expected in apply.stderr, apply.stderr
@@ -41,7 +41,7 @@ def test_validate_refuses_a_directory_without_config_files(tmp_path: Path) -> No
     (tmp_path / "notes.txt").write_text("name: orders\n")
     result = run_cli("control.meshctl", "validate", "-f", str(tmp_path))
     assert result.returncode != 0
-    assert f"no service documents in {tmp_path}" in result.stdout
+    assert f"{tmp_path}: no service documents" in result.stdout
 
 
 def _meshctl(*args: str) -> tuple[int, str]:
