@@ -7,6 +7,10 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+# Jitter draws from a generator of its own: reconnect loops run in background threads, and
+# moving the global random state under other code (a seeded test, hypothesis) is not theirs.
+_RNG = random.Random()
+
 
 @dataclass(frozen=True, slots=True)
 class Backoff:
@@ -20,7 +24,7 @@ class Backoff:
 
     def delays(self, rng: random.Random | None = None) -> Iterator[float]:
         """An endless series of delays; start a new one after a success."""
-        draw = (rng or random).uniform
+        draw = (rng or _RNG).uniform
         delay = self.base
         while True:
             yield draw(delay * (1 - self.jitter), delay)

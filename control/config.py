@@ -34,7 +34,9 @@ __all__ = [
     "LB_POLICIES",
     "MAX_DURATION",
     "RETRYABLE_STATUS_NAMES",
+    "Dumper",
     "dump_documents",
+    "dump_yaml",
     "format_duration",
     "load_documents",
     "load_path",
@@ -94,6 +96,7 @@ UNSUPPORTED_LB_POLICIES: dict[str, str] = {
 MAX_WEIGHT = 1_000_000
 MAX_HALF_OPEN_PROBES = 1000
 UINT32_MAX = 2**32 - 1
+MERGE_KEY = "<<"
 
 # --------------------------------------------------------------------------------------------
 # Durations
@@ -246,6 +249,13 @@ class _Converter:
         for key, value in data.items():
             if not isinstance(key, str):
                 self.fail(path, f"field names must be strings, got {_type_name(key)} {key!r}")
+                continue
+            if key == MERGE_KEY:
+                self.fail(
+                    path,
+                    "YAML merge keys ('<<') are not supported: write the fields out in full",
+                    bad=False,
+                )
                 continue
             fd = fields.get(key)
             if fd is None:
@@ -709,7 +719,8 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = Fal
                 None, None, f"duplicate key {key!r}", key_node.start_mark
             )
         seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
+    # The base constructor: SafeConstructor's would merge ``<<`` keys first.
+    return yaml.constructor.BaseConstructor.construct_mapping(loader, node, deep=deep)
 
 
 def _construct_str(loader: _Loader, node: yaml.ScalarNode) -> str:
@@ -748,6 +759,14 @@ def _checked_scalar(
     return checked
 
 
+# YAML 1.1 reads a number with an exponent but no dot (``1e-05``, JSON's way) as text; YAML
+# 1.2 and JSON read it as a number, and so does this loader. Text of that form is written
+# quoted (:class:`Dumper`), so what this module writes reads back the same.
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789"))
+# A merge key ``<<`` is read as the plain key "<<" (not merged), so the converter can say it is
+# not supported at its field path.
+_Loader.add_constructor("tag:yaml.org,2002:merge", lambda loader, node: MERGE_KEY)
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _Loader.add_constructor("tag:yaml.org,2002:str", _construct_str)
 _safe = yaml.constructor.SafeConstructor
@@ -929,14 +948,26 @@ def _value_to_plain(fd: Any, value: Any) -> Any:
     return _message_to_dict(value)
 
 
+class Dumper(yaml.SafeDumper):
+    """SafeDumper that quotes text the loader would read as a number (``1e5``)."""
+
+
+Dumper.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789"))
+
+
 def service_to_dict(svc: Any) -> dict[str, Any]:
     """Plain data for ``svc``: only fields that are set, in proto field order, durations as
-    ``"250ms"``. ``load_documents(yaml.safe_dump(service_to_dict(s)), ...)`` gives back ``s``."""
+    ``"250ms"``. ``load_documents(dump_yaml(service_to_dict(s)), ...)`` gives back ``s``."""
     return _message_to_dict(svc)
+
+
+def dump_yaml(data: Any) -> str:
+    """One YAML document for ``data``, keys in their order, read back the same by the loader."""
+    return yaml.dump(data, Dumper=Dumper, sort_keys=False, allow_unicode=True)
 
 
 def dump_documents(services: Sequence[Any]) -> str:
     """Multi-document YAML for ``services``, one document each, fields in proto order."""
-    return yaml.safe_dump_all(
-        [service_to_dict(s) for s in services], sort_keys=False, allow_unicode=True
+    return yaml.dump_all(
+        [service_to_dict(s) for s in services], Dumper=Dumper, sort_keys=False, allow_unicode=True
     )

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import grpc
-import yaml
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -32,7 +31,7 @@ from mesh.v1 import admin_pb2, admin_pb2_grpc, node_pb2
 from . import __version__, certs, tls
 from ._preflight import check_environment
 from .admin import STORE_ERROR
-from .config import load_path, service_to_dict
+from .config import dump_yaml, load_path, service_to_dict
 from .errors import ConfigError
 from .security import TOKEN_KEY
 from .xds.types import short_name
@@ -184,7 +183,7 @@ def cmd_get(args: argparse.Namespace) -> None:
     if args.output == "yaml":
         documents = []
         for stored in response.services:
-            body = yaml.safe_dump(service_to_dict(stored.service), sort_keys=False)
+            body = dump_yaml(service_to_dict(stored.service))
             documents.append(f"# revision: {stored.revision}\n{body}")
         sys.stdout.write("---\n".join(documents))
         return

@@ -8,6 +8,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from control.config import (
     dump_documents,
+    dump_yaml,
     format_duration,
     load_documents,
     load_path,
@@ -626,3 +627,42 @@ def test_load_path_missing(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_path(missing)
     assert info.value.problems == [f"{missing}: no such file or directory"]
+
+
+def test_numbers_with_an_exponent_are_numbers_as_in_json() -> None:
+    text = (
+        '{"name": "orders", "policy": {"circuit_breaker": '
+        '{"failure_rate": 1e-05, "window": "10s", "slow_call": {"threshold": "1s", "rate": 5E-1}}}}'
+    )
+    (svc,) = load_documents(text, "orders.json")
+    assert svc.policy.circuit_breaker.failure_rate == 1e-05
+    assert svc.policy.circuit_breaker.slow_call.rate == 0.5
+    # Unquoted it is a number where text is expected; quoted it is text.
+    assert problems_of("name: 1e5\n") == [
+        "orders.yaml: document 1: name: expected a string, got a number (quote it)"
+    ]
+    assert load_documents("name: '1e5'\n", "orders.yaml")[0].name == "1e5"
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("name: orders\npolicy:\n  <<: {timeout: 2s}\n", "policy: "),
+        ("name: orders\nendpoints:\n  - <<: {address: '10.0.0.5:1'}\n", "endpoints[0]: "),
+        ("<<: {name: orders}\nname: orders\n", ""),
+    ],
+)
+def test_merge_keys_are_refused_at_their_field_path(text: str, where: str) -> None:
+    problems = problems_of(text)
+    assert P + where + "YAML merge keys ('<<') are not supported: write the fields out in full" in (
+        problems
+    ), problems
+
+
+def test_text_that_looks_like_a_number_is_written_quoted_and_reads_back() -> None:
+    svc = config_pb2.Service(name="1e5")
+    svc.endpoints.add(address="10.0.0.5:50051", zone="2E3")
+    text = dump_documents([svc])
+    assert "'1e5'" in text and "'2E3'" in text
+    assert load_documents(text, "x.yaml") == [svc]
+    assert load_documents(dump_yaml(service_to_dict(svc)), "x.yaml") == [svc]

@@ -35,6 +35,7 @@ from control.config import (
     GRPC_STATUS_NAMES,
     LB_POLICIES,
     RETRYABLE_STATUS_NAMES,
+    Dumper,
     format_duration,
     load_documents,
     load_path,
@@ -231,8 +232,8 @@ def valid_documents(draw: st.DrawFn) -> list[dict[str, Any]]:
 
 
 def as_yaml(documents: list[Any]) -> str:
-    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-    return yaml.dump_all(documents, Dumper=dumper, sort_keys=False, allow_unicode=True)
+    """YAML as the project writes it (``meshctl get -o yaml``, the file store)."""
+    return yaml.dump_all(documents, Dumper=Dumper, sort_keys=False, allow_unicode=True)
 
 
 def as_json(documents: list[Any]) -> str:
