@@ -33,8 +33,10 @@ lint: install
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+# make demo ARGS="--once --no-tls": options of python -m mesh_demo (--help lists them).
+ARGS ?=
 demo: install
-	$(BIN)/python -m mesh_demo
+	$(BIN)/python -m mesh_demo $(ARGS)
 
 bench: install
 	$(BIN)/python -m bench

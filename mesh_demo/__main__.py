@@ -68,6 +68,54 @@ def _log_time(entry: dict[str, Any]) -> float:
         return time.time()
 
 
+UPSTREAM_CONNECTED = "upstream connected"
+UPSTREAM_LOST = frozenset({"upstream stream failed", "upstream stream ended"})
+UPSTREAM_UNREACHABLE = "control server unreachable"
+
+
+class Narrator:
+    """Narrates agent JSON log lines: breaker and endpoint-health transitions, health
+    panics, and the agent's link to mesh-control (connected, lost, unreachable; repeated
+    unreachable lines while it retries are told once). One per followed process."""
+
+    def __init__(self) -> None:
+        self._away = False  # mesh-control was lost or never reached
+        self._told = False  # the reason it cannot be reached was told
+
+    def __call__(self, line: str) -> str | None:
+        """The narration of ``line`` as ``HH:MM:SS.mmm  text``, or None for a line that is
+        not told."""
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            return None
+        if not isinstance(entry, dict):
+            return None
+        text = self._upstream(entry)
+        if text is None:
+            return narrate(line)
+        return f"{clock(_log_time(entry))}  {text}" if text else None
+
+    def _upstream(self, entry: dict[str, Any]) -> str | None:
+        event = str(entry.get("event", ""))
+        server = entry.get("server", "?")
+        if event == UPSTREAM_CONNECTED:
+            again, self._away, self._told = self._away, False, False
+            how = f"{entry.get('protocol', '?')} xDS"
+            return f"{'reconnected' if again else 'connected'} to mesh-control at {server} ({how})"
+        if event in UPSTREAM_LOST:
+            self._away, self._told = True, False
+            why = f": {entry['code']}" if entry.get("code") else ""
+            return f"lost mesh-control at {server}{why}; serving the config it holds"
+        if event == UPSTREAM_UNREACHABLE:
+            if self._told:
+                return ""  # told already; the agent keeps retrying
+            self._away = self._told = True
+            cause = str(entry.get("reason") or "?").rsplit(": ", 1)[-1]
+            return f"cannot reach mesh-control at {server} ({cause}); retrying"
+        return None
+
+
 def narrate(line: str) -> str | None:
     """The narration for one agent JSON log line: breaker and endpoint-health transitions and
     health panics, as ``HH:MM:SS.mmm  text``; None for every other line."""
@@ -145,15 +193,16 @@ class Demo:
     def _follow(self, name: str, stream: IO[bytes], log: IO[bytes]) -> None:
         """Copies a child's log to its file and narrates its transitions until it exits; a
         line it cannot narrate is skipped, so the pipe is always drained."""
+        told = Narrator()
         with log:
             for raw in iter(stream.readline, b""):
                 log.write(raw)
                 log.flush()
                 try:
-                    line = narrate(raw.decode(errors="replace"))
+                    line = told(raw.decode(errors="replace"))
                 except (TypeError, ValueError, OverflowError, OSError):
                     line = None
-                if line is not None:
+                if line:
                     self.out(f"[{name}]{' ' * max(1, 7 - len(name))}{line}", narration=True)
 
     def spawn(
@@ -241,6 +290,20 @@ class Demo:
             )
         )
 
+    def wait_connected(self, agent: str, timeout: float = 15) -> None:
+        """Waits (at most ``timeout`` seconds) until the agent is connected to mesh-control."""
+        import grpc
+
+        from mesh.v1 import agent_pb2, agent_pb2_grpc
+
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(agent) as channel:
+            stub = agent_pb2_grpc.AgentServiceStub(channel)
+            while time.monotonic() < deadline:
+                if stub.GetAgentStatus(agent_pb2.GetAgentStatusRequest(), timeout=5).connected:
+                    return
+                time.sleep(0.1)
+
     def wait_health(self, agent: str, address: str, state: str, timeout: float = 15) -> None:
         """Waits (at most ``timeout`` seconds) until the agent reports ``address`` in ``state``."""
         deadline = time.monotonic() + timeout
@@ -267,6 +330,31 @@ class Demo:
             check=False,
         )
         self.out(result.stdout + result.stderr)
+
+    def wait_store_clear(self, timeout: float = 10) -> None:
+        """Waits (at most ``timeout`` seconds) until mesh-control reports no store problem."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "control.meshctl",
+                    "--control",
+                    self.control,
+                    *self.meshctl_flags,
+                    "status",
+                    "-o",
+                    "json",
+                ],
+                env=self.env,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if result.returncode == 0 and not json.loads(result.stdout)["store_problems"]:
+                return
+            time.sleep(0.2)
 
     def write_service(self, *addresses: str) -> Path:
         path = self.workdir / "echo.yaml"
@@ -404,12 +492,16 @@ def run(demo: Demo, pause: float, duration: float, mtls: bool = True) -> None:
     for address in (alpha, beta):
         demo.configure(address)
     time.sleep(max(pause, 3.0))
-    demo.say("the control server dies (SIGKILL): the node keeps working on the agent's cache")
+    demo.say(
+        "the control server dies (SIGKILL): the agent says so, and the node keeps working on "
+        "the config the agent holds"
+    )
     demo.kill("control")
     time.sleep(pause)
     demo.say("the control server comes back on the same address; the agent reconnects")
     control_args[3] = demo.control
     demo.ready("control", control_args)
+    demo.wait_connected(agent)
     time.sleep(pause / 2)
     demo.say("a broken hand edit in the store directory is reported and ignored")
     good = (store / "echo.yaml").read_text()
@@ -419,6 +511,8 @@ def run(demo: Demo, pause: float, duration: float, mtls: bool = True) -> None:
     time.sleep(pause / 2)
     demo.say("the operator puts the good file back: the problem clears")
     (store / "echo.yaml").write_text(good)
+    demo.wait_store_clear()
+    demo.meshctl("status")
     time.sleep(pause / 2)
     demo.say("deleting the service: calls fail with UNAVAILABLE")
     demo.meshctl("delete", "service", "echo")

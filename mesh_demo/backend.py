@@ -113,7 +113,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="mesh-demo backend", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m mesh_demo.backend", description=__doc__)
     parser.add_argument("--name", required=True)
     parser.add_argument("--listen", default="127.0.0.1:0")
     parser.add_argument("--ready-file", type=Path)

@@ -165,7 +165,7 @@ async def run_aio(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="mesh-demo client", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m mesh_demo.client", description=__doc__)
     parser.add_argument("--service", required=True)
     parser.add_argument("--xds-server", required=True, help="HOST:PORT or unix:PATH")
     parser.add_argument("--node-id", default=f"demo-client-{os.getpid()}")

@@ -1,0 +1,205 @@
+"""The README runs as written: its tour is run against real processes (with the ports and
+paths of this test put in place of the README's), its Python snippets are executed, its
+grpcurl commands are run, and every flag its shell commands name exists."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, Processes, require_tool, wait_for
+from tests.e2e.agentutil import agent_status
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+README = ROOT / "README.md"
+FENCE = re.compile(r"^( *)```(\w*)\n(.*?)^\1```", re.S | re.M)
+OUR_PROGRAMS = ("meshctl", "mesh-control", "mesh-agent")
+
+
+def blocks(kind: str) -> list[str]:
+    """The README's code blocks of ``kind`` (``sh``, ``python``, ``yaml``), in order, with
+    the indentation of a block inside a list item removed."""
+    found = []
+    for indent, lang, body in FENCE.findall(README.read_text()):
+        if lang == kind:
+            found.append("\n".join(line[len(indent) :] for line in body.splitlines()))
+    return found
+
+
+def commands(block: str) -> list[str]:
+    """The commands of a shell block: continuation lines joined, comments and blank lines
+    dropped."""
+    joined = block.replace("\\\n", " ")
+    out = []
+    for line in joined.splitlines():
+        line = re.sub(r"\s+#.*$", "", line).strip()
+        if line and not line.startswith("#"):
+            out.append(line)
+    return out
+
+
+def tour_block(first_word: str) -> str:
+    return next(b for b in blocks("sh") if commands(b) and commands(b)[0].startswith(first_word))
+
+
+# -- every flag named exists -------------------------------------------------------------------
+
+
+def _help_of(words: list[str]) -> str:
+    """``--help`` of the longest prefix of ``words`` that is a command (program, then its
+    subcommands), and how many words it took."""
+    if words[0] in OUR_PROGRAMS:
+        module = {
+            "meshctl": "control.meshctl",
+            "mesh-control": "control",
+            "mesh-agent": "mesh_agent",
+        }
+        base, rest = [sys.executable, "-m", module[words[0]]], words[1:]
+    else:  # python -m MODULE
+        base, rest = [sys.executable, "-m", words[2]], words[3:]
+    text = ""
+    taken: list[str] = []
+    for word in [None, *[w for w in rest if re.fullmatch(r"[a-z][a-z-]*", w)]]:
+        args = [*base, *taken, *([word] if word else []), "--help"]
+        result = subprocess.run(args, capture_output=True, text=True, timeout=30, check=False)
+        if result.returncode != 0:
+            break
+        text = result.stdout
+        if word:
+            taken.append(word)
+    return text
+
+
+def test_every_flag_the_readme_names_exists() -> None:
+    checked = 0
+    for block in blocks("sh"):
+        for command in commands(block):
+            words = command.removeprefix("export ").split()
+            if words[0] == "make":
+                target = words[1]
+                result = subprocess.run(
+                    ["make", "-n", *[w for w in words[1:] if "=" in w], target],
+                    cwd=ROOT,
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                    check=False,
+                )
+                assert result.returncode == 0, f"make {target}: {result.stderr}"
+                checked += 1
+                continue
+            if not (words[0] in OUR_PROGRAMS or words[:2] == ["python", "-m"]):
+                continue
+            text = _help_of(words)
+            assert text, f"no --help for: {command}"
+            for flag in re.findall(r"(?<![\w./-])--?[a-zA-Z][\w-]*", command):
+                if flag in ("-m", "-f") and words[0] == "python":
+                    continue
+                assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text), (
+                    f"{flag} of `{command}` is not in its --help"
+                )
+            checked += 1
+    assert checked >= 10, checked  # the blocks were found and parsed
+
+
+# -- the tour, run ------------------------------------------------------------------------------
+
+
+def test_the_tour_runs_as_written(procs: Processes, tmp_path: Path) -> None:
+    _, backend = procs.start_ready(
+        "backend", "mesh_demo.backend", "--name", "b1", "--listen", "127.0.0.1:0"
+    )
+    store = tmp_path / "mesh-store"
+    _, control = procs.start_ready(
+        "control", "control", "serve", "--listen", "127.0.0.1:0", "--store", f"file:{store}"
+    )
+    tour = tmp_path / "tour"
+    places = {
+        "127.0.0.1:50051": backend,
+        "127.0.0.1:15010": control,
+        "/tmp/mesh-tour": str(tour),
+        "/run/mesh-agent/agent.sock": str(tour / "agent.sock"),
+    }
+
+    def placed(text: str) -> str:
+        for written, here in places.items():
+            text = text.replace(written, here)
+        return text
+
+    (tmp_path / "echo.yaml").write_text(placed(blocks("yaml")[0]))
+    for command in commands(tour_block("meshctl validate")):
+        if "[" in command or "--watch" in command:
+            continue  # a synopsis, or runs until Ctrl-C
+        words = shlex.split(command)
+        result = subprocess.run(
+            [sys.executable, "-m", "control.meshctl", "--control", control, *words[1:]],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=tmp_path,
+            env=procs.env,
+            check=False,
+        )
+        assert result.returncode == 0, f"{command}: {result.stdout}{result.stderr}"
+        if words[1] == "apply":
+            assert result.stdout.startswith("service/echo configured (revision "), result.stdout
+
+    agent_line = commands(tour_block("mesh-agent run --control 127.0.0.1:15010"))[0]
+    agent_words = shlex.split(placed(agent_line).removesuffix("&"))
+    ready = tmp_path / "agent.ready"
+    agent = procs.python(
+        "agent", "mesh_agent", *agent_words[1:], "--ready-file", str(ready), "--log-level", "info"
+    )
+    wait_for(lambda: ready.exists() or not agent.alive, 20, "the agent to be ready")
+    assert agent.alive, agent.errors()[-2000:]
+    target = placed(commands(tour_block("mesh-agent run"))[1]).split("=", 1)[1]
+    wait_for(lambda: agent_status(target).connected, 20, "the agent to reach mesh-control")
+
+    snippet = tmp_path / "tour.py"
+    snippet.write_text(placed(blocks("python")[0]))
+    result = subprocess.run(
+        [sys.executable, str(snippet)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={**procs.env, "MESH_AGENT": target},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["b1", "b1"], result.stdout
+
+    # The CSDS commands, against this agent and this control server.
+    grpcurl = require_tool("grpcurl")
+    for block in blocks("sh"):
+        for command in commands(block):
+            if command.startswith("grpcurl") and "FetchClientStatus" in command:
+                words = shlex.split(placed(command))
+                result = subprocess.run(
+                    [grpcurl, *words[1:]], capture_output=True, text=True, timeout=30, check=False
+                )
+                assert result.returncode == 0, f"{command}: {result.stderr}"
+                assert '"config"' in result.stdout, result.stdout
+
+
+def test_every_python_snippet_runs(procs: Processes, tmp_path: Path) -> None:
+    """The snippets after the tour's need no mesh (they build servers and channels)."""
+    for number, code in enumerate(blocks("python")[1:], start=2):
+        path = tmp_path / f"snippet{number}.py"
+        path.write_text(code)
+        result = subprocess.run(
+            [sys.executable, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+            env=procs.env,
+            check=False,
+        )
+        assert result.returncode == 0, f"README python block {number}:\n{result.stderr[-2000:]}"
