@@ -325,7 +325,9 @@ class AgentLink:
         if not self._away:
             self._away = True
             log.warning(
-                "mesh agent unreachable; calls are admitted without breaker checks",
+                f"mesh agent unreachable at {self.target}; calls are admitted without breaker "
+                "checks. Point the client library at the node's agent with $MESH_AGENT "
+                "(unix:PATH or HOST:PORT) or the agent= argument of mesh_channel()",
                 agent=self.target,
                 error=error.details() if isinstance(error, grpc.Call) else str(error),
             )

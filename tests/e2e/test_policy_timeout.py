@@ -9,6 +9,7 @@ in the same process or another, still gets the route timeout as xDS defines it."
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -216,3 +217,46 @@ def test_the_agent_tells_each_watched_service_its_call_policy(
         _until(link, "later", None)
     finally:
         link.close()
+
+
+WARNED_PROGRAM = """
+import time
+
+import grpc
+
+from control._logging import configure
+from mesh.demo.v1 import echo_pb2, echo_pb2_grpc
+from mesh_agent.client import mesh_interceptor
+
+configure()
+channel = grpc.intercept_channel(grpc.insecure_channel({backend!r}), mesh_interceptor("slow"))
+stub = echo_pb2_grpc.EchoServiceStub(channel)
+for _ in range(3):
+    started = time.perf_counter()
+    reply = stub.Echo(echo_pb2.EchoRequest(message="x"), timeout=5)
+    print(reply.backend, round(time.perf_counter() - started, 3), flush=True)
+"""
+
+
+def test_without_an_agent_calls_go_at_once_and_the_warning_says_how_to_point_at_one(
+    procs: Processes, tmp_path: Path
+) -> None:
+    _, backend = procs.start_ready("backend", "mesh_demo.backend", "--name", "b1")
+    default = "unix:/run/mesh-agent/agent.sock"
+    if Path(default.removeprefix("unix:")).exists():
+        pytest.skip(f"an agent listens at {default} on this machine")
+    procs.env.pop("MESH_AGENT", None)
+    client = procs.start("lonely", sys.executable, "-c", WARNED_PROGRAM.format(backend=backend))
+    wait_for(lambda: len(client.lines()) == 3 or not client.alive, 30, "three calls")
+    assert len(client.lines()) == 3, client.errors()[-3000:]
+    for line in client.lines():
+        name, seconds = line.split()
+        assert name == "b1" and float(seconds) < 0.5, line  # no wait for a call policy
+    warnings = [
+        json.loads(line)
+        for line in client.errors().splitlines()
+        if line.startswith("{") and "mesh agent unreachable" in line
+    ]
+    assert len(warnings) == 1, client.errors()
+    event = warnings[0]["event"]
+    assert default in event and "$MESH_AGENT" in event and "agent=" in event, event
