@@ -8,8 +8,10 @@ One :class:`AgentLink` per agent address per process (:func:`link_for`). If the 
 unreachable the link fails open: calls are admitted, outcomes are dropped, one warning is
 logged, and it reconnects with backoff.
 
-With TLS files, a link to a TCP agent address uses mTLS; the files are read when the channel
-is made, and again after a failed call if they changed on disk (a renewed certificate). A
+With TLS files, a link to a TCP agent address uses mTLS. The files' stamp is looked at every
+:data:`TLS_CHECK_INTERVAL` seconds (and after a failed call): when they changed (a renewed
+certificate), the link moves to a new channel made with them, restarts its watch and report
+streams there, and closes the old channel once calls still on it had time to finish. A
 unix-socket address is always plaintext (the socket's file mode guards it).
 """
 
@@ -42,6 +44,8 @@ MAX_BATCH = 512
 MAX_PENDING = 50_000  # outcomes kept while the agent is away; older ones are dropped
 RECONNECT = Backoff(base=0.1, cap=5.0)
 POLICY_WAIT = 1.0  # seconds the first calls to a service wait for its call policy
+TLS_CHECK_INTERVAL = 2.0  # seconds between looks at the TLS files' stamp
+RETIRE_GRACE = 3.0  # seconds an old channel stays open for calls on it (AcquirePermit: 1 s)
 UNKNOWN: Final = -1.0
 """``AgentLink.timeouts.get(service, UNKNOWN)``: the agent has not told the service's policy."""
 Outcome = tuple[str, str, float, float, bool]  # service, code, latency s, end time, probe
@@ -113,8 +117,10 @@ class AgentLink:
         self._armed = False
         self._lock = threading.Lock()
         self._tls_stamp = self.tls.stamp() if self.tls is not None else ()
+        self._next_tls_check = time.monotonic() + TLS_CHECK_INTERVAL
         self._channel = self._new_channel()
         self._stub = agent_pb2_grpc.AgentServiceStub(self._channel)
+        self._retired: list[tuple[grpc.Channel, threading.Timer]] = []
         self._closed = threading.Event()
         self._away = False  # since a failure, until the watch stream answers again
         self._watch_call: grpc.Future[Any] | None = None
@@ -300,25 +306,43 @@ class AgentLink:
             return grpc.insecure_channel(self.target)
         return grpc.secure_channel(self.target, channel_credentials(self.tls))
 
-    def _reload_tls(self) -> None:
-        """Makes a new channel if the TLS files changed since the current one was made; the
-        old channel is closed, which ends a call still on it (it is retried)."""
+    def _check_tls(self) -> bool:
+        """Every :data:`TLS_CHECK_INTERVAL`: :meth:`_reload_tls`. True when it switched."""
+        if self.tls is None or time.monotonic() < self._next_tls_check:
+            return False
+        self._next_tls_check = time.monotonic() + TLS_CHECK_INTERVAL
+        return self._reload_tls()
+
+    def _reload_tls(self) -> bool:
+        """Moves to a new channel if the TLS files changed since the current one was made:
+        the watch stream restarts on it at once, the report stream when its current batch is
+        sent, and the old channel is closed :data:`RETIRE_GRACE` later, when the calls still
+        on it (a probe permit, the last reports) have finished. True when it switched."""
         if self.tls is None or self._closed.is_set():
-            return
+            return False
         with self._lock:
             stamp = self.tls.stamp()
             if stamp == self._tls_stamp:
-                return
+                return False
             self._tls_stamp = stamp
             try:
                 channel = self._new_channel()
             except TlsError as error:
                 log.error("new TLS files not usable, keeping the previous ones", error=str(error))
-                return
+                return False
             old, self._channel = self._channel, channel
             self._stub = agent_pb2_grpc.AgentServiceStub(channel)
-        log.info("TLS files changed; reconnecting to the mesh agent", agent=self.target)
-        old.close()
+            timer = threading.Timer(RETIRE_GRACE, old.close)
+            timer.daemon = True
+            self._retired = [(c, t) for c, t in self._retired if t.is_alive()]
+            self._retired.append((old, timer))
+        log.info("TLS files changed; moving the link to the mesh agent to them", agent=self.target)
+        timer.start()
+        self._restart_watch.set()
+        call = self._watch_call
+        if call is not None:
+            call.cancel()
+        return True
 
     def _agent_away(self, error: grpc.RpcError | None) -> None:
         self._reload_tls()
@@ -356,8 +380,8 @@ class AgentLink:
             except grpc.RpcError as error:
                 if self._closed.is_set():
                     return
-                if self._restart_watch.is_set():
-                    continue  # restarted on purpose, with more services
+                if self._restart_watch.is_set() or stub is not self._stub:
+                    continue  # restarted on purpose: more services, or a new channel
                 self._agent_away(error)
                 # Fail open: forget states that can no longer be kept current.
                 self.breakers = {}
@@ -365,9 +389,13 @@ class AgentLink:
             finally:
                 self._watch_call = None
 
-    def _batches(self) -> Iterator[agent_pb2.ReportOutcomesRequest]:
+    def _batches(self, stub: Any) -> Iterator[agent_pb2.ReportOutcomesRequest]:
+        """The report stream's requests, on ``stub``'s channel: it ends (and the report loop
+        starts another) when the link moves to a new channel."""
         outcomes = self._outcomes
         while not self._closed.is_set():
+            if self._check_tls() or stub is not self._stub:
+                return
             if self._wake.wait(IDLE_FLUSH_INTERVAL):
                 if self._closed.is_set():
                     return
@@ -393,11 +421,14 @@ class AgentLink:
     def _report_loop(self) -> None:
         delays = RECONNECT.delays()
         while not self._closed.is_set():
+            stub = self._stub
             try:
-                self._stub.ReportOutcomes(self._batches())
+                stub.ReportOutcomes(self._batches(stub))
             except grpc.RpcError as error:
                 if self._closed.is_set():
                     return
+                if stub is not self._stub:
+                    continue  # its channel was replaced (and closed) under it
                 self._agent_away(error)
                 self._closed.wait(next(delays))
             else:
@@ -410,6 +441,11 @@ class AgentLink:
         call = self._watch_call
         if call is not None:
             call.cancel()
+        with self._lock:
+            retired, self._retired = self._retired, []
+        for channel, timer in retired:
+            timer.cancel()
+            channel.close()
         self._channel.close()
 
 
