@@ -27,9 +27,11 @@ from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 
 from control.names import client_listener_name
 from control.xds.types import LISTENER, ROUTE
+from mesh.demo.v1 import echo_pb2, echo_pb2_grpc
+from mesh_agent.client import mesh_interceptor
 from mesh_agent.client._link import AgentLink
 from tests.conftest import Proc, Processes, wait_for
-from tests.e2e.test_breakers import set_up
+from tests.e2e.test_breakers import configure, set_up
 from tests.e2e.test_control_xds import meshctl
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -189,6 +191,18 @@ def test_the_agent_tells_each_watched_service_its_call_policy(
     procs: Processes, tmp_path: Path
 ) -> None:
     control, backend, agent = set_up(procs, tmp_path, SERVICE, POLICY)
+    # mesh_interceptor() on a plain channel of one's own applies the same deadline.
+    channel = grpc.intercept_channel(
+        grpc.insecure_channel(backend), mesh_interceptor(SERVICE, agent=agent)
+    )
+    configure(backend, delay=3.6)
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as caught:
+        echo_pb2_grpc.EchoServiceStub(channel).Echo(echo_pb2.EchoRequest(), timeout=20)
+    assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert 3.0 <= time.monotonic() - started <= 3.5
+    channel.close()
+
     link = AgentLink(agent)
     try:
         assert link.call_timeout(SERVICE) == 3.0  # waited for, the agent fetched it
