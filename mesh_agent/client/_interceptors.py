@@ -389,8 +389,8 @@ class AioUnaryUnaryInterceptor(_AioBase, grpc.aio.UnaryUnaryClientInterceptor):
         if policy is None:
             decision, method, span, details = self._begin(client_call_details)
         else:
-            begun = await self._begin_with_deadline(client_call_details, policy)
-            decision, method, span, details = begun
+            begin = self._begin_with_deadline(client_call_details, policy)
+            decision, method, span, details = await begin
         probe = decision is Decision.PROBE
         started = time.perf_counter()
         call = await continuation(details, request)
