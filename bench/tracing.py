@@ -21,8 +21,9 @@ its own server interceptors, and one channel to each, all in the one process:
 
 Nothing global is set: the providers are passed to the interceptors. The mesh interceptors
 share one ``AgentLink`` to a socket that does not exist, with echo's breaker view set CLOSED
-(``BreakerView(CLOSED, 0, enabled)``) so ``decide()`` takes its normal CLOSED fast path; the
-link's watch thread forgets the view each time it fails to reach the agent, so the view is set
+(``BreakerView(CLOSED, 0, enabled)``) so ``decide()`` takes its normal CLOSED fast path, and
+echo known to have no policy timeout (the common case: no deadline to add); the link's watch
+thread forgets the view each time it fails to reach the agent, so the view is set
 again before every block, and the outcomes ``record()`` queues (no agent takes them) are
 dropped before every block so the queue stays under ``MAX_PENDING``.
 
@@ -373,6 +374,8 @@ class Worker:
             self.views_lost += 1
             link.breakers = {**link.breakers, SERVICE: self.view}
         link._outcomes.clear()
+        if SERVICE not in link.timeouts:
+            link.timeouts = {**link.timeouts, SERVICE: None}
 
     def calls(self, name: str, n: int) -> dict[str, Any]:
         echo, request, clock = self.stubs[name].Echo, self.request, time.perf_counter_ns

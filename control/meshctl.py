@@ -143,8 +143,9 @@ def _warn_about(services: Sequence[Any]) -> None:
             if seconds < GRPCIO_TIMEOUT_FLOOR_S:
                 sys.stderr.write(
                     f"meshctl: warning: service/{service.name}: policy.timeout {seconds:g}s is "
-                    f"under {GRPCIO_TIMEOUT_FLOOR_S:g}s: grpcio (1.85) clients start the route "
-                    "timeout 1-2 s early and would fail every call (see README, Known limits)\n"
+                    f"under {GRPCIO_TIMEOUT_FLOOR_S:g}s: raw grpcio (1.85) xds:/// channels "
+                    "start the route timeout 1-2 s early and would fail every call; "
+                    "mesh_channel() is not affected (see README, Policy timeouts)\n"
                 )
 
 

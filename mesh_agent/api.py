@@ -99,13 +99,20 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         if request.services:
             self._agent.update_interest()  # fetch the policies of the watched services
         try:
-            yield agent_pb2.WatchBreakersResponse(breakers=hub.initial(watcher))
+            yield agent_pb2.WatchBreakersResponse(
+                breakers=hub.initial(watcher), call_policies=hub.initial_call_policies(watcher)
+            )
             while True:
-                first = await watcher.queue.get()
-                batch = [first]
+                batch = [await watcher.queue.get()]
                 while not watcher.queue.empty():
                     batch.append(watcher.queue.get_nowait())
-                yield agent_pb2.WatchBreakersResponse(breakers=batch)
+                response = agent_pb2.WatchBreakersResponse()
+                for update in batch:
+                    if isinstance(update, agent_pb2.CallPolicy):
+                        response.call_policies.append(update)
+                    else:
+                        response.breakers.append(update)
+                yield response
         finally:
             hub.remove_watcher(watcher)
 

@@ -1,5 +1,6 @@
 """The node's circuit breakers as a service: policies from the cached config, outcomes from
-local interceptors, transitions to watchers, state kept in the state dir.
+local interceptors, transitions to watchers, state kept in the state dir. Watchers also hear
+each watched service's call policy (its timeout, which the client library applies itself).
 
 The state machines are :mod:`mesh_agent.breaker` (no grpc); this module feeds them and
 fans their transitions out. Event-loop owned.
@@ -53,10 +54,22 @@ def _without_breaker(service: str) -> agent_pb2.BreakerStatus:
     )
 
 
+def call_policy(service: str, policy: config_pb2.ServicePolicy | None) -> agent_pb2.CallPolicy:
+    """What the client library applies to each call of ``service`` (no timeout when
+    ``policy`` is None: the service is gone)."""
+    message = agent_pb2.CallPolicy(service=service)
+    if policy is not None and policy.policy.HasField("timeout"):
+        message.timeout.CopyFrom(policy.policy.timeout)
+    return message
+
+
+WatchUpdate = agent_pb2.BreakerStatus | agent_pb2.CallPolicy
+
+
 @dataclass(eq=False)
 class Watcher:
     services: frozenset[str]  # empty: every breaker
-    queue: asyncio.Queue[agent_pb2.BreakerStatus] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[WatchUpdate] = field(default_factory=asyncio.Queue)
 
     def wants(self, service: str) -> bool:
         return not self.services or service in self.services
@@ -74,6 +87,7 @@ class BreakerHub:
         self.outcomes_received = 0
         self._wake = asyncio.Event()
         self._states: dict[str, BreakerState] = {}
+        self.call_policies: dict[str, agent_pb2.CallPolicy] = {}
         self.metrics = metrics if metrics is not None else agent_metrics()
         self.board.subscribe(self._on_transition)
         self.metrics.observe_breakers(self)
@@ -86,11 +100,14 @@ class BreakerHub:
 
     def apply_policies(self, cache: ConfigCache) -> None:
         policies: dict[str, config_pb2.CircuitBreakerPolicy | None] = {}
+        calls: dict[str, agent_pb2.CallPolicy] = {}
         for name, packed in cache.resources(SERVICE_POLICY).items():
             message = decode(packed, SERVICE_POLICY)
             assert isinstance(message, config_pb2.ServicePolicy)
             has = message.policy.HasField("circuit_breaker")
             policies[name] = message.policy.circuit_breaker if has else None
+            calls[name] = call_policy(name, message)
+        self._apply_call_policies(calls)
         before = {s: self.status(s).enabled for s in self.board.services()}
         for service in self.board.services():
             if service not in policies:
@@ -105,10 +122,20 @@ class BreakerHub:
         self._states = self.board.states()
         self._wake.set()
 
-    def _notify(self, status: agent_pb2.BreakerStatus) -> None:
+    def _apply_call_policies(self, calls: dict[str, agent_pb2.CallPolicy]) -> None:
+        """Keeps the call policies and tells watchers of those that changed; a service whose
+        policy went is told it has none."""
+        before = self.call_policies
+        self.call_policies = calls
+        for service in sorted(set(before) | set(calls)):
+            old, new = before.get(service), calls.get(service)
+            if old != new:
+                self._notify(new if new is not None else call_policy(service, None))
+
+    def _notify(self, update: WatchUpdate) -> None:
         for watcher in self.watchers:
-            if watcher.wants(status.service):
-                watcher.queue.put_nowait(status)
+            if watcher.wants(update.service):
+                watcher.queue.put_nowait(update)
 
     # -- calls from local processes ------------------------------------------------------------
 
@@ -168,6 +195,11 @@ class BreakerHub:
         if watcher.services:
             return [self.status(s) for s in sorted(watcher.services)]
         return self.statuses()
+
+    def initial_call_policies(self, watcher: Watcher) -> list[agent_pb2.CallPolicy]:
+        """The call policies the agent holds of the watcher's services (of every service for
+        a watcher of all); the others are sent when the agent learns them."""
+        return [p for s, p in sorted(self.call_policies.items()) if watcher.wants(s)]
 
     # -- transitions ---------------------------------------------------------------------------
 

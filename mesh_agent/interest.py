@@ -13,6 +13,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 
 from control.limits import Limits
+from control.names import service_of_listener
 from control.xds.stream import AdsSession
 from control.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SERVICE_POLICY, TypeUrl
 
@@ -72,11 +73,12 @@ def compute_interest(
         ENDPOINT: _endpoint_names(cache),
         SERVICE_POLICY: set(held_clusters) | extra_policies,
     }
-    # Interceptors (and the breakers) need the policy of every service a process dials.
+    # Interceptors (and the breakers) need the policy of every service a process dials,
+    # whether through the service's own Listener or the client library's alias of it.
     listener_demand = demand.get(LISTENER, frozenset())
     policy_demand = demand.get(SERVICE_POLICY, frozenset())
     if listener_demand is not None and policy_demand is not None:
-        derived[SERVICE_POLICY] |= listener_demand
+        derived[SERVICE_POLICY] |= {service_of_listener(name) for name in listener_demand}
     interest: dict[TypeUrl, Interest] = {}
     for type_url, names in derived.items():
         wanted = demand.get(type_url, frozenset())

@@ -7,6 +7,11 @@ so the policy means the same thing behind a sidecar.
 Every resource is named after the service: ``xds:///orders`` asks for Listener ``orders``,
 which routes to RouteConfiguration ``orders``, Cluster ``orders`` and ClusterLoadAssignment
 ``orders``. Policy fields xDS has no place for travel as ``mesh.v1.ServicePolicy``.
+
+Beside it each service has an alias Listener, ``mesh-client/orders``
+(:func:`control.names.client_listener_name`), which the client library's channels dial: the
+same routes inline, without ``max_stream_duration``, since grpcio starts a route timeout 1-2 s
+early (grpc/grpc#40633) and the client library applies the timeout to each call itself.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
 from control import config
+from control.names import client_listener_name
 from mesh.v1 import config_pb2
 
 from .types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SERVICE_POLICY, ResourceName, TypeUrl
@@ -67,17 +73,43 @@ def _pack(message: Message) -> any_pb2.Any:
     return packed
 
 
+def _http_filters() -> list[hcm_pb2.HttpFilter]:
+    """The HCM's filters: the router, last (the only one for now)."""
+    return [hcm_pb2.HttpFilter(name=ROUTER_FILTER, typed_config=_pack(router_pb2.Router()))]
+
+
 def build_listener(service: config_pb2.Service) -> listener_pb2.Listener:
     manager = hcm_pb2.HttpConnectionManager(
         stat_prefix=service.name,
         rds=hcm_pb2.Rds(config_source=_ads(), route_config_name=service.name),
-        http_filters=[
-            hcm_pb2.HttpFilter(name=ROUTER_FILTER, typed_config=_pack(router_pb2.Router()))
-        ],
+        http_filters=_http_filters(),
     )
     return listener_pb2.Listener(
         name=service.name,
         api_listener=api_listener_pb2.ApiListener(api_listener=_pack(manager)),
+    )
+
+
+def build_client_listener(
+    service: config_pb2.Service, route: route_pb2.RouteConfiguration
+) -> listener_pb2.Listener:
+    """The alias Listener the client library dials: ``route`` inline, renamed, with
+    ``max_stream_duration`` cleared from every route action (the client library applies the
+    timeout itself; grpcio would fire it early), and the same filters as
+    :func:`build_listener`."""
+    name = client_listener_name(service.name)
+    inline = route_pb2.RouteConfiguration()
+    inline.CopyFrom(route)
+    inline.name = name
+    for host in inline.virtual_hosts:
+        for entry in host.routes:
+            if entry.HasField("route"):
+                entry.route.ClearField("max_stream_duration")
+    manager = hcm_pb2.HttpConnectionManager(
+        stat_prefix=service.name, route_config=inline, http_filters=_http_filters()
+    )
+    return listener_pb2.Listener(
+        name=name, api_listener=api_listener_pb2.ApiListener(api_listener=_pack(manager))
     )
 
 
@@ -266,11 +298,16 @@ def build_policy(service: config_pb2.Service) -> config_pb2.ServicePolicy:
 
 
 def build_resources(services: Iterable[config_pb2.Service]) -> Resources:
-    """Every resource of every service, by type URL and name."""
+    """Every resource of every service, by type URL and name (two Listeners per service: its
+    own and the client library's alias)."""
     resources: Resources = {t: {} for t in (LISTENER, ROUTE, CLUSTER, ENDPOINT, SERVICE_POLICY)}
     for service in services:
+        route = build_route(service)
         resources[LISTENER][service.name] = build_listener(service)
-        resources[ROUTE][service.name] = build_route(service)
+        resources[LISTENER][client_listener_name(service.name)] = build_client_listener(
+            service, route
+        )
+        resources[ROUTE][service.name] = route
         resources[CLUSTER][service.name] = build_cluster(service)
         resources[ENDPOINT][service.name] = build_load_assignment(service)
         resources[SERVICE_POLICY][service.name] = build_policy(service)

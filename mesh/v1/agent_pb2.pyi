@@ -74,10 +74,20 @@ class WatchBreakersRequest(_message.Message):
     def __init__(self, services: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class WatchBreakersResponse(_message.Message):
-    __slots__ = ("breakers",)
+    __slots__ = ("breakers", "call_policies")
     BREAKERS_FIELD_NUMBER: _ClassVar[int]
+    CALL_POLICIES_FIELD_NUMBER: _ClassVar[int]
     breakers: _containers.RepeatedCompositeFieldContainer[BreakerStatus]
-    def __init__(self, breakers: _Optional[_Iterable[_Union[BreakerStatus, _Mapping]]] = ...) -> None: ...
+    call_policies: _containers.RepeatedCompositeFieldContainer[CallPolicy]
+    def __init__(self, breakers: _Optional[_Iterable[_Union[BreakerStatus, _Mapping]]] = ..., call_policies: _Optional[_Iterable[_Union[CallPolicy, _Mapping]]] = ...) -> None: ...
+
+class CallPolicy(_message.Message):
+    __slots__ = ("service", "timeout")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    timeout: _duration_pb2.Duration
+    def __init__(self, service: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class AcquirePermitRequest(_message.Message):
     __slots__ = ("service",)

@@ -102,7 +102,9 @@ class AgentServiceServicer:
 
     def WatchBreakers(self, request, context):
         """The node's circuit breakers: the current state of each watched service first, then
-        every transition. Watching a service also makes the agent fetch its policy.
+        every transition. Watching a service also makes the agent fetch its policy. The same
+        stream carries each watched service's call policy, once the agent holds it and again
+        whenever it changes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

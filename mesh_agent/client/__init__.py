@@ -1,7 +1,8 @@
 """The mesh's client library: channels and interceptors through which application processes
 use their node's agent.
 
-    channel = mesh_channel("orders")            # xds:///orders, breaker, outcome reports
+    channel = mesh_channel("orders")            # breaker, policy timeout, outcome reports
+                                                # (dials xds:///mesh-client/orders)
     stub = OrdersStub(channel)
 
     channel = aio_mesh_channel("orders")        # the same for grpc.aio

@@ -1,5 +1,11 @@
-"""``mesh_channel()`` and ``aio_mesh_channel()``: an ``xds:///SERVICE`` channel fed by the
-node's agent, with the mesh interceptors on it.
+"""``mesh_channel()`` and ``aio_mesh_channel()``: an xDS channel fed by the node's agent, with
+the mesh interceptors on it.
+
+The channel dials ``xds:///mesh-client/SERVICE`` (:func:`control.names.client_listener_name`),
+an alias Listener with the service's routes minus the route timeout, with ``SERVICE`` as its
+authority; the interceptors apply the timeout to each call instead, since grpcio (1.85) fires
+a route timeout 1-2 s early (grpc/grpc#40633). The bootstrap is process-wide, so a plain
+``xds:///SERVICE`` channel in the same process still gets the route timeout as xDS defines it.
 
 TLS: with ``tls=TlsFiles(...)``, or ``$MESH_TLS_CERT``/``$MESH_TLS_KEY``/``$MESH_TLS_CA`` (the
 variables ``meshctl`` reads), a TCP agent address (and a fallback control server) is reached
@@ -21,6 +27,7 @@ import grpc
 import grpc.aio
 
 from control.errors import MeshError
+from control.names import client_listener_name
 from control.tls import TlsFiles, env_files
 from mesh_agent._bootstrap import bootstrap_config, is_unix
 
@@ -30,6 +37,7 @@ from ._link import AgentLink, link_for
 DEFAULT_AGENT = "unix:/run/mesh-agent/agent.sock"
 ENV_AGENT = "MESH_AGENT"
 _BOOTSTRAP_ENV = "GRPC_XDS_BOOTSTRAP_CONFIG"
+_AUTHORITY = "grpc.default_authority"
 _lock = threading.Lock()
 _configured: list[dict[str, Any]] | None = None
 
@@ -138,7 +146,16 @@ def _setup(
     servers = [address, *([fallback] if fallback else [])]
     files = tls_files(tls) if not all(is_unix(server) for server in servers) else None
     configure_bootstrap(servers, node_id, tls=files)
-    return f"xds:///{service}", link_for(address, files)
+    return f"xds:///{client_listener_name(service)}", link_for(address, files)
+
+
+def _options(service: str, options: Sequence[tuple[str, Any]] | None) -> list[tuple[str, Any]]:
+    """The caller's channel options, with the service as the default authority (the target
+    names the alias Listener) unless they set one."""
+    given = list(options or ())
+    if any(name == _AUTHORITY for name, _ in given):
+        return given
+    return [*given, (_AUTHORITY, service)]
 
 
 def _link(agent: str | None, tls: TlsFiles | None) -> AgentLink:
@@ -158,9 +175,11 @@ def mesh_channel(
     """A channel to mesh service ``service`` through the node's agent, with circuit breaking
     and outcome reporting. ``fallback_control`` (``HOST:PORT``) is used by grpcio when the
     agent cannot be reached at start. ``tls`` (default: ``$MESH_TLS_*``): mTLS to a TCP agent
-    address and to the fallback."""
+    address and to the fallback.
+
+    The service's policy timeout is each call's deadline, unless the caller's is earlier."""
     target, link = _setup(service, agent, fallback_control, node_id, tls)
-    channel = grpc.insecure_channel(target, options=options)
+    channel = grpc.insecure_channel(target, options=_options(service, options))
     return grpc.intercept_channel(channel, MeshClientInterceptor(link, service))
 
 
@@ -176,7 +195,7 @@ def aio_mesh_channel(
     """The asyncio counterpart of :func:`mesh_channel`."""
     target, link = _setup(service, agent, fallback_control, node_id, tls)
     return grpc.aio.insecure_channel(
-        target, options=options, interceptors=aio_interceptors(link, service)
+        target, options=_options(service, options), interceptors=aio_interceptors(link, service)
     )
 
 
@@ -185,7 +204,9 @@ def mesh_interceptor(
 ) -> MeshClientInterceptor:
     """The sync interceptor alone, for a channel of your own:
     ``grpc.intercept_channel(channel, mesh_interceptor("orders"))``. ``tls`` (default:
-    ``$MESH_TLS_*``) is for the link to a TCP agent address."""
+    ``$MESH_TLS_*``) is for the link to a TCP agent address. It applies the service's policy
+    timeout as each call's deadline too (a raw ``xds:///orders`` channel also has grpcio's
+    own, early one)."""
     return MeshClientInterceptor(_link(agent, tls), service)
 
 

@@ -2,6 +2,11 @@
 OpenTelemetry client span and call-duration histogram around it, for all four call types;
 sync ones for ``grpc.intercept_channel`` and asyncio ones (one object per arity, since
 ``grpc.aio`` registers a multi-arity interceptor only for the first it matches).
+
+They also apply the service's policy timeout (told by the agent) as the call's deadline: the
+earlier of the caller's deadline and the call's start plus the timeout. grpcio would apply it
+1-2 s early from the route's ``max_stream_duration`` (grpc/grpc#40633), so ``mesh_channel()``
+dials an alias Listener without it (:mod:`control.names`).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from opentelemetry import metrics, trace
 from mesh_agent._rpc_telemetry import CODE_NAMES, ClientRpcTelemetry, rpc_method, trace_headers
 
 from ._classify import counts_for_breaker
-from ._link import AgentLink, Decision
+from ._link import UNKNOWN, AgentLink, Decision
 
 OPEN_CIRCUIT_KEY = "mesh-circuit"
 
@@ -118,6 +123,19 @@ def _report(link: AgentLink, service: str, started: float, probe: bool) -> Calla
     return done
 
 
+def _remaining(timeout: float | None, begun: float) -> float | None:
+    """What is left of a timeout of the call that began at ``begun`` (``time.monotonic()``)."""
+    return None if timeout is None else timeout - (time.monotonic() - begun)
+
+
+def _deadline(caller: float | None, policy: float | None, begun: float) -> float | None:
+    """The timeout to send now for a call that began at ``begun``: until the earlier of the
+    caller's deadline and the policy's (both from ``begun``); None if neither has one."""
+    if policy is not None and (caller is None or policy < caller):
+        caller = policy
+    return _remaining(caller, begun)
+
+
 class _CallDetails(
     collections.namedtuple(
         "_CallDetails",
@@ -125,7 +143,7 @@ class _CallDetails(
     ),
     grpc.ClientCallDetails,
 ):
-    """Call details with the trace context added to the metadata."""
+    """Call details with the trace context added to the metadata, or another timeout."""
 
 
 def _with_trace(details: Any, span: trace.Span) -> Any:
@@ -164,8 +182,33 @@ class MeshClientInterceptor(
         self._rpc = ClientRpcTelemetry(service, tracer_provider, meter_provider)
         link.watch(service)
 
-    def _intercept(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+    def _with_deadline(self, details: Any, policy: float) -> tuple[Decision, float, Any]:
+        """The breaker's decision, and ``details`` with the policy's deadline: ``policy``
+        seconds from now, unless the caller's comes first. An UNKNOWN policy is waited for
+        (bounded, see :meth:`AgentLink.call_timeout`)."""
+        begun = time.monotonic()
+        known: float | None = policy
+        if policy == UNKNOWN:
+            known = self._link.call_timeout(self._service, _remaining(details.timeout, begun))
         decision, open_until = self._link.decide(self._service)
+        timeout = _deadline(details.timeout, known, begun)
+        if timeout is not None and decision is not Decision.REJECT:
+            details = _CallDetails(
+                details.method,
+                timeout,
+                details.metadata,
+                details.credentials,
+                getattr(details, "wait_for_ready", None),
+                getattr(details, "compression", None),
+            )
+        return decision, open_until, details
+
+    def _intercept(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        policy = self._link.timeouts.get(self._service, UNKNOWN)
+        if policy is None:  # no policy timeout: nothing more than the breaker's decision
+            decision, open_until = self._link.decide(self._service)
+        else:
+            decision, open_until, details = self._with_deadline(details, policy)
         if not self._rpc.active():
             # No telemetry installed: the breaker alone.
             if decision is Decision.REJECT:
@@ -264,11 +307,36 @@ class _AioBase:
         self._rpc = ClientRpcTelemetry(service, tracer_provider, meter_provider)
         link.watch(service)
 
-    def _begin(self, details: Any) -> tuple[Decision, str, trace.Span | None, Any]:
-        """The breaker's decision, the method (empty when there is no telemetry to record),
-        the call's span, and the details to send; raises the fast-fail error when the breaker
-        is open."""
+    async def _begin_with_deadline(
+        self, details: Any, policy: float
+    ) -> tuple[Decision, str, trace.Span | None, Any]:
+        """:meth:`_begin` for a service with a policy timeout (or one not told yet, which is
+        waited for): the details to send carry the earlier of the caller's deadline and the
+        policy's."""
+        begun = time.monotonic()
+        known: float | None = policy
+        if policy == UNKNOWN:
+            limit = _remaining(details.timeout, begun)
+            known = await self._link.call_timeout_async(self._service, limit)
         decision, open_until = self._link.decide(self._service)
+        timeout = _deadline(details.timeout, known, begun)
+        if timeout is not None and decision is not Decision.REJECT:
+            details = grpc.aio.ClientCallDetails(
+                details.method,
+                timeout,
+                details.metadata,
+                details.credentials,
+                details.wait_for_ready,
+            )
+        return self._begin(details, (decision, open_until))
+
+    def _begin(
+        self, details: Any, decided: tuple[Decision, float] | None = None
+    ) -> tuple[Decision, str, trace.Span | None, Any]:
+        """The breaker's decision (``decided``, else asked now), the method (empty when there
+        is no telemetry to record), the call's span, and the details to send; raises the
+        fast-fail error when the breaker is open."""
+        decision, open_until = decided or self._link.decide(self._service)
         if not self._rpc.active():
             if decision is Decision.REJECT:
                 raise _aio_rejection(self._service, open_until)
@@ -317,7 +385,12 @@ class AioUnaryUnaryInterceptor(_AioBase, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(
         self, continuation: Any, client_call_details: Any, request: Any
     ) -> Any:
-        decision, method, span, details = self._begin(client_call_details)
+        policy = self._link.timeouts.get(self._service, UNKNOWN)
+        if policy is None:
+            decision, method, span, details = self._begin(client_call_details)
+        else:
+            begin = self._begin_with_deadline(client_call_details, policy)
+            decision, method, span, details = await begin
         probe = decision is Decision.PROBE
         started = time.perf_counter()
         call = await continuation(details, request)
@@ -338,7 +411,11 @@ class _AioStreaming(_AioBase):
     their outcome is read when they are done."""
 
     async def _intercept(self, continuation: Any, details: Any, request: Any) -> Any:
-        decision, method, span, details = self._begin(details)
+        policy = self._link.timeouts.get(self._service, UNKNOWN)
+        if policy is None:
+            decision, method, span, details = self._begin(details)
+        else:
+            decision, method, span, details = await self._begin_with_deadline(details, policy)
         started = time.perf_counter()
         call = await continuation(details, request)
         call.add_done_callback(self._on_done(span, method, started, decision is Decision.PROBE))

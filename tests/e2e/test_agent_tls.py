@@ -17,13 +17,14 @@ from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from control import certs
 from control.tls import TlsFiles
 from control.xds.types import LISTENER
 from mesh.demo.v1 import echo_pb2, echo_pb2_grpc
 from mesh.v1 import agent_pb2, agent_pb2_grpc
 from mesh_agent import cli
 from mesh_agent._bootstrap import bootstrap_config
-from mesh_agent.client import BootstrapConflictError, _channel, mesh_interceptor
+from mesh_agent.client import BootstrapConflictError, _channel, _link, mesh_interceptor
 from tests.conftest import Proc, Processes, run_cli, wait_for
 from tests.e2e.agentutil import agent_status, start_agent
 from tests.e2e.test_breakers import breaker, configure, records
@@ -406,3 +407,99 @@ def test_listen_allow_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str
         "mesh-agent: --listen-allow needs mTLS on the listener (--tls-cert, --tls-key, "
         "--tls-ca): without certificates a caller has no identity to check"
     )
+
+
+class _Log:
+    """Stands in for the link module's logger: records what it says."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def _line(self, level: str) -> Callable[..., None]:
+        return lambda event, **fields: self.lines.append((level, event))
+
+    def __getattr__(self, level: str) -> Callable[..., None]:
+        return self._line(level)
+
+
+def test_renewed_client_certificates_are_used_before_any_call_fails(
+    procs: Processes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pki = Pki(tmp_path / "pki")  # the mesh CA
+    old = Pki(tmp_path / "old-pki")  # the CA the application's first certificate is from
+    mesh_ca = (pki.ca / "ca.pem").read_bytes()
+    server = pki.issue("server", server="127.0.0.1")
+    _, control = procs.start_ready(
+        "control",
+        "control",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        "memory:",
+        *Pki.flags(server),
+    )
+    _, backend = procs.start_ready("backend", "mesh_demo.backend", "--name", "b1")
+    operator = pki.issue("operator", operator="alice")
+    document = tmp_path / "plain.yaml"
+    document.write_text(
+        f"name: plain\nendpoints: [{{address: '{backend}'}}]\npolicy:\n  {POLICY}\n"
+    )
+    applied = run_cli(
+        "control.meshctl", "--control", control, *Pki.flags(operator), "apply", "-f", str(document)
+    )
+    assert applied.returncode == 0, applied.stderr
+    node = pki.issue("n1", node="n1", ips=["127.0.0.1"])
+    # The agent trusts both CAs for now.
+    (node / "ca.pem").write_bytes(mesh_ca + (old.ca / "ca.pem").read_bytes())
+    _, unix = start_agent(procs, control, "n1", "--listen", "127.0.0.1:0", *Pki.flags(node))
+    tcp = (procs.workdir / "n1.ready").read_text().split()[1]
+    app = old.issue("app", node="n1")
+    (app / "ca.pem").write_bytes(mesh_ca)  # to trust the agent's certificate
+
+    said = _Log()
+    monkeypatch.setattr(_link, "log", said)
+    interceptor = mesh_interceptor("plain", agent=tcp, tls=files_of(app))
+    link = interceptor._link
+    channel = grpc.intercept_channel(grpc.insecure_channel(backend), interceptor)
+    stub = echo_pb2_grpc.EchoServiceStub(channel)
+    wait_for(lambda: (s := breaker(unix, "plain")) is not None and s.enabled, 20, "the policy")
+    wait_for(lambda: "plain" in link.breakers, 10, "the breaker watch over mTLS")
+    assert stub.Echo(echo_pb2.EchoRequest(message="x"), timeout=5).backend == "b1"
+
+    # The agent stops trusting the old CA (new handshakes only), and the application's files
+    # are renewed from the mesh CA: the link moves to them with no failed call.
+    (node / "ca.pem").write_bytes(mesh_ca)
+    before = link._channel
+    certs.issue(pki.ca, app, node="n1")
+
+    def moved() -> bool:
+        assert stub.Echo(echo_pb2.EchoRequest(message="x"), timeout=5).backend == "b1"
+        return link._channel is not before
+
+    wait_for(moved, 15, "the link to move to the renewed certificate", every=0.1)
+
+    def closed() -> bool:
+        try:
+            agent_pb2_grpc.AgentServiceStub(before).GetAgentStatus(
+                agent_pb2.GetAgentStatusRequest(), timeout=2
+            )
+        except ValueError:  # "Cannot invoke RPC on closed channel!"
+            return True
+        return False
+
+    wait_for(closed, 10, "the old channel to be closed once its calls could finish")
+    # The new channel's handshake used the renewed certificate (the old one is refused now),
+    # and both streams run on it: reported failures open the breaker, which comes back.
+    status = link._stub.GetAgentStatus(agent_pb2.GetAgentStatusRequest(), timeout=5)
+    assert status.node_id == "n1"
+    configure(backend, fail="INTERNAL")
+    for _ in range(3):
+        with pytest.raises(grpc.RpcError):
+            stub.Echo(echo_pb2.EchoRequest(message="x"), timeout=5)
+    wait_for(lambda: (s := breaker(unix, "plain")) is not None and s.state == OPEN, 10, "open")
+    wait_for(lambda: link.breakers["plain"].state == OPEN, 10, "the open state at the link")
+    assert not [line for line in said.lines if line[0] == "warning"], said.lines
+    assert any("TLS files changed" in event for _, event in said.lines), said.lines
+    channel.close()
+    link.close()

@@ -206,6 +206,10 @@ def test_short_route_timeouts_are_warned_about(tmp_path: Path) -> None:
     result = run_cli("control.meshctl", "validate", "-f", str(path))
     assert result.returncode == 0
     assert "service/fast: policy.timeout 0.5s is under 2s" in result.stderr
+    # Only raw grpcio xDS channels are affected: mesh_channel() applies the timeout itself.
+    warning = result.stderr.strip()
+    assert len(warning.splitlines()) == 1, warning
+    assert "raw grpcio" in warning and "mesh_channel() is not affected" in warning, warning
 
 
 def test_route_timeout_reaches_grpcio(procs: Processes, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import grpc
 import pytest
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
+from control.names import client_listener_name
 from control.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from tests.conftest import Processes
 from tests.e2e.test_control_xds import meshctl
@@ -110,6 +111,13 @@ class DeltaClient:
         self._reader.cancel()
 
 
+def served(type_url: str, services: list[str]) -> list[str]:
+    """The names of ``services``' resources of a type: Listeners come with the client alias."""
+    if type_url != LISTENER:
+        return services
+    return sorted(services + [client_listener_name(s) for s in services])
+
+
 def by_type(responses: list[discovery_pb2.DeltaDiscoveryResponse]) -> dict[str, object]:
     return {
         r.type_url: (sorted(x.name for x in r.resources), sorted(r.removed_resources))
@@ -129,7 +137,7 @@ async def test_delta_stream_follows_changes(procs: Processes, tmp_path: Path) ->
         client = DeltaClient(channel, "delta-1")
         await client.subscribe_all()
         first = [await client.next() for _ in TYPES]
-        assert by_type(first) == {t: (NAMES, []) for t in TYPES}
+        assert by_type(first) == {t: (served(t, NAMES), []) for t in TYPES}
         assert [r.type_url for r in first] == list(TYPES)
         assert all(r.resources[0].version for r in first)
 
@@ -145,7 +153,7 @@ async def test_delta_stream_follows_changes(procs: Processes, tmp_path: Path) ->
         # A deleted service: named in removed_resources for every type.
         await asyncio.to_thread(meshctl, control, "delete", "service", "c")
         removed = [await client.next() for _ in TYPES]
-        assert by_type(removed) == {t: ([], ["c"]) for t in TYPES}
+        assert by_type(removed) == {t: ([], served(t, ["c"])) for t in TYPES}
         await client.nothing(1.0)
 
         status = json.loads(await asyncio.to_thread(meshctl, control, "status", "-o", "json"))

@@ -35,6 +35,7 @@ from google.rpc import status_pb2
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from control.names import client_listener_name
 from control.xds.types import ALL_TYPES, CLUSTER, ENDPOINT, LISTENER, ROUTE, SERVICE_POLICY
 from mesh.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, config_pb2
 from tests.conftest import Proc, Processes, run_cli, wait_for
@@ -82,6 +83,12 @@ def _name_of(resource: Any) -> str:
 # ---------------------------------------------------------------------------- well-behaved views
 
 
+def names(type_url: str) -> list[str]:
+    """What a well-behaved client asks for: the service, and (a mesh_channel process) the
+    client library's alias Listener of it."""
+    return [SERVICE, client_listener_name(SERVICE)] if type_url == LISTENER else [SERVICE]
+
+
 def fetch_config(channel: grpc.Channel, node_id: str, timeout: float = 5.0) -> Config:
     """What a well-behaved client subscribed to every type of the service gets (ACKing
     each response), once every type has arrived; an empty dict per missing type."""
@@ -92,7 +99,9 @@ def fetch_config(channel: grpc.Channel, node_id: str, timeout: float = 5.0) -> C
 
     def requests() -> Iterator[discovery_pb2.DiscoveryRequest]:
         for index, type_url in enumerate(sorted(ALL_TYPES)):
-            request = discovery_pb2.DiscoveryRequest(type_url=type_url, resource_names=[SERVICE])
+            request = discovery_pb2.DiscoveryRequest(
+                type_url=type_url, resource_names=names(type_url)
+            )
             if index == 0:
                 request.node.id = node_id
             yield request
@@ -113,7 +122,7 @@ def fetch_config(channel: grpc.Channel, node_id: str, timeout: float = 5.0) -> C
                 acks.append(
                     discovery_pb2.DiscoveryRequest(
                         type_url=response.type_url,
-                        resource_names=[SERVICE],
+                        resource_names=names(response.type_url),
                         version_info=response.version_info,
                         response_nonce=response.nonce,
                     )

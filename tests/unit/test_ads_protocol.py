@@ -13,6 +13,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 
+from control.names import client_listener_name
 from control.xds.snapshot import SnapshotCache
 from control.xds.stream import AdsSession, ProtocolError
 from control.xds.types import CLUSTER, ENDPOINT, FULL_STATE, LISTENER, ROUTE, SERVICE_POLICY
@@ -150,7 +151,8 @@ async def stream(cache: SnapshotCache) -> AsyncIterator[FakeStream]:
 async def test_wildcard_lds_gets_every_listener(stream: FakeStream) -> None:
     await stream.request(LISTENER)
     response = await stream.next()
-    assert names_of(response) == ["a", "b"]
+    # Each service's own Listener and the client library's alias of it.
+    assert names_of(response) == ["a", "b", client_listener_name("a"), client_listener_name("b")]
     await stream.ack(response, [])
     await stream.nothing()
 
@@ -246,7 +248,8 @@ async def test_deleted_service_leaves_lds_and_cds_but_eds_is_not_resent(
     cache.set_services(2, [service("a", "10.0.0.1:1")])
     first, second = await stream.next(), await stream.next()
     assert [first.type_url, second.type_url] == [CLUSTER, LISTENER]  # make before break order
-    assert names_of(first) == names_of(second) == ["a"]
+    assert names_of(first) == ["a"]
+    assert names_of(second) == ["a", client_listener_name("a")]
     await stream.nothing()
 
 

@@ -14,6 +14,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 
 from control.metrics import CONTROL, XdsMetrics
+from control.names import client_listener_name
 from control.xds.delta import DeltaSession, DeltaTypeState
 from control.xds.server import NodeRegistry
 from control.xds.snapshot import SnapshotCache
@@ -183,7 +184,8 @@ async def test_authorize_refuses_the_node(cache: SnapshotCache) -> None:
 async def test_legacy_wildcard_lds_gets_every_listener(stream: FakeDeltaStream) -> None:
     await stream.request(LISTENER)
     response = await stream.next()
-    assert names_of(response) == ["a", "b"]
+    # Each service's own Listener and the client library's alias of it.
+    assert names_of(response) == ["a", "b", client_listener_name("a"), client_listener_name("b")]
     assert not response.removed_resources
     await stream.ack(response)
     await stream.nothing()
@@ -254,10 +256,11 @@ async def test_deletion_is_sent_in_removed_resources(
     cache.set_services(2, [service("a", "10.0.0.1:1")])
     response = await stream.next()
     assert response.type_url == LISTENER  # PUSH_ORDER: listeners before routes
-    assert not response.resources and list(response.removed_resources) == ["b"]
+    removed = sorted(response.removed_resources)
+    assert not response.resources and removed == ["b", client_listener_name("b")]
     response = await stream.next()
     assert response.type_url == ROUTE and list(response.removed_resources) == ["b"]
-    assert stream.held[LISTENER].keys() == {"a"}
+    assert stream.held[LISTENER].keys() == {"a", client_listener_name("a")}
 
 
 async def test_push_order_is_make_before_break(

@@ -227,7 +227,7 @@ async def test_convergence_counts_pushed_changes_once_and_not_late_joiners(
         await store.apply([service("c", "10.0.0.3:1")])
         pushed = await early.next()
         assert pushed.version_info != first.version_info
-        assert len(pushed.resources) == 3
+        assert len(pushed.resources) == 6  # three services, each with its client alias
         snapshot = cache.snapshot_for(early.node)
         assert snapshot.changed_at is not None and before <= snapshot.changed_at < between
         await early.request(LISTENER, answering=pushed)

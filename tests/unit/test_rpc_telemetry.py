@@ -81,6 +81,9 @@ def logs() -> Iterator[io.StringIO]:
 def link() -> Iterator[AgentLink]:
     # No agent: the link fails open, and the test sets breaker views directly.
     link = AgentLink("unix:/nonexistent/agent.sock", client_id="telemetry-test")
+    # Known to have no policy timeout: a call does not wait for the agent's first word (its
+    # failure, which would also clear the breaker views a test sets).
+    link.timeouts = {"probe": None}
     yield link
     link.close()
 

@@ -1,0 +1,27 @@
+"""Resource names shared by the control server, the agent and the client library.
+
+``mesh_channel("orders")`` dials ``xds:///mesh-client/orders``: an alias Listener the control
+server serves beside ``orders``, with the service's routes inline and no route timeout
+(``max_stream_duration``), because grpcio (1.85) starts a route timeout 1-2 s early
+(grpc/grpc#40633). The client library applies the service's timeout to each call itself. A
+plain ``xds:///orders`` channel still gets the timeout as xDS defines it.
+
+Service names cannot hold a ``/`` (they are DNS names), so an alias never clashes with one.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+CLIENT_LISTENER_PREFIX: Final = "mesh-client/"
+
+
+def client_listener_name(service: str) -> str:
+    """The Listener the client library's channels to ``service`` ask for."""
+    return CLIENT_LISTENER_PREFIX + service
+
+
+def service_of_listener(name: str) -> str:
+    """The service a Listener serves: ``orders`` for ``mesh-client/orders`` and for
+    ``orders``."""
+    return name.removeprefix(CLIENT_LISTENER_PREFIX)
