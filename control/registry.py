@@ -11,7 +11,9 @@ Liveness: a node's registrations are kept while the node has at least one ADS st
 server. When its last stream ends, a grace timer starts; a new stream of the node before it
 fires cancels it, otherwise the node's registrations (and client and health reports) are
 dropped. A node that registers without any stream gets the same grace to connect one. Nothing
-survives a restart of the server: agents send their full set again when they reconnect.
+survives a restart of the server: agents send their full set again when they reconnect. This
+one timer is the grace on every store: with etcd, :class:`control.shared_nodes.SharedNodes`
+follows it (:meth:`Registrations.watch_liveness`) to end the node's shared record.
 
 Identity: a request names its node and touches only that node's set, but nothing checks yet
 that the caller *is* that node. That check comes with mTLS, where the node id will be taken
@@ -168,6 +170,7 @@ class Registrations:
         self.grace = grace
         self._nodes: dict[str, _Node] = {}
         self._listeners: list[Callable[[], None]] = []
+        self._liveness: list[Callable[[str], None]] = []
 
     # -- listeners -------------------------------------------------------------------------
 
@@ -185,6 +188,22 @@ class Registrations:
     def _changed(self) -> None:
         for callback in list(self._listeners):
             callback()
+
+    def watch_liveness(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Calls ``callback(node_id)`` when a node's last stream ends, when it connects again,
+        and when its grace runs out (its state dropped); returns the function that
+        unsubscribes. Like the other listeners, it must only schedule work."""
+        self._liveness.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._liveness:
+                self._liveness.remove(callback)
+
+        return unsubscribe
+
+    def _liveness_changed(self, node_id: str) -> None:
+        for callback in list(self._liveness):
+            callback(node_id)
 
     # -- what nodes send -------------------------------------------------------------------
 
@@ -288,6 +307,8 @@ class Registrations:
             node.timer.cancel()
             node.timer = None
             log.info("node reconnected within grace; registrations kept", node=node_id)
+        if node.streams == 1:
+            self._liveness_changed(node_id)
 
     def disconnected(self, node_id: str) -> None:
         """An ADS stream of ``node_id`` ended; after its last one the grace timer starts."""
@@ -299,6 +320,7 @@ class Registrations:
         if node.streams == 0:
             self._arm_if_unconnected(node_id, node)
             self._forget_if_empty(node_id)
+            self._liveness_changed(node_id)
 
     def _arm_if_unconnected(self, node_id: str, node: _Node) -> None:
         if node.streams > 0 or node.timer is not None:
@@ -324,6 +346,7 @@ class Registrations:
         dropped = len(node.registrations)
         del self._nodes[node_id]
         log.info("grace expired; node's registrations dropped", node=node_id, dropped=dropped)
+        self._liveness_changed(node_id)
         if dropped:
             self._changed()
 

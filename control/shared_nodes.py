@@ -3,12 +3,45 @@
 Each control server writes, for every node whose ADS stream it holds, one key
 ``<prefix>/nodes/<node_id>`` holding the node's ``mesh.v1.NodeStatus`` (versions sent and
 ACKed, last NACK, registrations, local clients, agent health and open breakers, and which
-server holds it), attached to a lease of its own that it keeps alive while it holds a stream
-of that node. When the node goes (or the server dies) the lease is not refreshed and etcd
-deletes the key after its TTL, the registration grace; a node that reconnects to another
-server within it is written again by that server under its lease, so its registrations never
-lapse. Every server reads all the keys, so registered endpoints reach every node and
+server holds it). Every server reads all the keys, so registered endpoints reach every node and
 ``meshctl status`` on any server shows every node.
+
+How long a record lasts. As on every store, a departed node's registrations last at least
+``--registration-grace`` and at most the grace plus :data:`RENEWAL_INTERVAL` after the node
+goes, whether its agent stopped or the server holding it died (in that case with the grace as
+etcd counts it, :func:`etcd_ttl`: whole seconds, at least 2). Two kinds of lease make it so, and
+neither costs a keep-alive per node:
+
+- The *holding lease*, one per server. The keys of every node whose stream the server holds
+  are attached to it. Its TTL is ``etcd_ttl(grace) + RENEWAL_INTERVAL``, and it is kept alive
+  every RENEWAL_INTERVAL / 2. When the server dies, its keys therefore go between
+  ``etcd_ttl(grace)`` + RENEWAL_INTERVAL / 2 and ``etcd_ttl(grace)`` + RENEWAL_INTERVAL after
+  its death: never before the grace, even when the last keep-alive before the death ran up to
+  half an interval late.
+- A *departure lease*, one per departed node, written once. When the node's last stream to this
+  server ends (the grace timer of :class:`~control.registry.Registrations` starts), the server
+  moves the node's record, now without a stream, to a lease of its own with TTL
+  ``etcd_ttl(grace)``, in one transaction that does so only while the key is still on this
+  server's holding lease (another server may hold the node by then). When the grace timer
+  fires, the server revokes that lease, which deletes the key then and there, unless it has
+  been attached to another lease meanwhile: exactly the grace after the stream ended, whatever
+  etcd's rounding. Should the server die within the grace, the lease runs out on its own,
+  ``etcd_ttl(grace)`` after it was written.
+
+A node that comes back to this server within the grace is written under the holding lease
+again, and only then is its departure lease revoked. A node that connects to another server is
+written there, under that server's holding lease; a server that finds a node it holds on another
+server's departure record (a record with no stream) writes it again. A node that left nothing
+to keep (no registrations, client reports or health) has its record deleted when it goes.
+
+Two delays sit on top of the bound, both outside this module: etcd deletes the keys of a lease
+that ran out (rather than being revoked) on its own check, every 500 ms; and the other servers
+see a key go on their next read, every :data:`SYNC_INTERVAL`.
+
+Cost per server: one keep-alive every RENEWAL_INTERVAL / 2, whatever the number of nodes it
+holds; one range read of all the node keys every SYNC_INTERVAL; a put when the status of a node
+it holds changes; and per departure one grant, one transaction and, when the grace ends, one
+revoke.
 """
 
 from __future__ import annotations
@@ -16,8 +49,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import structlog
 
@@ -29,7 +62,30 @@ from .store.etcd import EtcdKeys, EtcdStore
 from .xds.server import NodeRegistry
 
 log = structlog.get_logger(__name__)
+
+# How often every server reads all the node keys (and writes what changed).
 SYNC_INTERVAL = 0.25
+# A departed node's registrations last at most this long past the grace (seconds, whole): the
+# holding lease outlives its last keep-alive by the grace plus this, and is kept alive twice
+# per interval, so one late keep-alive cannot cut the grace short.
+RENEWAL_INTERVAL = 1
+# etcd's shortest lease (its election timeout, 1 s by default, times 1.5, rounded up).
+MIN_ETCD_TTL = 2
+
+
+def etcd_ttl(seconds: float) -> int:
+    """A TTL of at least ``seconds`` as etcd grants it: whole seconds, at least
+    :data:`MIN_ETCD_TTL`."""
+    return max(MIN_ETCD_TTL, math.ceil(seconds))
+
+
+@dataclass(slots=True)
+class _Departure:
+    """A node whose last stream to this server ended, within its grace."""
+
+    record: bytes  # its last status, without a stream: kept for the grace
+    lease: int | None = None  # its departure lease, once granted
+    moved: bool = False  # the key was moved to that lease (or was on this server's no more)
 
 
 class SharedNodes:
@@ -44,15 +100,20 @@ class SharedNodes:
         server_id: str,
         ttl: float,
     ) -> None:
+        """``ttl`` is the registration grace (seconds)."""
         self._keys = EtcdKeys(store, "nodes")
         self._registrations = registrations
         self._registry = registry
         self._server_id = server_id
-        self._ttl = max(2, math.ceil(ttl))  # etcd rounds shorter TTLs up anyway
-        self._leases: dict[str, tuple[int, float]] = {}  # node -> (lease id, last refresh)
-        self._written: dict[str, bytes] = {}
+        self._departure_ttl = etcd_ttl(ttl)
+        self._holding_ttl = self._departure_ttl + RENEWAL_INTERVAL
+        self._lease: int | None = None  # the holding lease
+        self._written: dict[str, bytes] = {}  # node -> record written under the holding lease
+        self._departed: dict[str, _Departure] = {}
         self._records: dict[str, admin_pb2.NodeStatus] = {}
         self._listeners: list[Callable[[], None]] = []
+        self._wake = asyncio.Event()
+        registrations.watch_liveness(lambda _node_id: self._wake.set())
 
     # -- registration source -----------------------------------------------------------------
 
@@ -85,19 +146,78 @@ class SharedNodes:
     # -- the loop ----------------------------------------------------------------------------
 
     async def run(self) -> None:
+        renewal = asyncio.create_task(self._renew(), name="holding-lease")
+        try:
+            while True:
+                self._wake.clear()
+                try:
+                    await self._sync()
+                except StoreUnavailableError as error:
+                    log.warning("shared node state not synced; etcd unreachable", error=str(error))
+                # A node going, coming back or its grace running out wakes the loop at once.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), SYNC_INTERVAL)
+        finally:
+            renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewal
+
+    async def _renew(self) -> None:
+        """Keeps the holding lease alive every RENEWAL_INTERVAL / 2, on its own task so that
+        a long sync cannot delay it; when etcd no longer knows it, the sync grants another and
+        writes every held node again."""
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         while True:
+            due = max(due + RENEWAL_INTERVAL / 2, loop.time())
+            await asyncio.sleep(due - loop.time())
+            lease = self._lease
+            if lease is None:
+                continue
             try:
-                await self._sync()
+                alive = await self._keys.keep_alive(lease)
             except StoreUnavailableError as error:
-                log.warning("shared node state not synced; etcd unreachable", error=str(error))
-            await asyncio.sleep(SYNC_INTERVAL)
+                log.debug("holding lease not renewed; etcd unreachable", error=str(error))
+                continue
+            if not alive and self._lease == lease:
+                log.warning("holding lease expired; writing the nodes held here again")
+                self._lease = None
+                self._wake.set()
 
     async def _sync(self) -> None:
+        statuses = self._held_statuses()
+        if any(self._unknown(node_id) for node_id in statuses):
+            # A node new here, before it re-sent its set: read first whether another server
+            # had it, so what it registered there is carried over rather than blanked.
+            await self._read()
+            statuses = self._held_statuses()
+        for node_id in [n for n in self._written if n not in statuses]:
+            self._depart(node_id)
+        await self._end_graces()
+        if self._lease is None:
+            self._lease = await self._keys.grant(self._holding_ttl)
+            self._written.clear()
+        lease = self._lease
+        await self._move_departed(lease)
+        for node_id, status in statuses.items():
+            value = status.SerializeToString(deterministic=True)
+            if self._written.get(node_id) == value and not self._superseded(node_id):
+                continue
+            await self._keys.put(node_id, value, lease)
+            self._written[node_id] = value
+            departure = self._departed.pop(node_id, None)
+            if departure is not None and departure.lease is not None:
+                # Back within its grace: on the holding lease again, so this deletes nothing.
+                await self._keys.revoke(departure.lease)
+        await self._read()
+
+    def _held_statuses(self) -> dict[str, admin_pb2.NodeStatus]:
+        """The record to write for every node whose stream this server holds."""
         statuses = {s.node_id: s for s in self._registry.node_statuses() if s.stream_id}
         for node_id in list(self._registrations.nodes()):
             if node_id not in statuses and self._registrations.is_connected(node_id):
                 statuses[node_id] = admin_pb2.NodeStatus(node_id=node_id)
-        now = time.monotonic()
+        held: dict[str, admin_pb2.NodeStatus] = {}
         for node_id, status in statuses.items():
             if not self._registrations.is_connected(node_id):
                 continue
@@ -121,26 +241,63 @@ class SharedNodes:
                     status.health.CopyFrom(previous.health)
             else:
                 status.ClearField("health")
-            value = status.SerializeToString(deterministic=True)
-            lease = self._leases.get(node_id)
-            if lease is not None and now - lease[1] > self._ttl / 3:
-                if await self._keys.keep_alive(lease[0]):
-                    self._leases[node_id] = (lease[0], now)
-                else:
-                    lease = None
-            if lease is None:
-                lease = (await self._keys.grant(self._ttl), now)
-                self._leases[node_id] = lease
-                self._written.pop(node_id, None)
-            if self._written.get(node_id) != value:
-                await self._keys.put(node_id, value, lease[0])
-                self._written[node_id] = value
-        for node_id in list(self._leases):
-            if node_id not in statuses or not self._registrations.is_connected(node_id):
-                # No stream here any more: stop refreshing; etcd drops it after the TTL.
-                del self._leases[node_id]
-                self._written.pop(node_id, None)
-        await self._read()
+            held[node_id] = status
+        return held
+
+    def _unknown(self, node_id: str) -> bool:
+        return (
+            node_id not in self._written
+            and node_id not in self._records
+            and not self._registrations.has_reported(node_id)
+        )
+
+    def _superseded(self, node_id: str) -> bool:
+        """Whether the record of a node held here is gone from etcd, or is another server's
+        departure record (a record with no stream): then it is written again."""
+        record = self._records.get(node_id)
+        if record is None:
+            return True
+        return record.server_id != self._server_id and not record.stream_id
+
+    def _depart(self, node_id: str) -> None:
+        """The node's last stream here ended: its record, without a stream, is to be moved to
+        a departure lease (or deleted, once its grace is over)."""
+        record = admin_pb2.NodeStatus.FromString(self._written.pop(node_id))
+        record.stream_id = ""
+        self._departed[node_id] = _Departure(record.SerializeToString(deterministic=True))
+
+    async def _end_graces(self) -> None:
+        """Deletes the records of departed nodes whose grace is over."""
+        for node_id, departure in list(self._departed.items()):
+            if self._registrations.is_connected(node_id):
+                continue  # back: written under the holding lease below
+            if self._registrations.pending_drop(node_id):
+                continue  # within its grace
+            if not departure.moved and self._lease is not None:
+                await self._keys.delete_if_on(node_id, self._lease)
+            if departure.lease is not None:
+                await self._keys.revoke(departure.lease)
+            del self._departed[node_id]
+            log.info("node's shared record ended with its grace", node=node_id)
+
+    async def _move_departed(self, lease: int) -> None:
+        """Moves the records of nodes that departed within their grace to a lease of their
+        own, once each."""
+        for node_id, departure in list(self._departed.items()):
+            if departure.moved or not self._registrations.pending_drop(node_id):
+                continue
+            if departure.lease is None:
+                departure.lease = await self._keys.grant(self._departure_ttl)
+            moved = await self._keys.move(node_id, departure.record, lease, departure.lease)
+            # When the key was not on the holding lease any more, another server holds the
+            # node (or the key went with an expired lease): nothing of ours to keep.
+            departure.moved = True
+            log.info(
+                "node departed; its shared record lapses after the grace",
+                node=node_id,
+                moved=moved,
+                ttl=self._departure_ttl,
+            )
 
     async def _read(self) -> None:
         records: dict[str, admin_pb2.NodeStatus] = {}

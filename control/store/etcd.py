@@ -5,10 +5,12 @@ Key layout (``prefix`` defaults to ``/mesh``)::
 
     <prefix>/services/<name>    one mesh.v1.Service, protobuf binary, deterministic serialization
 
-Nothing else is written. Revisions are etcd's own: a service's revision is the ``mod_revision``
-of its key, and the store revision is the etcd revision the store has caught up with (the
-header revision of the last read, or the revision of the last change seen). So every control
-server on one etcd agrees on revisions, and they never go backwards.
+The store itself writes nothing else; :class:`EtcdKeys` gives other parts plain keys beside
+it (``<prefix>/nodes/``: :mod:`control.shared_nodes`). Revisions are etcd's own: a service's
+revision is the ``mod_revision`` of its key, and the store revision is the etcd revision the
+store has caught up with (the header revision of the last read, or the revision of the last
+change seen). So every control server on one etcd agrees on revisions, and they never go
+backwards.
 
 The store keeps a copy of every service in memory (:class:`BaseStore`): it is loaded with one
 range read on :meth:`EtcdStore.start`, then kept current by a single etcd watch on
@@ -725,7 +727,7 @@ class EtcdKeys:
     """Plain keys next to the services, under the same prefix, through the same members and
     failover: for state the control servers share that is not config (nodes' registrations
     and status). Keys may be attached to leases, which etcd deletes when they are not kept
-    alive."""
+    alive or are revoked."""
 
     def __init__(self, store: EtcdStore, section: str) -> None:
         self._store = store
@@ -741,6 +743,29 @@ class EtcdKeys:
     async def delete(self, name: str) -> None:
         key = self.key(name)
         await self._store._call(lambda client: client.delete(key))
+
+    async def move(self, name: str, value: bytes, from_lease: int, to_lease: int) -> bool:
+        """Writes ``value`` under ``to_lease`` if the key is attached to ``from_lease`` now;
+        False (nothing written) when it is not, or is gone."""
+        key = self.key(name)
+        return await self._txn(
+            rpc.TxnRequest(
+                compare=[self._on_lease(key, from_lease)],
+                success=[
+                    rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=to_lease))
+                ],
+            )
+        )
+
+    async def delete_if_on(self, name: str, lease_id: int) -> bool:
+        """Deletes the key if it is attached to ``lease_id`` now; False when it is not."""
+        key = self.key(name)
+        return await self._txn(
+            rpc.TxnRequest(
+                compare=[self._on_lease(key, lease_id)],
+                success=[rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))],
+            )
+        )
 
     async def items(self) -> builtins.list[tuple[str, bytes]]:
         prefix = self._prefix
@@ -763,3 +788,34 @@ class EtcdKeys:
 
         reply = await self._store._call(call)
         return int(getattr(reply, "TTL", 1)) > 0
+
+    async def revoke(self, lease_id: int) -> bool:
+        """Revokes a lease, deleting the keys attached to it; False when etcd no longer knows
+        it (it expired, or was revoked already)."""
+
+        async def call(client: Any) -> bool:
+            try:
+                await client.revoke_lease(lease_id)
+            except Exception as exc:
+                error = _rpc_error(exc)
+                if error is not None and error.code() == grpc.StatusCode.NOT_FOUND:
+                    return False
+                raise
+            return True
+
+        return await self._store._call(call)
+
+    @staticmethod
+    def _on_lease(key: bytes, lease_id: int) -> Any:
+        return rpc.Compare(
+            key=key, result=rpc.Compare.EQUAL, target=rpc.Compare.LEASE, lease=lease_id
+        )
+
+    async def _txn(self, txn: Any) -> bool:
+        store = self._store
+
+        async def call(client: Any) -> Any:
+            return await client.kvstub.Txn(txn, timeout=store._op_timeout, metadata=client.metadata)
+
+        response = await store._call(call)
+        return bool(response.succeeded)

@@ -1,5 +1,7 @@
 """Several control servers on one etcd share what nodes tell them: registrations (kept by an
-etcd lease of the server holding the node's stream) and node status."""
+etcd lease of the server holding the node's stream) and node status. A departed node's
+registrations last at least the grace and at most the grace plus one renewal interval, whether
+its agent stopped or the server holding it died."""
 
 from __future__ import annotations
 
@@ -11,13 +13,48 @@ import grpc
 import pytest
 
 from mesh.v1 import agent_pb2, agent_pb2_grpc, node_pb2
-from tests.conftest import Processes, wait_for
+from tests.conftest import Proc, Processes, wait_for
 from tests.e2e.agentutil import agent_status, start_agent
+from tests.e2e.lapse import (
+    DETECTION_MARGIN,
+    RENEWAL_INTERVAL,
+    etcd_key_gone,
+    etcd_record,
+    logged_at,
+    register,
+    registrations_gone,
+    within_bounds,
+)
 from tests.e2e.test_control_xds import calls, meshctl, start_backend, start_client
 from tests.etcd_fixture import EtcdServer, etcd
 
 __all__ = ["etcd"]  # the fixture, imported to register it
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+GRACE = 3.0
+NODE_KEY = "/mesh/nodes/{}"
+
+
+def start_controls(procs: Processes, etcd: EtcdServer, count: int) -> list[tuple[Proc, str]]:
+    return [
+        procs.start_ready(
+            f"control-{i}",
+            "control",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            etcd.url("/mesh"),
+            "--registration-grace",
+            f"{GRACE:g}s",
+        )
+        for i in range(1, count + 1)
+    ]
+
+
+def registered_in_etcd(etcd: EtcdServer, node: str, address: str) -> bool:
+    record = etcd_record(etcd, NODE_KEY.format(node))
+    return record is not None and [r.address for r in record.registrations] == [address]
 
 
 def test_registrations_survive_the_death_of_their_control_server(
@@ -36,7 +73,7 @@ def test_registrations_survive_the_death_of_their_control_server(
         "--registration-grace",
         grace,
     )
-    _, c2 = procs.start_ready(
+    c2_proc, c2 = procs.start_ready(
         "control-2",
         "control",
         "serve",
@@ -81,14 +118,58 @@ def test_registrations_survive_the_death_of_their_control_server(
     nodes = {n["node_id"]: n for n in json.loads(meshctl(c2, "status", "-o", "json"))["nodes"]}
     assert nodes["node-1"]["registrations"][0]["address"] == backend
 
-    # The agent itself goes: its lease is no longer kept, and the endpoint goes everywhere.
+    # The agent itself goes: its endpoint goes everywhere, the grace after its stream ended on
+    # control-2.
     owner_proc = next(p for p in procs.procs if p.name == "node-1")
+    stopping = time.time()
     owner_proc.stop()
-    stopped = time.monotonic()
+    departed = logged_at(c2_proc, "node disconnected", "node-1", after=stopping)
+    gone = etcd_key_gone(etcd, NODE_KEY.format("node-1"))
+    assert within_bounds(gone - departed, GRACE), f"lapsed {gone - departed:.2f}s after the node"
     seen = len(calls(client))
     wait_for(
         lambda: any(not c["ok"] for c in calls(client)[seen:]),
         20,
         "the endpoint to go once its agent is gone",
     )
-    assert time.monotonic() - stopped >= 2.5, "dropped before the grace period"
+
+
+def test_a_stopped_agents_registrations_last_the_grace(procs: Processes, etcd: EtcdServer) -> None:
+    """The agent stops, its control server stays: measured from the server's own log line of
+    the stream's end to the record's disappearance from etcd."""
+    [(control_proc, control)] = start_controls(procs, etcd, 1)
+    agent_proc, agent = start_agent(procs, control, "node-1")
+    register(agent, "reg", "127.0.0.1:7001")
+    wait_for(lambda: registered_in_etcd(etcd, "node-1", "127.0.0.1:7001"), 20, "the record")
+    time.sleep(1.6)  # the node has been up a while, longer than a lease renewal period
+
+    stopping = time.time()
+    agent_proc.stop()
+    departed = logged_at(control_proc, "node disconnected", "node-1", after=stopping)
+    gone = etcd_key_gone(etcd, NODE_KEY.format("node-1"))
+    lapse = gone - departed
+    assert within_bounds(lapse, GRACE), f"lapsed {lapse:.2f}s after the node (grace {GRACE}s)"
+    registrations_gone(control, "node-1", timeout=5)  # and from the server's status
+
+
+def test_registrations_of_a_node_whose_server_died_last_the_grace(
+    procs: Processes, etcd: EtcdServer
+) -> None:
+    """The server holding the node dies and the node cannot fail over (it knows only that
+    server): measured from the server's death to the record's disappearance from etcd."""
+    (holder_proc, holder), (_, other) = start_controls(procs, etcd, 2)
+    _, agent = start_agent(procs, holder, "node-1")
+    register(agent, "reg", "127.0.0.1:7001")
+    wait_for(lambda: registered_in_etcd(etcd, "node-1", "127.0.0.1:7001"), 20, "the record")
+    time.sleep(1.6)  # the node has been up a while, longer than a lease renewal period
+
+    before = time.time()
+    holder_proc.kill()
+    died = time.time()  # the server is known dead from here on
+    gone = etcd_key_gone(etcd, NODE_KEY.format("node-1"))
+    assert gone - died >= GRACE, f"lapsed {gone - died:.2f}s after the server died"
+    assert gone - before <= GRACE + RENEWAL_INTERVAL + DETECTION_MARGIN, (
+        f"lapsed {gone - before:.2f}s after the server died"
+    )
+    # The surviving server stops serving it on its next read.
+    registrations_gone(other, "node-1", timeout=5)

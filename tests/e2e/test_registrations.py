@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -19,7 +20,9 @@ from google.protobuf import timestamp_pb2
 from control.xds.types import CLUSTER, ENDPOINT, LISTENER
 from mesh.v1 import admin_pb2, admin_pb2_grpc, config_pb2, node_pb2, node_pb2_grpc
 from tests.adsclient import AdsTestClient
-from tests.conftest import Processes, run_cli
+from tests.conftest import Processes, run_cli, wait_for
+from tests.e2e.agentutil import start_agent
+from tests.e2e.lapse import logged_at, register, registrations_gone, within_bounds
 from tests.e2e.test_control_xds import start_control
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
@@ -141,6 +144,46 @@ async def test_registered_endpoint_is_served_and_dropped_after_grace(procs: Proc
         assert GRACE * 0.8 <= elapsed <= GRACE + 4, f"dropped after {elapsed:.2f}s"
         nodes = {n["node_id"]: n for n in (await status(control))["nodes"]}
         assert "node-a" not in nodes
+
+
+@pytest.mark.parametrize("store", ["memory", "file"])
+def test_a_stopped_agents_registrations_last_the_grace(
+    procs: Processes, tmp_path: Path, store: str
+) -> None:
+    """A real agent stops and its control server stays: measured from the server's own log
+    line of the stream's end to the registration's disappearance from its status."""
+    grace = 2.0
+    control_proc, control = procs.start_ready(
+        "control",
+        "control",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        "memory:" if store == "memory" else f"file:{tmp_path / 'store'}",
+        "--registration-grace",
+        f"{grace:g}s",
+    )
+    agent_proc, agent = start_agent(procs, control, "node-1")
+    register(agent, "reg", "127.0.0.1:7001")
+
+    def registered() -> bool:
+        nodes = {n["node_id"]: n for n in json.loads(run_cli_status(control))["nodes"]}
+        return bool(nodes.get("node-1", {}).get("registrations"))
+
+    wait_for(registered, 20, "node-1's registration")
+    stopping = time.time()
+    agent_proc.stop()
+    departed = logged_at(control_proc, "node disconnected", "node-1", after=stopping)
+    gone = registrations_gone(control, "node-1")
+    lapse = gone - departed
+    assert within_bounds(lapse, grace), f"lapsed {lapse:.2f}s after the node (grace {grace}s)"
+
+
+def run_cli_status(control: str) -> str:
+    result = run_cli("control.meshctl", "--control", control, "status", "-o", "json")
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
 async def test_dropping_the_last_registration_empties_an_applied_service(

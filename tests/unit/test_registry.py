@@ -160,6 +160,30 @@ async def test_a_reconnect_within_grace_keeps_the_registrations() -> None:
     assert addresses(registrations, "a") == ["10.0.0.1:80"]
 
 
+async def test_liveness_watchers_hear_of_a_nodes_departure_return_and_end() -> None:
+    registrations = Registrations(grace=0.1)
+    heard: list[tuple[str, bool, bool]] = []
+    registrations.watch_liveness(
+        lambda n: heard.append((n, registrations.is_connected(n), registrations.pending_drop(n)))
+    )
+    registrations.connected("a")
+    registrations.connected("a")  # a second stream changes nothing
+    registrations.set("a", [reg("orders", "10.0.0.1:80")])
+    registrations.disconnected("a")  # one stream left
+    assert heard == [("a", True, False)]
+    registrations.disconnected("a")
+    registrations.connected("a")
+    registrations.disconnected("a")
+    await eventually(lambda: not registrations.registrations("a"))
+    assert heard == [
+        ("a", True, False),  # connected
+        ("a", False, True),  # its last stream ended: the grace runs
+        ("a", True, False),  # back within it
+        ("a", False, True),
+        ("a", False, False),  # the grace ran out
+    ]
+
+
 async def test_registering_without_a_stream_gets_the_grace_to_connect() -> None:
     registrations = Registrations(grace=0.1)
     registrations.set("a", [reg("orders", "10.0.0.1:80")])
