@@ -163,7 +163,7 @@ def test_failing_component_shows_as_not_serving(procs: Processes, tmp_path: Path
     start_agent(procs, control, "node-a", env=env)
 
     def flaky() -> dict[str, Any]:
-        health = json_node(control, "node-a").get("health", {})
+        health = json_node(control, "node-a").get("health") or {}
         return next((c for c in health.get("components", []) if c["name"] == "flaky"), {})
 
     wait_for(lambda: int(flaky().get("restarts", 0)) >= 1, 20, "the failing component reported")
@@ -201,7 +201,7 @@ def test_summary_counts_nacked_and_streamless_nodes(procs: Processes) -> None:
     control = start_control(procs, "memory:", "--registration-grace", f"{grace:g}s")
     agent_proc, _ = start_agent(procs, control, "node-a")
     wait_for(
-        lambda: json_node(control, "node-a").get("health", {}).get("status") == "SERVING",
+        lambda: (json_node(control, "node-a").get("health") or {}).get("status") == "SERVING",
         20,
         "node-a's health",
     )
@@ -302,7 +302,7 @@ def test_watch_json_prints_one_document_per_line(procs: Processes) -> None:
 
     wait_for(
         lambda: any(
-            n.get("health", {}).get("status") == "SERVING"
+            (n.get("health") or {}).get("status") == "SERVING"
             for d in documents()
             for n in d.get("nodes", [])
         ),
@@ -326,7 +326,7 @@ def test_health_is_shared_through_etcd(procs: Processes, etcd: EtcdServer) -> No
     )
     start_agent(procs, c1, "node-1")
     wait_for(
-        lambda: json_node(c2, "node-1").get("health", {}).get("status") == "SERVING",
+        lambda: (json_node(c2, "node-1").get("health") or {}).get("status") == "SERVING",
         20,
         "node-1's health on the other control server",
     )
