@@ -42,7 +42,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import unquote
@@ -165,6 +165,12 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+async def _prepend(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    yield first
+    async for item in rest:
+        yield item
+
+
 class _WatchEnded(Exception):
     """The watch stream ended or was canceled by etcd; start it again."""
 
@@ -218,6 +224,8 @@ class EtcdStore(BaseStore):
         self._client: Any = None  # aetcd.Client of the member in use
         self._started = False
         self._watcher: asyncio.Task[None] | None = None
+        self._watch_call: Any = None  # the watch stream, while one is open
+        self._restart_requested = False
         self._unreachable: str | None = None  # why, while the watch cannot reach etcd
         self._bad_keys: dict[str, str] = {}  # key -> why its value is not taken
         self._logger = log.bind(store=self.url)
@@ -513,10 +521,12 @@ class EtcdStore(BaseStore):
             remaining = deadline - loop.time()
             if remaining <= 0:
                 self._logger.warning(
-                    "the etcd watch is late; the local copy lags behind a write",
+                    "the etcd watch is late; the local copy lags behind a write; "
+                    "starting the watch again",
                     revision=self._revision,
                     written=revision,
                 )
+                self._restart_watch()
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), remaining)
@@ -639,6 +649,9 @@ class EtcdStore(BaseStore):
             except asyncio.CancelledError:
                 if _being_cancelled():
                     raise
+                if self._restart_requested:  # _restart_watch: a write was not seen in time
+                    self._restart_requested = False
+                    continue
                 # grpc cancelled the call: its channel was closed by a write that moved on
                 # to another member. Follow it there.
                 if client is not self._client:
@@ -676,9 +689,19 @@ class EtcdStore(BaseStore):
         # No request iterator: the stream stays open for writing, and nothing is left for
         # grpc to close when the call ends.
         call = rpc.WatchStub(client.channel).Watch(metadata=client.metadata)
+        self._watch_call = call
         try:
-            await call.write(create)
-            async for response in call:
+            # A watch that etcd does not confirm in time is on a connection that is not
+            # working (seen after an etcd restart): start again rather than wait forever.
+            responses = call.__aiter__()
+            try:
+                await asyncio.wait_for(call.write(create), self._op_timeout)
+                first = await asyncio.wait_for(anext(responses), self._op_timeout)
+            except TimeoutError:
+                raise StoreUnavailableError(
+                    f"etcd did not confirm the watch within {self._op_timeout:g}s"
+                ) from None
+            async for response in _prepend(first, responses):
                 if response.created:
                     self._on_watching(int(response.header.revision))
                 if response.compact_revision:
@@ -694,6 +717,15 @@ class EtcdStore(BaseStore):
                     self._apply_watch_events(response.events)
             raise _WatchEnded("etcd ended the watch stream")
         finally:
+            self._watch_call = None
+            call.cancel()
+
+    def _restart_watch(self) -> None:
+        """Ends the current watch stream; the watch loop starts it again from the revision
+        after the last one seen (the writes seen meanwhile are not lost)."""
+        call = self._watch_call
+        if call is not None:
+            self._restart_requested = True
             call.cancel()
 
     def _on_watching(self, etcd_revision: int) -> None:
