@@ -312,9 +312,8 @@ class Demo:
                 return
             time.sleep(0.1)
 
-    def meshctl(self, *args: str) -> None:
-        self.out(f"$ meshctl {' '.join(args)}")
-        result = subprocess.run(
+    def _meshctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
             [
                 sys.executable,
                 "-m",
@@ -329,29 +328,18 @@ class Demo:
             text=True,
             check=False,
         )
+
+    def meshctl(self, *args: str) -> None:
+        """Runs meshctl as an operator would, and shows the command and what it printed."""
+        self.out(f"$ meshctl {' '.join(args)}")
+        result = self._meshctl(*args)
         self.out(result.stdout + result.stderr)
 
     def wait_store_clear(self, timeout: float = 10) -> None:
         """Waits (at most ``timeout`` seconds) until mesh-control reports no store problem."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            result = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "control.meshctl",
-                    "--control",
-                    self.control,
-                    *self.meshctl_flags,
-                    "status",
-                    "-o",
-                    "json",
-                ],
-                env=self.env,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
+            result = self._meshctl("status", "-o", "json")
             if result.returncode == 0 and not json.loads(result.stdout)["store_problems"]:
                 return
             time.sleep(0.2)
