@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import SECTION_MODULES, SECTIONS, Options, Row
+from bench import SECTION_MODULES, SECTIONS, Options, Row
 
 
 def _sizes(text: str) -> tuple[int, ...]:

@@ -112,7 +112,7 @@ class Generator:
         )
         from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
-        from control.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SERVICE_POLICY
+        from mesh_xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SERVICE_POLICY
 
         self.grpc = grpc
         self.pb = discovery_pb2

@@ -11,7 +11,7 @@ import os
 import sys
 import time
 
-from mesh_agent._bootstrap import bootstrap_json
+from mesh_agent.client._bootstrap import bootstrap_json
 
 
 def main() -> None:

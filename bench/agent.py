@@ -35,13 +35,12 @@ from pathlib import Path
 import grpc
 from envoy.config.endpoint.v3 import endpoint_pb2
 
+from bench import Options, Row, _procs, ratio, section, summary
+from bench._ads_client import AdsClient
+from bench._procs import BenchError, Proc, Processes
 from control.config import load_documents
-from control.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from mesh.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, config_pb2
-
-from . import Options, Row, _procs, ratio, section, summary
-from ._ads_client import AdsClient
-from ._procs import BenchError, Proc, Processes
+from mesh_xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 SERVICES = 100
 HELD_TYPES = (LISTENER, ROUTE, CLUSTER, ENDPOINT)

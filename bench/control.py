@@ -27,13 +27,12 @@ from typing import IO, Any
 
 import grpc
 
+from bench import Options, Row, ratio, section, summary
+from bench._procs import BenchError, Proc, Processes, child_env
 from control.config import dump_documents, load_documents
-from control.xds.resources import build_resources
-from control.xds.snapshot import Snapshot
+from control.resources import build_resources
 from mesh.v1 import admin_pb2, admin_pb2_grpc, config_pb2
-
-from . import Options, Row, ratio, section, summary
-from ._procs import BenchError, Proc, Processes, child_env
+from mesh_xds.snapshot import Snapshot
 
 DEFAULT_SIZES = (1, 100, 1000)
 COMPARE_AT = 100

@@ -55,12 +55,11 @@ from typing import Any
 import grpc
 import yaml
 
+from bench import Options, Row, percentile, ratio, section
+from bench._procs import BenchError, Proc, Processes
 from control.config import load_documents
 from mesh.demo.v1 import echo_pb2, echo_pb2_grpc
 from mesh.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc
-
-from . import Options, Row, percentile, ratio, section
-from ._procs import BenchError, Proc, Processes
 
 CLIENT = "bench._datapath_client"
 START_TIMEOUT = 60.0

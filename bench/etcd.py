@@ -45,13 +45,12 @@ import grpc
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
+from bench import Options, Row, _procs, ratio, section, summary
+from bench._ads_client import AdsClient
+from bench._procs import BenchError, Proc, Processes
 from control.config import load_documents
-from control.xds.types import ENDPOINT
 from mesh.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, config_pb2
-
-from . import Options, Row, _procs, ratio, section, summary
-from ._ads_client import AdsClient
-from ._procs import BenchError, Proc, Processes
+from mesh_xds.types import ENDPOINT
 
 SERVICE = "fan"
 BASE_PORT = 51000

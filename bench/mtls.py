@@ -15,7 +15,7 @@ transports, in alternating blocks:
 * ``unix``: agent A's unix socket (plaintext, as the client library always uses it);
 * ``tcp``: agent A's TCP listener, plaintext (``grpc.insecure_channel``);
 * ``mtls``: agent B's TCP listener, mTLS (``grpc.secure_channel`` with
-  ``control.tls.channel_credentials``: what ``AgentLink`` uses with TLS files);
+  ``mesh_core.tls.channel_credentials``: what ``AgentLink`` uses with TLS files);
 * ``unix_b``: agent B's unix socket, plaintext: a check that the two agents are alike
   (``unix_b - unix`` should be about 0).
 
@@ -42,7 +42,7 @@ included) per sample or call, the median over blocks; ``agent_cpu`` is the servi
 utime+stime from ``/proc/PID/stat`` over all its blocks, less its idle rate (measured over
 an idle window first) times their wall time, divided by their samples or calls (clock ticks,
 so it is read as a total, not per block). ``credentials``: the cost of
-``control.tls.channel_credentials(files)`` itself (read and check the three files), once per
+``mesh_core.tls.channel_credentials(files)`` itself (read and check the three files), once per
 ``AgentLink`` channel.
 """
 
@@ -59,11 +59,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from control import tls
-
-from . import Options, Row, percentile, section
-from ._procs import BenchError, Processes, child_env
-from .tracing import order
+from bench import Options, Row, percentile, section
+from bench._procs import BenchError, Processes, child_env
+from bench.tracing import order
+from mesh_core import tls
 
 WORKER = "bench.mtls"
 START_TIMEOUT = 60.0
@@ -146,8 +145,8 @@ class Worker:
     def __init__(self, args: argparse.Namespace) -> None:
         import grpc
 
-        from control.tls import TlsFiles, channel_credentials
         from mesh.v1 import agent_pb2
+        from mesh_core.tls import TlsFiles, channel_credentials
 
         self.args = args
         self.files = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca)
@@ -316,7 +315,7 @@ class Worker:
         }
 
     def credentials_cost(self) -> list[float]:
-        from control.tls import channel_credentials
+        from mesh_core.tls import channel_credentials
 
         samples: list[float] = []
         for _ in range(self.args.credentials):
@@ -574,7 +573,7 @@ def run(options: Options) -> list[Row]:
     credentials = data["credentials_ns"]
     rows.append(
         {
-            "table": "credentials (control.tls.channel_credentials(files): read and check the "
+            "table": "credentials (mesh_core.tls.channel_credentials(files): read and check the "
             "three files, once per AgentLink channel)",
             "samples": len(credentials),
             "median_us": _us(statistics.median(credentials)),

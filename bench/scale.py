@@ -42,11 +42,10 @@ from typing import IO, Any
 
 import grpc
 
+from bench import Options, Row, percentile, section
+from bench._procs import BenchError, Proc, Processes
+from bench.control import filler_services, make_service
 from mesh.v1 import admin_pb2, admin_pb2_grpc
-
-from . import Options, Row, percentile, section
-from ._procs import BenchError, Proc, Processes
-from .control import filler_services, make_service
 
 DEFAULT_SIZES = (100, 1000)
 QUICK_SIZES = (10, 50)

@@ -13,7 +13,7 @@ its own server interceptors, and one channel to each, all in the one process:
   a ``BatchSpanProcessor`` with its default settings, to an exporter that counts and drops
   the spans) and an SDK ``MeterProvider`` (a ``PeriodicExportingMetricReader`` with its
   default 60 s interval, to an exporter that drops the data): the kind of pipeline
-  ``control.telemetry.setup`` installs, minus the network. Client and server each have
+  ``mesh_core.telemetry.setup`` installs, minus the network. Client and server each have
   their own pair of providers, as two processes would. "Tracing on";
 * ``otel``: ``opentelemetry.instrumentation.grpc``'s ``client_interceptor`` (wrapped with its
   ``intercept_channel``, as ``GrpcInstrumentorClient`` does) and ``server_interceptor``, each
@@ -69,7 +69,7 @@ from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
 
-from . import Options, Row, percentile, section
+from bench import Options, Row, percentile, section
 
 WORKER = "bench.tracing"
 SERVICE = "echo"
@@ -299,9 +299,8 @@ class Worker:
         )
 
         from mesh.demo.v1 import echo_pb2, echo_pb2_grpc
-        from mesh_agent.client import MeshClientInterceptor
+        from mesh_agent.client import MeshClientInterceptor, MeshServerInterceptor
         from mesh_agent.client._link import CLOSED, AgentLink, BreakerView
-        from mesh_agent.server import MeshServerInterceptor
 
         self.args = args
         self.globals_before = _no_global_sdk()
@@ -685,7 +684,7 @@ def _got(checks: dict[str, Any], *keys: str) -> str:
 
 
 def worker_env() -> dict[str, str]:
-    from ._procs import child_env
+    from bench._procs import child_env
 
     return {k: v for k, v in child_env().items() if not k.startswith("OTEL_")}
 

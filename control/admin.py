@@ -7,15 +7,14 @@ from collections.abc import Callable
 import grpc
 import structlog
 
+from control.config import validate_service
+from control.limits import Limits, admit_write, enforce, peer_host
+from control.security import Access
+from control.store import Store
 from mesh.v1 import admin_pb2, admin_pb2_grpc
-
-from .config import validate_service
-from .errors import ConflictError, NotFoundError, StoreUnavailableError
-from .limits import Limits, admit_write, enforce, peer_host
-from .security import Access
-from .store import Store
-from .xds.server import NodeRegistry
-from .xds.snapshot import SnapshotCache
+from mesh_core.errors import ConflictError, NotFoundError, StoreUnavailableError
+from mesh_xds.servicer import NodeRegistry
+from mesh_xds.snapshot import SnapshotCache
 
 log = structlog.get_logger(__name__)
 Context = grpc.aio.ServicerContext[object, object]

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .errors import MeshError
+from mesh_core.errors import MeshError
 
 DEFAULT_TRUST_DOMAIN = "mesh.local"
 CA_DAYS = 3650

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import structlog
 
-from . import __version__, limits, telemetry, tls
-from ._logging import configure
-from ._preflight import check_environment
-from .config import parse_duration
-from .registry import DEFAULT_GRACE
-from .security import Access
-from .server import ControlServer, write_ready_file
+from control import __version__, limits
+from control.config import parse_duration
+from control.registry import DEFAULT_GRACE
+from control.security import Access
+from control.server import ControlServer, write_ready_file
+from mesh_core import telemetry, tls
+from mesh_core.logs import configure
+from mesh_core.preflight import check_environment
 
 log = structlog.get_logger(__name__)
 DEFAULT_STORE = "file:mesh-store"

@@ -26,8 +26,8 @@ import structlog
 from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from .errors import MeshError
-from .registry import MAX_NODE_ID_LENGTH
+from control.registry import MAX_NODE_ID_LENGTH
+from mesh_core.errors import MeshError
 
 log = structlog.get_logger(__name__)
 

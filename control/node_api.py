@@ -11,11 +11,10 @@ from __future__ import annotations
 import grpc
 import structlog
 
+from control.limits import Limits, enforce
+from control.registry import RegistrationError, Registrations
+from control.security import Access
 from mesh.v1 import node_pb2, node_pb2_grpc
-
-from .limits import Limits, enforce
-from .registry import RegistrationError, Registrations
-from .security import Access
 
 
 def split_host(address: str) -> str:

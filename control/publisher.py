@@ -8,11 +8,10 @@ import time
 
 import structlog
 
+from control.registry import RegistrationSource, merge_registered
+from control.store import Store
 from mesh.v1 import config_pb2
-
-from .registry import RegistrationSource, merge_registered
-from .store import Store
-from .xds.snapshot import SnapshotCache
+from mesh_xds.snapshot import SnapshotCache
 
 log = structlog.get_logger(__name__)
 
@@ -29,7 +28,7 @@ class Publisher:
     through the same debounce as a store change.
 
     Each publication carries the ``time.monotonic()`` of the first change it coalesced
-    (:attr:`~control.xds.snapshot.Snapshot.changed_at`), for the convergence time.
+    (:attr:`~mesh_xds.snapshot.Snapshot.changed_at`), for the convergence time.
     """
 
     def __init__(

@@ -29,10 +29,9 @@ from typing import Protocol
 
 import structlog
 
+from control.config import validate_service
 from mesh.v1 import config_pb2, node_pb2
-
-from .config import validate_service
-from .errors import MeshError
+from mesh_core.errors import MeshError
 
 log = structlog.get_logger(__name__)
 

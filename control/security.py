@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 import structlog
 
-from .limits import peer_host
+from control.limits import peer_host
 
 log = structlog.get_logger(__name__)
 

@@ -22,20 +22,19 @@ from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from control.admin import AdminServicer
+from control.limits import Limits, StreamCounter
+from control.node_api import NodeServicer
+from control.publisher import Publisher
+from control.registry import DEFAULT_GRACE, Registrations
+from control.security import Access
+from control.shared_nodes import SharedNodes
+from control.store import Store, open_store
+from control.store.etcd import EtcdStore
 from mesh.v1 import admin_pb2, admin_pb2_grpc, node_pb2, node_pb2_grpc
-
-from .admin import AdminServicer
-from .limits import Limits, StreamCounter
-from .node_api import NodeServicer
-from .publisher import Publisher
-from .registry import DEFAULT_GRACE, Registrations
-from .security import Access
-from .shared_nodes import SharedNodes
-from .store import Store, open_store
-from .store.etcd import EtcdStore
-from .tls import TlsFiles, server_credentials
-from .xds.server import AdsServicer, CsdsServicer, NodeRegistry
-from .xds.snapshot import SnapshotCache
+from mesh_core.tls import TlsFiles, server_credentials
+from mesh_xds.servicer import AdsServicer, CsdsServicer, NodeRegistry
+from mesh_xds.snapshot import SnapshotCache
 
 log = structlog.get_logger(__name__)
 

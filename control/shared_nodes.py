@@ -54,12 +54,11 @@ from dataclasses import dataclass
 
 import structlog
 
+from control.registry import Registrations, registration_endpoint
+from control.store.etcd import EtcdKeys, EtcdStore
 from mesh.v1 import admin_pb2, config_pb2
-
-from .errors import StoreUnavailableError
-from .registry import Registrations, registration_endpoint
-from .store.etcd import EtcdKeys, EtcdStore
-from .xds.server import NodeRegistry
+from mesh_core.errors import StoreUnavailableError
+from mesh_xds.servicer import NodeRegistry
 
 log = structlog.get_logger(__name__)
 

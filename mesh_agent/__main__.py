@@ -1,3 +1,3 @@
-from mesh_agent.cli import main
+from mesh_agent.daemon.cli import main
 
 main()

@@ -38,8 +38,8 @@ from typing import Any, Literal, Protocol, TypeVar, cast
 
 import structlog
 
-from control.backoff import Backoff
-from control.errors import MeshError
+from mesh_core.backoff import Backoff
+from mesh_core.errors import MeshError
 
 log = structlog.get_logger(__name__)
 

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from control import tls
+from mesh_core import tls
 from mesh_demo.client import clock
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,10 +15,10 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from control import telemetry
-from control._logging import configure
 from mesh.demo.v1 import echo_pb2, echo_pb2_grpc
-from mesh_agent.server import AioMeshServerInterceptor
+from mesh_agent.client import AioMeshServerInterceptor
+from mesh_core import telemetry
+from mesh_core.logs import configure
 
 log = structlog.get_logger("mesh_demo.backend")
 SERVICE = echo_pb2.DESCRIPTOR.services_by_name["EchoService"].full_name

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from control import telemetry, tls
-from control._logging import configure
+from mesh_core import telemetry, tls
+from mesh_core.logs import configure
 
 DETAILS_MAX = 100
 """Failure details longer than this are cut short in the human-readable lines."""
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.touch_after:
         args.touch_after = (int(args.touch_after[0]), args.touch_after[1])
     if not args.mesh and not args.aio:
-        from mesh_agent._bootstrap import bootstrap_json
+        from mesh_agent.client._bootstrap import bootstrap_json
 
         # Must be set before the first xds: channel; grpcio reads it once per process.
         os.environ["GRPC_XDS_BOOTSTRAP_CONFIG"] = bootstrap_json(

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from control import _preflight
+from mesh_core import preflight as _preflight
 from tests.conftest import ROOT, require_tool, run_cli
 
 pytestmark = pytest.mark.timeout(300)

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote
 
-from ._base import Store, StoreEvent
-from .etcd import EtcdStore, parse_etcd_url
-from .file import FileStore
-from .memory import MemoryStore
+from control.store._base import Store, StoreEvent
+from control.store.etcd import EtcdStore, parse_etcd_url
+from control.store.file import FileStore
+from control.store.memory import MemoryStore
 
 __all__ = ["EtcdStore", "FileStore", "MemoryStore", "Store", "StoreEvent", "open_store"]
 

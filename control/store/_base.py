@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeAlias, runtime_checkable
 
-from control.errors import ConfigError, ConflictError, NotFoundError, StoreUnavailableError
 from mesh.v1 import admin_pb2, config_pb2
+from mesh_core.errors import ConfigError, ConflictError, NotFoundError, StoreUnavailableError
 
 Service: TypeAlias = config_pb2.Service
 StoredService: TypeAlias = admin_pb2.StoredService

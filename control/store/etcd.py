@@ -33,7 +33,7 @@ a ``get`` after an ``apply`` sees it.
 
 The aetcd client talks to one member; failing over is done here: on a connection error the
 store moves to the next listed member (round robin), the watch with backoff
-(:class:`control.backoff.Backoff`), a write once through every member before it raises
+(:class:`mesh_core.backoff.Backoff`), a write once through every member before it raises
 StoreUnavailableError.
 """
 
@@ -53,11 +53,7 @@ import structlog
 from aetcd import rpc
 from aetcd.utils import prefix_range_end
 
-from control.backoff import Backoff
-from control.errors import ConflictError, NotFoundError, StoreUnavailableError
-from mesh.v1 import admin_pb2, config_pb2
-
-from ._base import (
+from control.store._base import (
     DEFAULT_MAX_LOG,
     AppliedService,
     BaseStore,
@@ -67,6 +63,9 @@ from ._base import (
     _Entry,
     copy_service,
 )
+from mesh.v1 import admin_pb2, config_pb2
+from mesh_core.backoff import Backoff
+from mesh_core.errors import ConflictError, NotFoundError, StoreUnavailableError
 
 log = structlog.get_logger(__name__)
 

@@ -51,10 +51,7 @@ from typing import Any
 import structlog
 
 from control.config import dump_documents, load_documents, service_to_dict
-from control.errors import ConfigError, ConflictError, NotFoundError, StoreUnavailableError
-from mesh.v1 import admin_pb2, config_pb2
-
-from ._base import (
+from control.store._base import (
     DEFAULT_MAX_LOG,
     AppliedService,
     BaseStore,
@@ -62,6 +59,8 @@ from ._base import (
     StoreProblem,
     _Entry,
 )
+from mesh.v1 import admin_pb2, config_pb2
+from mesh_core.errors import ConfigError, ConflictError, NotFoundError, StoreUnavailableError
 
 log = structlog.get_logger(__name__)
 

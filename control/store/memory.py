@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Sequence
 
-from ._base import DEFAULT_MAX_LOG, AppliedService, BaseStore, Service
+from control.store._base import DEFAULT_MAX_LOG, AppliedService, BaseStore, Service
 
 
 class MemoryStore(BaseStore):

@@ -15,10 +15,7 @@ use their node's agent.
     setup_telemetry("orders")                   # OTLP / Prometheus from the OTEL_* settings
 """
 
-from control.telemetry import setup as setup_telemetry
-from control.tls import TlsFiles
-
-from ._channel import (
+from mesh_agent.client._channel import (
     BootstrapConflictError,
     agent_address,
     aio_mesh_channel,
@@ -28,14 +25,23 @@ from ._channel import (
     mesh_interceptor,
     tls_files,
 )
-from ._classify import is_mesh_rejection
-from ._interceptors import OPEN_CIRCUIT_KEY, CircuitOpenError, MeshClientInterceptor
+from mesh_agent.client._classify import is_mesh_rejection
+from mesh_agent.client._interceptors import (
+    OPEN_CIRCUIT_KEY,
+    CircuitOpenError,
+    MeshClientInterceptor,
+)
+from mesh_agent.client._server import AioMeshServerInterceptor, MeshServerInterceptor
+from mesh_core.telemetry import setup as setup_telemetry
+from mesh_core.tls import TlsFiles
 
 __all__ = [
     "OPEN_CIRCUIT_KEY",
+    "AioMeshServerInterceptor",
     "BootstrapConflictError",
     "CircuitOpenError",
     "MeshClientInterceptor",
+    "MeshServerInterceptor",
     "TlsFiles",
     "agent_address",
     "aio_mesh_channel",

@@ -1,7 +1,7 @@
 """``mesh_channel()`` and ``aio_mesh_channel()``: an xDS channel fed by the node's agent, with
 the mesh interceptors on it.
 
-The channel dials ``xds:///mesh-client/SERVICE`` (:func:`control.names.client_listener_name`),
+The channel dials ``xds:///mesh-client/SERVICE`` (:func:`mesh_core.names.client_listener_name`),
 an alias Listener with the service's routes minus the route timeout, with ``SERVICE`` as its
 authority; the interceptors apply the timeout to each call instead, since grpcio (1.85) fires
 a route timeout 1-2 s early (grpc/grpc#40633). The bootstrap is process-wide, so a plain
@@ -26,13 +26,12 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from control.errors import MeshError
-from control.names import client_listener_name
-from control.tls import TlsFiles, env_files
-from mesh_agent._bootstrap import bootstrap_config, is_unix
-
-from ._interceptors import MeshClientInterceptor, aio_interceptors
-from ._link import AgentLink, link_for
+from mesh_agent.client._bootstrap import bootstrap_config, is_unix
+from mesh_agent.client._interceptors import MeshClientInterceptor, aio_interceptors
+from mesh_agent.client._link import AgentLink, link_for
+from mesh_core.errors import MeshError
+from mesh_core.names import client_listener_name
+from mesh_core.tls import TlsFiles, env_files
 
 DEFAULT_AGENT = "unix:/run/mesh-agent/agent.sock"
 ENV_AGENT = "MESH_AGENT"

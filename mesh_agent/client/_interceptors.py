@@ -6,7 +6,7 @@ sync ones for ``grpc.intercept_channel`` and asyncio ones (one object per arity,
 They also apply the service's policy timeout (told by the agent) as the call's deadline: the
 earlier of the caller's deadline and the call's start plus the timeout. grpcio would apply it
 1-2 s early from the route's ``max_stream_duration`` (grpc/grpc#40633), so ``mesh_channel()``
-dials an alias Listener without it (:mod:`control.names`).
+dials an alias Listener without it (:mod:`mesh_core.names`).
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ import grpc
 import grpc.aio
 from opentelemetry import metrics, trace
 
-from mesh_agent._rpc_telemetry import CODE_NAMES, ClientRpcTelemetry, rpc_method, trace_headers
-
-from ._classify import counts_for_breaker
-from ._link import UNKNOWN, AgentLink, Decision
+from mesh_agent.client._classify import counts_for_breaker
+from mesh_agent.client._link import UNKNOWN, AgentLink, Decision
+from mesh_core.rpc_telemetry import CODE_NAMES, ClientRpcTelemetry, rpc_method, trace_headers
 
 OPEN_CIRCUIT_KEY = "mesh-circuit"
 

@@ -31,10 +31,10 @@ from typing import Any, Final
 import grpc
 import structlog
 
-from control.backoff import Backoff
-from control.tls import TlsError, TlsFiles, channel_credentials
 from mesh.v1 import agent_pb2, agent_pb2_grpc
-from mesh_agent._bootstrap import is_unix
+from mesh_agent.client._bootstrap import is_unix
+from mesh_core.backoff import Backoff
+from mesh_core.tls import TlsError, TlsFiles, channel_credentials
 
 log = structlog.get_logger(__name__)
 

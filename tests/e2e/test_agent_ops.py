@@ -14,8 +14,8 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 
-from control.xds.types import LISTENER
 from mesh.v1 import agent_pb2, agent_pb2_grpc, node_pb2
+from mesh_xds.types import LISTENER
 from tests.adsclient import AdsTestClient
 from tests.conftest import Processes, require_tool, wait_for
 from tests.e2e.agentutil import agent_status, start_agent

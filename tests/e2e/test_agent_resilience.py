@@ -17,9 +17,9 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2
 
-from control.xds.resources import build_listener
-from control.xds.types import LISTENER
+from control.resources import build_listener
 from mesh.v1 import config_pb2
+from mesh_xds.types import LISTENER
 from tests.adsclient import AdsTestClient
 from tests.conftest import Processes, wait_for
 from tests.e2e.agentutil import agent_status, start_agent, state_dir

@@ -18,13 +18,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from control import certs
-from control.tls import TlsFiles
-from control.xds.types import LISTENER
 from mesh.demo.v1 import echo_pb2, echo_pb2_grpc
 from mesh.v1 import agent_pb2, agent_pb2_grpc
-from mesh_agent import cli
-from mesh_agent._bootstrap import bootstrap_config
 from mesh_agent.client import BootstrapConflictError, _channel, _link, mesh_interceptor
+from mesh_agent.client._bootstrap import bootstrap_config
+from mesh_agent.daemon import cli
+from mesh_core.tls import TlsFiles
+from mesh_xds.types import LISTENER
 from tests.conftest import Proc, Processes, run_cli, wait_for
 from tests.e2e.agentutil import agent_status, start_agent
 from tests.e2e.test_breakers import breaker, configure, records

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from control.config import RETRYABLE_STATUS_NAMES
-from control.names import client_listener_name
+from mesh_core.names import client_listener_name
 from tests.conftest import Processes, run_cli, wait_for
 from tests.e2e.test_control_xds import meshctl, start_backend, start_control
 

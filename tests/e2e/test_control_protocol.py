@@ -9,8 +9,8 @@ import json
 import grpc
 import pytest
 
-from control.xds.types import CLUSTER, ENDPOINT, LISTENER
 from mesh.v1 import admin_pb2, admin_pb2_grpc, config_pb2
+from mesh_xds.types import CLUSTER, ENDPOINT, LISTENER
 from tests.adsclient import AdsTestClient
 from tests.conftest import Processes, run_cli
 from tests.e2e.test_control_xds import start_control

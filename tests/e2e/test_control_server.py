@@ -13,7 +13,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from control.xds.types import CLUSTER, LISTENER
+from mesh_xds.types import CLUSTER, LISTENER
 from tests.adsclient import AdsTestClient
 from tests.conftest import Processes, require_tool, wait_for
 from tests.e2e.test_control_xds import meshctl, service_yaml, start_control

@@ -12,8 +12,8 @@ import grpc
 import pytest
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
-from control.names import client_listener_name
-from control.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from mesh_core.names import client_listener_name
+from mesh_xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from tests.conftest import Processes
 from tests.e2e.test_control_xds import meshctl
 from tests.e2e.test_security import Pki, _start_control, _start_pki

@@ -22,8 +22,8 @@ from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from control.config import service_to_dict
-from control.xds.types import CLUSTER, ENDPOINT
 from mesh.v1 import admin_pb2, admin_pb2_grpc, config_pb2
+from mesh_xds.types import CLUSTER, ENDPOINT
 from tests.conftest import Proc, Processes, run_cli, wait_for
 from tests.e2e.agentutil import agent_status, start_agent
 from tests.e2e.test_control_xds import calls, meshctl, service_yaml, start_backend, start_client

@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from mesh.v1 import config_pb2
-from mesh_agent.health import HealthChecker
+from mesh_agent.daemon.health.checker import HealthChecker
 
 pytestmark = [pytest.mark.e2e]
 

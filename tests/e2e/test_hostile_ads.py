@@ -35,9 +35,9 @@ from google.rpc import status_pb2
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from control.names import client_listener_name
-from control.xds.types import ALL_TYPES, CLUSTER, ENDPOINT, LISTENER, ROUTE, SERVICE_POLICY
 from mesh.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, config_pb2
+from mesh_core.names import client_listener_name
+from mesh_xds.types import ALL_TYPES, CLUSTER, ENDPOINT, LISTENER, ROUTE, SERVICE_POLICY
 from tests.conftest import Proc, Processes, run_cli, wait_for
 from tests.e2e.agentutil import start_agent
 

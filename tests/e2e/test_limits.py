@@ -16,8 +16,8 @@ import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from control.xds.types import CLUSTER
 from mesh.v1 import admin_pb2, admin_pb2_grpc, config_pb2, node_pb2, node_pb2_grpc
+from mesh_xds.types import CLUSTER
 from tests.adsclient import AdsTestClient
 from tests.conftest import Proc, Processes, run_cli
 from tests.e2e.test_control_xds import meshctl, service_yaml

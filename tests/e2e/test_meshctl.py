@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from control.xds.types import LISTENER
+from mesh_xds.types import LISTENER
 from tests.adsclient import AdsTestClient
 from tests.conftest import Processes, run_cli
 from tests.e2e.test_control_xds import meshctl

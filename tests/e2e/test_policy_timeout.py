@@ -25,11 +25,11 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 
-from control.names import client_listener_name
-from control.xds.types import LISTENER, ROUTE
 from mesh.demo.v1 import echo_pb2, echo_pb2_grpc
 from mesh_agent.client import mesh_interceptor
 from mesh_agent.client._link import AgentLink
+from mesh_core.names import client_listener_name
+from mesh_xds.types import LISTENER, ROUTE
 from tests.conftest import Proc, Processes, wait_for
 from tests.e2e.test_breakers import configure, set_up
 from tests.e2e.test_control_xds import meshctl
@@ -238,7 +238,7 @@ import time
 
 import grpc
 
-from control._logging import configure
+from mesh_core.logs import configure
 from mesh.demo.v1 import echo_pb2, echo_pb2_grpc
 from mesh_agent.client import mesh_interceptor
 

@@ -17,8 +17,8 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import timestamp_pb2
 
-from control.xds.types import CLUSTER, ENDPOINT, LISTENER
 from mesh.v1 import admin_pb2, admin_pb2_grpc, config_pb2, node_pb2, node_pb2_grpc
+from mesh_xds.types import CLUSTER, ENDPOINT, LISTENER
 from tests.adsclient import AdsTestClient
 from tests.conftest import Processes, run_cli, wait_for
 from tests.e2e.agentutil import start_agent

@@ -12,9 +12,10 @@ import grpc
 import pytest
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
-from control import certs, tls
-from control.xds.types import LISTENER
+from control import certs
 from mesh.v1 import node_pb2, node_pb2_grpc
+from mesh_core import tls
+from mesh_xds.types import LISTENER
 from tests.conftest import Processes, run_cli, wait_for
 from tests.e2e.agentutil import agent_status, start_agent
 

@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from control.backoff import Backoff
 from control.registry import Registrations
 from control.shared_nodes import SharedNodes
 from control.store import EtcdStore
 from mesh.v1 import admin_pb2, node_pb2
+from mesh_core.backoff import Backoff
 from tests.etcd_fixture import EtcdServer, etcd
 
 __all__ = ["etcd"]  # the fixture, imported to register it

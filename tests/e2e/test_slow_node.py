@@ -11,8 +11,8 @@ import grpc
 import pytest
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
-from control.xds.types import CLUSTER, LISTENER
 from mesh.v1 import config_pb2
+from mesh_xds.types import CLUSTER, LISTENER
 from tests.adsclient import AdsTestClient
 from tests.conftest import Processes
 from tests.e2e.test_control_protocol import apply, echo, status

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from control.xds.types import LISTENER
+from mesh_xds.types import LISTENER
 from tests.adsclient import AdsTestClient
 from tests.conftest import Proc, Processes, wait_for
 from tests.e2e.agentutil import start_agent

@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from control.backoff import Backoff
-from control.errors import ConfigError, ConflictError, NotFoundError, StoreUnavailableError
 from control.store import EtcdStore, Store, StoreEvent, open_store
 from control.store.etcd import parse_etcd_url
 from mesh.v1 import config_pb2
+from mesh_core.backoff import Backoff
+from mesh_core.errors import ConfigError, ConflictError, NotFoundError, StoreUnavailableError
 from tests.etcd_fixture import EtcdServer, etcd, free_port
 
 __all__ = ["etcd"]  # the fixture, imported to register it

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from control.xds.types import CLUSTER, LISTENER
+from mesh_xds.types import CLUSTER, LISTENER
 from tests.adsclient import AdsTestClient
 from tests.conftest import Proc, Processes, wait_for
 from tests.e2e.agentutil import start_agent

@@ -23,10 +23,10 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from control._logging import configure
 from mesh.demo.v1 import echo_pb2, echo_pb2_grpc
-from mesh_agent._bootstrap import bootstrap_json
 from mesh_agent.client import aio_mesh_channel, mesh_channel
+from mesh_agent.client._bootstrap import bootstrap_json
+from mesh_core.logs import configure
 
 
 def _emit(channel: str, delay: float, timeout: float | None, started: float, **fields: Any) -> None:

@@ -13,11 +13,11 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 
-from control.names import client_listener_name
-from control.xds.snapshot import SnapshotCache
-from control.xds.stream import AdsSession, ProtocolError
-from control.xds.types import CLUSTER, ENDPOINT, FULL_STATE, LISTENER, ROUTE, SERVICE_POLICY
 from mesh.v1 import config_pb2
+from mesh_core.names import client_listener_name
+from mesh_xds.session import AdsSession, ProtocolError
+from mesh_xds.snapshot import SnapshotCache
+from mesh_xds.types import CLUSTER, ENDPOINT, FULL_STATE, LISTENER, ROUTE, SERVICE_POLICY
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -71,7 +71,7 @@ class FakeStream:
         from envoy.config.listener.v3 import listener_pb2
         from envoy.config.route.v3 import route_pb2
 
-        from control.xds.resources import build_listener  # noqa: F401 - registers types
+        from control.resources import build_listener  # noqa: F401 - registers types
 
         kinds = {
             LISTENER: listener_pb2.Listener,

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from google.protobuf import any_pb2
 
-from control.xds.resources import build_cluster
-from control.xds.types import CLUSTER
+from control.resources import build_cluster
 from mesh.v1 import config_pb2
-from mesh_agent.cache import ConfigCache
+from mesh_agent.daemon.cache import ConfigCache
+from mesh_xds.types import CLUSTER
 
 pytestmark = pytest.mark.timeout(10)
 

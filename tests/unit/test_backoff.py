@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import random
 
-from control.backoff import Backoff
+from mesh_core.backoff import Backoff
 
 
 def test_delays_grow_to_the_cap_within_the_jitter() -> None:

@@ -10,7 +10,7 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 
 from mesh.v1 import config_pb2
-from mesh_agent.breaker import (
+from mesh_agent.daemon.breakers.machine import (
     DEFAULT_FAILURE_CODES,
     BreakerBoard,
     BreakerPolicy,

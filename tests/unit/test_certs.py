@@ -17,7 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from control import certs
 from control.certs import CertError
-from control.errors import MeshError
+from mesh_core.errors import MeshError
 from tests.conftest import run_cli
 
 

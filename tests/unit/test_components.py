@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from control.backoff import Backoff
 from mesh_agent.components import (
     AgentContext,
     ComponentGraphError,
@@ -22,6 +21,7 @@ from mesh_agent.components import (
     Supervisor,
     load_components,
 )
+from mesh_core.backoff import Backoff
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -16,8 +16,8 @@ from control.config import (
     service_to_dict,
     validate_service,
 )
-from control.errors import ConfigError
 from mesh.v1 import config_pb2
+from mesh_core.errors import ConfigError
 
 DESIGN_EXAMPLE = """\
 name: orders

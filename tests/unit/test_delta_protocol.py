@@ -13,14 +13,14 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 
-from control.metrics import CONTROL, XdsMetrics
-from control.names import client_listener_name
-from control.xds.delta import DeltaSession, DeltaTypeState
-from control.xds.server import NodeRegistry
-from control.xds.snapshot import SnapshotCache
-from control.xds.stream import NodeRefused, ProtocolError
-from control.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SERVICE_POLICY
 from mesh.v1 import config_pb2
+from mesh_core.names import client_listener_name
+from mesh_xds.delta import DeltaSession, DeltaTypeState
+from mesh_xds.metrics import CONTROL, XdsMetrics
+from mesh_xds.servicer import NodeRegistry
+from mesh_xds.session import NodeRefused, ProtocolError
+from mesh_xds.snapshot import SnapshotCache
+from mesh_xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SERVICE_POLICY
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -474,7 +474,7 @@ async def test_metrics_and_status_see_delta_streams(cache: SnapshotCache) -> Non
 
 async def test_delta_requests_are_held_to_the_limits() -> None:
     from control.limits import AdsStreamGuard, LimitExceeded, Limits
-    from control.xds.server import _checked_delta
+    from mesh_xds.servicer import _checked_delta
 
     async def requests(
         *items: discovery_pb2.DeltaDiscoveryRequest,

@@ -6,7 +6,7 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 
 from mesh.v1 import config_pb2
-from mesh_agent.health_state import EndpointHealthState, HealthPolicy, HealthTable
+from mesh_agent.daemon.health.table import EndpointHealthState, HealthPolicy, HealthTable
 
 POLICY = HealthPolicy(interval=0.1, timeout=0.05, unhealthy_threshold=2, healthy_threshold=2)
 

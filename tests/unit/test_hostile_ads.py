@@ -1,4 +1,4 @@
-"""Hostile ADS clients against :class:`~control.xds.stream.AdsSession` and the ADS servicer:
+"""Hostile ADS clients against :class:`~mesh_xds.session.AdsSession` and the ADS servicer:
 arbitrary sequences of DiscoveryRequests (our type URLs and garbage, huge and odd resource
 name lists, random versions and nonces, NACKs, the node absent or changing mid-stream,
 repeats and unsubscribes).
@@ -33,11 +33,12 @@ from google.rpc import status_pb2
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from control.metrics import XdsMetrics
-from control.xds.server import AdsServicer, NodeRegistry
-from control.xds.snapshot import Snapshot, SnapshotCache
-from control.xds.stream import AdsSession, NodeRefused, ProtocolError
-from control.xds.types import (
+from mesh.v1 import config_pb2
+from mesh_xds.metrics import XdsMetrics
+from mesh_xds.servicer import AdsServicer, NodeRegistry
+from mesh_xds.session import AdsSession, NodeRefused, ProtocolError
+from mesh_xds.snapshot import Snapshot, SnapshotCache
+from mesh_xds.types import (
     ALL_TYPES,
     CLUSTER,
     ENDPOINT,
@@ -47,7 +48,6 @@ from control.xds.types import (
     ROUTE,
     SERVICE_POLICY,
 )
-from mesh.v1 import config_pb2
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -42,11 +42,11 @@ from control.config import (
     service_to_dict,
     validate_service,
 )
-from control.errors import ConfigError
 from control.store import MemoryStore
-from control.xds.server import NodeRegistry
-from control.xds.snapshot import SnapshotCache
 from mesh.v1 import admin_pb2, config_pb2
+from mesh_core.errors import ConfigError
+from mesh_xds.servicer import NodeRegistry
+from mesh_xds.snapshot import SnapshotCache
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -21,7 +21,7 @@ from control.limits import (
     from_args,
     peer_host,
 )
-from control.xds.types import CLUSTER
+from mesh_xds.types import CLUSTER
 
 
 class FakeClock:

@@ -26,20 +26,20 @@ from grpc_health.v1 import health, health_pb2_grpc
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, Metric
 
-from control.metrics import AGENT, CONTROL, XdsMetrics, type_name
 from control.publisher import Publisher
 from control.store import MemoryStore
-from control.xds.server import AdsServicer, NodeRegistry
-from control.xds.snapshot import SnapshotCache
-from control.xds.stream import AdsSession
-from control.xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SERVICE_POLICY
 from mesh.v1 import agent_pb2, config_pb2
-from mesh_agent.breakers import BreakerHub
-from mesh_agent.cache import ConfigCache
-from mesh_agent.health import HealthChecker
-from mesh_agent.health_state import HealthPolicy, HealthTable
-from mesh_agent.metrics import AgentMetrics
-from mesh_agent.upstream import UpstreamClient
+from mesh_agent.daemon.breakers.service import BreakerHub
+from mesh_agent.daemon.cache import ConfigCache
+from mesh_agent.daemon.health.checker import HealthChecker
+from mesh_agent.daemon.health.table import HealthPolicy, HealthTable
+from mesh_agent.daemon.metrics import AgentMetrics
+from mesh_agent.daemon.upstream.client import UpstreamClient
+from mesh_xds.metrics import AGENT, CONTROL, XdsMetrics, type_name
+from mesh_xds.servicer import AdsServicer, NodeRegistry
+from mesh_xds.session import AdsSession
+from mesh_xds.snapshot import SnapshotCache
+from mesh_xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SERVICE_POLICY
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -544,12 +544,12 @@ import asyncio, json, time
 from opentelemetry import metrics
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from control.metrics import CONTROL, XdsMetrics
-from control.xds.stream import TypeState
-from control.xds.types import LISTENER
+from mesh_xds.metrics import CONTROL, XdsMetrics
+from mesh_xds.session import TypeState
+from mesh_xds.types import LISTENER
 from mesh.v1 import agent_pb2, config_pb2
-from mesh_agent.breakers import BreakerHub
-from mesh_agent.cache import ConfigCache
+from mesh_agent.daemon.breakers.service import BreakerHub
+from mesh_agent.daemon.cache import ConfigCache
 from google.protobuf import any_pb2
 
 async def main():

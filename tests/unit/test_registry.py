@@ -20,11 +20,11 @@ from control.registry import (
     validate_registrations,
 )
 from control.store import MemoryStore
-from control.xds.server import NodeRegistry
-from control.xds.snapshot import SnapshotCache
-from control.xds.stream import AdsSession
-from control.xds.types import ENDPOINT
 from mesh.v1 import config_pb2, node_pb2
+from mesh_xds.servicer import NodeRegistry
+from mesh_xds.session import AdsSession
+from mesh_xds.snapshot import SnapshotCache
+from mesh_xds.types import ENDPOINT
 
 pytestmark = pytest.mark.timeout(10)
 

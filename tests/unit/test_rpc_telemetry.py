@@ -23,11 +23,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from control._logging import add_trace_context
-from mesh_agent.client import MeshClientInterceptor
+from mesh_agent.client import AioMeshServerInterceptor, MeshClientInterceptor, MeshServerInterceptor
 from mesh_agent.client._interceptors import aio_interceptors
 from mesh_agent.client._link import OPEN, AgentLink, BreakerView
-from mesh_agent.server import AioMeshServerInterceptor, MeshServerInterceptor
+from mesh_core.logs import add_trace_context
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from control.config import load_documents
-from control.errors import ConfigError, ConflictError, NotFoundError, StoreUnavailableError
 from control.store import FileStore, MemoryStore, Store, StoreEvent, open_store
 from mesh.v1 import config_pb2
+from mesh_core.errors import ConfigError, ConflictError, NotFoundError, StoreUnavailableError
 
 POLL = 0.05
 SETTLE = 0.05

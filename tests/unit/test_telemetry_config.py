@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from control.telemetry import TelemetryConfigError, _check_protocol, exporter_for
+from mesh_core.telemetry import TelemetryConfigError, _check_protocol, exporter_for
 
 pytestmark = pytest.mark.timeout(10)
 

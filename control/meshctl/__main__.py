@@ -1,0 +1,3 @@
+from control.meshctl import main
+
+main()

@@ -1,0 +1,313 @@
+"""Builds the standard xDS resources for a mesh service, in the forms grpcio's xDS client
+honours (``doc/grpc_xds_features.md``): timeouts as ``max_stream_duration`` (gRFC A31),
+``max_requests`` as the only circuit-breaker threshold (A32), retries per A44 and
+success-rate / failure-percentage outlier detection (A50). Envoy accepts the same resources,
+so the policy means the same thing behind a sidecar.
+
+Every resource is named after the service: ``xds:///orders`` asks for Listener ``orders``,
+which routes to RouteConfiguration ``orders``, Cluster ``orders`` and ClusterLoadAssignment
+``orders``. Policy fields xDS has no place for travel as ``mesh.v1.ServicePolicy``.
+
+Beside it each service has an alias Listener, ``mesh-client/orders``
+(:func:`mesh_core.names.client_listener_name`), which the client library's channels dial: the
+same routes inline, without ``max_stream_duration``, since grpcio starts a route timeout 1-2 s
+early (grpc/grpc#40633) and the client library applies the timeout to each call itself.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+
+from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
+from envoy.config.core.v3 import (
+    address_pb2,
+    base_pb2,
+    config_source_pb2,
+    health_check_pb2,
+    protocol_pb2,
+)
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.listener.v3 import api_listener_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+from google.protobuf.message import Message
+
+from control import config
+from mesh.v1 import config_pb2
+from mesh_core.names import client_listener_name
+from mesh_xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SERVICE_POLICY, ResourceName, TypeUrl
+
+Resources = dict[TypeUrl, dict[ResourceName, Message]]
+
+ROUTER_FILTER = "envoy.filters.http.router"
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+LB_POLICIES: Mapping[str, int] = {
+    "": cluster_pb2.Cluster.ROUND_ROBIN,
+    "round_robin": cluster_pb2.Cluster.ROUND_ROBIN,
+    "ring_hash": cluster_pb2.Cluster.RING_HASH,
+}
+# Health-check defaults when a service asks for checks but leaves a field unset.
+_HC_INTERVAL = duration_pb2.Duration(seconds=int(config.HEALTH_CHECK_INTERVAL_S))
+_HC_TIMEOUT = duration_pb2.Duration(seconds=int(config.HEALTH_CHECK_TIMEOUT_S))
+_HC_UNHEALTHY = config.HEALTH_CHECK_UNHEALTHY_THRESHOLD
+_HC_HEALTHY = config.HEALTH_CHECK_HEALTHY_THRESHOLD
+
+
+def _ads() -> config_source_pb2.ConfigSource:
+    return config_source_pb2.ConfigSource(
+        ads=config_source_pb2.AggregatedConfigSource(),
+        resource_api_version=config_source_pb2.V3,
+    )
+
+
+def _pack(message: Message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def _http_filters() -> list[hcm_pb2.HttpFilter]:
+    """The HCM's filters: the router, last (the only one for now)."""
+    return [hcm_pb2.HttpFilter(name=ROUTER_FILTER, typed_config=_pack(router_pb2.Router()))]
+
+
+def build_listener(service: config_pb2.Service) -> listener_pb2.Listener:
+    manager = hcm_pb2.HttpConnectionManager(
+        stat_prefix=service.name,
+        rds=hcm_pb2.Rds(config_source=_ads(), route_config_name=service.name),
+        http_filters=_http_filters(),
+    )
+    return listener_pb2.Listener(
+        name=service.name,
+        api_listener=api_listener_pb2.ApiListener(api_listener=_pack(manager)),
+    )
+
+
+def build_client_listener(
+    service: config_pb2.Service, route: route_pb2.RouteConfiguration
+) -> listener_pb2.Listener:
+    """The alias Listener the client library dials: ``route`` inline, renamed, with
+    ``max_stream_duration`` cleared from every route action (the client library applies the
+    timeout itself; grpcio would fire it early), and the same filters as
+    :func:`build_listener`."""
+    name = client_listener_name(service.name)
+    inline = route_pb2.RouteConfiguration()
+    inline.CopyFrom(route)
+    inline.name = name
+    for host in inline.virtual_hosts:
+        for entry in host.routes:
+            if entry.HasField("route"):
+                entry.route.ClearField("max_stream_duration")
+    manager = hcm_pb2.HttpConnectionManager(
+        stat_prefix=service.name, route_config=inline, http_filters=_http_filters()
+    )
+    return listener_pb2.Listener(
+        name=name, api_listener=api_listener_pb2.ApiListener(api_listener=_pack(manager))
+    )
+
+
+def _retry_policy(retry: config_pb2.RetryPolicy) -> route_components_pb2.RetryPolicy | None:
+    if retry.attempts <= 1:
+        return None
+    codes = retry.retry_on or ["UNAVAILABLE"]
+    policy = route_components_pb2.RetryPolicy(
+        retry_on=",".join(code.lower().replace("_", "-") for code in codes),
+        num_retries=wrappers_pb2.UInt32Value(value=retry.attempts - 1),
+    )
+    if retry.HasField("backoff"):
+        back_off = policy.retry_back_off
+        back_off.base_interval.CopyFrom(retry.backoff.base)
+        if retry.backoff.HasField("max"):
+            back_off.max_interval.CopyFrom(retry.backoff.max)
+    return policy
+
+
+def build_route(service: config_pb2.Service) -> route_pb2.RouteConfiguration:
+    action = route_components_pb2.RouteAction(cluster=service.name)
+    policy = service.policy
+    if policy.HasField("timeout"):
+        action.max_stream_duration.max_stream_duration.CopyFrom(policy.timeout)
+        action.max_stream_duration.grpc_timeout_header_max.CopyFrom(policy.timeout)
+    retry = _retry_policy(policy.retry) if policy.HasField("retry") else None
+    if retry is not None:
+        action.retry_policy.CopyFrom(retry)
+    route = route_components_pb2.Route(
+        name="default", match=route_components_pb2.RouteMatch(prefix=""), route=action
+    )
+    return route_pb2.RouteConfiguration(
+        name=service.name,
+        virtual_hosts=[
+            route_components_pb2.VirtualHost(name=service.name, domains=["*"], routes=[route])
+        ],
+    )
+
+
+def _outlier_detection(
+    policy: config_pb2.OutlierDetectionPolicy,
+) -> outlier_detection_pb2.OutlierDetection:
+    detection = outlier_detection_pb2.OutlierDetection(
+        # gRPC implements only success-rate and failure-percentage ejection (A50); switch the
+        # consecutive-error forms off so a sidecar given the same resource behaves alike.
+        enforcing_consecutive_5xx=wrappers_pb2.UInt32Value(value=0),
+        enforcing_consecutive_gateway_failure=wrappers_pb2.UInt32Value(value=0),
+        enforcing_success_rate=wrappers_pb2.UInt32Value(value=0),
+    )
+    for field in ("interval", "base_ejection_time", "max_ejection_time"):
+        if policy.HasField(field):
+            getattr(detection, field).CopyFrom(getattr(policy, field))
+    if policy.max_ejection_percent:
+        detection.max_ejection_percent.value = policy.max_ejection_percent
+    if policy.HasField("success_rate"):
+        rate = policy.success_rate
+        detection.enforcing_success_rate.value = rate.enforcement_percentage or 100
+        if rate.stdev_factor:
+            detection.success_rate_stdev_factor.value = rate.stdev_factor
+        if rate.minimum_hosts:
+            detection.success_rate_minimum_hosts.value = rate.minimum_hosts
+        if rate.request_volume:
+            detection.success_rate_request_volume.value = rate.request_volume
+    if policy.HasField("failure_percentage"):
+        failure = policy.failure_percentage
+        detection.failure_percentage_threshold.value = failure.threshold
+        detection.enforcing_failure_percentage.value = failure.enforcement_percentage or 100
+        if failure.minimum_hosts:
+            detection.failure_percentage_minimum_hosts.value = failure.minimum_hosts
+        if failure.request_volume:
+            detection.failure_percentage_request_volume.value = failure.request_volume
+    return detection
+
+
+def _health_check(policy: config_pb2.HealthCheckPolicy) -> health_check_pb2.HealthCheck:
+    return health_check_pb2.HealthCheck(
+        interval=policy.interval if policy.HasField("interval") else _HC_INTERVAL,
+        timeout=policy.timeout if policy.HasField("timeout") else _HC_TIMEOUT,
+        unhealthy_threshold=wrappers_pb2.UInt32Value(
+            value=policy.unhealthy_threshold or _HC_UNHEALTHY
+        ),
+        healthy_threshold=wrappers_pb2.UInt32Value(value=policy.healthy_threshold or _HC_HEALTHY),
+        grpc_health_check=health_check_pb2.HealthCheck.GrpcHealthCheck(
+            service_name=policy.service_name
+        ),
+    )
+
+
+def build_cluster(service: config_pb2.Service) -> cluster_pb2.Cluster:
+    policy = service.policy
+    http2 = http_protocol_options_pb2.HttpProtocolOptions(
+        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
+        )
+    )
+    cluster = cluster_pb2.Cluster(
+        name=service.name,
+        type=cluster_pb2.Cluster.EDS,
+        eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(
+            eds_config=_ads(), service_name=service.name
+        ),
+        connect_timeout=duration_pb2.Duration(seconds=1),
+        lb_policy=LB_POLICIES.get(policy.lb, cluster_pb2.Cluster.ROUND_ROBIN),
+    )
+    cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].Pack(http2)
+    if policy.circuit_breaker.max_requests:
+        cluster.circuit_breakers.CopyFrom(
+            circuit_breaker_pb2.CircuitBreakers(
+                thresholds=[
+                    circuit_breaker_pb2.CircuitBreakers.Thresholds(
+                        priority=base_pb2.DEFAULT,
+                        max_requests=wrappers_pb2.UInt32Value(
+                            value=policy.circuit_breaker.max_requests
+                        ),
+                    )
+                ]
+            )
+        )
+    if policy.HasField("outlier_detection"):
+        cluster.outlier_detection.CopyFrom(_outlier_detection(policy.outlier_detection))
+    if policy.HasField("health_check"):
+        cluster.health_checks.append(_health_check(policy.health_check))
+    return cluster
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``10.0.0.5:50051`` or ``[::1]:50051`` to host and port (validated beforehand)."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def join_address(socket_address: address_pb2.SocketAddress) -> str:
+    """The inverse of :func:`split_address`: ``host:port``, an IPv6 host in brackets."""
+    host = socket_address.address
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{socket_address.port_value}"
+
+
+def _socket_address(address: str) -> address_pb2.Address:
+    host, port = split_address(address)
+    ipaddress.ip_address(host)  # xDS clients connect to IP literals; never a name here
+    return address_pb2.Address(
+        socket_address=address_pb2.SocketAddress(address=host, port_value=port)
+    )
+
+
+def endpoint_health(endpoint: config_pb2.Endpoint) -> int:
+    return int(health_check_pb2.DRAINING if endpoint.draining else health_check_pb2.UNKNOWN)
+
+
+def build_load_assignment(
+    service: config_pb2.Service,
+    health: Mapping[str, int] | None = None,
+) -> endpoint_pb2.ClusterLoadAssignment:
+    """Groups endpoints by zone into localities weighted by their endpoints' total weight.
+    ``health`` overrides the health status per address (the agent's active checks)."""
+    by_zone: dict[str, list[config_pb2.Endpoint]] = {}
+    for endpoint in service.endpoints:
+        by_zone.setdefault(endpoint.zone, []).append(endpoint)
+    assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=service.name)
+    for zone in sorted(by_zone):
+        members = by_zone[zone]
+        locality = assignment.endpoints.add(
+            locality=base_pb2.Locality(zone=zone),
+            load_balancing_weight=wrappers_pb2.UInt32Value(
+                value=sum(e.weight or 1 for e in members)
+            ),
+            priority=0,
+        )
+        for endpoint in members:
+            status = (health or {}).get(endpoint.address, endpoint_health(endpoint))
+            locality.lb_endpoints.append(
+                endpoint_components_pb2.LbEndpoint(
+                    endpoint=endpoint_components_pb2.Endpoint(
+                        address=_socket_address(endpoint.address)
+                    ),
+                    health_status=status,
+                    load_balancing_weight=wrappers_pb2.UInt32Value(value=endpoint.weight or 1),
+                )
+            )
+    return assignment
+
+
+def build_policy(service: config_pb2.Service) -> config_pb2.ServicePolicy:
+    return config_pb2.ServicePolicy(name=service.name, policy=service.policy)
+
+
+def build_resources(services: Iterable[config_pb2.Service]) -> Resources:
+    """Every resource of every service, by type URL and name (two Listeners per service: its
+    own and the client library's alias)."""
+    resources: Resources = {t: {} for t in (LISTENER, ROUTE, CLUSTER, ENDPOINT, SERVICE_POLICY)}
+    for service in services:
+        route = build_route(service)
+        resources[LISTENER][service.name] = build_listener(service)
+        resources[LISTENER][client_listener_name(service.name)] = build_client_listener(
+            service, route
+        )
+        resources[ROUTE][service.name] = route
+        resources[CLUSTER][service.name] = build_cluster(service)
+        resources[ENDPOINT][service.name] = build_load_assignment(service)
+        resources[SERVICE_POLICY][service.name] = build_policy(service)
+    return resources

@@ -1,0 +1,317 @@
+"""The agent's config cache: the last good resources accepted from upstream, per type, and
+their persistence in the state dir.
+
+Owned by the agent's event loop. Upstream responses are checked before they replace anything
+(:meth:`ConfigCache.accept` returns the NACK text instead), so what the cache holds is always
+usable; it is written to ``STATE_DIR/config.json`` atomically after every accepted change and
+read back, checked, at start. A state file that is corrupt, of another format or of another
+node is set aside (renamed ``*.rejected-<time>``) and reported, never fatal.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError, Message
+
+from mesh.v1 import config_pb2
+from mesh_xds.types import (
+    CLUSTER,
+    ENDPOINT,
+    FULL_STATE,
+    LISTENER,
+    ROUTE,
+    SERVICE_POLICY,
+    ResourceName,
+    TypeUrl,
+    Version,
+    short_name,
+)
+
+log = structlog.get_logger(__name__)
+
+STATE_FORMAT = 1
+STATE_FILE = "config.json"
+MESSAGE_TYPES: Mapping[TypeUrl, type[Message]] = {
+    LISTENER: listener_pb2.Listener,
+    ROUTE: route_pb2.RouteConfiguration,
+    CLUSTER: cluster_pb2.Cluster,
+    ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
+    SERVICE_POLICY: config_pb2.ServicePolicy,
+}
+
+
+def resource_name(type_url: TypeUrl, message: Message) -> str:
+    if type_url == ENDPOINT:
+        return str(message.cluster_name)  # type: ignore[attr-defined]
+    return str(message.name)  # type: ignore[attr-defined]
+
+
+def decode(resource: any_pb2.Any, type_url: TypeUrl) -> Message:
+    """The message inside ``resource``, checked enough that local clients can use it.
+    Raises ValueError naming what is wrong."""
+    if resource.type_url != type_url:
+        raise ValueError(f"resource of type {resource.type_url} in a {type_url} response")
+    message = MESSAGE_TYPES[type_url]()
+    try:
+        message.ParseFromString(resource.value)
+    except DecodeError as error:
+        raise ValueError(f"cannot decode {short_name(type_url)} resource: {error}") from error
+    name = resource_name(type_url, message)
+    if not name:
+        raise ValueError(f"{short_name(type_url)} resource without a name")
+    if type_url == LISTENER:
+        listener = message
+        assert isinstance(listener, listener_pb2.Listener)
+        manager = hcm_pb2.HttpConnectionManager()
+        if not listener.api_listener.api_listener.Unpack(manager):
+            raise ValueError(f"listener {name}: api_listener is not an HttpConnectionManager")
+        if not manager.http_filters:
+            raise ValueError(f"listener {name}: no http_filters")
+    elif type_url == ENDPOINT:
+        assignment = message
+        assert isinstance(assignment, endpoint_pb2.ClusterLoadAssignment)
+        for locality in assignment.endpoints:
+            for lb_endpoint in locality.lb_endpoints:
+                socket = lb_endpoint.endpoint.address.socket_address
+                if not socket.address or not 0 < socket.port_value < 65536:
+                    raise ValueError(f"endpoints {name}: endpoint without an address and port")
+    return message
+
+
+@dataclass(slots=True)
+class TypeEntry:
+    version: Version = ""
+    resources: dict[ResourceName, any_pb2.Any] = field(default_factory=dict)
+
+
+class ConfigCache:
+    """Resources by type URL and name, as last accepted from upstream."""
+
+    def __init__(self, state_dir: Path | None, node_id: str) -> None:
+        self.state_dir = state_dir
+        self.node_id = node_id
+        self.types: dict[TypeUrl, TypeEntry] = {}
+        self.updated_at = 0.0
+        self.loaded_from_disk = False
+        self.problems: list[str] = []
+        self._subscribers: list[Callable[[], None]] = []
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def version(self, type_url: TypeUrl) -> Version:
+        entry = self.types.get(type_url)
+        return entry.version if entry else ""
+
+    def resources(self, type_url: TypeUrl) -> Mapping[ResourceName, any_pb2.Any]:
+        entry = self.types.get(type_url)
+        return entry.resources if entry else {}
+
+    def message(self, type_url: TypeUrl, name: ResourceName) -> Message | None:
+        packed = self.resources(type_url).get(name)
+        return decode(packed, type_url) if packed is not None else None
+
+    def names(self, type_url: TypeUrl) -> set[ResourceName]:
+        return set(self.resources(type_url))
+
+    def subscribe(self, callback: Callable[[], None]) -> None:
+        """``callback`` runs (synchronously, so it must only schedule work) after each change."""
+        self._subscribers.append(callback)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def accept(
+        self,
+        type_url: TypeUrl,
+        version: Version,
+        resources: Iterable[any_pb2.Any],
+        requested: set[ResourceName] | None,
+    ) -> str | None:
+        """Takes an upstream response; returns None when accepted, else the NACK text (and
+        keeps what it had). ``requested`` is the subscription (None for wildcard): for full
+        state types, subscribed names missing from the response are deleted."""
+        received, problems = _decoded(type_url, resources)
+        if problems:
+            return "; ".join(problems)
+        entry = self.types.setdefault(type_url, TypeEntry())
+        if type_url in FULL_STATE:
+            if requested is None:
+                entry.resources = received
+            else:
+                kept = {n: r for n, r in entry.resources.items() if n not in requested}
+                entry.resources = {**kept, **received}
+        else:
+            entry.resources.update(received)
+        entry.version = version
+        self._changed()
+        return None
+
+    def accept_delta(
+        self,
+        type_url: TypeUrl,
+        version: Version,
+        updated: Iterable[any_pb2.Any],
+        removed: Iterable[ResourceName],
+    ) -> str | None:
+        """Takes an incremental (delta xDS) response: ``updated`` resources replace theirs,
+        ``removed`` names go. Returns None when accepted, else the NACK text (and keeps what
+        it had)."""
+        received, problems = _decoded(type_url, updated)
+        gone = set(removed)
+        if gone & set(received):
+            problems.append(f"resources both updated and removed: {sorted(gone & set(received))}")
+        if problems:
+            return "; ".join(problems)
+        entry = self.types.setdefault(type_url, TypeEntry())
+        for name in gone:
+            entry.resources.pop(name, None)
+        entry.resources.update(received)
+        entry.version = version
+        self._changed()
+        return None
+
+    def forget(self, type_url: TypeUrl, names: Iterable[ResourceName]) -> None:
+        """Drops resources nobody references any more (RDS and EDS are not full state)."""
+        entry = self.types.get(type_url)
+        if entry is None:
+            return
+        dropped = [n for n in names if entry.resources.pop(n, None) is not None]
+        if dropped:
+            self._changed()
+
+    def _changed(self) -> None:
+        self.updated_at = time.time()
+        self.save()
+        for callback in list(self._subscribers):
+            callback()
+
+    # -- persistence -------------------------------------------------------------------------
+
+    @property
+    def path(self) -> Path | None:
+        return self.state_dir / STATE_FILE if self.state_dir else None
+
+    def save(self) -> None:
+        path = self.path
+        if path is None:
+            return
+        document = {
+            "format": STATE_FORMAT,
+            "node_id": self.node_id,
+            "saved_at": time.time(),
+            "types": {
+                type_url: {
+                    "version": entry.version,
+                    "resources": {
+                        name: base64.b64encode(packed.value).decode()
+                        for name, packed in sorted(entry.resources.items())
+                    },
+                }
+                for type_url, entry in sorted(self.types.items())
+            },
+        }
+        atomic_write(path, json.dumps(document).encode())
+
+    def load(self) -> bool:
+        """Reads the state file; returns True when config was restored from it."""
+        path = self.path
+        if path is None or not path.exists():
+            return False
+        try:
+            document = json.loads(path.read_bytes())
+            types = self._parse_state(document)
+        except (OSError, ValueError, TypeError, KeyError) as error:
+            self._set_aside(path, str(error))
+            return False
+        self.types = types
+        self.updated_at = float(document.get("saved_at", 0.0))
+        self.loaded_from_disk = True
+        log.info(
+            "config restored from the state dir",
+            path=str(path),
+            resources={short_name(t): len(e.resources) for t, e in types.items()},
+        )
+        for callback in list(self._subscribers):
+            callback()
+        return True
+
+    def _parse_state(self, document: Any) -> dict[TypeUrl, TypeEntry]:
+        if not isinstance(document, dict) or document.get("format") != STATE_FORMAT:
+            raise ValueError(f"not a mesh-agent state file of format {STATE_FORMAT}")
+        if document.get("node_id") != self.node_id:
+            raise ValueError(
+                f"state of node {document.get('node_id')!r}, not of this node {self.node_id!r}"
+            )
+        types: dict[TypeUrl, TypeEntry] = {}
+        for type_url, body in document["types"].items():
+            if type_url not in MESSAGE_TYPES:
+                raise ValueError(f"unknown resource type {type_url!r}")
+            entry = TypeEntry(version=str(body["version"]))
+            for name, value in body["resources"].items():
+                packed = any_pb2.Any(type_url=type_url, value=base64.b64decode(value))
+                if resource_name(type_url, decode(packed, type_url)) != name:
+                    raise ValueError(f"{short_name(type_url)} resource {name!r}: name mismatch")
+                entry.resources[name] = packed
+            types[type_url] = entry
+        return types
+
+    def _set_aside(self, path: Path, reason: str) -> None:
+        target = path.with_name(f"{path.name}.rejected-{int(time.time())}")
+        try:
+            os.replace(path, target)
+        except OSError:
+            target = path
+        message = f"state file {path} rejected ({reason}); set aside as {target.name}"
+        self.problems.append(message)
+        log.warning("state file rejected", path=str(path), reason=reason, moved_to=str(target))
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Writes ``data`` to ``path`` so that a reader sees the old or the new file, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def _decoded(
+    type_url: TypeUrl, resources: Iterable[any_pb2.Any]
+) -> tuple[dict[ResourceName, any_pb2.Any], list[str]]:
+    """Resources by name, and what is wrong with them (undecodable, duplicate names)."""
+    received: dict[ResourceName, any_pb2.Any] = {}
+    problems: list[str] = []
+    for resource in resources:
+        try:
+            message = decode(resource, type_url)
+        except ValueError as error:
+            problems.append(str(error))
+            continue
+        name = resource_name(type_url, message)
+        if name in received:
+            problems.append(f"duplicate {short_name(type_url)} resource {name!r}")
+        received[name] = resource
+    return received, problems

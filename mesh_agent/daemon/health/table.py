@@ -1,0 +1,316 @@
+"""Endpoint health state for the node agent's active health checks (DESIGN decision 5).
+
+Plain objects with no grpc import: they take health-check results and emit transitions.
+The transport code (:mod:`mesh_agent.daemon.health.checker`) only feeds them check results and
+target lists; the local EDS it serves only reads :meth:`HealthTable.overrides`.
+
+Ownership: every object here belongs to the agent's asyncio event loop. Nothing is locked;
+mutate and read them from that loop only (or from one thread, in tests).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Literal
+
+import structlog
+
+from control import config
+
+if TYPE_CHECKING:
+    from mesh.v1 import config_pb2
+
+log = structlog.get_logger(__name__)
+
+HealthStatus = Literal["unknown", "healthy", "unhealthy"]
+UNKNOWN: Final = "unknown"
+HEALTHY: Final = "healthy"
+UNHEALTHY: Final = "unhealthy"
+
+DEFAULT_INTERVAL: Final = config.HEALTH_CHECK_INTERVAL_S
+DEFAULT_TIMEOUT: Final = config.HEALTH_CHECK_TIMEOUT_S
+DEFAULT_UNHEALTHY_THRESHOLD: Final = config.HEALTH_CHECK_UNHEALTHY_THRESHOLD
+DEFAULT_HEALTHY_THRESHOLD: Final = config.HEALTH_CHECK_HEALTHY_THRESHOLD
+DEFAULT_PANIC_THRESHOLD: Final = 0.5
+DEFAULT_TRANSITION_HISTORY: Final = 100
+
+
+@dataclass(frozen=True, slots=True)
+class HealthPolicy:
+    """How one service's endpoints are checked. Durations in seconds."""
+
+    interval: float = DEFAULT_INTERVAL
+    timeout: float = DEFAULT_TIMEOUT
+    unhealthy_threshold: int = DEFAULT_UNHEALTHY_THRESHOLD
+    healthy_threshold: int = DEFAULT_HEALTHY_THRESHOLD
+    service_name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.interval <= 0:
+            raise ValueError(f"health check interval must be > 0, got {self.interval}")
+        if self.timeout <= 0:
+            raise ValueError(f"health check timeout must be > 0, got {self.timeout}")
+        if self.unhealthy_threshold < 1:
+            raise ValueError(f"unhealthy_threshold must be >= 1, got {self.unhealthy_threshold}")
+        if self.healthy_threshold < 1:
+            raise ValueError(f"healthy_threshold must be >= 1, got {self.healthy_threshold}")
+
+    @classmethod
+    def from_proto(cls, policy: config_pb2.HealthCheckPolicy | None) -> HealthPolicy:
+        """Converts a ``mesh.v1.HealthCheckPolicy``; 0 or unset fields take the defaults
+        (5s interval, 1s timeout, 3 failures to go unhealthy, 2 successes to come back)."""
+        if policy is None:
+            return cls()
+        interval = policy.interval.seconds + policy.interval.nanos / 1e9
+        timeout = policy.timeout.seconds + policy.timeout.nanos / 1e9
+        return cls(
+            interval=interval if interval > 0 else DEFAULT_INTERVAL,
+            timeout=timeout if timeout > 0 else DEFAULT_TIMEOUT,
+            unhealthy_threshold=policy.unhealthy_threshold or DEFAULT_UNHEALTHY_THRESHOLD,
+            healthy_threshold=policy.healthy_threshold or DEFAULT_HEALTHY_THRESHOLD,
+            service_name=policy.service_name,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One endpoint's change of health state. ``at`` is wall-clock time (``time.time()``)."""
+
+    service: str
+    address: str
+    old: HealthStatus
+    new: HealthStatus
+    at: float
+
+
+class EndpointHealthState:
+    """Health of one endpoint (service, address), from consecutive check results.
+
+    Starts ``unknown`` (usable). ``unhealthy_threshold`` consecutive failures make it
+    ``unhealthy``; ``healthy_threshold`` consecutive successes make it ``healthy``. A result
+    of the other kind resets the opposite counter. Owned by the agent's event loop.
+    """
+
+    __slots__ = (
+        "address",
+        "consecutive_failures",
+        "consecutive_successes",
+        "healthy_threshold",
+        "service",
+        "status",
+        "unhealthy_threshold",
+    )
+
+    def __init__(
+        self,
+        service: str,
+        address: str,
+        unhealthy_threshold: int = DEFAULT_UNHEALTHY_THRESHOLD,
+        healthy_threshold: int = DEFAULT_HEALTHY_THRESHOLD,
+    ) -> None:
+        if unhealthy_threshold < 1 or healthy_threshold < 1:
+            raise ValueError("health thresholds must be >= 1")
+        self.service = service
+        self.address = address
+        self.unhealthy_threshold = unhealthy_threshold
+        self.healthy_threshold = healthy_threshold
+        self.status: HealthStatus = UNKNOWN
+        self.consecutive_failures = 0
+        self.consecutive_successes = 0
+
+    @property
+    def usable(self) -> bool:
+        """Whether traffic may go to the endpoint: ``healthy`` or ``unknown``."""
+        return self.status != UNHEALTHY
+
+    def record(self, ok: bool, now: float | None = None) -> Transition | None:
+        """Takes one check result; returns the transition if the state changed."""
+        if ok:
+            self.consecutive_successes += 1
+            self.consecutive_failures = 0
+            new: HealthStatus = (
+                HEALTHY if self.consecutive_successes >= self.healthy_threshold else self.status
+            )
+        else:
+            self.consecutive_failures += 1
+            self.consecutive_successes = 0
+            new = (
+                UNHEALTHY if self.consecutive_failures >= self.unhealthy_threshold else self.status
+            )
+        if new == self.status:
+            return None
+        old, self.status = self.status, new
+        return Transition(self.service, self.address, old, new, time.time() if now is None else now)
+
+    def __repr__(self) -> str:
+        return (
+            f"EndpointHealthState({self.service!r}, {self.address!r}, status={self.status!r}, "
+            f"failures={self.consecutive_failures}, successes={self.consecutive_successes})"
+        )
+
+
+OverridesCallback = Callable[[str], None]
+"""Called with a service name after that service's overrides or panic flag changed."""
+
+
+class HealthTable:
+    """Health states of every checked (service, address) pair, and the verdicts the agent
+    serves from them.
+
+    :meth:`overrides` names the endpoints to serve as unhealthy in the local EDS. Like Envoy's
+    panic threshold: when the fraction of a service's endpoints that are usable (healthy or
+    unknown) falls below ``panic_threshold``, the checks are ignored for that service and no
+    overrides are returned, so traffic still flows when every endpoint fails its checks.
+
+    Owned by the agent's asyncio event loop: not thread-safe; subscribers are called
+    synchronously, on that loop, from inside the mutating call.
+    """
+
+    def __init__(
+        self,
+        panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
+        history: int = DEFAULT_TRANSITION_HISTORY,
+    ) -> None:
+        if not 0.0 <= panic_threshold <= 1.0:
+            raise ValueError(f"panic_threshold must be in [0, 1], got {panic_threshold}")
+        self.panic_threshold = panic_threshold
+        self._states: dict[str, dict[str, EndpointHealthState]] = {}
+        self._policies: dict[str, HealthPolicy] = {}
+        self._transitions: deque[Transition] = deque(maxlen=history)
+        self._subscribers: list[OverridesCallback] = []
+        self._generation = 0
+
+    # -- feeding -------------------------------------------------------------------------
+
+    def update_targets(
+        self,
+        service: str,
+        addresses: Iterable[str],
+        policy: HealthPolicy | config_pb2.HealthCheckPolicy | None = None,
+    ) -> None:
+        """Sets the endpoints checked for ``service``. New ones start ``unknown``, removed
+        ones are forgotten, survivors keep their state (and take the policy's thresholds).
+        An empty list forgets the service."""
+        pol = policy if isinstance(policy, HealthPolicy) else HealthPolicy.from_proto(policy)
+        wanted = list(dict.fromkeys(addresses))
+        before = self._verdict(service)
+        if not wanted:
+            self._states.pop(service, None)
+            self._policies.pop(service, None)
+        else:
+            old = self._states.get(service, {})
+            states: dict[str, EndpointHealthState] = {}
+            for address in wanted:
+                state = old.get(address)
+                if state is None:
+                    state = EndpointHealthState(
+                        service, address, pol.unhealthy_threshold, pol.healthy_threshold
+                    )
+                else:
+                    state.unhealthy_threshold = pol.unhealthy_threshold
+                    state.healthy_threshold = pol.healthy_threshold
+                states[address] = state
+            self._states[service] = states
+            self._policies[service] = pol
+        self._changed(service, before)
+
+    def remove_service(self, service: str) -> None:
+        """Forgets every endpoint of ``service``."""
+        self.update_targets(service, [])
+
+    def record(self, service: str, address: str, ok: bool) -> Transition | None:
+        """Takes one check result. Results for endpoints no longer targeted are ignored."""
+        state = self._states.get(service, {}).get(address)
+        if state is None:
+            return None
+        before = self._verdict(service)
+        transition = state.record(ok)
+        if transition is not None:
+            self._transitions.append(transition)
+            self._changed(service, before)
+        return transition
+
+    # -- reading -------------------------------------------------------------------------
+
+    def overrides(self, service: str) -> dict[str, str]:
+        """Endpoints of ``service`` that must be served as unhealthy, ``{address: status}``.
+        Empty when no endpoint failed its checks or when the service is in panic."""
+        return dict(self._verdict(service)[1])
+
+    def in_panic(self, service: str) -> bool:
+        """True when too few endpoints are usable and the checks are being ignored."""
+        return self._verdict(service)[0]
+
+    def status(self, service: str, address: str) -> HealthStatus | None:
+        """The endpoint's health state, or None when it is not targeted."""
+        state = self._states.get(service, {}).get(address)
+        return None if state is None else state.status
+
+    def state(self, service: str, address: str) -> EndpointHealthState | None:
+        return self._states.get(service, {}).get(address)
+
+    def statuses(self, service: str) -> dict[str, HealthStatus]:
+        """Every targeted endpoint of ``service`` and its raw health state."""
+        return {a: s.status for a, s in self._states.get(service, {}).items()}
+
+    def policy(self, service: str) -> HealthPolicy | None:
+        return self._policies.get(service)
+
+    def services(self) -> list[str]:
+        return list(self._states)
+
+    def endpoint_usability(self) -> list[tuple[str, str, bool]]:
+        """``(service, address, usable)`` of every targeted endpoint, from its raw state (a
+        service in panic still shows its unhealthy endpoints). Safe to call from any thread
+        (a metric reader's): it reads copies and changes nothing."""
+        return [
+            (service, address, state.usable)
+            for service, states in self._states.copy().items()
+            for address, state in states.copy().items()
+        ]
+
+    def recent_transitions(self) -> list[Transition]:
+        """The most recent transitions, oldest first (bounded by ``history``)."""
+        return list(self._transitions)
+
+    @property
+    def generation(self) -> int:
+        """Counter bumped each time any service's overrides or panic flag change."""
+        return self._generation
+
+    # -- change notification -------------------------------------------------------------
+
+    def subscribe(self, callback: OverridesCallback) -> Callable[[], None]:
+        """Calls ``callback(service)`` whenever that service's overrides or panic flag
+        change. Returns a function that unsubscribes. A raising callback is logged and
+        does not stop the others."""
+        self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    def _verdict(self, service: str) -> tuple[bool, dict[str, str]]:
+        states = self._states.get(service)
+        if not states:
+            return False, {}
+        unhealthy: dict[str, str] = {a: s.status for a, s in states.items() if not s.usable}
+        usable = len(states) - len(unhealthy)
+        if usable / len(states) < self.panic_threshold:
+            return True, {}
+        return False, unhealthy
+
+    def _changed(self, service: str, before: tuple[bool, dict[str, str]]) -> None:
+        if self._verdict(service) == before:
+            return
+        self._generation += 1
+        for callback in list(self._subscribers):
+            try:
+                callback(service)
+            except Exception:
+                log.exception("health subscriber failed", service=service)

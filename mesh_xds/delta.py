@@ -1,0 +1,258 @@
+"""The delta (incremental) ADS protocol for one stream, apart from any transport.
+
+:class:`DeltaSession` reads ``DeltaDiscoveryRequest`` messages and writes
+``DeltaDiscoveryResponse`` messages. It shares node handling, the reading loop, the hooks
+(``authorize``, ``on_node``, ``on_event``) and the per-type status view with the
+state-of-the-world :class:`~mesh_xds.session.AdsSession`, which it extends; the rules are the
+delta section of ``xds_protocol.rst``:
+
+- Each resource has its own version: the content digest its snapshot holds.
+  ``system_version_info`` is the snapshot id, for information only.
+- ``resource_names_subscribe`` and ``resource_names_unsubscribe`` change the subscription, in
+  every request (ACKs and NACKs included, and requests whose nonce is stale).
+- Wildcard (LDS, CDS and our policy type) is the name ``*``; for LDS and CDS also a first
+  request of the type that subscribes to nothing (legacy). It lasts until ``*`` is
+  unsubscribed; names subscribed beside it are kept as well.
+- ``initial_resource_versions`` (first request of a type): a resource the client holds at its
+  current version is not resent; one it holds that no longer exists is named in
+  ``removed_resources``.
+- A response carries only resources whose version differs from the one the client holds, and
+  in ``removed_resources`` the names it holds that are gone. A name in
+  ``resource_names_subscribe`` is sent even if unchanged (the client drops what it
+  unsubscribes). Unsubscribed names are forgotten, not reported as removed.
+- A request whose ``response_nonce`` is the latest sent for its type ACKs that response, or
+  NACKs it when ``error_detail`` is set; any other nonce is stale and its ACK or NACK is
+  ignored. After a NACK the client is taken to hold what it was sent, so a rejected resource is
+  sent again only when it changes.
+- Names subscribed before they exist are remembered and sent when they appear.
+- Config changes are pushed type by type in ``PUSH_ORDER``. A push costs each stream work in
+  proportion to the resources that changed: the difference between two snapshots is computed
+  once and shared by every stream, and each resource's ``Resource`` message is built once
+  (:attr:`~mesh_xds.snapshot.Resource.delta`) and shared.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from envoy.service.discovery.v3 import discovery_pb2
+
+from mesh_xds.session import WILDCARD, AdsSession, Nack, TypeState
+from mesh_xds.snapshot import Resource, Snapshot
+from mesh_xds.types import ALL_TYPES, LEGACY_WILDCARD, PUSH_ORDER, ResourceName, TypeUrl, short_name
+
+_MAX_DIFFS: Final = 256
+_diffs: dict[tuple[str, str, TypeUrl], frozenset[ResourceName]] = {}
+
+
+def changed_names(old: Snapshot, new: Snapshot, type_url: TypeUrl) -> frozenset[ResourceName]:
+    """Names of ``type_url`` added, changed or removed from ``old`` to ``new``. Computed once
+    per pair of snapshots (by id) and shared by the streams of the process."""
+    if old is new or (old.id and old.id == new.id):
+        return frozenset()
+    key = (old.id, new.id, type_url)
+    found = _diffs.get(key) if old.id and new.id else None
+    if found is None:
+        before = old.resources.get(type_url, {})
+        after = new.resources.get(type_url, {})
+        found = frozenset(
+            name
+            for name in before.keys() | after.keys()
+            if not _same(before.get(name), after.get(name))
+        )
+        if old.id and new.id:
+            if len(_diffs) >= _MAX_DIFFS:
+                _diffs.clear()
+            _diffs[key] = found
+    return found
+
+
+def _same(a: Resource | None, b: Resource | None) -> bool:
+    if a is b:
+        return True
+    return a is not None and b is not None and a.digest == b.digest
+
+
+@dataclass(slots=True)
+class DeltaTypeState(TypeState):
+    """What one delta stream knows of one resource type. ``held`` (also ``sent``, for status
+    and CSDS) maps each name the client holds, as far as the server knows, to its version;
+    ``names`` are the names subscribed explicitly."""
+
+    held: dict[ResourceName, str] = field(default_factory=dict)
+    resend: set[ResourceName] = field(default_factory=set)
+    synced: Snapshot | None = None  # the snapshot ``held`` was last brought up to date with
+    started: bool = False
+
+    def __post_init__(self) -> None:
+        self.sent = self.held
+
+    def wants(self, name: ResourceName) -> bool:
+        return self.wildcard or name in self.names
+
+    def update(self, request: Any) -> bool:
+        """Applies a request's subscription changes; True when the subscription changed or
+        the client announced what it holds (the first request of the type)."""
+        first = not self.started
+        self.started = True
+        before = (self.wildcard, len(self.names))
+        subscribe = list(request.resource_names_subscribe)
+        if first and not subscribe and self.type_url in LEGACY_WILDCARD:
+            self.wildcard = True
+        for name in subscribe:
+            if name == WILDCARD:
+                self.wildcard = True
+            else:
+                self.names.add(name)
+                self.resend.add(name)
+        dropped: Iterable[ResourceName] = ()
+        for name in request.resource_names_unsubscribe:
+            if name == WILDCARD:
+                self.wildcard = False
+                dropped = list(self.held)
+            else:
+                self.names.discard(name)
+        if request.resource_names_unsubscribe:
+            for name in [*dropped, *request.resource_names_unsubscribe]:
+                if not self.wants(name):
+                    self.held.pop(name, None)
+                    self.resend.discard(name)
+        if first:
+            for name, version in request.initial_resource_versions.items():
+                if self.wants(name):
+                    self.held[name] = version
+                    self.resend.discard(name)
+        return first or (self.wildcard, len(self.names)) != before or bool(subscribe)
+
+    def changes(
+        self, names: Iterable[ResourceName], available: Mapping[ResourceName, Resource]
+    ) -> tuple[list[Resource], list[ResourceName]]:
+        """Of ``names``, the resources to send and the names to report removed."""
+        updates: list[Resource] = []
+        removed: list[ResourceName] = []
+        for name in sorted(names):
+            if not self.wants(name):
+                continue
+            resource = available.get(name)
+            if resource is None:
+                if name in self.held:
+                    removed.append(name)
+            elif name in self.resend or self.held.get(name) != resource.digest:
+                updates.append(resource)
+        return updates, removed
+
+    def candidates(self, snapshot: Snapshot) -> set[ResourceName]:
+        """Every name that may need sending or removing: the whole subscription."""
+        names = set(self.names) | self.held.keys()
+        if self.wildcard:
+            names |= snapshot.resources.get(self.type_url, {}).keys()
+        return names
+
+
+class DeltaSession(AdsSession):
+    """Serves one delta ADS stream. Like :class:`AdsSession`, everything runs on one task.
+
+    To the registry, status, CSDS and metrics it is an :class:`AdsSession`: ``types`` holds a
+    :class:`DeltaTypeState` per type, with ``sent_version`` and ``acked_version`` the
+    ``system_version_info`` of the last response sent and of the last one ACKed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stream_id = f"{self.stream_id}-delta"
+        self.log = self.log.bind(stream=self.stream_id)
+        self._states: dict[TypeUrl, DeltaTypeState] = {}
+
+    async def _handle(self, request: Any) -> None:
+        self._know_node(request)
+        type_url = request.type_url
+        if type_url not in ALL_TYPES:
+            self.log.warning("unknown type requested; ignored", type_url=type_url)
+            return
+        state = self._states.get(type_url)
+        if state is None:
+            state = self._states[type_url] = DeltaTypeState(type_url)
+            self.types[type_url] = state
+        if request.response_nonce:
+            self._acknowledge(state, request)
+        before = (state.wildcard, set(state.names))
+        first = not state.started
+        if state.update(request):
+            if (state.wildcard, state.names) != before:
+                self._on_event("subscribe", self, state)
+            full = first or (state.wildcard and not before[0])
+            await self._respond_delta(state, full=full)
+
+    def _acknowledge(self, state: DeltaTypeState, request: Any) -> None:
+        if request.response_nonce != state.nonce:
+            self.log.debug(
+                "stale nonce ignored", type=short_name(state.type_url), nonce=request.response_nonce
+            )
+            return
+        if request.HasField("error_detail"):
+            state.last_nack = Nack(state.sent_version, request.error_detail.message, time.time())
+            self.log.warning(
+                "config rejected (NACK)",
+                type=short_name(state.type_url),
+                version=state.sent_version,
+                error=request.error_detail.message,
+            )
+            state.change_at = None
+            self._on_event("nack", self, state)
+            return
+        state.acked_version = state.sent_version
+        state.converged_in = None
+        if state.change_at is not None:
+            state.converged_in = time.monotonic() - state.change_at
+            state.change_at = None
+        self._on_event("ack", self, state)
+
+    async def _push_all(self) -> None:
+        for type_url in PUSH_ORDER:
+            state = self._states.get(type_url)
+            if state is not None and state.started:
+                await self._respond_delta(state, pushed=True)
+
+    async def _respond_delta(
+        self, state: DeltaTypeState, *, full: bool = False, pushed: bool = False
+    ) -> None:
+        """Sends what changed for ``state`` since it was last brought up to date; ``full``:
+        compares its whole subscription instead. ``pushed``: because the config changed."""
+        snapshot = self._current()
+        if snapshot is None:
+            return
+        available = snapshot.resources.get(state.type_url, {})
+        if full or state.synced is None:
+            names: Iterable[ResourceName] = state.candidates(snapshot)
+        else:
+            names = changed_names(state.synced, snapshot, state.type_url) | state.resend
+        updates, removed = state.changes(names, available)
+        state.synced = snapshot
+        state.resend.clear()
+        version = snapshot.id or str(snapshot.revision)
+        if not updates and not removed:
+            if not state.nonce and state.held:
+                # A reconnect whose initial versions are all current: the client holds this
+                # version already, and status should say so rather than "waiting".
+                state.sent_version = state.acked_version = version
+            return
+        nonce = str(next(self._nonces))
+        response = discovery_pb2.DeltaDiscoveryResponse(
+            system_version_info=version,
+            type_url=state.type_url,
+            nonce=nonce,
+            removed_resources=removed,
+        )
+        response.resources.extend(resource.delta for resource in updates)
+        response.control_plane.identifier = self._server_id
+        for resource in updates:
+            state.held[resource.name] = resource.digest
+        for name in removed:
+            state.held.pop(name, None)
+        state.nonce, state.sent_version = nonce, version
+        state.change_at = snapshot.changed_at if pushed else None
+        state.responses += 1
+        self._on_event("send", self, state)
+        await self._send(response)
