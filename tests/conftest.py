@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,16 +36,57 @@ def require_tool(name: str) -> str:
     return path
 
 
-def wait_for(predicate: Callable[[], object], timeout: float, what: str, every: float = 0.05):
-    """Polls ``predicate`` until it returns something truthy; fails the test naming ``what``."""
+def wait_for(
+    predicate: Callable[[], object],
+    timeout: float,
+    what: str | Callable[[], str],
+    every: float = 0.05,
+):
+    """Polls ``predicate`` until it returns something truthy, and returns that; fails the test
+    naming ``what`` (a text, or a function that makes one when the time is up, to show the
+    state then). For async tests, :func:`eventually`."""
     deadline = time.monotonic() + timeout
     while True:
         result = predicate()
         if result:
             return result
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+            pytest.fail(f"timed out after {timeout}s waiting for {_described(what)}")
         time.sleep(every)
+
+
+async def eventually(
+    predicate: Callable[[], object],
+    timeout: float,
+    what: str | Callable[[], str],
+    every: float = 0.02,
+):
+    """:func:`wait_for` on the event loop: polls ``predicate`` (a function, or a coroutine
+    function) every ``every`` seconds without blocking the loop, until it returns something
+    truthy, and returns that; fails the test naming ``what`` (a text, or a function that
+    makes one when the time is up, to show the state then)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {_described(what)}")
+        await asyncio.sleep(every)
+
+
+def _described(what: str | Callable[[], str]) -> str:
+    return what if isinstance(what, str) else what()
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a server that cannot take port 0)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 class Proc:

@@ -7,7 +7,6 @@ import asyncio
 import itertools
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +21,14 @@ from mesh_agent.components import (
     load_components,
 )
 from mesh_core.backoff import Backoff
+from tests.conftest import eventually
 
 pytestmark = pytest.mark.timeout(10)
 
 FAST = Backoff(base=0.005, cap=0.01, factor=2.0, jitter=0.0)
+
+WAIT = 3.0  # seconds to wait for a state
+POLL = 0.002  # fast enough not to miss a short-lived state
 
 
 class Recorder:
@@ -72,14 +75,6 @@ class Recorder:
         self.events.append(f"{self.name}.stop")
 
 
-async def eventually(predicate: Callable[[], object], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.002)
-
-
 def of(events: list[str], suffix: str) -> list[str]:
     return [e.rsplit(".", 1)[0] for e in events if e.endswith(f".{suffix}")]
 
@@ -104,7 +99,9 @@ async def test_start_in_dependency_order_and_stop_in_reverse() -> None:
     assert sup.order == ("a", "b", "c", "d")  # ties (b, d) broken by name
     await sup.start()
     assert of(events, "start") == ["a", "b", "c", "d"]
-    await eventually(lambda: len(of(events, "run")) == 4)
+    await eventually(
+        lambda: len(of(events, "run")) == 4, WAIT, "four components running", every=POLL
+    )
     assert states(sup) == dict.fromkeys("abcd", "running")
     assert changes == [(n, True) for n in "abcd"]
 
@@ -186,10 +183,20 @@ async def test_failing_start_is_restarted_with_backoff_while_others_run() -> Non
         assert status.state == "restarting"
         assert status.restarts == 1
         assert status.last_error == "RuntimeError('flaky cannot start')"
-        await eventually(lambda: states(sup)["user"] == "running")
+        await eventually(
+            lambda: states(sup)["user"] == "running",
+            WAIT,
+            "user running",
+            every=POLL,
+        )
         assert states(sup)["steady"] == "running"
 
-        await eventually(lambda: sup.status("flaky").state == "running")
+        await eventually(
+            lambda: sup.status("flaky").state == "running",
+            WAIT,
+            "flaky running",
+            every=POLL,
+        )
         assert sup.status("flaky").restarts == 3
         assert of(events, "start-failed") == ["flaky"] * 3
         # stop() after every failed start, before the next attempt.
@@ -218,10 +225,20 @@ async def test_failing_run_is_restarted_and_dependents_keep_running() -> None:
     )
     await sup.start()
     try:
-        await eventually(lambda: sup.status("base").state == "restarting")
+        await eventually(
+            lambda: sup.status("base").state == "restarting",
+            WAIT,
+            "base restarting",
+            every=POLL,
+        )
         assert sup.status("base").last_error == "ValueError('base crashed')"
         assert sup.status("dependent").state == "running"
-        await eventually(lambda: sup.status("base").state == "running")
+        await eventually(
+            lambda: sup.status("base").state == "running",
+            WAIT,
+            "base running again",
+            every=POLL,
+        )
         assert sup.status("base").restarts == 1
         assert [e for e in events if e.startswith("base.")] == [
             "base.start",
@@ -248,7 +265,12 @@ async def test_on_change_false_then_true() -> None:
         on_change=lambda n, s: changes.append((n, s)),
     )
     await sup.start()
-    await eventually(lambda: sup.status("x").state == "running")
+    await eventually(
+        lambda: sup.status("x").state == "running",
+        WAIT,
+        "x running",
+        every=POLL,
+    )
     assert changes == [("x", False), ("x", True)]
     await sup.stop(timeout=1)
     assert changes[-1] == ("x", False)
@@ -265,7 +287,12 @@ async def test_backoff_grows_then_resets_after_healthy_run() -> None:
     began = time.monotonic()
     await sup.start()
     try:
-        await eventually(lambda: sup.status("c").restarts == 4 and comp.run_failures == 0)
+        await eventually(
+            lambda: sup.status("c").restarts == 4 and comp.run_failures == 0,
+            WAIT,
+            "c restarted 4 times and running",
+            every=POLL,
+        )
         assert time.monotonic() - began < 1.5
     finally:
         await sup.stop(timeout=1)
@@ -298,7 +325,12 @@ async def test_start_that_hangs_times_out_and_is_retried() -> None:
     sup = Supervisor([SlowOnce("slow", events)], backoff=FAST, start_timeout=0.05)
     await sup.start()
     try:
-        await eventually(lambda: sup.status("slow").state == "running")
+        await eventually(
+            lambda: sup.status("slow").state == "running",
+            WAIT,
+            "slow running",
+            every=POLL,
+        )
         assert sup.status("slow").last_error == "TimeoutError()"
         assert events[0] == "slow.stop"  # released after the timed-out start
     finally:
@@ -340,7 +372,9 @@ async def test_stop_is_bounded_when_a_component_hangs_or_raises() -> None:
         backoff=FAST,
     )
     await sup.start()
-    await eventually(lambda: len(of(events, "run")) == 4)
+    await eventually(
+        lambda: len(of(events, "run")) == 4, WAIT, "four components running", every=POLL
+    )
     began = time.monotonic()
     with capture_logs() as logs:
         await sup.stop(timeout=0.1)
@@ -379,7 +413,7 @@ async def test_run_that_returns_stays_up_until_shutdown() -> None:
 
     sup = Supervisor([OneShot("oneshot", events)], backoff=FAST)
     await sup.start()
-    await eventually(lambda: "oneshot.run" in events)
+    await eventually(lambda: "oneshot.run" in events, WAIT, "oneshot to run", every=POLL)
     await asyncio.sleep(0.02)
     assert sup.status("oneshot").state == "running"
     assert sup.status("oneshot").restarts == 0

@@ -25,8 +25,12 @@ from mesh_xds.servicer import NodeRegistry
 from mesh_xds.session import AdsSession
 from mesh_xds.snapshot import SnapshotCache
 from mesh_xds.types import ENDPOINT
+from tests.conftest import eventually
 
 pytestmark = pytest.mark.timeout(10)
+
+WAIT = 2.0  # seconds to wait for a state
+POLL = 0.01
 
 
 def reg(service: str, address: str, **kw: object) -> node_pb2.Registration:
@@ -35,13 +39,6 @@ def reg(service: str, address: str, **kw: object) -> node_pb2.Registration:
 
 def addresses(registrations: Registrations, node_id: str) -> list[str]:
     return [r.address for r in registrations.registrations(node_id)]
-
-
-async def eventually(predicate: object, timeout: float = 2.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 # -- replace semantics and validation ---------------------------------------------------------
@@ -142,7 +139,12 @@ async def test_registrations_drop_after_grace_once_the_last_stream_ends() -> Non
     assert registrations.pending_drop("a")
     await asyncio.sleep(0.1)
     assert addresses(registrations, "a") == ["10.0.0.1:80"], "dropped before the grace"
-    await eventually(lambda: not registrations.registrations("a"))
+    await eventually(
+        lambda: not registrations.registrations("a"),
+        WAIT,
+        "a's registrations to go",
+        every=POLL,
+    )
     assert registrations.local_clients("a") == []
     assert registrations.nodes() == []
     assert len(changes) == 2
@@ -174,7 +176,12 @@ async def test_liveness_watchers_hear_of_a_nodes_departure_return_and_end() -> N
     registrations.disconnected("a")
     registrations.connected("a")
     registrations.disconnected("a")
-    await eventually(lambda: not registrations.registrations("a"))
+    await eventually(
+        lambda: not registrations.registrations("a"),
+        WAIT,
+        "a's registrations to go",
+        every=POLL,
+    )
     assert heard == [
         ("a", True, False),  # connected
         ("a", False, True),  # its last stream ended: the grace runs
@@ -188,7 +195,12 @@ async def test_registering_without_a_stream_gets_the_grace_to_connect() -> None:
     registrations = Registrations(grace=0.1)
     registrations.set("a", [reg("orders", "10.0.0.1:80")])
     assert registrations.pending_drop("a")
-    await eventually(lambda: not registrations.registrations("a"))
+    await eventually(
+        lambda: not registrations.registrations("a"),
+        WAIT,
+        "a's registrations to go",
+        every=POLL,
+    )
 
     registrations.set("b", [reg("orders", "10.0.0.2:80")])
     registrations.connected("b")
@@ -228,7 +240,12 @@ async def test_ads_sessions_tell_the_registrations_when_the_node_is_known() -> N
     request = discovery_pb2.DiscoveryRequest(type_url=ENDPOINT, resource_names=["orders"])
     request.node.id = "n1"
     await requests.put(request)
-    await eventually(lambda: registrations.is_connected("n1"))
+    await eventually(
+        lambda: registrations.is_connected("n1"),
+        WAIT,
+        "n1 connected",
+        every=POLL,
+    )
     registrations.set("n1", [reg("orders", "10.0.0.1:80")])
     registrations.report_clients(
         "n1", [node_pb2.LocalClientStatus(client_id="p", nack_message="no")]
@@ -244,7 +261,12 @@ async def test_ads_sessions_tell_the_registrations_when_the_node_is_known() -> N
     assert registrations.pending_drop("n1")
     [status] = nodes.node_statuses()
     assert status.node_id == "n1" and not status.stream_id, "shown during the grace"
-    await eventually(lambda: not registrations.registrations("n1"))
+    await eventually(
+        lambda: not registrations.registrations("n1"),
+        WAIT,
+        "n1's registrations to go",
+        every=POLL,
+    )
     assert nodes.node_statuses() == []
 
 
@@ -306,14 +328,19 @@ async def test_publisher_merges_registrations_through_the_debounce() -> None:
     publisher = Publisher(store, cache, debounce=0.05, max_delay=0.5, registrations=registrations)
     task = asyncio.create_task(publisher.run())
     try:
-        await eventually(lambda: cache.loaded)
+        await eventually(lambda: cache.loaded, WAIT, "the cache loaded", every=POLL)
         assert endpoints_served(cache, "orders") == [("10.0.0.1", 80)]
         pushes = publisher.pushes
 
         registrations.connected("a")
         registrations.set("a", [reg("orders", "10.0.0.2:80")])
         registrations.set("a", [reg("orders", "10.0.0.2:80"), reg("solo", "10.0.0.3:81")])
-        await eventually(lambda: endpoints_served(cache, "solo") is not None)
+        await eventually(
+            lambda: endpoints_served(cache, "solo") is not None,
+            WAIT,
+            "solo served",
+            every=POLL,
+        )
         assert publisher.pushes == pushes + 1, "a burst of registrations is one push"
         assert endpoints_served(cache, "orders") == [("10.0.0.1", 80), ("10.0.0.2", 80)]
         assert endpoints_served(cache, "solo") == [("10.0.0.3", 81)]
@@ -321,11 +348,19 @@ async def test_publisher_merges_registrations_through_the_debounce() -> None:
         # Store changes still get through, and keep the registered endpoints.
         await store.apply([config_pb2.Service(name="orders", endpoints=[ep("10.0.0.4:80")])])
         await eventually(
-            lambda: endpoints_served(cache, "orders") == [("10.0.0.2", 80), ("10.0.0.4", 80)]
+            lambda: endpoints_served(cache, "orders") == [("10.0.0.2", 80), ("10.0.0.4", 80)],
+            WAIT,
+            "orders served from its two registrations",
+            every=POLL,
         )
 
         registrations.disconnected("a")
-        await eventually(lambda: endpoints_served(cache, "solo") is None)
+        await eventually(
+            lambda: endpoints_served(cache, "solo") is None,
+            WAIT,
+            "solo no longer served",
+            every=POLL,
+        )
         assert endpoints_served(cache, "orders") == [("10.0.0.4", 80)]
     finally:
         task.cancel()
