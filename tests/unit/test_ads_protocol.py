@@ -1,143 +1,29 @@
 """The state-of-the-world ADS rules, through a fake stream that itself checks the rules on
-every response it carries (nonces unique and increasing, versions set, no duplicate names,
-resources of the response's type, full state for LDS and CDS)."""
+every response it carries (``tests.unit.xds_streams``: nonces unique and increasing, versions
+set, only types asked for, no duplicate names, resources of the response's type and
+subscribed to, full state for LDS, CDS and the policy type)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
-from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
-from google.rpc import status_pb2
 
 from mesh.v1 import config_pb2
 from mesh_core.names import client_listener_name
-from mesh_xds.session import AdsSession, ProtocolError
+from mesh_xds.session import ProtocolError
 from mesh_xds.snapshot import SnapshotCache
-from mesh_xds.types import CLUSTER, ENDPOINT, FULL_STATE, LISTENER, ROUTE, SERVICE_POLICY
+from mesh_xds.testing import names_in, unpack
+from mesh_xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SERVICE_POLICY
+from tests.unit.xds_streams import FakeStream, service
 
 pytestmark = pytest.mark.timeout(10)
 
 
-def service(name: str, *addresses: str) -> config_pb2.Service:
-    return config_pb2.Service(
-        name=name, endpoints=[config_pb2.Endpoint(address=a) for a in addresses]
-    )
-
-
-class FakeStream:
-    """Drives one AdsSession. Asserts the server's side of the protocol on every response."""
-
-    def __init__(self, cache: SnapshotCache, node_id: str = "node-1") -> None:
-        self.cache = cache
-        self.node = base_pb2.Node(id=node_id)
-        self._requests: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
-        self.responses: asyncio.Queue[discovery_pb2.DiscoveryResponse] = asyncio.Queue()
-        self.all: list[discovery_pb2.DiscoveryResponse] = []
-        self._last_nonce = 0
-        self._subscribed: dict[str, set[str]] = {}
-        self.session = AdsSession(cache, self._send, peer="fake", server_id="test")
-        self.task: asyncio.Task[None] | None = None
-
-    async def _iterate(self) -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
-        while (request := await self._requests.get()) is not None:
-            yield request
-
-    async def _send(self, response: discovery_pb2.DiscoveryResponse) -> None:
-        nonce = int(response.nonce)
-        assert nonce > self._last_nonce, "nonces must be unique and increase on a stream"
-        self._last_nonce = nonce
-        assert response.version_info, "every response carries a version"
-        names = []
-        for resource in response.resources:
-            assert resource.type_url == response.type_url, "resource of another type"
-            message = self._unpack(resource)
-            names.append(message.name if hasattr(message, "name") else message.cluster_name)
-        assert len(names) == len(set(names)), f"duplicate names in one response: {names}"
-        if response.type_url in FULL_STATE:
-            wanted = self._subscribed.get(response.type_url, set())
-            if wanted and "*" not in wanted:
-                assert set(names) <= wanted, "sent resources nobody subscribed to"
-        self.all.append(response)
-        await self.responses.put(response)
-
-    @staticmethod
-    def _unpack(resource):  # type: ignore[no-untyped-def]
-        from envoy.config.cluster.v3 import cluster_pb2
-        from envoy.config.endpoint.v3 import endpoint_pb2
-        from envoy.config.listener.v3 import listener_pb2
-        from envoy.config.route.v3 import route_pb2
-
-        from control.resources import build_listener  # noqa: F401 - registers types
-
-        kinds = {
-            LISTENER: listener_pb2.Listener,
-            ROUTE: route_pb2.RouteConfiguration,
-            CLUSTER: cluster_pb2.Cluster,
-            ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
-            SERVICE_POLICY: config_pb2.ServicePolicy,
-        }
-        message = kinds[resource.type_url]()
-        assert resource.Unpack(message)
-        return message
-
-    def start(self) -> None:
-        self.task = asyncio.create_task(self.session.run(self._iterate()))
-
-    async def request(
-        self,
-        type_url: str,
-        names: list[str] | None = None,
-        *,
-        version: str = "",
-        nonce: str = "",
-        error: str = "",
-        with_node: bool = True,
-    ) -> None:
-        request = discovery_pb2.DiscoveryRequest(
-            type_url=type_url,
-            resource_names=names or [],
-            version_info=version,
-            response_nonce=nonce,
-        )
-        if with_node:
-            request.node.CopyFrom(self.node)
-        if error:
-            request.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
-        self._subscribed[type_url] = set(names or ["*"])
-        await self._requests.put(request)
-
-    async def ack(self, response: discovery_pb2.DiscoveryResponse, names: list[str]) -> None:
-        await self.request(
-            response.type_url, names, version=response.version_info, nonce=response.nonce
-        )
-
-    async def next(self, timeout: float = 2.0) -> discovery_pb2.DiscoveryResponse:
-        return await asyncio.wait_for(self.responses.get(), timeout)
-
-    async def nothing(self, wait: float = 0.2) -> None:
-        with contextlib.suppress(TimeoutError):
-            response = await asyncio.wait_for(self.responses.get(), wait)
-            raise AssertionError(f"unexpected response: {response.type_url} {response.nonce}")
-
-    async def close(self) -> None:
-        await self._requests.put(None)
-        if self.task is not None:
-            await asyncio.wait_for(self.task, 2)
-
-
 def names_of(response: discovery_pb2.DiscoveryResponse) -> list[str]:
-    return sorted(FakeStream._unpack(r).name for r in response.resources)
-
-
-@pytest.fixture
-def cache() -> SnapshotCache:
-    cache = SnapshotCache()
-    cache.set_services(1, [service("a", "10.0.0.1:1"), service("b", "10.0.0.2:1")])
-    return cache
+    return sorted(names_in(response))
 
 
 @pytest.fixture
@@ -227,7 +113,7 @@ async def test_name_requested_before_it_exists_is_pushed_when_it_appears(
     cache.set_services(2, [service("a"), service("b"), service("later", "10.0.0.7:1")])
     response = await stream.next()
     assert response.type_url == ENDPOINT
-    assert [FakeStream._unpack(r).cluster_name for r in response.resources] == ["later"]
+    assert [unpack(r).cluster_name for r in response.resources] == ["later"]
 
 
 async def test_full_state_lds_reports_absence(stream: FakeStream, cache: SnapshotCache) -> None:

@@ -1,140 +1,27 @@
 """The delta ADS rules, through a fake stream that checks the server's side of the protocol on
-every response it carries (nonces unique and increasing, resources of the response's type and
-named as they are, no name both sent and removed, nothing sent twice in one response)."""
+every response it carries (``tests.unit.xds_streams``: nonces unique and increasing, only
+types asked for, resources of the response's type and named as they are, no name both sent
+and removed, nothing sent or removed twice in one response)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
-from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
-from google.rpc import status_pb2
 
 from mesh.v1 import config_pb2
 from mesh_core.names import client_listener_name
-from mesh_xds.delta import DeltaSession, DeltaTypeState
+from mesh_xds.delta import DeltaTypeState
 from mesh_xds.metrics import CONTROL, XdsMetrics
 from mesh_xds.servicer import NodeRegistry
 from mesh_xds.session import NodeRefused, ProtocolError
 from mesh_xds.snapshot import SnapshotCache
 from mesh_xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SERVICE_POLICY
+from tests.unit.xds_streams import FakeDeltaStream, service
 
 pytestmark = pytest.mark.timeout(10)
-
-
-def service(name: str, *addresses: str) -> config_pb2.Service:
-    return config_pb2.Service(
-        name=name, endpoints=[config_pb2.Endpoint(address=a) for a in addresses]
-    )
-
-
-class FakeDeltaStream:
-    """Drives one DeltaSession and keeps what the client holds, per type: name -> version."""
-
-    def __init__(self, cache: SnapshotCache, node_id: str = "node-1", **kwargs: object) -> None:
-        self.node = base_pb2.Node(id=node_id)
-        self._requests: asyncio.Queue[discovery_pb2.DeltaDiscoveryRequest | None] = asyncio.Queue()
-        self.responses: asyncio.Queue[discovery_pb2.DeltaDiscoveryResponse] = asyncio.Queue()
-        self.all: list[discovery_pb2.DeltaDiscoveryResponse] = []
-        self.held: dict[str, dict[str, str]] = {}
-        self._last_nonce = 0
-        self._sent_node = False
-        self.session = DeltaSession(cache, self._send, peer="fake", server_id="test", **kwargs)  # type: ignore[arg-type]
-        self.task: asyncio.Task[None] | None = None
-
-    async def _iterate(self) -> AsyncIterator[discovery_pb2.DeltaDiscoveryRequest]:
-        while (request := await self._requests.get()) is not None:
-            yield request
-
-    async def _send(self, response: discovery_pb2.DeltaDiscoveryResponse) -> None:
-        nonce = int(response.nonce)
-        assert nonce > self._last_nonce, "nonces must be unique and increase on a stream"
-        self._last_nonce = nonce
-        assert response.system_version_info
-        assert response.resources or response.removed_resources, "empty delta response"
-        names = [r.name for r in response.resources]
-        assert len(names) == len(set(names)), f"duplicate names: {names}"
-        assert not set(names) & set(response.removed_resources), "sent and removed at once"
-        held = self.held.setdefault(response.type_url, {})
-        for resource in response.resources:
-            assert resource.resource.type_url == response.type_url
-            assert resource.version
-            message = _unpack(resource.resource)
-            assert (getattr(message, "name", "") or message.cluster_name) == resource.name
-            held[resource.name] = resource.version
-        for name in response.removed_resources:
-            held.pop(name, None)
-        self.all.append(response)
-        await self.responses.put(response)
-
-    def start(self) -> None:
-        self.task = asyncio.create_task(self.session.run(self._iterate()))
-
-    async def request(
-        self,
-        type_url: str,
-        subscribe: list[str] | None = None,
-        unsubscribe: list[str] | None = None,
-        *,
-        initial: dict[str, str] | None = None,
-        nonce: str = "",
-        error: str = "",
-    ) -> None:
-        request = discovery_pb2.DeltaDiscoveryRequest(
-            type_url=type_url,
-            resource_names_subscribe=subscribe or [],
-            resource_names_unsubscribe=unsubscribe or [],
-            initial_resource_versions=initial or {},
-            response_nonce=nonce,
-        )
-        if not self._sent_node:
-            request.node.CopyFrom(self.node)
-            self._sent_node = True
-        if error:
-            request.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
-        for name in unsubscribe or []:
-            self.held.get(type_url, {}).pop(name, None)
-        await self._requests.put(request)
-
-    async def ack(self, response: discovery_pb2.DeltaDiscoveryResponse) -> None:
-        await self.request(response.type_url, nonce=response.nonce)
-
-    async def next(self, timeout: float = 2.0) -> discovery_pb2.DeltaDiscoveryResponse:
-        return await asyncio.wait_for(self.responses.get(), timeout)
-
-    async def nothing(self, wait: float = 0.2) -> None:
-        with contextlib.suppress(TimeoutError):
-            response = await asyncio.wait_for(self.responses.get(), wait)
-            raise AssertionError(
-                f"unexpected response: {response.type_url} {[r.name for r in response.resources]}"
-                f" removed {list(response.removed_resources)}"
-            )
-
-    async def close(self) -> None:
-        await self._requests.put(None)
-        if self.task is not None:
-            await asyncio.wait_for(self.task, 2)
-
-
-def _unpack(resource):  # type: ignore[no-untyped-def]
-    from envoy.config.cluster.v3 import cluster_pb2
-    from envoy.config.endpoint.v3 import endpoint_pb2
-    from envoy.config.listener.v3 import listener_pb2
-    from envoy.config.route.v3 import route_pb2
-
-    kinds = {
-        LISTENER: listener_pb2.Listener,
-        ROUTE: route_pb2.RouteConfiguration,
-        CLUSTER: cluster_pb2.Cluster,
-        ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
-        SERVICE_POLICY: config_pb2.ServicePolicy,
-    }
-    message = kinds[resource.type_url]()
-    assert resource.Unpack(message)
-    return message
 
 
 def names_of(response: discovery_pb2.DeltaDiscoveryResponse) -> list[str]:
@@ -150,13 +37,6 @@ def changed(name: str, n: int) -> config_pb2.Service:
 
 
 @pytest.fixture
-def cache() -> SnapshotCache:
-    cache = SnapshotCache()
-    cache.set_services(1, [service("a", "10.0.0.1:1"), service("b", "10.0.0.2:1")])
-    return cache
-
-
-@pytest.fixture
 async def stream(cache: SnapshotCache) -> AsyncIterator[FakeDeltaStream]:
     fake = FakeDeltaStream(cache)
     fake.start()
@@ -166,9 +46,8 @@ async def stream(cache: SnapshotCache) -> AsyncIterator[FakeDeltaStream]:
 
 async def test_first_request_without_node_is_refused(cache: SnapshotCache) -> None:
     fake = FakeDeltaStream(cache)
-    fake._sent_node = True
     fake.start()
-    await fake.request(LISTENER)
+    await fake.request(LISTENER, with_node=False)
     with pytest.raises(ProtocolError):
         await asyncio.wait_for(fake.task, 2)  # type: ignore[arg-type]
 

@@ -8,11 +8,10 @@ import contextlib
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,6 @@ import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2
-from google.rpc import status_pb2
 from grpc_health.v1 import health, health_pb2_grpc
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, Metric
@@ -37,9 +35,10 @@ from mesh_agent.daemon.metrics import AgentMetrics
 from mesh_agent.daemon.upstream.client import UpstreamClient
 from mesh_xds.metrics import AGENT, CONTROL, XdsMetrics, type_name
 from mesh_xds.servicer import AdsServicer, NodeRegistry
-from mesh_xds.session import AdsSession
 from mesh_xds.snapshot import SnapshotCache
 from mesh_xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SERVICE_POLICY
+from tests.conftest import eventually, free_port
+from tests.unit.xds_streams import FakeStream, service
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -87,14 +86,6 @@ def xds(type_url: str, server: str = CONTROL) -> frozenset[tuple[str, Any]]:
     return frozenset({("mesh.xds.type", type_name(type_url)), ("mesh.xds.server", server)})
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
-
-
 @pytest.fixture
 def otel() -> Iterator[Metrics]:
     metrics = Metrics()
@@ -105,76 +96,37 @@ def otel() -> Iterator[Metrics]:
 # -- ADS ---------------------------------------------------------------------------------------
 
 
-def service(name: str, *addresses: str) -> config_pb2.Service:
-    return config_pb2.Service(
-        name=name, endpoints=[config_pb2.Endpoint(address=a) for a in addresses]
-    )
+def open_stream(cache: SnapshotCache, metrics: XdsMetrics, node_id: str) -> FakeStream:
+    """One AdsSession driven with real DiscoveryRequests, counted by ``metrics``."""
+    stream = FakeStream(cache, node_id, on_event=metrics.on_event)
+    stream.start()
+    return stream
 
 
-class Stream:
-    """One AdsSession driven with real DiscoveryRequests."""
-
-    def __init__(self, cache: SnapshotCache, metrics: XdsMetrics, node_id: str) -> None:
-        self.node = base_pb2.Node(id=node_id)
-        self._requests: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
-        self.responses: asyncio.Queue[discovery_pb2.DiscoveryResponse] = asyncio.Queue()
-        self.session = AdsSession(cache, self.responses.put, on_event=metrics.on_event)
-        self.task = asyncio.create_task(self.session.run(self._iterate()))
-
-    async def _iterate(self) -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
-        while (request := await self._requests.get()) is not None:
-            yield request
-
-    async def request(
-        self,
-        type_url: str,
-        names: list[str] | None = None,
-        *,
-        answering: discovery_pb2.DiscoveryResponse | None = None,
-        error: str = "",
-    ) -> None:
-        request = discovery_pb2.DiscoveryRequest(
-            type_url=type_url, resource_names=names or [], node=self.node
-        )
-        if answering is not None:
-            request.response_nonce = answering.nonce
-            request.version_info = answering.version_info
-        if error:
-            request.version_info = ""
-            request.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
-        await self._requests.put(request)
-
-    async def next(self) -> discovery_pb2.DiscoveryResponse:
-        return await asyncio.wait_for(self.responses.get(), 2.0)
-
-    async def settle(self) -> None:
-        """Lets the session handle what was queued."""
-        await asyncio.sleep(0.05)
-
-    async def close(self) -> None:
-        await self._requests.put(None)
-        await asyncio.wait_for(self.task, 2.0)
+async def settle() -> None:
+    """Lets the sessions handle what was queued."""
+    await asyncio.sleep(0.05)
 
 
 async def test_pushes_acks_and_nacks_are_counted_per_type(otel: Metrics) -> None:
     cache = SnapshotCache()
     cache.set_services(1, [service("a", "10.0.0.1:1"), service("b", "10.0.0.2:1")])
-    stream = Stream(cache, XdsMetrics(CONTROL, otel.meter), "node-1")
+    stream = open_stream(cache, XdsMetrics(CONTROL, otel.meter), "node-1")
     try:
         await stream.request(LISTENER)
         listeners = await stream.next()
-        await stream.request(LISTENER, answering=listeners)
+        await stream.ack(listeners, [])
         await stream.request(CLUSTER)
         clusters = await stream.next()
-        await stream.request(CLUSTER, answering=clusters, error="bad cluster")
+        await stream.request(CLUSTER, nonce=clusters.nonce, error="bad cluster")
         await stream.request(ROUTE, ["a", "b"])
         routes = await stream.next()
-        await stream.request(ROUTE, ["a", "b"], answering=routes)
+        await stream.ack(routes, ["a", "b"])
         await stream.request(ENDPOINT, ["a"])
         await stream.request(SERVICE_POLICY, ["*"])
         await stream.next()
         await stream.next()
-        await stream.settle()
+        await settle()
     finally:
         await stream.close()
 
@@ -212,12 +164,12 @@ async def test_convergence_counts_pushed_changes_once_and_not_late_joiners(
     metrics = XdsMetrics(CONTROL, otel.meter)
     early = late = None
     try:
-        await eventually(lambda: cache.loaded)
-        early = Stream(cache, metrics, "early")
+        await eventually(lambda: cache.loaded, 5.0, "the cache loaded", every=0.01)
+        early = open_stream(cache, metrics, "early")
         await early.request(LISTENER)
         first = await early.next()
-        await early.request(LISTENER, answering=first)
-        await early.settle()
+        await early.ack(first, [])
+        await settle()
 
         # Two changes within the debounce become one publication, timed from the first.
         before = time.monotonic()
@@ -230,19 +182,19 @@ async def test_convergence_counts_pushed_changes_once_and_not_late_joiners(
         assert len(pushed.resources) == 6  # three services, each with its client alias
         snapshot = cache.snapshot_for(early.node)
         assert snapshot.changed_at is not None and before <= snapshot.changed_at < between
-        await early.request(LISTENER, answering=pushed)
+        await early.ack(pushed, [])
         # The same version again (a subscription change carries it too): not counted twice.
-        await early.request(LISTENER, ["a", "b", "c"], answering=pushed)
-        await early.settle()
+        await early.ack(pushed, ["a", "b", "c"])
+        await settle()
         acked = time.monotonic()
 
         # A node that connects now gets that version on request: not counted.
-        late = Stream(cache, metrics, "late")
+        late = open_stream(cache, metrics, "late")
         await late.request(LISTENER)
         joined = await late.next()
         assert joined.version_info == pushed.version_info
-        await late.request(LISTENER, answering=joined)
-        await late.settle()
+        await late.ack(joined, [])
+        await settle()
     finally:
         for stream in (early, late):
             if stream is not None:
@@ -317,16 +269,16 @@ async def test_servicer_counts_open_streams_and_tags_the_server(otel: Metrics) -
 async def test_agent_server_records_no_convergence(otel: Metrics) -> None:
     cache = SnapshotCache()
     cache.set_services(1, [service("a", "10.0.0.1:1")])
-    stream = Stream(cache, XdsMetrics(AGENT, otel.meter), "process-1")
+    stream = open_stream(cache, XdsMetrics(AGENT, otel.meter), "process-1")
     try:
         await stream.request(LISTENER)
         first = await stream.next()
-        await stream.request(LISTENER, answering=first)
-        await stream.settle()
+        await stream.ack(first, [])
+        await settle()
         cache.set_services(2, [service("a"), service("b")], changed_at=time.monotonic())
         pushed = await stream.next()
-        await stream.request(LISTENER, answering=pushed)
-        await stream.settle()
+        await stream.ack(pushed, [])
+        await settle()
         assert stream.session.types[LISTENER].converged_in is not None
     finally:
         await stream.close()
@@ -429,12 +381,6 @@ def test_endpoint_health_follows_the_table(otel: Metrics) -> None:
     assert otel.points("mesh.endpoint.health") == {}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_every_health_check_is_counted_by_result(otel: Metrics) -> None:
     server = grpc.aio.server()
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
@@ -453,7 +399,10 @@ async def test_every_health_check_is_counted_by_result(otel: Metrics) -> None:
             lambda: (
                 otel.points("mesh.health_check.results").get(result(serving, "healthy"), 0) >= 2
                 and otel.points("mesh.health_check.results").get(result(dead, "unhealthy"), 0) >= 2
-            )
+            ),
+            5.0,
+            "two checks of each endpoint counted",
+            every=0.01,
         )
     finally:
         await checker.stop()
@@ -516,19 +465,34 @@ async def test_cache_age_is_zero_while_connected_then_grows(otel: Metrics) -> No
     task = asyncio.create_task(client.run())
     try:
         assert cache_age(otel) is None
-        await eventually(lambda: bool(cache.resources(LISTENER)))
+        await eventually(
+            lambda: bool(cache.resources(LISTENER)),
+            5.0,
+            "the listeners in the cache",
+            every=0.01,
+        )
         assert cache_age(otel) == 0.0
         connected = {attrs(mesh_xds_server=CONTROL): 1}
         assert otel.points("mesh.xds.connected_nodes") == connected
-        await eventually(lambda: otel.points("mesh.xds.acks") == {xds(LISTENER): 1})
+        await eventually(
+            lambda: otel.points("mesh.xds.acks") == {xds(LISTENER): 1},
+            5.0,
+            "one LDS ACK counted",
+            every=0.01,
+        )
         await server.stop(None)
-        await eventually(lambda: not client.connected)
+        await eventually(
+            lambda: not client.connected, 5.0, "the client to see the server gone", every=0.01
+        )
         down = time.time()
         await asyncio.sleep(0.2)
         age = cache_age(otel)
         assert age is not None and 0.2 <= age <= time.time() - down + 0.05
         await eventually(
-            lambda: otel.points("mesh.xds.connected_nodes") == {attrs(mesh_xds_server=CONTROL): 0}
+            lambda: otel.points("mesh.xds.connected_nodes") == {attrs(mesh_xds_server=CONTROL): 0},
+            5.0,
+            "no node connected",
+            every=0.01,
         )
     finally:
         task.cancel()
