@@ -157,15 +157,19 @@ class AdsSession:
         on_event: Callable[[str, AdsSession, TypeState], None] | None = None,
         on_node: Callable[[AdsSession], None] | None = None,
         authorize: Callable[[str], str | None] | None = None,
+        on_handled: Callable[[discovery_pb2.DiscoveryRequest], None] | None = None,
     ) -> None:
         """``on_event`` is told of every ack, nack and send; ``on_node`` is called once, when
         the first request has named the node (``self.node`` is set). ``authorize`` is asked
-        first, with the node id: a reason to refuse it ends the stream (:class:`NodeRefused`)."""
+        first, with the node id: a reason to refuse it ends the stream (:class:`NodeRefused`).
+        ``on_handled`` is called with each request once it has been handled (answered, if it
+        called for an answer)."""
         self._cache = cache
         self._send = send
         self._server_id = server_id
         self._on_event = on_event or (lambda *_: None)
         self._on_node = on_node or (lambda _: None)
+        self._on_handled = on_handled or (lambda _: None)
         self._authorize = authorize
         self._nonces = itertools.count(1)
         self._queue: asyncio.Queue[discovery_pb2.DiscoveryRequest | str] = asyncio.Queue()
@@ -196,6 +200,7 @@ class AdsSession:
                     await self._push_all()
                 else:
                     await self._handle(item)
+                    self._on_handled(item)
         finally:
             unsubscribe()
             reader.cancel()

@@ -226,6 +226,7 @@ class HostileClient:
             peer="hostile",
             server_id="test",
             authorize=lambda node_id: "refused" if node_id == REFUSED_NODE else None,
+            on_handled=self.handled_one,
         )
 
     def build(self, step: Step) -> discovery_pb2.DiscoveryRequest:
@@ -245,14 +246,21 @@ class HostileClient:
 
     async def requests(self, paced: bool = True) -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
         """The requests; ``paced``: each built once the one before it was handled, so that
-        "last" is the latest nonce received."""
+        "last" is the latest nonce received, and the model updated for it (the session has
+        nothing else to do meanwhile: the cache does not change)."""
         for index, step in enumerate(self.steps):
             while paced and self.handled < index:
                 await asyncio.sleep(0)
-            yield self.build(step)
+            request = self.build(step)
+            if paced:
+                self.expect(request)
+            yield request
+
+    def handled_one(self, request: discovery_pb2.DiscoveryRequest) -> None:
+        self.handled += 1
 
     def expect(self, request: discovery_pb2.DiscoveryRequest) -> None:
-        """Updates the model for ``request``, about to be handled."""
+        """Updates the model for ``request``, the next to be handled."""
         self.current, self.answered = request, False
         if not self.node_known:
             if not request.HasField("node") or not request.node.id:
@@ -303,16 +311,7 @@ class HostileClient:
         self.responses.append(response)
 
     async def run(self) -> None:
-        session = self.session
-        handle = session._handle
-
-        async def observed(request: discovery_pb2.DiscoveryRequest) -> None:
-            self.expect(request)
-            await handle(request)
-            self.handled += 1
-
-        session._handle = observed  # type: ignore[method-assign]
-        await session.run(self.requests())
+        await self.session.run(self.requests())
 
 
 def _cache(loaded: bool, services: bool) -> SnapshotCache:
