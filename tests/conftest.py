@@ -189,6 +189,25 @@ def procs(tmp_path: Path) -> Iterator[Processes]:
         processes.stop_all()
 
 
+@pytest.fixture
+def fresh_bootstrap(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process's xDS bootstrap as if never configured, for the client library's
+    ``configure_bootstrap``: its variables unset (restored afterwards), and what the library
+    remembers of it forgotten before and after the test."""
+    from mesh_agent.client import _channel
+
+    for name in ("GRPC_XDS_BOOTSTRAP", "GRPC_XDS_BOOTSTRAP_CONFIG"):
+        # setenv first, so that teardown restores each variable (delenv of an absent one
+        # records nothing, and configure_bootstrap sets it).
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    _channel.forget_bootstrap()
+    try:
+        yield
+    finally:
+        _channel.forget_bootstrap()
+
+
 def run_cli(module: str, *args: str, timeout: float = 30, env: dict[str, str] | None = None):
     """Runs a CLI module to completion; returns the CompletedProcess."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}

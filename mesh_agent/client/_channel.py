@@ -134,6 +134,15 @@ def configure_bootstrap(
         _configured = wanted
 
 
+def forget_bootstrap() -> None:
+    """Forgets what :func:`configure_bootstrap` set in this process (the environment is left
+    as it is), so that the next call decides afresh: for tests that configure it more than
+    once in one process. grpcio itself still reads the bootstrap once per process."""
+    global _configured
+    with _lock:
+        _configured = None
+
+
 def _setup(
     service: str,
     agent: str | None,

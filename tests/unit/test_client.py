@@ -62,13 +62,8 @@ def test_agent_address_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
     assert agent_address("/tmp/a.sock") == "unix:/tmp/a.sock"
 
 
-def test_bootstrap_is_process_wide(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("GRPC_XDS_BOOTSTRAP", raising=False)
-    # Set first so that monkeypatch restores the variable's absence afterwards (delenv of
-    # an absent variable records nothing, and configure_bootstrap sets it).
-    monkeypatch.setenv("GRPC_XDS_BOOTSTRAP_CONFIG", "")
-    monkeypatch.delenv("GRPC_XDS_BOOTSTRAP_CONFIG")
-    monkeypatch.setattr(_channel, "_configured", None)
+@pytest.mark.usefixtures("fresh_bootstrap")
+def test_bootstrap_is_process_wide() -> None:
     _channel.configure_bootstrap(["unix:/tmp/agent.sock", "10.0.0.2:15010"], "proc-1")
     config = json.loads(os.environ["GRPC_XDS_BOOTSTRAP_CONFIG"])
     assert [s["server_uri"] for s in config["xds_servers"]] == [
@@ -81,8 +76,8 @@ def test_bootstrap_is_process_wide(monkeypatch: pytest.MonkeyPatch) -> None:
         _channel.configure_bootstrap(["unix:/tmp/other.sock"])
 
 
+@pytest.mark.usefixtures("fresh_bootstrap")
 def test_bootstrap_set_by_someone_else_is_respected(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_channel, "_configured", None)
     monkeypatch.setenv(
         "GRPC_XDS_BOOTSTRAP_CONFIG",
         json.dumps({"xds_servers": [{"server_uri": "10.1.1.1:15010"}], "node": {"id": "n"}}),
