@@ -94,12 +94,19 @@ class AgentLink:
     to a deque.
 
     ``timeouts`` maps each service whose call policy the agent has told to its timeout in
-    seconds, or None when it has none."""
+    seconds, or None when it has none. ``policy_wait`` bounds the wait for a service's call
+    policy (:data:`POLICY_WAIT`)."""
 
     def __init__(
-        self, target: str, client_id: str | None = None, *, tls: TlsFiles | None = None
+        self,
+        target: str,
+        client_id: str | None = None,
+        *,
+        tls: TlsFiles | None = None,
+        policy_wait: float = POLICY_WAIT,
     ) -> None:
         self.target = target
+        self.policy_wait = policy_wait
         self.client_id = client_id or f"pid-{os.getpid()}"
         self.tls = None if is_unix(target) else tls
         self.breakers: dict[str, BreakerView] = {}
@@ -162,7 +169,7 @@ class AgentLink:
     def call_timeout(self, service: str, limit: float | None = None) -> float | None:
         """``service``'s call timeout (seconds), or None when it has none. If the agent has
         not told it yet, waits for it: at most ``limit`` seconds, and only until
-        :data:`POLICY_WAIT` after the first call that waited for it; not at all while the
+        :attr:`policy_wait` after the first call that waited for it; not at all while the
         agent is unreachable (None then)."""
         timeout = self.timeouts.get(service, UNKNOWN)
         if timeout != UNKNOWN:
@@ -208,7 +215,7 @@ class AgentLink:
             return 0.0
         now = time.monotonic()
         with self._lock:
-            until = self._wait_until.setdefault(service, now + POLICY_WAIT)
+            until = self._wait_until.setdefault(service, now + self.policy_wait)
         wait = until - now
         return wait if limit is None else min(wait, limit)
 
@@ -229,7 +236,7 @@ class AgentLink:
                 "without the policy timeout until it does",
                 service=service,
                 agent=self.target,
-                waited_s=POLICY_WAIT,
+                waited_s=self.policy_wait,
             )
         return None
 

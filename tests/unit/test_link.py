@@ -24,6 +24,7 @@ from mesh_agent.client._interceptors import (
     _CallDetails,
 )
 from mesh_agent.client._link import AgentLink, Decision
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -115,37 +116,44 @@ def test_a_call_waits_for_the_policy_the_agent_has_not_told_yet(
     assert link.call_timeout("orders") == 3.0
     assert time.monotonic() - started < 0.01
     fake.push(policy("orders", None))
-    deadline = time.monotonic() + 5
-    while link.timeouts.get("orders", _link.UNKNOWN) is not None:
-        assert time.monotonic() < deadline, link.timeouts
-        time.sleep(0.01)
+    wait_for(
+        lambda: link.timeouts.get("orders", _link.UNKNOWN) is None,
+        5,
+        lambda: f"the policy without a timeout at the link: {link.timeouts}",
+        every=0.01,
+    )
 
 
 def test_the_wait_is_bounded_when_the_agent_never_learns_the_service(
-    agent: tuple[FakeAgent, str], link: AgentLink, monkeypatch: pytest.MonkeyPatch
+    agent: tuple[FakeAgent, str],
 ) -> None:
-    fake, _ = agent
-    monkeypatch.setattr(_link, "POLICY_WAIT", 0.4)
-    started = time.monotonic()
-    assert link.call_timeout("ghost") is None
-    waited = time.monotonic() - started
-    assert 0.35 <= waited < 0.8, waited
-    assert fake.watches >= 1  # asking watched it
-    # The bound is per service, from the first call that waited: later calls go at once.
-    started = time.monotonic()
-    assert link.call_timeout("ghost") is None
-    assert time.monotonic() - started < 0.05
-    # A caller's shorter deadline bounds the wait too.
-    started = time.monotonic()
-    assert link.call_timeout("other", limit=0.1) is None
-    assert time.monotonic() - started < 0.3
-    # Told later, the policy is used from then on.
-    fake.push(policy("ghost", 1.5))
-    deadline = time.monotonic() + 5
-    while link.timeouts.get("ghost") != 1.5:
-        assert time.monotonic() < deadline, link.timeouts
-        time.sleep(0.01)
-    assert link.call_timeout("ghost") == 1.5
+    fake, target = agent
+    link = AgentLink(target, policy_wait=0.4)
+    try:
+        started = time.monotonic()
+        assert link.call_timeout("ghost") is None
+        waited = time.monotonic() - started
+        assert 0.35 <= waited < 0.8, waited
+        assert fake.watches >= 1  # asking watched it
+        # The bound is per service, from the first call that waited: later calls go at once.
+        started = time.monotonic()
+        assert link.call_timeout("ghost") is None
+        assert time.monotonic() - started < 0.05
+        # A caller's shorter deadline bounds the wait too.
+        started = time.monotonic()
+        assert link.call_timeout("other", limit=0.1) is None
+        assert time.monotonic() - started < 0.3
+        # Told later, the policy is used from then on.
+        fake.push(policy("ghost", 1.5))
+        wait_for(
+            lambda: link.timeouts.get("ghost") == 1.5,
+            5,
+            lambda: f"ghost's timeout at the link: {link.timeouts}",
+            every=0.01,
+        )
+        assert link.call_timeout("ghost") == 1.5
+    finally:
+        link.close()
 
 
 def test_an_unreachable_agent_holds_no_call(tmp_path: Path) -> None:
