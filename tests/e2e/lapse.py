@@ -14,9 +14,9 @@ import grpc
 import pytest
 
 from control.shared_nodes import RENEWAL_INTERVAL
-from mesh.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, node_pb2
+from mesh.v1 import admin_pb2, admin_pb2_grpc
 from tests.conftest import Proc, wait_for
-from tests.etcd_fixture import EtcdServer
+from tests.e2e.conftest import EtcdServer
 
 POLL = 0.05
 # What the observer adds on a loaded two-core machine: the control server's event loop and
@@ -85,17 +85,6 @@ def etcd_record(etcd: EtcdServer, key: str) -> admin_pb2.NodeStatus | None:
             return None if found is None else admin_pb2.NodeStatus.FromString(found.value)
 
     return asyncio.run(run())
-
-
-def register(agent: str, service: str, address: str) -> None:
-    """Registers ``address`` for ``service`` through the agent at ``agent``."""
-    with grpc.insecure_channel(agent) as channel:
-        agent_pb2_grpc.AgentServiceStub(channel).Register(
-            agent_pb2.RegisterRequest(
-                registration=node_pb2.Registration(service=service, address=address)
-            ),
-            timeout=5,
-        )
 
 
 def registrations_gone(control: str, node: str, timeout: float = 30) -> float:

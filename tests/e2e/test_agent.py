@@ -6,18 +6,23 @@ from __future__ import annotations
 import collections
 import json
 import signal
-import socket
 import stat
 import time
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
-from tests.conftest import Processes, wait_for
-from tests.e2e.agentutil import agent_status, responses_received, start_agent
-from tests.e2e.test_control_xds import calls, meshctl, start_backend, start_client
+from tests.conftest import free_port, wait_for
+from tests.e2e.conftest import MeshProcesses
+from tests.e2e.helpers import (
+    agent_status,
+    health,
+    meshctl,
+    records,
+    responses_received,
+    status_json,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -36,52 +41,42 @@ def backends_of(records: list[dict[str, object]]) -> collections.Counter[str]:
 
 
 def test_calls_through_the_agent_spread_over_both_backends(
-    procs: Processes, tmp_path: Path
+    procs: MeshProcesses, tmp_path: Path
 ) -> None:
-    _, control = procs.start_ready(
-        "control",
-        "control",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--store",
-        f"file:{tmp_path / 'store'}",
-    )
-    one, two = start_backend(procs, "backend-1"), start_backend(procs, "backend-2")
+    _, control = procs.start_control(store=f"file:{tmp_path / 'store'}")
+    (_, one), (_, two) = procs.start_backend("backend-1"), procs.start_backend("backend-2")
     meshctl(control, "apply", "-f", str(write_service(tmp_path / "s.yaml", "echo", one, two)))
-    _, agent = start_agent(procs, control, "node-1", "--listen", "127.0.0.1:0")
+    _, agent = procs.start_agent(control, "node-1", "--listen", "127.0.0.1:0")
     socket_path = Path(agent.removeprefix("unix:"))
     assert stat.S_IMODE(socket_path.stat().st_mode) == 0o660
-    tcp = (procs.workdir / "node-1.ready").read_text().split()[1]
+    tcp = procs.agent_addresses("node-1")[1]
     assert tcp.startswith("127.0.0.1:") and agent_status(tcp).node_id == "node-1"
-    client = start_client(procs, agent, "echo")
-    wait_for(lambda: len([c for c in calls(client) if c["ok"]]) >= 45, 40, "45 successful calls")
-    ok = [c for c in calls(client) if c["ok"]]
+    client = procs.start_client(agent, "echo")
+    wait_for(lambda: len([c for c in records(client) if c["ok"]]) >= 45, 40, "45 successful calls")
+    ok = [c for c in records(client) if c["ok"]]
     counts = backends_of(ok[-40:])
     assert counts["backend-1"] >= 10 and counts["backend-2"] >= 10, counts
     status = agent_status(agent)
     assert status.connected and status.upstream == control
     # The control server sees the agent and the process behind it.
-    nodes = json.loads(meshctl(control, "status", "-o", "json"))["nodes"]
+    nodes = status_json(control)["nodes"]
     assert any(n["node_id"] == "node-1" for n in nodes)
 
 
-def test_control_restart_resends_nothing_unchanged(procs: Processes, tmp_path: Path) -> None:
+def test_control_restart_resends_nothing_unchanged(procs: MeshProcesses, tmp_path: Path) -> None:
     store = f"file:{tmp_path / 'store'}"
-    control_proc, control = procs.start_ready(
-        "control", "control", "serve", "--listen", "127.0.0.1:0", "--store", store
-    )
-    backend = start_backend(procs, "backend-1")
+    control_proc, control = procs.start_control(store=store)
+    _, backend = procs.start_backend("backend-1")
     meshctl(control, "apply", "-f", str(write_service(tmp_path / "s.yaml", "echo", backend)))
-    _, agent = start_agent(procs, control, "node-1")
-    client = start_client(procs, agent, "echo")
-    wait_for(lambda: any(c["ok"] for c in calls(client)), 30, "a successful call")
+    _, agent = procs.start_agent(control, "node-1")
+    client = procs.start_client(agent, "echo")
+    wait_for(lambda: any(c["ok"] for c in records(client)), 30, "a successful call")
     time.sleep(0.5)
     before = responses_received(agent)
     assert {"Listener", "RouteConfiguration", "Cluster", "ClusterLoadAssignment"} <= set(before)
 
     control_proc.stop()
-    procs.start_ready("control-2", "control", "serve", "--listen", control, "--store", store)
+    procs.start_control(store=store, name="control-2", listen=control)
     wait_for(lambda: agent_status(agent).connected, 20, "the agent to reconnect")
     time.sleep(1.5)
     assert responses_received(agent) == before, "unchanged resources were sent again"
@@ -101,62 +96,60 @@ def test_control_restart_resends_nothing_unchanged(procs: Processes, tmp_path: P
     )
 
 
-def test_node_keeps_working_without_the_control_server(procs: Processes, tmp_path: Path) -> None:
+def test_node_keeps_working_without_the_control_server(
+    procs: MeshProcesses, tmp_path: Path
+) -> None:
     store = f"file:{tmp_path / 'store'}"
-    control_proc, control = procs.start_ready(
-        "control", "control", "serve", "--listen", "127.0.0.1:0", "--store", store
-    )
-    one, two = start_backend(procs, "backend-1"), start_backend(procs, "backend-2")
+    control_proc, control = procs.start_control(store=store)
+    (_, one), (_, two) = procs.start_backend("backend-1"), procs.start_backend("backend-2")
     meshctl(control, "apply", "-f", str(write_service(tmp_path / "s.yaml", "echo", one)))
-    agent_proc, agent = start_agent(procs, control, "node-1")
-    client = start_client(procs, agent, "echo")
-    wait_for(lambda: any(c["ok"] for c in calls(client)), 30, "a successful call")
+    agent_proc, agent = procs.start_agent(control, "node-1")
+    client = procs.start_client(agent, "echo")
+    wait_for(lambda: any(c["ok"] for c in records(client)), 30, "a successful call")
 
     control_proc.kill()
-    seen = len(calls(client))
-    wait_for(lambda: len(calls(client)) >= seen + 20, 20, "20 calls with the control server down")
-    assert all(c["ok"] for c in calls(client)[seen:]), calls(client)[seen:]
+    seen = len(records(client))
+    wait_for(lambda: len(records(client)) >= seen + 20, 20, "20 calls with the control server down")
+    assert all(c["ok"] for c in records(client)[seen:]), records(client)[seen:]
 
     # The agent restarts while the control server is still down: a new process gets config.
     client.stop()
     agent_proc.stop()
-    _, agent = start_agent(procs, control, "node-1")
+    _, agent = procs.start_agent(control, "node-1")
     assert not agent_status(agent).connected
-    fresh = start_client(procs, agent, "echo", node="client-2")
-    wait_for(lambda: any(c["ok"] for c in calls(fresh)), 30, "a call served from the state dir")
+    fresh = procs.start_client(agent, "echo", node="client-2")
+    wait_for(lambda: any(c["ok"] for c in records(fresh)), 30, "a call served from the state dir")
 
     # The control server comes back: a change applied there reaches the client.
-    procs.start_ready("control-2", "control", "serve", "--listen", control, "--store", store)
+    procs.start_control(store=store, name="control-2", listen=control)
     meshctl(control, "apply", "-f", str(write_service(tmp_path / "s.yaml", "echo", two)))
-    seen = len(calls(fresh))
+    seen = len(records(fresh))
     wait_for(
-        lambda: any(c.get("backend") == "backend-2" for c in calls(fresh)[seen:]),
+        lambda: any(c.get("backend") == "backend-2" for c in records(fresh)[seen:]),
         30,
         "the change to reach the client",
     )
 
 
 def test_health_checks_steer_traffic_and_panic_keeps_it_flowing(
-    procs: Processes, tmp_path: Path
+    procs: MeshProcesses, tmp_path: Path
 ) -> None:
-    _, control = procs.start_ready(
-        "control", "control", "serve", "--listen", "127.0.0.1:0", "--store", "memory:"
-    )
-    one_proc, one = procs.start_ready("backend-1", "mesh_demo.backend", "--name", "backend-1")
-    two_proc, two = procs.start_ready("backend-2", "mesh_demo.backend", "--name", "backend-2")
+    _, control = procs.start_control()
+    one_proc, one = procs.start_backend("backend-1")
+    two_proc, two = procs.start_backend("backend-2")
     hc = "{interval: 200ms, timeout: 100ms, unhealthy_threshold: 2, healthy_threshold: 2}"
     meshctl(
         control, "apply", "-f", str(write_service(tmp_path / "s.yaml", "echo", one, two, health=hc))
     )
-    _, agent = start_agent(procs, control, "node-1")
-    client = start_client(procs, agent, "echo")
-    wait_for(lambda: len(backends_of(calls(client))) == 2, 30, "traffic on both backends")
+    _, agent = procs.start_agent(control, "node-1")
+    client = procs.start_client(agent, "echo")
+    wait_for(lambda: len(backends_of(records(client))) == 2, 30, "traffic on both backends")
 
     one_proc.popen.send_signal(signal.SIGUSR1)  # backend-1 reports NOT_SERVING
     started = time.monotonic()
 
     def only_backend_2() -> bool:
-        recent = calls(client)[-15:]
+        recent = records(client)[-15:]
         return len(recent) == 15 and backends_of(recent) == {"backend-2": 15}
 
     wait_for(only_backend_2, 10, "traffic to leave the failing backend")
@@ -166,8 +159,8 @@ def test_health_checks_steer_traffic_and_panic_keeps_it_flowing(
     assert unhealthy == {one}
 
     one_proc.popen.send_signal(signal.SIGUSR2)
-    seen = len(calls(client))
-    wait_for(lambda: backends_of(calls(client)[seen:])["backend-1"] > 0, 10, "traffic to return")
+    seen = len(records(client))
+    wait_for(lambda: backends_of(records(client)[seen:])["backend-1"] > 0, 10, "traffic to return")
 
     # Every endpoint failing its checks: panic threshold, calls still go out.
     one_proc.popen.send_signal(signal.SIGUSR1)
@@ -177,31 +170,18 @@ def test_health_checks_steer_traffic_and_panic_keeps_it_flowing(
         10,
         "both endpoints unhealthy",
     )
-    seen = len(calls(client))
-    wait_for(lambda: len(calls(client)) >= seen + 20, 10, "20 more calls")
-    recent = calls(client)[seen:]
+    seen = len(records(client))
+    wait_for(lambda: len(records(client)) >= seen + 20, 10, "20 more calls")
+    recent = records(client)[seen:]
     assert all(c["ok"] for c in recent), recent
     assert len(backends_of(recent)) == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _health(target: str, service: str) -> int:
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
-        return int(reply.status)
-
-
 def test_an_agent_that_never_reached_the_control_server_says_so(
-    procs: Processes, tmp_path: Path
+    procs: MeshProcesses, tmp_path: Path
 ) -> None:
-    control = f"127.0.0.1:{_free_port()}"  # nothing listens here yet
-    agent_proc, agent = start_agent(procs, control, "node-1")
+    control = f"127.0.0.1:{free_port()}"  # nothing listens here yet
+    agent_proc, agent = procs.start_agent(control, "node-1")
 
     def upstream() -> object:
         found = [c for c in agent_status(agent).components if c.name == "upstream"]
@@ -211,7 +191,7 @@ def test_an_agent_that_never_reached_the_control_server_says_so(
     assert control in component.last_error and "Connection refused" in component.last_error
     status = agent_status(agent)
     assert not status.connected and status.upstream == ""
-    assert _health(agent, "upstream") == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert health(agent, "upstream") == health_pb2.HealthCheckResponse.NOT_SERVING
     assert "Connection refused" in agent_proc.errors()  # the log says why, not only "unreachable"
 
     # A local process asking for a service is told the control plane cannot be reached, at
@@ -237,13 +217,13 @@ def test_an_agent_that_never_reached_the_control_server_says_so(
     assert time.monotonic() - started < 10, "the caller waited for the resource"
 
     # The control plane comes: the agent says so, and calls go through.
-    _, backend = procs.start_ready("backend", "mesh_demo.backend", "--name", "b1")
-    procs.start_ready("control", "control", "serve", "--listen", control, "--store", "memory:")
+    _, backend = procs.start_backend("b1", proc_name="backend")
+    procs.start_control(listen=control)
     meshctl(control, "apply", "-f", str(write_service(tmp_path / "orders.yaml", "orders", backend)))
     wait_for(lambda: agent_status(agent).connected, 30, "the agent to connect")
     running = [c for c in agent_status(agent).components if c.name == "upstream"]
     assert running[0].state == "running", running
-    assert _health(agent, "upstream") == health_pb2.HealthCheckResponse.SERVING
+    assert health(agent, "upstream") == health_pb2.HealthCheckResponse.SERVING
     again = procs.python(
         "caller-2", "tests.xds_caller", "--server", agent, "--node-id", "app-2", "orders"
     )

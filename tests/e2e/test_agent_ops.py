@@ -6,79 +6,69 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import textwrap
 import time
 from pathlib import Path
 
-import grpc
 import pytest
 from google.protobuf import duration_pb2
 
-from mesh.v1 import agent_pb2, agent_pb2_grpc, node_pb2
+from mesh.v1 import agent_pb2, node_pb2
+from mesh_xds.testing import AdsClient
 from mesh_xds.types import LISTENER
-from tests.adsclient import AdsTestClient
-from tests.conftest import Processes, require_tool, wait_for
-from tests.e2e.agentutil import agent_status, start_agent
-from tests.e2e.test_control_xds import calls, meshctl, start_backend, start_client
+from tests.conftest import eventually, require_tool, wait_for
+from tests.e2e.conftest import MeshProcesses
+from tests.e2e.helpers import (
+    agent_status,
+    agent_stub,
+    health,
+    install_plugin,
+    log_lines,
+    meshctl,
+    plugin_env,
+    records,
+    register,
+    status_json,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 
-def agent_stub(target: str) -> tuple[grpc.Channel, agent_pb2_grpc.AgentServiceStub]:
-    channel = grpc.insecure_channel(target)
-    return channel, agent_pb2_grpc.AgentServiceStub(channel)
-
-
-def start_control(procs: Processes, *extra: str) -> str:
-    _, address = procs.start_ready(
-        "control", "control", "serve", "--listen", "127.0.0.1:0", "--store", "memory:", *extra
-    )
-    return address
-
-
 def test_registered_endpoint_reaches_other_nodes_and_leaves_with_its_agent(
-    procs: Processes,
+    procs: MeshProcesses,
 ) -> None:
-    control = start_control(procs, "--registration-grace", "1s")
-    backend = start_backend(procs, "backend-reg")
-    owner_proc, owner = start_agent(procs, control, "node-a")
-    _, other = start_agent(procs, control, "node-b")
-    channel, stub = agent_stub(owner)
-    with channel:
-        stub.Register(
-            agent_pb2.RegisterRequest(
-                registration=node_pb2.Registration(service="reg", address=backend)
-            ),
-            timeout=5,
-        )
-    client = start_client(procs, other, "reg")
+    _, control = procs.start_control("--registration-grace", "1s")
+    _, backend = procs.start_backend("backend-reg")
+    owner_proc, owner = procs.start_agent(control, "node-a")
+    _, other = procs.start_agent(control, "node-b")
+    register(owner, "reg", backend)
+    client = procs.start_client(other, "reg")
     wait_for(
-        lambda: any(c.get("backend") == "backend-reg" for c in calls(client)),
+        lambda: any(c.get("backend") == "backend-reg" for c in records(client)),
         30,
         "a call from node-b to the endpoint node-a registered",
     )
-    nodes = json.loads(meshctl(control, "status", "-o", "json"))["nodes"]
+    nodes = status_json(control)["nodes"]
     node_a = next(n for n in nodes if n["node_id"] == "node-a")
     assert node_a["registrations"][0]["address"] == backend
 
-    seen = len(calls(client))
+    seen = len(records(client))
     stopped = time.monotonic()
     owner_proc.stop()
     wait_for(
-        lambda: any(not c["ok"] for c in calls(client)[seen:]),
+        lambda: any(not c["ok"] for c in records(client)[seen:]),
         20,
         "the endpoint to go away with its agent",
     )
     assert time.monotonic() - stopped >= 0.9, (
         "dropped before the grace period",
-        [c for c in calls(client)[seen:] if not c["ok"]][:2],
+        [c for c in records(client)[seen:] if not c["ok"]][:2],
     )
 
 
-def test_deregister_drains_before_removal(procs: Processes) -> None:
-    control = start_control(procs)
-    one, two = start_backend(procs, "backend-1"), start_backend(procs, "backend-2")
-    _, agent = start_agent(procs, control, "node-a")
+def test_deregister_drains_before_removal(procs: MeshProcesses) -> None:
+    _, control = procs.start_control()
+    (_, one), (_, two) = procs.start_backend("backend-1"), procs.start_backend("backend-2")
+    _, agent = procs.start_agent(control, "node-a")
     channel, stub = agent_stub(agent)
     with channel:
         for address in (one, two):
@@ -88,9 +78,9 @@ def test_deregister_drains_before_removal(procs: Processes) -> None:
                 ),
                 timeout=5,
             )
-        client = start_client(procs, agent, "svc")
+        client = procs.start_client(agent, "svc")
         wait_for(
-            lambda: {c.get("backend") for c in calls(client)} >= {"backend-1", "backend-2"},
+            lambda: {c.get("backend") for c in records(client)} >= {"backend-1", "backend-2"},
             30,
             "traffic on both",
         )
@@ -103,27 +93,27 @@ def test_deregister_drains_before_removal(procs: Processes) -> None:
         time.sleep(1.0)
         draining = [r for r in agent_status(agent).registrations if r.address == one]
         assert draining and draining[0].draining
-        seen = len(calls(client))
+        seen = len(records(client))
         time.sleep(0.7)
-        assert {c.get("backend") for c in calls(client)[seen:]} == {"backend-2"}
+        assert {c.get("backend") for c in records(client)[seen:]} == {"backend-2"}
         future.result()
     assert [r.address for r in agent_status(agent).registrations] == [two]
 
 
-def test_local_nack_is_reported_to_meshctl_status(procs: Processes, tmp_path: Path) -> None:
-    control = start_control(procs)
+def test_local_nack_is_reported_to_meshctl_status(procs: MeshProcesses, tmp_path: Path) -> None:
+    _, control = procs.start_control()
     (tmp_path / "s.yaml").write_text("name: echo\nendpoints: [{address: 127.0.0.1:9}]\n")
     meshctl(control, "apply", "-f", str(tmp_path / "s.yaml"))
-    _, agent = start_agent(procs, control, "node-a")
+    _, agent = procs.start_agent(control, "node-a")
 
     async def nack_once() -> None:
-        client = AdsTestClient(agent, "picky-process", reject=lambda r: "no thanks: test")
+        client = AdsClient(agent, "picky-process", reject=lambda r: "no thanks: test")
         async with client:
             client.subscribe(LISTENER, ["echo"])
             await client.wait_for(lambda c: any(r.resources for r in c.of_type(LISTENER)))
 
             def reported() -> bool:
-                nodes = json.loads(meshctl(control, "status", "-o", "json"))["nodes"]
+                nodes = status_json(control)["nodes"]
                 node = next((n for n in nodes if n["node_id"] == "node-a"), {})
                 return any(
                     c.get("client_id") == "picky-process"
@@ -131,115 +121,68 @@ def test_local_nack_is_reported_to_meshctl_status(procs: Processes, tmp_path: Pa
                     for c in node.get("local_clients", [])
                 )
 
-            for _ in range(100):
-                if await asyncio.to_thread(reported):
-                    break
-                await asyncio.sleep(0.1)
-            else:
-                raise AssertionError("the local NACK never reached meshctl status")
+            await eventually(
+                lambda: asyncio.to_thread(reported),
+                60,
+                "the local NACK to reach meshctl status",
+                every=0.1,
+            )
             table = await asyncio.to_thread(meshctl, control, "status")
             assert "picky-process" in table and "no thanks: test" in table
 
     asyncio.run(nack_once())
 
 
-PLUGIN = """
-import asyncio, os
-from pathlib import Path
-
-CONTROL = Path(os.environ["PLUGIN_DIR"])
-
-
-class Flaky:
-    # Fails to start while CONTROL/fail-start exists, fails while running while
-    # CONTROL/fail-run exists.
-
-    name = "flaky"
-    requires = ("cache",)
-
-    async def start(self, ctx):
-        ctx.require("cache", object)
-        if (CONTROL / "fail-start").exists():
-            raise RuntimeError("flaky start failure")
-
-    async def run(self):
-        while not (CONTROL / "fail-run").exists():
-            await asyncio.sleep(0.05)
-        raise RuntimeError("flaky run failure")
-
-    async def stop(self):
-        pass
-"""
-
-
-def install_plugin(root: Path) -> None:
-    """A tiny distribution, installed by putting it on the agent's path."""
-    (root / "mesh_test_plugin.py").write_text(textwrap.dedent(PLUGIN))
-    dist = root / "mesh_test_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mesh-test-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(
-        "[mesh_agent.components]\nflaky = mesh_test_plugin:Flaky\n"
-    )
-
-
 def test_entry_point_component_is_restarted_and_shown_in_health(
-    procs: Processes, tmp_path: Path
+    procs: MeshProcesses, tmp_path: Path
 ) -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_health.v1 import health_pb2
 
     plugin = tmp_path / "plugin"
     plugin.mkdir()
     install_plugin(plugin)
     (plugin / "fail-start").touch()
-    control = start_control(procs)
-    env = {"PYTHONPATH": f"{plugin}:{procs.env['PYTHONPATH']}", "PLUGIN_DIR": str(plugin)}
-    proc, agent = start_agent(procs, control, "node-a", env=env)
+    _, control = procs.start_control()
+    proc, agent = procs.start_agent(control, "node-a", env=plugin_env(procs, plugin))
 
     def component(name: str) -> agent_pb2.ComponentStatus:
         return next(c for c in agent_status(agent).components if c.name == name)
-
-    def health(service: str) -> int:
-        with grpc.insecure_channel(agent) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            request = health_pb2.HealthCheckRequest(service=service)
-            return int(stub.Check(request, timeout=5).status)
 
     serving = health_pb2.HealthCheckResponse.SERVING
     not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
     # Failing at start: restarted, shown NOT_SERVING under its own name; the rest serves.
     wait_for(lambda: component("flaky").restarts >= 2, 20, "restarts of the failing start")
     assert "flaky start failure" in component("flaky").last_error
-    assert health("flaky") == not_serving
-    assert health("") == serving and health("upstream") == serving
+    assert health(agent, "flaky") == not_serving
+    assert health(agent, "") == serving and health(agent, "upstream") == serving
     assert agent_status(agent).connected
     (plugin / "fail-start").unlink()
-    wait_for(lambda: health("flaky") == serving, 20, "the component to come up")
+    wait_for(lambda: health(agent, "flaky") == serving, 20, "the component to come up")
 
     # Failing at run time: the same.
     (plugin / "fail-run").touch()
-    wait_for(lambda: health("flaky") == not_serving, 10, "the run failure to show")
+    wait_for(lambda: health(agent, "flaky") == not_serving, 10, "the run failure to show")
     assert "flaky run failure" in component("flaky").last_error
     (plugin / "fail-run").unlink()
-    wait_for(lambda: health("flaky") == serving, 20, "recovery after the run failure")
+    wait_for(lambda: health(agent, "flaky") == serving, 20, "recovery after the run failure")
     assert all(c.state == "running" for c in agent_status(agent).components)
 
     proc.stop()
-    log = [json.loads(line) for line in proc.errors().splitlines() if line.startswith("{")]
+    log = log_lines(proc)
     order = next(e["order"] for e in log if e.get("event") == "components started")
     assert order.index("flaky") > order.index("cache")
     stops = [e["component"] for e in log if e.get("event") == "component stopping"]
     assert stops.index("flaky") < stops.index("cache"), stops
 
 
-def test_grpcurl_on_the_agent_socket(procs: Processes, tmp_path: Path) -> None:
+def test_grpcurl_on_the_agent_socket(procs: MeshProcesses, tmp_path: Path) -> None:
     tool = require_tool("grpcurl")
-    control = start_control(procs)
+    _, control = procs.start_control()
     (tmp_path / "s.yaml").write_text("name: echo\nendpoints: [{address: 127.0.0.1:9}]\n")
     meshctl(control, "apply", "-f", str(tmp_path / "s.yaml"))
-    _, agent = start_agent(procs, control, "node-a")
-    client = start_client(procs, agent, "echo")
-    wait_for(lambda: calls(client), 30, "the client's first call")
+    _, agent = procs.start_agent(control, "node-a")
+    client = procs.start_client(agent, "echo")
+    wait_for(lambda: records(client), 30, "the client's first call")
     socket = agent.removeprefix("unix:")
 
     def run(*args: str) -> str:

@@ -19,69 +19,63 @@ from google.protobuf import any_pb2
 
 from control.resources import build_listener
 from mesh.v1 import config_pb2
+from mesh_xds.testing import AdsClient
 from mesh_xds.types import LISTENER
-from tests.adsclient import AdsTestClient
-from tests.conftest import Processes, wait_for
-from tests.e2e.agentutil import agent_status, start_agent, state_dir
-from tests.e2e.test_control_xds import calls, meshctl, start_backend, start_client
+from tests.conftest import eventually, wait_for
+from tests.e2e.conftest import MeshProcesses
+from tests.e2e.helpers import agent_status, meshctl, records
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
 
-def test_agent_fails_over_between_control_servers(procs: Processes, tmp_path: Path) -> None:
+def test_agent_fails_over_between_control_servers(procs: MeshProcesses, tmp_path: Path) -> None:
     store = f"file:{tmp_path / 'store'}"
-    first_proc, first = procs.start_ready(
-        "control-1", "control", "serve", "--listen", "127.0.0.1:0", "--store", store
-    )
-    _, second = procs.start_ready(
-        "control-2", "control", "serve", "--listen", "127.0.0.1:0", "--store", store
-    )
-    one, two = start_backend(procs, "backend-1"), start_backend(procs, "backend-2")
+    first_proc, first = procs.start_control(store=store, name="control-1")
+    _, second = procs.start_control(store=store, name="control-2")
+    (_, one), (_, two) = procs.start_backend("backend-1"), procs.start_backend("backend-2")
     (tmp_path / "s.yaml").write_text(f"name: echo\nendpoints: [{{address: '{one}'}}]\n")
     meshctl(first, "apply", "-f", str(tmp_path / "s.yaml"))
-    _, agent = start_agent(procs, f"{first},{second}", "node-1")
-    client = start_client(procs, agent, "echo")
-    wait_for(lambda: any(c["ok"] for c in calls(client)), 30, "a first call")
+    _, agent = procs.start_agent(f"{first},{second}", "node-1")
+    client = procs.start_client(agent, "echo")
+    wait_for(lambda: any(c["ok"] for c in records(client)), 30, "a first call")
     assert agent_status(agent).upstream == first
 
     first_proc.kill()
     wait_for(lambda: agent_status(agent).upstream == second, 20, "failover to control-2")
     (tmp_path / "s.yaml").write_text(f"name: echo\nendpoints: [{{address: '{two}'}}]\n")
     meshctl(second, "apply", "-f", str(tmp_path / "s.yaml"))
-    seen = len(calls(client))
+    seen = len(records(client))
     wait_for(
-        lambda: any(c.get("backend") == "backend-2" for c in calls(client)[seen:]),
+        lambda: any(c.get("backend") == "backend-2" for c in records(client)[seen:]),
         20,
         "a change through control-2 to reach the client",
     )
-    assert all(c["ok"] for c in calls(client)[seen:])
+    assert all(c["ok"] for c in records(client)[seen:])
 
 
-def test_corrupt_state_file_is_set_aside(procs: Processes, tmp_path: Path) -> None:
-    _, control = procs.start_ready(
-        "control", "control", "serve", "--listen", "127.0.0.1:0", "--store", "memory:"
-    )
-    backend = start_backend(procs, "backend-1")
+def test_corrupt_state_file_is_set_aside(procs: MeshProcesses, tmp_path: Path) -> None:
+    _, control = procs.start_control()
+    _, backend = procs.start_backend("backend-1")
     (tmp_path / "s.yaml").write_text(f"name: echo\nendpoints: [{{address: '{backend}'}}]\n")
     meshctl(control, "apply", "-f", str(tmp_path / "s.yaml"))
-    state = state_dir(procs, "node-1")
+    state = procs.agent_state_dir("node-1")
     state.mkdir()
     (state / "config.json").write_text('{"format": 1, "node_id": "node-1", "types": {"x": ')
-    proc, agent = start_agent(procs, control, "node-1")
+    proc, agent = procs.start_agent(control, "node-1")
     assert proc.alive
     assert list(state.glob("config.json.rejected-*")), "the corrupt file was not set aside"
     assert "state file rejected" in proc.errors()
-    client = start_client(procs, agent, "echo")
-    wait_for(lambda: any(c["ok"] for c in calls(client)), 30, "calls with fresh config")
+    client = procs.start_client(agent, "echo")
+    wait_for(lambda: any(c["ok"] for c in records(client)), 30, "calls with fresh config")
     saved = json.loads((state / "config.json").read_text())
     assert saved["node_id"] == "node-1" and LISTENER in saved["types"]
 
 
-def test_state_of_another_node_is_not_used(procs: Processes) -> None:
-    state = state_dir(procs, "node-2")
+def test_state_of_another_node_is_not_used(procs: MeshProcesses) -> None:
+    state = procs.agent_state_dir("node-2")
     state.mkdir()
     (state / "config.json").write_text('{"format": 1, "node_id": "node-1", "types": {}}')
-    proc, agent = start_agent(procs, "127.0.0.1:1", "node-2")
+    proc, agent = procs.start_agent("127.0.0.1:1", "node-2")
     assert list(state.glob("config.json.rejected-*"))
     assert "not of this node" in proc.errors()
     assert agent_status(agent).node_id == "node-2"
@@ -120,7 +114,7 @@ class UpstreamServingGarbage(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
 
 async def test_unusable_upstream_config_is_nacked_and_the_last_good_kept(
-    procs: Processes,
+    procs: MeshProcesses,
 ) -> None:
     upstream = UpstreamServingGarbage()
     server = grpc.aio.server()
@@ -128,17 +122,17 @@ async def test_unusable_upstream_config_is_nacked_and_the_last_good_kept(
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
-        _, agent = await asyncio.to_thread(start_agent, procs, f"127.0.0.1:{port}", "node-1")
-        async with AdsTestClient(agent, "local-process") as local:
+        _, agent = await asyncio.to_thread(procs.start_agent, f"127.0.0.1:{port}", "node-1")
+        async with AdsClient(agent, "local-process") as local:
             local.subscribe(LISTENER, ["echo"])
             await local.wait_for(lambda c: len(c.of_type(LISTENER)) == 1)
             upstream.send_bad.set()
-            for _ in range(100):
-                nacks = [r for r in upstream.requests if r.HasField("error_detail")]
-                if nacks:
-                    break
-                await asyncio.sleep(0.05)
-            assert nacks, "the agent did not NACK"
+            nacks = await eventually(
+                lambda: [r for r in upstream.requests if r.HasField("error_detail")],
+                5,
+                "the agent to NACK",
+                every=0.05,
+            )
             assert nacks[0].response_nonce == "2"
             assert nacks[0].version_info == "v1", "a NACK carries the last accepted version"
             assert "not an HttpConnectionManager" in nacks[0].error_detail.message
@@ -151,10 +145,10 @@ async def test_unusable_upstream_config_is_nacked_and_the_last_good_kept(
         await server.stop(0)
 
 
-def test_sigterm_stops_the_agent_cleanly(procs: Processes) -> None:
+def test_sigterm_stops_the_agent_cleanly(procs: MeshProcesses) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    proc, agent = start_agent(procs, "127.0.0.1:1", "node-1")
+    proc, agent = procs.start_agent("127.0.0.1:1", "node-1")
     statuses: list[int] = []
     with grpc.insecure_channel(agent) as channel:
         watch = health_pb2_grpc.HealthStub(channel).Watch(

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import IN_CI, ROOT, Proc, Processes, require_tool, wait_for
-from tests.e2e.agentutil import agent_status, start_agent
+from tests.conftest import IN_CI, ROOT, Proc, require_tool, wait_for
+from tests.e2e.conftest import MeshProcesses
+from tests.e2e.helpers import agent_status
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
@@ -49,15 +50,15 @@ def other_group() -> tuple[str, int]:
     return "54321", 54321
 
 
-def failed_start(procs: Processes, name: str, *args: str) -> tuple[int, str]:
+def failed_start(procs: MeshProcesses, name: str, *args: str) -> tuple[int, str]:
     proc = procs.python(name, "mesh_agent", "run", "--control", NO_CONTROL, *args)
     code = proc.popen.wait(30)
     return code, proc.errors()
 
 
-def test_socket_is_0660_by_default_in_a_new_0755_directory(procs: Processes) -> None:
+def test_socket_is_0660_by_default_in_a_new_0755_directory(procs: MeshProcesses) -> None:
     path = procs.workdir / "run" / "mesh" / "agent.sock"
-    _, target = start_agent(procs, NO_CONTROL, "node-1", "--socket", str(path))
+    _, target = procs.start_agent(NO_CONTROL, "node-1", "--socket", str(path))
     assert socket_of(target) == path
     info = path.lstat()
     assert stat.S_ISSOCK(info.st_mode)
@@ -68,41 +69,41 @@ def test_socket_is_0660_by_default_in_a_new_0755_directory(procs: Processes) -> 
     assert agent_status(target).node_id == "node-1"
 
 
-def test_socket_mode_flag(procs: Processes) -> None:
-    _, target = start_agent(procs, NO_CONTROL, "node-1", "--socket-mode", "0600")
+def test_socket_mode_flag(procs: MeshProcesses) -> None:
+    _, target = procs.start_agent(NO_CONTROL, "node-1", "--socket-mode", "0600")
     assert stat.S_IMODE(socket_of(target).stat().st_mode) == 0o600
     assert agent_status(target).node_id == "node-1"
 
 
-def test_socket_group_and_owner(procs: Processes) -> None:
+def test_socket_group_and_owner(procs: MeshProcesses) -> None:
     name, gid = other_group()
-    _, target = start_agent(
-        procs, NO_CONTROL, "node-1", "--socket-group", name, "--socket-mode", "640"
+    _, target = procs.start_agent(
+        NO_CONTROL, "node-1", "--socket-group", name, "--socket-mode", "640"
     )
     info = socket_of(target).stat()
     assert (info.st_gid, stat.S_IMODE(info.st_mode)) == (gid, 0o640)
     assert info.st_uid == os.getuid()
 
-    _, target = start_agent(procs, NO_CONTROL, "node-2", "--socket-owner", "65534")
+    _, target = procs.start_agent(NO_CONTROL, "node-2", "--socket-owner", "65534")
     info = socket_of(target).stat()
     assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (65534, os.getgid(), 0o660)
 
 
-def test_socket_settings_from_the_config_file(procs: Processes) -> None:
+def test_socket_settings_from_the_config_file(procs: MeshProcesses) -> None:
     name, gid = other_group()
     config = procs.workdir / "agent.yaml"
     # Unquoted, YAML would read 0640 as octal and 640 as decimal: both mean 0640 here.
     config.write_text(f"socket_mode: 0640\nsocket_group: {name}\n")
-    _, target = start_agent(procs, NO_CONTROL, "node-1", "--config", str(config))
+    _, target = procs.start_agent(NO_CONTROL, "node-1", "--config", str(config))
     info = socket_of(target).stat()
     assert (info.st_gid, stat.S_IMODE(info.st_mode)) == (gid, 0o640)
 
     config.write_text("socket_mode: 600\n")
-    _, target = start_agent(procs, NO_CONTROL, "node-2", "--config", str(config))
+    _, target = procs.start_agent(NO_CONTROL, "node-2", "--config", str(config))
     assert stat.S_IMODE(socket_of(target).stat().st_mode) == 0o600
 
 
-def test_unknown_group_user_or_bad_mode_fail_before_binding(procs: Processes) -> None:
+def test_unknown_group_user_or_bad_mode_fail_before_binding(procs: MeshProcesses) -> None:
     path = procs.workdir / "agent.sock"
     cases = [
         (("--socket-group", "no-such-group-x"), "--socket-group: unknown group 'no-such-group-x'"),
@@ -165,7 +166,7 @@ def test_an_agent_that_cannot_chown_its_socket_exits_naming_the_flag(shared_dir:
     assert not path.exists()
 
 
-def test_the_socket_never_has_wider_permissions_than_asked(procs: Processes) -> None:
+def test_the_socket_never_has_wider_permissions_than_asked(procs: MeshProcesses) -> None:
     """The socket file is watched from the moment it appears: its mode is never wider than
     the one asked for, and the group bits come only after the owner's."""
     path = procs.workdir / "watched" / "agent.sock"
@@ -202,7 +203,7 @@ def test_the_socket_never_has_wider_permissions_than_asked(procs: Processes) -> 
 # -- one agent per socket -------------------------------------------------------------------
 
 
-def agent_on(procs: Processes, name: str, path: Path) -> Proc:
+def agent_on(procs: MeshProcesses, name: str, path: Path) -> Proc:
     """Starts agent ``name`` on the socket ``path`` (without waiting for it)."""
     ready = procs.workdir / f"{name}.ready"
     ready.unlink(missing_ok=True)
@@ -232,9 +233,9 @@ def last_line(proc: Proc) -> str:
     return proc.errors().strip().splitlines()[-1]
 
 
-def test_a_second_agent_on_a_live_socket_refuses_and_leaves_it_alone(procs: Processes) -> None:
+def test_a_second_agent_on_a_live_socket_refuses_and_leaves_it_alone(procs: MeshProcesses) -> None:
     path = procs.workdir / "run" / "agent.sock"
-    first, target = start_agent(procs, NO_CONTROL, "node-1", "--socket", str(path))
+    first, target = procs.start_agent(NO_CONTROL, "node-1", "--socket", str(path))
     inode = path.lstat().st_ino
     lock = path.with_name("agent.sock.lock")
     assert lock.read_text().strip() == str(first.popen.pid)
@@ -257,7 +258,7 @@ def test_a_second_agent_on_a_live_socket_refuses_and_leaves_it_alone(procs: Proc
     assert not path.exists() and not lock.exists()
 
 
-def test_a_live_socket_of_another_kind_of_process_is_refused(procs: Processes) -> None:
+def test_a_live_socket_of_another_kind_of_process_is_refused(procs: MeshProcesses) -> None:
     """A listener that takes no lock (an older agent, any other program) is found by
     connecting to it; its pid comes from the socket's peer credentials."""
     path = procs.workdir / "agent.sock"
@@ -284,12 +285,12 @@ def test_a_live_socket_of_another_kind_of_process_is_refused(procs: Processes) -
     assert path.read_text() == "not a socket\n"
 
 
-def test_a_stale_socket_is_replaced(procs: Processes) -> None:
+def test_a_stale_socket_is_replaced(procs: MeshProcesses) -> None:
     path = procs.workdir / "agent.sock"
-    first, _ = start_agent(procs, NO_CONTROL, "node-1", "--socket", str(path))
+    first, _ = procs.start_agent(NO_CONTROL, "node-1", "--socket", str(path))
     first.kill()  # leaves its socket and its lock file behind, with nothing listening
     assert stat.S_ISSOCK(path.lstat().st_mode)
-    second, target = start_agent(procs, NO_CONTROL, "node-2", "--socket", str(path))
+    second, target = procs.start_agent(NO_CONTROL, "node-2", "--socket", str(path))
     assert agent_status(target).node_id == "node-2"
     assert path.with_name("agent.sock.lock").read_text().strip() == str(second.popen.pid)
 
@@ -297,13 +298,13 @@ def test_a_stale_socket_is_replaced(procs: Processes) -> None:
     other = procs.workdir / "other.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unused:
         unused.bind(str(other))
-    _, target = start_agent(procs, NO_CONTROL, "node-3", "--socket", str(other))
+    _, target = procs.start_agent(NO_CONTROL, "node-3", "--socket", str(other))
     assert agent_status(target).node_id == "node-3"
 
 
-def test_an_agent_removes_only_its_own_socket(procs: Processes) -> None:
+def test_an_agent_removes_only_its_own_socket(procs: MeshProcesses) -> None:
     path = procs.workdir / "agent.sock"
-    agent, _ = start_agent(procs, NO_CONTROL, "node-1", "--socket", str(path))
+    agent, _ = procs.start_agent(NO_CONTROL, "node-1", "--socket", str(path))
     # Someone replaces the agent's socket behind its back: the agent's stop must leave the
     # new one alone.
     path.unlink()
@@ -315,7 +316,7 @@ def test_an_agent_removes_only_its_own_socket(procs: Processes) -> None:
         assert path.lstat().st_ino == inode
 
 
-def test_two_agents_starting_at_once_on_one_socket(procs: Processes) -> None:
+def test_two_agents_starting_at_once_on_one_socket(procs: MeshProcesses) -> None:
     for race in range(2):
         path = procs.workdir / f"race-{race}.sock"
         agents = [agent_on(procs, f"r{race}-{side}", path) for side in "ab"]

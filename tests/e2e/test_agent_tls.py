@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import structlog
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
@@ -20,19 +21,17 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from control import certs
 from mesh.demo.v1 import echo_pb2, echo_pb2_grpc
 from mesh.v1 import agent_pb2, agent_pb2_grpc
-from mesh_agent.client import BootstrapConflictError, _channel, _link, mesh_interceptor
+from mesh_agent.client import BootstrapConflictError, _channel, mesh_interceptor
 from mesh_agent.client._bootstrap import bootstrap_config
 from mesh_agent.daemon import cli
 from mesh_core.tls import TlsFiles
 from mesh_xds.types import LISTENER
-from tests.conftest import Proc, Processes, run_cli, wait_for
-from tests.e2e.agentutil import agent_status, start_agent
-from tests.e2e.test_breakers import breaker, configure, records
-from tests.e2e.test_security import Pki
+from tests.conftest import Proc, run_cli, wait_for
+from tests.e2e.conftest import MeshProcesses
+from tests.e2e.helpers import OPEN, Pki, agent_status, breaker, configure, log_lines, records
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
-OPEN = agent_pb2.BREAKER_STATE_OPEN
 POLICY = "circuit_breaker: {consecutive_failures: 3, open_for: 60s}"
 NO_TLS = {"MESH_TLS_CERT": "", "MESH_TLS_KEY": "", "MESH_TLS_CA": ""}
 
@@ -53,21 +52,12 @@ class Mesh:
     """A TLS control server, one backend serving ``service``, and agent n1 with mTLS on its
     TCP listener."""
 
-    def __init__(self, procs: Processes, tmp_path: Path, service: str) -> None:
+    def __init__(self, procs: MeshProcesses, tmp_path: Path, service: str) -> None:
         self.procs = procs
         self.pki = Pki(tmp_path / "pki")
         server = self.pki.issue("server", server="127.0.0.1")
-        _, self.control = procs.start_ready(
-            "control",
-            "control",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--store",
-            "memory:",
-            *Pki.flags(server),
-        )
-        _, self.backend = procs.start_ready("backend", "mesh_demo.backend", "--name", "b1")
+        _, self.control = procs.start_control(tls_dir=server)
+        _, self.backend = procs.start_backend("b1", proc_name="backend")
         operator = self.pki.issue("operator", operator="alice")
         path = tmp_path / f"{service}.yaml"
         path.write_text(
@@ -84,10 +74,10 @@ class Mesh:
         )
         assert applied.returncode == 0, applied.stderr
         node = self.pki.issue("n1", node="n1", ips=["127.0.0.1"])
-        _, self.unix = start_agent(
-            procs, self.control, "n1", "--listen", "127.0.0.1:0", *Pki.flags(node)
+        _, self.unix = procs.start_agent(
+            self.control, "n1", "--listen", "127.0.0.1:0", tls_dir=node
         )
-        addresses = (procs.workdir / "n1.ready").read_text().split()
+        addresses = procs.agent_addresses("n1")
         assert addresses[0] == self.unix and len(addresses) == 2, addresses
         self.tcp = addresses[1]
         wait_for(lambda: agent_status(self.unix).upstream == self.control, 20, "agent on mTLS")
@@ -95,26 +85,11 @@ class Mesh:
         self.app = self.pki.issue("app", node="n1")
 
     def client(self, name: str, agent: str, service: str, env: dict[str, str], *args: str) -> Proc:
-        return self.procs.python(
-            name,
-            "mesh_demo.client",
-            "--service",
-            service,
-            "--xds-server",
-            agent,
-            "--mesh",
-            "--json",
-            "--node-id",
-            name,
-            "--timeout",
-            "2",
-            *args,
-            env=env,
-        )
+        return self.procs.mesh_client(name, agent, service, *args, env=env)
 
 
 def test_mesh_channel_uses_mtls_to_the_agent_and_its_breaker(
-    procs: Processes, tmp_path: Path
+    procs: MeshProcesses, tmp_path: Path
 ) -> None:
     mesh = Mesh(procs, tmp_path, "flaky")
     client = mesh.client("A", mesh.tcp, "flaky", tls_env(mesh.app), "--interval", "0.02")
@@ -136,7 +111,7 @@ def test_mesh_channel_uses_mtls_to_the_agent_and_its_breaker(
 
 
 def test_the_tcp_listener_refuses_clients_without_a_certificate(
-    procs: Processes, tmp_path: Path
+    procs: MeshProcesses, tmp_path: Path
 ) -> None:
     mesh = Mesh(procs, tmp_path, "echo")
     request = agent_pb2.GetAgentStatusRequest()
@@ -168,7 +143,7 @@ def test_the_tcp_listener_refuses_clients_without_a_certificate(
 
 
 def test_mesh_interceptor_over_a_plain_channel_reports_over_mtls(
-    procs: Processes, tmp_path: Path
+    procs: MeshProcesses, tmp_path: Path
 ) -> None:
     mesh = Mesh(procs, tmp_path, "plain")
     interceptor = mesh_interceptor("plain", agent=mesh.tcp, tls=files_of(mesh.app))
@@ -210,6 +185,7 @@ def test_mesh_interceptor_over_a_plain_channel_reports_over_mtls(
     link.close()
 
 
+@pytest.mark.usefixtures("fresh_bootstrap")
 def test_the_bootstrap_names_tls_creds_for_tcp_servers_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -232,16 +208,9 @@ def test_the_bootstrap_names_tls_creds_for_tcp_servers_only(
 
     # The process's bootstrap is set once: the same agent over other credentials is refused.
     # setenv first, so that teardown restores each variable (delenv of an absent one does not).
-    for name in (
-        "GRPC_XDS_BOOTSTRAP",
-        "GRPC_XDS_BOOTSTRAP_CONFIG",
-        "MESH_TLS_CERT",
-        "MESH_TLS_KEY",
-        "MESH_TLS_CA",
-    ):
+    for name in ("MESH_TLS_CERT", "MESH_TLS_KEY", "MESH_TLS_CA"):
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
-    monkeypatch.setattr(_channel, "_configured", None)
     _channel.configure_bootstrap(["127.0.0.1:15011"], "p1", tls=files)
     written = json.loads(os.environ["GRPC_XDS_BOOTSTRAP_CONFIG"])
     assert written["xds_servers"][0]["channel_creds"][0]["type"] == "tls"
@@ -306,12 +275,11 @@ def refused(call: Callable[[], object]) -> grpc.RpcError:
 
 
 def test_the_tcp_listener_admits_the_node_and_listen_allow_only(
-    procs: Processes, tmp_path: Path
+    procs: MeshProcesses, tmp_path: Path
 ) -> None:
     pki = Pki(tmp_path / "pki")
     node = pki.issue("n1", node="n1", ips=["127.0.0.1"])
-    agent, unix = start_agent(
-        procs,
+    agent, unix = procs.start_agent(
         NO_CONTROL,
         "n1",
         "--listen",
@@ -320,9 +288,9 @@ def test_the_tcp_listener_admits_the_node_and_listen_allow_only(
         ALICE,
         "--listen-allow",
         "spiffe://mesh.test/operator/carol",
-        *Pki.flags(node),
+        tls_dir=node,
     )
-    tcp = (procs.workdir / "n1.ready").read_text().split()[1]
+    tcp = procs.agent_addresses("n1")[1]
 
     # The node's own identity (an application on the node, with a certificate for it) and
     # an identity given with --listen-allow: every kind of call goes through.
@@ -351,8 +319,7 @@ def test_the_tcp_listener_admits_the_node_and_listen_allow_only(
             assert status == health_pb2.HealthCheckResponse.SERVING
 
     def refusals() -> list[dict[str, object]]:
-        lines = [json.loads(line) for line in agent.errors().splitlines() if line.startswith("{")]
-        return [line for line in lines if line.get("event") == "listener call refused"]
+        return [line for line in log_lines(agent) if line.get("event") == "listener call refused"]
 
     wait_for(lambda: len(refusals()) == 10, 5, "ten refusals in the agent's log")
     logged = refusals()
@@ -409,37 +376,15 @@ def test_listen_allow_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str
     )
 
 
-class _Log:
-    """Stands in for the link module's logger: records what it says."""
-
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str]] = []
-
-    def _line(self, level: str) -> Callable[..., None]:
-        return lambda event, **fields: self.lines.append((level, event))
-
-    def __getattr__(self, level: str) -> Callable[..., None]:
-        return self._line(level)
-
-
 def test_renewed_client_certificates_are_used_before_any_call_fails(
-    procs: Processes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    procs: MeshProcesses, tmp_path: Path
 ) -> None:
     pki = Pki(tmp_path / "pki")  # the mesh CA
     old = Pki(tmp_path / "old-pki")  # the CA the application's first certificate is from
     mesh_ca = (pki.ca / "ca.pem").read_bytes()
     server = pki.issue("server", server="127.0.0.1")
-    _, control = procs.start_ready(
-        "control",
-        "control",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--store",
-        "memory:",
-        *Pki.flags(server),
-    )
-    _, backend = procs.start_ready("backend", "mesh_demo.backend", "--name", "b1")
+    _, control = procs.start_control(tls_dir=server)
+    _, backend = procs.start_backend("b1", proc_name="backend")
     operator = pki.issue("operator", operator="alice")
     document = tmp_path / "plain.yaml"
     document.write_text(
@@ -452,54 +397,54 @@ def test_renewed_client_certificates_are_used_before_any_call_fails(
     node = pki.issue("n1", node="n1", ips=["127.0.0.1"])
     # The agent trusts both CAs for now.
     (node / "ca.pem").write_bytes(mesh_ca + (old.ca / "ca.pem").read_bytes())
-    _, unix = start_agent(procs, control, "n1", "--listen", "127.0.0.1:0", *Pki.flags(node))
-    tcp = (procs.workdir / "n1.ready").read_text().split()[1]
+    _, unix = procs.start_agent(control, "n1", "--listen", "127.0.0.1:0", tls_dir=node)
+    tcp = procs.agent_addresses("n1")[1]
     app = old.issue("app", node="n1")
     (app / "ca.pem").write_bytes(mesh_ca)  # to trust the agent's certificate
 
-    said = _Log()
-    monkeypatch.setattr(_link, "log", said)
-    interceptor = mesh_interceptor("plain", agent=tcp, tls=files_of(app))
-    link = interceptor._link
-    channel = grpc.intercept_channel(grpc.insecure_channel(backend), interceptor)
-    stub = echo_pb2_grpc.EchoServiceStub(channel)
-    wait_for(lambda: (s := breaker(unix, "plain")) is not None and s.enabled, 20, "the policy")
-    wait_for(lambda: "plain" in link.breakers, 10, "the breaker watch over mTLS")
-    assert stub.Echo(echo_pb2.EchoRequest(message="x"), timeout=5).backend == "b1"
-
-    # The agent stops trusting the old CA (new handshakes only), and the application's files
-    # are renewed from the mesh CA: the link moves to them with no failed call.
-    (node / "ca.pem").write_bytes(mesh_ca)
-    before = link._channel
-    certs.issue(pki.ca, app, node="n1")
-
-    def moved() -> bool:
+    # What the client library logs in this process, captured (no logger replaced).
+    with structlog.testing.capture_logs() as said:
+        interceptor = mesh_interceptor("plain", agent=tcp, tls=files_of(app))
+        link = interceptor._link
+        channel = grpc.intercept_channel(grpc.insecure_channel(backend), interceptor)
+        stub = echo_pb2_grpc.EchoServiceStub(channel)
+        wait_for(lambda: (s := breaker(unix, "plain")) is not None and s.enabled, 20, "the policy")
+        wait_for(lambda: "plain" in link.breakers, 10, "the breaker watch over mTLS")
         assert stub.Echo(echo_pb2.EchoRequest(message="x"), timeout=5).backend == "b1"
-        return link._channel is not before
 
-    wait_for(moved, 15, "the link to move to the renewed certificate", every=0.1)
+        # The agent stops trusting the old CA (new handshakes only), and the application's files
+        # are renewed from the mesh CA: the link moves to them with no failed call.
+        (node / "ca.pem").write_bytes(mesh_ca)
+        before = link._channel
+        certs.issue(pki.ca, app, node="n1")
 
-    def closed() -> bool:
-        try:
-            agent_pb2_grpc.AgentServiceStub(before).GetAgentStatus(
-                agent_pb2.GetAgentStatusRequest(), timeout=2
-            )
-        except ValueError:  # "Cannot invoke RPC on closed channel!"
-            return True
-        return False
+        def moved() -> bool:
+            assert stub.Echo(echo_pb2.EchoRequest(message="x"), timeout=5).backend == "b1"
+            return link._channel is not before
 
-    wait_for(closed, 10, "the old channel to be closed once its calls could finish")
-    # The new channel's handshake used the renewed certificate (the old one is refused now),
-    # and both streams run on it: reported failures open the breaker, which comes back.
-    status = link._stub.GetAgentStatus(agent_pb2.GetAgentStatusRequest(), timeout=5)
-    assert status.node_id == "n1"
-    configure(backend, fail="INTERNAL")
-    for _ in range(3):
-        with pytest.raises(grpc.RpcError):
-            stub.Echo(echo_pb2.EchoRequest(message="x"), timeout=5)
-    wait_for(lambda: (s := breaker(unix, "plain")) is not None and s.state == OPEN, 10, "open")
-    wait_for(lambda: link.breakers["plain"].state == OPEN, 10, "the open state at the link")
-    assert not [line for line in said.lines if line[0] == "warning"], said.lines
-    assert any("TLS files changed" in event for _, event in said.lines), said.lines
+        wait_for(moved, 15, "the link to move to the renewed certificate", every=0.1)
+
+        def closed() -> bool:
+            try:
+                agent_pb2_grpc.AgentServiceStub(before).GetAgentStatus(
+                    agent_pb2.GetAgentStatusRequest(), timeout=2
+                )
+            except ValueError:  # "Cannot invoke RPC on closed channel!"
+                return True
+            return False
+
+        wait_for(closed, 10, "the old channel to be closed once its calls could finish")
+        # The new channel's handshake used the renewed certificate (the old one is refused now),
+        # and both streams run on it: reported failures open the breaker, which comes back.
+        status = link._stub.GetAgentStatus(agent_pb2.GetAgentStatusRequest(), timeout=5)
+        assert status.node_id == "n1"
+        configure(backend, fail="INTERNAL")
+        for _ in range(3):
+            with pytest.raises(grpc.RpcError):
+                stub.Echo(echo_pb2.EchoRequest(message="x"), timeout=5)
+        wait_for(lambda: (s := breaker(unix, "plain")) is not None and s.state == OPEN, 10, "open")
+        wait_for(lambda: link.breakers["plain"].state == OPEN, 10, "the open state at the link")
+    assert not [e for e in said if e["log_level"] == "warning"], said
+    assert any("TLS files changed" in e["event"] for e in said), said
     channel.close()
     link.close()

@@ -3,7 +3,6 @@ agent holding the breakers, a backend told how to answer."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -11,81 +10,32 @@ import grpc
 import pytest
 
 from mesh.demo.v1 import echo_pb2, echo_pb2_grpc
-from mesh.v1 import agent_pb2
-from tests.conftest import Proc, Processes, wait_for
-from tests.e2e.agentutil import agent_status, start_agent
-from tests.e2e.test_control_xds import meshctl
+from tests.conftest import wait_for
+from tests.e2e.conftest import MeshProcesses
+from tests.e2e.helpers import (
+    CLOSED,
+    OPEN,
+    backend_calls,
+    breaker,
+    breaker_setup,
+    configure,
+    meshctl,
+    records,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
-OPEN = agent_pb2.BREAKER_STATE_OPEN
-CLOSED = agent_pb2.BREAKER_STATE_CLOSED
 
-
-def configure(backend: str, fail: str = "", delay: float = 0.0, read_only: bool = False) -> int:
-    with grpc.insecure_channel(backend) as channel:
-        reply = echo_pb2_grpc.EchoServiceStub(channel).Configure(
-            echo_pb2.ConfigureRequest(fail=fail, delay=delay, read_only=read_only), timeout=5
-        )
-    return int(reply.calls)
-
-
-def backend_calls(backend: str) -> int:
-    return configure(backend, read_only=True)
-
-
-def records(client: Proc) -> list[dict[str, object]]:
-    return [json.loads(line) for line in client.lines() if line.startswith("{")]
-
-
-def breaker(agent: str, service: str) -> agent_pb2.BreakerStatus | None:
-    return next((b for b in agent_status(agent).breakers if b.service == service), None)
-
-
-def mesh_client(procs: Processes, name: str, agent: str, service: str, *args: str) -> Proc:
-    return procs.python(
-        name,
-        "mesh_demo.client",
-        "--service",
-        service,
-        "--xds-server",
-        agent,
-        "--mesh",
-        "--json",
-        "--node-id",
-        name,
-        "--timeout",
-        "2",
-        *args,
-    )
-
-
-def set_up(procs: Processes, tmp_path: Path, service: str, policy: str, delay: float = 0.0):
-    _, control = procs.start_ready(
-        "control", "control", "serve", "--listen", "127.0.0.1:0", "--store", "memory:"
-    )
-    extra = ["--delay", str(delay)] if delay else []
-    _, backend = procs.start_ready("backend", "mesh_demo.backend", "--name", "b1", *extra)
-    path = tmp_path / f"{service}.yaml"
-    path.write_text(
-        f"name: {service}\nendpoints: [{{address: '{backend}'}}]\npolicy:\n  {policy}\n"
-    )
-    meshctl(control, "apply", "-f", str(path))
-    _, agent = start_agent(procs, control, "node-1")
-    return control, backend, agent
-
-
-def test_trip_in_one_process_fails_fast_in_another(procs: Processes, tmp_path: Path) -> None:
+def test_trip_in_one_process_fails_fast_in_another(procs: MeshProcesses, tmp_path: Path) -> None:
     policy = (
         "circuit_breaker: {consecutive_failures: 3, open_for: 2s, max_open_for: 10s,"
         " half_open_probes: 2}"
     )
-    _, backend, agent = set_up(procs, tmp_path, "flaky", policy)
+    _, backend, agent = breaker_setup(procs, tmp_path, "flaky", policy)
     gate = tmp_path / "go"
-    b = mesh_client(procs, "B", agent, "flaky", "--interval", "0.002", "--after-file", str(gate))
+    b = procs.mesh_client("B", agent, "flaky", "--interval", "0.002", "--after-file", str(gate))
     configure(backend, fail="UNAVAILABLE")
-    a = mesh_client(
-        procs,
+    a = procs.mesh_client(
         "A",
         agent,
         "flaky",
@@ -136,16 +86,16 @@ def test_trip_in_one_process_fails_fast_in_another(procs: Processes, tmp_path: P
     closed = breaker(agent, "flaky")
     # open, half-open, open again, half-open, closed: each one counted.
     assert closed is not None and closed.transitions >= 5, closed
-    c = mesh_client(procs, "C", agent, "flaky", "--interval", "0.01", "--count", "5")
+    c = procs.mesh_client("C", agent, "flaky", "--interval", "0.01", "--count", "5")
     wait_for(lambda: len(records(c)) == 5, 20, "a new process's calls")
     assert all(r["ok"] for r in records(c)), records(c)
 
 
-def test_failure_rate_trip_survives_an_agent_restart(procs: Processes, tmp_path: Path) -> None:
+def test_failure_rate_trip_survives_an_agent_restart(procs: MeshProcesses, tmp_path: Path) -> None:
     policy = "circuit_breaker: {failure_rate: 0.5, min_requests: 10, window: 10s, open_for: 60s}"
-    control, backend, agent = set_up(procs, tmp_path, "rated", policy)
+    control, backend, agent = breaker_setup(procs, tmp_path, "rated", policy)
     configure(backend, fail="INTERNAL")
-    client = mesh_client(procs, "A", agent, "rated", "--interval", "0.01")
+    client = procs.mesh_client("A", agent, "rated", "--interval", "0.01")
     wait_for(
         lambda: (s := breaker(agent, "rated")) is not None and s.state == OPEN,
         20,
@@ -157,27 +107,26 @@ def test_failure_rate_trip_survives_an_agent_restart(procs: Processes, tmp_path:
     assert len(failed) >= 10  # min_requests honoured
     client.stop()
 
-    agent_proc = next(p for p in procs.procs if p.name == "node-1")
-    agent_proc.stop()
-    _, agent = start_agent(procs, control, "node-1")
+    procs.named("node-1").stop()
+    _, agent = procs.start_agent(control, "node-1")
     wait_for(lambda: breaker(agent, "rated") is not None, 10, "the breaker restored")
     restored = breaker(agent, "rated")
     assert restored is not None and restored.state == OPEN
     assert restored.open_until == status.open_until
     before = backend_calls(backend)
-    again = mesh_client(procs, "A2", agent, "rated", "--interval", "0.01", "--count", "20")
+    again = procs.mesh_client("A2", agent, "rated", "--interval", "0.01", "--count", "20")
     wait_for(lambda: len(records(again)) == 20, 20, "20 calls after the restart")
     assert all(r.get("circuit_open") for r in records(again)[-10:]), records(again)
     assert backend_calls(backend) - before <= 1
 
 
-def test_slow_calls_trip_the_breaker(procs: Processes, tmp_path: Path) -> None:
+def test_slow_calls_trip_the_breaker(procs: MeshProcesses, tmp_path: Path) -> None:
     policy = (
         "circuit_breaker: {slow_call: {threshold: 100ms, rate: 0.5}, min_requests: 5,"
         " window: 10s, open_for: 60s}"
     )
-    _, _, agent = set_up(procs, tmp_path, "slow", policy, delay=0.15)
-    client = mesh_client(procs, "A", agent, "slow", "--interval", "0.01")
+    _, _, agent = breaker_setup(procs, tmp_path, "slow", policy, delay=0.15)
+    client = procs.mesh_client("A", agent, "slow", "--interval", "0.01")
     wait_for(
         lambda: (s := breaker(agent, "slow")) is not None and s.state == OPEN,
         20,
@@ -189,9 +138,9 @@ def test_slow_calls_trip_the_breaker(procs: Processes, tmp_path: Path) -> None:
     wait_for(lambda: any(r.get("circuit_open") for r in records(client)), 10, "a fail-fast")
 
 
-def test_max_requests_drops_do_not_open_the_breaker(procs: Processes, tmp_path: Path) -> None:
+def test_max_requests_drops_do_not_open_the_breaker(procs: MeshProcesses, tmp_path: Path) -> None:
     policy = "circuit_breaker: {max_requests: 1, consecutive_failures: 3, open_for: 60s}"
-    _, _, agent = set_up(procs, tmp_path, "narrow", policy, delay=0.2)
+    _, _, agent = breaker_setup(procs, tmp_path, "narrow", policy, delay=0.2)
     client = procs.python(
         "A",
         "mesh_demo.client",
@@ -220,9 +169,11 @@ def test_max_requests_drops_do_not_open_the_breaker(procs: Processes, tmp_path: 
 
 
 @pytest.mark.parametrize("flavour", ["sync", "aio"])
-def test_streaming_calls_trip_and_fail_fast(procs: Processes, tmp_path: Path, flavour: str) -> None:
+def test_streaming_calls_trip_and_fail_fast(
+    procs: MeshProcesses, tmp_path: Path, flavour: str
+) -> None:
     policy = "circuit_breaker: {consecutive_failures: 3, open_for: 60s}"
-    _, backend, agent = set_up(procs, tmp_path, "streamy", policy)
+    _, backend, agent = breaker_setup(procs, tmp_path, "streamy", policy)
     configure(backend, fail="UNAVAILABLE")
     client = procs.python(
         "A",
@@ -249,18 +200,18 @@ def test_streaming_calls_trip_and_fail_fast(procs: Processes, tmp_path: Path, fl
     assert status is not None and status.state == OPEN
 
 
-def test_calls_to_a_service_with_no_endpoints_do_not_trip(procs: Processes, tmp_path: Path) -> None:
-    _, control = procs.start_ready(
-        "control", "control", "serve", "--listen", "127.0.0.1:0", "--store", "memory:"
-    )
+def test_calls_to_a_service_with_no_endpoints_do_not_trip(
+    procs: MeshProcesses, tmp_path: Path
+) -> None:
+    _, control = procs.start_control()
     path = tmp_path / "empty.yaml"
     path.write_text(
         "name: empty\nendpoints: []\npolicy:\n"
         "  circuit_breaker: {consecutive_failures: 3, open_for: 60s}\n"
     )
     meshctl(control, "apply", "-f", str(path))
-    _, agent = start_agent(procs, control, "node-1")
-    client = mesh_client(procs, "A", agent, "empty", "--interval", "0.01", "--count", "30")
+    _, agent = procs.start_agent(control, "node-1")
+    client = procs.mesh_client("A", agent, "empty", "--interval", "0.01", "--count", "30")
     wait_for(lambda: len(records(client)) == 30, 30, "30 calls")
     assert all(r["code"] == "UNAVAILABLE" and not r.get("circuit_open") for r in records(client))
     status = breaker(agent, "empty")
@@ -268,12 +219,12 @@ def test_calls_to_a_service_with_no_endpoints_do_not_trip(procs: Processes, tmp_
 
 
 def test_deadlines_and_cancellation_pass_through_and_agent_loss_fails_open(
-    procs: Processes, tmp_path: Path
+    procs: MeshProcesses, tmp_path: Path
 ) -> None:
     from mesh_agent.client import mesh_interceptor
 
     policy = "circuit_breaker: {consecutive_failures: 3, open_for: 60s}"
-    _, backend, agent = set_up(procs, tmp_path, "plain", policy, delay=0.3)
+    _, backend, agent = breaker_setup(procs, tmp_path, "plain", policy, delay=0.3)
     channel = grpc.intercept_channel(
         grpc.insecure_channel(backend), mesh_interceptor("plain", agent=agent)
     )
@@ -311,10 +262,10 @@ def test_deadlines_and_cancellation_pass_through_and_agent_loss_fails_open(
     channel.close()
 
 
-def test_unreachable_agent_fails_open(tmp_path: Path, procs: Processes) -> None:
+def test_unreachable_agent_fails_open(tmp_path: Path, procs: MeshProcesses) -> None:
     from mesh_agent.client import mesh_interceptor
 
-    _, backend = procs.start_ready("backend", "mesh_demo.backend", "--name", "b1")
+    _, backend = procs.start_backend("b1", proc_name="backend")
     missing = f"unix:{tmp_path / 'no-agent.sock'}"
     channel = grpc.intercept_channel(
         grpc.insecure_channel(backend), mesh_interceptor("lonely", agent=missing)

@@ -21,8 +21,9 @@ import yaml
 
 from control.config import RETRYABLE_STATUS_NAMES
 from mesh_core.names import client_listener_name
-from tests.conftest import Processes, run_cli, wait_for
-from tests.e2e.test_control_xds import meshctl, start_backend, start_control
+from tests.conftest import run_cli, wait_for
+from tests.e2e.conftest import MeshProcesses
+from tests.e2e.helpers import meshctl, status_json
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -181,11 +182,11 @@ def write_services(path: Path, backend: str, spare: str) -> list[str]:
     return [str(d["name"]) for d in documents]
 
 
-def test_grpcio_acks_every_option_and_calls_succeed(procs: Processes, tmp_path: Path) -> None:
+def test_grpcio_acks_every_option_and_calls_succeed(procs: MeshProcesses, tmp_path: Path) -> None:
     # grpcio opens one ADS stream per channel target (gRFC A71), all with one node id.
-    control = start_control(procs, "memory:", "--max-streams-per-node", "0")
-    backend = start_backend(procs, "backend-1")
-    spare = start_backend(procs, "backend-2")
+    _, control = procs.start_control("--max-streams-per-node", "0")
+    _, backend = procs.start_backend("backend-1")
+    _, spare = procs.start_backend("backend-2")
     path = tmp_path / "conformance.yaml"
     names = write_services(path, backend, spare)
     assert len(names) == len(set(names))
@@ -220,7 +221,7 @@ def test_grpcio_acks_every_option_and_calls_succeed(procs: Processes, tmp_path: 
     failed = [r for r in records if not r["ok"]]
     assert not failed, failed
 
-    status = json.loads(meshctl(control, "status", "-o", "json"))
+    status = status_json(control)
     streams = [n for n in status["nodes"] if n["node_id"] == "conformance"]
     assert streams, status
     for node in streams:

@@ -4,41 +4,24 @@ bursts coalesced, one snapshot shared by nodes with the same config."""
 from __future__ import annotations
 
 import asyncio
-import json
 
 import grpc
 import pytest
 
-from mesh.v1 import admin_pb2, admin_pb2_grpc, config_pb2
+from mesh.v1 import admin_pb2, admin_pb2_grpc
+from mesh_xds.testing import AdsClient
 from mesh_xds.types import CLUSTER, ENDPOINT, LISTENER
-from tests.adsclient import AdsTestClient
-from tests.conftest import Processes, run_cli
-from tests.e2e.test_control_xds import start_control
+from tests.conftest import run_cli
+from tests.e2e.conftest import MeshProcesses
+from tests.e2e.helpers import apply, echo, status_json
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
 
-def echo(address: str, name: str = "echo") -> config_pb2.Service:
-    return config_pb2.Service(name=name, endpoints=[config_pb2.Endpoint(address=address)])
-
-
-async def apply(control: str, *services: config_pb2.Service) -> int:
-    async with grpc.aio.insecure_channel(control) as channel:
-        stub = admin_pb2_grpc.MeshAdminServiceStub(channel)
-        reply = await stub.ApplyServices(admin_pb2.ApplyServicesRequest(services=services))
-        return int(reply.revision)
-
-
-def status(control: str) -> dict[str, object]:
-    result = run_cli("control.meshctl", "--control", control, "status", "-o", "json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-async def test_nack_is_shown_in_status_and_not_resent(procs: Processes) -> None:
-    control = start_control(procs, "memory:")
+async def test_nack_is_shown_in_status_and_not_resent(procs: MeshProcesses) -> None:
+    _, control = procs.start_control()
     await apply(control, echo("127.0.0.1:1001"))
-    rejecting = AdsTestClient(control, "nacker", reject=lambda r: "listener rejected: test")
+    rejecting = AdsClient(control, "nacker", reject=lambda r: "listener rejected: test")
     async with rejecting:
         rejecting.subscribe(LISTENER)
         await rejecting.wait_for(lambda c: any(r.resources for r in c.of_type(LISTENER)))
@@ -46,7 +29,7 @@ async def test_nack_is_shown_in_status_and_not_resent(procs: Processes) -> None:
         await asyncio.sleep(1.5)
         assert len(rejecting.of_type(LISTENER)) == sent, "a NACKed version was resent"
 
-        nodes = status(control)["nodes"]
+        nodes = status_json(control)["nodes"]
         node = next(n for n in nodes if n["node_id"] == "nacker")
         lds = next(t for t in node["types"] if t["type_url"] == LISTENER)
         assert lds["last_nack"]["message"] == "listener rejected: test"
@@ -62,10 +45,10 @@ async def test_nack_is_shown_in_status_and_not_resent(procs: Processes) -> None:
         assert len(rejecting.of_type(LISTENER)) == sent + 1
 
 
-async def test_burst_of_applies_is_coalesced(procs: Processes) -> None:
-    control = start_control(procs, "memory:", "--debounce", "200ms")
+async def test_burst_of_applies_is_coalesced(procs: MeshProcesses) -> None:
+    _, control = procs.start_control("--debounce", "200ms")
     await apply(control, echo("127.0.0.1:2000"))
-    async with AdsTestClient(control, "watcher") as client:
+    async with AdsClient(control, "watcher") as client:
         client.subscribe(ENDPOINT, ["echo"])
         await client.wait_for(lambda c: len(c.of_type(ENDPOINT)) == 1)
         await asyncio.sleep(0.5)
@@ -86,22 +69,22 @@ async def test_burst_of_applies_is_coalesced(procs: Processes) -> None:
         assert port == 2020, "the last push must carry the last applied config"
 
 
-async def test_nodes_with_the_same_config_share_one_snapshot(procs: Processes) -> None:
-    control = start_control(procs, "memory:")
+async def test_nodes_with_the_same_config_share_one_snapshot(procs: MeshProcesses) -> None:
+    _, control = procs.start_control()
     await apply(control, echo("127.0.0.1:3000"))
-    async with AdsTestClient(control, "node-a") as a, AdsTestClient(control, "node-b") as b:
+    async with AdsClient(control, "node-a") as a, AdsClient(control, "node-b") as b:
         a.subscribe(CLUSTER)
         b.subscribe(CLUSTER)
         await a.wait_for(lambda c: len(c.of_type(CLUSTER)) == 1)
         await b.wait_for(lambda c: len(c.of_type(CLUSTER)) == 1)
-        nodes = {n["node_id"]: n for n in status(control)["nodes"]}
+        nodes = {n["node_id"]: n for n in status_json(control)["nodes"]}
         assert nodes["node-a"]["snapshot_id"] == nodes["node-b"]["snapshot_id"] != ""
         assert a.of_type(CLUSTER)[0].version_info == b.of_type(CLUSTER)[0].version_info
 
 
-async def test_resource_requested_before_it_exists_arrives(procs: Processes) -> None:
-    control = start_control(procs, "memory:")
-    async with AdsTestClient(control, "early") as client:
+async def test_resource_requested_before_it_exists_arrives(procs: MeshProcesses) -> None:
+    _, control = procs.start_control()
+    async with AdsClient(control, "early") as client:
         client.subscribe(ENDPOINT, ["later"])
         await asyncio.sleep(0.5)
         assert client.of_type(ENDPOINT) == []

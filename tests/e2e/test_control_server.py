@@ -13,10 +13,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from mesh_xds.testing import AdsClient
 from mesh_xds.types import CLUSTER, LISTENER
-from tests.adsclient import AdsTestClient
-from tests.conftest import Processes, require_tool, wait_for
-from tests.e2e.test_control_xds import meshctl, service_yaml, start_control
+from tests.conftest import require_tool, wait_for
+from tests.e2e.conftest import MeshProcesses
+from tests.e2e.helpers import meshctl, service_yaml
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
@@ -30,8 +31,8 @@ def grpcurl(*args: str) -> str:
     return result.stdout
 
 
-def test_grpcurl_lists_describes_and_dumps_csds(procs: Processes, tmp_path: Path) -> None:
-    control = start_control(procs, "memory:")
+def test_grpcurl_lists_describes_and_dumps_csds(procs: MeshProcesses, tmp_path: Path) -> None:
+    _, control = procs.start_control()
     listed = grpcurl(control, "list").split()
     for service in (
         "envoy.service.discovery.v3.AggregatedDiscoveryService",
@@ -49,7 +50,7 @@ def test_grpcurl_lists_describes_and_dumps_csds(procs: Processes, tmp_path: Path
     meshctl(control, "apply", "-f", str(service_yaml(tmp_path / "s.yaml", "echo", "127.0.0.1:9")))
 
     async def connected() -> str:
-        async with AdsTestClient(control, "csds-node") as client:
+        async with AdsClient(control, "csds-node") as client:
             client.subscribe(LISTENER)
             client.subscribe(CLUSTER)
             await client.wait_for(lambda c: any(r.resources for r in c.of_type(CLUSTER)))
@@ -85,7 +86,7 @@ def test_grpcurl_lists_describes_and_dumps_csds(procs: Processes, tmp_path: Path
     assert entries[("Cluster", "echo")]["xds_config"]["type"] == "EDS"
 
 
-def test_sigterm_stops_cleanly_and_health_goes_not_serving(procs: Processes) -> None:
+def test_sigterm_stops_cleanly_and_health_goes_not_serving(procs: MeshProcesses) -> None:
     control_proc = procs.python(
         "control-term",
         "control",

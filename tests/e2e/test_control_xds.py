@@ -8,78 +8,31 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Proc, Processes, run_cli, wait_for
+from tests.conftest import run_cli, wait_for
+from tests.e2e.conftest import MeshProcesses
+from tests.e2e.helpers import meshctl, records, service_yaml, status_json
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 
-def meshctl(control: str, *args: str) -> str:
-    result = run_cli("control.meshctl", "--control", control, *args)
-    assert result.returncode == 0, f"meshctl {' '.join(args)} failed: {result.stderr}"
-    return result.stdout
-
-
-def service_yaml(path: Path, name: str, *addresses: str) -> Path:
-    lines = [f"name: {name}", "endpoints:"] + [f"  - address: {a}" for a in addresses]
-    if not addresses:
-        lines[-1] = "endpoints: []"
-    lines += ["policy:", "  timeout: 2s", "  retry: {attempts: 2, retry_on: [UNAVAILABLE]}"]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def calls(client: Proc) -> list[dict[str, object]]:
-    return [json.loads(line) for line in client.lines() if line.startswith("{")]
-
-
-def start_control(procs: Processes, store: str, *extra: str) -> str:
-    _, address = procs.start_ready(
-        "control", "control", "serve", "--listen", "127.0.0.1:0", "--store", store, *extra
-    )
-    return address
-
-
-def start_backend(procs: Processes, name: str) -> str:
-    _, address = procs.start_ready(name, "mesh_demo.backend", "--name", name)
-    return address
-
-
-def start_client(procs: Processes, xds_server: str, service: str, node: str = "client-1") -> Proc:
-    return procs.python(
-        node,
-        "mesh_demo.client",
-        "--service",
-        service,
-        "--xds-server",
-        xds_server,
-        "--node-id",
-        node,
-        "--interval",
-        "0.05",
-        "--timeout",
-        "1",
-        "--json",
-    )
-
-
-def test_xds_client_follows_applied_config(procs: Processes, tmp_path: Path) -> None:
-    control = start_control(procs, f"file:{tmp_path / 'store'}")
-    one = start_backend(procs, "backend-1")
-    two = start_backend(procs, "backend-2")
+def test_xds_client_follows_applied_config(procs: MeshProcesses, tmp_path: Path) -> None:
+    _, control = procs.start_control(store=f"file:{tmp_path / 'store'}")
+    _, one = procs.start_backend("backend-1")
+    _, two = procs.start_backend("backend-2")
     out = meshctl(control, "apply", "-f", str(service_yaml(tmp_path / "echo.yaml", "echo", one)))
     assert out.startswith("service/echo configured (revision ")
 
-    client = start_client(procs, control, "echo")
+    client = procs.start_client(control, "echo")
     wait_for(
-        lambda: any(c.get("backend") == "backend-1" for c in calls(client)),
+        lambda: any(c.get("backend") == "backend-1" for c in records(client)),
         30,
         "the xDS client's first successful call",
     )
 
     meshctl(control, "apply", "-f", str(service_yaml(tmp_path / "echo.yaml", "echo", one, two)))
-    seen = len(calls(client))
+    seen = len(records(client))
     wait_for(
-        lambda: any(c.get("backend") == "backend-2" for c in calls(client)[seen:]),
+        lambda: any(c.get("backend") == "backend-2" for c in records(client)[seen:]),
         20,
         "traffic to reach the second endpoint",
     )
@@ -91,15 +44,15 @@ def test_xds_client_follows_applied_config(procs: Processes, tmp_path: Path) -> 
     assert stored["services"][0]["revision"] >= 2
 
     meshctl(control, "delete", "service", "echo")
-    seen = len(calls(client))
+    seen = len(records(client))
     failure = wait_for(
-        lambda: next((c for c in calls(client)[seen:] if not c["ok"]), None),
+        lambda: next((c for c in records(client)[seen:] if not c["ok"]), None),
         30,
         "the client to fail once the service is deleted",
     )
     assert failure["code"] == "UNAVAILABLE", failure
 
-    status = json.loads(meshctl(control, "status", "-o", "json"))
+    status = status_json(control)
     node = next(n for n in status["nodes"] if n["node_id"] == "client-1")
     types = {t["type_url"].rsplit(".", 1)[-1]: t for t in node["types"]}
     assert {"Listener", "RouteConfiguration", "Cluster", "ClusterLoadAssignment"} <= set(types)
@@ -107,8 +60,8 @@ def test_xds_client_follows_applied_config(procs: Processes, tmp_path: Path) -> 
         assert t["version_sent"] == t["version_acked"], t
 
 
-def test_meshctl_reports_errors_with_a_reason(procs: Processes, tmp_path: Path) -> None:
-    control = start_control(procs, "memory:")
+def test_meshctl_reports_errors_with_a_reason(procs: MeshProcesses, tmp_path: Path) -> None:
+    _, control = procs.start_control()
     result = run_cli("control.meshctl", "--control", control, "delete", "service", "nope")
     assert result.returncode != 0
     assert result.stderr.startswith("meshctl: not found:") and "nope" in result.stderr
@@ -121,25 +74,25 @@ def test_meshctl_reports_errors_with_a_reason(procs: Processes, tmp_path: Path) 
 
 
 def test_hand_edits_reach_the_client_and_broken_ones_are_ignored(
-    procs: Processes, tmp_path: Path
+    procs: MeshProcesses, tmp_path: Path
 ) -> None:
     store = tmp_path / "store"
-    control = start_control(procs, f"file:{store}")
-    one = start_backend(procs, "backend-1")
-    two = start_backend(procs, "backend-2")
+    _, control = procs.start_control(store=f"file:{store}")
+    _, one = procs.start_backend("backend-1")
+    _, two = procs.start_backend("backend-2")
     meshctl(control, "apply", "-f", str(service_yaml(tmp_path / "echo.yaml", "echo", one)))
-    client = start_client(procs, control, "echo")
+    client = procs.start_client(control, "echo")
     wait_for(
-        lambda: any(c.get("backend") == "backend-1" for c in calls(client)),
+        lambda: any(c.get("backend") == "backend-1" for c in records(client)),
         30,
         "the first successful call",
     )
 
     # An operator edits the store directory by hand: the client follows.
     service_yaml(store / "echo.yaml", "echo", two)
-    seen = len(calls(client))
+    seen = len(records(client))
     wait_for(
-        lambda: any(c.get("backend") == "backend-2" for c in calls(client)[seen:]),
+        lambda: any(c.get("backend") == "backend-2" for c in records(client)[seen:]),
         20,
         "the hand edit to reach the client",
     )
@@ -149,15 +102,15 @@ def test_hand_edits_reach_the_client_and_broken_ones_are_ignored(
     (store / "echo.yaml").write_text("name: echo\nendpoints: [{address: 1.2.3.4}]\n")
 
     def reported() -> list[dict[str, str]]:
-        return json.loads(meshctl(control, "status", "-o", "json")).get("store_problems", [])
+        return status_json(control).get("store_problems", [])
 
     problems = wait_for(reported, 10, "the broken file to be reported")
     assert problems[0]["source"].endswith("echo.yaml")
     assert "endpoints[0].address" in problems[0]["message"]
     assert meshctl(control, "get", "services", "echo", "-o", "json") == before
-    seen = len(calls(client))
-    wait_for(lambda: len(calls(client)) >= seen + 20, 20, "20 more calls")
-    recent = calls(client)[seen:]
+    seen = len(records(client))
+    wait_for(lambda: len(records(client)) >= seen + 20, 20, "20 more calls")
+    recent = records(client)[seen:]
     assert all(c.get("backend") == "backend-2" for c in recent), recent
 
     # Fixing the file clears the problem.
@@ -165,7 +118,7 @@ def test_hand_edits_reach_the_client_and_broken_ones_are_ignored(
     wait_for(lambda: not reported(), 10, "the problem to clear")
 
 
-def test_validate_names_the_field_and_changes_nothing(procs: Processes, tmp_path: Path) -> None:
+def test_validate_names_the_field_and_changes_nothing(procs: MeshProcesses, tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "retry.yaml").write_text("name: orders\npolicy:\n  retry: {attempts: 9}\n")
@@ -189,7 +142,7 @@ def test_validate_names_the_field_and_changes_nothing(procs: Processes, tmp_path
         line.startswith("address.yaml: document 1 (pay): endpoints[0].address:") for line in lines
     )
 
-    control = start_control(procs, f"file:{tmp_path / 'store'}")
+    _, control = procs.start_control(store=f"file:{tmp_path / 'store'}")
     good = service_yaml(tmp_path / "good.yaml", "orders", "127.0.0.1:7000")
     meshctl(control, "apply", "-f", str(good))
     before = meshctl(control, "get", "services", "-o", "json")
@@ -212,10 +165,10 @@ def test_short_route_timeouts_are_warned_about(tmp_path: Path) -> None:
     assert "raw grpcio" in warning and "mesh_channel() is not affected" in warning, warning
 
 
-def test_route_timeout_reaches_grpcio(procs: Processes, tmp_path: Path) -> None:
+def test_route_timeout_reaches_grpcio(procs: MeshProcesses, tmp_path: Path) -> None:
     """The served timeout is enforced by grpcio's own client (early, see README)."""
-    control = start_control(procs, "memory:")
-    _, slow = procs.start_ready("slow", "mesh_demo.backend", "--name", "slow", "--delay", "6")
+    _, control = procs.start_control()
+    _, slow = procs.start_backend("slow", "--delay", "6")
     path = tmp_path / "slow.yaml"
     path.write_text(f"name: slow\nendpoints: [{{address: '{slow}'}}]\npolicy: {{timeout: 3s}}\n")
     meshctl(control, "apply", "-f", str(path))
@@ -234,7 +187,7 @@ def test_route_timeout_reaches_grpcio(procs: Processes, tmp_path: Path) -> None:
         "2",
         "--json",
     )
-    wait_for(lambda: len(calls(client)) >= 2, 40, "two calls")
-    for call in calls(client):
+    wait_for(lambda: len(records(client)) >= 2, 40, "two calls")
+    for call in records(client):
         assert call["code"] == "DEADLINE_EXCEEDED", call
         assert float(call["ms"]) < 3500, call  # the route's 3s, not the call's own 20s

@@ -5,9 +5,7 @@ server's watch, an etcd outage, and racing conditional applies."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -19,17 +17,14 @@ import grpc
 import pytest
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from control.config import service_to_dict
 from mesh.v1 import admin_pb2, admin_pb2_grpc, config_pb2
 from mesh_xds.types import CLUSTER, ENDPOINT
-from tests.conftest import Proc, Processes, run_cli, wait_for
-from tests.e2e.agentutil import agent_status, start_agent
-from tests.e2e.test_control_xds import calls, meshctl, service_yaml, start_backend, start_client
-from tests.etcd_fixture import EtcdServer, etcd
-
-__all__ = ["etcd"]  # the fixture, imported to register it
+from tests.conftest import Proc, run_cli, wait_for
+from tests.e2e.conftest import EtcdRelay, EtcdServer, MeshProcesses
+from tests.e2e.helpers import agent_status, health, meshctl, records, service_yaml, status_json
 
 pytestmark = [pytest.mark.e2e]
 
@@ -38,20 +33,6 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def start_control(
-    procs: Processes, name: str, store: str, listen: str = "127.0.0.1:0"
-) -> tuple[Proc, str]:
-    return procs.start_ready(name, "control", "serve", "--listen", listen, "--store", store)
-
-
-def store_health(control: str) -> int:
-    """The control server's grpc.health.v1 status for the service ``store``."""
-    with grpc.insecure_channel(control) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        response = stub.Check(health_pb2.HealthCheckRequest(service="store"), timeout=5)
-        return int(response.status)
 
 
 def get_service(control: str, name: str) -> dict[str, object]:
@@ -66,7 +47,7 @@ def stored(control: str, name: str) -> dict[str, object]:
 
 def settled_on(client: Proc, backend: str, last: int = 10) -> bool:
     """Whether the client's last ``last`` calls all succeeded on ``backend``."""
-    recent = calls(client)[-last:]
+    recent = records(client)[-last:]
     return len(recent) == last and all(c.get("backend") == backend for c in recent)
 
 
@@ -78,113 +59,23 @@ def echo(tmp_path: Path, *addresses: str) -> str:
     return str(service_yaml(tmp_path / "echo.yaml", "echo", *addresses))
 
 
-class Relay:
-    """A threaded TCP relay to etcd that can cut every connection and refuse new ones (a
-    network partition between one control server and etcd while the test reaches etcd)."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.1)
-        self.port: int = self._listener.getsockname()[1]
-        self._lock = threading.Lock()
-        self._sockets: set[socket.socket] = set()
-        self._cut_off = False
-        self._closed = False
-        self.accepted = 0
-        self._thread = threading.Thread(target=self._accept_loop, name="relay", daemon=True)
-        self._thread.start()
-
-    @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @staticmethod
-    def _kill(sock: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-        with contextlib.suppress(OSError):
-            sock.close()
-
-    def _accept_loop(self) -> None:
-        while not self._closed:
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            conn.settimeout(None)
-            if self._cut_off:
-                self._kill(conn)
-                continue
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=2)
-                upstream.settimeout(None)
-            except OSError:
-                self._kill(conn)
-                continue
-            with self._lock:
-                self._sockets |= {conn, upstream}
-                self.accepted += 1
-            for src, dst in ((conn, upstream), (upstream, conn)):
-                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (src, dst):
-                self._kill(sock)
-            with self._lock:
-                self._sockets -= {src, dst}
-
-    def cut(self) -> None:
-        self._cut_off = True
-        with self._lock:
-            doomed = list(self._sockets)
-        for sock in doomed:
-            self._kill(sock)
-
-    def restore(self) -> None:
-        self._cut_off = False
-
-    def close(self) -> None:
-        self.cut()
-        self._closed = True
-        self._thread.join(5)
-        self._listener.close()
-
-
-@pytest.fixture
-def relay(etcd: EtcdServer):
-    r = Relay(etcd.port)
-    try:
-        yield r
-    finally:
-        r.close()
-
-
 # -- 1. two control servers, two agents, failover ----------------------------------------------
 
 
 @pytest.mark.timeout(120)
 def test_two_control_servers_share_etcd_and_agents_fail_over(
-    procs: Processes, etcd: EtcdServer, tmp_path: Path
+    procs: MeshProcesses, etcd: EtcdServer, tmp_path: Path
 ) -> None:
     store = etcd.url("/mesh")
-    c1_proc, c1 = start_control(procs, "control-1", store)
-    _, c2 = start_control(procs, "control-2", store)
-    b1, b2, b3 = (start_backend(procs, f"backend-{i}") for i in (1, 2, 3))
+    c1_proc, c1 = procs.start_control(store=store, name="control-1")
+    _, c2 = procs.start_control(store=store, name="control-2")
+    b1, b2, b3 = (procs.start_backend(f"backend-{i}")[1] for i in (1, 2, 3))
     meshctl(c1, "apply", "-f", echo(tmp_path, b1))
 
-    _, agent1 = start_agent(procs, f"{c1},{c2}", "node-1")
-    _, agent2 = start_agent(procs, f"{c2},{c1}", "node-2")
-    client1 = start_client(procs, agent1, "echo", node="client-1")
-    client2 = start_client(procs, agent2, "echo", node="client-2")
+    _, agent1 = procs.start_agent(f"{c1},{c2}", "node-1")
+    _, agent2 = procs.start_agent(f"{c2},{c1}", "node-2")
+    client1 = procs.start_client(agent1, "echo", node="client-1")
+    client2 = procs.start_client(agent2, "echo", node="client-2")
     for client in (client1, client2):
         wait_settled(client, "backend-1", "first calls")
     assert agent_status(agent1).upstream == c1
@@ -195,14 +86,14 @@ def test_two_control_servers_share_etcd_and_agents_fail_over(
     for client in (client1, client2):
         wait_settled(client, "backend-2", "a change through control-1")
 
-    seen = {c.name: len(calls(c)) for c in (client1, client2)}
+    seen = {c.name: len(records(c)) for c in (client1, client2)}
     c1_proc.kill()
     wait_for(lambda: agent_status(agent1).upstream == c2, 30, "node-1 to fail over to control-2")
     assert agent_status(agent2).upstream == c2
     meshctl(c2, "apply", "-f", echo(tmp_path, b3))
     for client in (client1, client2):
         wait_settled(client, "backend-3", "a change through control-2 after the failover")
-        after = calls(client)[seen[client.name] :]
+        after = records(client)[seen[client.name] :]
         assert all(c["ok"] for c in after), [c for c in after if not c["ok"]]
 
 
@@ -301,20 +192,20 @@ def acked_versions(agent: str) -> dict[str, str]:
 
 @pytest.mark.timeout(120)
 def test_etcd_restart_under_writes_converges_on_the_last_write(
-    procs: Processes, etcd: EtcdServer, tmp_path: Path
+    procs: MeshProcesses, etcd: EtcdServer, tmp_path: Path
 ) -> None:
     store = etcd.url("/mesh")
-    _, c1 = start_control(procs, "control-1", store)
-    _, c2 = start_control(procs, "control-2", store)
-    backends = [start_backend(procs, f"backend-{i}") for i in (1, 2, 3)]
+    _, c1 = procs.start_control(store=store, name="control-1")
+    _, c2 = procs.start_control(store=store, name="control-2")
+    backends = [procs.start_backend(f"backend-{i}")[1] for i in (1, 2, 3)]
     names = {address: f"backend-{i}" for i, address in enumerate(backends, start=1)}
     (tmp_path / "load.yaml").write_text(f"name: load\nendpoints: [{{address: '{backends[0]}'}}]\n")
     meshctl(c1, "apply", "-f", str(tmp_path / "load.yaml"))
-    _, agent1 = start_agent(procs, f"{c1},{c2}", "node-1")
-    _, agent2 = start_agent(procs, f"{c2},{c1}", "node-2")
+    _, agent1 = procs.start_agent(f"{c1},{c2}", "node-1")
+    _, agent2 = procs.start_agent(f"{c2},{c1}", "node-2")
     clients = [
-        start_client(procs, agent1, "load", node="client-1"),
-        start_client(procs, agent2, "load", node="client-2"),
+        procs.start_client(agent1, "load", node="client-1"),
+        procs.start_client(agent2, "load", node="client-2"),
     ]
     for client in clients:
         wait_settled(client, "backend-1", "first calls")
@@ -372,10 +263,10 @@ def test_etcd_restart_under_writes_converges_on_the_last_write(
 
     # and the clients call only the endpoints of the last write
     allowed = {names[e.address] for e in last.endpoints}
-    seen = [len(calls(c)) for c in clients]
+    seen = [len(records(c)) for c in clients]
     for client, start in zip(clients, seen, strict=True):
-        wait_for(lambda c=client, s=start: len(calls(c)) >= s + 20, 20, "20 more calls")
-        recent = calls(client)[-10:]
+        wait_for(lambda c=client, s=start: len(records(c)) >= s + 20, 20, "20 more calls")
+        recent = records(client)[-10:]
         assert all(c["ok"] and c["backend"] in allowed for c in recent), (allowed, recent)
 
 
@@ -384,19 +275,21 @@ def test_etcd_restart_under_writes_converges_on_the_last_write(
 
 @pytest.mark.timeout(120)
 def test_compaction_past_a_control_servers_revision_recovers_without_restart(
-    procs: Processes, etcd: EtcdServer, relay: Relay, tmp_path: Path
+    procs: MeshProcesses, etcd: EtcdServer, etcd_relay: EtcdRelay, tmp_path: Path
 ) -> None:
-    behind_proc, behind = start_control(procs, "control-behind", f"etcd://{relay.endpoint}/mesh")
-    _, direct = start_control(procs, "control-direct", etcd.url("/mesh"))
-    b1, b2, b3 = (start_backend(procs, f"backend-{i}") for i in (1, 2, 3))
+    behind_proc, behind = procs.start_control(
+        store=f"etcd://{etcd_relay.endpoint}/mesh", name="control-behind"
+    )
+    _, direct = procs.start_control(store=etcd.url("/mesh"), name="control-direct")
+    b1, b2, b3 = (procs.start_backend(f"backend-{i}")[1] for i in (1, 2, 3))
     meshctl(behind, "apply", "-f", echo(tmp_path, b1))
-    client = start_client(procs, behind, "echo")
+    client = procs.start_client(behind, "echo")
     wait_settled(client, "backend-1", "first calls")
-    assert store_health(behind) == SERVING
+    assert health(behind, "store") == SERVING
     pid = behind_proc.popen.pid
 
-    relay.cut()
-    wait_for(lambda: store_health(behind) == NOT_SERVING, 20, "the cut-off store to be reported")
+    etcd_relay.cut()
+    wait_for(lambda: health(behind, "store") == NOT_SERVING, 20, "the cut-off store to be reported")
 
     # several changes the cut-off control server does not see, then their history is compacted
     (tmp_path / "aux.yaml").write_text("name: aux\nendpoints: [{address: '127.0.0.1:9'}]\n")
@@ -412,8 +305,8 @@ def test_compaction_past_a_control_servers_revision_recovers_without_restart(
     assert stored(behind, "echo")["endpoints"] == [{"address": b1}]
     assert settled_on(client, "backend-1")
 
-    relay.restore()
-    wait_for(lambda: store_health(behind) == SERVING, 30, "the store to be SERVING again")
+    etcd_relay.restore()
+    wait_for(lambda: health(behind, "store") == SERVING, 30, "the store to be SERVING again")
     want = json.loads(meshctl(direct, "get", "services", "-o", "json"))
     assert want["revision"] == revision
     wait_for(
@@ -425,7 +318,7 @@ def test_compaction_past_a_control_servers_revision_recovers_without_restart(
     wait_settled(client, "backend-3", "the last change to reach the client")
     assert behind_proc.alive and behind_proc.popen.pid == pid  # not restarted
     assert "etcd compacted the history" in behind_proc.output() + behind_proc.errors()
-    status = json.loads(meshctl(behind, "status", "-o", "json"))
+    status = status_json(behind)
     assert not status.get("store_problems"), status
 
     # and it keeps following etcd
@@ -438,19 +331,19 @@ def test_compaction_past_a_control_servers_revision_recovers_without_restart(
 
 @pytest.mark.timeout(120)
 def test_etcd_outage_is_reported_and_the_last_config_stays(
-    procs: Processes, etcd: EtcdServer, tmp_path: Path
+    procs: MeshProcesses, etcd: EtcdServer, tmp_path: Path
 ) -> None:
-    _, control = start_control(procs, "control", etcd.url("/mesh"))
-    b1, b2 = start_backend(procs, "backend-1"), start_backend(procs, "backend-2")
+    _, control = procs.start_control(store=etcd.url("/mesh"))
+    (_, b1), (_, b2) = procs.start_backend("backend-1"), procs.start_backend("backend-2")
     meshctl(control, "apply", "-f", echo(tmp_path, b1))
-    client = start_client(procs, control, "echo")
+    client = procs.start_client(control, "echo")
     wait_settled(client, "backend-1", "first calls")
-    assert store_health(control) == SERVING
+    assert health(control, "store") == SERVING
     before = get_service(control, "echo")
 
     etcd.stop()
-    wait_for(lambda: store_health(control) == NOT_SERVING, 20, "store health NOT_SERVING")
-    status = json.loads(meshctl(control, "status", "-o", "json"))
+    wait_for(lambda: health(control, "store") == NOT_SERVING, 20, "store health NOT_SERVING")
+    status = status_json(control)
     [problem] = status["store_problems"]
     assert problem["source"] == etcd.url("/mesh")
     assert "unreachable" in problem["message"], problem
@@ -465,25 +358,25 @@ def test_etcd_outage_is_reported_and_the_last_config_stays(
     assert lines[0].startswith("meshctl: ") and etcd.endpoint in lines[0], lines[0]
     assert "unreachable" in lines[0], lines[0]
     assert took < 15, took
-    seen = len(calls(client))
-    wait_for(lambda: len(calls(client)) >= seen + 20, 20, "20 calls during the outage")
-    during = calls(client)[seen:]
+    seen = len(records(client))
+    wait_for(lambda: len(records(client)) >= seen + 20, 20, "20 calls during the outage")
+    during = records(client)[seen:]
     assert all(c.get("backend") == "backend-1" for c in during), during
 
     etcd.start()
-    wait_for(lambda: store_health(control) == SERVING, 30, "store health SERVING again")
-    assert not json.loads(meshctl(control, "status", "-o", "json")).get("store_problems")
+    wait_for(lambda: health(control, "store") == SERVING, 30, "store health SERVING again")
+    assert not status_json(control).get("store_problems")
     meshctl(control, "apply", "-f", echo(tmp_path, b2))
     wait_settled(client, "backend-2", "an apply after the outage")
 
 
 @pytest.mark.timeout(60)
 def test_apply_during_an_outage_blames_etcd_not_the_control_server(
-    procs: Processes, etcd: EtcdServer, tmp_path: Path
+    procs: MeshProcesses, etcd: EtcdServer, tmp_path: Path
 ) -> None:
-    _, control = start_control(procs, "control", etcd.url("/mesh"))
+    _, control = procs.start_control(store=etcd.url("/mesh"))
     etcd.stop()
-    wait_for(lambda: store_health(control) == NOT_SERVING, 20, "store health NOT_SERVING")
+    wait_for(lambda: health(control, "store") == NOT_SERVING, 20, "store health NOT_SERVING")
     result = run_cli(
         "control.meshctl", "--control", control, "apply", "-f", echo(tmp_path, "127.0.0.1:9")
     )
@@ -497,11 +390,11 @@ def test_apply_during_an_outage_blames_etcd_not_the_control_server(
 
 @pytest.mark.timeout(120)
 def test_concurrent_conditional_applies_through_two_control_servers(
-    procs: Processes, etcd: EtcdServer, tmp_path: Path
+    procs: MeshProcesses, etcd: EtcdServer, tmp_path: Path
 ) -> None:
     store = etcd.url("/mesh")
-    _, c1 = start_control(procs, "control-1", store)
-    _, c2 = start_control(procs, "control-2", store)
+    _, c1 = procs.start_control(store=store, name="control-1")
+    _, c2 = procs.start_control(store=store, name="control-2")
     meshctl(c1, "apply", "-f", str(service_yaml(tmp_path / "race.yaml", "race", "127.0.0.1:7000")))
 
     for round_ in range(3):

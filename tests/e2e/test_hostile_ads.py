@@ -13,6 +13,8 @@ leave no node, session or per-node stream count behind."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -24,22 +26,20 @@ from typing import Any
 
 import grpc
 import pytest
-from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
-from envoy.config.endpoint.v3 import endpoint_pb2
-from envoy.config.listener.v3 import listener_pb2
-from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 from google.rpc import status_pb2
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from mesh.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, config_pb2
+from mesh.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc
 from mesh_core.names import client_listener_name
-from mesh_xds.types import ALL_TYPES, CLUSTER, ENDPOINT, LISTENER, ROUTE, SERVICE_POLICY
-from tests.conftest import Proc, Processes, run_cli, wait_for
-from tests.e2e.agentutil import start_agent
+from mesh_xds.testing import AdsClient
+from mesh_xds.testing import resource_name as name_of
+from mesh_xds.types import ALL_TYPES, CLUSTER, LISTENER
+from tests.conftest import Proc, run_cli, wait_for
+from tests.e2e.conftest import MeshProcesses
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -64,20 +64,7 @@ OK_CODES = {
     grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.PERMISSION_DENIED,
 }
-KINDS: dict[str, Any] = {
-    LISTENER: listener_pb2.Listener,
-    ROUTE: route_pb2.RouteConfiguration,
-    CLUSTER: cluster_pb2.Cluster,
-    ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
-    SERVICE_POLICY: config_pb2.ServicePolicy,
-}
 Config = dict[str, dict[str, bytes]]
-
-
-def _name_of(resource: Any) -> str:
-    message = KINDS[resource.type_url]()
-    assert resource.Unpack(message)
-    return str(getattr(message, "name", "") or getattr(message, "cluster_name", ""))
 
 
 # ---------------------------------------------------------------------------- well-behaved views
@@ -89,60 +76,24 @@ def names(type_url: str) -> list[str]:
     return [SERVICE, client_listener_name(SERVICE)] if type_url == LISTENER else [SERVICE]
 
 
-def fetch_config(channel: grpc.Channel, node_id: str, timeout: float = 5.0) -> Config:
+def fetch_config(target: str, node_id: str, timeout: float = 5.0) -> Config:
     """What a well-behaved client subscribed to every type of the service gets (ACKing
     each response), once every type has arrived; an empty dict per missing type."""
-    stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
-    done = threading.Event()
-    acks: list[discovery_pb2.DiscoveryRequest] = []
-    wake = threading.Condition()
 
-    def requests() -> Iterator[discovery_pb2.DiscoveryRequest]:
-        for index, type_url in enumerate(sorted(ALL_TYPES)):
-            request = discovery_pb2.DiscoveryRequest(
-                type_url=type_url, resource_names=names(type_url)
-            )
-            if index == 0:
-                request.node.id = node_id
-            yield request
-        while not done.is_set():
-            with wake:
-                wake.wait_for(lambda: acks or done.is_set(), timeout)
-                pending, acks[:] = list(acks), []
-            yield from pending
-
-    got: Config = {t: {} for t in ALL_TYPES}
-    seen: set[str] = set()
-    call = stub.StreamAggregatedResources(requests(), timeout=timeout)
-    try:
-        for response in call:
-            got[response.type_url] = {_name_of(r): r.value for r in response.resources}
-            seen.add(response.type_url)
-            with wake:
-                acks.append(
-                    discovery_pb2.DiscoveryRequest(
-                        type_url=response.type_url,
-                        resource_names=names(response.type_url),
-                        version_info=response.version_info,
-                        response_nonce=response.nonce,
-                    )
+    async def fetch() -> Config:
+        async with AdsClient(target, node_id) as client:
+            for type_url in sorted(ALL_TYPES):
+                client.subscribe(type_url, names(type_url))
+            with contextlib.suppress(TimeoutError):
+                await client.wait_for(
+                    lambda c: {r.type_url for r in c.responses} >= ALL_TYPES, timeout
                 )
-                wake.notify_all()
-            if seen == ALL_TYPES:
-                break
-        with wake:
-            done.set()
-            wake.notify_all()
-        for _ in call:  # half-closed: the server ends the stream once it has read the ACKs
-            pass
-    except grpc.RpcError as error:
-        if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
-            raise
-    finally:
-        with wake:
-            done.set()
-            wake.notify_all()
-    return got
+            got: Config = {t: {} for t in ALL_TYPES}
+            for response in client.responses:
+                got[response.type_url] = {name_of(r): r.value for r in response.resources}
+            return got
+
+    return asyncio.run(fetch())
 
 
 @dataclass
@@ -160,7 +111,7 @@ class State:
 
 @dataclass
 class Mesh:
-    procs: Processes
+    procs: MeshProcesses
     control_proc: Proc
     agent_proc: Proc
     control: str
@@ -197,8 +148,8 @@ class Mesh:
             services=admin.GetServices(admin_pb2.GetServicesRequest(), timeout=5),
             nodes=self.node_ids(),
             agent_upstream=self.control_view()[1],
-            control_config=fetch_config(self.control_channel, "well-behaved"),
-            agent_config=fetch_config(self.agent_channel, "well-behaved-local"),
+            control_config=fetch_config(self.control, "well-behaved"),
+            agent_config=fetch_config(self.agent, "well-behaved-local"),
             agent_types=[(t.type_url, t.version_acked, t.resources) for t in status.types],
             agent_own_csds=[
                 (
@@ -229,16 +180,14 @@ def _complete(config: Config) -> bool:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    procs = Processes(tmp_path_factory.mktemp("hostile-ads"))
+    procs = MeshProcesses(tmp_path_factory.mktemp("hostile-ads"))
     try:
-        control_proc, control = procs.start_ready(
-            "control", "control", "serve", "--listen", "127.0.0.1:0", "--store", "memory:"
-        )
+        control_proc, control = procs.start_control()
         path = procs.workdir / "echo.yaml"
         path.write_text(SERVICE_YAML)
         applied = run_cli("control.meshctl", "--control", control, "apply", "-f", str(path))
         assert applied.returncode == 0, applied.stderr
-        agent_proc, agent = start_agent(procs, control, AGENT_NODE)
+        agent_proc, agent = procs.start_agent(control, AGENT_NODE)
         with (
             grpc.insecure_channel(control) as control_channel,
             grpc.insecure_channel(agent) as agent_channel,
@@ -248,7 +197,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             )
             # The agent fetches what its local clients ask for: ask until it holds all of it.
             wait_for(
-                lambda: _complete(fetch_config(agent_channel, "warm-up", timeout=2)),
+                lambda: _complete(fetch_config(agent, "warm-up", timeout=2)),
                 20,
                 "the agent to serve the whole service",
             )
@@ -336,7 +285,7 @@ def hostile_stream(
         for response in call:
             assert response.type_url in asked, f"a response of type {response.type_url}"
             assert response.type_url in ALL_TYPES
-            names = [_name_of(r) for r in response.resources]
+            names = [name_of(r) for r in response.resources]
             assert len(names) == len(set(names)), f"duplicate names: {names}"
         return grpc.StatusCode.OK
     except grpc.RpcError as error:
@@ -427,7 +376,7 @@ def test_local_clients_cannot_cut_the_agent_off(mesh: Mesh) -> None:
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(mesh.agent_channel)
         call = stub.StreamAggregatedResources(send(), timeout=STREAM_DEADLINE + 5)
         responses = iter(call)
-        assert SERVICE in {_name_of(r) for r in next(responses).resources}
+        assert SERVICE in {name_of(r) for r in next(responses).resources}
         answered.wait()
         leave.wait(STREAM_DEADLINE)
         call.cancel()
@@ -508,7 +457,7 @@ def test_a_storm_of_garbage_streams_leaves_nothing_behind(mesh: Mesh) -> None:
     )
     # The per-node stream counts went back too: each storm node may stream again.
     for index in range(1, 7):
-        assert _complete(fetch_config(mesh.control_channel, f"storm-{index}"))
+        assert _complete(fetch_config(mesh.control, f"storm-{index}"))
     status = run_cli("control.meshctl", "--control", mesh.control, "status", "-o", "json")
     assert status.returncode == 0, status.stderr
     assert [n["node_id"] for n in json.loads(status.stdout)["nodes"]] == mesh.baseline.nodes

@@ -5,22 +5,20 @@ everyone else keeps being served."""
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from envoy.config.cluster.v3 import cluster_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from mesh.v1 import admin_pb2, admin_pb2_grpc, config_pb2, node_pb2, node_pb2_grpc
+from mesh_xds.testing import AdsClient, names_in
 from mesh_xds.types import CLUSTER
-from tests.adsclient import AdsTestClient
-from tests.conftest import Proc, Processes, run_cli
-from tests.e2e.test_control_xds import meshctl, service_yaml
+from tests.conftest import Proc, eventually, run_cli
+from tests.e2e.conftest import MeshProcesses
+from tests.e2e.helpers import log_lines, meshctl, service_yaml
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -46,42 +44,27 @@ LIMITS = (
 )
 
 
-def start_control(procs: Processes, *extra: str) -> tuple[Proc, str]:
-    return procs.start_ready(
-        "control", "control", "serve", "--listen", "127.0.0.1:0", "--store", "memory:", *extra
-    )
+def start_control(procs: MeshProcesses, *extra: str) -> tuple[Proc, str]:
+    return procs.start_control(*extra)
 
 
 def breaches(proc: Proc, limit: str) -> list[dict[str, Any]]:
-    lines = [json.loads(line) for line in proc.errors().splitlines() if line.startswith("{")]
-    return [e for e in lines if e.get("event") == "limit exceeded" and e.get("limit") == limit]
+    return [
+        e for e in log_lines(proc) if e.get("event") == "limit exceeded" and e.get("limit") == limit
+    ]
 
 
-async def until(predicate: Callable[[], object], what: str, timeout: float = 10) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := predicate()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
-    return result
-
-
-def clusters(client: AdsTestClient) -> set[str]:
+def clusters(client: AdsClient) -> set[str]:
     """The clusters in the latest CDS response ``client`` received (CDS is full state)."""
-    responses = client.of_type(CLUSTER)
-    names: set[str] = set()
-    for packed in responses[-1].resources if responses else ():
-        cluster = cluster_pb2.Cluster()
-        packed.Unpack(cluster)
-        names.add(cluster.name)
-    return names
+    latest = client.latest(CLUSTER)
+    return set(names_in(latest)) if latest is not None else set()
 
 
-def has_cluster(name: str) -> Callable[[AdsTestClient], bool]:
+def has_cluster(name: str) -> Callable[[AdsClient], bool]:
     return lambda client: name in clusters(client)
 
 
-async def connected(client: AdsTestClient, names: list[str] | None = None) -> AdsTestClient:
+async def connected(client: AdsClient, names: list[str] | None = None) -> AdsClient:
     client.subscribe(CLUSTER, names)
     await client.wait_for(lambda c: bool(c.of_type(CLUSTER)))
     return client
@@ -93,18 +76,20 @@ def echo(name: str = "echo", port: int = 7000) -> config_pb2.Service:
     )
 
 
-async def test_third_stream_of_a_node_is_refused(procs: Processes, tmp_path: Path) -> None:
-    proc, control = start_control(procs, *LIMITS)
+async def test_third_stream_of_a_node_is_refused(procs: MeshProcesses, tmp_path: Path) -> None:
+    proc, control = procs.start_control(*LIMITS)
     async with (
-        AdsTestClient(control, "n1") as one,
-        AdsTestClient(control, "n1") as two,
-        AdsTestClient(control, "n2") as other,
+        AdsClient(control, "n1") as one,
+        AdsClient(control, "n1") as two,
+        AdsClient(control, "n2") as other,
     ):
         await connected(one)
         await connected(two)
-        async with AdsTestClient(control, "n1") as three:
+        async with AdsClient(control, "n1") as three:
             three.subscribe(CLUSTER)
-            await until(lambda: three.error is not None, "the third stream to be refused")
+            await eventually(
+                lambda: three.error is not None, 10, "the third stream to be refused", every=0.05
+            )
             assert three.error is not None
             assert three.error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert three.error.details().startswith("node n1 already has 2 streams")
@@ -117,22 +102,28 @@ async def test_third_stream_of_a_node_is_refused(procs: Processes, tmp_path: Pat
             await client.wait_for(has_cluster("echo"))
             assert client.error is None
 
-        logged = await until(lambda: breaches(proc, "max_streams_per_node"), "the log line")
+        logged = await eventually(
+            lambda: breaches(proc, "max_streams_per_node"), 10, "the log line", every=0.05
+        )
         assert logged[0]["node"] == "n1" and logged[0]["code"] == "RESOURCE_EXHAUSTED"
         assert logged[0]["level"] == "warning" and logged[0]["peer"].startswith("ipv4:127.0.0.1")
 
         await one.__aexit__(None, None, None)
 
         async def a_new_stream_is_accepted() -> bool:
-            async with AdsTestClient(control, "n1") as again:
+            async with AdsClient(control, "n1") as again:
                 again.subscribe(CLUSTER)
-                await until(lambda: again.error is not None or again.of_type(CLUSTER), "an answer")
+                await eventually(
+                    lambda: again.error is not None or again.of_type(CLUSTER),
+                    10,
+                    "an answer",
+                    every=0.05,
+                )
                 return again.error is None and has_cluster("echo")(again)
 
-        deadline = time.monotonic() + 10
-        while not await a_new_stream_is_accepted():
-            assert time.monotonic() < deadline, "no new stream of n1 accepted after one closed"
-            await asyncio.sleep(0.1)
+        await eventually(
+            a_new_stream_is_accepted, 10, "a new stream of n1 accepted after one closed", every=0.1
+        )
         assert two.error is None
 
 
@@ -147,11 +138,11 @@ def retry_after(error: grpc.aio.AioRpcError) -> int:
     return ms
 
 
-async def test_admin_writes_are_rate_limited_per_caller(procs: Processes) -> None:
-    proc, control = start_control(procs, *LIMITS)
+async def test_admin_writes_are_rate_limited_per_caller(procs: MeshProcesses) -> None:
+    proc, control = procs.start_control(*LIMITS)
     async with (
         grpc.aio.insecure_channel(control) as channel,
-        AdsTestClient(control, "watcher") as watcher,
+        AdsClient(control, "watcher") as watcher,
     ):
         await connected(watcher)
         stub = admin_pb2_grpc.MeshAdminServiceStub(channel)
@@ -180,7 +171,7 @@ async def test_admin_writes_are_rate_limited_per_caller(procs: Processes) -> Non
             await stub.GetStatus(admin_pb2.GetStatusRequest())
         assert [s.service.endpoints[0].address for s in got.services] == ["127.0.0.1:7002"]
         await watcher.wait_for(has_cluster("echo"))
-        async with AdsTestClient(control, "late") as late:
+        async with AdsClient(control, "late") as late:
             await connected(late)
             assert has_cluster("echo")(late)
 
@@ -190,20 +181,22 @@ async def test_admin_writes_are_rate_limited_per_caller(procs: Processes) -> Non
         await asyncio.sleep(0.55)
         await stub.ApplyServices(admin_pb2.ApplyServicesRequest(services=[echo(port=7009)]))
 
-    logged = await until(lambda: breaches(proc, "admin_writes_per_second"), "the log line")
+    logged = await eventually(
+        lambda: breaches(proc, "admin_writes_per_second"), 10, "the log line", every=0.05
+    )
     assert {e["method"] for e in logged} == {"ApplyServices", "DeleteService"}
     assert all(e["caller"] == "127.0.0.1" and e["retry_after_ms"] > 0 for e in logged)
 
 
-async def test_too_many_names_end_only_that_stream(procs: Processes) -> None:
-    proc, control = start_control(procs, *LIMITS)
+async def test_too_many_names_end_only_that_stream(procs: MeshProcesses) -> None:
+    proc, control = procs.start_control(*LIMITS)
     async with (
         grpc.aio.insecure_channel(control) as channel,
-        AdsTestClient(control, "good") as good,
-        AdsTestClient(control, "greedy") as greedy,
-        AdsTestClient(control, "long-name") as long_name,
-        AdsTestClient(control, "") as nameless,
-        AdsTestClient(control, "n" * 2000) as long_node,
+        AdsClient(control, "good") as good,
+        AdsClient(control, "greedy") as greedy,
+        AdsClient(control, "long-name") as long_name,
+        AdsClient(control, "") as nameless,
+        AdsClient(control, "n" * 2000) as long_node,
     ):
         await connected(good)
         await connected(greedy, ["s0"])
@@ -212,7 +205,12 @@ async def test_too_many_names_end_only_that_stream(procs: Processes) -> None:
         nameless.subscribe(CLUSTER)
         long_node.subscribe(CLUSTER)
         for client in (greedy, long_name, nameless, long_node):
-            await until(lambda c=client: c.error is not None, f"{client.node_id[:9]} refused")
+            await eventually(
+                lambda c=client: c.error is not None,
+                10,
+                f"{client.node_id[:9]} refused",
+                every=0.05,
+            )
         errors = {c.node_id[:9]: c.error for c in (greedy, long_name, nameless, long_node)}
         assert all(e.code() == grpc.StatusCode.INVALID_ARGUMENT for e in errors.values())
         assert errors["greedy"].details() == "6 resource names in one request; the limit is 5"
@@ -225,7 +223,9 @@ async def test_too_many_names_end_only_that_stream(procs: Processes) -> None:
         await good.wait_for(has_cluster("echo"))
         assert good.error is None
 
-    names = await until(lambda: breaches(proc, "max_names_per_request"), "the log line")
+    names = await eventually(
+        lambda: breaches(proc, "max_names_per_request"), 10, "the log line", every=0.05
+    )
     assert names[0]["node"] == "greedy" and names[0]["code"] == "INVALID_ARGUMENT"
     assert "6 resource names" in names[0]["error"]
     assert [e["node"] for e in breaches(proc, "max_name_length")] == ["long-name"]
@@ -234,14 +234,14 @@ async def test_too_many_names_end_only_that_stream(procs: Processes) -> None:
 
 
 async def test_oversized_messages_are_refused_and_the_server_keeps_serving(
-    procs: Processes,
+    procs: MeshProcesses,
 ) -> None:
-    proc, control = start_control(procs, *LIMITS)
+    proc, control = procs.start_control(*LIMITS)
     blob = "x" * (100 * 1024)
     async with (
         grpc.aio.insecure_channel(control) as channel,
-        AdsTestClient(control, "bystander") as bystander,
-        AdsTestClient(control, "big") as big,
+        AdsClient(control, "bystander") as bystander,
+        AdsClient(control, "big") as big,
     ):
         await connected(bystander)
         await connected(big)
@@ -255,7 +255,9 @@ async def test_oversized_messages_are_refused_and_the_server_keeps_serving(
         assert "vs. 65536" in (applying.value.details() or "")
 
         big.subscribe(CLUSTER, [blob])
-        await until(lambda: big.error is not None, "the oversized request to be refused")
+        await eventually(
+            lambda: big.error is not None, 10, "the oversized request to be refused", every=0.05
+        )
         assert big.error is not None and big.error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
         # Everyone else is still served.
@@ -266,8 +268,8 @@ async def test_oversized_messages_are_refused_and_the_server_keeps_serving(
         assert bystander.error is None and proc.alive
 
 
-async def test_request_counts_are_capped(procs: Processes) -> None:
-    proc, control = start_control(procs, *LIMITS)
+async def test_request_counts_are_capped(procs: MeshProcesses) -> None:
+    proc, control = procs.start_control(*LIMITS)
     async with grpc.aio.insecure_channel(control) as channel:
         admin = admin_pb2_grpc.MeshAdminServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as applying:
@@ -305,7 +307,7 @@ async def test_request_counts_are_capped(procs: Processes) -> None:
     assert [e["node"] for e in breaches(proc, "max_clients_per_report")] == ["n1"]
 
 
-def test_meshctl_shows_the_retry_hint(procs: Processes, tmp_path: Path) -> None:
+def test_meshctl_shows_the_retry_hint(procs: MeshProcesses, tmp_path: Path) -> None:
     _, control = start_control(
         procs, "--admin-writes-per-second", "0.01", "--admin-write-burst", "1"
     )

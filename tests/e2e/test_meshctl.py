@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
+from mesh_xds.testing import AdsClient
 from mesh_xds.types import LISTENER
-from tests.adsclient import AdsTestClient
-from tests.conftest import Processes, run_cli
-from tests.e2e.test_control_xds import meshctl
-from tests.e2e.test_security import Pki
+from tests.conftest import eventually, run_cli
+from tests.e2e.conftest import MeshProcesses
+from tests.e2e.helpers import Pki, meshctl
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
@@ -58,23 +58,12 @@ def test_nothing_listening_names_the_flag_and_the_variable() -> None:
     assert len(stderr.strip().splitlines()) == 1, stderr
 
 
-def test_tls_mistakes_say_what_to_change(procs: Processes, tmp_path: Path) -> None:
+def test_tls_mistakes_say_what_to_change(procs: MeshProcesses, tmp_path: Path) -> None:
     pki = Pki(tmp_path / "pki")
     operator = pki.issue("operator", operator="alice")
     server = pki.issue("server", server="127.0.0.1")
-    _, secure = procs.start_ready(
-        "secure",
-        "control",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--store",
-        "memory:",
-        *Pki.flags(server),
-    )
-    _, plain = procs.start_ready(
-        "plain", "control", "serve", "--listen", "127.0.0.1:0", "--store", "memory:"
-    )
+    _, secure = procs.start_control(name="secure", tls_dir=server)
+    _, plain = procs.start_control(name="plain")
 
     # No certificate for a server that requires mTLS: not "the server is down".
     code, stderr = _meshctl("--control", secure, "get", "services")
@@ -108,11 +97,9 @@ def test_tls_mistakes_say_what_to_change(procs: Processes, tmp_path: Path) -> No
 
 
 async def test_status_json_has_one_type_per_field_and_every_key(
-    procs: Processes, tmp_path: Path
+    procs: MeshProcesses, tmp_path: Path
 ) -> None:
-    _, control = procs.start_ready(
-        "control", "control", "serve", "--listen", "127.0.0.1:0", "--store", "memory:"
-    )
+    _, control = procs.start_control()
 
     async def status() -> dict[str, Any]:
         return dict(json.loads(await asyncio.to_thread(meshctl, control, "status", "-o", "json")))
@@ -125,14 +112,16 @@ async def test_status_json_has_one_type_per_field_and_every_key(
     path.write_text("name: echo\nendpoints: [{address: '127.0.0.1:9'}]\n")
     meshctl(control, "apply", "-f", str(path))
     got = json.loads(meshctl(control, "get", "services", "-o", "json"))
-    async with AdsTestClient(control, "node-1") as client:
+    async with AdsClient(control, "node-1") as client:
         client.subscribe(LISTENER, ["echo"])
         await client.wait_for(lambda c: bool(c.of_type(LISTENER)))
-        for _ in range(100):
+
+        async def acked() -> dict[str, Any] | None:
             current = await status()
-            if current["nodes"] and current["nodes"][0]["types"][0]["version_acked"]:
-                break
-            await asyncio.sleep(0.05)
+            acked = current["nodes"] and current["nodes"][0]["types"][0]["version_acked"]
+            return current if acked else None
+
+        current = await eventually(acked, 30, "the node's ACK in status", every=0.05)
     assert current["store_revision"] == got["revision"] and isinstance(got["revision"], int)
     node = current["nodes"][0]
     for key in ("registrations", "local_clients", "health", "zone", "connected_since"):

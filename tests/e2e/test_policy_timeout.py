@@ -30,9 +30,9 @@ from mesh_agent.client import mesh_interceptor
 from mesh_agent.client._link import AgentLink
 from mesh_core.names import client_listener_name
 from mesh_xds.types import LISTENER, ROUTE
-from tests.conftest import Proc, Processes, wait_for
-from tests.e2e.test_breakers import configure, set_up
-from tests.e2e.test_control_xds import meshctl
+from tests.conftest import Proc, wait_for
+from tests.e2e.conftest import MeshProcesses
+from tests.e2e.helpers import breaker_setup, configure, meshctl, records
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -40,12 +40,8 @@ SERVICE = "slow"
 POLICY = "timeout: 3s"
 
 
-def records(client: Proc) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in client.lines() if line.startswith("{")]
-
-
 def run_client(
-    procs: Processes,
+    procs: MeshProcesses,
     name: str,
     agent: str,
     backend: str,
@@ -91,9 +87,9 @@ def deadline_exceeded(record: dict[str, Any], low: float, high: float) -> None:
 
 @pytest.mark.parametrize("flavour", ["mesh", "aio"])
 def test_mesh_channels_apply_the_policy_timeout_themselves(
-    procs: Processes, tmp_path: Path, flavour: str
+    procs: MeshProcesses, tmp_path: Path, flavour: str
 ) -> None:
-    _, backend, agent = set_up(procs, tmp_path, SERVICE, POLICY)
+    _, backend, agent = breaker_setup(procs, tmp_path, SERVICE, POLICY)
     # The first call (before the process knows the policy) is a slow one: it must wait for
     # the policy and measure the timeout from when it was made. Then a warm-up, a call
     # within the timeout, one past it, and one whose caller's own deadline is shorter.
@@ -139,9 +135,9 @@ def _route_timeout(route: route_pb2.RouteConfiguration) -> float | None:
 
 
 def test_raw_xds_channels_keep_the_route_timeout_as_xds_defines_it(
-    procs: Processes, tmp_path: Path
+    procs: MeshProcesses, tmp_path: Path
 ) -> None:
-    _, backend, agent = set_up(procs, tmp_path, SERVICE, POLICY)
+    _, backend, agent = breaker_setup(procs, tmp_path, SERVICE, POLICY)
     # A process with a raw channel alone, and then (the backend's delay is shared) one with a
     # mesh_channel and a raw xds:/// channel side by side, under one bootstrap.
     raw = run_client(procs, "raw", agent, backend, "raw", "0:20", linger=60)
@@ -188,9 +184,9 @@ def _until(link: AgentLink, service: str, timeout: float | None) -> None:
 
 
 def test_the_agent_tells_each_watched_service_its_call_policy(
-    procs: Processes, tmp_path: Path
+    procs: MeshProcesses, tmp_path: Path
 ) -> None:
-    control, backend, agent = set_up(procs, tmp_path, SERVICE, POLICY)
+    control, backend, agent = breaker_setup(procs, tmp_path, SERVICE, POLICY)
     # mesh_interceptor() on a plain channel of one's own applies the same deadline.
     channel = grpc.intercept_channel(
         grpc.insecure_channel(backend), mesh_interceptor(SERVICE, agent=agent)
@@ -253,9 +249,9 @@ for _ in range(3):
 
 
 def test_without_an_agent_calls_go_at_once_and_the_warning_says_how_to_point_at_one(
-    procs: Processes, tmp_path: Path
+    procs: MeshProcesses, tmp_path: Path
 ) -> None:
-    _, backend = procs.start_ready("backend", "mesh_demo.backend", "--name", "b1")
+    _, backend = procs.start_backend("b1", proc_name="backend")
     default = "unix:/run/mesh-agent/agent.sock"
     if Path(default.removeprefix("unix:")).exists():
         pytest.skip(f"an agent listens at {default} on this machine")

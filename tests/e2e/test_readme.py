@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Processes, require_tool, wait_for
-from tests.e2e.agentutil import agent_status
+from tests.conftest import ROOT, require_tool, wait_for
+from tests.e2e.conftest import MeshProcesses
+from tests.e2e.helpers import agent_status
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -111,14 +112,10 @@ def test_every_flag_the_readme_names_exists() -> None:
 # -- the tour, run ------------------------------------------------------------------------------
 
 
-def test_the_tour_runs_as_written(procs: Processes, tmp_path: Path) -> None:
-    _, backend = procs.start_ready(
-        "backend", "mesh_demo.backend", "--name", "b1", "--listen", "127.0.0.1:0"
-    )
+def test_the_tour_runs_as_written(procs: MeshProcesses, tmp_path: Path) -> None:
+    _, backend = procs.start_backend("b1", "--listen", "127.0.0.1:0", proc_name="backend")
     store = tmp_path / "mesh-store"
-    _, control = procs.start_ready(
-        "control", "control", "serve", "--listen", "127.0.0.1:0", "--store", f"file:{store}"
-    )
+    _, control = procs.start_control(store=f"file:{store}")
     tour = tmp_path / "tour"
     places = {
         "127.0.0.1:50051": backend,
@@ -188,7 +185,7 @@ def test_the_tour_runs_as_written(procs: Processes, tmp_path: Path) -> None:
                 assert '"config"' in result.stdout, result.stdout
 
 
-def test_every_python_snippet_runs(procs: Processes, tmp_path: Path) -> None:
+def test_every_python_snippet_runs(procs: MeshProcesses, tmp_path: Path) -> None:
     """The snippets after the tour's need no mesh (they build servers and channels)."""
     for number, code in enumerate(blocks("python")[1:], start=2):
         path = tmp_path / f"snippet{number}.py"

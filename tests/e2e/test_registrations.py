@@ -5,33 +5,33 @@ stream, and dropped once it has been gone longer than ``--registration-grace``."
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import timestamp_pb2
 
 from mesh.v1 import admin_pb2, admin_pb2_grpc, config_pb2, node_pb2, node_pb2_grpc
+from mesh_xds.testing import AdsClient, names_in
 from mesh_xds.types import CLUSTER, ENDPOINT, LISTENER
-from tests.adsclient import AdsTestClient
-from tests.conftest import Processes, run_cli, wait_for
-from tests.e2e.agentutil import start_agent
-from tests.e2e.lapse import logged_at, register, registrations_gone, within_bounds
-from tests.e2e.test_control_xds import start_control
+from tests.conftest import wait_for
+from tests.e2e import helpers
+from tests.e2e.conftest import MeshProcesses
+from tests.e2e.helpers import register, status_json
+from tests.e2e.lapse import logged_at, registrations_gone, within_bounds
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
 GRACE = 1.0
 
 
-def start(procs: Processes) -> str:
-    return start_control(procs, "memory:", "--registration-grace", f"{GRACE:g}s")
+def start(procs: MeshProcesses) -> str:
+    _, control = procs.start_control("--registration-grace", f"{GRACE:g}s")
+    return control
 
 
 async def set_registrations(
@@ -47,13 +47,11 @@ async def set_registrations(
 
 
 async def meshctl(control: str, *args: str) -> str:
-    result = await asyncio.to_thread(run_cli, "control.meshctl", "--control", control, *args)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+    return await asyncio.to_thread(helpers.meshctl, control, *args)
 
 
 async def status(control: str) -> dict[str, Any]:
-    return json.loads(await meshctl(control, "status", "-o", "json"))
+    return await asyncio.to_thread(status_json, control)
 
 
 def endpoints(response: discovery_pb2.DiscoveryResponse, name: str) -> list[str] | None:
@@ -71,45 +69,31 @@ def endpoints(response: discovery_pb2.DiscoveryResponse, name: str) -> list[str]
     return None
 
 
-def clusters(response: discovery_pb2.DiscoveryResponse) -> set[str]:
-    names = set()
-    for packed in response.resources:
-        cluster = cluster_pb2.Cluster()
-        packed.Unpack(cluster)
-        names.add(cluster.name)
-    return names
-
-
-def latest(client: AdsTestClient, type_url: str) -> discovery_pb2.DiscoveryResponse | None:
-    responses = client.of_type(type_url)
-    return responses[-1] if responses else None
-
-
-def last_endpoints(client: AdsTestClient, name: str) -> list[str] | None:
-    response = latest(client, ENDPOINT)
+def last_endpoints(client: AdsClient, name: str) -> list[str] | None:
+    response = client.latest(ENDPOINT)
     return endpoints(response, name) if response is not None else None
 
 
-def last_clusters(client: AdsTestClient) -> set[str]:
-    response = latest(client, CLUSTER)
-    return clusters(response) if response is not None else set()
+def last_clusters(client: AdsClient) -> set[str]:
+    response = client.latest(CLUSTER)
+    return set(names_in(response)) if response is not None else set()
 
 
-async def connect(client: AdsTestClient) -> None:
+async def connect(client: AdsClient) -> None:
     """Opens ``client``'s stream, names its node and waits until the server answered."""
     client.subscribe(LISTENER)
     await client.wait_for(lambda c: bool(c.of_type(LISTENER)))
 
 
-async def test_registered_endpoint_is_served_and_dropped_after_grace(procs: Processes) -> None:
+async def test_registered_endpoint_is_served_and_dropped_after_grace(procs: MeshProcesses) -> None:
     control = start(procs)
-    async with AdsTestClient(control, "watcher") as watcher:
+    async with AdsClient(control, "watcher") as watcher:
         watcher.subscribe(CLUSTER)
         watcher.subscribe(ENDPOINT, ["reg"])
         await watcher.wait_for(lambda c: bool(c.of_type(CLUSTER)))
         assert "reg" not in last_clusters(watcher)
 
-        node = AdsTestClient(control, "node-a")
+        node = AdsClient(control, "node-a")
         async with node:
             await connect(node)
             accepted = await set_registrations(
@@ -148,27 +132,21 @@ async def test_registered_endpoint_is_served_and_dropped_after_grace(procs: Proc
 
 @pytest.mark.parametrize("store", ["memory", "file"])
 def test_a_stopped_agents_registrations_last_the_grace(
-    procs: Processes, tmp_path: Path, store: str
+    procs: MeshProcesses, tmp_path: Path, store: str
 ) -> None:
     """A real agent stops and its control server stays: measured from the server's own log
     line of the stream's end to the registration's disappearance from its status."""
     grace = 2.0
-    control_proc, control = procs.start_ready(
-        "control",
-        "control",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--store",
-        "memory:" if store == "memory" else f"file:{tmp_path / 'store'}",
+    control_proc, control = procs.start_control(
         "--registration-grace",
         f"{grace:g}s",
+        store="memory:" if store == "memory" else f"file:{tmp_path / 'store'}",
     )
-    agent_proc, agent = start_agent(procs, control, "node-1")
+    agent_proc, agent = procs.start_agent(control, "node-1")
     register(agent, "reg", "127.0.0.1:7001")
 
     def registered() -> bool:
-        nodes = {n["node_id"]: n for n in json.loads(run_cli_status(control))["nodes"]}
+        nodes = {n["node_id"]: n for n in status_json(control)["nodes"]}
         return bool(nodes.get("node-1", {}).get("registrations"))
 
     wait_for(registered, 20, "node-1's registration")
@@ -180,24 +158,18 @@ def test_a_stopped_agents_registrations_last_the_grace(
     assert within_bounds(lapse, grace), f"lapsed {lapse:.2f}s after the node (grace {grace}s)"
 
 
-def run_cli_status(control: str) -> str:
-    result = run_cli("control.meshctl", "--control", control, "status", "-o", "json")
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
 async def test_dropping_the_last_registration_empties_an_applied_service(
-    procs: Processes,
+    procs: MeshProcesses,
 ) -> None:
     control = start(procs)
     async with grpc.aio.insecure_channel(control) as channel:
         await admin_pb2_grpc.MeshAdminServiceStub(channel).ApplyServices(
             admin_pb2.ApplyServicesRequest(services=[config_pb2.Service(name="reg")])
         )
-    async with AdsTestClient(control, "watcher") as watcher:
+    async with AdsClient(control, "watcher") as watcher:
         watcher.subscribe(ENDPOINT, ["reg"])
         await watcher.wait_for(lambda c: last_endpoints(c, "reg") == [])
-        async with AdsTestClient(control, "node-a") as node:
+        async with AdsClient(control, "node-a") as node:
             await connect(node)
             await set_registrations(
                 control, "node-a", node_pb2.Registration(service="reg", address="127.0.0.1:7001")
@@ -209,11 +181,11 @@ async def test_dropping_the_last_registration_empties_an_applied_service(
         assert GRACE * 0.8 <= elapsed <= GRACE + 4, f"dropped after {elapsed:.2f}s"
 
 
-async def test_reconnect_within_grace_keeps_the_registration(procs: Processes) -> None:
+async def test_reconnect_within_grace_keeps_the_registration(procs: MeshProcesses) -> None:
     control = start(procs)
-    async with AdsTestClient(control, "watcher") as watcher:
+    async with AdsClient(control, "watcher") as watcher:
         watcher.subscribe(ENDPOINT, ["reg"])
-        async with AdsTestClient(control, "node-a") as node:
+        async with AdsClient(control, "node-a") as node:
             await connect(node)
             await set_registrations(
                 control, "node-a", node_pb2.Registration(service="reg", address="127.0.0.1:7001")
@@ -221,7 +193,7 @@ async def test_reconnect_within_grace_keeps_the_registration(procs: Processes) -
             await watcher.wait_for(lambda c: last_endpoints(c, "reg") == ["127.0.0.1:7001"])
         pushes = len(watcher.of_type(ENDPOINT))
         await asyncio.sleep(GRACE * 0.3)
-        async with AdsTestClient(control, "node-a") as again:
+        async with AdsClient(control, "node-a") as again:
             await connect(again)
             await asyncio.sleep(GRACE * 2)
             assert len(watcher.of_type(ENDPOINT)) == pushes, "the endpoint must not move"
@@ -230,7 +202,7 @@ async def test_reconnect_within_grace_keeps_the_registration(procs: Processes) -
             assert [r["address"] for r in nodes["node-a"]["registrations"]] == ["127.0.0.1:7001"]
 
 
-async def test_invalid_registrations_are_refused_naming_the_field(procs: Processes) -> None:
+async def test_invalid_registrations_are_refused_naming_the_field(procs: MeshProcesses) -> None:
     control = start(procs)
     await set_registrations(
         control, "node-a", node_pb2.Registration(service="reg", address="127.0.0.1:7001")
@@ -248,9 +220,9 @@ async def test_invalid_registrations_are_refused_naming_the_field(procs: Process
     assert [r["address"] for r in nodes["node-a"]["registrations"]] == ["127.0.0.1:7001"]
 
 
-async def test_reported_client_nack_shows_in_status(procs: Processes) -> None:
+async def test_reported_client_nack_shows_in_status(procs: MeshProcesses) -> None:
     control = start(procs)
-    async with AdsTestClient(control, "node-a") as node:
+    async with AdsClient(control, "node-a") as node:
         await connect(node)
         when = timestamp_pb2.Timestamp(seconds=1_700_000_000)
         async with grpc.aio.insecure_channel(control) as channel:

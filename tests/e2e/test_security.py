@@ -12,38 +12,13 @@ import grpc
 import pytest
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
-from control import certs
 from mesh.v1 import node_pb2, node_pb2_grpc
-from mesh_core import tls
 from mesh_xds.types import LISTENER
-from tests.conftest import Processes, run_cli, wait_for
-from tests.e2e.agentutil import agent_status, start_agent
+from tests.conftest import run_cli, wait_for
+from tests.e2e.conftest import MeshProcesses
+from tests.e2e.helpers import Pki, agent_status
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
-
-
-class Pki:
-    """A CA and certificates issued from it, under one directory."""
-
-    def __init__(self, root: Path, trust_domain: str = "mesh.test") -> None:
-        self.root = root
-        self.ca = root / "ca"
-        certs.init_ca(self.ca, trust_domain)
-
-    def issue(self, name: str, **kind: object) -> Path:
-        out = self.root / name
-        certs.issue(self.ca, out, **kind)  # type: ignore[arg-type]
-        return out
-
-    flags = staticmethod(tls.flags)
-
-    @staticmethod
-    def credentials(directory: Path) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(
-            (directory / "ca.pem").read_bytes(),
-            (directory / "key.pem").read_bytes(),
-            (directory / "cert.pem").read_bytes(),
-        )
 
 
 SERVICE = "name: echo\nendpoints: [{address: '127.0.0.1:9'}]\n"
@@ -56,20 +31,9 @@ def _meshctl(control: str, tls_dir: Path | None, *args: str, token: Path | None 
     return run_cli("control.meshctl", "--control", control, *flags, *args)
 
 
-def _start_control(procs: Processes, pki: Pki, *extra: str) -> str:
-    server = pki.issue("server", server="127.0.0.1")
-    _, control = procs.start_ready(
-        "control",
-        "control",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--store",
-        "memory:",
-        *Pki.flags(server),
-        *extra,
-    )
-    return str(control)
+def _start_control(procs: MeshProcesses, pki: Pki, *extra: str) -> str:
+    _, control = procs.start_control(*extra, tls_dir=pki.issue("server", server="127.0.0.1"))
+    return control
 
 
 def _ads_first_response(control: str, credentials: grpc.ChannelCredentials | None, node: str):
@@ -89,8 +53,10 @@ def _ads_first_response(control: str, credentials: grpc.ChannelCredentials | Non
             return error
 
 
-def test_only_nodes_with_their_own_certificate_are_served(procs: Processes, tmp_path: Path) -> None:
-    pki = _start_pki(tmp_path)
+def test_only_nodes_with_their_own_certificate_are_served(
+    procs: MeshProcesses, tmp_path: Path
+) -> None:
+    pki = Pki(tmp_path / "pki")
     control = _start_control(procs, pki)
     operator = pki.issue("operator", operator="alice")
     service = tmp_path / "echo.yaml"
@@ -127,19 +93,15 @@ def test_only_nodes_with_their_own_certificate_are_served(procs: Processes, tmp_
     response = _ads_first_response(control, Pki.credentials(n1), "n1")
     assert isinstance(response, discovery_pb2.DiscoveryResponse), response
     assert [r.type_url for r in response.resources] == [LISTENER] * len(response.resources)
-    _, agent = start_agent(procs, control, "n1", *Pki.flags(n1))
+    _, agent = procs.start_agent(control, "n1", tls_dir=n1)
     wait_for(lambda: agent_status(agent).upstream == control, 20, "the agent on mTLS")
     status = _meshctl(control, operator, "status", "-o", "json")
     assert status.returncode == 0, status.stderr
     assert "n1" in {n["node_id"] for n in json.loads(status.stdout).get("nodes", [])}
 
 
-def _start_pki(tmp_path: Path) -> Pki:
-    return Pki(tmp_path / "pki")
-
-
-def test_a_node_registers_only_its_own_addresses(procs: Processes, tmp_path: Path) -> None:
-    pki = _start_pki(tmp_path)
+def test_a_node_registers_only_its_own_addresses(procs: MeshProcesses, tmp_path: Path) -> None:
+    pki = Pki(tmp_path / "pki")
     control = _start_control(procs, pki)
     n1 = pki.issue("n1", node="n1", ips=["127.0.0.1"])
     with grpc.secure_channel(control, Pki.credentials(n1)) as channel:
@@ -174,8 +136,8 @@ def test_a_node_registers_only_its_own_addresses(procs: Processes, tmp_path: Pat
     assert registered == [("echo", "127.0.0.1:7000")]
 
 
-def test_writes_need_an_operator(procs: Processes, tmp_path: Path) -> None:
-    pki = _start_pki(tmp_path)
+def test_writes_need_an_operator(procs: MeshProcesses, tmp_path: Path) -> None:
+    pki = Pki(tmp_path / "pki")
     token = tmp_path / "token"
     token.write_text("s3cret-token\n")
     token.chmod(0o600)
@@ -202,20 +164,10 @@ def test_writes_need_an_operator(procs: Processes, tmp_path: Path) -> None:
     assert _meshctl(control, node, "delete", "service", "echo").returncode != 0
 
 
-def test_writes_need_the_token_without_tls(procs: Processes, tmp_path: Path) -> None:
+def test_writes_need_the_token_without_tls(procs: MeshProcesses, tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("dev-token")
-    _, control = procs.start_ready(
-        "control",
-        "control",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--store",
-        "memory:",
-        "--operator-token-file",
-        str(token),
-    )
+    _, control = procs.start_control("--operator-token-file", str(token))
     service = tmp_path / "echo.yaml"
     service.write_text(SERVICE)
     refused = _meshctl(control, None, "apply", "-f", str(service))
@@ -224,19 +176,12 @@ def test_writes_need_the_token_without_tls(procs: Processes, tmp_path: Path) -> 
     assert accepted.returncode == 0, accepted.stderr
 
 
-def test_a_renewed_certificate_is_used_without_a_restart(procs: Processes, tmp_path: Path) -> None:
-    pki = _start_pki(tmp_path)
+def test_a_renewed_certificate_is_used_without_a_restart(
+    procs: MeshProcesses, tmp_path: Path
+) -> None:
+    pki = Pki(tmp_path / "pki")
     server = pki.issue("server", server="127.0.0.1")
-    _, control = procs.start_ready(
-        "control",
-        "control",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--store",
-        "memory:",
-        *Pki.flags(server),
-    )
+    _, control = procs.start_control(tls_dir=server)
     n1 = pki.issue("n1", node="n1")
 
     first = _ads_first_response(control, Pki.credentials(n1), "n1")
@@ -261,8 +206,8 @@ def test_a_renewed_certificate_is_used_without_a_restart(procs: Processes, tmp_p
     assert isinstance(old, grpc.RpcError) and old.code() is grpc.StatusCode.UNAVAILABLE
 
 
-def test_agent_refuses_a_certificate_of_another_node(procs: Processes, tmp_path: Path) -> None:
-    pki = _start_pki(tmp_path)
+def test_agent_refuses_a_certificate_of_another_node(procs: MeshProcesses, tmp_path: Path) -> None:
+    pki = Pki(tmp_path / "pki")
     n1 = pki.issue("n1", node="n1")
     agent = procs.python(
         "agent",

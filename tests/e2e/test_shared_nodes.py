@@ -15,9 +15,8 @@ from control.shared_nodes import SharedNodes
 from control.store import EtcdStore
 from mesh.v1 import admin_pb2, node_pb2
 from mesh_core.backoff import Backoff
-from tests.etcd_fixture import EtcdServer, etcd
-
-__all__ = ["etcd"]  # the fixture, imported to register it
+from tests.conftest import eventually
+from tests.e2e.conftest import EtcdServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
@@ -100,11 +99,13 @@ async def record(etcd: EtcdServer) -> admin_pb2.NodeStatus | None:
 async def until(
     etcd: EtcdServer, check: Callable[[admin_pb2.NodeStatus | None], bool], what: str
 ) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while not check(await record(etcd)):
-        assert loop.time() < deadline, f"the record never showed {what}: {await record(etcd)}"
-        await asyncio.sleep(0.05)
+    last: list[admin_pb2.NodeStatus | None] = [None]
+
+    async def shown() -> bool:
+        last[0] = await record(etcd)
+        return check(last[0])
+
+    await eventually(shown, 10, lambda: f"the record to show {what}: {last[0]}", every=0.05)
 
 
 def held_by(server: Server) -> Callable[[admin_pb2.NodeStatus | None], bool]:

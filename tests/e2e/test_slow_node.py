@@ -12,11 +12,10 @@ import pytest
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from mesh.v1 import config_pb2
+from mesh_xds.testing import AdsClient
 from mesh_xds.types import CLUSTER, LISTENER
-from tests.adsclient import AdsTestClient
-from tests.conftest import Processes
-from tests.e2e.test_control_protocol import apply, echo, status
-from tests.e2e.test_control_xds import start_control
+from tests.e2e.conftest import MeshProcesses
+from tests.e2e.helpers import apply, echo, status_json
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -30,8 +29,8 @@ def services(generation: int) -> list[config_pb2.Service]:
     ] + [echo("10.1.0.1:8080", f"gen-{generation}")]
 
 
-async def test_a_node_that_stops_reading_does_not_delay_the_others(procs: Processes) -> None:
-    control = start_control(procs, "memory:")
+async def test_a_node_that_stops_reading_does_not_delay_the_others(procs: MeshProcesses) -> None:
+    _, control = procs.start_control()
     await apply(control, *services(0))
 
     # The slow node: subscribes to everything, then never reads a response.
@@ -49,8 +48,8 @@ async def test_a_node_that_stops_reading_does_not_delay_the_others(procs: Proces
     slow = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(send())
 
     async with (
-        AdsTestClient(control, "fast-1") as a,
-        AdsTestClient(control, "fast-2") as b,
+        AdsClient(control, "fast-1") as a,
+        AdsClient(control, "fast-2") as b,
     ):
         for client in (a, b):
             client.subscribe(LISTENER)
@@ -68,8 +67,8 @@ async def test_a_node_that_stops_reading_does_not_delay_the_others(procs: Proces
         # Each change reaches the others within the debounce plus a push, while the slow
         # node's stream is stuck behind a full window.
         assert max(delays) < 2.0, delays
-        assert status(control)["nodes"], "the admin API still answers"
-        nodes = {n["node_id"]: n for n in status(control)["nodes"]}
+        assert status_json(control)["nodes"], "the admin API still answers"
+        nodes = {n["node_id"]: n for n in status_json(control)["nodes"]}
         slow_cds = next(t for t in nodes["slow"]["types"] if t["type_url"] == CLUSTER)
         fast_cds = next(t for t in nodes["fast-1"]["types"] if t["type_url"] == CLUSTER)
         assert fast_cds["version_acked"] == fast_cds["version_sent"]

@@ -14,16 +14,19 @@ from typing import Any
 
 import pytest
 
+from mesh_xds.testing import AdsClient
 from mesh_xds.types import LISTENER
-from tests.adsclient import AdsTestClient
-from tests.conftest import Proc, Processes, wait_for
-from tests.e2e.agentutil import start_agent
-from tests.e2e.test_agent_ops import install_plugin
-from tests.e2e.test_breakers import configure, mesh_client, records
-from tests.e2e.test_control_xds import meshctl, start_control
-from tests.etcd_fixture import EtcdServer, etcd
+from tests.conftest import Proc, eventually, wait_for
+from tests.e2e.conftest import EtcdServer, MeshProcesses
+from tests.e2e.helpers import (
+    configure,
+    install_plugin,
+    json_node,
+    meshctl,
+    plugin_env,
+    records,
+)
 
-__all__ = ["etcd"]  # the fixture, imported to register it
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 BUILTIN_COMPONENTS = {"cache", "upstream", "health", "breakers", "reporter", "server"}
@@ -31,15 +34,6 @@ SUMMARY = re.compile(
     r"^(\d+) node\(s\): (\d+) on the latest config, (\d+) NACKed, (\d+) not serving, "
     r"(\d+) with open breakers, (\d+) without a stream$"
 )
-
-
-def status_json(control: str) -> dict[str, Any]:
-    return json.loads(meshctl(control, "status", "-o", "json"))
-
-
-def json_node(control: str, node_id: str) -> dict[str, Any]:
-    nodes = [n for n in status_json(control).get("nodes", []) if n["node_id"] == node_id]
-    return nodes[0] if nodes else {}
 
 
 def summary(table: str) -> tuple[int, ...]:
@@ -72,23 +66,23 @@ def rows_of(table: str, first_columns: tuple[str, ...]) -> list[list[str]]:
     return []
 
 
-def start_breaker_setup(procs: Processes, tmp_path: Path) -> tuple[str, str, str]:
+def start_breaker_setup(procs: MeshProcesses, tmp_path: Path) -> tuple[str, str, str]:
     """A control server, a backend behind service ``flaky`` with a breaker policy, and two
     agents (node-1, which callers use, and node-2, idle)."""
-    control = start_control(procs, "memory:")
-    _, backend = procs.start_ready("backend", "mesh_demo.backend", "--name", "b1")
+    _, control = procs.start_control()
+    _, backend = procs.start_backend("b1", proc_name="backend")
     path = tmp_path / "flaky.yaml"
     path.write_text(
         f"name: flaky\nendpoints: [{{address: '{backend}'}}]\npolicy:\n"
         "  circuit_breaker: {consecutive_failures: 3, open_for: 4s, half_open_probes: 1}\n"
     )
     meshctl(control, "apply", "-f", str(path))
-    _, agent = start_agent(procs, control, "node-1")
-    start_agent(procs, control, "node-2")
+    _, agent = procs.start_agent(control, "node-1")
+    procs.start_agent(control, "node-2")
     return control, backend, agent
 
 
-def test_open_breaker_and_agent_health_in_status(procs: Processes, tmp_path: Path) -> None:
+def test_open_breaker_and_agent_health_in_status(procs: MeshProcesses, tmp_path: Path) -> None:
     control, backend, agent = start_breaker_setup(procs, tmp_path)
     wait_for(
         lambda: summary(meshctl(control, "status"))[:2] == (2, 2),
@@ -114,7 +108,7 @@ def test_open_breaker_and_agent_health_in_status(procs: Processes, tmp_path: Pat
 
     # The backend fails: a caller on node-1 opens the node's breaker.
     configure(backend, fail="UNAVAILABLE")
-    client = mesh_client(procs, "A", agent, "flaky", "--interval", "0.05")
+    client = procs.mesh_client("A", agent, "flaky", "--interval", "0.05")
     wait_for(
         lambda: json_node(control, "node-1")["health"].get("breakers"),
         20,
@@ -153,14 +147,13 @@ def test_open_breaker_and_agent_health_in_status(procs: Processes, tmp_path: Pat
     assert summary(table)[4] == 0
 
 
-def test_failing_component_shows_as_not_serving(procs: Processes, tmp_path: Path) -> None:
+def test_failing_component_shows_as_not_serving(procs: MeshProcesses, tmp_path: Path) -> None:
     plugin = tmp_path / "plugin"
     plugin.mkdir()
     install_plugin(plugin)
     (plugin / "fail-start").touch()
-    control = start_control(procs, "memory:")
-    env = {"PYTHONPATH": f"{plugin}:{procs.env['PYTHONPATH']}", "PLUGIN_DIR": str(plugin)}
-    start_agent(procs, control, "node-a", env=env)
+    _, control = procs.start_control()
+    procs.start_agent(control, "node-a", env=plugin_env(procs, plugin))
 
     def flaky() -> dict[str, Any]:
         health = json_node(control, "node-a").get("health") or {}
@@ -196,10 +189,10 @@ def test_failing_component_shows_as_not_serving(procs: Processes, tmp_path: Path
 
 
 @pytest.mark.timeout(90)
-def test_summary_counts_nacked_and_streamless_nodes(procs: Processes) -> None:
+def test_summary_counts_nacked_and_streamless_nodes(procs: MeshProcesses) -> None:
     grace = 2.0
-    control = start_control(procs, "memory:", "--registration-grace", f"{grace:g}s")
-    agent_proc, _ = start_agent(procs, control, "node-a")
+    _, control = procs.start_control("--registration-grace", f"{grace:g}s")
+    agent_proc, _ = procs.start_agent(control, "node-a")
     wait_for(
         lambda: (json_node(control, "node-a").get("health") or {}).get("status") == "SERVING",
         20,
@@ -207,17 +200,16 @@ def test_summary_counts_nacked_and_streamless_nodes(procs: Processes) -> None:
     )
 
     async def with_nacker() -> None:
-        nacker = AdsTestClient(control, "nacker", reject=lambda r: "listener rejected: test")
+        nacker = AdsClient(control, "nacker", reject=lambda r: "listener rejected: test")
         async with nacker:
             nacker.subscribe(LISTENER)
             await nacker.wait_for(lambda c: bool(c.of_type(LISTENER)))
-            for _ in range(100):
+
+            async def counted() -> str | None:
                 table = await asyncio.to_thread(meshctl, control, "status")
-                if summary(table) == (2, 1, 1, 0, 0, 0):
-                    break
-                await asyncio.sleep(0.1)
-            else:
-                raise AssertionError(f"summary never counted the NACK:\n{table}")
+                return table if summary(table) == (2, 1, 1, 0, 0, 0) else None
+
+            table = await eventually(counted, 60, "the summary to count the NACK", every=0.1)
             nodes = {row[0]: row for row in rows_of(table, ("NODE", "CONFIG", "HEALTH"))}
             assert nodes["nacker"] == ["nacker", "NACKED", "-"]  # no agent, no health
             assert nodes["node-a"] == ["node-a", "latest", "SERVING"]
@@ -245,10 +237,8 @@ def separators(proc: Proc) -> list[int]:
     return [i for i, line in enumerate(proc.lines()) if line.startswith("--- ")]
 
 
-def test_watch_redraws_until_interrupted(procs: Processes, tmp_path: Path) -> None:
-    control_proc, control = procs.start_ready(
-        "control", "control", "serve", "--listen", "127.0.0.1:0", "--store", "memory:"
-    )
+def test_watch_redraws_until_interrupted(procs: MeshProcesses, tmp_path: Path) -> None:
+    control_proc, control = procs.start_control()
     watch = procs.python(
         "watch", "control.meshctl", "--control", control, "status", "--watch", "--interval", "0.3"
     )
@@ -281,9 +271,9 @@ def test_watch_redraws_until_interrupted(procs: Processes, tmp_path: Path) -> No
     assert "Traceback" not in watch.errors(), watch.errors()
 
 
-def test_watch_json_prints_one_document_per_line(procs: Processes) -> None:
-    control = start_control(procs, "memory:")
-    start_agent(procs, control, "node-a")
+def test_watch_json_prints_one_document_per_line(procs: MeshProcesses) -> None:
+    _, control = procs.start_control()
+    procs.start_agent(control, "node-a")
     watch = procs.python(
         "watch",
         "control.meshctl",
@@ -316,15 +306,11 @@ def test_watch_json_prints_one_document_per_line(procs: Processes) -> None:
     assert "Traceback" not in watch.errors(), watch.errors()
 
 
-def test_health_is_shared_through_etcd(procs: Processes, etcd: EtcdServer) -> None:
+def test_health_is_shared_through_etcd(procs: MeshProcesses, etcd: EtcdServer) -> None:
     store = etcd.url("/mesh")
-    _, c1 = procs.start_ready(
-        "control-1", "control", "serve", "--listen", "127.0.0.1:0", "--store", store
-    )
-    _, c2 = procs.start_ready(
-        "control-2", "control", "serve", "--listen", "127.0.0.1:0", "--store", store
-    )
-    start_agent(procs, c1, "node-1")
+    _, c1 = procs.start_control(store=store, name="control-1")
+    _, c2 = procs.start_control(store=store, name="control-2")
+    procs.start_agent(c1, "node-1")
     wait_for(
         lambda: (json_node(c2, "node-1").get("health") or {}).get("status") == "SERVING",
         20,
@@ -338,20 +324,18 @@ def test_health_is_shared_through_etcd(procs: Processes, etcd: EtcdServer) -> No
 
 @pytest.mark.parametrize("protocol", ["delta", "sotw"])
 def test_status_right_after_a_control_server_restart(
-    procs: Processes, tmp_path: Path, protocol: str
+    procs: MeshProcesses, tmp_path: Path, protocol: str
 ) -> None:
     """The agent resumes with the versions it holds and is sent nothing: status shows every
     type ACKed at the current version, not waiting, and the node on the latest config."""
     store = f"file:{tmp_path / 'store'}"
-    first, control = procs.start_ready(
-        "control", "control", "serve", "--listen", "127.0.0.1:0", "--store", store
-    )
-    _, backend = procs.start_ready("backend", "mesh_demo.backend", "--name", "b1")
+    first, control = procs.start_control(store=store)
+    _, backend = procs.start_backend("b1", proc_name="backend")
     path = tmp_path / "echo.yaml"
     path.write_text(f"name: echo\nendpoints: [{{address: '{backend}'}}]\n")
     meshctl(control, "apply", "-f", str(path))
-    _, agent = start_agent(procs, control, "node-1", "--xds-protocol", protocol)
-    client = mesh_client(procs, "client-1", agent, "echo", "--interval", "0.2")
+    _, agent = procs.start_agent(control, "node-1", "--xds-protocol", protocol)
+    client = procs.mesh_client("client-1", agent, "echo", "--interval", "0.2")
     wait_for(lambda: any(r["ok"] for r in records(client)), 30, "a call through the agent")
 
     def agent_types_settled() -> bool:
@@ -361,7 +345,7 @@ def test_status_right_after_a_control_server_restart(
 
     wait_for(agent_types_settled, 20, "the agent to ACK everything")
     first.stop()
-    procs.start_ready("control-again", "control", "serve", "--listen", control, "--store", store)
+    procs.start_control(store=store, name="control-again", listen=control)
 
     def resumed() -> dict[str, Any] | None:
         node = json_node(control, "node-1")

@@ -5,7 +5,7 @@ several writers, compaction, outages and failover."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -14,9 +14,8 @@ from control.store.etcd import parse_etcd_url
 from mesh.v1 import config_pb2
 from mesh_core.backoff import Backoff
 from mesh_core.errors import ConfigError, ConflictError, NotFoundError, StoreUnavailableError
-from tests.etcd_fixture import EtcdServer, etcd, free_port
-
-__all__ = ["etcd"]  # the fixture, imported to register it
+from tests.conftest import eventually, free_port
+from tests.e2e.conftest import EtcdRelay, EtcdServer
 
 pytestmark = [pytest.mark.e2e]
 
@@ -41,14 +40,6 @@ async def store(etcd: EtcdServer) -> AsyncIterator[EtcdStore]:
     await s.close()
 
 
-async def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
 async def take(
     events: AsyncIterator[StoreEvent], count: int, timeout: float = 10
 ) -> list[StoreEvent]:
@@ -65,72 +56,6 @@ async def take(
 
 def summary(events: list[StoreEvent]) -> list[tuple[str, str | None]]:
     return [(e.name, None if e.service is None else e.service.endpoints[0].address) for e in events]
-
-
-class Proxy:
-    """A TCP relay to etcd that can cut every connection and refuse new ones: a network
-    partition between one store and etcd, while the test still reaches etcd directly."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = 0
-        self.cut_off = False
-        self._server: asyncio.Server | None = None
-        self._transports: set[asyncio.BaseTransport] = set()
-
-    @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.cut_off:
-            writer.transport.abort()
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.transport.abort()
-            return
-        pair = {writer.transport, up_writer.transport}
-        self._transports |= pair
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                dst.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._transports -= pair
-
-    def cut(self) -> None:
-        self.cut_off = True
-        for transport in list(self._transports):
-            transport.abort()
-
-    def restore(self) -> None:
-        self.cut_off = False
-
-    async def close(self) -> None:
-        self.cut()
-        if self._server is not None:
-            self._server.close()
-
-
-@pytest.fixture
-async def proxy(etcd: EtcdServer) -> AsyncIterator[Proxy]:
-    relay = Proxy(etcd.port)
-    await relay.start()
-    yield relay
-    await relay.close()
 
 
 # -- the contract ------------------------------------------------------------------------------
@@ -351,7 +276,7 @@ async def test_two_stores_see_each_others_writes(etcd: EtcdServer) -> None:
     assert await a.list() == await b.list()
     # b's view of orders is a's write: an if_revision from a's revision works from b
     r4, _ = await b.apply([svc("orders", "10.0.0.9:1")], if_revision=r3)
-    await eventually(lambda: a.revision == r4)
+    await eventually(lambda: a.revision == r4, 10.0, "a to see b's write")
     assert (await a.get("orders")).service == svc("orders", "10.0.0.9:1")
     await a.close()
     await b.close()
@@ -362,7 +287,7 @@ async def test_concurrent_conditional_applies_one_wins(etcd: EtcdServer) -> None
     await a.start()
     await b.start()
     base, _ = await a.apply([svc("orders")])
-    await eventually(lambda: b.revision == base)
+    await eventually(lambda: b.revision == base, 10.0, "b to see a's write")
     for round_ in range(5):
         results = await asyncio.gather(
             a.apply([svc("orders", f"10.1.{round_}.1:1")], if_revision=base),
@@ -380,7 +305,11 @@ async def test_concurrent_conditional_applies_one_wins(etcd: EtcdServer) -> None
         assert stored.revision == applied.revision == revision
         expected = f"10.{1 if winner is a else 2}.{round_}.{1 if winner is a else 2}:1"
         assert stored.service.endpoints[0].address == expected
-        await eventually(lambda r=revision: a.revision >= r and b.revision >= r)  # type: ignore[misc]
+        await eventually(
+            lambda r=revision: a.revision >= r and b.revision >= r,  # type: ignore[misc]
+            10.0,
+            "both stores at the winning revision",
+        )
         assert await a.list() == await b.list()
         base = revision
     await a.close()
@@ -401,7 +330,11 @@ async def test_concurrent_plain_applies_lose_nothing(etcd: EtcdServer) -> None:
     )
     names = {f"own-{i}-{n}" for i in range(3) for n in range(4)} | {"shared"}
     for s in stores:
-        await eventually(lambda s=s: len(s._services) == len(names))  # type: ignore[misc]
+
+        async def holds_all(s: EtcdStore = s) -> bool:
+            return len((await s.list())[1]) == len(names)
+
+        await eventually(holds_all, 10.0, f"{s!r} to hold every service")
         _, services = await s.list()
         assert {x.service.name for x in services} == names
     assert len({str(await s.list()) for s in stores}) == 1
@@ -413,26 +346,26 @@ async def test_concurrent_plain_applies_lose_nothing(etcd: EtcdServer) -> None:
 
 
 @pytest.mark.timeout(60)
-async def test_compaction_past_the_watch_recovers(etcd: EtcdServer, proxy: Proxy) -> None:
-    store = etcd_store(proxy.endpoint)
+async def test_compaction_past_the_watch_recovers(etcd: EtcdServer, etcd_relay: EtcdRelay) -> None:
+    store = etcd_store(etcd_relay.endpoint)
     other = etcd_store(etcd.endpoint)
     await store.start()
     await other.start()
     await store.apply([svc("a"), svc("keep")])
     watch = store.watch(store.revision)
-    proxy.cut()  # the store's watch breaks and cannot come back
-    await eventually(lambda: bool(store.problems()))
+    etcd_relay.cut()  # the store's watch breaks and cannot come back
+    await eventually(lambda: bool(store.problems()), 10.0, "a problem to be reported")
     await other.apply([svc("b", "10.0.0.1:1")])
     await other.apply([svc("b", "10.0.0.2:1")])
     await other.delete("a")
     await other.apply([svc("c")])
     await etcd.compact(await etcd.revision())
-    proxy.restore()
+    etcd_relay.restore()
     # the history is gone: the store reads everything again and delivers the difference
     events = await take(watch, 3, timeout=20)
     assert summary(events) == [("b", "10.0.0.2:1"), ("c", "10.0.0.1:50051"), ("a", None)]
     assert [e.revision for e in events] == sorted(e.revision for e in events)
-    await eventually(lambda: not store.problems())
+    await eventually(lambda: not store.problems(), 10.0, "the problems to clear")
     assert await store.list() == await other.list()
     # and goes on watching without a restart
     revision, _ = await other.apply([svc("d")])
@@ -450,7 +383,7 @@ async def test_etcd_outage_keeps_the_last_state_and_catches_up(
     before = await store.list()
     watch = store.watch(store.revision)
     etcd.stop()
-    await eventually(lambda: bool(store.problems()))
+    await eventually(lambda: bool(store.problems()), 10.0, "a problem to be reported")
     [problem] = store.problems()
     assert problem.source == store.url
     assert "unreachable" in problem.message
@@ -472,7 +405,7 @@ async def test_etcd_outage_keeps_the_last_state_and_catches_up(
         (r1, "shipping", False),
         (r2, "billing", True),
     ]
-    await eventually(lambda: not store.problems())
+    await eventually(lambda: not store.problems(), 10.0, "the problems to clear")
     assert await store.list() == await other.list()
     revision, _ = await store.apply([svc("orders", "10.0.0.2:1")])  # writes work again
     assert revision > r2
@@ -495,16 +428,16 @@ async def test_failover_to_the_next_member(etcd: EtcdServer) -> None:
 
 
 @pytest.mark.timeout(60)
-async def test_failover_while_running(etcd: EtcdServer, proxy: Proxy) -> None:
-    store = etcd_store([proxy.endpoint, etcd.endpoint])
+async def test_failover_while_running(etcd: EtcdServer, etcd_relay: EtcdRelay) -> None:
+    store = etcd_store([etcd_relay.endpoint, etcd.endpoint])
     await store.start()
     await store.apply([svc("orders")])
     watch = store.watch(store.revision)
-    proxy.cut()  # the first member becomes unreachable
+    etcd_relay.cut()  # the first member becomes unreachable
     revision, _ = await store.apply([svc("billing")])  # goes to the second member
     [event] = await take(watch, 1, timeout=20)
     assert (event.revision, event.name) == (revision, "billing")
-    await eventually(lambda: not store.problems())
+    await eventually(lambda: not store.problems(), 10.0, "the problems to clear")
     await store.close()
 
 
@@ -525,7 +458,7 @@ async def test_a_bad_value_under_the_prefix_is_a_problem(
     async with etcd.client() as client:
         await client.put(b"/test/services/orders", b"\xff not protobuf")
         await client.put(b"/test/services/other", svc("wrong-name").SerializeToString())
-    await eventually(lambda: len(store.problems()) == 2)
+    await eventually(lambda: len(store.problems()) == 2, 10.0, "two problems")
     sources = sorted(p.source for p in store.problems())
     assert sources == [
         f"{store.url} key /test/services/orders",

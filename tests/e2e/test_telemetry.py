@@ -5,7 +5,6 @@ daemons serve Prometheus text on ``--metrics-port``."""
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import time
 import urllib.request
@@ -14,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from mesh_xds.testing import AdsClient
 from mesh_xds.types import CLUSTER, LISTENER
-from tests.adsclient import AdsTestClient
-from tests.conftest import Proc, Processes, wait_for
-from tests.e2e.agentutil import start_agent
-from tests.e2e.test_breakers import configure, mesh_client
-from tests.e2e.test_control_xds import meshctl
+from tests.conftest import Proc, wait_for
+from tests.e2e.conftest import MeshProcesses
+from tests.e2e.helpers import configure, log_lines, meshctl
 from tests.otlp_receiver import Receiver, receiver
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -34,7 +32,7 @@ def otlp() -> Iterator[Receiver]:
     found.stop()
 
 
-def _export_to(procs: Processes, otlp: Receiver) -> None:
+def _export_to(procs: MeshProcesses, otlp: Receiver) -> None:
     procs.env.update(
         {
             "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint,
@@ -44,29 +42,23 @@ def _export_to(procs: Processes, otlp: Receiver) -> None:
     )
 
 
-def _log_lines(proc: Proc) -> list[dict[str, object]]:
-    return [json.loads(line) for line in proc.errors().splitlines() if line.startswith("{")]
-
-
 def test_one_trace_spans_client_and_backend_with_metrics_and_logs(
-    otlp: Receiver, procs: Processes, tmp_path: Path
+    otlp: Receiver, procs: MeshProcesses, tmp_path: Path
 ) -> None:
     # The receiver is asked for first, so it outlives the processes: they flush to it as
     # they stop, rather than waiting out the exporter's timeout.
     _export_to(procs, otlp)
-    _, control = procs.start_ready(
-        "control", "control", "serve", "--listen", "127.0.0.1:0", "--store", "memory:"
-    )
-    backend_proc, backend = procs.start_ready("backend", "mesh_demo.backend", "--name", "b1")
+    _, control = procs.start_control()
+    backend_proc, backend = procs.start_backend("b1", proc_name="backend")
     service = tmp_path / "echo.yaml"
     service.write_text(
         f"name: echo\nendpoints: [{{address: '{backend}'}}]\npolicy:\n"
         "  circuit_breaker: {consecutive_failures: 3, open_for: 30s}\n"
     )
     meshctl(control, "apply", "-f", str(service))
-    _, agent = start_agent(procs, control, "node-1")
+    _, agent = procs.start_agent(control, "node-1")
 
-    client = mesh_client(procs, "client", agent, "echo", "--count", "3", "--interval", "0.05")
+    client = procs.mesh_client("client", agent, "echo", "--count", "3", "--interval", "0.05")
     assert client.popen.wait(30) == 0, client.errors()[-2000:]
 
     # One trace: the client's span, and the backend's span as its child.
@@ -96,7 +88,7 @@ def test_one_trace_spans_client_and_backend_with_metrics_and_logs(
 
     # The backend's log line written inside that call carries the call's trace and span.
     trace_id, span_id = c.span.trace_id.hex(), s.span.span_id.hex()
-    echoed = [line for line in _log_lines(backend_proc) if line.get("event") == "echo"]
+    echoed = [line for line in log_lines(backend_proc) if line.get("event") == "echo"]
     assert len(echoed) == 3 and all("trace_id" in line for line in echoed)
     assert any(line["trace_id"] == trace_id and line["span_id"] == span_id for line in echoed), (
         echoed
@@ -131,7 +123,7 @@ def test_one_trace_spans_client_and_backend_with_metrics_and_logs(
     # A forced trip: the backend fails every call, the node's breaker opens, and the agent
     # exports the transition.
     configure(backend, fail="UNAVAILABLE")
-    failing = mesh_client(procs, "failing", agent, "echo", "--count", "6", "--interval", "0.05")
+    failing = procs.mesh_client("failing", agent, "echo", "--count", "6", "--interval", "0.05")
     assert failing.popen.wait(30) == 0, failing.errors()[-2000:]
     opened = wait_for(
         lambda: otlp.latest(
@@ -165,7 +157,7 @@ def test_one_trace_spans_client_and_backend_with_metrics_and_logs(
         def reject(response: object) -> str | None:
             return "no thanks" if getattr(response, "type_url", "") == CLUSTER else None
 
-        async with AdsTestClient(control, "nacker", reject=reject) as ads:
+        async with AdsClient(control, "nacker", reject=reject) as ads:
             ads.subscribe(LISTENER)
             ads.subscribe(CLUSTER)
             await ads.wait_for(lambda a: bool(a.of_type(CLUSTER)), 10)
@@ -183,7 +175,7 @@ def test_one_trace_spans_client_and_backend_with_metrics_and_logs(
 
 def _prometheus_url(proc: Proc) -> str:
     def find() -> str | None:
-        for line in _log_lines(proc):
+        for line in log_lines(proc):
             if line.get("event") == "telemetry" and line.get("prometheus"):
                 return str(line["prometheus"])
         return None
@@ -196,25 +188,15 @@ def _scrape(url: str) -> str:
         return str(response.read().decode())
 
 
-def test_metrics_port_serves_prometheus_text(procs: Processes, tmp_path: Path) -> None:
-    control_proc, control = procs.start_ready(
-        "control",
-        "control",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--store",
-        "memory:",
-        "--metrics-port",
-        "0",
-    )
-    _, backend = procs.start_ready("backend", "mesh_demo.backend", "--name", "b1")
+def test_metrics_port_serves_prometheus_text(procs: MeshProcesses, tmp_path: Path) -> None:
+    control_proc, control = procs.start_control("--metrics-port", "0")
+    _, backend = procs.start_backend("b1", proc_name="backend")
     service = tmp_path / "echo.yaml"
     service.write_text(f"name: echo\nendpoints: [{{address: '{backend}'}}]\n")
     meshctl(control, "apply", "-f", str(service))
-    agent_proc, agent = start_agent(procs, control, "node-1", "--metrics-port", "0")
+    agent_proc, agent = procs.start_agent(control, "node-1", "--metrics-port", "0")
     # A local client makes the agent subscribe upstream, so there is something to ACK.
-    client = mesh_client(procs, "client", agent, "echo", "--count", "2", "--interval", "0.05")
+    client = procs.mesh_client("client", agent, "echo", "--count", "2", "--interval", "0.05")
     assert client.popen.wait(30) == 0, client.errors()[-2000:]
 
     control_url = _prometheus_url(control_proc)
@@ -231,7 +213,7 @@ def test_metrics_port_serves_prometheus_text(procs: Processes, tmp_path: Path) -
     assert 'mesh_xds_pushes_total{mesh_xds_server="agent",mesh_xds_type="Listener"' in agent_text
 
 
-def test_bad_telemetry_settings_are_named(procs: Processes) -> None:
+def test_bad_telemetry_settings_are_named(procs: MeshProcesses) -> None:
     bad = procs.python(
         "control",
         "control",
@@ -255,13 +237,11 @@ def stalled_collector() -> Iterator[str]:
         yield f"http://127.0.0.1:{listener.getsockname()[1]}"
 
 
-def _stop_time(procs: Processes, name: str, env: dict[str, str]) -> tuple[float, Proc]:
+def _stop_time(procs: MeshProcesses, name: str, env: dict[str, str]) -> tuple[float, Proc]:
     """Runs a control server with a node connected (so it has metrics to export), then
     measures SIGTERM to exit."""
-    proc, control = procs.start_ready(
-        name, "control", "serve", "--listen", "127.0.0.1:0", "--store", "memory:", env=env
-    )
-    agent, _ = start_agent(procs, control, f"{name}-node")
+    proc, control = procs.start_control(name=name, env=env)
+    agent, _ = procs.start_agent(control, f"{name}-node")
     wait_for(lambda: "upstream connected" in agent.errors(), 20, "the agent to connect")
     agent.stop()
     started = time.monotonic()
@@ -270,7 +250,7 @@ def _stop_time(procs: Processes, name: str, env: dict[str, str]) -> tuple[float,
 
 
 def test_a_stalled_collector_does_not_hold_up_shutdown(
-    procs: Processes, stalled_collector: str
+    procs: MeshProcesses, stalled_collector: str
 ) -> None:
     plain, _ = _stop_time(procs, "plain", {})
     stalled, proc = _stop_time(
@@ -280,5 +260,5 @@ def test_a_stalled_collector_does_not_hold_up_shutdown(
     )
     # The exporter's own timeout is 10 s; the flush at exit is given 1 s.
     assert stalled - plain < 3.0, (plain, stalled)
-    events = [line.get("event") for line in _log_lines(proc)]
+    events = [line.get("event") for line in log_lines(proc)]
     assert "telemetry not flushed in time; what was not exported is dropped" in events
