@@ -1,6 +1,6 @@
-"""The etcd store against a real etcd: the store contract as tests/unit/test_store.py checks it
-for the other backends (with etcd's revisions), then what only a shared, remote store has:
-several writers, compaction, outages and failover."""
+"""The etcd store against a real etcd: what only a shared, remote store has (key layout,
+several writers, compaction, outages and failover). The contract every backend keeps, etcd
+included, is tests/e2e/test_store_contract.py."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from control.store import EtcdStore, Store, StoreEvent, open_store
+from control.store import EtcdStore, StoreEvent, open_store
 from control.store.etcd import parse_etcd_url
 from mesh.v1 import config_pb2
 from mesh_core.backoff import Backoff
-from mesh_core.errors import ConfigError, ConflictError, NotFoundError, StoreUnavailableError
+from mesh_core.errors import ConflictError, NotFoundError, StoreUnavailableError
 from tests.conftest import eventually, free_port
 from tests.e2e.conftest import EtcdRelay, EtcdServer
 
@@ -58,157 +58,7 @@ def summary(events: list[StoreEvent]) -> list[tuple[str, str | None]]:
     return [(e.name, None if e.service is None else e.service.endpoints[0].address) for e in events]
 
 
-# -- the contract ------------------------------------------------------------------------------
-
-
-async def test_empty_store(store: EtcdStore, etcd: EtcdServer) -> None:
-    assert store.revision == await etcd.revision()
-    revision, services = await store.list()
-    assert (revision, services) == (store.revision, [])
-    with pytest.raises(NotFoundError, match="orders"):
-        await store.get("orders")
-    with pytest.raises(NotFoundError, match="orders"):
-        await store.delete("orders")
-    assert store.problems() == []
-    assert isinstance(store, Store)
-
-
-async def test_apply_get_list_delete(store: EtcdStore, etcd: EtcdServer) -> None:
-    base = store.revision
-    revision, applied = await store.apply([svc("orders"), svc("billing")])
-    first = revision
-    assert first > base
-    assert revision == store.revision == await etcd.revision()
-    assert [(a.name, a.revision, a.changed) for a in applied] == [
-        ("orders", first, True),
-        ("billing", first, True),
-    ]
-    stored = await store.get("orders")
-    assert stored.service == svc("orders")
-    assert stored.revision == first
-
-    revision, applied = await store.apply([svc("orders", "10.0.0.2:50051")])
-    second = revision
-    assert second > first
-    assert [(a.name, a.revision, a.changed) for a in applied] == [("orders", second, True)]
-
-    revision, services = await store.list()
-    assert revision == second
-    assert [(s.service.name, s.revision) for s in services] == [
-        ("billing", first),
-        ("orders", second),
-    ]
-    assert services[1].service.endpoints[0].address == "10.0.0.2:50051"
-
-    third = await store.delete("billing")
-    assert third > second == store.revision - 1
-    with pytest.raises(NotFoundError):
-        await store.get("billing")
-    revision, services = await store.list()
-    assert revision == third
-    assert [s.service.name for s in services] == ["orders"]
-
-
-async def test_returned_messages_are_copies(store: EtcdStore) -> None:
-    original = svc("orders")
-    await store.apply([original])
-    original.endpoints[0].address = "10.9.9.9:1"
-    stored = await store.get("orders")
-    stored.service.endpoints[0].address = "10.8.8.8:1"
-    assert (await store.get("orders")).service == svc("orders")
-
-
-async def test_identical_apply_is_unchanged(store: EtcdStore, etcd: EtcdServer) -> None:
-    first, _ = await store.apply([svc("orders"), svc("billing")])
-    revision, applied = await store.apply([svc("orders"), svc("billing")])
-    assert revision == first == store.revision == await etcd.revision()  # nothing written
-    assert [(a.name, a.revision, a.changed) for a in applied] == [
-        ("orders", first, False),
-        ("billing", first, False),
-    ]
-    revision, applied = await store.apply([svc("orders"), svc("billing", "10.0.0.3:50051")])
-    assert revision == first + 1
-    assert [(a.name, a.revision, a.changed) for a in applied] == [
-        ("orders", first, False),
-        ("billing", first + 1, True),
-    ]
-
-
-async def test_if_revision_conflict(store: EtcdStore) -> None:
-    r1, _ = await store.apply([svc("orders")])
-    r2, _ = await store.apply([svc("billing")])
-    r3, _ = await store.apply([svc("orders", "10.0.0.2:50051")], if_revision=r1)
-    assert r3 > r2
-    with pytest.raises(ConflictError, match=rf"'orders' changed at revision {r3}"):
-        await store.apply(
-            [svc("billing", "10.0.0.4:1"), svc("orders", "10.0.0.4:1")], if_revision=r2
-        )
-    # all or nothing: billing was not written either
-    assert (await store.get("billing")).service == svc("billing")
-    assert store.revision == r3
-    # a service that does not exist yet passes
-    r4, _ = await store.apply([svc("new")], if_revision=r1)
-    assert r4 > r3
-    with pytest.raises(ConflictError, match="orders"):
-        await store.delete("orders", if_revision=r2)
-    assert await store.delete("orders", if_revision=r3) > r4
-
-
-async def test_bad_batch_refused(store: EtcdStore) -> None:
-    before = store.revision
-    with pytest.raises(ConfigError, match="more than once"):
-        await store.apply([svc("orders"), svc("orders", "10.0.0.2:1")])
-    with pytest.raises(ConfigError, match="empty"):
-        await store.apply([config_pb2.Service()])
-    assert store.revision == before
-    assert await store.list() == (before, [])
-
-
-async def test_watch_delivers_every_change_to_concurrent_watchers(store: EtcdStore) -> None:
-    r1, _ = await store.apply([svc("orders")])  # before the watch revision
-    r2, _ = await store.apply([svc("billing")])
-    first, second = store.watch(r1), store.watch(r1)
-    tasks = [asyncio.create_task(take(first, 5)), asyncio.create_task(take(second, 5))]
-    await asyncio.sleep(0.05)
-    r3, _ = await store.apply([svc("orders", "10.0.0.2:1"), svc("shipping")])
-    r4 = await store.delete("billing")
-    r5, _ = await store.apply([svc("billing", "10.0.0.5:1")])
-    expected = [
-        (r2, "billing", "10.0.0.1:50051"),
-        (r3, "orders", "10.0.0.2:1"),
-        (r3, "shipping", "10.0.0.1:50051"),
-        (r4, "billing", None),
-        (r5, "billing", "10.0.0.5:1"),
-    ]
-    results = await asyncio.gather(*tasks)
-    for events in results:
-        assert [(e.revision, *s) for e, s in zip(events, summary(events), strict=True)] == expected
-    assert results[0][3].deleted
-
-
-async def test_watch_from_now_waits_for_new_changes(store: EtcdStore) -> None:
-    await store.apply([svc("orders")])
-    task = asyncio.create_task(take(store.watch(store.revision), 1))
-    await asyncio.sleep(0.1)
-    assert not task.done()
-    revision, _ = await store.apply([svc("billing")])
-    events = await task
-    assert summary(events) == [("billing", "10.0.0.1:50051")]
-    assert events[0].revision == revision
-
-
-async def test_watch_ends_when_store_closes(store: EtcdStore) -> None:
-    async def drain() -> list[StoreEvent]:
-        return [event async for event in store.watch(0)]
-
-    task = asyncio.create_task(drain())
-    await store.apply([svc("orders")])
-    await asyncio.sleep(0.05)
-    await store.close()
-    events = await asyncio.wait_for(task, timeout=5)
-    assert summary(events) == [("orders", "10.0.0.1:50051")]
-    with pytest.raises(StoreUnavailableError):
-        await store.list()
+# -- starting ----------------------------------------------------------------------------------
 
 
 async def test_must_be_started(etcd: EtcdServer) -> None:

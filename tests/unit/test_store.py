@@ -1,19 +1,21 @@
-"""Config stores: the shared contract on both backends, then the file store's directory."""
+"""Config stores: what only the memory store (its log) and the file store (its directory) do.
+The contract every backend keeps is tests/e2e/test_store_contract.py."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from control.config import load_documents
-from control.store import FileStore, MemoryStore, Store, StoreEvent, open_store
+from control.store import FileStore, MemoryStore, StoreEvent, open_store
 from mesh.v1 import config_pb2
 from mesh_core.errors import ConfigError, ConflictError, NotFoundError, StoreUnavailableError
+from tests.conftest import eventually
 
 POLL = 0.05
 SETTLE = 0.05
@@ -33,28 +35,12 @@ def file_store(directory: Path) -> FileStore:
     return FileStore(directory, poll_interval=POLL, settle=SETTLE)
 
 
-@pytest.fixture(params=["memory", "file"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s: Store = MemoryStore() if request.param == "memory" else file_store(tmp_path / "store")
-    await s.start()
-    yield s
-    await s.close()
-
-
 @pytest.fixture
 async def fstore(tmp_path: Path) -> AsyncIterator[FileStore]:
     s = file_store(tmp_path / "store")
     await s.start()
     yield s
     await s.close()
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def take(events: AsyncIterator[StoreEvent], count: int) -> list[StoreEvent]:
@@ -82,143 +68,7 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-# -- the contract, on both backends ------------------------------------------------------------
-
-
-async def test_empty_store(store: Store) -> None:
-    assert store.revision == 0
-    assert await store.list() == (0, [])
-    with pytest.raises(NotFoundError, match="orders"):
-        await store.get("orders")
-    with pytest.raises(NotFoundError, match="orders"):
-        await store.delete("orders")
-    assert store.problems() == []
-
-
-async def test_apply_get_list_delete(store: Store) -> None:
-    revision, applied = await store.apply([svc("orders"), svc("billing")])
-    assert revision == 1 == store.revision
-    assert [(a.name, a.revision, a.changed) for a in applied] == [
-        ("orders", 1, True),
-        ("billing", 1, True),
-    ]
-    stored = await store.get("orders")
-    assert stored.service == svc("orders")
-    assert stored.revision == 1
-
-    revision, applied = await store.apply([svc("orders", "10.0.0.2:50051")])
-    assert revision == 2
-    assert [(a.name, a.revision, a.changed) for a in applied] == [("orders", 2, True)]
-
-    revision, services = await store.list()
-    assert revision == 2
-    assert [(s.service.name, s.revision) for s in services] == [("billing", 1), ("orders", 2)]
-    assert services[1].service.endpoints[0].address == "10.0.0.2:50051"
-
-    assert await store.delete("billing") == 3
-    with pytest.raises(NotFoundError):
-        await store.get("billing")
-    revision, services = await store.list()
-    assert revision == 3
-    assert [s.service.name for s in services] == ["orders"]
-
-
-async def test_returned_messages_are_copies(store: Store) -> None:
-    original = svc("orders")
-    await store.apply([original])
-    original.endpoints[0].address = "10.9.9.9:1"
-    stored = await store.get("orders")
-    stored.service.endpoints[0].address = "10.8.8.8:1"
-    assert (await store.get("orders")).service == svc("orders")
-
-
-async def test_identical_apply_is_unchanged(store: Store) -> None:
-    await store.apply([svc("orders"), svc("billing")])
-    revision, applied = await store.apply([svc("orders"), svc("billing")])
-    assert revision == 1 == store.revision
-    assert [(a.name, a.revision, a.changed) for a in applied] == [
-        ("orders", 1, False),
-        ("billing", 1, False),
-    ]
-    revision, applied = await store.apply([svc("orders"), svc("billing", "10.0.0.3:50051")])
-    assert revision == 2
-    assert [(a.name, a.revision, a.changed) for a in applied] == [
-        ("orders", 1, False),
-        ("billing", 2, True),
-    ]
-
-
-async def test_if_revision_conflict(store: Store) -> None:
-    await store.apply([svc("orders")])  # 1
-    await store.apply([svc("billing")])  # 2
-    revision, _ = await store.apply([svc("orders", "10.0.0.2:50051")], if_revision=1)
-    assert revision == 3
-    with pytest.raises(ConflictError, match="orders"):
-        await store.apply(
-            [svc("billing", "10.0.0.4:1"), svc("orders", "10.0.0.4:1")], if_revision=2
-        )
-    # all or nothing: billing was not written either
-    assert (await store.get("billing")).service == svc("billing")
-    assert store.revision == 3
-    # a service that does not exist yet passes
-    revision, _ = await store.apply([svc("new")], if_revision=1)
-    assert revision == 4
-    with pytest.raises(ConflictError, match="orders"):
-        await store.delete("orders", if_revision=2)
-    assert await store.delete("orders", if_revision=3) == 5
-
-
-async def test_bad_batch_refused(store: Store) -> None:
-    with pytest.raises(ConfigError, match="more than once"):
-        await store.apply([svc("orders"), svc("orders", "10.0.0.2:1")])
-    with pytest.raises(ConfigError, match="empty"):
-        await store.apply([config_pb2.Service()])
-    assert store.revision == 0
-    assert await store.list() == (0, [])
-
-
-async def test_watch_delivers_every_change_to_concurrent_watchers(store: Store) -> None:
-    await store.apply([svc("orders")])  # 1, before the watch revision
-    await store.apply([svc("billing")])  # 2
-    first, second = store.watch(1), store.watch(1)
-    tasks = [asyncio.create_task(take(first, 5)), asyncio.create_task(take(second, 5))]
-    await asyncio.sleep(0.05)
-    await store.apply([svc("orders", "10.0.0.2:1"), svc("shipping")])  # 3
-    await store.delete("billing")  # 4
-    await store.apply([svc("billing", "10.0.0.5:1")])  # 5
-    expected = [
-        (2, "billing", "10.0.0.1:50051"),
-        (3, "orders", "10.0.0.2:1"),
-        (3, "shipping", "10.0.0.1:50051"),
-        (4, "billing", None),
-        (5, "billing", "10.0.0.5:1"),
-    ]
-    results = await asyncio.gather(*tasks)
-    assert [summary(r) for r in results] == [expected, expected]
-    assert results[0][3].deleted
-
-
-async def test_watch_from_now_waits_for_new_changes(store: Store) -> None:
-    await store.apply([svc("orders")])
-    task = asyncio.create_task(take(store.watch(store.revision), 1))
-    await asyncio.sleep(0.05)
-    assert not task.done()
-    await store.apply([svc("billing")])
-    assert summary(await task) == [(2, "billing", "10.0.0.1:50051")]
-
-
-async def test_watch_ends_when_store_closes(store: Store) -> None:
-    async def drain() -> list[StoreEvent]:
-        return [event async for event in store.watch(0)]
-
-    task = asyncio.create_task(drain())
-    await store.apply([svc("orders")])
-    await asyncio.sleep(0.05)
-    await store.close()
-    events = await asyncio.wait_for(task, timeout=5)
-    assert summary(events) == [(1, "orders", "10.0.0.1:50051")]
-    with pytest.raises(StoreUnavailableError):
-        await store.list()
+# -- the memory store: its log -----------------------------------------------------------------
 
 
 async def test_watch_behind_the_log_gets_a_resync() -> None:
@@ -327,7 +177,7 @@ async def test_broken_hand_edit_keeps_the_service_until_fixed(tmp_path: Path) ->
     await store.apply([svc("orders")])
     path = tmp_path / "orders.yaml"
     path.write_text(doc("orders") + "policy: {retry: {attempts: 9}}\n")
-    await eventually(lambda: bool(store.problems()))
+    await eventually(lambda: bool(store.problems()), 5.0, "a problem to be reported")
     [problem] = store.problems()
     assert problem.source == str(path)
     assert "policy.retry.attempts" in problem.message
@@ -340,7 +190,9 @@ async def test_broken_hand_edit_keeps_the_service_until_fixed(tmp_path: Path) ->
 
     # unparsable is no better, and the kept version survives a restart
     path.write_text("name: [orders\n")
-    await eventually(lambda: "line" in store.problems()[0].message)
+    await eventually(
+        lambda: "line" in store.problems()[0].message, 5.0, "the problem to name the line"
+    )
     await store.close()
     store = file_store(tmp_path)
     await store.start()
@@ -375,7 +227,7 @@ async def test_file_broken_while_stopped_keeps_its_services(tmp_path: Path) -> N
 async def test_hand_written_json_file_stays_json(fstore: FileStore) -> None:
     path = fstore.directory / "orders.json"
     path.write_text(json.dumps({"name": "orders", "endpoints": [{"address": "10.0.0.1:50051"}]}))
-    await eventually(lambda: fstore.revision == 1)
+    await eventually(lambda: fstore.revision == 1, 5.0, "revision 1")
     await fstore.apply([svc("orders", "10.0.0.2:1")])
     assert json.loads(path.read_text())["endpoints"] == [{"address": "10.0.0.2:1"}]
     assert not (fstore.directory / "orders.yaml").exists()
@@ -384,17 +236,17 @@ async def test_hand_written_json_file_stays_json(fstore: FileStore) -> None:
 async def test_new_broken_file_is_reported_and_removing_it_clears(fstore: FileStore) -> None:
     path = fstore.directory / "bad.yaml"
     path.write_text("- not a service\n")
-    await eventually(lambda: bool(fstore.problems()))
+    await eventually(lambda: bool(fstore.problems()), 5.0, "a problem to be reported")
     assert fstore.problems()[0].source == str(path)
     assert fstore.revision == 0
     path.unlink()
-    await eventually(lambda: not fstore.problems())
+    await eventually(lambda: not fstore.problems(), 5.0, "the problems to clear")
 
 
 async def test_hand_added_multi_document_file(fstore: FileStore) -> None:
     path = fstore.directory / "team.yaml"
     path.write_text(doc("orders") + "---\n" + doc("billing") + "---\n" + doc("shipping"))
-    await eventually(lambda: fstore.revision == 1)
+    await eventually(lambda: fstore.revision == 1, 5.0, "revision 1")
     assert [s.service.name for s in (await fstore.list())[1]] == ["billing", "orders", "shipping"]
 
     revision, applied = await fstore.apply([svc("billing", "10.0.0.2:1")])
@@ -419,10 +271,10 @@ async def test_hand_added_multi_document_file(fstore: FileStore) -> None:
 async def test_service_defined_in_two_files(fstore: FileStore) -> None:
     first = fstore.directory / "a.yaml"
     first.write_text(doc("orders", "10.0.0.1:1"))
-    await eventually(lambda: fstore.revision == 1)
+    await eventually(lambda: fstore.revision == 1, 5.0, "revision 1")
     second = fstore.directory / "b.yaml"
     second.write_text(doc("orders", "10.0.0.2:1") + "---\n" + doc("billing"))
-    await eventually(lambda: fstore.revision == 2)
+    await eventually(lambda: fstore.revision == 2, 5.0, "revision 2")
     [problem] = fstore.problems()
     assert problem.source == str(second)
     assert "orders" in problem.message and "a.yaml" in problem.message
@@ -433,15 +285,15 @@ async def test_service_defined_in_two_files(fstore: FileStore) -> None:
     assert load_documents(first.read_text(), "a.yaml") == [svc("orders", "10.0.0.3:1")]
     # when the owner lets go, the other definition takes over
     first.unlink()
-    await eventually(lambda: not fstore.problems())
+    await eventually(lambda: not fstore.problems(), 5.0, "the problems to clear")
     assert (await fstore.get("orders")).service == svc("orders", "10.0.0.2:1")
 
 
 async def test_delete_removes_every_definition(fstore: FileStore) -> None:
     (fstore.directory / "a.yaml").write_text(doc("orders"))
-    await eventually(lambda: fstore.revision == 1)
+    await eventually(lambda: fstore.revision == 1, 5.0, "revision 1")
     (fstore.directory / "b.yaml").write_text(doc("orders", "10.0.0.2:1") + "---\n" + doc("x"))
-    await eventually(lambda: fstore.revision == 2)
+    await eventually(lambda: fstore.revision == 2, 5.0, "revision 2")
     await fstore.delete("orders")
     with pytest.raises(NotFoundError):
         await fstore.get("orders")
@@ -535,12 +387,12 @@ async def test_unreadable_directory_keeps_the_last_state(tmp_path: Path) -> None
     await store.apply([svc("orders")])
     moved = tmp_path / "moved"
     directory.rename(moved)
-    await eventually(lambda: bool(store.problems()))
+    await eventually(lambda: bool(store.problems()), 5.0, "a problem to be reported")
     assert store.problems()[0].source == str(directory)
     assert (await store.get("orders")).service == svc("orders")
     with pytest.raises(StoreUnavailableError):
         await store.apply([svc("billing")])
     moved.rename(directory)
-    await eventually(lambda: not store.problems())
+    await eventually(lambda: not store.problems(), 5.0, "the problems to clear")
     assert store.revision == 1
     await store.close()
