@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -16,29 +18,57 @@ from tests.conftest import ROOT, require_tool
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 
-def test_bench_quick_control_prints_a_json_summary() -> None:
+@dataclass
+class BenchRun:
+    """What one ``python -m bench --quick --only SECTION`` printed."""
+
+    lines: list[str]  # stdout: the human-readable tables, then the JSON summary
+    summary: dict[str, Any]  # the last line
+    rows: list[dict[str, Any]]  # the section's rows in the summary
+
+    def tables(self, prefix: str) -> list[dict[str, Any]]:
+        """The rows of every table whose name starts with ``prefix``."""
+        return [r for r in self.rows if r["table"].startswith(prefix)]
+
+    def table(self, name: str) -> dict[str, Any]:
+        """The first row of the table named exactly ``name``."""
+        return next(r for r in self.rows if r["table"] == name)
+
+    def printed(self, prefix: str) -> bool:
+        """Whether a line of the human-readable output starts with ``prefix``."""
+        return any(line.startswith(prefix) for line in self.lines)
+
+
+def run_bench(section: str, *args: str, timeout: float = 100) -> BenchRun:
+    """Runs the quick ``section`` as a subprocess; checks that it succeeded and that its last
+    line is a quick run's JSON summary holding that section's results alone."""
     result = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "control", "--sizes", "1"],
+        [sys.executable, "-m", "bench", "--quick", "--only", section, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=100,
+        timeout=timeout,
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
     summary = json.loads(lines[-1])
-    assert {"machine", "quick", "sizes", "seconds", "results"} <= set(summary)
-    assert summary["quick"] is True and summary["sizes"] == [1]
-    assert {"nproc", "cpu", "python", "grpcio"} <= set(summary["machine"])
-    assert list(summary["results"]) == ["control"]
+    assert summary["quick"] is True
+    assert list(summary["results"]) == [section]
+    return BenchRun(lines, summary, summary["results"][section])
 
-    rows = summary["results"]["control"]
-    builds = [r for r in rows if r["table"].startswith("snapshot build")]
+
+def test_bench_quick_control_prints_a_json_summary() -> None:
+    run = run_bench("control", "--sizes", "1")
+    assert {"machine", "quick", "sizes", "seconds", "results"} <= set(run.summary)
+    assert run.summary["sizes"] == [1]
+    assert {"nproc", "cpu", "python", "grpcio"} <= set(run.summary["machine"])
+
+    builds = run.tables("snapshot build")
     assert [r["services"] for r in builds] == [1]
     assert {"median_ms", "p99_ms", "us_per_service"} <= set(builds[0])
 
-    applies = [r for r in rows if r["table"].startswith("apply to call")]
+    applies = run.tables("apply to call")
     assert {(r["store"], r["debounce"]) for r in applies} == {
         ("memory", "100ms"),
         ("memory", "0s"),
@@ -47,31 +77,18 @@ def test_bench_quick_control_prints_a_json_summary() -> None:
     for row in applies:
         assert row["services"] == 1 and row["flips"] == 3
         assert 0 < row["median_ms"] <= row["p99_ms"] < 30_000
-    meshctl = [r for r in rows if r["table"].startswith("meshctl apply")]
+    meshctl = run.tables("meshctl apply")
     assert len(meshctl) == 1 and meshctl[0]["meshctl_wall_ms"] > 0
-    compared = {r["compare"] for r in rows if r["table"].startswith("side by side")}
+    compared = {r["compare"] for r in run.tables("side by side")}
     assert compared == {"file / memory store, N=1", "debounce 100ms / 0s, N=1"}
     # Human-readable tables come before the JSON line.
-    assert any(line.startswith("== control: apply to call") for line in lines)
+    assert run.printed("== control: apply to call")
 
 
 def test_bench_quick_agent_prints_a_json_summary() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "agent"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.strip().splitlines()
-    summary = json.loads(lines[-1])
-    assert summary["quick"] is True
-    assert list(summary["results"]) == ["agent"]
-    rows = summary["results"]["agent"]
+    run = run_bench("agent")
 
-    footprint = [r for r in rows if r["table"].startswith("footprint")]
+    footprint = run.tables("footprint")
     assert [r["variant"] for r in footprint] == ["no health checks", "health checks 5s"]
     for row in footprint:
         assert {
@@ -87,13 +104,13 @@ def test_bench_quick_agent_prints_a_json_summary() -> None:
         assert row["agent_idle_cpu_pct"] >= 0 and row["window_s"] > 0
     assert footprint[1]["health_checks_per_s"] == 40
 
-    starts = [r for r in rows if r["table"].startswith("start to first LDS")]
+    starts = run.tables("start to first LDS")
     assert [r["start"].split(":")[0] for r in starts] == ["warm", "cold"]
     for row in starts:
         assert row["runs"] == 2
         assert 0 < row["median_ms"] <= row["p99_ms"] < 30_000
 
-    pushes = [r for r in rows if r["table"].startswith("push to client")]
+    pushes = run.tables("push to client")
     assert [r["path"] for r in pushes][:3] == [
         "via agent holding echo only",
         "via agent holding 101 services",
@@ -102,33 +119,20 @@ def test_bench_quick_agent_prints_a_json_summary() -> None:
     for row in pushes[:3]:
         assert row["pushes"] == 5 and 0 < row["median_ms"] <= row["p99_ms"] < 10_000
 
-    compared = {r["compare"]: r for r in rows if r["table"].startswith("side by side")}
+    compared = {r["compare"]: r for r in run.tables("side by side")}
     assert set(compared) == {
         "start to first LDS, cold / warm",
         "push to client, via agent holding echo only / direct",
         "push to client, via agent holding 101 services / direct",
     }
     assert all(r["ratio"] > 0 for r in compared.values())
-    assert any(line.startswith("== agent: footprint") for line in lines)
+    assert run.printed("== agent: footprint")
 
 
 def test_bench_quick_datapath_prints_a_json_summary() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "datapath"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.strip().splitlines()
-    summary = json.loads(lines[-1])
-    assert summary["quick"] is True
-    assert list(summary["results"]) == ["datapath"]
-    rows = summary["results"]["datapath"]
+    run = run_bench("datapath", timeout=110)
 
-    final = next(r for r in rows if r["table"] == "summary")
+    final = run.table("summary")
     keys = {
         "direct_p50_us",
         "mesh_p50_us",
@@ -156,43 +160,30 @@ def test_bench_quick_datapath_prints_a_json_summary() -> None:
     else:
         assert final["envoy_p50_us"] > 0
 
-    latency = [r for r in rows if r["table"].startswith("latency")]
+    latency = run.tables("latency")
     for row in latency:
         assert row["calls"] == 900 and row["errors"] == 0, row
         assert 0 < row["p50_us"] <= row["p99_us"] < 1_000_000
     assert final["admit_ns"] < 100_000  # an in-process dict lookup, not an RPC
     assert 0 < final["propagation_median_ms"] <= final["propagation_p99_ms"] < 5_000
-    targets = [r for r in rows if r["table"].startswith("target")]
+    targets = run.tables("target")
     assert [r["compare"] for r in targets] == ["mesh - direct", "aio_mesh - aio_direct"]
     # The target is judged on the paired in-process figures (one process per API).
-    paired = {r["variant"]: r for r in rows if r["table"].startswith("paired")}
+    paired = {r["variant"]: r for r in run.tables("paired")}
     assert set(paired) == {"direct", "mesh", "interceptor", "aio_direct", "aio_mesh"}
     for row in paired.values():
         assert row["calls"] == 600 and row["errors"] == 0, row
     assert final["target_basis"] == "paired in-process"
     assert final["mesh_p50_us"] == paired["mesh"]["p50_us"]
     assert final["mesh_added_p50_us"] == targets[0]["added_us"]
-    assert any(line.startswith("== datapath: latency") for line in lines)
+    assert run.printed("== datapath: latency")
 
 
 def test_bench_quick_etcd_prints_a_json_summary() -> None:
     require_tool("etcd")
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "etcd"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.strip().splitlines()
-    summary = json.loads(lines[-1])
-    assert summary["quick"] is True
-    assert list(summary["results"]) == ["etcd"]
-    rows = summary["results"]["etcd"]
+    run = run_bench("etcd", timeout=110)
 
-    setup = next(r for r in rows if r["table"] == "setup")
+    setup = run.table("setup")
     assert setup["etcd_version"] and setup["etcd_version"] != "unknown"
     assert setup["agents_per_mesh"] == 10 and setup["agents_total"] == 20
     for mesh in ("d0", "d100"):
@@ -200,7 +191,7 @@ def test_bench_quick_etcd_prints_a_json_summary() -> None:
         for server in (1, 2):
             assert 0 < setup[f"control_rss_mib_{mesh}_s{server}"] < 1024
 
-    fanout = [r for r in rows if r["table"].startswith("fan-out")]
+    fanout = run.tables("fan-out")
     assert {(r["debounce"], r["agents"]) for r in fanout} == {
         (debounce, scope)
         for debounce in ("0s", "100ms")
@@ -213,28 +204,15 @@ def test_bench_quick_etcd_prints_a_json_summary() -> None:
     assert total["0s"]["count"] == total["100ms"]["count"] == 10
     # A 100 ms debounce cannot push sooner than 100 ms after the write.
     assert total["100ms"]["min_ms"] >= 100
-    compared = {r["compare"] for r in rows if r["table"].startswith("side by side")}
+    compared = {r["compare"] for r in run.tables("side by side")}
     assert "all agents, debounce 100ms / 0s" in compared
-    assert any(line.startswith("== etcd: fan-out") for line in lines)
+    assert run.printed("== etcd: fan-out")
 
 
 def test_bench_quick_tracing_prints_a_json_summary() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "tracing"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.strip().splitlines()
-    summary = json.loads(lines[-1])
-    assert summary["quick"] is True
-    assert list(summary["results"]) == ["tracing"]
-    rows = summary["results"]["tracing"]
+    run = run_bench("tracing")
 
-    calls = {r["variant"]: r for r in rows if r["table"].startswith("calls")}
+    calls = {r["variant"]: r for r in run.tables("calls")}
     assert list(calls) == ["plain", "mesh_off", "mesh_on", "otel"]
     for row in calls.values():
         assert row["calls"] == 480 and row["errors"] == 0, row
@@ -243,7 +221,7 @@ def test_bench_quick_tracing_prints_a_json_summary() -> None:
     for name in ("mesh_off", "mesh_on", "otel"):
         assert isinstance(calls[name]["added_paired_us"], float), calls[name]
 
-    costs = {r["compare"]: r for r in rows if r["table"].startswith("cost")}
+    costs = {r["compare"]: r for r in run.tables("cost")}
     assert set(costs) == {
         "mesh_on - mesh_off",
         "mesh_off - plain",
@@ -254,14 +232,14 @@ def test_bench_quick_tracing_prints_a_json_summary() -> None:
     for row in costs.values():
         assert isinstance(row["paired_us"], float) and row["a_p50_us"] > 0 and row["b_p50_us"] > 0
 
-    client = {r["variant"]: r for r in rows if r["table"].startswith("client interceptor alone")}
-    server = {r["variant"]: r for r in rows if r["table"].startswith("server interceptor alone")}
+    client = {r["variant"]: r for r in run.tables("client interceptor alone")}
+    server = {r["variant"]: r for r in run.tables("server interceptor alone")}
     assert set(client) == {"mesh_off", "mesh_on", "mesh_spans_only", "otel"}
     assert set(server) == {"mesh_off", "mesh_on", "otel"}
     for row in [*client.values(), *server.values()]:
         assert 0 < row["intercept_ns"] < 10_000_000, row  # in process: no RPC
 
-    final = next(r for r in rows if r["table"] == "summary")
+    final = run.table("summary")
     # Tracing off really was off (no SDK installed globally), on really was on: every span
     # and histogram point the calls made reached its exporter.
     assert final["global_tracer_provider"] in ("ProxyTracerProvider", "NoOpTracerProvider")
@@ -269,32 +247,19 @@ def test_bench_quick_tracing_prints_a_json_summary() -> None:
         got, expected = map(int, final[key].split("/"))
         assert got == expected > 0, (key, final[key])
     assert final["tracing_on_vs_off_us"] == costs["mesh_on - mesh_off"]["paired_us"]
-    assert any(line.startswith("== tracing: cost") for line in lines)
+    assert run.printed("== tracing: cost")
 
 
 def test_bench_quick_mtls_prints_a_json_summary() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "mtls"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.strip().splitlines()
-    summary = json.loads(lines[-1])
-    assert summary["quick"] is True
-    assert list(summary["results"]) == ["mtls"]
-    rows = summary["results"]["mtls"]
+    run = run_bench("mtls", timeout=110)
     transports = ["unix", "tcp", "mtls", "unix_b"]
 
-    shakes = {r["transport"]: r for r in rows if r["table"].startswith("handshake")}
+    shakes = {r["transport"]: r for r in run.tables("handshake")}
     assert list(shakes) == transports
     for row in shakes.values():
         assert row["samples"] == 16 and row["errors"] == 0, row
         assert 0 < row["second_call_p50_ms"] < row["p50_ms"] <= row["p99_ms"] < 10_000, row
-    calls = {r["transport"]: r for r in rows if r["table"].startswith("calls")}
+    calls = {r["transport"]: r for r in run.tables("calls")}
     assert list(calls) == transports
     for row in calls.values():
         assert row["calls"] == 480 and row["errors"] == 0, row
@@ -302,35 +267,23 @@ def test_bench_quick_mtls_prints_a_json_summary() -> None:
     assert shakes["tcp"]["vs_tcp_paired_ms"] is None and calls["tcp"]["vs_tcp_paired_us"] is None
     assert isinstance(calls["mtls"]["vs_tcp_paired_us"], float)
 
-    costs = {r["compare"]: r for r in rows if r["table"].startswith("cost")}
+    costs = {r["compare"]: r for r in run.tables("cost")}
     assert set(costs) == {"mtls - tcp", "tcp - unix", "mtls - unix", "unix_b - unix"}
-    final = next(r for r in rows if r["table"] == "summary")
+    final = run.table("summary")
     assert final["rpc"] == "mesh.v1.AgentService/AcquirePermit" and final["errors"] == 0
     assert final["handshake_mtls_vs_tcp_ms"] == costs["mtls - tcp"]["handshake_ms"]
     assert final["call_mtls_vs_tcp_us"] == costs["mtls - tcp"]["call_us"]
     assert final["credentials_us"] > 0
-    assert any(line.startswith("== mtls: handshake") for line in lines)
+    assert run.printed("== mtls: handshake")
 
 
 def test_bench_quick_scale_prints_a_json_summary() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "scale", "--sizes", "5,20"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.strip().splitlines()
-    summary = json.loads(lines[-1])
-    assert summary["quick"] is True and summary["sizes"] == [5, 20]
-    assert list(summary["results"]) == ["scale"]
-    rows = summary["results"]["scale"]
+    run = run_bench("scale", "--sizes", "5,20")
+    assert run.summary["sizes"] == [5, 20]
 
-    setup = next(r for r in rows if r["table"] == "setup")
+    setup = run.table("setup")
     assert setup["changes_per_case"] == 3 and setup["services"] == 5
-    cases = [r for r in rows if r["table"].startswith("apply -> every node ACKed")]
+    cases = run.tables("apply -> every node ACKed")
     assert [(r["mode"], r["nodes"]) for r in cases if r["mode"] == "sotw"] == [
         ("sotw", 5),
         ("sotw", 20),
@@ -346,7 +299,7 @@ def test_bench_quick_scale_prints_a_json_summary() -> None:
         assert row["eds_versions"] == 1 and row["goal_rss"] in ("PASS", "FAIL"), row
 
     # The per-mode JSON lines (largest N) stand just before the tables.
-    per_mode = [json.loads(line) for line in lines if line.startswith('{"mode"')]
+    per_mode = [json.loads(line) for line in run.lines if line.startswith('{"mode"')]
     assert [m["mode"] for m in per_mode] == ["sotw", "delta"]
     for record in per_mode:
         assert {"mode", "nodes", "p50_s", "p99_s", "rss_per_node_kb"} <= set(record)
@@ -356,4 +309,4 @@ def test_bench_quick_scale_prints_a_json_summary() -> None:
         assert record["nodes"] == 20
         assert 0 < record["p50_s"] <= record["p99_s"] < 30
         assert record["rss_per_node_kb"] > 0
-    assert any(line.startswith("== scale: apply -> every node ACKed") for line in lines)
+    assert run.printed("== scale: apply -> every node ACKed")
