@@ -1,7 +1,8 @@
 """Section ``agent``: what the node agent (``python -m mesh_agent run``) costs and adds.
 
 Real processes on loopback and a unix socket; the ADS clients run in this process
-(``bench/_ads_client.py``, grpc.aio) and stamp each response with ``time.time()`` on arrival.
+(``mesh_xds.testing.AdsClient`` through ``bench/_ads_client.py``, grpc.aio) and stamp
+each response with ``time.time()`` on arrival.
 
 * ``footprint``: the agent holding 100 services (LDS, RDS, CDS, EDS: 100 each). A local ADS
   stream on the agent's socket subscribes to the 100 names of each type, the agent subscribes
@@ -36,10 +37,11 @@ import grpc
 from envoy.config.endpoint.v3 import endpoint_pb2
 
 from bench import Options, Row, _procs, ratio, section, summary
-from bench._ads_client import AdsClient
+from bench._ads_client import ads_client
 from bench._procs import BenchError, Proc, Processes
 from control.config import load_documents
 from mesh.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, config_pb2
+from mesh_xds.testing import AdsClient
 from mesh_xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 SERVICES = 100
@@ -183,7 +185,7 @@ def subscribe_all(client: AdsClient, names: Sequence[str]) -> None:
 def _client_holds(client: AdsClient, count: int) -> bool:
     for type_url in HELD_TYPES:
         got = client.of_type(type_url)
-        if not got or len(got[-1].response.resources) < count:
+        if not got or len(got[-1].resources) < count:
             return False
     return True
 
@@ -215,7 +217,7 @@ async def footprint(
     try:
         pid = agent.popen.pid
         rss_empty = rss_mib(pid)
-        async with AdsClient(target, "bench-local") as client:
+        async with ads_client(target, "bench-local") as client:
             t1 = time.perf_counter()
             subscribe_all(client, names)
             await wait_held(target, SERVICES)
@@ -313,17 +315,21 @@ async def first_listener(
             if time.monotonic() > deadline:
                 raise BenchError(f"{label}: no socket after {START_TIMEOUT}s")
             await asyncio.sleep(0.002)
-        async with AdsClient(f"unix:{socket}", "bench-local") as client:
+        async with ads_client(f"unix:{socket}", "bench-local") as client:
             subscribe_all(client, names)
 
             def listeners(c: AdsClient) -> bool:
-                return any(r.response.resources for r in c.of_type(LISTENER))
+                return any(r.resources for r in c.of_type(LISTENER))
 
             try:
                 await client.wait_for(listeners, START_TIMEOUT)
             except TimeoutError:
                 raise BenchError(f"{label}: no listener after {START_TIMEOUT}s") from None
-            first = next(r for r in client.of_type(LISTENER) if r.response.resources)
+            first = next(
+                r
+                for r in client.received
+                if r.response.type_url == LISTENER and r.response.resources
+            )
         return (first.t - t0) * 1000, (ready_at - t0) * 1000 if ready_at is not None else None
     finally:
         watcher.cancel()
@@ -435,9 +441,9 @@ async def push_latency(procs: Processes, control_address: str, plan: Plan) -> li
             base_port = 51000
             await apply(stub, [echo_service(base_port)])
             async with (
-                AdsClient(small_target, "bench-relay-small") as via_small,
-                AdsClient(full_target, "bench-relay-full") as via_full,
-                AdsClient(control_address, "bench-direct") as direct,
+                ads_client(small_target, "bench-relay-small") as via_small,
+                ads_client(full_target, "bench-relay-full") as via_full,
+                ads_client(control_address, "bench-direct") as direct,
             ):
                 clients = dict(zip(RELAY_PATHS, (via_small, via_full, direct), strict=True))
                 via_small.subscribe(ENDPOINT, ["echo"])

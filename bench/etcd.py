@@ -10,9 +10,10 @@ each under its own key prefix, so they never see each other's writes:
 
 In each mesh half the agents list ``--control C1,C2`` and half ``C2,C1``, so half hold their
 upstream stream on server 1 and half on server 2 (checked with ``GetAgentStatus``). Agents
-start 5 at a time. For every agent the bench process (grpc.aio, ``bench/_ads_client.py``)
-opens one ADS stream on the agent's unix socket subscribed to EDS ``fan``, ACKs every
-response and stamps it with ``time.time()`` as it arrives.
+start 5 at a time. For every agent the bench process (grpc.aio,
+``mesh_xds.testing.AdsClient`` through ``bench/_ads_client.py``) opens one ADS stream on the
+agent's unix socket subscribed to EDS ``fan``, ACKs every response and stamps it with
+``time.time()`` as it arrives.
 
 Each write changes the one endpoint of ``fan`` (its port alternates) with the
 ``mesh.v1.MeshAdminService/ApplyServices`` RPC that ``meshctl apply`` sends, always to control
@@ -46,10 +47,11 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from bench import Options, Row, _procs, ratio, section, summary
-from bench._ads_client import AdsClient
+from bench._ads_client import ads_client
 from bench._procs import BenchError, Proc, Processes
 from control.config import load_documents
 from mesh.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, config_pb2
+from mesh_xds.testing import AdsClient
 from mesh_xds.types import ENDPOINT
 
 SERVICE = "fan"
@@ -125,7 +127,7 @@ def _http_json(url: str) -> dict[str, object] | None:
 
 
 def start_etcd(procs: Processes, binary: str) -> tuple[Proc, int]:
-    """One etcd member on free loopback ports (after ``tests/etcd_fixture.py``), healthy."""
+    """One etcd member on free loopback ports (after ``tests/e2e/conftest.py``), healthy."""
     port, peer_port = free_port(), free_port()
     client, peer = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{peer_port}"
     proc = procs.command(
@@ -206,7 +208,7 @@ async def start_agent(procs: Processes, mesh: Mesh, i: int) -> Agent:
         str(procs.workdir / name),
     )
     agent = Agent(name, proc, sock, home)
-    agent.client = AdsClient(f"unix:{sock}", f"bench-{name}")
+    agent.client = ads_client(f"unix:{sock}", f"bench-{name}")
     await agent.client.__aenter__()
     agent.client.subscribe(ENDPOINT, [SERVICE])
     return agent
