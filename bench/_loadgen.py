@@ -13,6 +13,14 @@ Per node only counters, interned names and versions are kept; names derived from
 (a listener's route, a cluster's EDS name) are decoded once per distinct version and shared.
 With ``--cpu C`` the process pins itself (every thread) to core C.
 
+Why not ``mesh_xds.testing.AdsClient``, the client the tests and the other sections use: this
+process stands in for thousands of nodes on one core, and what it measures is the server's
+time to every node's ACK. That client keeps every response, unpacks every resource of every
+response to check the protocol's rules and runs a reading task per stream; multiplied by the
+nodes, that would make the load generator, not the server, the bottleneck (and its memory the
+largest figure on the machine). The rules it would check are the ones the tests check against
+the same server with that client.
+
 Driven line by line on stdin; each answer is one JSON line on stdout:
 
 * ``connect``: opens every node (one first, then the rest, ``--ramp`` at a time);
