@@ -23,11 +23,7 @@ from typing import Any
 
 import grpc
 import pytest
-from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
-from envoy.config.endpoint.v3 import endpoint_pb2
-from envoy.config.listener.v3 import listener_pb2
-from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 from hypothesis import HealthCheck, Phase, given, settings
@@ -38,15 +34,12 @@ from mesh_xds.metrics import XdsMetrics
 from mesh_xds.servicer import AdsServicer, NodeRegistry
 from mesh_xds.session import AdsSession, NodeRefused, ProtocolError
 from mesh_xds.snapshot import Snapshot, SnapshotCache
+from mesh_xds.testing import resource_name as name_of
 from mesh_xds.types import (
     ALL_TYPES,
-    CLUSTER,
-    ENDPOINT,
     FULL_STATE,
     LEGACY_WILDCARD,
     LISTENER,
-    ROUTE,
-    SERVICE_POLICY,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -59,14 +52,6 @@ HOSTILE = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 REFUSED_NODE = "refused-node"
-
-KINDS: dict[str, Any] = {
-    LISTENER: listener_pb2.Listener,
-    ROUTE: route_pb2.RouteConfiguration,
-    CLUSTER: cluster_pb2.Cluster,
-    ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
-    SERVICE_POLICY: config_pb2.ServicePolicy,
-}
 
 
 def _services() -> list[config_pb2.Service]:
@@ -88,12 +73,6 @@ def _serialized(snapshot: Snapshot) -> dict[str, dict[str, tuple[bytes, str]]]:
         }
         for type_url, by_name in snapshot.resources.items()
     }
-
-
-def _name_of(resource: Any) -> str:
-    message = KINDS[resource.type_url]()
-    assert resource.Unpack(message), f"cannot unpack {resource.type_url}"
-    return str(getattr(message, "name", "") or getattr(message, "cluster_name", ""))
 
 
 # ---------------------------------------------------------------------------- strategies
@@ -294,7 +273,7 @@ class HostileClient:
         assert response.version_info
         view = self.views[response.type_url]
         assert view.wildcard or view.names, "a response to a client subscribed to nothing"
-        names = [_name_of(r) for r in response.resources]
+        names = [name_of(r) for r in response.resources]
         assert len(names) == len(set(names)), f"duplicate names in one response: {names}"
         available = self.cache.snapshot_for(self.session.node or base_pb2.Node()).resources.get(
             response.type_url, {}
@@ -423,7 +402,7 @@ async def _through_servicer(steps_: list[Step]) -> None:
         ), aborted
     assert registry.sessions() == [], "a finished stream stays registered"
     for response in context.written:
-        names = [_name_of(r) for r in response.resources]
+        names = [name_of(r) for r in response.resources]
         assert len(names) == len(set(names))
 
 
