@@ -304,10 +304,12 @@ class _Stream:
         target: str,
         node_id: str,
         *,
+        rules: SotwRules | DeltaRules,
         reject: Reject | None,
         credentials: grpc.ChannelCredentials | None,
         channel_options: Sequence[tuple[str, Any]],
     ) -> None:
+        self.rules = rules
         self.target = target
         self.node_id = node_id
         self.reject = reject or (lambda _: None)
@@ -327,12 +329,6 @@ class _Stream:
     # -- to be provided -------------------------------------------------------------------
 
     def _open(self, stub: ads_pb2_grpc.AggregatedDiscoveryServiceStub, requests: Any) -> Any:
-        raise NotImplementedError
-
-    def _check(self, response: Any) -> None:
-        raise NotImplementedError
-
-    def _requested(self, request: Any) -> None:
         raise NotImplementedError
 
     def _answer(self, response: Any) -> None:
@@ -375,7 +371,7 @@ class _Stream:
             yield request
 
     def _send(self, request: Any) -> None:
-        self._requested(request)
+        self.rules.requested(request)
         self._requests.put_nowait(request)
 
     def _with_node(self, request: Any) -> Any:
@@ -388,7 +384,7 @@ class _Stream:
             async for response in call:
                 arrived = time.time()
                 try:
-                    self._check(response)
+                    self.rules.check(response)
                 except ProtocolViolation as violation:
                     self.violation = violation
                     call.cancel()
@@ -481,11 +477,11 @@ class AdsClient(_Stream):
         super().__init__(
             target,
             node_id,
+            rules=rules if rules is not None else SotwRules(),
             reject=reject,
             credentials=credentials,
             channel_options=channel_options,
         )
-        self.rules = rules if rules is not None else SotwRules()
         self._wait_for_ready = wait_for_ready
         self._names: dict[TypeUrl, list[ResourceName]] = {}
         self._accepted: dict[TypeUrl, str] = {}
@@ -496,12 +492,6 @@ class AdsClient(_Stream):
 
     def _open(self, stub: ads_pb2_grpc.AggregatedDiscoveryServiceStub, requests: Any) -> Any:
         return stub.StreamAggregatedResources(requests, wait_for_ready=self._wait_for_ready)
-
-    def _check(self, response: Any) -> None:
-        self.rules.check(response)
-
-    def _requested(self, request: Any) -> None:
-        self.rules.requested(request)
 
     def subscribe(self, type_url: TypeUrl, names: Sequence[ResourceName] | None = None) -> None:
         """Subscribes to ``names`` of ``type_url`` (none: the type's wildcard, where it has
@@ -550,11 +540,11 @@ class DeltaAdsClient(_Stream):
         super().__init__(
             target,
             node_id,
+            rules=rules if rules is not None else DeltaRules(),
             reject=reject,
             credentials=credentials,
             channel_options=channel_options,
         )
-        self.rules = rules if rules is not None else DeltaRules()
         self.held: dict[TypeUrl, dict[ResourceName, str]] = {}
 
     async def __aenter__(self) -> DeltaAdsClient:
@@ -563,12 +553,6 @@ class DeltaAdsClient(_Stream):
 
     def _open(self, stub: ads_pb2_grpc.AggregatedDiscoveryServiceStub, requests: Any) -> Any:
         return stub.DeltaAggregatedResources(requests)
-
-    def _check(self, response: Any) -> None:
-        self.rules.check(response)
-
-    def _requested(self, request: Any) -> None:
-        self.rules.requested(request)
 
     def request(
         self,
