@@ -26,7 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from mesh_core.errors import MeshError
+from mesh_core.errors import CertError
+from mesh_core.identity import trust_domain_of
 
 DEFAULT_TRUST_DOMAIN = "mesh.local"
 CA_DAYS = 3650
@@ -46,10 +47,6 @@ _USAGES = {
 }
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-class CertError(MeshError):
-    """A certificate cannot be created or read; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -179,23 +176,6 @@ def _check_days(days: int) -> int:
     if days < 1:
         raise CertError(f"--days must be at least 1, got {days}")
     return days
-
-
-def uri_sans(cert: x509.Certificate) -> list[str]:
-    """The certificate's URI SANs."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return list(san.get_values_for_type(x509.UniformResourceIdentifier))
-
-
-def trust_domain_of(cert: x509.Certificate) -> str | None:
-    """The trust domain named by the certificate's first ``spiffe://`` URI SAN."""
-    for uri in uri_sans(cert):
-        if uri.startswith("spiffe://"):
-            return uri.removeprefix("spiffe://").split("/", 1)[0]
-    return None
 
 
 def _is_ca(cert: x509.Certificate) -> bool:

@@ -31,7 +31,8 @@ import structlog
 
 from control.config import validate_service
 from mesh.v1 import config_pb2, node_pb2
-from mesh_core.errors import MeshError
+from mesh_core.errors import RegistrationError
+from mesh_core.limits import MAX_NODE_ID_LENGTH
 
 log = structlog.get_logger(__name__)
 
@@ -39,7 +40,6 @@ DEFAULT_GRACE = 30.0
 MAX_REGISTRATIONS_PER_NODE = 10_000
 MAX_CLIENTS_PER_NODE = 10_000
 MAX_HEALTH_ENTRIES = 10_000
-MAX_NODE_ID_LENGTH = 1024
 
 # validate_service's field paths for a one-endpoint service, in Registration terms.
 _FIELD_OF = {
@@ -49,15 +49,6 @@ _FIELD_OF = {
     "endpoints[0].zone": "zone",
     "endpoints[0].metadata": "metadata",
 }
-
-
-class RegistrationError(MeshError):
-    """A request was refused; ``problems`` holds one line per problem, each naming the field
-    (``registrations[2].address: ...``). Nothing of the request was applied."""
-
-    def __init__(self, problems: Sequence[str]) -> None:
-        self.problems = list(problems)
-        super().__init__("; ".join(self.problems) if self.problems else "invalid registration")
 
 
 def _check_node_id(node_id: str) -> list[str]:

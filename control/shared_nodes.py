@@ -54,11 +54,11 @@ from dataclasses import dataclass
 
 import structlog
 
+from control.nodes import ConnectedNodes
 from control.registry import Registrations, registration_endpoint
 from control.store.etcd import EtcdKeys, EtcdStore
 from mesh.v1 import admin_pb2, config_pb2
 from mesh_core.errors import StoreUnavailableError
-from mesh_xds.servicer import NodeRegistry
 
 log = structlog.get_logger(__name__)
 
@@ -95,14 +95,14 @@ class SharedNodes:
         self,
         store: EtcdStore,
         registrations: Registrations,
-        registry: NodeRegistry,
+        nodes: ConnectedNodes,
         server_id: str,
         ttl: float,
     ) -> None:
         """``ttl`` is the registration grace (seconds)."""
         self._keys = EtcdKeys(store, "nodes")
         self._registrations = registrations
-        self._registry = registry
+        self._nodes = nodes
         self._server_id = server_id
         self._departure_ttl = etcd_ttl(ttl)
         self._holding_ttl = self._departure_ttl + RENEWAL_INTERVAL
@@ -212,7 +212,7 @@ class SharedNodes:
 
     def _held_statuses(self) -> dict[str, admin_pb2.NodeStatus]:
         """The record to write for every node whose stream this server holds."""
-        statuses = {s.node_id: s for s in self._registry.node_statuses() if s.stream_id}
+        statuses = {s.node_id: s for s in self._nodes.node_statuses() if s.stream_id}
         for node_id in list(self._registrations.nodes()):
             if node_id not in statuses and self._registrations.is_connected(node_id):
                 statuses[node_id] = admin_pb2.NodeStatus(node_id=node_id)

@@ -39,7 +39,7 @@ from typing import Any, Literal, Protocol, TypeVar, cast
 import structlog
 
 from mesh_core.backoff import Backoff
-from mesh_core.errors import MeshError
+from mesh_core.errors import ComponentGraphError, ComponentLookupError
 
 log = structlog.get_logger(__name__)
 
@@ -77,19 +77,6 @@ class Component(Protocol):
     async def run(self) -> None: ...
 
     async def stop(self) -> None: ...
-
-
-class ComponentError(MeshError):
-    """Base of the errors this module raises on purpose."""
-
-
-class ComponentGraphError(ComponentError, ValueError):
-    """The set of components cannot be started: a duplicate name, an unknown requirement, a
-    cycle, or an object that is not a component."""
-
-
-class ComponentLookupError(ComponentError, LookupError):
-    """A component asked the context for something it cannot have."""
 
 
 @dataclass(frozen=True, slots=True)

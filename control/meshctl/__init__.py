@@ -27,13 +27,13 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from control import __version__, certs
-from control.admin import STORE_ERROR
 from control.config import dump_yaml, load_path, service_to_dict
 from control.security import TOKEN_KEY
 from mesh.v1 import admin_pb2, admin_pb2_grpc, node_pb2
 from mesh_core import tls
-from mesh_core.errors import ConfigError
+from mesh_core.errors import ConfigError, TlsError
 from mesh_core.preflight import check_environment
+from mesh_core.status import STORE_ERROR_KEY
 from mesh_xds.types import short_name
 
 DEFAULT_CONTROL = "127.0.0.1:15010"
@@ -48,7 +48,7 @@ def _channel(args: argparse.Namespace) -> grpc.Channel:
     """A channel to mesh-control: mTLS with ``--tls-*`` (or ``$MESH_TLS_*``), else plaintext."""
     try:
         files = tls.from_values(args.tls_cert, args.tls_key, args.tls_ca)
-    except tls.TlsError as error:
+    except TlsError as error:
         _fail(str(error), 2)
     if files is None:
         return grpc.insecure_channel(args.control)
@@ -74,7 +74,7 @@ def _error_message(args: argparse.Namespace, error: Any) -> str:
     """One line saying why a call to mesh-control failed."""
     code = error.code()
     trailing: Any = error.trailing_metadata() or ()
-    if any(item[0] == STORE_ERROR for item in trailing):
+    if any(item[0] == STORE_ERROR_KEY for item in trailing):
         return f"mesh-control at {args.control} cannot reach its store: {error.details()}"
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         details = error.details() or code.name

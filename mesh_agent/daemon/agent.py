@@ -35,8 +35,6 @@ from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from control.limits import Limits
-from control.resources import join_address
 from mesh.v1 import agent_pb2, agent_pb2_grpc, config_pb2, node_pb2
 from mesh_agent import __version__
 from mesh_agent.components import AgentContext, Component, Supervisor, load_components
@@ -58,10 +56,13 @@ from mesh_agent.daemon.unix_socket import (
     remove_own_socket,
 )
 from mesh_agent.daemon.upstream.client import UpstreamClient
+from mesh_core.limits import Limits
 from mesh_core.tls import TlsFiles, server_credentials
+from mesh_xds.addresses import join_address
+from mesh_xds.callbacks import Callbacks, SessionCallbacks
 from mesh_xds.metrics import AGENT, XdsMetrics
 from mesh_xds.servicer import AdsServicer
-from mesh_xds.session import AdsSession, TypeState
+from mesh_xds.session import Session, TypeState
 from mesh_xds.types import ENDPOINT, PUSH_ORDER, SERVICE_POLICY
 
 log = structlog.get_logger(__name__)
@@ -163,12 +164,19 @@ class Agent:
         if not self.source.loaded:
             self.source.invalidate()  # local streams waiting for config learn why none comes
 
-    def local_event(self, event: str, session: AdsSession, state: TypeState) -> None:
-        """Hook of every local ADS session."""
-        if event == "subscribe":
-            self.update_interest()
-        elif event == "nack":
-            self.reporter.status_changed()
+    def local_callbacks(self) -> SessionCallbacks:
+        """The hooks of every local ADS session: what local processes subscribe to becomes
+        what the agent asks upstream for; their NACKs are reported to the control server."""
+        agent = self
+
+        class Local(SessionCallbacks):
+            def on_subscribe(self, session: Session, state: TypeState) -> None:
+                agent.update_interest()
+
+            def on_nack(self, session: Session, state: TypeState) -> None:
+                agent.reporter.status_changed()
+
+        return Callbacks(Local(), XdsMetrics(AGENT))
 
     def update_interest(self) -> None:
         interest = compute_interest(
@@ -420,13 +428,7 @@ class ServerComponent(_AgentComponent):
             interceptors.append(ListenerAccess(own, settings.listen_allow))
         server = grpc.aio.server(interceptors=interceptors, options=Limits().server_options())
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
-            AdsServicer(
-                agent.source,
-                agent.local_registry,
-                agent.node.id,
-                agent.local_event,
-                metrics=XdsMetrics(AGENT),
-            ),
+            AdsServicer(agent.source, agent.local_registry, agent.node.id, agent.local_callbacks()),
             server,
         )
         csds_pb2_grpc.add_ClientStatusDiscoveryServiceServicer_to_server(

@@ -13,8 +13,8 @@ from envoy.admin.v3 import config_dump_shared_pb2
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 from google.protobuf import timestamp_pb2
 
-from control.config import validate_service
 from mesh.v1 import agent_pb2, agent_pb2_grpc, config_pb2, node_pb2
+from mesh_core.validation import validate_service
 from mesh_xds.types import PUSH_ORDER
 
 if TYPE_CHECKING:

@@ -34,13 +34,14 @@ import structlog
 import yaml
 from google.protobuf import json_format
 
-from control.security import NODE, parse_uri
 from mesh.v1 import node_pb2
 from mesh_agent import __version__
 from mesh_agent.daemon.agent import DEFAULT_SOCKET, DEFAULT_STATE_DIR, Agent, AgentSettings
 from mesh_agent.daemon.api import registration_problems
 from mesh_agent.daemon.upstream.client import PROTOCOLS
 from mesh_core import telemetry, tls
+from mesh_core.errors import MeshError, TlsError
+from mesh_core.identity import NODE, parse_uri
 from mesh_core.logs import configure
 from mesh_core.preflight import check_environment
 
@@ -260,7 +261,7 @@ def settings_from(args: argparse.Namespace, config: dict[str, Any] | None = None
         given = tls.from_values(
             *(Path(v) if (v := pick(f"tls_{part}")) else None for part in ("cert", "key", "ca"))
         )
-    except tls.TlsError as error:
+    except TlsError as error:
         _fail(str(error))
     files, node_id = tls_settings(given, pick("node_id"))
     servers = control if isinstance(control, list) else str(control).split(",")
@@ -325,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         asyncio.run(_run(settings, args.ready_file))
-    except OSError as error:
+    except (OSError, MeshError) as error:
         _fail(str(error))
     finally:
         otel.shutdown()

@@ -12,11 +12,11 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 
-from control.limits import Limits
 from mesh_agent.daemon.cache import ConfigCache, decode
 from mesh_agent.daemon.upstream.client import Interest
+from mesh_core.limits import Limits
 from mesh_core.names import service_of_listener
-from mesh_xds.session import AdsSession
+from mesh_xds.session import Session
 from mesh_xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SERVICE_POLICY, TypeUrl
 
 MAX_NAMES = Limits().max_names_per_request // 2
@@ -46,7 +46,7 @@ def _endpoint_names(cache: ConfigCache) -> set[str]:
     return names
 
 
-def local_demand(sessions: Iterable[AdsSession]) -> dict[TypeUrl, Interest]:
+def local_demand(sessions: Iterable[Session]) -> dict[TypeUrl, Interest]:
     """The union of what local sessions subscribe to, per type (None: someone wants all)."""
     demand: dict[TypeUrl, set[str] | None] = {}
     for session in sessions:

@@ -22,8 +22,8 @@ import grpc.aio
 import structlog
 from grpc_health.v1 import health_pb2
 
-from control.security import NODE, parse_uri
 from mesh_agent.client._server import _kind, _rebuild
+from mesh_core.identity import NODE, parse_uri
 from mesh_core.tls import TlsFiles, certificate_uris
 
 log = structlog.get_logger(__name__)

@@ -2,7 +2,7 @@
 rewritten from the agent's own active checks.
 
 :class:`LocalSnapshotSource` gives the local ADS server (the same protocol code as the control
-server, :class:`mesh_xds.session.AdsSession`) one snapshot for every local process, rebuilt
+server, :class:`mesh_xds.sotw.SotwSession`) one snapshot for every local process, rebuilt
 when the cache or the health verdicts change.
 """
 
@@ -14,10 +14,10 @@ from envoy.config.core.v3 import base_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from google.protobuf import any_pb2
 
-from control.resources import join_address
 from mesh_agent.daemon.cache import ConfigCache
-from mesh_xds.servicer import NodeRegistry
-from mesh_xds.session import AdsSession
+from mesh_xds.addresses import join_address
+from mesh_xds.registry import SessionRegistry
+from mesh_xds.session import Session
 from mesh_xds.snapshot import Snapshot
 from mesh_xds.types import ENDPOINT, ResourceName, TypeUrl
 
@@ -113,7 +113,7 @@ class LocalSnapshotSource:
         return unsubscribe
 
 
-class LocalSessions(NodeRegistry):
+class LocalSessions(SessionRegistry):
     """The local ADS sessions; ``ended`` is called after one ends, so that what the agent asks
     the control plane for stops including what only that session asked for."""
 
@@ -121,6 +121,6 @@ class LocalSessions(NodeRegistry):
         super().__init__()
         self._ended = ended
 
-    def remove(self, session: AdsSession) -> None:
+    def remove(self, session: Session) -> None:
         super().remove(session)
         self._ended()

@@ -24,7 +24,7 @@ from mesh_agent.daemon.breakers.service import BreakerHub
 from mesh_agent.daemon.cache import atomic_write
 from mesh_core.backoff import Backoff
 from mesh_core.tls import TlsFiles, aio_channel
-from mesh_xds.servicer import NodeRegistry
+from mesh_xds.registry import SessionRegistry
 
 log = structlog.get_logger(__name__)
 RECONNECT_BACKOFF = Backoff(base=0.2, cap=5.0)
@@ -85,7 +85,7 @@ class Reporter:
     def __init__(
         self,
         node_id: str,
-        local: NodeRegistry,
+        local: SessionRegistry,
         state_dir: Path | None,
         static: Iterable[node_pb2.Registration] = (),
         backoff: Backoff = RECONNECT_BACKOFF,

@@ -322,7 +322,7 @@ def test_open_store_etcd_urls() -> None:
     assert many.prefix == "/prod/mesh"
     assert parse_etcd_url("etcd://h:1/") == (["h:1"], "/mesh")
     for url in ("etcd:", "etcd:h:1", "etcd://", "etcd://h:x", "etcd://h:1,,h:2", "etcd://:1"):
-        with pytest.raises(ValueError, match=r"etcd://HOST:PORT|endpoint|host|port") as info:
+        with pytest.raises(ConfigError, match=r"etcd://HOST:PORT|endpoint|host|port") as info:
             open_store(url)
         assert url in str(info.value)
 

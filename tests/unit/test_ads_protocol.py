@@ -13,10 +13,12 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 
+from control.resources import build_resources
 from mesh.v1 import config_pb2
+from mesh_core.errors import ProtocolError
 from mesh_core.names import client_listener_name
-from mesh_xds.session import AdsSession, ProtocolError
-from mesh_xds.snapshot import SnapshotCache
+from mesh_xds.cache import SnapshotCache
+from mesh_xds.sotw import SotwSession
 from mesh_xds.types import CLUSTER, ENDPOINT, FULL_STATE, LISTENER, ROUTE, SERVICE_POLICY
 
 pytestmark = pytest.mark.timeout(10)
@@ -29,7 +31,7 @@ def service(name: str, *addresses: str) -> config_pb2.Service:
 
 
 class FakeStream:
-    """Drives one AdsSession. Asserts the server's side of the protocol on every response."""
+    """Drives one SotwSession. Asserts the server's side of the protocol on every response."""
 
     def __init__(self, cache: SnapshotCache, node_id: str = "node-1") -> None:
         self.cache = cache
@@ -39,7 +41,7 @@ class FakeStream:
         self.all: list[discovery_pb2.DiscoveryResponse] = []
         self._last_nonce = 0
         self._subscribed: dict[str, set[str]] = {}
-        self.session = AdsSession(cache, self._send, peer="fake", server_id="test")
+        self.session = SotwSession(cache, self._send, peer="fake", server_id="test")
         self.task: asyncio.Task[None] | None = None
 
     async def _iterate(self) -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
@@ -135,7 +137,7 @@ def names_of(response: discovery_pb2.DiscoveryResponse) -> list[str]:
 
 @pytest.fixture
 def cache() -> SnapshotCache:
-    cache = SnapshotCache()
+    cache = SnapshotCache(build_resources)
     cache.set_services(1, [service("a", "10.0.0.1:1"), service("b", "10.0.0.2:1")])
     return cache
 

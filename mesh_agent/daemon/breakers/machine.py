@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
-from control import config
+from mesh_core import policy
 
 if TYPE_CHECKING:
     from google.protobuf.duration_pb2 import Duration
@@ -59,7 +59,7 @@ log = structlog.get_logger(__name__)
 
 Clock = Callable[[], float]
 
-GRPC_STATUS_NAMES: Final = frozenset({"OK", *config.GRPC_STATUS_NAMES})
+GRPC_STATUS_NAMES: Final = frozenset({"OK", *policy.GRPC_STATUS_NAMES})
 DEFAULT_FAILURE_CODES: Final = frozenset(
     {"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "UNKNOWN", "RESOURCE_EXHAUSTED"}
 )
