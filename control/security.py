@@ -27,13 +27,19 @@ from typing import Any
 import structlog
 
 from mesh_core.errors import PermissionDeniedError
-from mesh_core.identity import NODE, OPERATOR, Identity, identity_of, normal_ip, peer_ip
+from mesh_core.identity import (
+    NODE,
+    OPERATOR,
+    TOKEN_KEY,
+    Identity,
+    identity_of,
+    normal_ip,
+    peer_ip,
+)
 from mesh_xds.callbacks import NO_CALLBACKS, SessionCallbacks
 from mesh_xds.session import Session
 
 log = structlog.get_logger(__name__)
-
-TOKEN_KEY = "authorization"
 
 
 @dataclass

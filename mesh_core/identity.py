@@ -15,6 +15,8 @@ from mesh_core.limits import peer_host
 if TYPE_CHECKING:
     from cryptography import x509
 
+TOKEN_KEY = "authorization"
+"""The metadata key of an operator's bearer token (``Bearer TOKEN``)."""
 NODE = "node"
 OPERATOR = "operator"
 SERVER = "server"
