@@ -72,6 +72,13 @@ def test_mypy_strict_is_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_import_contracts_hold() -> None:
+    """The layers of docs/architecture.md, as the contracts in pyproject.toml state them."""
+    lint_imports = require_tool("lint-imports")
+    result = subprocess.run([lint_imports], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_buf_lint_is_clean() -> None:
     buf = require_tool("buf")
     result = subprocess.run([buf, "lint"], cwd=ROOT, capture_output=True, text=True)
