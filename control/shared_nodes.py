@@ -59,6 +59,7 @@ from control.registry import Registrations, registration_endpoint
 from control.store.etcd import EtcdKeys, EtcdStore
 from mesh.v1 import admin_pb2, config_pb2
 from mesh_core.errors import StoreUnavailableError
+from mesh_core.signals import Signal
 
 log = structlog.get_logger(__name__)
 
@@ -110,20 +111,15 @@ class SharedNodes:
         self._written: dict[str, bytes] = {}  # node -> record written under the holding lease
         self._departed: dict[str, _Departure] = {}
         self._records: dict[str, admin_pb2.NodeStatus] = {}
-        self._listeners: list[Callable[[], None]] = []
+        self.changed: Signal[[]] = Signal()
+        """Emitted after every change of the registered endpoints, any server's."""
         self._wake = asyncio.Event()
-        registrations.watch_liveness(lambda _node_id: self._wake.set())
+        registrations.liveness.connect(lambda _node_id: self._wake.set())
 
     # -- registration source -----------------------------------------------------------------
 
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
-        self._listeners.append(callback)
-
-        def unsubscribe() -> None:
-            if callback in self._listeners:
-                self._listeners.remove(callback)
-
-        return unsubscribe
+        return self.changed.connect(callback)
 
     def by_service(self) -> Mapping[str, list[config_pb2.Endpoint]]:
         result: dict[str, list[config_pb2.Endpoint]] = {}
@@ -310,5 +306,4 @@ class SharedNodes:
         self._records = records
         if before != after:
             log.info("registered endpoints changed", nodes=sorted(n for n in after if after[n]))
-            for callback in list(self._listeners):
-                callback()
+            self.changed.emit()

@@ -164,7 +164,7 @@ async def test_a_reconnect_within_grace_keeps_the_registrations() -> None:
 async def test_liveness_watchers_hear_of_a_nodes_departure_return_and_end() -> None:
     registrations = Registrations(grace=0.1)
     heard: list[tuple[str, bool, bool]] = []
-    registrations.watch_liveness(
+    registrations.liveness.connect(
         lambda n: heard.append((n, registrations.is_connected(n), registrations.pending_drop(n)))
     )
     registrations.connected("a")
