@@ -146,12 +146,12 @@ class Agent:
         self.socket_lock: SocketLock | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.cache.subscribe(self._config_changed)
-        self.table.subscribe(lambda service: self.source.invalidate())
+        self.table.changed.connect(lambda service: self.source.invalidate())
         self.upstream.on_connect(self.reporter.connected)
         self.upstream.on_disconnect(self.reporter.disconnected)
         self.upstream.on_unreachable(self._upstream_unreachable)
         self.reporter.health_source = self.node_health
-        self.breakers.board.subscribe(lambda transition: self.reporter.status_changed())
+        self.breakers.board.transitions.connect(lambda transition: self.reporter.status_changed())
 
     # -- wiring --------------------------------------------------------------------------------
 
