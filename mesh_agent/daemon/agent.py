@@ -43,7 +43,6 @@ from mesh_agent.daemon.breakers.service import BreakerHub
 from mesh_agent.daemon.cache import ConfigCache, decode
 from mesh_agent.daemon.health.checker import HealthChecker
 from mesh_agent.daemon.health.table import HealthTable
-from mesh_agent.daemon.interest import compute_interest, local_demand
 from mesh_agent.daemon.listener_access import ListenerAccess, node_identity
 from mesh_agent.daemon.local import LocalSessions, LocalSnapshotSource
 from mesh_agent.daemon.reporter import Reporter, node_health
@@ -56,6 +55,7 @@ from mesh_agent.daemon.unix_socket import (
     remove_own_socket,
 )
 from mesh_agent.daemon.upstream.client import UpstreamClient
+from mesh_agent.daemon.upstream.interest import compute_interest, local_demand, merged
 from mesh_core.limits import Limits
 from mesh_core.tls import TlsFiles, server_credentials
 from mesh_xds.addresses import join_address
@@ -147,9 +147,9 @@ class Agent:
         self._tasks: set[asyncio.Task[None]] = set()
         self.cache.subscribe(self._config_changed)
         self.table.changed.connect(lambda service: self.source.invalidate())
-        self.upstream.on_connect(self.reporter.connected)
-        self.upstream.on_disconnect(self.reporter.disconnected)
-        self.upstream.on_unreachable(self._upstream_unreachable)
+        self.upstream.on_connect.connect(self.reporter.connected)
+        self.upstream.on_disconnect.connect(self.reporter.disconnected)
+        self.upstream.on_unreachable.connect(self._upstream_unreachable)
         self.reporter.health_source = self.node_health
         self.breakers.board.transitions.connect(lambda transition: self.reporter.status_changed())
 
@@ -179,11 +179,13 @@ class Agent:
         return Callbacks(Local(), XdsMetrics(AGENT))
 
     def update_interest(self) -> None:
-        interest = compute_interest(
-            self.cache,
-            local_demand(self.local_registry.sessions()),
-            extra_policies=self.breakers.watched(),
+        demand = merged(
+            [
+                local_demand(self.local_registry.sessions()),
+                {SERVICE_POLICY: self.breakers.watched()},
+            ]
         )
+        interest = compute_interest(self.cache, demand)
         for type_url, names in interest.items():
             self.upstream.want(type_url, names)
 
@@ -354,8 +356,8 @@ class UpstreamComponent(_AgentComponent):
     def __init__(self, agent: Agent) -> None:
         super().__init__(agent)
         self._ctx: AgentContext | None = None
-        agent.upstream.on_connect(self._connected)
-        agent.upstream.on_unreachable(self._unreachable)
+        agent.upstream.on_connect.connect(self._connected)
+        agent.upstream.on_unreachable.connect(self._unreachable)
 
     def _connected(self, server: str) -> None:
         if self._ctx is not None:
