@@ -1,7 +1,8 @@
 """The node's circuit breakers: a service's :mod:`~mesh_agent.daemon.breakers.policy`, one
 service's :mod:`~mesh_agent.daemon.breakers.breaker` (the state machine), the
 :mod:`~mesh_agent.daemon.breakers.board` of every service's breaker (all plain state, no
-grpc), and the :mod:`~mesh_agent.daemon.breakers.service` that feeds them for the agent."""
+grpc), and the :mod:`~mesh_agent.daemon.breakers.service` that feeds them for the agent and
+its :mod:`~mesh_agent.daemon.breakers.component`."""
 
 from mesh_agent.daemon.breakers.board import BreakerBoard
 from mesh_agent.daemon.breakers.breaker import (

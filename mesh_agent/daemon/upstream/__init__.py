@@ -2,4 +2,5 @@
 :mod:`~mesh_agent.daemon.upstream.client` over a :mod:`~mesh_agent.daemon.upstream.channel`,
 in either flavour (:mod:`~mesh_agent.daemon.upstream.sotw`,
 :mod:`~mesh_agent.daemon.upstream.delta`, sharing :mod:`~mesh_agent.daemon.upstream.stream`),
-asking for what :mod:`~mesh_agent.daemon.upstream.interest` computes."""
+asking for what :mod:`~mesh_agent.daemon.upstream.interest` computes; and the ``upstream``
+:mod:`~mesh_agent.daemon.upstream.component`."""
