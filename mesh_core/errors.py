@@ -26,7 +26,9 @@ command lines to one line on stderr and an exit code.
     ├── TelemetryConfigError     an ``OTEL_*`` setting this process cannot honour
     ├── ComponentError           the agent's component graph or wiring
     │   ├── ComponentGraphError  a duplicate name, an unknown requirement, a cycle
-    │   └── ComponentLookupError a component asked for one it did not declare
+    │   ├── ComponentLookupError a component asked for one it did not declare
+    │   └── ComponentFatalError  a component cannot run as set up: the agent stops instead
+    │                            of restarting it
     ├── SocketSetupError         the agent's unix socket cannot be set up as asked
     │   └── SocketInUseError     another live process holds it
     └── BootstrapConflictError   the process's xDS bootstrap already points elsewhere
@@ -129,6 +131,12 @@ class ComponentGraphError(ComponentError):
 
 class ComponentLookupError(ComponentError):
     """A component asked its context for something it cannot have."""
+
+
+class ComponentFatalError(ComponentError):
+    """A component cannot run as the agent was set up (its unix socket cannot be made as
+    asked, say): the supervisor does not restart it but stops the agent with this error.
+    Raised with ``from`` the error that says why; its message is that error's."""
 
 
 class SocketSetupError(MeshError):

@@ -36,8 +36,9 @@ from google.protobuf import json_format
 
 from mesh.v1 import node_pb2
 from mesh_agent import __version__
-from mesh_agent.daemon.agent import DEFAULT_SOCKET, DEFAULT_STATE_DIR, Agent, AgentSettings
+from mesh_agent.daemon.agent import Agent
 from mesh_agent.daemon.api import registration_problems
+from mesh_agent.daemon.settings import DEFAULT_SOCKET, DEFAULT_STATE_DIR, AgentSettings
 from mesh_agent.daemon.upstream.client import PROTOCOLS
 from mesh_core import telemetry, tls
 from mesh_core.errors import MeshError, TlsError
@@ -305,10 +306,16 @@ async def _run(settings: AgentSettings, ready_file: Path | None) -> None:
         tmp = ready_file.with_name(f".{ready_file.name}.tmp")
         tmp.write_text("\n".join(agent.addresses) + "\n")
         os.replace(tmp, ready_file)
-    await stop.wait()
+    stopping = asyncio.ensure_future(stop.wait())
+    failing = asyncio.ensure_future(agent.failure())
+    await asyncio.wait({stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    failing.cancel()
     log.info("shutting down")
     await agent.stop()
     log.info("stopped")
+    if failing.done() and not failing.cancelled():
+        raise failing.result()  # a component that cannot run: the agent exits with its error
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,7 +35,7 @@ import structlog
 from mesh_core.errors import SocketInUseError, SocketSetupError
 
 if TYPE_CHECKING:
-    from mesh_agent.daemon.agent import AgentSettings
+    from mesh_agent.daemon.settings import AgentSettings
 
 log = structlog.get_logger(__name__)
 
