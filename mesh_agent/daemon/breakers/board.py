@@ -26,8 +26,8 @@ from mesh_agent.daemon.breakers.breaker import (
     Transition,
 )
 from mesh_agent.daemon.breakers.policy import BreakerPolicy, Outcome
-from mesh_agent.daemon.guarded import GuardedSignal
 from mesh_core.errors import ConfigError
+from mesh_core.signals import GuardedSignal
 
 if TYPE_CHECKING:
     from mesh.v1 import config_pb2

@@ -36,8 +36,8 @@ from typing import Any, Final
 import structlog
 
 from mesh_agent.daemon.breakers.policy import BreakerPolicy, Outcome
-from mesh_agent.daemon.guarded import GuardedSignal
 from mesh_core.errors import ConfigError
+from mesh_core.signals import GuardedSignal
 
 __all__ = [
     "BreakerState",

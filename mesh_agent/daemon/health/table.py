@@ -16,9 +16,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
 
-from mesh_agent.daemon.guarded import GuardedSignal
 from mesh_core import policy
 from mesh_core.errors import ConfigError
+from mesh_core.signals import GuardedSignal
 
 if TYPE_CHECKING:
     from mesh.v1 import config_pb2
