@@ -1,3 +1,3 @@
-from control.cli import main
+from control.launch import mesh_control
 
-main()
+mesh_control()

@@ -8,31 +8,17 @@ import grpc
 import structlog
 
 from control.config import validate_service
-from control.limits import Limits, admit_write, enforce, peer_host
+from control.nodes import ConnectedNodes
 from control.security import Access
 from control.store import Store
 from mesh.v1 import admin_pb2, admin_pb2_grpc
-from mesh_core.errors import ConflictError, NotFoundError, StoreUnavailableError
-from mesh_xds.servicer import NodeRegistry
-from mesh_xds.snapshot import SnapshotCache
+from mesh_core.errors import ConfigError, RateLimited
+from mesh_core.limits import Limits, peer_host
+from mesh_core.status import grpc_errors, retry_after_ms
+from mesh_xds.cache import SnapshotCache
 
 log = structlog.get_logger(__name__)
 Context = grpc.aio.ServicerContext[object, object]
-STORE_ERROR = "mesh-store-unavailable"
-
-
-async def _abort_for(context: Context, error: Exception) -> None:
-    if isinstance(error, NotFoundError):
-        await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
-    if isinstance(error, ConflictError):
-        await context.abort(grpc.StatusCode.ABORTED, str(error))
-    if isinstance(error, StoreUnavailableError):
-        # UNAVAILABLE (a retry may succeed), marked so a client can tell that this server
-        # answered and its store did not.
-        await context.abort(
-            grpc.StatusCode.UNAVAILABLE, str(error), trailing_metadata=((STORE_ERROR, "1"),)
-        )
-    raise error
 
 
 class AdminServicer(admin_pb2_grpc.MeshAdminServiceServicer):
@@ -40,7 +26,7 @@ class AdminServicer(admin_pb2_grpc.MeshAdminServiceServicer):
         self,
         store: Store,
         cache: SnapshotCache,
-        registry: NodeRegistry,
+        nodes: ConnectedNodes,
         server_id: str,
         extra_problems: Callable[[], list[admin_pb2.StoreProblem]] = list,
         remote_nodes: Callable[[set[str]], list[admin_pb2.NodeStatus]] | None = None,
@@ -55,23 +41,36 @@ class AdminServicer(admin_pb2_grpc.MeshAdminServiceServicer):
         self._remote_nodes = remote_nodes
         self._store = store
         self._cache = cache
-        self._registry = registry
+        self._nodes = nodes
         self._server_id = server_id
         self._extra_problems = extra_problems
 
-    async def _admit_write(self, context: Context, method: str, operator: str) -> None:
+    def _admit_write(self, context: Context, operator: str) -> None:
         """Rate-limits writes per caller: the operator's certificate identity, else (a token,
-        or an open server) the peer's host."""
+        or an open server) the peer's host. Raises RateLimited."""
         caller = operator if operator.startswith("spiffe://") else peer_host(context.peer())
-        await admit_write(self._writes, context, method, caller=caller)
+        wait = self._writes.acquire(caller)
+        if wait > 0:
+            raise RateLimited(
+                "admin_writes_per_second",
+                f"too many admin writes: at most {self._writes.rate:g} a second (bursts of "
+                f"{self._writes.burst}) per caller; retry after {retry_after_ms(wait)} ms",
+                wait,
+                caller=caller,
+            )
 
+    def _writer(self, context: Context, what: str) -> str:
+        """The operator making a write, admitted by the rate limit; raises otherwise."""
+        operator = self._access.require_operator(context, what)
+        self._admit_write(context, operator)
+        return operator
+
+    @grpc_errors
     async def ApplyServices(
         self, request: admin_pb2.ApplyServicesRequest, context: Context
     ) -> admin_pb2.ApplyServicesResponse:
-        operator = await self._access.require_operator(context, "apply")
-        await self._admit_write(context, "ApplyServices", operator)
-        limited = self._limits.check_apply(len(request.services))
-        await enforce(context, limited, method="ApplyServices")
+        operator = self._writer(context, "apply")
+        self._limits.check_apply(len(request.services))
         problems: list[str] = []
         seen: set[str] = set()
         for index, service in enumerate(request.services, start=1):
@@ -83,14 +82,10 @@ class AdminServicer(admin_pb2_grpc.MeshAdminServiceServicer):
         if not request.services:
             problems.append("no services given")
         if problems:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
-        try:
-            revision, applied = await self._store.apply(
-                list(request.services), if_revision=request.if_revision
-            )
-        except (ConflictError, StoreUnavailableError) as error:
-            await _abort_for(context, error)
-            raise
+            raise ConfigError(problems)
+        revision, applied = await self._store.apply(
+            list(request.services), if_revision=request.if_revision
+        )
         log.info(
             "services applied",
             revision=revision,
@@ -100,35 +95,24 @@ class AdminServicer(admin_pb2_grpc.MeshAdminServiceServicer):
         )
         return admin_pb2.ApplyServicesResponse(services=applied, revision=revision)
 
+    @grpc_errors
     async def GetServices(
         self, request: admin_pb2.GetServicesRequest, context: Context
     ) -> admin_pb2.GetServicesResponse:
-        limited = self._limits.check_name("name", request.name)
-        await enforce(context, limited, method="GetServices")
-        try:
-            if request.name:
-                stored = await self._store.get(request.name)
-                return admin_pb2.GetServicesResponse(
-                    services=[stored], revision=self._store.revision
-                )
-            revision, services = await self._store.list()
-        except (NotFoundError, StoreUnavailableError) as error:
-            await _abort_for(context, error)
-            raise
+        self._limits.check_name("name", request.name)
+        if request.name:
+            stored = await self._store.get(request.name)
+            return admin_pb2.GetServicesResponse(services=[stored], revision=self._store.revision)
+        revision, services = await self._store.list()
         return admin_pb2.GetServicesResponse(services=services, revision=revision)
 
+    @grpc_errors
     async def DeleteService(
         self, request: admin_pb2.DeleteServiceRequest, context: Context
     ) -> admin_pb2.DeleteServiceResponse:
-        operator = await self._access.require_operator(context, "delete")
-        await self._admit_write(context, "DeleteService", operator)
-        limited = self._limits.check_name("name", request.name)
-        await enforce(context, limited, method="DeleteService")
-        try:
-            revision = await self._store.delete(request.name)
-        except (NotFoundError, ConflictError, StoreUnavailableError) as error:
-            await _abort_for(context, error)
-            raise
+        operator = self._writer(context, "delete")
+        self._limits.check_name("name", request.name)
+        revision = await self._store.delete(request.name)
         log.info(
             "service deleted",
             service=request.name,
@@ -141,11 +125,10 @@ class AdminServicer(admin_pb2_grpc.MeshAdminServiceServicer):
     async def GetStatus(
         self, request: admin_pb2.GetStatusRequest, context: Context
     ) -> admin_pb2.GetStatusResponse:
-        nodes = self._registry.node_statuses()
-        registrations = self._registry.registrations
+        nodes = self._nodes.node_statuses()
         for node in nodes:
             node.server_id = node.server_id or self._server_id
-            health = registrations.health(node.node_id) if registrations is not None else None
+            health = self._nodes.registrations.health(node.node_id)
             if health is not None and not node.HasField("health"):
                 node.health.CopyFrom(health)
         if self._remote_nodes is not None:

@@ -9,24 +9,22 @@ written atomically and are never readable by anyone but their owner (mode 0600).
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import ipaddress
 import os
 import re
 import secrets
-import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from mesh_core.errors import MeshError
+from mesh_core.errors import CertError
+from mesh_core.identity import trust_domain_of
 
 DEFAULT_TRUST_DOMAIN = "mesh.local"
 CA_DAYS = 3650
@@ -46,10 +44,6 @@ _USAGES = {
 }
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-class CertError(MeshError):
-    """A certificate cannot be created or read; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -179,23 +173,6 @@ def _check_days(days: int) -> int:
     if days < 1:
         raise CertError(f"--days must be at least 1, got {days}")
     return days
-
-
-def uri_sans(cert: x509.Certificate) -> list[str]:
-    """The certificate's URI SANs."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return list(san.get_values_for_type(x509.UniformResourceIdentifier))
-
-
-def trust_domain_of(cert: x509.Certificate) -> str | None:
-    """The trust domain named by the certificate's first ``spiffe://`` URI SAN."""
-    for uri in uri_sans(cert):
-        if uri.startswith("spiffe://"):
-            return uri.removeprefix("spiffe://").split("/", 1)[0]
-    return None
 
 
 def _is_ca(cert: x509.Certificate) -> bool:
@@ -409,7 +386,7 @@ def issue(
 # -- show ----------------------------------------------------------------------------------------
 
 
-def _san_lines(cert: x509.Certificate) -> list[str]:
+def san_lines(cert: x509.Certificate) -> list[str]:
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -443,7 +420,7 @@ def describe(cert: x509.Certificate, now: datetime.datetime | None = None) -> li
         f"subject:   {cert.subject.rfc4514_string() or '-'}",
         f"issuer:    {cert.issuer.rfc4514_string() or '-'}",
         f"serial:    {cert.serial_number:x}",
-        f"SANs:      {', '.join(_san_lines(cert)) or '-'}",
+        f"SANs:      {', '.join(san_lines(cert)) or '-'}",
         f"usage:     {', '.join(_usage_names(cert)) or '-'}",
         f"validity:  {start:%Y-%m-%dT%H:%M:%SZ} to {end:%Y-%m-%dT%H:%M:%SZ} ({state})",
         f"CA:        {'yes' if _is_ca(cert) else 'no'}",
@@ -452,122 +429,3 @@ def describe(cert: x509.Certificate, now: datetime.datetime | None = None) -> li
 
 
 # -- command line --------------------------------------------------------------------------------
-
-
-def _fail(message: str) -> NoReturn:
-    sys.stderr.write(f"meshctl: {message}\n")
-    raise SystemExit(2)
-
-
-def _reporting(command: Callable[[argparse.Namespace], None]) -> Callable[[Any], None]:
-    def run(args: argparse.Namespace) -> None:
-        try:
-            command(args)
-        except CertError as error:
-            _fail(str(error))
-
-    return run
-
-
-def _out(lines: Sequence[str]) -> None:
-    sys.stdout.write("".join(f"{line}\n" for line in lines))
-
-
-def cmd_init(args: argparse.Namespace) -> None:
-    cert = init_ca(args.out, args.trust_domain, args.days, force=args.force)
-    _out(
-        [
-            f"CA for trust domain {args.trust_domain} written to {Path(args.out) / CA_CERT} "
-            f"(key {Path(args.out) / KEY}, mode 0600)",
-            f"valid until {cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}",
-        ]
-    )
-
-
-def cmd_issue(args: argparse.Namespace) -> None:
-    cert = issue(
-        args.ca,
-        args.out,
-        node=args.node,
-        operator=args.operator,
-        server=args.server,
-        ips=args.ip or (),
-        days=args.days,
-    )
-    out = Path(args.out)
-    _out(
-        [
-            f"{out / CERT} (key {out / KEY}, mode 0600; CA {out / CA_CERT})",
-            f"SANs: {', '.join(_san_lines(cert))}",
-            f"valid until {cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}",
-        ]
-    )
-
-
-def cmd_show(args: argparse.Namespace) -> None:
-    certs = load_certificates(Path(args.file))
-    lines: list[str] = []
-    for index, cert in enumerate(certs):
-        if len(certs) > 1:
-            lines += [""] if index else []
-            lines.append(f"certificate {index + 1} of {len(certs)}")
-        lines += describe(cert)
-    _out(lines)
-
-
-def _days(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number of days: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 day, got {value}")
-    return value
-
-
-def add_parser(subparsers: Any) -> None:
-    """Registers ``certs`` and its subcommands ``init``, ``issue`` and ``show``."""
-    certs = subparsers.add_parser(
-        "certs",
-        help="a small CA for development and tests: create it, issue certificates, show one",
-        description=(
-            "A certificate authority for development and tests. Identities are SPIFFE IDs: "
-            "spiffe://TD/node/ID, spiffe://TD/operator/NAME, spiffe://TD/server/DNSNAME. "
-            "Keys are EC P-256; private keys are written with mode 0600."
-        ),
-    )
-    sub = certs.add_subparsers(dest="certs_command", required=True)
-
-    init = sub.add_parser("init", help="create a CA: DIR/ca.pem and DIR/key.pem")
-    init.add_argument("--out", required=True, type=Path, metavar="DIR", help="where to write")
-    init.add_argument(
-        "--trust-domain",
-        default=DEFAULT_TRUST_DOMAIN,
-        help="SPIFFE trust domain (default %(default)s)",
-    )
-    init.add_argument(
-        "--days", type=_days, default=CA_DAYS, help="validity in days (default %(default)s)"
-    )
-    init.add_argument("--force", action="store_true", help="replace an existing CA in DIR")
-    init.set_defaults(func=_reporting(cmd_init))
-
-    issue_cmd = sub.add_parser(
-        "issue", help="issue a certificate: OUT/cert.pem, OUT/key.pem and OUT/ca.pem"
-    )
-    issue_cmd.add_argument("--ca", required=True, type=Path, metavar="DIR", help="the CA's DIR")
-    kind = issue_cmd.add_mutually_exclusive_group(required=True)
-    kind.add_argument("--node", metavar="ID", help="a node agent (client and server)")
-    kind.add_argument("--operator", metavar="NAME", help="an operator (client)")
-    kind.add_argument("--server", metavar="DNSNAME", help="a server: a DNS name or IPv4 address")
-    issue_cmd.add_argument("--out", required=True, type=Path, metavar="DIR", help="where to write")
-    issue_cmd.add_argument(
-        "--ip", action="append", metavar="IP", help="add an IP address SAN (repeatable)"
-    )
-    issue_cmd.add_argument(
-        "--days", type=_days, default=LEAF_DAYS, help="validity in days (default %(default)s)"
-    )
-    issue_cmd.set_defaults(func=_reporting(cmd_issue))
-
-    show = sub.add_parser("show", help="print a certificate's subject, SANs, issuer and validity")
-    show.add_argument("file", metavar="FILE", help="a PEM certificate file")
-    show.set_defaults(func=_reporting(cmd_show))

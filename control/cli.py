@@ -11,11 +11,12 @@ from pathlib import Path
 import structlog
 
 from control import __version__, limits
-from control.config import parse_duration
 from control.registry import DEFAULT_GRACE
 from control.security import Access
 from control.server import ControlServer, write_ready_file
 from mesh_core import telemetry, tls
+from mesh_core.durations import parse_duration
+from mesh_core.errors import ConfigError, MeshError, TlsError
 from mesh_core.logs import configure
 from mesh_core.preflight import check_environment
 
@@ -26,7 +27,7 @@ DEFAULT_STORE = "file:mesh-store"
 def _seconds(text: str) -> float:
     try:
         return parse_duration(text).ToNanoseconds() / 1e9
-    except ValueError as error:
+    except ConfigError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
@@ -81,7 +82,7 @@ def access_from(args: argparse.Namespace) -> tuple[tls.TlsFiles | None, Access]:
     files = tls.from_args(args)
     token = args.operator_token_file
     if token is not None and not token.is_file():
-        raise tls.TlsError(f"--operator-token-file {token}: no such file")
+        raise TlsError(f"--operator-token-file {token}: no such file")
     domain = args.trust_domain or (tls.trust_domain(files) if files is not None else None)
     return files, Access(mtls=files is not None, trust_domain=domain, token_file=token)
 
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     otel = telemetry.start("mesh-control", "mesh-control", args.metrics_port, args.metrics_host)
     try:
         asyncio.run(_serve(args))
-    except (OSError, ValueError) as error:
+    except (OSError, MeshError) as error:
         sys.stderr.write(f"mesh-control: {error}\n")
         raise SystemExit(1) from None
     finally:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import grpc
 import structlog
 
-from control.limits import Limits, enforce
-from control.registry import RegistrationError, Registrations
+from control.registry import Registrations
 from control.security import Access
 from mesh.v1 import node_pb2, node_pb2_grpc
+from mesh_core.errors import PermissionDeniedError
+from mesh_core.limits import Limits
+from mesh_core.status import grpc_errors
 
 
 def split_host(address: str) -> str:
@@ -41,59 +43,32 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         self._limits = limits or Limits()
         self._access = access or Access()
 
+    @grpc_errors
     async def SetRegistrations(
         self, request: node_pb2.SetRegistrationsRequest, context: Context
     ) -> node_pb2.SetRegistrationsResponse:
-        limited = self._limits.check_registrations(request.node_id, len(request.registrations))
-        await enforce(context, limited, method="SetRegistrations", node=request.node_id[:64])
-        await self._access.require_node(context, request.node_id, "SetRegistrations")
+        self._limits.check_registrations(request.node_id, len(request.registrations))
+        self._access.require_node(context, request.node_id, "SetRegistrations")
         foreign = self._access.foreign_hosts(
             context, (split_host(r.address) for r in request.registrations)
         )
         if foreign:
-            message = (
+            raise PermissionDeniedError(
                 f"node {request.node_id!r} may not register endpoints on {', '.join(foreign)}: "
                 "not its address (its certificate's IP SANs, or the address it connects from)"
             )
-            log.warning(
-                "registrations refused",
-                node=request.node_id,
-                peer=context.peer(),
-                problems=[message],
-            )
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
-        try:
-            accepted = self._registrations.set(request.node_id, list(request.registrations))
-        except RegistrationError as error:
-            log.warning(
-                "registrations refused",
-                node=request.node_id,
-                peer=context.peer(),
-                problems=error.problems,
-            )
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-            raise
+        accepted = self._registrations.set(request.node_id, list(request.registrations))
         return node_pb2.SetRegistrationsResponse(accepted=accepted)
 
+    @grpc_errors
     async def ReportClientStatus(
         self, request: node_pb2.ReportClientStatusRequest, context: Context
     ) -> node_pb2.ReportClientStatusResponse:
-        limited = self._limits.check_client_report(request.node_id, len(request.clients))
-        await enforce(context, limited, method="ReportClientStatus", node=request.node_id[:64])
-        await self._access.require_node(context, request.node_id, "ReportClientStatus")
-        try:
-            self._registrations.report_clients(
-                request.node_id,
-                list(request.clients),
-                request.health if request.HasField("health") else None,
-            )
-        except RegistrationError as error:
-            log.warning(
-                "client status refused",
-                node=request.node_id,
-                peer=context.peer(),
-                problems=error.problems,
-            )
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-            raise
+        self._limits.check_client_report(request.node_id, len(request.clients))
+        self._access.require_node(context, request.node_id, "ReportClientStatus")
+        self._registrations.report_clients(
+            request.node_id,
+            list(request.clients),
+            request.health if request.HasField("health") else None,
+        )
         return node_pb2.ReportClientStatusResponse()

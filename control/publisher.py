@@ -11,7 +11,7 @@ import structlog
 from control.registry import RegistrationSource, merge_registered
 from control.store import Store
 from mesh.v1 import config_pb2
-from mesh_xds.snapshot import SnapshotCache
+from mesh_xds.cache import SnapshotCache
 
 log = structlog.get_logger(__name__)
 

@@ -13,7 +13,7 @@ fires cancels it, otherwise the node's registrations (and client and health repo
 dropped. A node that registers without any stream gets the same grace to connect one. Nothing
 survives a restart of the server: agents send their full set again when they reconnect. This
 one timer is the grace on every store: with etcd, :class:`control.shared_nodes.SharedNodes`
-follows it (:meth:`Registrations.watch_liveness`) to end the node's shared record.
+follows it (:attr:`Registrations.liveness`) to end the node's shared record.
 
 Identity: a request names its node and touches only that node's set, but nothing checks yet
 that the caller *is* that node. That check comes with mTLS, where the node id will be taken
@@ -31,7 +31,9 @@ import structlog
 
 from control.config import validate_service
 from mesh.v1 import config_pb2, node_pb2
-from mesh_core.errors import MeshError
+from mesh_core.errors import RegistrationError
+from mesh_core.limits import MAX_NODE_ID_LENGTH
+from mesh_core.signals import Signal
 
 log = structlog.get_logger(__name__)
 
@@ -39,7 +41,6 @@ DEFAULT_GRACE = 30.0
 MAX_REGISTRATIONS_PER_NODE = 10_000
 MAX_CLIENTS_PER_NODE = 10_000
 MAX_HEALTH_ENTRIES = 10_000
-MAX_NODE_ID_LENGTH = 1024
 
 # validate_service's field paths for a one-endpoint service, in Registration terms.
 _FIELD_OF = {
@@ -49,15 +50,6 @@ _FIELD_OF = {
     "endpoints[0].zone": "zone",
     "endpoints[0].metadata": "metadata",
 }
-
-
-class RegistrationError(MeshError):
-    """A request was refused; ``problems`` holds one line per problem, each naming the field
-    (``registrations[2].address: ...``). Nothing of the request was applied."""
-
-    def __init__(self, problems: Sequence[str]) -> None:
-        self.problems = list(problems)
-        super().__init__("; ".join(self.problems) if self.problems else "invalid registration")
 
 
 def _check_node_id(node_id: str) -> list[str]:
@@ -168,41 +160,16 @@ class Registrations:
             raise ValueError(f"registration grace must not be negative, got {grace}")
         self.grace = grace
         self._nodes: dict[str, _Node] = {}
-        self._listeners: list[Callable[[], None]] = []
-        self._liveness: list[Callable[[str], None]] = []
-
-    # -- listeners -------------------------------------------------------------------------
+        self.changed: Signal[[]] = Signal()
+        """Emitted after every change of the registered endpoints."""
+        self.liveness: Signal[[str]] = Signal()
+        """Emitted with a node id when the node's last stream ends, when it connects again,
+        and when its grace runs out (its state dropped)."""
 
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
-        """Calls ``callback`` after every change of the registered endpoints; returns the
-        function that unsubscribes."""
-        self._listeners.append(callback)
-
-        def unsubscribe() -> None:
-            if callback in self._listeners:
-                self._listeners.remove(callback)
-
-        return unsubscribe
-
-    def _changed(self) -> None:
-        for callback in list(self._listeners):
-            callback()
-
-    def watch_liveness(self, callback: Callable[[str], None]) -> Callable[[], None]:
-        """Calls ``callback(node_id)`` when a node's last stream ends, when it connects again,
-        and when its grace runs out (its state dropped); returns the function that
-        unsubscribes. Like the other listeners, it must only schedule work."""
-        self._liveness.append(callback)
-
-        def unsubscribe() -> None:
-            if callback in self._liveness:
-                self._liveness.remove(callback)
-
-        return unsubscribe
-
-    def _liveness_changed(self, node_id: str) -> None:
-        for callback in list(self._liveness):
-            callback(node_id)
+        """Calls ``callback`` after every change of the registered endpoints (the publisher's
+        :class:`RegistrationSource` view of :attr:`changed`)."""
+        return self.changed.connect(callback)
 
     # -- what nodes send -------------------------------------------------------------------
 
@@ -229,7 +196,7 @@ class Registrations:
                 registrations=len(new),
                 services=sorted({r.service for r in new}),
             )
-            self._changed()
+            self.changed.emit()
         self._forget_if_empty(node_id)
         return len(new)
 
@@ -307,7 +274,7 @@ class Registrations:
             node.timer = None
             log.info("node reconnected within grace; registrations kept", node=node_id)
         if node.streams == 1:
-            self._liveness_changed(node_id)
+            self.liveness.emit(node_id)
 
     def disconnected(self, node_id: str) -> None:
         """An ADS stream of ``node_id`` ended; after its last one the grace timer starts."""
@@ -319,7 +286,7 @@ class Registrations:
         if node.streams == 0:
             self._arm_if_unconnected(node_id, node)
             self._forget_if_empty(node_id)
-            self._liveness_changed(node_id)
+            self.liveness.emit(node_id)
 
     def _arm_if_unconnected(self, node_id: str, node: _Node) -> None:
         if node.streams > 0 or node.timer is not None:
@@ -345,9 +312,9 @@ class Registrations:
         dropped = len(node.registrations)
         del self._nodes[node_id]
         log.info("grace expired; node's registrations dropped", node=node_id, dropped=dropped)
-        self._liveness_changed(node_id)
+        self.liveness.emit(node_id)
         if dropped:
-            self._changed()
+            self.changed.emit()
 
     def _forget_if_empty(self, node_id: str) -> None:
         node = self._nodes.get(node_id)

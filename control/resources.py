@@ -38,9 +38,10 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
-from control import config
 from mesh.v1 import config_pb2
+from mesh_core import policy
 from mesh_core.names import client_listener_name
+from mesh_xds.addresses import split_address
 from mesh_xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SERVICE_POLICY, ResourceName, TypeUrl
 
 Resources = dict[TypeUrl, dict[ResourceName, Message]]
@@ -53,10 +54,10 @@ LB_POLICIES: Mapping[str, int] = {
     "ring_hash": cluster_pb2.Cluster.RING_HASH,
 }
 # Health-check defaults when a service asks for checks but leaves a field unset.
-_HC_INTERVAL = duration_pb2.Duration(seconds=int(config.HEALTH_CHECK_INTERVAL_S))
-_HC_TIMEOUT = duration_pb2.Duration(seconds=int(config.HEALTH_CHECK_TIMEOUT_S))
-_HC_UNHEALTHY = config.HEALTH_CHECK_UNHEALTHY_THRESHOLD
-_HC_HEALTHY = config.HEALTH_CHECK_HEALTHY_THRESHOLD
+_HC_INTERVAL = duration_pb2.Duration(seconds=int(policy.HEALTH_CHECK_INTERVAL_S))
+_HC_TIMEOUT = duration_pb2.Duration(seconds=int(policy.HEALTH_CHECK_TIMEOUT_S))
+_HC_UNHEALTHY = policy.HEALTH_CHECK_UNHEALTHY_THRESHOLD
+_HC_HEALTHY = policy.HEALTH_CHECK_HEALTHY_THRESHOLD
 
 
 def _ads() -> config_source_pb2.ConfigSource:
@@ -232,19 +233,6 @@ def build_cluster(service: config_pb2.Service) -> cluster_pb2.Cluster:
     if policy.HasField("health_check"):
         cluster.health_checks.append(_health_check(policy.health_check))
     return cluster
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """``10.0.0.5:50051`` or ``[::1]:50051`` to host and port (validated beforehand)."""
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def join_address(socket_address: address_pb2.SocketAddress) -> str:
-    """The inverse of :func:`split_address`: ``host:port``, an IPv6 host in brackets."""
-    host = socket_address.address
-    host = f"[{host}]" if ":" in host else host
-    return f"{host}:{socket_address.port_value}"
 
 
 def _socket_address(address: str) -> address_pb2.Address:

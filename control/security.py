@@ -1,8 +1,6 @@
-"""Who is calling, and what they may do.
-
-Identities are the URI SANs of mTLS client certificates, SPIFFE-style:
-``spiffe://<trust-domain>/node/<id>`` for a node's agent, ``spiffe://<trust-domain>/operator/
-<name>`` for an operator (``meshctl certs`` issues both). The policy of a control server:
+"""Who may do what on a control server, by the caller's identity (:mod:`mesh_core.identity`:
+``spiffe://<trust-domain>/node/<id>`` for a node's agent, ``.../operator/<name>`` for an
+operator; ``meshctl certs`` issues both). The policy:
 
 - With mTLS on, every caller has a certificate from the mesh's CA (the handshake refuses any
   other). An ADS stream or a NodeService call must come from the node it names; a node may
@@ -13,86 +11,35 @@ Identities are the URI SANs of mTLS client certificates, SPIFFE-style:
   caller that got through the handshake.
 - With neither mTLS nor a token file the server is open (a development set-up), and says so
   in its log at start.
+
+A refusal raises :class:`~mesh_core.errors.PermissionDeniedError` naming the caller; the
+servicers' boundary (:mod:`mesh_core.status`) makes it PERMISSION_DENIED and logs it.
 """
 
 from __future__ import annotations
 
 import hmac
-import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 import structlog
 
-from control.limits import peer_host
+from mesh_core.errors import PermissionDeniedError
+from mesh_core.identity import (
+    NODE,
+    OPERATOR,
+    TOKEN_KEY,
+    Identity,
+    identity_of,
+    normal_ip,
+    peer_ip,
+)
+from mesh_xds.callbacks import NO_CALLBACKS, SessionCallbacks
+from mesh_xds.session import Session
 
 log = structlog.get_logger(__name__)
-
-NODE = "node"
-OPERATOR = "operator"
-SERVER = "server"
-TOKEN_KEY = "authorization"
-
-
-@dataclass(frozen=True)
-class Identity:
-    """A caller as its certificate names it."""
-
-    trust_domain: str
-    kind: str
-    name: str
-    ips: frozenset[str] = frozenset()
-
-    @property
-    def uri(self) -> str:
-        return f"spiffe://{self.trust_domain}/{self.kind}/{self.name}"
-
-    def __str__(self) -> str:
-        return self.uri
-
-
-def parse_uri(uri: str) -> tuple[str, str, str] | None:
-    """``spiffe://td/kind/name`` → (td, kind, name); None for anything else."""
-    if not uri.startswith("spiffe://"):
-        return None
-    trust_domain, _, path = uri[len("spiffe://") :].partition("/")
-    kind, _, name = path.partition("/")
-    if not trust_domain or not kind or not name or "/" in name:
-        return None
-    return trust_domain, kind, name
-
-
-def _strings(values: Iterable[Any]) -> list[str]:
-    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values]
-
-
-def identity_of(context: Any) -> Identity | None:
-    """The caller's identity from its TLS peer certificate, or None (no TLS, or no SPIFFE URI
-    SAN)."""
-    auth = context.auth_context() or {}
-    for uri in _strings(auth.get("peer_uri", ())):
-        parsed = parse_uri(uri)
-        if parsed is not None:
-            ips = frozenset(_normal_ip(ip) for ip in _strings(auth.get("peer_ip", ())))
-            return Identity(*parsed, ips=ips)
-    return None
-
-
-def _normal_ip(text: str) -> str:
-    try:
-        return str(ipaddress.ip_address(text.strip("[]")))
-    except ValueError:
-        return text
-
-
-def peer_ip(context: Any) -> str:
-    """The IP address a caller connects from (``ipv4:1.2.3.4:5`` / ``ipv6:[::1]:5``); empty
-    for a caller on a unix socket."""
-    peer = str(context.peer() or "")
-    return _normal_ip(peer_host(peer)) if peer.startswith(("ipv4:", "ipv6:")) else ""
 
 
 @dataclass
@@ -146,11 +93,15 @@ class Access:
             )
         return None
 
-    async def require_node(self, context: Any, node_id: str, what: str) -> None:
-        """Aborts with PERMISSION_DENIED unless the caller is node ``node_id``."""
+    def require_node(self, context: Any, node_id: str, what: str) -> None:
+        """Raises PermissionDeniedError unless the caller is node ``node_id``."""
         refusal = self.node_refusal(context, node_id, what)
         if refusal is not None:
-            await _deny(context, refusal)
+            raise PermissionDeniedError(refusal)
+
+    def stream_callbacks(self, context: Any) -> SessionCallbacks:
+        """The hooks of one ADS stream: with mTLS, its node must be the caller's."""
+        return _StreamAccess(self, context) if self.mtls else NO_CALLBACKS
 
     def foreign_hosts(self, context: Any, hosts: Iterable[str]) -> list[str]:
         """Of ``hosts``, those the calling node does not own: not among its certificate's IP
@@ -162,7 +113,7 @@ class Access:
         if not owned:
             host = peer_ip(context)
             owned = {host} if host else set()
-        return sorted({h for h in (_normal_ip(h) for h in hosts) if h not in owned})
+        return sorted({h for h in (normal_ip(h) for h in hosts) if h not in owned})
 
     # -- operators ------------------------------------------------------------------------------
 
@@ -200,22 +151,28 @@ class Access:
                     return "token"
         return None
 
-    async def require_operator(self, context: Any, what: str) -> str:
+    def require_operator(self, context: Any, what: str) -> str:
+        """The operator making this call; raises PermissionDeniedError when it is none."""
         operator = self.operator(context)
         if operator is None:
             identity = self.identity(context)
             who = f"the caller's certificate names {identity}" if identity else "no operator"
-            log.warning("write refused", what=what, peer=context.peer(), caller=str(identity))
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
+            raise PermissionDeniedError(
                 f"{what} needs an operator (a certificate with an operator SAN"
                 + (", or the operator token" if self.token_file is not None else "")
-                + f"); {who}",
+                + f"); {who}"
             )
-        assert operator is not None
         return operator
 
 
-async def _deny(context: Any, message: str) -> None:
-    log.warning("refused", reason=message, peer=context.peer())
-    await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
+class _StreamAccess(SessionCallbacks):
+    """Refuses an ADS stream whose node is not the caller's own (PERMISSION_DENIED)."""
+
+    def __init__(self, access: Access, context: Any) -> None:
+        self._access = access
+        self._context = context
+
+    def on_node(self, session: Session) -> None:
+        refusal = self._access.node_refusal(self._context, session.node_id, "ADS stream")
+        if refusal is not None:
+            raise PermissionDeniedError(refusal)

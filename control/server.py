@@ -23,18 +23,22 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from control.admin import AdminServicer
-from control.limits import Limits, StreamCounter
 from control.node_api import NodeServicer
+from control.nodes import ConnectedNodes
 from control.publisher import Publisher
 from control.registry import DEFAULT_GRACE, Registrations
+from control.resources import build_resources
 from control.security import Access
 from control.shared_nodes import SharedNodes
 from control.store import Store, open_store
 from control.store.etcd import EtcdStore
 from mesh.v1 import admin_pb2, admin_pb2_grpc, node_pb2, node_pb2_grpc
+from mesh_core.limits import Limits, StreamCounter
 from mesh_core.tls import TlsFiles, server_credentials
-from mesh_xds.servicer import AdsServicer, CsdsServicer, NodeRegistry
-from mesh_xds.snapshot import SnapshotCache
+from mesh_xds.cache import SnapshotCache
+from mesh_xds.callbacks import Callbacks
+from mesh_xds.metrics import CONTROL, XdsMetrics
+from mesh_xds.servicer import AdsServicer, CsdsServicer
 
 log = structlog.get_logger(__name__)
 
@@ -75,13 +79,13 @@ class ControlServer:
         self.store = open_store(store) if isinstance(store, str) else store
         self.listen = listen
         self.server_id = server_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
-        self.cache = SnapshotCache()
+        self.cache = SnapshotCache(build_resources)
         self.registrations = Registrations(registration_grace)
-        self.registry = NodeRegistry(self.registrations)
+        self.nodes = ConnectedNodes(self.registrations)
         # With a shared store, registrations and node status are shared through it too.
         self.shared = (
             SharedNodes(
-                self.store, self.registrations, self.registry, self.server_id, registration_grace
+                self.store, self.registrations, self.nodes, self.server_id, registration_grace
             )
             if isinstance(self.store, EtcdStore)
             else None
@@ -117,22 +121,23 @@ class ControlServer:
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
             AdsServicer(
                 self.cache,
-                self.registry,
+                self.nodes.registry,
                 self.server_id,
-                access=self.access,
+                Callbacks(self.nodes, XdsMetrics(CONTROL)),
+                stream_callbacks=self.access.stream_callbacks,
                 limits=self.limits,
                 streams=self.streams,
             ),
             server,
         )
         csds_pb2_grpc.add_ClientStatusDiscoveryServiceServicer_to_server(
-            CsdsServicer(self.registry), server
+            CsdsServicer(self.nodes.registry), server
         )
         admin_pb2_grpc.add_MeshAdminServiceServicer_to_server(
             AdminServicer(
                 self.store,
                 self.cache,
-                self.registry,
+                self.nodes,
                 self.server_id,
                 remote_nodes=self.shared.remote_statuses if self.shared is not None else None,
                 access=self.access,

@@ -54,11 +54,12 @@ from dataclasses import dataclass
 
 import structlog
 
+from control.nodes import ConnectedNodes
 from control.registry import Registrations, registration_endpoint
 from control.store.etcd import EtcdKeys, EtcdStore
 from mesh.v1 import admin_pb2, config_pb2
 from mesh_core.errors import StoreUnavailableError
-from mesh_xds.servicer import NodeRegistry
+from mesh_core.signals import Signal
 
 log = structlog.get_logger(__name__)
 
@@ -95,14 +96,14 @@ class SharedNodes:
         self,
         store: EtcdStore,
         registrations: Registrations,
-        registry: NodeRegistry,
+        nodes: ConnectedNodes,
         server_id: str,
         ttl: float,
     ) -> None:
         """``ttl`` is the registration grace (seconds)."""
         self._keys = EtcdKeys(store, "nodes")
         self._registrations = registrations
-        self._registry = registry
+        self._nodes = nodes
         self._server_id = server_id
         self._departure_ttl = etcd_ttl(ttl)
         self._holding_ttl = self._departure_ttl + RENEWAL_INTERVAL
@@ -110,20 +111,15 @@ class SharedNodes:
         self._written: dict[str, bytes] = {}  # node -> record written under the holding lease
         self._departed: dict[str, _Departure] = {}
         self._records: dict[str, admin_pb2.NodeStatus] = {}
-        self._listeners: list[Callable[[], None]] = []
+        self.changed: Signal[[]] = Signal()
+        """Emitted after every change of the registered endpoints, any server's."""
         self._wake = asyncio.Event()
-        registrations.watch_liveness(lambda _node_id: self._wake.set())
+        registrations.liveness.connect(lambda _node_id: self._wake.set())
 
     # -- registration source -----------------------------------------------------------------
 
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
-        self._listeners.append(callback)
-
-        def unsubscribe() -> None:
-            if callback in self._listeners:
-                self._listeners.remove(callback)
-
-        return unsubscribe
+        return self.changed.connect(callback)
 
     def by_service(self) -> Mapping[str, list[config_pb2.Endpoint]]:
         result: dict[str, list[config_pb2.Endpoint]] = {}
@@ -212,7 +208,7 @@ class SharedNodes:
 
     def _held_statuses(self) -> dict[str, admin_pb2.NodeStatus]:
         """The record to write for every node whose stream this server holds."""
-        statuses = {s.node_id: s for s in self._registry.node_statuses() if s.stream_id}
+        statuses = {s.node_id: s for s in self._nodes.node_statuses() if s.stream_id}
         for node_id in list(self._registrations.nodes()):
             if node_id not in statuses and self._registrations.is_connected(node_id):
                 statuses[node_id] = admin_pb2.NodeStatus(node_id=node_id)
@@ -310,5 +306,4 @@ class SharedNodes:
         self._records = records
         if before != after:
             log.info("registered endpoints changed", nodes=sorted(n for n in after if after[n]))
-            for callback in list(self._listeners):
-                callback()
+            self.changed.emit()

@@ -1,3 +1,3 @@
-from mesh_agent.daemon.cli import main
+from mesh_agent.launch import mesh_agent
 
-main()
+mesh_agent()

@@ -8,18 +8,25 @@ This is the seed's ServiceMesh core (``SEED-service-mesh-core.md``) with its kno
   order from that graph (a topological order, ties broken by name so it is deterministic) and
   stops in the reverse order. An unknown requirement, a cycle or a duplicate name is refused
   up front with an error naming the components involved.
-* **No custom injection.** A component receives what it needs from an :class:`AgentContext`
-  (``ctx.require("cache", ConfigCache)``) instead of building it, and only what it declared.
-  Users add components, or replace a built-in one by giving theirs the same name, through the
-  ``mesh_agent.components`` entry point group (:func:`load_components`). A broken plug-in is
-  logged and skipped; it never stops the agent.
+* **No custom injection.** A component is built with no arguments and receives everything in
+  ``start(ctx)`` from its :class:`AgentContext`: the other components it declared, by name and
+  checked against the type it expects (``ctx.require("upstream", Upstream)``, a class or a
+  runtime-checkable protocol), and what the agent shares with every component
+  (``ctx.setting(key, kind)``, ``ctx.statuses()``, ``ctx.component_changed``). Users add
+  components, or replace a built-in one by giving theirs the same name, through the
+  ``mesh_agent.components`` entry point group (:func:`load_components`); since the others
+  reach a component only through the context, a replacement is what they all get. A broken
+  plug-in is logged and skipped; it never stops the agent.
 * **No state persistence.** The context carries the agent's ``state_dir``; components keep
   what must survive a restart (last good config, breaker state) there.
 * **Weak error propagation.** A component whose ``start()`` or ``run()`` raises is isolated:
   it is marked failed (its last error kept and logged with the traceback), stopped, and
   restarted with exponential backoff, forever, while every other component keeps running.
-  Each change is reported through ``on_change(name, serving)``, which the agent wires to
-  ``grpc.health.v1`` so each component shows in health under its own name.
+  Each change is reported through ``on_change(name, serving)`` and the
+  :attr:`Supervisor.changed` signal (which components hear as ``ctx.component_changed``).
+  The one exception is :class:`~mesh_core.errors.ComponentFatalError`: a component that
+  cannot run as the agent was set up stops the agent instead (:meth:`Supervisor.start`
+  raises it, or :meth:`Supervisor.failure` returns it).
 
 No grpc import here: transport code only feeds and reads this module.
 """
@@ -34,12 +41,13 @@ import inspect
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar, cast
+from typing import Any, Literal, ParamSpec, Protocol, TypeVar, cast
 
 import structlog
 
 from mesh_core.backoff import Backoff
-from mesh_core.errors import MeshError
+from mesh_core.errors import ComponentFatalError, ComponentGraphError, ComponentLookupError
+from mesh_core.signals import Signal
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +58,7 @@ State = Literal["starting", "running", "degraded", "failed", "restarting", "stop
 """A component's state. ``degraded``: running, but not doing its job (the component said why
 through :meth:`AgentContext.degraded`; the upstream, while no control server answers)."""
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class Component(Protocol):
@@ -79,19 +88,6 @@ class Component(Protocol):
     async def stop(self) -> None: ...
 
 
-class ComponentError(MeshError):
-    """Base of the errors this module raises on purpose."""
-
-
-class ComponentGraphError(ComponentError, ValueError):
-    """The set of components cannot be started: a duplicate name, an unknown requirement, a
-    cycle, or an object that is not a component."""
-
-
-class ComponentLookupError(ComponentError, LookupError):
-    """A component asked the context for something it cannot have."""
-
-
 @dataclass(frozen=True, slots=True)
 class ComponentState:
     """A snapshot of one component, as shown by health and ``meshctl status``."""
@@ -103,13 +99,16 @@ class ComponentState:
 
 
 class AgentContext:
-    """What a component receives in ``start()``: the agent's settings, its state directory and
-    the other components, by name.
+    """What a component receives in ``start()``: the agent's settings (and what else it shares
+    with every component), its state directory, the other components by name, and the
+    supervisor's view of them all.
 
     The supervisor gives each component its own view, limited to the names in its ``requires``,
     so that a dependency that was not declared (and so might not be started yet) is an error
-    instead of a race. A context built without ``owner``/``allowed`` (e.g. in a unit test of
-    one component) gives access to every component it holds.
+    instead of a race. The same view is handed to every ``start()`` of a component; signal
+    connections made through :meth:`connect` last until its next ``stop()``. A context built
+    without a supervisor (e.g. in a unit test of one component) gives access to every
+    component it holds, reports no statuses and takes :meth:`degraded` silently.
     """
 
     def __init__(
@@ -121,6 +120,7 @@ class AgentContext:
         owner: str | None = None,
         allowed: Collection[str] | None = None,
         condition: Callable[[str | None], None] | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.settings: Mapping[str, Any] = settings if settings is not None else {}
         self.state_dir = Path(state_dir)
@@ -128,6 +128,11 @@ class AgentContext:
         self.owner = owner
         self._allowed = frozenset(allowed) if allowed is not None else None
         self._condition = condition
+        self._supervisor = supervisor
+        self._changed: Signal[[str, bool]] = (
+            supervisor.changed if supervisor is not None else Signal()
+        )
+        self._connections: list[Callable[[], None]] = []
 
     def for_component(
         self, component: Component, condition: Callable[[str | None], None] | None = None
@@ -141,7 +146,51 @@ class AgentContext:
             owner=component.name,
             allowed=tuple(component.requires),
             condition=condition,
+            supervisor=self._supervisor,
         )
+
+    # -- what the agent shares ---------------------------------------------------------------
+
+    def setting(self, key: str, kind: type[T]) -> T:
+        """The shared setting ``key``, checked to be a ``kind`` (the daemon shares its
+        ``agent`` settings and its xDS ``node``)."""
+        try:
+            value = self.settings[key]
+        except KeyError:
+            known = ", ".join(sorted(self.settings)) or "none"
+            raise ComponentLookupError(
+                f"{self._who()} asked for the setting {key!r}, which the agent does not share "
+                f"(it shares: {known})"
+            ) from None
+        if not isinstance(value, kind):
+            raise ComponentLookupError(
+                f"the setting {key!r} is a {type(value).__qualname__}, not the "
+                f"{kind.__qualname__} that {self._who()} needs"
+            )
+        return value
+
+    def statuses(self) -> list[ComponentState]:
+        """Every component's state, in start order (what the node's health report shows)."""
+        return self._supervisor.statuses() if self._supervisor is not None else []
+
+    @property
+    def component_changed(self) -> Signal[[str, bool]]:
+        """Emitted with ``(name, serving)`` whenever any component starts serving or stops
+        (fails, is degraded, is stopped): the supervisor's ``on_change``."""
+        return self._changed
+
+    def connect(self, signal: Signal[P], callback: Callable[P, None]) -> None:
+        """Connects ``callback`` to ``signal`` until the component is stopped: the supervisor
+        disconnects it before the component's ``stop()``, so a restarted component connects
+        afresh in its next ``start()`` and a stopped one hears nothing."""
+        self._connections.append(signal.connect(callback))
+
+    def _disconnect_all(self) -> None:
+        """Undoes every :meth:`connect` made through this context (the supervisor's job)."""
+        while self._connections:
+            self._connections.pop()()
+
+    # -- what the component says of itself ---------------------------------------------------
 
     def degraded(self, reason: str) -> None:
         """The component runs but cannot do its job, for ``reason``: it shows as ``degraded``
@@ -153,6 +202,8 @@ class AgentContext:
         """The component does its job again (after :meth:`degraded`)."""
         if self._condition is not None:
             self._condition(None)
+
+    # -- the other components ----------------------------------------------------------------
 
     def get(self, name: str) -> Component:
         """The component called ``name``."""
@@ -171,17 +222,20 @@ class AgentContext:
                 f"{who} {name!r}, which is not a known component (known: {known})"
             ) from None
 
-    def require(self, name: str, kind: type[T]) -> T:
-        """The component called ``name``, checked to be a ``kind`` (a class, or a
-        ``runtime_checkable`` protocol)."""
+    def require(self, name: str, kind: Callable[..., T]) -> T:
+        """The component called ``name``, checked to be a ``kind``: a class, or a
+        ``runtime_checkable`` protocol (hence the type: mypy takes a protocol for a callable,
+        not for a ``type``)."""
         component = self.get(name)
-        if not isinstance(component, kind):
-            who = f"component {self.owner!r}" if self.owner else "the caller"
+        if not isinstance(component, cast(type, kind)):
             raise ComponentLookupError(
                 f"component {name!r} is a {type(component).__qualname__}, not the "
-                f"{kind.__qualname__} that {who} needs"
+                f"{kind.__qualname__} that {self._who()} needs"
             )
-        return component
+        return cast(T, component)
+
+    def _who(self) -> str:
+        return f"component {self.owner!r}" if self.owner else "the caller"
 
 
 def component_problem(obj: object) -> str | None:
@@ -287,11 +341,17 @@ class Supervisor:
     """Starts components in dependency order, keeps each one's ``run()`` going in its own task,
     restarts a failed one with backoff without touching the others, and stops them in reverse.
 
-    ``on_change(name, serving)`` is called with True when a component becomes running and with
-    False when it fails or is stopped. ``reset_after`` is how long (seconds) a component must
-    have run healthily for its backoff to start again from the first delay. ``start_timeout``
-    bounds each ``start()`` call (a start that takes longer counts as failed); ``stop_timeout``
-    bounds the ``stop()`` call made after a failure.
+    ``on_change(name, serving)`` is called (and :attr:`changed` emitted) with True when a
+    component becomes running and with False when it fails, says it is degraded or is stopped.
+    ``settings`` are shared with every component (:meth:`AgentContext.setting`).
+    ``reset_after`` is how long (seconds) a component must have run healthily for its backoff to
+    start again from the first delay. ``start_timeout`` bounds each ``start()`` call (a start
+    that takes longer counts as failed); ``stop_timeout`` bounds the ``stop()`` call made after
+    a failure.
+
+    A component that raises :class:`~mesh_core.errors.ComponentFatalError` is not restarted:
+    the agent cannot run as set up. During :meth:`start` that stops every component and
+    raises it; later, :meth:`failure` returns it, and the agent is expected to stop.
     """
 
     def __init__(
@@ -307,7 +367,10 @@ class Supervisor:
         stop_timeout: float = 5.0,
     ) -> None:
         ordered = _validate(components)
-        self._context = AgentContext(settings, state_dir, {c.name: c for c in ordered})
+        self.changed: Signal[[str, bool]] = Signal()
+        self._context = AgentContext(
+            settings, state_dir, {c.name: c for c in ordered}, supervisor=self
+        )
         self._backoff = backoff
         self._on_change = on_change
         self._reset_after = reset_after
@@ -321,6 +384,8 @@ class Supervisor:
         self._by_name = {slot.name: slot for slot in self._slots}
         self._started = False
         self._stopping = False
+        self._fatal: ComponentFatalError | None = None
+        self._failed = asyncio.Event()
 
     @property
     def context(self) -> AgentContext:
@@ -368,12 +433,14 @@ class Supervisor:
     async def start(self) -> None:
         """Starts every component in dependency order. Each start is awaited before the next
         begins; a component whose start fails is left to restart in the background and the
-        others start anyway (they may see it degraded, the agent stays up)."""
+        others start anyway (they may see it degraded, the agent stays up). A start that
+        raises :class:`~mesh_core.errors.ComponentFatalError` stops what was started and is
+        raised here."""
         if self._started:
             raise RuntimeError("the supervisor was already started")
         self._started = True
         for slot in self._slots:
-            if self._stopping:
+            if self._stopping or self._fatal is not None:
                 break
             down = [r for r in slot.component.requires if self._by_name[r].state != "running"]
             if down:
@@ -388,7 +455,16 @@ class Supervisor:
                 await asyncio.wait({slot.task, waiter}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 waiter.cancel()
+        if self._fatal is not None:
+            await self.stop()
+            raise self._fatal
         log.info("components started", order=list(self.order))
+
+    async def failure(self) -> ComponentFatalError:
+        """Waits until a component fails fatally (after :meth:`start`); returns its error."""
+        await self._failed.wait()
+        assert self._fatal is not None
+        return self._fatal
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Stops every component, dependents before what they depend on: cancels its run task
@@ -459,6 +535,12 @@ class Supervisor:
             log.error("component failed", component=slot.name, phase=phase, exc_info=error)
             self._notify(slot.name, False)
             await self._stop_component(slot, self._stop_timeout)
+            if isinstance(error, ComponentFatalError):
+                log.error("component cannot run; the agent stops", component=slot.name)
+                self._fatal = self._fatal or error
+                self._failed.set()
+                slot.first_attempt.set()
+                return
             slot.first_attempt.set()
             if started_at is not None and loop.time() - started_at >= self._reset_after:
                 delays = self._backoff.delays()
@@ -475,6 +557,7 @@ class Supervisor:
 
     async def _stop_component(self, slot: _Slot, timeout: float) -> None:
         slot.needs_stop = False
+        slot.context._disconnect_all()
         try:
             async with asyncio.timeout(timeout):
                 await slot.component.stop()
@@ -484,10 +567,13 @@ class Supervisor:
             log.warning("component stop() raised; ignored", component=slot.name, exc_info=exc)
 
     def _notify(self, name: str, serving: bool) -> None:
-        try:
-            self._on_change(name, serving)
-        except Exception as exc:
-            log.error("on_change callback raised", component=name, serving=serving, exc_info=exc)
+        for callback in (self._on_change, self.changed.emit):
+            try:
+                callback(name, serving)
+            except Exception as exc:
+                log.error(
+                    "on_change callback raised", component=name, serving=serving, exc_info=exc
+                )
 
 
 def load_components(

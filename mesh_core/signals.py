@@ -5,14 +5,19 @@ breakers, registrations) own signals; transport code connects to them. Callbacks
 synchronously, in the order they were connected, from inside the call that changed the
 state: they must only take note or schedule work (set an event, queue a task), not do it.
 A signal is owned by its object's event loop (or thread) and is not itself thread-safe.
+A :class:`GuardedSignal` logs a callback's exception and still calls the others, for state
+objects that must not be left half-way through a change by a bug in one observer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Generic, ParamSpec
+from typing import Any, Generic, ParamSpec
+
+import structlog
 
 P = ParamSpec("P")
+log = structlog.get_logger(__name__)
 
 
 class Signal(Generic[P]):
@@ -42,3 +47,24 @@ class Signal(Generic[P]):
 
     def __len__(self) -> int:
         return len(self._callbacks)
+
+
+class GuardedSignal(Signal[P]):
+    """A :class:`Signal` whose callbacks' exceptions are logged (as ``event``, with
+    ``fields``) instead of raised."""
+
+    __slots__ = ("_event", "_fields")
+
+    def __init__(self, event: str, **fields: Any) -> None:
+        super().__init__()
+        self._event = event
+        self._fields = fields
+
+    def connect(self, callback: Callable[P, None]) -> Callable[[], None]:
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> None:
+            try:
+                callback(*args, **kwargs)
+            except Exception:
+                log.exception(self._event, **self._fields)
+
+        return super().connect(guarded)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from mesh_core.errors import MeshError
+from mesh_core.errors import TelemetryConfigError
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider
@@ -35,10 +35,6 @@ _ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
 SHUTDOWN_TIMEOUT = 1.0
 """Seconds a process waits at exit for its telemetry to be flushed."""
 _EXPORTERS = ("otlp", "console", "none")
-
-
-class TelemetryConfigError(MeshError, ValueError):
-    """An ``OTEL_*`` setting this process cannot honour."""
 
 
 def _truthy(value: str | None) -> bool:

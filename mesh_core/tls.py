@@ -20,13 +20,9 @@ import grpc
 import grpc.aio
 import structlog
 
-from mesh_core.errors import MeshError
+from mesh_core.errors import TlsError
 
 log = structlog.get_logger(__name__)
-
-
-class TlsError(MeshError, ValueError):
-    """TLS files missing, unreadable or not usable together."""
 
 
 @dataclass(frozen=True)
@@ -68,8 +64,12 @@ class TlsFiles:
 
 
 def _check(material: TlsMaterial, files: TlsFiles) -> None:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+    except ImportError:  # the client library alone: the PEM form is what can be checked
+        _check_pem(material, files)
+        return
 
     try:
         certificate = x509.load_pem_x509_certificate(material.cert)
@@ -89,6 +89,15 @@ def _check(material: TlsMaterial, files: TlsFiles) -> None:
         encoding, public
     ):
         raise TlsError(f"{files.key} is not the key of the certificate in {files.cert}")
+
+
+def _check_pem(material: TlsMaterial, files: TlsFiles) -> None:
+    if b"-----BEGIN CERTIFICATE-----" not in material.cert:
+        raise TlsError(f"{files.cert}: not a PEM certificate")
+    if b"PRIVATE KEY-----" not in material.key:
+        raise TlsError(f"{files.key}: not a PEM private key")
+    if b"-----BEGIN CERTIFICATE-----" not in material.ca:
+        raise TlsError(f"{files.ca}: not PEM CA certificates")
 
 
 def flags(directory: Path) -> list[str]:
@@ -193,7 +202,7 @@ def trust_domain(files: TlsFiles) -> str | None:
     ``meshctl certs init`` writes it), or None."""
     from cryptography import x509
 
-    from control.certs import trust_domain_of
+    from mesh_core.identity import trust_domain_of
 
     for certificate in x509.load_pem_x509_certificates(files.read().ca):
         domain = trust_domain_of(certificate)
@@ -215,6 +224,6 @@ def certificate_uris(files: TlsFiles) -> list[str]:
     """The URI SANs of the certificate in ``files`` (a node's: ``spiffe://TD/node/ID``)."""
     from cryptography import x509
 
-    from control.certs import uri_sans
+    from mesh_core.identity import uri_sans
 
     return uri_sans(x509.load_pem_x509_certificate(files.read().cert))

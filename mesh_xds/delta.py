@@ -1,10 +1,10 @@
 """The delta (incremental) ADS protocol for one stream, apart from any transport.
 
 :class:`DeltaSession` reads ``DeltaDiscoveryRequest`` messages and writes
-``DeltaDiscoveryResponse`` messages. It shares node handling, the reading loop, the hooks
-(``authorize``, ``on_node``, ``on_event``) and the per-type status view with the
-state-of-the-world :class:`~mesh_xds.session.AdsSession`, which it extends; the rules are the
-delta section of ``xds_protocol.rst``:
+``DeltaDiscoveryResponse`` messages. Node handling, the reading loop, ACK and NACK
+book-keeping, the hooks and the per-type status view are :class:`~mesh_xds.session.BaseSession`'s,
+shared with its sibling :class:`~mesh_xds.sotw.SotwSession`; the rules here are the delta
+section of ``xds_protocol.rst``:
 
 - Each resource has its own version: the content digest its snapshot holds.
   ``system_version_info`` is the snapshot id, for information only.
@@ -27,53 +27,21 @@ delta section of ``xds_protocol.rst``:
 - Names subscribed before they exist are remembered and sent when they appear.
 - Config changes are pushed type by type in ``PUSH_ORDER``. A push costs each stream work in
   proportion to the resources that changed: the difference between two snapshots is computed
-  once and shared by every stream, and each resource's ``Resource`` message is built once
-  (:attr:`~mesh_xds.snapshot.Resource.delta`) and shared.
+  once and shared by every stream (:meth:`~mesh_xds.snapshot.Snapshot.changed_since`), and each
+  resource's ``Resource`` message is built once (:attr:`~mesh_xds.snapshot.Resource.delta`)
+  and shared.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from mesh_xds.session import WILDCARD, AdsSession, Nack, TypeState
+from mesh_xds.session import WILDCARD, BaseSession, TypeState
 from mesh_xds.snapshot import Resource, Snapshot
-from mesh_xds.types import ALL_TYPES, LEGACY_WILDCARD, PUSH_ORDER, ResourceName, TypeUrl, short_name
-
-_MAX_DIFFS: Final = 256
-_diffs: dict[tuple[str, str, TypeUrl], frozenset[ResourceName]] = {}
-
-
-def changed_names(old: Snapshot, new: Snapshot, type_url: TypeUrl) -> frozenset[ResourceName]:
-    """Names of ``type_url`` added, changed or removed from ``old`` to ``new``. Computed once
-    per pair of snapshots (by id) and shared by the streams of the process."""
-    if old is new or (old.id and old.id == new.id):
-        return frozenset()
-    key = (old.id, new.id, type_url)
-    found = _diffs.get(key) if old.id and new.id else None
-    if found is None:
-        before = old.resources.get(type_url, {})
-        after = new.resources.get(type_url, {})
-        found = frozenset(
-            name
-            for name in before.keys() | after.keys()
-            if not _same(before.get(name), after.get(name))
-        )
-        if old.id and new.id:
-            if len(_diffs) >= _MAX_DIFFS:
-                _diffs.clear()
-            _diffs[key] = found
-    return found
-
-
-def _same(a: Resource | None, b: Resource | None) -> bool:
-    if a is b:
-        return True
-    return a is not None and b is not None and a.digest == b.digest
+from mesh_xds.types import ALL_TYPES, LEGACY_WILDCARD, PUSH_ORDER, ResourceName, TypeUrl
 
 
 @dataclass(slots=True)
@@ -93,7 +61,7 @@ class DeltaTypeState(TypeState):
     def wants(self, name: ResourceName) -> bool:
         return self.wildcard or name in self.names
 
-    def update(self, request: Any) -> bool:
+    def update(self, request: discovery_pb2.DeltaDiscoveryRequest) -> bool:
         """Applies a request's subscription changes; True when the subscription changed or
         the client announced what it holds (the first request of the type)."""
         first = not self.started
@@ -152,67 +120,48 @@ class DeltaTypeState(TypeState):
         return names
 
 
-class DeltaSession(AdsSession):
-    """Serves one delta ADS stream. Like :class:`AdsSession`, everything runs on one task.
-
-    To the registry, status, CSDS and metrics it is an :class:`AdsSession`: ``types`` holds a
+class DeltaSession(
+    BaseSession[discovery_pb2.DeltaDiscoveryRequest, discovery_pb2.DeltaDiscoveryResponse]
+):
+    """Serves one delta ADS stream. To status, CSDS and metrics ``types`` holds a
     :class:`DeltaTypeState` per type, with ``sent_version`` and ``acked_version`` the
     ``system_version_info`` of the last response sent and of the last one ACKed."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.stream_id = f"{self.stream_id}-delta"
-        self.log = self.log.bind(stream=self.stream_id)
-        self._states: dict[TypeUrl, DeltaTypeState] = {}
+    kind = "-delta"
 
-    async def _handle(self, request: Any) -> None:
+    def _state(self, type_url: TypeUrl) -> DeltaTypeState:
+        state = self.types.get(type_url)
+        if state is None:
+            state = self.types[type_url] = DeltaTypeState(type_url)
+        assert isinstance(state, DeltaTypeState)
+        return state
+
+    async def _handle(self, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
         self._know_node(request)
         type_url = request.type_url
         if type_url not in ALL_TYPES:
             self.log.warning("unknown type requested; ignored", type_url=type_url)
             return
-        state = self._states.get(type_url)
-        if state is None:
-            state = self._states[type_url] = DeltaTypeState(type_url)
-            self.types[type_url] = state
-        if request.response_nonce:
-            self._acknowledge(state, request)
+        state = self._state(type_url)
+        if request.response_nonce and self._fresh(state, request):
+            if request.HasField("error_detail"):
+                # The client is taken to hold what it was sent: a rejected resource is sent
+                # again only when it changes.
+                self._nacked(state, request)
+            else:
+                self._acked(state, state.sent_version)
         before = (state.wildcard, set(state.names))
         first = not state.started
         if state.update(request):
             if (state.wildcard, state.names) != before:
-                self._on_event("subscribe", self, state)
+                self.callbacks.on_subscribe(self, state)
             full = first or (state.wildcard and not before[0])
             await self._respond_delta(state, full=full)
 
-    def _acknowledge(self, state: DeltaTypeState, request: Any) -> None:
-        if request.response_nonce != state.nonce:
-            self.log.debug(
-                "stale nonce ignored", type=short_name(state.type_url), nonce=request.response_nonce
-            )
-            return
-        if request.HasField("error_detail"):
-            state.last_nack = Nack(state.sent_version, request.error_detail.message, time.time())
-            self.log.warning(
-                "config rejected (NACK)",
-                type=short_name(state.type_url),
-                version=state.sent_version,
-                error=request.error_detail.message,
-            )
-            state.change_at = None
-            self._on_event("nack", self, state)
-            return
-        state.acked_version = state.sent_version
-        state.converged_in = None
-        if state.change_at is not None:
-            state.converged_in = time.monotonic() - state.change_at
-            state.change_at = None
-        self._on_event("ack", self, state)
-
     async def _push_all(self) -> None:
         for type_url in PUSH_ORDER:
-            state = self._states.get(type_url)
-            if state is not None and state.started:
+            state = self.types.get(type_url)
+            if isinstance(state, DeltaTypeState) and state.started:
                 await self._respond_delta(state, pushed=True)
 
     async def _respond_delta(
@@ -227,7 +176,7 @@ class DeltaSession(AdsSession):
         if full or state.synced is None:
             names: Iterable[ResourceName] = state.candidates(snapshot)
         else:
-            names = changed_names(state.synced, snapshot, state.type_url) | state.resend
+            names = snapshot.changed_since(state.synced, state.type_url) | state.resend
         updates, removed = state.changes(names, available)
         state.synced = snapshot
         state.resend.clear()
@@ -238,7 +187,12 @@ class DeltaSession(AdsSession):
                 # version already, and status should say so rather than "waiting".
                 state.sent_version = state.acked_version = version
             return
-        nonce = str(next(self._nonces))
+        for resource in updates:
+            state.held[resource.name] = resource.digest
+        for name in removed:
+            state.held.pop(name, None)
+        state.sent_version = version
+        nonce = self._sending(state, snapshot, pushed=pushed)
         response = discovery_pb2.DeltaDiscoveryResponse(
             system_version_info=version,
             type_url=state.type_url,
@@ -247,12 +201,4 @@ class DeltaSession(AdsSession):
         )
         response.resources.extend(resource.delta for resource in updates)
         response.control_plane.identifier = self._server_id
-        for resource in updates:
-            state.held[resource.name] = resource.digest
-        for name in removed:
-            state.held.pop(name, None)
-        state.nonce, state.sent_version = nonce, version
-        state.change_at = snapshot.changed_at if pushed else None
-        state.responses += 1
-        self._on_event("send", self, state)
         await self._send(response)

@@ -24,7 +24,8 @@ from opentelemetry import metrics
 from opentelemetry.util.types import Attributes
 
 from mesh_xds import __version__
-from mesh_xds.session import AdsSession, TypeState
+from mesh_xds.callbacks import SessionCallbacks
+from mesh_xds.session import Session, TypeState
 from mesh_xds.types import TypeUrl
 
 METER_NAME: Final = "mesh.control"
@@ -54,15 +55,15 @@ def type_name(type_url: TypeUrl) -> str:
     return type_url.rpartition("/")[2].rpartition(".")[2]
 
 
-class XdsMetrics:
+class XdsMetrics(SessionCallbacks):
     """The instruments of one ADS server. ``server`` is the ``mesh.xds.server`` attribute:
     ``control`` or ``agent``. ``convergence`` (default: on the control server only) says
     whether ACKs record ``mesh.xds.convergence.duration``.
 
-    :meth:`on_event` is an :class:`~mesh_xds.session.AdsSession` event hook: it counts
-    every response sent, ACK and NACK, and records the convergence time an ACK carries
-    (``TypeState.converged_in``). :meth:`stream_opened` and :meth:`stream_closed` keep
-    ``mesh.xds.connected_nodes``.
+    As the sessions' :class:`~mesh_xds.callbacks.SessionCallbacks` it counts every response
+    sent, ACK and NACK, records the convergence time an ACK carries
+    (``TypeState.converged_in``), and keeps ``mesh.xds.connected_nodes`` as streams open and
+    close.
 
     Convergence time is counted only for a version pushed because the config changed, to a
     stream already subscribed to its type: from the earliest store (or registration) change
@@ -113,24 +114,25 @@ class XdsMetrics:
             self._attributes[type_url] = attributes
         return attributes
 
-    def on_event(self, event: str, session: AdsSession, state: TypeState) -> None:
-        if event == "send":
-            self.pushes.add(1, self._for(state.type_url))
-        elif event == "ack":
-            self.acks.add(1, self._for(state.type_url))
-            if state.converged_in is not None and self.records_convergence:
-                attributes = self._type_attributes.get(state.type_url)
-                if attributes is None:
-                    attributes = {XDS_TYPE: type_name(state.type_url)}
-                    self._type_attributes[state.type_url] = attributes
-                self.convergence.record(state.converged_in, attributes)
-        elif event == "nack":
-            self.nacks.add(1, self._for(state.type_url))
+    def on_send(self, session: Session, state: TypeState) -> None:
+        self.pushes.add(1, self._for(state.type_url))
 
-    def stream_opened(self) -> None:
+    def on_ack(self, session: Session, state: TypeState) -> None:
+        self.acks.add(1, self._for(state.type_url))
+        if state.converged_in is not None and self.records_convergence:
+            attributes = self._type_attributes.get(state.type_url)
+            if attributes is None:
+                attributes = {XDS_TYPE: type_name(state.type_url)}
+                self._type_attributes[state.type_url] = attributes
+            self.convergence.record(state.converged_in, attributes)
+
+    def on_nack(self, session: Session, state: TypeState) -> None:
+        self.nacks.add(1, self._for(state.type_url))
+
+    def on_open(self, session: Session) -> None:
         self.connected_nodes.add(1, self._server_attributes)
 
-    def stream_closed(self) -> None:
+    def on_close(self, session: Session) -> None:
         self.connected_nodes.add(-1, self._server_attributes)
 
 

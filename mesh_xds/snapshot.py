@@ -17,15 +17,19 @@ import structlog
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 
-from control.resources import Resources, build_resources
 from mesh.v1 import config_pb2
 from mesh_xds.types import ResourceName, TypeUrl, Version
 
 log = structlog.get_logger(__name__)
 
 GroupKey = str
+Resources = dict[TypeUrl, dict[ResourceName, Message]]
+"""Built resources (not packed yet), by type URL and name."""
 Builder = Callable[[Iterable[config_pb2.Service]], Resources]
+"""Builds every resource of some services (the control server's
+:func:`control.resources.build_resources`)."""
 GroupOf = Callable[[base_pb2.Node], GroupKey]
 
 
@@ -49,6 +53,17 @@ class Resource:
             )
             object.__setattr__(self, "_delta", message)
         return message
+
+
+Selection = tuple[dict[ResourceName, "Resource"], dict[ResourceName, str], Version]
+"""What a subscription selects of a snapshot: resources by name, their digests, the set's
+version."""
+
+
+def _same(a: Resource | None, b: Resource | None) -> bool:
+    if a is b:
+        return True
+    return a is not None and b is not None and a.digest == b.digest
 
 
 def _digest(data: bytes) -> str:
@@ -80,6 +95,46 @@ class Snapshot:
     resources: Mapping[TypeUrl, Mapping[ResourceName, Resource]]
     id: str = field(default="")
     changed_at: float | None = field(default=None, compare=False)
+    # What subscriptions select of this snapshot, and how it differs from others: computed
+    # once and shared by every stream serving it (a push to many nodes costs each selection
+    # once, not once per node). Lives and dies with the snapshot.
+    _memo: dict[tuple[object, ...], object] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def selection(
+        self, type_url: TypeUrl, wildcard: bool, names: frozenset[ResourceName]
+    ) -> Selection:
+        """What a subscription (every resource of the type, or these ``names``) selects:
+        the resources by name, their digests and the version of the set. Never mutated."""
+        key = ("selection", type_url, wildcard, frozenset() if wildcard else names)
+        found = self._memo.get(key)
+        if found is None:
+            available = self.resources.get(type_url, {})
+            selected = (
+                dict(available)
+                if wildcard
+                else {name: available[name] for name in sorted(names) if name in available}
+            )
+            digests = {name: resource.digest for name, resource in selected.items()}
+            found = self._memo[key] = (selected, digests, version_of(digests))
+        return found  # type: ignore[return-value]
+
+    def changed_since(self, old: Snapshot, type_url: TypeUrl) -> frozenset[ResourceName]:
+        """Names of ``type_url`` added, changed or removed from ``old`` to this snapshot."""
+        if old is self or (old.id and old.id == self.id):
+            return frozenset()
+        key = ("changed", old.id or id(old), type_url)
+        found = self._memo.get(key)
+        if found is None:
+            before = old.resources.get(type_url, {})
+            after = self.resources.get(type_url, {})
+            found = self._memo[key] = frozenset(
+                name
+                for name in before.keys() | after.keys()
+                if not _same(before.get(name), after.get(name))
+            )
+        return found  # type: ignore[return-value]
 
     @classmethod
     def build(cls, revision: int, built: Resources) -> Snapshot:
@@ -156,106 +211,3 @@ class SnapshotSource(Protocol):
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Calls ``callback`` after every change; returns the function that unsubscribes."""
         ...
-
-
-def _one_group(node: base_pb2.Node) -> GroupKey:
-    return ""
-
-
-class SnapshotCache:
-    """Builds and holds one snapshot per node group and tells subscribers when they change.
-
-    Lives on the event loop of the control server; not thread-safe. ``group_of`` maps a node
-    to the key of the config it gets (today every node gets the same config). Snapshots are
-    built lazily per group and de-duplicated by content, so nodes with the same config share
-    one object. Subscribers are plain callables run synchronously on change; they must only
-    schedule work, not do it.
-    """
-
-    def __init__(self, builder: Builder = build_resources, group_of: GroupOf = _one_group):
-        self._builder = builder
-        self._group_of = group_of
-        self._services: list[config_pb2.Service] = []
-        self._revision = 0
-        self._changed_at: float | None = None
-        self._loaded = False
-        self._by_group: dict[GroupKey, Snapshot] = {}
-        self._by_id: dict[str, Snapshot] = {}
-        self._memo: dict[bytes, Mapping[TypeUrl, Mapping[ResourceName, Resource]]] = {}
-        self._used: set[bytes] = set()
-        self._subscribers: dict[int, Callable[[], None]] = {}
-        self._next_token = 0
-        self.builds = 0
-
-    @property
-    def revision(self) -> int:
-        """Store revision of the services the snapshots are built from."""
-        return self._revision
-
-    @property
-    def loaded(self) -> bool:
-        return self._loaded
-
-    def unavailable(self) -> str | None:
-        return None  # the control server's own store: its first snapshot comes at start
-
-    def set_services(
-        self,
-        revision: int,
-        services: Iterable[config_pb2.Service],
-        changed_at: float | None = None,
-    ) -> None:
-        """Replaces the config; snapshots are rebuilt on next use and subscribers told.
-        ``changed_at`` (``time.monotonic()``) is when the earliest change behind it happened;
-        the snapshots built from it carry it."""
-        self._services = sorted(services, key=lambda s: s.name)
-        if self._used:
-            # Forget the parts of services that are gone or changed since the last build.
-            self._memo = {k: v for k, v in self._memo.items() if k in self._used}
-            self._used = set()
-        self._revision = revision
-        self._changed_at = changed_at
-        self._loaded = True
-        self._by_group.clear()
-        self._by_id.clear()
-        for callback in list(self._subscribers.values()):
-            callback()
-
-    def snapshot_for(self, node: base_pb2.Node) -> Snapshot:
-        key = self._group_of(node)
-        snapshot = self._by_group.get(key)
-        if snapshot is None:
-            built = Snapshot.assemble(
-                self._revision,
-                (self._service_resources(svc) for svc in self._services),
-                changed_at=self._changed_at,
-            )
-            self.builds += 1
-            snapshot = self._by_id.setdefault(built.id, built)
-            self._by_group[key] = snapshot
-            log.debug("snapshot built", group=key, snapshot=snapshot.id, revision=self._revision)
-        return snapshot
-
-    def _service_resources(
-        self, service: config_pb2.Service
-    ) -> Mapping[TypeUrl, Mapping[ResourceName, Resource]]:
-        """One service's resources, built and packed once per distinct content: a change to
-        one service of a thousand rebuilds that one."""
-        key = service.SerializeToString(deterministic=True)
-        part = self._memo.get(key)
-        if part is None:
-            part = Snapshot.build(0, self._builder([service])).resources
-            self._memo[key] = part
-        self._used.add(key)
-        return part
-
-    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
-        """Calls ``callback`` after every change; returns the function that unsubscribes."""
-        token = self._next_token
-        self._next_token += 1
-        self._subscribers[token] = callback
-
-        def unsubscribe() -> None:
-            self._subscribers.pop(token, None)
-
-        return unsubscribe

@@ -1,3 +1,3 @@
-from control.meshctl import main
+from control.meshctl.launch import meshctl
 
-main()
+meshctl()

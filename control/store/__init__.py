@@ -19,6 +19,7 @@ from control.store._base import Store, StoreEvent
 from control.store.etcd import EtcdStore, parse_etcd_url
 from control.store.file import FileStore
 from control.store.memory import MemoryStore
+from mesh_core.errors import ConfigError
 
 __all__ = ["EtcdStore", "FileStore", "MemoryStore", "Store", "StoreEvent", "open_store"]
 
@@ -27,17 +28,17 @@ SUPPORTED = "memory:, file:DIR, file:///abs/dir, etcd://HOST:PORT[,HOST:PORT...]
 
 def _open_memory(url: str, rest: str) -> Store:
     if rest not in ("", "//"):
-        raise ValueError(f"store URL {url!r}: memory: takes no path")
+        raise ConfigError(f"store URL {url!r}: memory: takes no path")
     return MemoryStore()
 
 
 def _open_file(url: str, rest: str) -> Store:
     if not rest:
-        raise ValueError(f"store URL {url!r}: missing the directory (file:DIR)")
+        raise ConfigError(f"store URL {url!r}: missing the directory (file:DIR)")
     if rest.startswith("//"):  # file://[localhost]/abs/dir
         host, slash, path = rest[2:].partition("/")
         if host not in ("", "localhost") or not slash:
-            raise ValueError(f"store URL {url!r}: expected file:///absolute/dir or file:DIR")
+            raise ConfigError(f"store URL {url!r}: expected file:///absolute/dir or file:DIR")
         directory = Path("/" + unquote(path))
     else:
         directory = Path(rest)
@@ -58,10 +59,10 @@ _BACKENDS: dict[str, Callable[[str, str], Store]] = {
 
 
 def open_store(url: str) -> Store:
-    """The store for ``url`` (not started yet). Raises ValueError for anything else, naming
+    """The store for ``url`` (not started yet). Raises ConfigError for anything else, naming
     the URL and the supported schemes."""
     scheme, colon, rest = url.partition(":")
     factory = _BACKENDS.get(scheme.lower()) if colon else None
     if factory is None:
-        raise ValueError(f"unsupported store URL {url!r}: supported are {SUPPORTED}")
+        raise ConfigError(f"unsupported store URL {url!r}: supported are {SUPPORTED}")
     return factory(url, rest)

@@ -78,7 +78,7 @@ class Store(Protocol):
         With ``if_revision`` > 0, raises ConflictError naming the first service whose
         revision is greater than ``if_revision`` (services that do not exist pass). Names must
         be non-empty and unique in the call (ConfigError otherwise); everything else is the
-        caller's to validate (``control.config.validate_service``)."""
+        caller's to validate (``mesh_core.validation.validate_service``)."""
         ...
 
     async def delete(self, name: str, *, if_revision: int = 0) -> int:

@@ -65,7 +65,7 @@ from control.store._base import (
 )
 from mesh.v1 import admin_pb2, config_pb2
 from mesh_core.backoff import Backoff
-from mesh_core.errors import ConflictError, NotFoundError, StoreUnavailableError
+from mesh_core.errors import ConfigError, ConflictError, NotFoundError, StoreUnavailableError
 
 log = structlog.get_logger(__name__)
 
@@ -94,30 +94,30 @@ def parse_etcd_url(url: str) -> tuple[builtins.list[str], str]:
     """``etcd://HOST:PORT[,HOST:PORT...][/prefix]`` -> (endpoints ``HOST:PORT``, prefix).
 
     The port defaults to 2379, the prefix to ``/mesh``; an IPv6 host goes in brackets.
-    Raises ValueError naming the URL."""
+    Raises ConfigError naming the URL."""
     scheme, colon, rest = url.partition(":")
     if scheme.lower() != "etcd" or not colon or not rest.startswith("//"):
-        raise ValueError(f"store URL {url!r}: expected etcd://HOST:PORT[,HOST:PORT...][/prefix]")
+        raise ConfigError(f"store URL {url!r}: expected etcd://HOST:PORT[,HOST:PORT...][/prefix]")
     hosts, slash, path = rest[2:].partition("/")
     endpoints: builtins.list[str] = []
     for item in hosts.split(","):
         item = item.strip()
         if not item:
-            raise ValueError(f"store URL {url!r}: empty etcd endpoint")
+            raise ConfigError(f"store URL {url!r}: empty etcd endpoint")
         if item.startswith("["):  # [v6]:port
             host, bracket, tail = item.partition("]")
             host += bracket
             if not bracket or (tail and not tail.startswith(":")):
-                raise ValueError(f"store URL {url!r}: bad etcd endpoint {item!r}")
+                raise ConfigError(f"store URL {url!r}: bad etcd endpoint {item!r}")
             port_text = tail[1:]
         else:
             host, _, port_text = item.partition(":")
         if not host or host == "[]":
-            raise ValueError(f"store URL {url!r}: missing host in {item!r}")
+            raise ConfigError(f"store URL {url!r}: missing host in {item!r}")
         port = DEFAULT_PORT
         if port_text:
             if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-                raise ValueError(f"store URL {url!r}: bad port in {item!r}")
+                raise ConfigError(f"store URL {url!r}: bad port in {item!r}")
             port = int(port_text)
         endpoints.append(f"{host}:{port}")
     prefix = "/" + unquote(path).strip("/") if slash else ""
@@ -127,7 +127,7 @@ def parse_etcd_url(url: str) -> tuple[builtins.list[str], str]:
 def _split_endpoint(endpoint: str) -> tuple[str, int]:
     host, _, port = endpoint.rpartition(":")
     if not host or not port.isdigit():
-        raise ValueError(f"etcd endpoint {endpoint!r}: expected HOST:PORT")
+        raise ConfigError(f"etcd endpoint {endpoint!r}: expected HOST:PORT")
     return host, int(port)
 
 

@@ -16,7 +16,6 @@ use their node's agent.
 """
 
 from mesh_agent.client._channel import (
-    BootstrapConflictError,
     agent_address,
     aio_mesh_channel,
     aio_mesh_interceptors,
@@ -32,6 +31,7 @@ from mesh_agent.client._interceptors import (
     MeshClientInterceptor,
 )
 from mesh_agent.client._server import AioMeshServerInterceptor, MeshServerInterceptor
+from mesh_core.errors import BootstrapConflictError
 from mesh_core.telemetry import setup as setup_telemetry
 from mesh_core.tls import TlsFiles
 

@@ -29,7 +29,7 @@ import grpc.aio
 from mesh_agent.client._bootstrap import bootstrap_config, is_unix
 from mesh_agent.client._interceptors import MeshClientInterceptor, aio_interceptors
 from mesh_agent.client._link import AgentLink, link_for
-from mesh_core.errors import MeshError
+from mesh_core.errors import BootstrapConflictError
 from mesh_core.names import client_listener_name
 from mesh_core.tls import TlsFiles, env_files
 
@@ -39,10 +39,6 @@ _BOOTSTRAP_ENV = "GRPC_XDS_BOOTSTRAP_CONFIG"
 _AUTHORITY = "grpc.default_authority"
 _lock = threading.Lock()
 _configured: list[dict[str, Any]] | None = None
-
-
-class BootstrapConflictError(MeshError):
-    """The process's xDS bootstrap already points elsewhere; grpcio reads it only once."""
 
 
 def agent_address(agent: str | None = None) -> str:

@@ -34,7 +34,8 @@ import structlog
 from mesh.v1 import agent_pb2, agent_pb2_grpc
 from mesh_agent.client._bootstrap import is_unix
 from mesh_core.backoff import Backoff
-from mesh_core.tls import TlsError, TlsFiles, channel_credentials
+from mesh_core.errors import TlsError
+from mesh_core.tls import TlsFiles, channel_credentials
 
 log = structlog.get_logger(__name__)
 

@@ -1,24 +1,27 @@
 """The agent's gRPC services for its node: the local API (``mesh.v1.AgentService``) and CSDS
-(what the agent holds and whether it ACKed it upstream, plus what each local process holds)."""
+(what the agent holds and whether it ACKed it upstream, plus what each local process holds).
+Transport only: they move requests into the parts the server component hands them."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import structlog
 from envoy.admin.v3 import config_dump_shared_pb2
+from envoy.config.core.v3 import base_pb2
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 from google.protobuf import timestamp_pb2
 
-from control.config import validate_service
 from mesh.v1 import agent_pb2, agent_pb2_grpc, config_pb2, node_pb2
+from mesh_agent.daemon.breakers.service import BreakerHub
+from mesh_agent.daemon.cache import ConfigCache
+from mesh_agent.daemon.reporter import Reporter
+from mesh_agent.daemon.roles import Upstream
+from mesh_core.validation import validate_service
+from mesh_xds.registry import SessionRegistry
 from mesh_xds.types import PUSH_ORDER
-
-if TYPE_CHECKING:
-    from mesh_agent.daemon.agent import Agent
 
 log = structlog.get_logger(__name__)
 Context = grpc.aio.ServicerContext[object, object]
@@ -42,8 +45,18 @@ def registration_problems(registration: node_pb2.Registration) -> list[str]:
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
-    def __init__(self, agent: Agent) -> None:
-        self._agent = agent
+    """Registrations go to the ``reporter``, outcomes and breaker watches to the ``hub``;
+    ``status`` answers GetAgentStatus."""
+
+    def __init__(
+        self,
+        reporter: Reporter,
+        hub: BreakerHub,
+        status: Callable[[], agent_pb2.GetAgentStatusResponse],
+    ) -> None:
+        self._reporter = reporter
+        self._hub = hub
+        self._status = status
 
     async def Register(
         self, request: agent_pb2.RegisterRequest, context: Context
@@ -51,7 +64,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         problems = registration_problems(request.registration)
         if problems:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
-        self._agent.reporter.register(request.registration)
+        self._reporter.register(request.registration)
         log.info(
             "endpoint registered",
             service=request.registration.service,
@@ -62,7 +75,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     async def Deregister(
         self, request: agent_pb2.DeregisterRequest, context: Context
     ) -> agent_pb2.DeregisterResponse:
-        reporter = self._agent.reporter
+        reporter = self._reporter
         drain = request.drain.ToNanoseconds() / 1e9
         if drain > 0:
             if not reporter.set_draining(request.service, request.address):
@@ -87,17 +100,15 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     ) -> agent_pb2.ReportOutcomesResponse:
         accepted = 0
         async for batch in request_iterator:
-            self._agent.breakers.record(batch.outcomes)
+            self._hub.record(batch.outcomes)
             accepted += len(batch.outcomes)
         return agent_pb2.ReportOutcomesResponse(accepted=accepted)
 
     async def WatchBreakers(
         self, request: agent_pb2.WatchBreakersRequest, context: Context
     ) -> AsyncIterator[agent_pb2.WatchBreakersResponse]:
-        hub = self._agent.breakers
-        watcher = hub.add_watcher(request.services)
-        if request.services:
-            self._agent.update_interest()  # fetch the policies of the watched services
+        hub = self._hub
+        watcher = hub.add_watcher(request.services)  # the agent fetches their policies
         try:
             yield agent_pb2.WatchBreakersResponse(
                 breakers=hub.initial(watcher), call_policies=hub.initial_call_policies(watcher)
@@ -119,32 +130,41 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     async def AcquirePermit(
         self, request: agent_pb2.AcquirePermitRequest, context: Context
     ) -> agent_pb2.AcquirePermitResponse:
-        return self._agent.breakers.acquire_permit(request.service)
+        return self._hub.acquire_permit(request.service)
 
     async def GetAgentStatus(
         self, request: agent_pb2.GetAgentStatusRequest, context: Context
     ) -> agent_pb2.GetAgentStatusResponse:
-        return self._agent.status()
+        return self._status()
 
 
 class AgentCsdsServicer(csds_pb2_grpc.ClientStatusDiscoveryServiceServicer):  # type: ignore[misc]
     """The agent's own config (upstream view) first, then one entry per local process."""
 
-    def __init__(self, agent: Agent) -> None:
-        self._agent = agent
+    def __init__(
+        self,
+        node: base_pb2.Node,
+        cache: ConfigCache,
+        upstream: Upstream,
+        sessions: SessionRegistry,
+    ) -> None:
+        self._node = node
+        self._cache = cache
+        self._upstream = upstream
+        self._sessions = sessions
 
     async def FetchClientStatus(
         self, request: csds_pb2.ClientStatusRequest, context: Context
     ) -> csds_pb2.ClientStatusResponse:
-        agent = self._agent
-        own = csds_pb2.ClientConfig(node=agent.node)
+        cache = self._cache
+        own = csds_pb2.ClientConfig(node=self._node)
         updated = timestamp_pb2.Timestamp()
-        updated.FromNanoseconds(int(agent.cache.updated_at * 1e9))
+        updated.FromNanoseconds(int(cache.updated_at * 1e9))
         for type_url in PUSH_ORDER:
-            entry = agent.cache.types.get(type_url)
+            entry = cache.types.get(type_url)
             if entry is None:
                 continue
-            stats = agent.upstream.stats.get(type_url)
+            stats = self._upstream.stats.get(type_url)
             for name, packed in sorted(entry.resources.items()):
                 config = own.generic_xds_configs.add(
                     type_url=type_url,
@@ -156,7 +176,7 @@ class AgentCsdsServicer(csds_pb2_grpc.ClientStatusDiscoveryServiceServicer):  # 
                 config.last_updated.CopyFrom(updated)
                 if stats is not None and stats.rejected:
                     config.error_state.details = stats.last_nack
-        configs = [own, *agent.local_registry.client_configs()]
+        configs = [own, *self._sessions.client_configs()]
         if request.HasField("node") and request.node.id:
             configs = [c for c in configs if c.node.id == request.node.id]
         return csds_pb2.ClientStatusResponse(config=configs)

@@ -6,6 +6,8 @@ Owned by the agent's event loop. Upstream responses are checked before they repl
 usable; it is written to ``STATE_DIR/config.json`` atomically after every accepted change and
 read back, checked, at start. A state file that is corrupt, of another format or of another
 node is set aside (renamed ``*.rejected-<time>``) and reported, never fatal.
+
+:class:`CacheComponent` is the agent's ``cache`` component, the owner of its one cache.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import base64
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,11 @@ from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError, Message
 
 from mesh.v1 import config_pb2
+from mesh_agent.components import AgentContext
+from mesh_agent.daemon.roles import CACHE
+from mesh_agent.daemon.settings import SETTINGS, AgentSettings
+from mesh_core.errors import ComponentError, ConfigError
+from mesh_core.signals import Signal
 from mesh_xds.types import (
     CLUSTER,
     ENDPOINT,
@@ -65,25 +72,25 @@ def resource_name(type_url: TypeUrl, message: Message) -> str:
 
 def decode(resource: any_pb2.Any, type_url: TypeUrl) -> Message:
     """The message inside ``resource``, checked enough that local clients can use it.
-    Raises ValueError naming what is wrong."""
+    Raises ConfigError naming what is wrong."""
     if resource.type_url != type_url:
-        raise ValueError(f"resource of type {resource.type_url} in a {type_url} response")
+        raise ConfigError(f"resource of type {resource.type_url} in a {type_url} response")
     message = MESSAGE_TYPES[type_url]()
     try:
         message.ParseFromString(resource.value)
     except DecodeError as error:
-        raise ValueError(f"cannot decode {short_name(type_url)} resource: {error}") from error
+        raise ConfigError(f"cannot decode {short_name(type_url)} resource: {error}") from error
     name = resource_name(type_url, message)
     if not name:
-        raise ValueError(f"{short_name(type_url)} resource without a name")
+        raise ConfigError(f"{short_name(type_url)} resource without a name")
     if type_url == LISTENER:
         listener = message
         assert isinstance(listener, listener_pb2.Listener)
         manager = hcm_pb2.HttpConnectionManager()
         if not listener.api_listener.api_listener.Unpack(manager):
-            raise ValueError(f"listener {name}: api_listener is not an HttpConnectionManager")
+            raise ConfigError(f"listener {name}: api_listener is not an HttpConnectionManager")
         if not manager.http_filters:
-            raise ValueError(f"listener {name}: no http_filters")
+            raise ConfigError(f"listener {name}: no http_filters")
     elif type_url == ENDPOINT:
         assignment = message
         assert isinstance(assignment, endpoint_pb2.ClusterLoadAssignment)
@@ -91,7 +98,7 @@ def decode(resource: any_pb2.Any, type_url: TypeUrl) -> Message:
             for lb_endpoint in locality.lb_endpoints:
                 socket = lb_endpoint.endpoint.address.socket_address
                 if not socket.address or not 0 < socket.port_value < 65536:
-                    raise ValueError(f"endpoints {name}: endpoint without an address and port")
+                    raise ConfigError(f"endpoints {name}: endpoint without an address and port")
     return message
 
 
@@ -102,7 +109,9 @@ class TypeEntry:
 
 
 class ConfigCache:
-    """Resources by type URL and name, as last accepted from upstream."""
+    """Resources by type URL and name, as last accepted from upstream. :attr:`changed` is
+    emitted after every change (and after config is restored from the state dir); its
+    observers run synchronously, so they must only take note or schedule work."""
 
     def __init__(self, state_dir: Path | None, node_id: str) -> None:
         self.state_dir = state_dir
@@ -111,7 +120,7 @@ class ConfigCache:
         self.updated_at = 0.0
         self.loaded_from_disk = False
         self.problems: list[str] = []
-        self._subscribers: list[Callable[[], None]] = []
+        self.changed: Signal[[]] = Signal()
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -129,10 +138,6 @@ class ConfigCache:
 
     def names(self, type_url: TypeUrl) -> set[ResourceName]:
         return set(self.resources(type_url))
-
-    def subscribe(self, callback: Callable[[], None]) -> None:
-        """``callback`` runs (synchronously, so it must only schedule work) after each change."""
-        self._subscribers.append(callback)
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -198,8 +203,7 @@ class ConfigCache:
     def _changed(self) -> None:
         self.updated_at = time.time()
         self.save()
-        for callback in list(self._subscribers):
-            callback()
+        self.changed.emit()
 
     # -- persistence -------------------------------------------------------------------------
 
@@ -236,7 +240,7 @@ class ConfigCache:
         try:
             document = json.loads(path.read_bytes())
             types = self._parse_state(document)
-        except (OSError, ValueError, TypeError, KeyError) as error:
+        except (OSError, ValueError, TypeError, KeyError, ConfigError) as error:
             self._set_aside(path, str(error))
             return False
         self.types = types
@@ -247,26 +251,25 @@ class ConfigCache:
             path=str(path),
             resources={short_name(t): len(e.resources) for t, e in types.items()},
         )
-        for callback in list(self._subscribers):
-            callback()
+        self.changed.emit()
         return True
 
     def _parse_state(self, document: Any) -> dict[TypeUrl, TypeEntry]:
         if not isinstance(document, dict) or document.get("format") != STATE_FORMAT:
-            raise ValueError(f"not a mesh-agent state file of format {STATE_FORMAT}")
+            raise ConfigError(f"not a mesh-agent state file of format {STATE_FORMAT}")
         if document.get("node_id") != self.node_id:
-            raise ValueError(
+            raise ConfigError(
                 f"state of node {document.get('node_id')!r}, not of this node {self.node_id!r}"
             )
         types: dict[TypeUrl, TypeEntry] = {}
         for type_url, body in document["types"].items():
             if type_url not in MESSAGE_TYPES:
-                raise ValueError(f"unknown resource type {type_url!r}")
+                raise ConfigError(f"unknown resource type {type_url!r}")
             entry = TypeEntry(version=str(body["version"]))
             for name, value in body["resources"].items():
                 packed = any_pb2.Any(type_url=type_url, value=base64.b64decode(value))
                 if resource_name(type_url, decode(packed, type_url)) != name:
-                    raise ValueError(f"{short_name(type_url)} resource {name!r}: name mismatch")
+                    raise ConfigError(f"{short_name(type_url)} resource {name!r}: name mismatch")
                 entry.resources[name] = packed
             types[type_url] = entry
         return types
@@ -307,7 +310,7 @@ def _decoded(
     for resource in resources:
         try:
             message = decode(resource, type_url)
-        except ValueError as error:
+        except ConfigError as error:
             problems.append(str(error))
             continue
         name = resource_name(type_url, message)
@@ -315,3 +318,34 @@ def _decoded(
             problems.append(f"duplicate {short_name(type_url)} resource {name!r}")
         received[name] = resource
     return received, problems
+
+
+class CacheComponent:
+    """The ``cache`` component: the owner of the node's :class:`ConfigCache`, which it makes
+    at its first start and restores from the state dir (unless it holds config already).
+    Others ask their context for it: ``ctx.require("cache", CacheRole).cache``."""
+
+    name = CACHE
+    requires: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self._cache: ConfigCache | None = None
+
+    @property
+    def cache(self) -> ConfigCache:
+        if self._cache is None:
+            raise ComponentError("the config cache is made when the cache component starts")
+        return self._cache
+
+    async def start(self, ctx: AgentContext) -> None:
+        if self._cache is None:
+            settings = ctx.setting(SETTINGS, AgentSettings)
+            self._cache = ConfigCache(settings.state_dir, settings.node_id)
+        if not self._cache.types:
+            self._cache.load()
+
+    async def run(self) -> None:
+        return None  # nothing to loop on; it stays up until shutdown
+
+    async def stop(self) -> None:
+        return None

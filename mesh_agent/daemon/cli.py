@@ -34,13 +34,15 @@ import structlog
 import yaml
 from google.protobuf import json_format
 
-from control.security import NODE, parse_uri
 from mesh.v1 import node_pb2
 from mesh_agent import __version__
-from mesh_agent.daemon.agent import DEFAULT_SOCKET, DEFAULT_STATE_DIR, Agent, AgentSettings
+from mesh_agent.daemon.agent import Agent
 from mesh_agent.daemon.api import registration_problems
+from mesh_agent.daemon.settings import DEFAULT_SOCKET, DEFAULT_STATE_DIR, AgentSettings
 from mesh_agent.daemon.upstream.client import PROTOCOLS
 from mesh_core import telemetry, tls
+from mesh_core.errors import MeshError, TlsError
+from mesh_core.identity import NODE, parse_uri
 from mesh_core.logs import configure
 from mesh_core.preflight import check_environment
 
@@ -260,7 +262,7 @@ def settings_from(args: argparse.Namespace, config: dict[str, Any] | None = None
         given = tls.from_values(
             *(Path(v) if (v := pick(f"tls_{part}")) else None for part in ("cert", "key", "ca"))
         )
-    except tls.TlsError as error:
+    except TlsError as error:
         _fail(str(error))
     files, node_id = tls_settings(given, pick("node_id"))
     servers = control if isinstance(control, list) else str(control).split(",")
@@ -304,10 +306,16 @@ async def _run(settings: AgentSettings, ready_file: Path | None) -> None:
         tmp = ready_file.with_name(f".{ready_file.name}.tmp")
         tmp.write_text("\n".join(agent.addresses) + "\n")
         os.replace(tmp, ready_file)
-    await stop.wait()
+    stopping = asyncio.ensure_future(stop.wait())
+    failing = asyncio.ensure_future(agent.failure())
+    await asyncio.wait({stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    failing.cancel()
     log.info("shutting down")
     await agent.stop()
     log.info("stopped")
+    if failing.done() and not failing.cancelled():
+        raise failing.result()  # a component that cannot run: the agent exits with its error
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -325,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         asyncio.run(_run(settings, args.ready_file))
-    except OSError as error:
+    except (OSError, MeshError) as error:
         _fail(str(error))
     finally:
         otel.shutdown()

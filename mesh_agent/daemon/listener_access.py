@@ -22,8 +22,9 @@ import grpc.aio
 import structlog
 from grpc_health.v1 import health_pb2
 
-from control.security import NODE, parse_uri
 from mesh_agent.client._server import _kind, _rebuild
+from mesh_core.errors import ConfigError
+from mesh_core.identity import NODE, parse_uri
 from mesh_core.tls import TlsFiles, certificate_uris
 
 log = structlog.get_logger(__name__)
@@ -42,7 +43,7 @@ def node_identity(files: TlsFiles, node_id: str) -> str:
         parsed = parse_uri(uri)
         if parsed is not None and parsed[1:] == (NODE, node_id):
             return uri
-    raise ValueError(f"the certificate {files.cert} does not identify node {node_id!r}")
+    raise ConfigError(f"the certificate {files.cert} does not identify node {node_id!r}")
 
 
 def _spiffe_ids(context: Any) -> list[str]:

@@ -2,8 +2,9 @@
 rewritten from the agent's own active checks.
 
 :class:`LocalSnapshotSource` gives the local ADS server (the same protocol code as the control
-server, :class:`mesh_xds.session.AdsSession`) one snapshot for every local process, rebuilt
-when the cache or the health verdicts change.
+server, :class:`mesh_xds.sotw.SotwSession`) one snapshot for every local process, rebuilt
+after :meth:`LocalSnapshotSource.invalidate` (which the server calls when the cache or the
+health verdicts change).
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ from envoy.config.core.v3 import base_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from google.protobuf import any_pb2
 
-from control.resources import join_address
 from mesh_agent.daemon.cache import ConfigCache
-from mesh_xds.servicer import NodeRegistry
-from mesh_xds.session import AdsSession
+from mesh_core.signals import Signal
+from mesh_xds.addresses import join_address
 from mesh_xds.snapshot import Snapshot
 from mesh_xds.types import ENDPOINT, ResourceName, TypeUrl
 
@@ -58,9 +58,8 @@ class LocalSnapshotSource:
         self._unreachable = unreachable
         self._snapshot: Snapshot | None = None
         self._revision = 0
-        self._subscribers: dict[int, Callable[[], None]] = {}
-        self._next = 0
-        cache.subscribe(self.invalidate)
+        self.changed: Signal[[]] = Signal()
+        """Emitted after every :meth:`invalidate`: sessions then push what changed."""
 
     @property
     def loaded(self) -> bool:
@@ -78,15 +77,11 @@ class LocalSnapshotSource:
             f"({reason}); calls can be made once it has reached a control server"
         )
 
-    def set_overrides(self, overrides: HealthOverrides) -> None:
-        self._overrides = overrides
-        self.invalidate()
-
     def invalidate(self) -> None:
+        """What it serves changed (the cache, health verdicts, why there is no config)."""
         self._snapshot = None
         self._revision += 1
-        for callback in list(self._subscribers.values()):
-            callback()
+        self.changed.emit()
 
     def snapshot_for(self, node: base_pb2.Node) -> Snapshot:
         if self._snapshot is None:
@@ -103,24 +98,5 @@ class LocalSnapshotSource:
         return self._snapshot
 
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
-        token = self._next
-        self._next += 1
-        self._subscribers[token] = callback
-
-        def unsubscribe() -> None:
-            self._subscribers.pop(token, None)
-
-        return unsubscribe
-
-
-class LocalSessions(NodeRegistry):
-    """The local ADS sessions; ``ended`` is called after one ends, so that what the agent asks
-    the control plane for stops including what only that session asked for."""
-
-    def __init__(self, ended: Callable[[], None]) -> None:
-        super().__init__()
-        self._ended = ended
-
-    def remove(self, session: AdsSession) -> None:
-        super().remove(session)
-        self._ended()
+        """Calls ``callback`` after every change; returns the function that unsubscribes."""
+        return self.changed.connect(callback)

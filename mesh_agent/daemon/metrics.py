@@ -35,7 +35,7 @@ from opentelemetry import metrics
 from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS
 
 from mesh_agent import __version__
-from mesh_agent.daemon.breakers.machine import BreakerState, Transition
+from mesh_agent.daemon.breakers.breaker import BreakerState, Transition
 
 METER_NAME: Final = "mesh.agent"
 

@@ -3,8 +3,12 @@ what its local processes accepted or rejected, and the agent's health (its compo
 the breakers that are not closed).
 
 Each is a full set, re-sent after every (re)connect and on every change, to the control
-server the upstream ADS stream is connected to (its liveness is what keeps the
+server the upstream is connected to (the liveness of its ADS stream is what keeps the
 registrations). Registrations made through the agent API persist in the state dir.
+
+:class:`ReporterComponent` is the agent's ``reporter`` component: it follows the upstream's
+connection, the breakers' transitions and every component's state, and hands the
+:class:`Reporter` to the server (which registers endpoints and gives it the local sessions).
 """
 
 from __future__ import annotations
@@ -19,12 +23,15 @@ import structlog
 from google.protobuf import json_format
 
 from mesh.v1 import agent_pb2, node_pb2, node_pb2_grpc
-from mesh_agent.components import ComponentState
+from mesh_agent.components import AgentContext, ComponentState
 from mesh_agent.daemon.breakers.service import BreakerHub
 from mesh_agent.daemon.cache import atomic_write
+from mesh_agent.daemon.roles import BREAKERS, REPORTER, UPSTREAM, BreakersRole, Upstream
+from mesh_agent.daemon.settings import SETTINGS, AgentSettings
 from mesh_core.backoff import Backoff
+from mesh_core.errors import ComponentError
 from mesh_core.tls import TlsFiles, aio_channel
-from mesh_xds.servicer import NodeRegistry
+from mesh_xds.registry import SessionRegistry
 
 log = structlog.get_logger(__name__)
 RECONNECT_BACKOFF = Backoff(base=0.2, cap=5.0)
@@ -80,14 +87,15 @@ def registration_key(registration: node_pb2.Registration) -> tuple[str, str]:
 
 class Reporter:
     """Event-loop owned. ``changed()`` and ``status_changed()`` schedule a send; ``run()``
-    sends, a burst of changes at once. ``health`` gives the agent's health for each report."""
+    sends, a burst of changes at once. ``health`` gives the agent's health for each report;
+    the local clients reported are those of the sessions given to :meth:`report_local`."""
 
     def __init__(
         self,
         node_id: str,
-        local: NodeRegistry,
         state_dir: Path | None,
         static: Iterable[node_pb2.Registration] = (),
+        *,
         backoff: Backoff = RECONNECT_BACKOFF,
         health: HealthSource | None = None,
         tls: TlsFiles | None = None,
@@ -95,7 +103,7 @@ class Reporter:
         self.tls = tls
         self.node_id = node_id
         self.health_source = health
-        self.local = local
+        self.local: SessionRegistry | None = None
         self.state_dir = state_dir
         self.backoff = backoff
         self.registrations: dict[tuple[str, str], node_pb2.Registration] = {
@@ -162,9 +170,16 @@ class Reporter:
 
     # -- local client status -------------------------------------------------------------------
 
+    def report_local(self, sessions: SessionRegistry) -> None:
+        """Reports what the clients of ``sessions`` (the local ADS server's) ACKed and
+        NACKed from now on."""
+        self.local = sessions
+        self.status_changed()
+
     def client_statuses(self) -> list[node_pb2.LocalClientStatus]:
         statuses: list[node_pb2.LocalClientStatus] = []
-        for session in self.local.sessions():
+        sessions = self.local.sessions() if self.local is not None else []
+        for session in sessions:
             for state in session.types.values():
                 status = node_pb2.LocalClientStatus(
                     client_id=session.node_id,
@@ -255,3 +270,46 @@ class Reporter:
                 await stub.ReportClientStatus(request, timeout=5)
                 if server == self.server:
                     self._sent_status = body
+
+
+class ReporterComponent:
+    """The built-in reporter; the :class:`Reporter` is made at the first start and kept
+    across restarts. It reports to the control server the upstream is connected to."""
+
+    name = REPORTER
+    requires = (UPSTREAM, BREAKERS)
+
+    def __init__(self) -> None:
+        self._reporter: Reporter | None = None
+
+    @property
+    def reporter(self) -> Reporter:
+        if self._reporter is None:
+            raise ComponentError("the reporter is made when the reporter component starts")
+        return self._reporter
+
+    async def start(self, ctx: AgentContext) -> None:
+        upstream = ctx.require(UPSTREAM, Upstream)
+        hub = ctx.require(BREAKERS, BreakersRole).hub
+        if self._reporter is None:
+            settings = ctx.setting(SETTINGS, AgentSettings)
+            self._reporter = Reporter(
+                settings.node_id, settings.state_dir, settings.registrations, tls=settings.tls
+            )
+        reporter = self._reporter
+        reporter.health_source = lambda: node_health(ctx.statuses(), hub)
+        ctx.connect(upstream.on_connect, reporter.connected)
+        ctx.connect(upstream.on_disconnect, reporter.disconnected)
+        ctx.connect(hub.board.transitions, lambda transition: reporter.status_changed())
+        ctx.connect(ctx.component_changed, lambda name, serving: reporter.status_changed())
+        if upstream.connected_to:  # connected while this component was down
+            reporter.connected(upstream.connected_to)
+
+    async def run(self) -> None:
+        await self.reporter.run()
+
+    async def stop(self) -> None:
+        return None
+
+
+__all__ = ["Reporter", "ReporterComponent", "node_health", "registration_key"]

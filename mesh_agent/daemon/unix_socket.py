@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING
 import grpc
 import structlog
 
-from mesh_core.errors import MeshError
+from mesh_core.errors import SocketInUseError, SocketSetupError
 
 if TYPE_CHECKING:
-    from mesh_agent.daemon.agent import AgentSettings
+    from mesh_agent.daemon.settings import AgentSettings
 
 log = structlog.get_logger(__name__)
 
@@ -48,15 +48,6 @@ PROBE_TIMEOUT = 1.0
 
 # A socket file as (st_dev, st_ino).
 SocketId = tuple[int, int]
-
-
-class SocketSetupError(MeshError, OSError):
-    """The unix socket cannot be made, or given the owner, group or mode asked for; the
-    agent exits."""
-
-
-class SocketInUseError(SocketSetupError):
-    """Another agent, or another process, serves on the socket; the agent exits."""
 
 
 def lock_path(path: Path) -> Path:

@@ -151,16 +151,24 @@ class Flaky:
 """
 
 
-def install_plugin(root: Path) -> None:
-    """A tiny distribution with component ``flaky``, installed by putting ``root`` on the
-    agent's path (see :func:`plugin_env`)."""
-    (root / "mesh_test_plugin.py").write_text(textwrap.dedent(PLUGIN))
-    dist = root / "mesh_test_plugin-0.1.dist-info"
+def install_plugin(
+    root: Path,
+    source: str = PLUGIN,
+    module: str = "mesh_test_plugin",
+    components: dict[str, str] | None = None,
+) -> None:
+    """A tiny distribution, installed by putting ``root`` on the agent's path (see
+    :func:`plugin_env`): ``module`` with ``source``, giving ``components`` (entry point name
+    -> class) to the ``mesh_agent.components`` group; by default component ``flaky``."""
+    (root / f"{module}.py").write_text(textwrap.dedent(source))
+    name = module.replace("_", "-")
+    dist = root / f"{module}-0.1.dist-info"
     dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mesh-test-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(
-        "[mesh_agent.components]\nflaky = mesh_test_plugin:Flaky\n"
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    entries = "".join(
+        f"{entry} = {module}:{cls}\n" for entry, cls in (components or {"flaky": "Flaky"}).items()
     )
+    (dist / "entry_points.txt").write_text(f"[mesh_agent.components]\n{entries}")
 
 
 def plugin_env(procs: MeshProcesses, plugin: Path) -> dict[str, str]:

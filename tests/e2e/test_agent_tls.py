@@ -24,6 +24,7 @@ from mesh.v1 import agent_pb2, agent_pb2_grpc
 from mesh_agent.client import BootstrapConflictError, _channel, mesh_interceptor
 from mesh_agent.client._bootstrap import bootstrap_config
 from mesh_agent.daemon import cli
+from mesh_core.errors import TlsError
 from mesh_core.tls import TlsFiles
 from mesh_xds.types import LISTENER
 from tests.conftest import Proc, run_cli, wait_for
@@ -224,7 +225,7 @@ def test_the_bootstrap_names_tls_creds_for_tcp_servers_only(
     assert _channel.tls_files() == files
     _channel.configure_bootstrap(["127.0.0.1:15011"], tls=_channel.tls_files())
     monkeypatch.setenv("MESH_TLS_CA", "")
-    with pytest.raises(ValueError, match="missing --tls-ca"):
+    with pytest.raises(TlsError, match="missing --tls-ca"):
         _channel.tls_files()
 
 

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from control.config import RETRYABLE_STATUS_NAMES
 from mesh_core.names import client_listener_name
+from mesh_core.policy import RETRYABLE_STATUS_NAMES
 from tests.conftest import run_cli, wait_for
 from tests.e2e.conftest import MeshProcesses
 from tests.e2e.helpers import meshctl, status_json

@@ -13,7 +13,7 @@ from control.store import EtcdStore, StoreEvent, open_store
 from control.store.etcd import parse_etcd_url
 from mesh.v1 import config_pb2
 from mesh_core.backoff import Backoff
-from mesh_core.errors import ConflictError, NotFoundError, StoreUnavailableError
+from mesh_core.errors import ConfigError, ConflictError, NotFoundError, StoreUnavailableError
 from tests.conftest import eventually, free_port
 from tests.e2e.conftest import EtcdRelay, EtcdServer
 
@@ -97,7 +97,7 @@ def test_open_store_etcd_urls() -> None:
     assert many.prefix == "/prod/mesh"
     assert parse_etcd_url("etcd://h:1/") == (["h:1"], "/mesh")
     for url in ("etcd:", "etcd:h:1", "etcd://", "etcd://h:x", "etcd://h:1,,h:2", "etcd://:1"):
-        with pytest.raises(ValueError, match=r"etcd://HOST:PORT|endpoint|host|port") as info:
+        with pytest.raises(ConfigError, match=r"etcd://HOST:PORT|endpoint|host|port") as info:
             open_store(url)
         assert url in str(info.value)
 

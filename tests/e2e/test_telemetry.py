@@ -117,8 +117,17 @@ def test_one_trace_spans_client_and_backend_with_metrics_and_logs(
         20,
         "the control server's ACK counter",
     )
-    assert otlp.latest("mesh.xds.pushes", "mesh-control", **{"mesh.xds.type": "Cluster"})
-    assert otlp.latest("mesh.xds.acks", "mesh-agent", **{"mesh.xds.server": "agent"})
+    # Exported every 300 ms each, not necessarily in the same export as the Listener ACK.
+    wait_for(
+        lambda: otlp.latest("mesh.xds.pushes", "mesh-control", **{"mesh.xds.type": "Cluster"}),
+        20,
+        "the control server's push counter",
+    )
+    wait_for(
+        lambda: otlp.latest("mesh.xds.acks", "mesh-agent", **{"mesh.xds.server": "agent"}),
+        20,
+        "the agent's ACK counter",
+    )
 
     # A forced trip: the backend fails every call, the node's breaker opens, and the agent
     # exports the transition.

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from mesh_xds.snapshot import SnapshotCache
+from control.resources import build_resources
+from mesh_xds.cache import SnapshotCache
 from tests.unit.xds_streams import service
 
 
 @pytest.fixture
 def cache() -> SnapshotCache:
     """A snapshot cache at revision 1 with services ``a`` and ``b``, one endpoint each."""
-    cache = SnapshotCache()
+    cache = SnapshotCache(build_resources)
     cache.set_services(1, [service("a", "10.0.0.1:1"), service("b", "10.0.0.2:1")])
     return cache

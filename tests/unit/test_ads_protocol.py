@@ -12,9 +12,9 @@ import pytest
 from envoy.service.discovery.v3 import discovery_pb2
 
 from mesh.v1 import config_pb2
+from mesh_core.errors import ProtocolError
 from mesh_core.names import client_listener_name
-from mesh_xds.session import ProtocolError
-from mesh_xds.snapshot import SnapshotCache
+from mesh_xds.cache import SnapshotCache
 from mesh_xds.testing import names_in, unpack
 from mesh_xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SERVICE_POLICY
 from tests.unit.xds_streams import FakeStream, service

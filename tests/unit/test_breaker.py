@@ -10,7 +10,7 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 
 from mesh.v1 import config_pb2
-from mesh_agent.daemon.breakers.machine import (
+from mesh_agent.daemon.breakers import (
     DEFAULT_FAILURE_CODES,
     BreakerBoard,
     BreakerPolicy,
@@ -19,6 +19,7 @@ from mesh_agent.daemon.breakers.machine import (
     Outcome,
     Transition,
 )
+from mesh_core.errors import ConfigError
 
 CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
 
@@ -148,7 +149,7 @@ def test_policy_enabled() -> None:
     ],
 )
 def test_policy_rejects_bad_values(fields: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         BreakerPolicy(**fields)
 
 
@@ -460,12 +461,12 @@ def test_disabled_policy_always_admits(clock: FakeClock) -> None:
 def test_subscribers_get_transitions(clock: FakeClock) -> None:
     breaker = make(clock, consecutive_failures=1)
     seen: list[Transition] = []
-    unsubscribe = breaker.subscribe(seen.append)
+    unsubscribe = breaker.transitions.connect(seen.append)
 
     def broken(_: Transition) -> None:
         raise RuntimeError("boom")
 
-    breaker.subscribe(broken)  # a raising subscriber does not stop the others
+    breaker.transitions.connect(broken)  # a raising subscriber does not stop the others
     breaker.record(fail(clock))
     assert len(seen) == 1
     t = seen[0]
@@ -606,7 +607,7 @@ def test_restore_expired_open_becomes_half_open(clock: FakeClock) -> None:
     clock.advance(3600.0)  # the agent was down for an hour
     restored = CircuitBreaker.restore("orders", breaker.policy, data, clock=clock)
     seen: list[Transition] = []
-    restored.subscribe(seen.append)
+    restored.transitions.connect(seen.append)
     assert restored.state() is HALF_OPEN
     assert [(t.old, t.new) for t in seen] == [(OPEN, HALF_OPEN)]
 
@@ -642,7 +643,7 @@ def test_restore_with_disabled_policy_is_closed(clock: FakeClock) -> None:
     ],
 )
 def test_restore_rejects_malformed_snapshots(clock: FakeClock, data: object, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         CircuitBreaker.restore("orders", BreakerPolicy(consecutive_failures=1), data, clock=clock)
 
 
@@ -672,7 +673,7 @@ def test_board_routes_by_service(clock: FakeClock) -> None:
 def test_board_set_policy_updates_and_removes(clock: FakeClock) -> None:
     board = make_board(clock)
     seen: list[Transition] = []
-    board.subscribe(seen.append)
+    board.transitions.connect(seen.append)
     board.set_policy("orders", BreakerPolicy(consecutive_failures=5))
     breaker = board.get("orders")
     board.record("orders", [fail(clock)] * 2)
@@ -689,7 +690,7 @@ def test_board_set_policy_updates_and_removes(clock: FakeClock) -> None:
 def test_board_subscribers_get_transitions_of_every_breaker(clock: FakeClock) -> None:
     board = make_board(clock)
     seen: list[Transition] = []
-    unsubscribe = board.subscribe(seen.append)
+    unsubscribe = board.transitions.connect(seen.append)
     for name in ("a", "b"):
         board.set_policy(name, BreakerPolicy(consecutive_failures=1))
         board.record(name, [fail(clock)])
@@ -756,7 +757,7 @@ def test_board_restore_skips_a_bad_entry(clock: FakeClock) -> None:
         "worse": "not a dict",
     }
     seen: list[Transition] = []
-    board.subscribe(seen.append)
+    board.transitions.connect(seen.append)
     assert board.restore(data) == ["good"]
     assert [(t.service, t.old, t.new, t.reason) for t in seen] == [
         ("good", CLOSED, OPEN, "restored")
@@ -764,7 +765,7 @@ def test_board_restore_skips_a_bad_entry(clock: FakeClock) -> None:
     assert board.states() == {"good": OPEN, "bad": CLOSED}
     good = board.get("good")
     assert good is not None and good.trips_in_a_row == 2
-    with pytest.raises(ValueError, match="must be a mapping"):
+    with pytest.raises(ConfigError, match="must be a mapping"):
         board.restore(["good"])
 
 

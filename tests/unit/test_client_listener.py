@@ -14,7 +14,7 @@ from google.protobuf import any_pb2, duration_pb2
 from control.resources import ROUTER_FILTER, build_resources, build_route
 from mesh.v1 import config_pb2
 from mesh_agent.daemon.cache import ConfigCache
-from mesh_agent.daemon.interest import compute_interest
+from mesh_agent.daemon.upstream.interest import compute_interest
 from mesh_core.names import CLIENT_LISTENER_PREFIX, client_listener_name, service_of_listener
 from mesh_xds.types import LISTENER, ROUTE, SERVICE_POLICY
 

@@ -21,6 +21,8 @@ from mesh_agent.components import (
     load_components,
 )
 from mesh_core.backoff import Backoff
+from mesh_core.errors import ComponentFatalError
+from mesh_core.signals import Signal
 from tests.conftest import eventually
 
 pytestmark = pytest.mark.timeout(10)
@@ -583,3 +585,95 @@ async def test_a_running_component_can_say_it_is_degraded_and_recovered() -> Non
         assert changes[-1] == ("upstream", True)
     # A context without a supervisor (a unit test of one component) takes it silently.
     AgentContext().degraded("anything")
+
+
+# --- what the agent shares, and fatal failures ---------------------------------------------
+
+
+async def test_context_shares_settings_statuses_and_changes() -> None:
+    events: list[str] = []
+    a, b = Recorder("a", events), Recorder("b", events, ("a",))
+    sup = Supervisor([a, b], settings={"zone": "eu-1a", "port": 7}, backoff=FAST)
+    heard: list[tuple[str, bool]] = []
+    sup.context.component_changed.connect(lambda name, serving: heard.append((name, serving)))
+    async with sup:
+        assert b.ctx is not None
+        assert b.ctx.setting("zone", str) == "eu-1a"
+        with pytest.raises(ComponentLookupError, match=r"'port' is a int, not the str"):
+            b.ctx.setting("port", str)
+        with pytest.raises(ComponentLookupError, match=r"'b' asked for the setting 'nope'"):
+            b.ctx.setting("nope", str)
+        assert [(s.name, s.state) for s in b.ctx.statuses()] == [("a", "running"), ("b", "running")]
+        assert heard == [("a", True), ("b", True)]
+        b.ctx.degraded("no upstream")
+        assert heard[-1] == ("b", False)
+    assert heard[-2:] == [("b", False), ("a", False)]
+    assert AgentContext().statuses() == []
+
+
+async def test_connections_last_until_the_component_stops() -> None:
+    signal: Signal[[str]] = Signal()
+    heard: list[str] = []
+
+    class Listener(Recorder):
+        async def start(self, ctx: AgentContext) -> None:
+            ctx.connect(signal, heard.append)
+            await super().start(ctx)
+
+    listener = Listener("listener", [], run_failures=1)
+    sup = Supervisor([listener], backoff=Backoff(base=0.05, cap=0.05, jitter=0.0))
+    await sup.start()
+    try:
+        await eventually(
+            lambda: sup.status("listener").state == "restarting", WAIT, "a restart", every=POLL
+        )
+        signal.emit("while restarting")  # disconnected with the failed run
+        await eventually(
+            lambda: sup.status("listener").state == "running", WAIT, "running again", every=POLL
+        )
+        signal.emit("after the restart")  # connected again, once
+    finally:
+        await sup.stop(timeout=1)
+    signal.emit("after the stop")
+    assert heard == ["after the restart"]
+    assert len(signal) == 0
+
+
+async def test_a_fatal_start_stops_everything_and_is_raised() -> None:
+    events: list[str] = []
+
+    class CannotRun(Recorder):
+        async def start(self, ctx: AgentContext) -> None:
+            events.append(f"{self.name}.start")
+            raise ComponentFatalError("the socket is taken") from OSError("EADDRINUSE")
+
+    sup = Supervisor(
+        [Recorder("a", events), CannotRun("b", events, ("a",)), Recorder("c", events, ("b",))],
+        backoff=FAST,
+    )
+    with pytest.raises(ComponentFatalError, match="the socket is taken"):
+        await sup.start()
+    assert events == ["a.start", "a.run", "b.start", "b.stop", "a.stop"]  # c never started
+    assert sup.status("b").restarts == 0
+    assert {s.state for s in sup.statuses()} == {"stopped"}
+
+
+async def test_a_fatal_failure_after_start_is_reported_not_retried() -> None:
+    events: list[str] = []
+    gate = asyncio.Event()
+
+    class FailsLater(Recorder):
+        async def run(self) -> None:
+            await gate.wait()
+            raise ComponentFatalError("cannot go on")
+
+    sup = Supervisor([FailsLater("x", events), Recorder("y", events)], backoff=FAST)
+    await sup.start()
+    try:
+        gate.set()
+        error = await asyncio.wait_for(sup.failure(), 1)
+        assert str(error) == "cannot go on"
+        assert sup.status("x").state == "failed" and sup.status("x").restarts == 0
+        assert sup.status("y").state == "running"
+    finally:
+        await sup.stop(timeout=1)

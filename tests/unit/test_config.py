@@ -9,14 +9,13 @@ from google.protobuf.duration_pb2 import Duration
 from control.config import (
     dump_documents,
     dump_yaml,
-    format_duration,
     load_documents,
     load_path,
-    parse_duration,
     service_to_dict,
     validate_service,
 )
 from mesh.v1 import config_pb2
+from mesh_core.durations import format_duration, parse_duration
 from mesh_core.errors import ConfigError
 
 DESIGN_EXAMPLE = """\
@@ -88,7 +87,7 @@ def test_parse_duration(text: str | int | float, expected: Duration) -> None:
     ],
 )
 def test_parse_duration_rejects(text: str | int | float, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         parse_duration(text)
 
 

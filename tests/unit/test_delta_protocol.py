@@ -11,13 +11,16 @@ from collections.abc import AsyncIterator
 import pytest
 from envoy.service.discovery.v3 import discovery_pb2
 
+from control.resources import build_resources
 from mesh.v1 import config_pb2
+from mesh_core.errors import PermissionDeniedError, ProtocolError
 from mesh_core.names import client_listener_name
+from mesh_xds.cache import SnapshotCache
+from mesh_xds.callbacks import SessionCallbacks
 from mesh_xds.delta import DeltaTypeState
 from mesh_xds.metrics import CONTROL, XdsMetrics
-from mesh_xds.servicer import NodeRegistry
-from mesh_xds.session import NodeRefused, ProtocolError
-from mesh_xds.snapshot import SnapshotCache
+from mesh_xds.registry import SessionRegistry
+from mesh_xds.session import Session
 from mesh_xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SERVICE_POLICY
 from tests.unit.xds_streams import FakeDeltaStream, service
 
@@ -53,10 +56,14 @@ async def test_first_request_without_node_is_refused(cache: SnapshotCache) -> No
 
 
 async def test_authorize_refuses_the_node(cache: SnapshotCache) -> None:
-    fake = FakeDeltaStream(cache, authorize=lambda node: f"not {node}")
+    class Refusing(SessionCallbacks):
+        def on_node(self, session: Session) -> None:
+            raise PermissionDeniedError(f"not {session.node_id}")
+
+    fake = FakeDeltaStream(cache, callbacks=Refusing())
     fake.start()
     await fake.request(LISTENER)
-    with pytest.raises(NodeRefused, match="not node-1"):
+    with pytest.raises(PermissionDeniedError, match="not node-1"):
         await asyncio.wait_for(fake.task, 2)  # type: ignore[arg-type]
 
 
@@ -282,7 +289,7 @@ async def test_unknown_type_is_ignored(stream: FakeDeltaStream) -> None:
 
 
 async def test_nothing_before_config_is_loaded() -> None:
-    cache = SnapshotCache()
+    cache = SnapshotCache(build_resources)
     fake = FakeDeltaStream(cache)
     fake.start()
     await fake.request(CLUSTER)
@@ -314,8 +321,8 @@ async def test_metrics_and_status_see_delta_streams(cache: SnapshotCache) -> Non
 
     reader = InMemoryMetricReader()
     metrics = XdsMetrics(CONTROL, MeterProvider(metric_readers=[reader]).get_meter("t"))
-    registry = NodeRegistry()
-    fake = FakeDeltaStream(cache, on_event=metrics.on_event, on_node=registry.node_known)
+    registry = SessionRegistry()
+    fake = FakeDeltaStream(cache, callbacks=metrics)
     registry.add(fake.session)
     fake.start()
     await fake.request(CLUSTER)
@@ -352,8 +359,9 @@ async def test_metrics_and_status_see_delta_streams(cache: SnapshotCache) -> Non
 
 
 async def test_delta_requests_are_held_to_the_limits() -> None:
-    from control.limits import AdsStreamGuard, LimitExceeded, Limits
-    from mesh_xds.servicer import _checked_delta
+    from mesh_core.errors import LimitExceeded
+    from mesh_core.limits import Limits
+    from mesh_xds.guard import AdsStreamGuard
 
     async def requests(
         *items: discovery_pb2.DeltaDiscoveryRequest,
@@ -376,6 +384,6 @@ async def test_delta_requests_are_held_to_the_limits() -> None:
         guard = AdsStreamGuard(limits)
         seen = []
         with pytest.raises(LimitExceeded):
-            async for request in _checked_delta(guard, requests(fine, bad)):
+            async for request in guard.delta_requests(requests(fine, bad)):
                 seen.append(request)
         assert seen == [fine] and guard.node_id == "n1"

@@ -7,6 +7,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from mesh.v1 import config_pb2
 from mesh_agent.daemon.health.table import EndpointHealthState, HealthPolicy, HealthTable
+from mesh_core.errors import ConfigError
 
 POLICY = HealthPolicy(interval=0.1, timeout=0.05, unhealthy_threshold=2, healthy_threshold=2)
 
@@ -80,9 +81,9 @@ def test_policy_from_proto_defaults_and_values() -> None:
 
 
 def test_policy_rejects_bad_values() -> None:
-    with pytest.raises(ValueError, match="interval"):
+    with pytest.raises(ConfigError, match="interval"):
         HealthPolicy(interval=0)
-    with pytest.raises(ValueError, match="unhealthy_threshold"):
+    with pytest.raises(ConfigError, match="unhealthy_threshold"):
         HealthPolicy(unhealthy_threshold=0)
 
 
@@ -131,7 +132,7 @@ def test_panic_threshold_is_configurable() -> None:
     fail(table, "orders", "b:1")
     assert not table.in_panic("orders")
     assert table.overrides("orders") == {"a:1": "unhealthy", "b:1": "unhealthy"}
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         HealthTable(panic_threshold=1.5)
 
 
@@ -192,7 +193,7 @@ def test_update_targets_accepts_the_proto_policy() -> None:
 def test_subscribers_hear_override_and_panic_changes_only() -> None:
     table = HealthTable()
     heard: list[str] = []
-    unsubscribe = table.subscribe(heard.append)
+    unsubscribe = table.changed.connect(heard.append)
     table.update_targets("orders", ["a:1", "b:1"], POLICY)
     assert heard == []  # no verdict changed
     table.record("orders", "a:1", True)
@@ -218,8 +219,8 @@ def test_a_raising_subscriber_does_not_break_the_table() -> None:
     def boom(service: str) -> None:
         raise RuntimeError("subscriber bug")
 
-    table.subscribe(boom)
-    table.subscribe(heard.append)
+    table.changed.connect(boom)
+    table.changed.connect(heard.append)
     table.update_targets("orders", ["a:1", "b:1"], POLICY)
     fail(table, "orders", "a:1")
     assert heard == ["orders"]

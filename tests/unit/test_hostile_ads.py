@@ -1,10 +1,10 @@
-"""Hostile ADS clients against :class:`~mesh_xds.session.AdsSession` and the ADS servicer:
+"""Hostile ADS clients against :class:`~mesh_xds.session.SotwSession` and the ADS servicer:
 arbitrary sequences of DiscoveryRequests (our type URLs and garbage, huge and odd resource
 name lists, random versions and nonces, NACKs, the node absent or changing mid-stream,
 repeats and unsubscribes).
 
 Properties: the only exceptions are the documented ones (ProtocolError when the first request
-names no node, NodeRefused when the node is refused), which the servicer turns into
+names no node, PermissionDeniedError when the node is refused), which the servicer turns into
 INVALID_ARGUMENT and PERMISSION_DENIED (requests over its limits end INVALID_ARGUMENT or
 RESOURCE_EXHAUSTED), and a finished stream leaves no session registered; every response
 answers the request being handled, with its type, to a client subscribed to that type (as the
@@ -16,7 +16,7 @@ session reads is the same, byte for byte, afterwards."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -29,11 +29,17 @@ from google.rpc import status_pb2
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from control.resources import build_resources
 from mesh.v1 import config_pb2
+from mesh_core.errors import PermissionDeniedError, ProtocolError
+from mesh_xds.cache import SnapshotCache
+from mesh_xds.callbacks import SessionCallbacks
 from mesh_xds.metrics import XdsMetrics
-from mesh_xds.servicer import AdsServicer, NodeRegistry
-from mesh_xds.session import AdsSession, NodeRefused, ProtocolError
-from mesh_xds.snapshot import Snapshot, SnapshotCache
+from mesh_xds.registry import SessionRegistry
+from mesh_xds.servicer import AdsServicer
+from mesh_xds.session import Request, Session
+from mesh_xds.snapshot import Snapshot
+from mesh_xds.sotw import SotwSession
 from mesh_xds.testing import resource_name as name_of
 from mesh_xds.types import (
     ALL_TYPES,
@@ -185,7 +191,7 @@ class TypeView:
 
 
 class HostileClient:
-    """Drives one AdsSession with ``steps``, modelling independently what the client is
+    """Drives one SotwSession with ``steps``, modelling independently what the client is
     subscribed to, and checks every response against that model."""
 
     def __init__(self, cache: SnapshotCache, steps_: list[Step]) -> None:
@@ -199,13 +205,12 @@ class HostileClient:
         self.responses: list[discovery_pb2.DiscoveryResponse] = []
         self.last_nonce = 0
         self.expected_error: type[Exception] | None = None
-        self.session = AdsSession(
+        self.session = SotwSession(
             cache,
             self.send,
             peer="hostile",
             server_id="test",
-            authorize=lambda node_id: "refused" if node_id == REFUSED_NODE else None,
-            on_handled=self.handled_one,
+            callbacks=_Refusing(handled=self.handled_one),
         )
 
     def build(self, step: Step) -> discovery_pb2.DiscoveryRequest:
@@ -235,7 +240,7 @@ class HostileClient:
                 self.expect(request)
             yield request
 
-    def handled_one(self, request: discovery_pb2.DiscoveryRequest) -> None:
+    def handled_one(self, request: Request) -> None:
         self.handled += 1
 
     def expect(self, request: discovery_pb2.DiscoveryRequest) -> None:
@@ -246,7 +251,7 @@ class HostileClient:
                 self.expected_error = ProtocolError
                 return
             if request.node.id == REFUSED_NODE:
-                self.expected_error = NodeRefused
+                self.expected_error = PermissionDeniedError
                 return
             self.node_known = True
         if request.type_url not in ALL_TYPES:
@@ -294,7 +299,7 @@ class HostileClient:
 
 
 def _cache(loaded: bool, services: bool) -> SnapshotCache:
-    cache = SnapshotCache()
+    cache = SnapshotCache(build_resources)
     if loaded:
         cache.set_services(7, _services() if services else [])
     return cache
@@ -307,7 +312,7 @@ async def _drive(steps_: list[Step], loaded: bool, services: bool) -> HostileCli
     client = HostileClient(cache, steps_)
     try:
         await asyncio.wait_for(client.run(), 5)
-    except (ProtocolError, NodeRefused) as error:
+    except (ProtocolError, PermissionDeniedError) as error:
         assert type(error) is client.expected_error, f"unexpected {error!r}"
     else:
         assert client.expected_error is None, f"expected {client.expected_error}"
@@ -371,13 +376,20 @@ class FakeContext:
         raise Aborted(code, details)
 
 
-class _Refusing:
-    """An access policy that refuses one node id (mTLS identity checks, in production)."""
+class _Refusing(SessionCallbacks):
+    """Refuses one node id (mTLS identity checks do, in production); tells ``handled`` of
+    each request handled."""
 
-    mtls = True
+    def __init__(self, handled: Callable[[Request], None] | None = None) -> None:
+        self._handled = handled
 
-    def node_refusal(self, context: object, node_id: str, what: str) -> str | None:
-        return f"{what} may not speak for {node_id!r}" if node_id == REFUSED_NODE else None
+    def on_handled(self, session: Session, request: Request) -> None:
+        if self._handled is not None:
+            self._handled(request)
+
+    def on_node(self, session: Session) -> None:
+        if session.node_id == REFUSED_NODE:
+            raise PermissionDeniedError(f"ADS stream may not speak for {REFUSED_NODE!r}")
 
 
 _METRICS = XdsMetrics("control")
@@ -385,8 +397,10 @@ _METRICS = XdsMetrics("control")
 
 async def _through_servicer(steps_: list[Step]) -> None:
     cache = _cache(True, True)
-    registry = NodeRegistry()
-    servicer = AdsServicer(cache, registry, "test", metrics=_METRICS, access=_Refusing())  # type: ignore[arg-type]
+    registry = SessionRegistry()
+    servicer = AdsServicer(
+        cache, registry, "test", _METRICS, stream_callbacks=lambda context: _Refusing()
+    )
     client = HostileClient(cache, steps_)  # builds the requests; its session is not used
     context = FakeContext()
     try:

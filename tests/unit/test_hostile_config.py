@@ -32,21 +32,21 @@ from hypothesis import strategies as st
 
 from control.admin import AdminServicer
 from control.config import (
-    GRPC_STATUS_NAMES,
-    LB_POLICIES,
-    RETRYABLE_STATUS_NAMES,
     Dumper,
-    format_duration,
     load_documents,
     load_path,
     service_to_dict,
     validate_service,
 )
+from control.nodes import ConnectedNodes
+from control.registry import Registrations
+from control.resources import build_resources
 from control.store import MemoryStore
 from mesh.v1 import admin_pb2, config_pb2
+from mesh_core.durations import format_duration
 from mesh_core.errors import ConfigError
-from mesh_xds.servicer import NodeRegistry
-from mesh_xds.snapshot import SnapshotCache
+from mesh_core.policy import GRPC_STATUS_NAMES, LB_POLICIES, RETRYABLE_STATUS_NAMES
+from mesh_xds.cache import SnapshotCache
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -639,7 +639,9 @@ async def _apply(services: list[config_pb2.Service]) -> None:
     the store is unchanged when it is refused and holds exactly them when not."""
     store = MemoryStore()
     await store.apply(BASELINE)
-    admin = AdminServicer(store, SnapshotCache(), NodeRegistry(), "test")
+    admin = AdminServicer(
+        store, SnapshotCache(build_resources), ConnectedNodes(Registrations()), "test"
+    )
     before = await store.list()
     problems = [p for s in services for p in validate_service(s)]
     names_ = [s.name for s in services]

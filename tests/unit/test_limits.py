@@ -1,5 +1,6 @@
-"""control.limits: the token bucket (fake clock), the stream counter, the ADS request checks,
-the flags."""
+"""The limits: the token bucket (fake clock), the stream counter (mesh_core.limits), the ADS
+request checks (mesh_xds.guard), the status each limit ends a call with (mesh_core.status),
+the flags (control.limits)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,11 @@ import pytest
 from envoy.service.discovery.v3 import discovery_pb2
 
 from control import cli
-from control.limits import (
-    AdsStreamGuard,
-    LimitExceeded,
-    Limits,
-    RateLimiter,
-    StreamCounter,
-    add_arguments,
-    from_args,
-    peer_host,
-)
+from control.limits import add_arguments, from_args
+from mesh_core.errors import ConfigError, LimitExceeded, TooManyStreams
+from mesh_core.limits import Limits, RateLimiter, StreamCounter, peer_host
+from mesh_core.status import status_code
+from mesh_xds.guard import AdsStreamGuard
 from mesh_xds.types import CLUSTER
 
 
@@ -133,7 +129,7 @@ def test_guard_refuses_too_many_or_too_long_names() -> None:
     guard.check(request("n", [f"s{i}" for i in range(5)]))
     with pytest.raises(LimitExceeded) as too_many:
         guard.check(request(names=[f"s{i}" for i in range(6)]))
-    assert too_many.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert status_code(too_many.value) is grpc.StatusCode.INVALID_ARGUMENT
     assert too_many.value.limit == "max_names_per_request"
     assert str(too_many.value) == "6 resource names in one request; the limit is 5"
     with pytest.raises(LimitExceeded) as too_long:
@@ -161,7 +157,7 @@ def test_guard_holds_one_place_per_stream() -> None:
     second.take_place("n1")
     with pytest.raises(LimitExceeded) as error:
         third.take_place("n1")
-    assert error.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert status_code(error.value) is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert str(error.value).startswith("node n1 already has 2 streams")
     third.release()  # holds nothing: releases nothing
     assert streams.count("n1") == 2
@@ -172,16 +168,18 @@ def test_guard_holds_one_place_per_stream() -> None:
     assert streams.count("n1") == 2
 
 
-def test_guard_holding_takes_the_place_before_the_hook() -> None:
+def test_guard_takes_the_stream_s_place_when_the_node_is_known() -> None:
     class Session:
         node_id = "n1"
 
     streams = StreamCounter(1)
-    called: list[str] = []
-    AdsStreamGuard(Limits(), streams).holding(lambda s: called.append(s.node_id))(Session())
-    with pytest.raises(LimitExceeded):
-        AdsStreamGuard(Limits(), streams).holding(lambda s: called.append(s.node_id))(Session())
-    assert called == ["n1"]
+    first = AdsStreamGuard(Limits(), streams)
+    first.on_node(Session())  # type: ignore[arg-type]
+    with pytest.raises(TooManyStreams) as error:
+        AdsStreamGuard(Limits(), streams).on_node(Session())  # type: ignore[arg-type]
+    assert status_code(error.value) is grpc.StatusCode.RESOURCE_EXHAUSTED
+    first.release()
+    AdsStreamGuard(Limits(), streams).on_node(Session())  # type: ignore[arg-type]
 
 
 async def test_guard_requests_passes_good_requests_and_stops_at_a_bad_one() -> None:
@@ -214,9 +212,9 @@ def test_peer_host(peer: str, host: str) -> None:
 
 
 def test_limits_validate_and_give_server_options() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         Limits(max_streams_per_node=-1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         Limits(admin_writes_per_second=1, admin_write_burst=0)
     assert Limits(admin_writes_per_second=0, admin_write_burst=0).write_limiter().acquire("a") == 0
     options = dict(Limits(max_message_bytes=65536, max_send_message_bytes=0).server_options())
@@ -228,17 +226,21 @@ def test_limits_validate_and_give_server_options() -> None:
 
 def test_limits_checks_name_the_limit_and_the_count() -> None:
     limits = Limits(max_services_per_apply=3, max_registrations_per_node=2)
-    assert limits.check_apply(3) is None
-    error = limits.check_apply(4)
-    assert error is not None and error.limit == "max_services_per_apply"
-    assert str(error) == "4 services in one request; the limit is 3"
-    registrations = limits.check_registrations("node", 3)
-    assert registrations is not None and registrations.limit == "max_registrations_per_node"
-    node = limits.check_registrations("n" * 2000, 0)
-    assert node is not None and node.limit == "max_node_id_length"
-    assert limits.check_client_report("node", 1000) is None
-    assert limits.check_client_report("node", 1001) is not None
-    assert Limits(max_services_per_apply=0).check_apply(10**6) is None
+    limits.check_apply(3)
+    with pytest.raises(LimitExceeded) as error:
+        limits.check_apply(4)
+    assert error.value.limit == "max_services_per_apply"
+    assert str(error.value) == "4 services in one request; the limit is 3"
+    with pytest.raises(LimitExceeded) as error:
+        limits.check_registrations("node", 3)
+    assert error.value.limit == "max_registrations_per_node"
+    with pytest.raises(LimitExceeded) as error:
+        limits.check_registrations("n" * 2000, 0)
+    assert error.value.limit == "max_node_id_length"
+    limits.check_client_report("node", 1000)
+    with pytest.raises(LimitExceeded):
+        limits.check_client_report("node", 1001)
+    Limits(max_services_per_apply=0).check_apply(10**6)
 
 
 def test_flags() -> None:

@@ -25,6 +25,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, Metric
 
 from control.publisher import Publisher
+from control.resources import build_resources
 from control.store import MemoryStore
 from mesh.v1 import agent_pb2, config_pb2
 from mesh_agent.daemon.breakers.service import BreakerHub
@@ -33,9 +34,12 @@ from mesh_agent.daemon.health.checker import HealthChecker
 from mesh_agent.daemon.health.table import HealthPolicy, HealthTable
 from mesh_agent.daemon.metrics import AgentMetrics
 from mesh_agent.daemon.upstream.client import UpstreamClient
+from mesh_xds.cache import SnapshotCache
+from mesh_xds.callbacks import Callbacks, SessionCallbacks
 from mesh_xds.metrics import AGENT, CONTROL, XdsMetrics, type_name
-from mesh_xds.servicer import AdsServicer, NodeRegistry
-from mesh_xds.snapshot import SnapshotCache
+from mesh_xds.registry import SessionRegistry
+from mesh_xds.servicer import AdsServicer
+from mesh_xds.session import Session, TypeState
 from mesh_xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SERVICE_POLICY
 from tests.conftest import eventually, free_port
 from tests.unit.xds_streams import FakeStream, service
@@ -97,8 +101,8 @@ def otel() -> Iterator[Metrics]:
 
 
 def open_stream(cache: SnapshotCache, metrics: XdsMetrics, node_id: str) -> FakeStream:
-    """One AdsSession driven with real DiscoveryRequests, counted by ``metrics``."""
-    stream = FakeStream(cache, node_id, on_event=metrics.on_event)
+    """One SotwSession driven with real DiscoveryRequests, counted by ``metrics``."""
+    stream = FakeStream(cache, node_id, callbacks=metrics)
     stream.start()
     return stream
 
@@ -109,7 +113,7 @@ async def settle() -> None:
 
 
 async def test_pushes_acks_and_nacks_are_counted_per_type(otel: Metrics) -> None:
-    cache = SnapshotCache()
+    cache = SnapshotCache(build_resources)
     cache.set_services(1, [service("a", "10.0.0.1:1"), service("b", "10.0.0.2:1")])
     stream = open_stream(cache, XdsMetrics(CONTROL, otel.meter), "node-1")
     try:
@@ -158,7 +162,7 @@ async def test_convergence_counts_pushed_changes_once_and_not_late_joiners(
 ) -> None:
     store = MemoryStore()
     await store.apply([service("a", "10.0.0.1:1")])
-    cache = SnapshotCache()
+    cache = SnapshotCache(build_resources)
     publisher = Publisher(store, cache, debounce=0.1, max_delay=1.0)
     task = asyncio.create_task(publisher.run())
     metrics = XdsMetrics(CONTROL, otel.meter)
@@ -227,15 +231,28 @@ class FakeContext:
 
 
 async def test_servicer_counts_open_streams_and_tags_the_server(otel: Metrics) -> None:
-    cache = SnapshotCache()
+    cache = SnapshotCache(build_resources)
     cache.set_services(1, [service("a", "10.0.0.1:1")])
     events: list[str] = []
+
+    class Events(SessionCallbacks):
+        def on_send(self, session: Session, state: TypeState) -> None:
+            events.append("send")
+
+        def on_ack(self, session: Session, state: TypeState) -> None:
+            events.append("ack")
+
+        def on_nack(self, session: Session, state: TypeState) -> None:
+            events.append("nack")
+
+        def on_subscribe(self, session: Session, state: TypeState) -> None:
+            events.append("subscribe")
+
     servicer = AdsServicer(
         cache,
-        NodeRegistry(),
+        SessionRegistry(),
         "agent-node",
-        lambda event, session, state: events.append(event),
-        metrics=XdsMetrics(AGENT, otel.meter),
+        Callbacks(Events(), XdsMetrics(AGENT, otel.meter)),
     )
     requests: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
     sent: asyncio.Queue[discovery_pb2.DiscoveryResponse] = asyncio.Queue()
@@ -267,7 +284,7 @@ async def test_servicer_counts_open_streams_and_tags_the_server(otel: Metrics) -
 
 
 async def test_agent_server_records_no_convergence(otel: Metrics) -> None:
-    cache = SnapshotCache()
+    cache = SnapshotCache(build_resources)
     cache.set_services(1, [service("a", "10.0.0.1:1")])
     stream = open_stream(cache, XdsMetrics(AGENT, otel.meter), "process-1")
     try:
@@ -445,11 +462,11 @@ async def test_cache_age_from_the_state_file(otel: Metrics, tmp_path: Path) -> N
 
 
 async def test_cache_age_is_zero_while_connected_then_grows(otel: Metrics) -> None:
-    control = SnapshotCache()
+    control = SnapshotCache(build_resources)
     control.set_services(1, [service("a", "10.0.0.1:1")])
     server = grpc.aio.server()
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
-        AdsServicer(control, NodeRegistry(), "control-1", metrics=XdsMetrics(CONTROL, otel.meter)),
+        AdsServicer(control, SessionRegistry(), "control-1", XdsMetrics(CONTROL, otel.meter)),
         server,
     )
     port = server.add_insecure_port("127.0.0.1:0")
@@ -523,7 +540,7 @@ async def main():
     reader = InMemoryMetricReader()
     metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
     later = BreakerHub(None)
-    xds.on_event("send", None, TypeState(LISTENER))
+    xds.on_send(None, TypeState(LISTENER))
     for each, name in ((hub, "orders"), (later, "billing")):
         policy = config_pb2.Policy()
         policy.circuit_breaker.consecutive_failures = 1

@@ -12,6 +12,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
+from control.nodes import ConnectedNodes
 from control.publisher import Publisher
 from control.registry import (
     RegistrationError,
@@ -19,11 +20,11 @@ from control.registry import (
     merge_registered,
     validate_registrations,
 )
+from control.resources import build_resources
 from control.store import MemoryStore
 from mesh.v1 import config_pb2, node_pb2
-from mesh_xds.servicer import NodeRegistry
-from mesh_xds.session import AdsSession
-from mesh_xds.snapshot import SnapshotCache
+from mesh_xds.cache import SnapshotCache
+from mesh_xds.sotw import SotwSession
 from mesh_xds.types import ENDPOINT
 from tests.conftest import eventually
 
@@ -165,7 +166,7 @@ async def test_a_reconnect_within_grace_keeps_the_registrations() -> None:
 async def test_liveness_watchers_hear_of_a_nodes_departure_return_and_end() -> None:
     registrations = Registrations(grace=0.1)
     heard: list[tuple[str, bool, bool]] = []
-    registrations.watch_liveness(
+    registrations.liveness.connect(
         lambda n: heard.append((n, registrations.is_connected(n), registrations.pending_drop(n)))
     )
     registrations.connected("a")
@@ -219,10 +220,10 @@ async def test_sub_second_grace_from_the_cli() -> None:
 
 
 async def test_ads_sessions_tell_the_registrations_when_the_node_is_known() -> None:
-    cache = SnapshotCache()
+    cache = SnapshotCache(build_resources)
     cache.set_services(1, [])
     registrations = Registrations(grace=0.1)
-    nodes = NodeRegistry(registrations)
+    nodes = ConnectedNodes(registrations)
     requests: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
 
     async def iterate() -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
@@ -232,8 +233,8 @@ async def test_ads_sessions_tell_the_registrations_when_the_node_is_known() -> N
     async def send(response: discovery_pb2.DiscoveryResponse) -> None:
         return None
 
-    session = AdsSession(cache, send, on_node=nodes.node_known)
-    nodes.add(session)
+    session = SotwSession(cache, send, callbacks=nodes)
+    nodes.registry.add(session)
     task = asyncio.create_task(session.run(iterate()))
     await asyncio.sleep(0.05)
     assert not registrations.is_connected("n1"), "not known before its first request"
@@ -256,8 +257,9 @@ async def test_ads_sessions_tell_the_registrations_when_the_node_is_known() -> N
 
     await requests.put(None)
     await asyncio.wait_for(task, 2)
-    nodes.remove(session)
-    nodes.remove(session)  # removing twice does not count twice
+    nodes.registry.remove(session)
+    nodes.on_close(session)
+    nodes.on_close(session)  # the end of a stream counts once
     assert registrations.pending_drop("n1")
     [status] = nodes.node_statuses()
     assert status.node_id == "n1" and not status.stream_id, "shown during the grace"
@@ -323,7 +325,7 @@ def endpoints_served(cache: SnapshotCache, name: str) -> list[tuple[str, int]] |
 async def test_publisher_merges_registrations_through_the_debounce() -> None:
     store = MemoryStore()
     await store.apply([config_pb2.Service(name="orders", endpoints=[ep("10.0.0.1:80")])])
-    cache = SnapshotCache()
+    cache = SnapshotCache(build_resources)
     registrations = Registrations(grace=0.2)
     publisher = Publisher(store, cache, debounce=0.05, max_delay=0.5, registrations=registrations)
     task = asyncio.create_task(publisher.run())

@@ -375,7 +375,7 @@ def test_open_store_urls(tmp_path: Path) -> None:
     assert isinstance(absolute, FileStore)
     assert absolute.directory == tmp_path / "x y"
     for url in ("/var/mesh", "redis://x", "file:", "file://host/x"):
-        with pytest.raises(ValueError, match="file:") as info:
+        with pytest.raises(ConfigError, match="file:") as info:
             open_store(url)
         assert url in str(info.value)
 

@@ -17,9 +17,10 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 
 from mesh.v1 import config_pb2
+from mesh_xds.cache import SnapshotCache
 from mesh_xds.delta import DeltaSession
-from mesh_xds.session import AdsSession
-from mesh_xds.snapshot import SnapshotCache
+from mesh_xds.session import Session
+from mesh_xds.sotw import SotwSession
 from mesh_xds.testing import DeltaRules, SotwRules
 
 
@@ -33,7 +34,7 @@ class _SessionStream:
     """What both streams share: the request queue the session reads, the responses it sent
     (``all``, and a queue for :meth:`next`), and the session's task."""
 
-    session: AdsSession
+    session: Session
 
     def __init__(self, node_id: str) -> None:
         self.node = base_pb2.Node(id=node_id)
@@ -72,7 +73,7 @@ class _SessionStream:
 
 
 class FakeStream(_SessionStream):
-    """Drives one AdsSession (state of the world). Every response is checked against the
+    """Drives one SotwSession (state of the world). Every response is checked against the
     latest subscription of its type (the session handles requests in order) and, for
     full-state types, against the snapshot the session answered from."""
 
@@ -83,7 +84,7 @@ class FakeStream(_SessionStream):
             increasing_nonces=True,
             existing=lambda type_url: self._snapshot().resources.get(type_url, {}),
         )
-        self.session = AdsSession(cache, self._send, peer="fake", server_id="test", **session)
+        self.session = SotwSession(cache, self._send, peer="fake", server_id="test", **session)
 
     def _snapshot(self) -> Any:
         snapshot = self.session.snapshot

@@ -2,8 +2,8 @@
 local interceptors, transitions to watchers, state kept in the state dir. Watchers also hear
 each watched service's call policy (its timeout, which the client library applies itself).
 
-The state machines are :mod:`mesh_agent.daemon.breakers.machine` (no grpc); this module feeds
-them and fans their transitions out. Event-loop owned.
+The breakers are the plain state of :mod:`mesh_agent.daemon.breakers.board` (no grpc); this
+module feeds them and fans their transitions out. Event-loop owned.
 """
 
 from __future__ import annotations
@@ -21,15 +21,13 @@ from pathlib import Path
 import structlog
 
 from mesh.v1 import agent_pb2, config_pb2
-from mesh_agent.daemon.breakers.machine import (
-    BreakerBoard,
-    BreakerState,
-    BreakerStatus,
-    Outcome,
-    Transition,
-)
+from mesh_agent.daemon.breakers.board import BreakerBoard
+from mesh_agent.daemon.breakers.breaker import BreakerState, BreakerStatus, Transition
+from mesh_agent.daemon.breakers.policy import Outcome
 from mesh_agent.daemon.cache import ConfigCache, atomic_write, decode
 from mesh_agent.daemon.metrics import AgentMetrics, agent_metrics
+from mesh_core.errors import ConfigError
+from mesh_core.signals import Signal
 from mesh_xds.types import SERVICE_POLICY
 
 log = structlog.get_logger(__name__)
@@ -81,8 +79,10 @@ class Watcher:
 
 
 class BreakerHub:
-    """``metrics`` (default: the agent's, on the global meter) counts transitions and reports
-    each breaker's state."""
+    """The node's breakers as a service. ``metrics`` (default: the agent's, on the global
+    meter) counts transitions and reports each breaker's state. :attr:`board` holds the
+    breakers; its ``transitions`` signal tells of every change of state, and
+    :attr:`watched_changed` of a change of the services local processes watch."""
 
     def __init__(self, state_dir: Path | None, *, metrics: AgentMetrics | None = None) -> None:
         self.state_dir = state_dir
@@ -94,7 +94,8 @@ class BreakerHub:
         self._states: dict[str, BreakerState] = {}
         self.call_policies: dict[str, agent_pb2.CallPolicy] = {}
         self.metrics = metrics if metrics is not None else agent_metrics()
-        self.board.subscribe(self._on_transition)
+        self.watched_changed: Signal[[]] = Signal()
+        self.board.transitions.connect(self._on_transition)
         self.metrics.observe_breakers(self)
 
     # -- policy --------------------------------------------------------------------------------
@@ -190,11 +191,17 @@ class BreakerHub:
 
     def add_watcher(self, services: Iterable[str]) -> Watcher:
         watcher = Watcher(frozenset(services))
+        before = self.watched()
         self.watchers.add(watcher)
+        if self.watched() != before:
+            self.watched_changed.emit()
         return watcher
 
     def remove_watcher(self, watcher: Watcher) -> None:
+        before = self.watched()
         self.watchers.discard(watcher)
+        if self.watched() != before:
+            self.watched_changed.emit()
 
     def initial(self, watcher: Watcher) -> list[agent_pb2.BreakerStatus]:
         if watcher.services:
@@ -256,9 +263,9 @@ class BreakerHub:
         try:
             document = json.loads(path.read_text())
             if not isinstance(document, dict) or document.get("format") != 1:
-                raise ValueError("not a mesh-agent breaker state file of format 1")
+                raise ConfigError("not a mesh-agent breaker state file of format 1")
             restored = self.board.restore(document["breakers"])
-        except (OSError, ValueError, KeyError, TypeError) as error:
+        except (OSError, ValueError, KeyError, TypeError, ConfigError) as error:
             target = path.with_name(f"{path.name}.rejected-{int(time.time())}")
             try:
                 os.replace(path, target)

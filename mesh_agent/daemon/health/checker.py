@@ -89,7 +89,7 @@ class HealthChecker:
         self._closing: set[asyncio.Task[None]] = set()
         self._panic: dict[str, bool] = {}
         self._started = False
-        self._unsubscribe = self.table.subscribe(self._on_table_change)
+        self.table.changed.connect(self._on_table_change)
 
     # -- targets -------------------------------------------------------------------------
 

@@ -12,28 +12,26 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
 
-import structlog
-
-from control import config
+from mesh_core import policy
+from mesh_core.errors import ConfigError
+from mesh_core.signals import GuardedSignal
 
 if TYPE_CHECKING:
     from mesh.v1 import config_pb2
-
-log = structlog.get_logger(__name__)
 
 HealthStatus = Literal["unknown", "healthy", "unhealthy"]
 UNKNOWN: Final = "unknown"
 HEALTHY: Final = "healthy"
 UNHEALTHY: Final = "unhealthy"
 
-DEFAULT_INTERVAL: Final = config.HEALTH_CHECK_INTERVAL_S
-DEFAULT_TIMEOUT: Final = config.HEALTH_CHECK_TIMEOUT_S
-DEFAULT_UNHEALTHY_THRESHOLD: Final = config.HEALTH_CHECK_UNHEALTHY_THRESHOLD
-DEFAULT_HEALTHY_THRESHOLD: Final = config.HEALTH_CHECK_HEALTHY_THRESHOLD
+DEFAULT_INTERVAL: Final = policy.HEALTH_CHECK_INTERVAL_S
+DEFAULT_TIMEOUT: Final = policy.HEALTH_CHECK_TIMEOUT_S
+DEFAULT_UNHEALTHY_THRESHOLD: Final = policy.HEALTH_CHECK_UNHEALTHY_THRESHOLD
+DEFAULT_HEALTHY_THRESHOLD: Final = policy.HEALTH_CHECK_HEALTHY_THRESHOLD
 DEFAULT_PANIC_THRESHOLD: Final = 0.5
 DEFAULT_TRANSITION_HISTORY: Final = 100
 
@@ -50,13 +48,13 @@ class HealthPolicy:
 
     def __post_init__(self) -> None:
         if self.interval <= 0:
-            raise ValueError(f"health check interval must be > 0, got {self.interval}")
+            raise ConfigError(f"health check interval must be > 0, got {self.interval}")
         if self.timeout <= 0:
-            raise ValueError(f"health check timeout must be > 0, got {self.timeout}")
+            raise ConfigError(f"health check timeout must be > 0, got {self.timeout}")
         if self.unhealthy_threshold < 1:
-            raise ValueError(f"unhealthy_threshold must be >= 1, got {self.unhealthy_threshold}")
+            raise ConfigError(f"unhealthy_threshold must be >= 1, got {self.unhealthy_threshold}")
         if self.healthy_threshold < 1:
-            raise ValueError(f"healthy_threshold must be >= 1, got {self.healthy_threshold}")
+            raise ConfigError(f"healthy_threshold must be >= 1, got {self.healthy_threshold}")
 
     @classmethod
     def from_proto(cls, policy: config_pb2.HealthCheckPolicy | None) -> HealthPolicy:
@@ -112,7 +110,7 @@ class EndpointHealthState:
         healthy_threshold: int = DEFAULT_HEALTHY_THRESHOLD,
     ) -> None:
         if unhealthy_threshold < 1 or healthy_threshold < 1:
-            raise ValueError("health thresholds must be >= 1")
+            raise ConfigError("health thresholds must be >= 1")
         self.service = service
         self.address = address
         self.unhealthy_threshold = unhealthy_threshold
@@ -152,10 +150,6 @@ class EndpointHealthState:
         )
 
 
-OverridesCallback = Callable[[str], None]
-"""Called with a service name after that service's overrides or panic flag changed."""
-
-
 class HealthTable:
     """Health states of every checked (service, address) pair, and the verdicts the agent
     serves from them.
@@ -165,8 +159,8 @@ class HealthTable:
     unknown) falls below ``panic_threshold``, the checks are ignored for that service and no
     overrides are returned, so traffic still flows when every endpoint fails its checks.
 
-    Owned by the agent's asyncio event loop: not thread-safe; subscribers are called
-    synchronously, on that loop, from inside the mutating call.
+    Owned by the agent's asyncio event loop: not thread-safe; observers of :attr:`changed` are
+    called synchronously, on that loop, from inside the mutating call.
     """
 
     def __init__(
@@ -175,12 +169,14 @@ class HealthTable:
         history: int = DEFAULT_TRANSITION_HISTORY,
     ) -> None:
         if not 0.0 <= panic_threshold <= 1.0:
-            raise ValueError(f"panic_threshold must be in [0, 1], got {panic_threshold}")
+            raise ConfigError(f"panic_threshold must be in [0, 1], got {panic_threshold}")
         self.panic_threshold = panic_threshold
         self._states: dict[str, dict[str, EndpointHealthState]] = {}
         self._policies: dict[str, HealthPolicy] = {}
         self._transitions: deque[Transition] = deque(maxlen=history)
-        self._subscribers: list[OverridesCallback] = []
+        self.changed: GuardedSignal[[str]] = GuardedSignal("health subscriber failed")
+        """Emitted with a service name whenever that service's overrides or panic flag
+        change. An observer that raises is logged; the others are still called."""
         self._generation = 0
 
     # -- feeding -------------------------------------------------------------------------
@@ -281,20 +277,6 @@ class HealthTable:
         """Counter bumped each time any service's overrides or panic flag change."""
         return self._generation
 
-    # -- change notification -------------------------------------------------------------
-
-    def subscribe(self, callback: OverridesCallback) -> Callable[[], None]:
-        """Calls ``callback(service)`` whenever that service's overrides or panic flag
-        change. Returns a function that unsubscribes. A raising callback is logged and
-        does not stop the others."""
-        self._subscribers.append(callback)
-
-        def unsubscribe() -> None:
-            if callback in self._subscribers:
-                self._subscribers.remove(callback)
-
-        return unsubscribe
-
     def _verdict(self, service: str) -> tuple[bool, dict[str, str]]:
         states = self._states.get(service)
         if not states:
@@ -309,8 +291,4 @@ class HealthTable:
         if self._verdict(service) == before:
             return
         self._generation += 1
-        for callback in list(self._subscribers):
-            try:
-                callback(service)
-            except Exception:
-                log.exception("health subscriber failed", service=service)
+        self.changed.emit(service)

@@ -1,10 +1,11 @@
-"""What the agent asks the control plane for: what its local processes ask for, plus what it
-already holds, plus what that references (routes of held listeners, endpoints and policies of
-held clusters). Plain functions over the cache and the local sessions; no I/O."""
+"""What the agent asks the control plane for: what its parts demand (what local processes
+subscribe to, the policies of the services they watch the breakers of), plus what it already
+holds, plus what that references (routes of held listeners, endpoints and policies of held
+clusters). Plain functions over the cache and the local sessions; no I/O."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
@@ -12,12 +13,24 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 
-from control.limits import Limits
 from mesh_agent.daemon.cache import ConfigCache, decode
-from mesh_agent.daemon.upstream.client import Interest
+from mesh_core.limits import Limits
 from mesh_core.names import service_of_listener
-from mesh_xds.session import AdsSession
-from mesh_xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SERVICE_POLICY, TypeUrl
+from mesh_xds.session import Session
+from mesh_xds.types import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    SERVICE_POLICY,
+    ResourceName,
+    TypeUrl,
+)
+
+Interest = frozenset[ResourceName] | None
+"""Names wanted of one type; None means every resource (wildcard)."""
+Demand = Mapping[TypeUrl, Interest]
+"""What one part of the agent asks for, per type."""
 
 MAX_NAMES = Limits().max_names_per_request // 2
 """Past this many names of one type, or MAX_NAME_BYTES of them, the agent asks for every
@@ -46,7 +59,7 @@ def _endpoint_names(cache: ConfigCache) -> set[str]:
     return names
 
 
-def local_demand(sessions: Iterable[AdsSession]) -> dict[TypeUrl, Interest]:
+def local_demand(sessions: Iterable[Session]) -> dict[TypeUrl, Interest]:
     """The union of what local sessions subscribe to, per type (None: someone wants all)."""
     demand: dict[TypeUrl, set[str] | None] = {}
     for session in sessions:
@@ -59,18 +72,26 @@ def local_demand(sessions: Iterable[AdsSession]) -> dict[TypeUrl, Interest]:
     return {t: None if n is None else frozenset(n) for t, n in demand.items()}
 
 
-def compute_interest(
-    cache: ConfigCache,
-    demand: dict[TypeUrl, Interest],
-    extra_policies: frozenset[str] = frozenset(),
-) -> dict[TypeUrl, Interest]:
+def merged(demands: Iterable[Demand]) -> dict[TypeUrl, Interest]:
+    """The union of several parts' demands, per type (None: one of them wants all)."""
+    union: dict[TypeUrl, set[str] | None] = {}
+    for demand in demands:
+        for type_url, names in demand.items():
+            current = union.get(type_url, set())
+            union[type_url] = None if names is None or current is None else current | names
+    return {t: None if n is None else frozenset(n) for t, n in union.items()}
+
+
+def compute_interest(cache: ConfigCache, demand: Demand) -> dict[TypeUrl, Interest]:
+    """What to ask the control plane for, per type: ``demand`` and what the cache's config
+    refers to (a type with too many names to list is asked for whole)."""
     held_clusters = cache.names(CLUSTER)
     derived: dict[TypeUrl, set[str]] = {
         LISTENER: cache.names(LISTENER),
         CLUSTER: held_clusters,
         ROUTE: _route_names(cache),
         ENDPOINT: _endpoint_names(cache),
-        SERVICE_POLICY: set(held_clusters) | extra_policies,
+        SERVICE_POLICY: set(held_clusters),
     }
     # Interceptors (and the breakers) need the policy of every service a process dials,
     # whether through the service's own Listener or the client library's alias of it.

@@ -1,10 +1,10 @@
-"""The node agent's per-service circuit breakers (DESIGN decisions 4 and 5).
+"""One service's circuit breaker for the whole node (DESIGN decisions 4 and 5): its state
+machine, the transitions it emits, and the state of it worth keeping across an agent restart.
 
-Plain state machines with no grpc import. The agent holds one :class:`CircuitBreaker` per
-service for the whole node, in a :class:`BreakerBoard`; the interceptors of every local process
-report call outcomes to it in batches (only what backends answered, never the mesh's own
-rejections) and follow its state through a watch stream. Transport code only feeds these
-objects (outcomes, permit requests, timer ticks) and reads them (states, transitions).
+A plain state machine with no grpc import. The interceptors of every local process report
+call outcomes to it in batches (only what backends answered, never the mesh's own rejections)
+and follow its state through a watch stream. Transport code only feeds it (outcomes, permit
+requests, timer ticks) and reads it (states, transitions).
 
 States::
 
@@ -17,8 +17,9 @@ which the agent calls from a timer at :meth:`CircuitBreaker.next_deadline` so wa
 promptly.
 
 Ownership: every object here belongs to the agent's asyncio event loop. Nothing is locked;
-use them from that loop only (or from one thread, in tests). Subscribers are called
-synchronously from inside the call that caused the transition.
+use them from that loop only (or from one thread, in tests). Observers of
+:attr:`CircuitBreaker.transitions` are called synchronously from inside the call that caused
+the transition.
 """
 
 from __future__ import annotations
@@ -30,46 +31,27 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import structlog
 
-from control import config
-
-if TYPE_CHECKING:
-    from google.protobuf.duration_pb2 import Duration
-
-    from mesh.v1 import config_pb2
+from mesh_agent.daemon.breakers.policy import BreakerPolicy, Outcome
+from mesh_core.errors import ConfigError
+from mesh_core.signals import GuardedSignal
 
 __all__ = [
-    "DEFAULT_FAILURE_CODES",
-    "GRPC_STATUS_NAMES",
-    "BreakerBoard",
-    "BreakerPolicy",
     "BreakerState",
     "BreakerStatus",
     "CircuitBreaker",
     "Clock",
-    "Outcome",
+    "SavedBreaker",
     "Transition",
-    "TransitionCallback",
 ]
 
 log = structlog.get_logger(__name__)
 
 Clock = Callable[[], float]
 
-GRPC_STATUS_NAMES: Final = frozenset({"OK", *config.GRPC_STATUS_NAMES})
-DEFAULT_FAILURE_CODES: Final = frozenset(
-    {"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "UNKNOWN", "RESOURCE_EXHAUSTED"}
-)
-DEFAULT_WINDOW: Final = 10.0
-DEFAULT_MIN_REQUESTS: Final = 20
-DEFAULT_OPEN_FOR: Final = 5.0
-DEFAULT_MAX_OPEN_FACTOR: Final = 10.0
-DEFAULT_HALF_OPEN_PROBES: Final = 1
-MIN_PERMIT_TIMEOUT: Final = 5.0
-"""A half-open permit not resolved within ``max(open_for, MIN_PERMIT_TIMEOUT)`` is reclaimed."""
 JITTER: Final = 0.1
 """Open durations are multiplied by a factor drawn uniformly from [1 - JITTER, 1 + JITTER]."""
 DEFAULT_HISTORY: Final = 100
@@ -92,128 +74,6 @@ class BreakerState(enum.Enum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
-
-
-def _seconds(d: Duration) -> float:
-    return d.seconds + d.nanos / 1e9
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerPolicy:
-    """One service's breaker policy. Durations are float seconds (sub-second allowed).
-
-    Rates are in [0, 1]; a rate of 0 (or ``consecutive_failures`` 0, or a ``None``
-    ``slow_call_threshold``) disables that trigger. ``max_open_for`` 0 means
-    ``10 * open_for``; it is never below ``open_for``. With no trigger enabled the breaker
-    always admits (:attr:`enabled` is False).
-    """
-
-    failure_rate: float = 0.0
-    window: float = DEFAULT_WINDOW
-    min_requests: int = DEFAULT_MIN_REQUESTS
-    consecutive_failures: int = 0
-    open_for: float = DEFAULT_OPEN_FOR
-    max_open_for: float = 0.0
-    half_open_probes: int = DEFAULT_HALF_OPEN_PROBES
-    slow_call_threshold: float | None = None
-    slow_call_rate: float = 0.0
-    failure_codes: frozenset[str] = DEFAULT_FAILURE_CODES
-
-    def __post_init__(self) -> None:
-        for name in ("failure_rate", "slow_call_rate"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be between 0 and 1, got {value}")
-        for name in ("window", "open_for"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number of seconds, got {value}")
-        if not (math.isfinite(self.max_open_for) and self.max_open_for >= 0):
-            raise ValueError(f"max_open_for must be >= 0 seconds, got {self.max_open_for}")
-        if self.min_requests < 1:
-            raise ValueError(f"min_requests must be >= 1, got {self.min_requests}")
-        if self.consecutive_failures < 0:
-            raise ValueError(f"consecutive_failures must be >= 0, got {self.consecutive_failures}")
-        if self.half_open_probes < 1:
-            raise ValueError(f"half_open_probes must be >= 1, got {self.half_open_probes}")
-        if self.slow_call_threshold is not None and not (
-            math.isfinite(self.slow_call_threshold) and self.slow_call_threshold > 0
-        ):
-            raise ValueError(
-                f"slow_call_threshold must be a positive number of seconds or None, "
-                f"got {self.slow_call_threshold}"
-            )
-        codes = frozenset(self.failure_codes)
-        unknown = sorted(c for c in codes if c not in GRPC_STATUS_NAMES)
-        if unknown:
-            raise ValueError(f"failure_codes: unknown gRPC status name(s) {', '.join(unknown)}")
-        if "OK" in codes:
-            raise ValueError("failure_codes: OK cannot be a failure")
-        object.__setattr__(self, "failure_codes", codes or DEFAULT_FAILURE_CODES)
-        default_max = self.open_for * DEFAULT_MAX_OPEN_FACTOR
-        object.__setattr__(
-            self, "max_open_for", max(self.max_open_for or default_max, self.open_for)
-        )
-
-    @classmethod
-    def from_proto(cls, policy: config_pb2.CircuitBreakerPolicy | None) -> BreakerPolicy:
-        """Converts a ``mesh.v1.CircuitBreakerPolicy``; unset or zero fields take the
-        defaults. ``None`` gives a disabled policy. Raises ValueError on values out of range."""
-        if policy is None:
-            return cls()
-        window = _seconds(policy.window)
-        open_for = _seconds(policy.open_for)
-        threshold = _seconds(policy.slow_call.threshold) if policy.HasField("slow_call") else 0.0
-        codes = frozenset(
-            c.strip().upper().replace("-", "_") for c in policy.failure_codes if c.strip()
-        )
-        return cls(
-            failure_rate=policy.failure_rate,
-            window=window if window > 0 else DEFAULT_WINDOW,
-            min_requests=policy.min_requests or DEFAULT_MIN_REQUESTS,
-            consecutive_failures=policy.consecutive_failures,
-            open_for=open_for if open_for > 0 else DEFAULT_OPEN_FOR,
-            max_open_for=max(_seconds(policy.max_open_for), 0.0),
-            half_open_probes=policy.half_open_probes or DEFAULT_HALF_OPEN_PROBES,
-            slow_call_threshold=threshold if threshold > 0 else None,
-            slow_call_rate=policy.slow_call.rate if threshold > 0 else 0.0,
-            failure_codes=codes or DEFAULT_FAILURE_CODES,
-        )
-
-    @property
-    def slow_call_enabled(self) -> bool:
-        return self.slow_call_threshold is not None and self.slow_call_rate > 0
-
-    @property
-    def enabled(self) -> bool:
-        """False when no trigger is set: the breaker then always admits."""
-        return self.failure_rate > 0 or self.consecutive_failures > 0 or self.slow_call_enabled
-
-    @property
-    def permit_timeout(self) -> float:
-        """How long a half-open probe permit may stay unresolved before it is reclaimed."""
-        return max(self.open_for, MIN_PERMIT_TIMEOUT)
-
-    def is_failure(self, code: str) -> bool:
-        return code in self.failure_codes
-
-    def is_slow(self, latency: float) -> bool:
-        return self.slow_call_threshold is not None and latency >= self.slow_call_threshold
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """One call's result as a backend answered it.
-
-    ``code`` is the gRPC status name ("OK" for success), ``latency`` in seconds, ``at`` when
-    the call ended (same clock as the breaker's, ``time.time()`` by default). ``probe`` is set
-    on the outcome of a call admitted by a half-open permit.
-    """
-
-    code: str
-    latency: float
-    at: float
-    probe: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,9 +99,6 @@ class BreakerStatus:
     enabled: bool
 
 
-TransitionCallback = Callable[[Transition], None]
-
-
 class _Call:
     __slots__ = ("at", "code", "failed", "latency", "slow")
 
@@ -253,71 +110,81 @@ class _Call:
         self.slow = policy.is_slow(latency)
 
 
-@dataclass(frozen=True, slots=True)
-class _Saved:
-    state: BreakerState
-    open_until: float | None
-    trips_in_a_row: int
-    reason: str
-
-
 def _number(data: Mapping[str, Any], key: str) -> float | None:
     value = data.get(key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"breaker snapshot: {key} must be a number, got {type(value).__name__}")
+        raise ConfigError(f"breaker snapshot: {key} must be a number, got {type(value).__name__}")
     if not math.isfinite(value):
-        raise ValueError(f"breaker snapshot: {key} must be finite, got {value}")
+        raise ConfigError(f"breaker snapshot: {key} must be finite, got {value}")
     return float(value)
 
 
-def _parse_snapshot(data: object) -> _Saved:
-    if not isinstance(data, Mapping):
-        raise ValueError(f"breaker snapshot must be a mapping, got {type(data).__name__}")
-    version = data.get("version", SNAPSHOT_VERSION)
-    if version != SNAPSHOT_VERSION:
-        raise ValueError(
-            f"breaker snapshot: unsupported version {version!r} (expected {SNAPSHOT_VERSION})"
+@dataclass(frozen=True, slots=True)
+class SavedBreaker:
+    """The state of one breaker worth keeping across an agent restart: what
+    :meth:`CircuitBreaker.snapshot` writes (as JSON-serialisable data, :meth:`dump`) and
+    :meth:`CircuitBreaker.restore` reads back (:meth:`parse`)."""
+
+    state: BreakerState
+    open_until: float | None
+    trips_in_a_row: int
+    reason: str
+
+    @classmethod
+    def parse(cls, data: object) -> SavedBreaker:
+        """The saved state in ``data``; raises ConfigError naming what is malformed."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"breaker snapshot must be a mapping, got {type(data).__name__}")
+        version = data.get("version", SNAPSHOT_VERSION)
+        if version != SNAPSHOT_VERSION:
+            raise ConfigError(
+                f"breaker snapshot: unsupported version {version!r} (expected {SNAPSHOT_VERSION})"
+            )
+        raw_state = data.get("state")
+        try:
+            state = BreakerState(raw_state)
+        except ValueError:
+            choices = ", ".join(s.value for s in BreakerState)
+            raise ConfigError(
+                f"breaker snapshot: state must be one of {choices}, got {raw_state!r}"
+            ) from None
+        trips = data.get("trips_in_a_row", 0)
+        if isinstance(trips, bool) or not isinstance(trips, int) or trips < 0:
+            raise ConfigError(
+                f"breaker snapshot: trips_in_a_row must be an integer >= 0, got {trips!r}"
+            )
+        if state is not BreakerState.CLOSED and trips < 1:
+            raise ConfigError(
+                f"breaker snapshot: a {state.value} breaker needs trips_in_a_row >= 1"
+            )
+        reason = data.get("reason", "")
+        if reason is None:
+            reason = ""
+        if not isinstance(reason, str):
+            raise ConfigError(
+                f"breaker snapshot: reason must be a string, got {type(reason).__name__}"
+            )
+        open_until = _number(data, "open_until")
+        if state is BreakerState.OPEN and open_until is None:
+            raise ConfigError("breaker snapshot: an open breaker needs open_until")
+        return cls(
+            state=state,
+            open_until=open_until if state is BreakerState.OPEN else None,
+            trips_in_a_row=trips,
+            reason=reason,
         )
-    raw_state = data.get("state")
-    try:
-        state = BreakerState(raw_state)
-    except ValueError:
-        choices = ", ".join(s.value for s in BreakerState)
-        raise ValueError(
-            f"breaker snapshot: state must be one of {choices}, got {raw_state!r}"
-        ) from None
-    trips = data.get("trips_in_a_row", 0)
-    if isinstance(trips, bool) or not isinstance(trips, int) or trips < 0:
-        raise ValueError(f"breaker snapshot: trips_in_a_row must be an integer >= 0, got {trips!r}")
-    if state is not BreakerState.CLOSED and trips < 1:
-        raise ValueError(f"breaker snapshot: a {state.value} breaker needs trips_in_a_row >= 1")
-    reason = data.get("reason", "")
-    if reason is None:
-        reason = ""
-    if not isinstance(reason, str):
-        raise ValueError(f"breaker snapshot: reason must be a string, got {type(reason).__name__}")
-    open_until = _number(data, "open_until")
-    if state is BreakerState.OPEN and open_until is None:
-        raise ValueError("breaker snapshot: an open breaker needs open_until")
-    return _Saved(
-        state=state,
-        open_until=open_until if state is BreakerState.OPEN else None,
-        trips_in_a_row=trips,
-        reason=reason,
-    )
 
-
-def _dump(saved: _Saved, saved_at: float) -> dict[str, Any]:
-    return {
-        "version": SNAPSHOT_VERSION,
-        "state": saved.state.value,
-        "open_until": saved.open_until,
-        "trips_in_a_row": saved.trips_in_a_row,
-        "reason": saved.reason,
-        "saved_at": saved_at,
-    }
+    def dump(self, saved_at: float) -> dict[str, Any]:
+        return {
+            "version": SNAPSHOT_VERSION,
+            "state": self.state.value,
+            "open_until": self.open_until,
+            "trips_in_a_row": self.trips_in_a_row,
+            "reason": self.reason,
+            "saved_at": saved_at,
+        }
 
 
 class CircuitBreaker:
@@ -367,7 +234,11 @@ class CircuitBreaker:
         self._permits: deque[float] = deque()
         self._probe_successes = 0
         self._history: deque[Transition] = deque(maxlen=history)
-        self._subscribers: list[TransitionCallback] = []
+        self.transitions: GuardedSignal[[Transition]] = GuardedSignal(
+            "breaker subscriber failed", service=service
+        )
+        """Emitted with every transition, from inside the call that caused it. An observer
+        that raises is logged; the others are still called."""
 
     # -- reading -------------------------------------------------------------------------
 
@@ -507,25 +378,14 @@ class CircuitBreaker:
         transitions.extend(self._advance(now))
         return transitions
 
-    def subscribe(self, callback: TransitionCallback) -> Callable[[], None]:
-        """Calls ``callback(transition)`` on every transition; returns an unsubscribe
-        function. A raising callback is logged and does not stop the others."""
-        self._subscribers.append(callback)
-
-        def unsubscribe() -> None:
-            if callback in self._subscribers:
-                self._subscribers.remove(callback)
-
-        return unsubscribe
-
     # -- persistence ---------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
         """The state worth keeping across an agent restart, JSON-serialisable."""
         now = self._clock()
         self._advance(now)
-        saved = _Saved(self._state, self._open_until, self._trips_in_a_row, self._reason)
-        return _dump(saved, now)
+        saved = SavedBreaker(self._state, self._open_until, self._trips_in_a_row, self._reason)
+        return saved.dump(now)
 
     @classmethod
     def restore(
@@ -540,13 +400,13 @@ class CircuitBreaker:
         """A breaker in the state :meth:`snapshot` saved. OPEN keeps its ``open_until``
         (at most ``max_open_for`` from now; if already past it turns HALF_OPEN on the next
         evaluation), HALF_OPEN comes back with no permits out, CLOSED with an empty window.
-        With a disabled policy the breaker is CLOSED. Raises ValueError on a malformed dict."""
-        saved = _parse_snapshot(data)
+        With a disabled policy the breaker is CLOSED. Raises ConfigError on a malformed dict."""
+        saved = SavedBreaker.parse(data)
         breaker = cls(service, policy, clock=clock, rng=rng, history=history)
-        breaker._apply(saved)
+        breaker.apply_saved(saved)
         return breaker
 
-    def _apply(self, saved: _Saved, notify: bool = False) -> Transition | None:
+    def apply_saved(self, saved: SavedBreaker, *, notify: bool = False) -> Transition | None:
         """Replaces the whole state with ``saved``. With ``notify``, a change of state is
         emitted as a transition (reason "restored"), for breakers that may have watchers."""
         now = self._clock()
@@ -697,11 +557,7 @@ class CircuitBreaker:
             log.warning("circuit breaker opened", **fields)
         else:
             log.info("circuit breaker transition", **fields)
-        for callback in list(self._subscribers):
-            try:
-                callback(transition)
-            except Exception:
-                log.exception("breaker subscriber failed", service=self.service)
+        self.transitions.emit(transition)
         return transition
 
     def __repr__(self) -> str:
@@ -710,168 +566,3 @@ class CircuitBreaker:
             f"open_until={self._open_until}, trips_in_a_row={self._trips_in_a_row}, "
             f"reason={self._reason!r})"
         )
-
-
-class BreakerBoard:
-    """Every service's breaker on the node.
-
-    :meth:`set_policy` creates, updates or removes a service's breaker. Services without a
-    breaker always admit. Saved state restored for a service that has no policy yet is kept
-    and applied when its policy arrives (and is still part of :meth:`snapshot`).
-    """
-
-    def __init__(
-        self,
-        clock: Clock = time.time,
-        rng: random.Random | None = None,
-        history: int = DEFAULT_HISTORY,
-    ) -> None:
-        self._clock = clock
-        self._rng = rng if rng is not None else random.Random()
-        self._history = history
-        self._breakers: dict[str, CircuitBreaker] = {}
-        self._unsubscribe: dict[str, Callable[[], None]] = {}
-        self._pending: dict[str, _Saved] = {}
-        self._subscribers: list[TransitionCallback] = []
-
-    # -- policies ------------------------------------------------------------------------
-
-    def set_policy(
-        self,
-        service: str,
-        policy: BreakerPolicy | config_pb2.CircuitBreakerPolicy | None,
-    ) -> list[Transition]:
-        """Creates, updates (keeping state) or, with None, removes ``service``'s breaker.
-        Removing a breaker that is not CLOSED emits a transition to CLOSED."""
-        now = self._clock()
-        if policy is None:
-            self._pending.pop(service, None)
-            breaker = self._breakers.pop(service, None)
-            if breaker is None:
-                return []
-            state = breaker.state()
-            self._unsubscribe.pop(service)()
-            if state is BreakerState.CLOSED:
-                return []
-            transition = Transition(service, state, BreakerState.CLOSED, REASON_POLICY_REMOVED, now)
-            log.info(
-                "circuit breaker removed",
-                service=service,
-                old=state.value,
-                reason=REASON_POLICY_REMOVED,
-            )
-            self._dispatch(transition)
-            return [transition]
-        pol = policy if isinstance(policy, BreakerPolicy) else BreakerPolicy.from_proto(policy)
-        existing = self._breakers.get(service)
-        if existing is not None:
-            return existing.update_policy(pol)
-        breaker = CircuitBreaker(
-            service, pol, clock=self._clock, rng=self._rng, history=self._history
-        )
-        saved = self._pending.pop(service, None)
-        if saved is not None:
-            breaker._apply(saved)
-        self._breakers[service] = breaker
-        self._unsubscribe[service] = breaker.subscribe(self._dispatch)
-        return breaker.tick()
-
-    def get(self, service: str) -> CircuitBreaker | None:
-        return self._breakers.get(service)
-
-    def services(self) -> list[str]:
-        return list(self._breakers)
-
-    def __contains__(self, service: object) -> bool:
-        return service in self._breakers
-
-    # -- feeding and reading -------------------------------------------------------------
-
-    def record(self, service: str, outcomes: Iterable[Outcome]) -> int:
-        """Records a batch of ``service``'s outcomes; returns how many were counted (0 for
-        a service without a breaker)."""
-        breaker = self._breakers.get(service)
-        if breaker is None:
-            return 0
-        return breaker.record_all(outcomes)
-
-    def admit(self, service: str) -> bool:
-        """Whether a call to ``service`` may go ahead (True when it has no breaker)."""
-        breaker = self._breakers.get(service)
-        return True if breaker is None else breaker.admit()
-
-    def state(self, service: str) -> BreakerState | None:
-        breaker = self._breakers.get(service)
-        return None if breaker is None else breaker.state()
-
-    def states(self) -> dict[str, BreakerState]:
-        return {service: b.state() for service, b in self._breakers.items()}
-
-    def statuses(self) -> dict[str, BreakerStatus]:
-        return {service: b.status() for service, b in self._breakers.items()}
-
-    def next_deadline(self) -> float | None:
-        deadlines = [d for b in self._breakers.values() if (d := b.next_deadline()) is not None]
-        return min(deadlines, default=None)
-
-    def tick(self) -> list[Transition]:
-        transitions: list[Transition] = []
-        for breaker in list(self._breakers.values()):
-            transitions.extend(breaker.tick())
-        return transitions
-
-    def subscribe(self, callback: TransitionCallback) -> Callable[[], None]:
-        """Calls ``callback(transition)`` on every transition of any breaker; returns an
-        unsubscribe function. A raising callback is logged and does not stop the others."""
-        self._subscribers.append(callback)
-
-        def unsubscribe() -> None:
-            if callback in self._subscribers:
-                self._subscribers.remove(callback)
-
-        return unsubscribe
-
-    def _dispatch(self, transition: Transition) -> None:
-        for callback in list(self._subscribers):
-            try:
-                callback(transition)
-            except Exception:
-                log.exception("breaker board subscriber failed", service=transition.service)
-
-    # -- persistence ---------------------------------------------------------------------
-
-    def snapshot(self) -> dict[str, dict[str, Any]]:
-        """``{service: breaker snapshot}`` for every breaker, plus restored state still
-        waiting for its policy. JSON-serialisable."""
-        now = self._clock()
-        data = {service: _dump(saved, now) for service, saved in self._pending.items()}
-        data.update({service: b.snapshot() for service, b in self._breakers.items()})
-        return data
-
-    def restore(self, data: object) -> list[str]:
-        """Restores what :meth:`snapshot` saved; returns the services restored. A malformed
-        entry is skipped with a warning; the others are restored. An existing breaker takes
-        the restored state in place (subscribers stay and see the change as a transition
-        with reason "restored"); an entry for a service without a
-        policy waits for :meth:`set_policy`. Raises ValueError if ``data`` is not a mapping."""
-        if not isinstance(data, Mapping):
-            raise ValueError(f"breaker board snapshot must be a mapping, got {type(data).__name__}")
-        restored: list[str] = []
-        for service, entry in data.items():
-            if not isinstance(service, str) or not service:
-                log.warning("skipping breaker snapshot entry: bad service name", service=service)
-                continue
-            try:
-                saved = _parse_snapshot(entry)
-            except ValueError as exc:
-                log.warning(
-                    "skipping malformed breaker snapshot entry", service=service, error=str(exc)
-                )
-                continue
-            existing = self._breakers.get(service)
-            if existing is None:
-                self._pending[service] = saved
-            else:
-                existing._apply(saved, notify=True)
-            restored.append(service)
-        return restored

@@ -1,0 +1,117 @@
+"""``meshctl``'s parser and entry point."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from control import __version__
+from control.meshctl import certs as certs_cli
+from control.meshctl.commands import (
+    cmd_apply,
+    cmd_delete,
+    cmd_get,
+    cmd_status,
+    cmd_validate,
+    positive_seconds,
+)
+from control.meshctl.connection import DEFAULT_CONTROL
+from mesh_core.preflight import check_environment
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meshctl", description="Operate a mesh-control server.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--control",
+        default=os.environ.get("MESH_CONTROL", DEFAULT_CONTROL),
+        help="mesh-control HOST:PORT (default $MESH_CONTROL or %(default)s)",
+    )
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    env = os.environ.get
+    parser.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=env("MESH_TLS_CERT") or None,
+        help="client certificate for mTLS (default $MESH_TLS_CERT); an operator's to write",
+    )
+    parser.add_argument(
+        "--tls-key", type=Path, default=env("MESH_TLS_KEY") or None, help="its key ($MESH_TLS_KEY)"
+    )
+    parser.add_argument(
+        "--tls-ca",
+        type=Path,
+        default=env("MESH_TLS_CA") or None,
+        help="the mesh CA certificate ($MESH_TLS_CA)",
+    )
+    parser.add_argument(
+        "--token-file",
+        default=env("MESH_TOKEN_FILE") or None,
+        help="operator token file for a server with --operator-token-file ($MESH_TOKEN_FILE)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    apply = sub.add_parser("apply", help="create or update services from a file or directory")
+    apply.add_argument("-f", "--file", required=True, help="YAML/JSON file or directory")
+    apply.add_argument(
+        "--if-revision",
+        type=int,
+        default=0,
+        help="refuse if a service changed since this store revision",
+    )
+    apply.set_defaults(func=cmd_apply)
+
+    get = sub.add_parser("get", help="show stored services")
+    get.add_argument("kind", choices=["services", "service", "svc"])
+    get.add_argument("name", nargs="?")
+    get.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
+    get.set_defaults(func=cmd_get)
+
+    delete = sub.add_parser("delete", help="delete a service")
+    delete.add_argument("kind", choices=["service", "services", "svc"])
+    delete.add_argument("name")
+    delete.set_defaults(func=cmd_delete)
+
+    validate = sub.add_parser("validate", help="check files without a server")
+    validate.add_argument("-f", "--file", required=True, action="append", help="file or directory")
+    validate.set_defaults(func=cmd_validate)
+
+    status = sub.add_parser(
+        "status",
+        help="nodes: what each was sent and ACKed, agent health, open breakers",
+        description=(
+            "Per node: versions sent and ACKed per type, last NACK, the agent's health and "
+            "the breakers not closed; a last line sums it up. A node is on the latest config "
+            "when every type sent is ACKed and the store revision is served; NACKed counts "
+            "nodes whose own stream rejected the version sent (local processes' NACKs are "
+            "listed in their own table)."
+        ),
+    )
+    status.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    status.add_argument(
+        "-w", "--watch", action="store_true", help="redraw until Ctrl-C (-o json: one per line)"
+    )
+    status.add_argument(
+        "--interval",
+        type=positive_seconds,
+        default=2.0,
+        help="seconds between refreshes with --watch (default %(default)s)",
+    )
+    status.set_defaults(func=cmd_status)
+    certs_cli.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    check_environment("meshctl")
+    try:
+        args.func(args)
+    except BrokenPipeError:
+        sys.stderr.close()
+
+
+if __name__ == "__main__":
+    main()

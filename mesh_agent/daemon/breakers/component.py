@@ -1,0 +1,47 @@
+"""The agent's ``breakers`` component: the node's :class:`~mesh_agent.daemon.breakers.service.
+BreakerHub`, its state restored from the state dir, its policies following the cached config,
+and its timer turning open breakers half-open on time. It hands the hub to the others
+(:class:`~mesh_agent.daemon.roles.BreakersRole`)."""
+
+from __future__ import annotations
+
+from mesh_agent.components import AgentContext
+from mesh_agent.daemon.breakers.service import BreakerHub
+from mesh_agent.daemon.roles import BREAKERS, CACHE, CacheRole
+from mesh_agent.daemon.settings import SETTINGS, AgentSettings
+from mesh_core.errors import ComponentError
+
+
+class BreakersComponent:
+    """The built-in breakers; the hub is made at the first start and kept across restarts
+    (its state is restored from the state dir at every start)."""
+
+    name = BREAKERS
+    requires = (CACHE,)
+
+    def __init__(self) -> None:
+        self._hub: BreakerHub | None = None
+
+    @property
+    def hub(self) -> BreakerHub:
+        if self._hub is None:
+            raise ComponentError("the breaker hub is made when the breakers component starts")
+        return self._hub
+
+    async def start(self, ctx: AgentContext) -> None:
+        cache = ctx.require(CACHE, CacheRole).cache
+        if self._hub is None:
+            self._hub = BreakerHub(ctx.setting(SETTINGS, AgentSettings).state_dir)
+        hub = self._hub
+        hub.load()
+        hub.apply_policies(cache)
+        ctx.connect(cache.changed, lambda: hub.apply_policies(cache))
+
+    async def run(self) -> None:
+        await self.hub.run()
+
+    async def stop(self) -> None:
+        return None
+
+
+__all__ = ["BreakersComponent"]

@@ -1,0 +1,263 @@
+"""The agent's ``server`` component: its gRPC server for the processes of the node.
+
+It serves, on the unix socket (mode 0660 unless set otherwise, made by
+:mod:`~mesh_agent.daemon.unix_socket`) and on the optional loopback TCP listener (with mTLS
+there, only the node's own identity and those in ``listen_allow`` may use it:
+:class:`~mesh_agent.daemon.listener_access.ListenerAccess`):
+
+* local ADS: the cached config with endpoint health from the checks
+  (:class:`~mesh_agent.daemon.local.LocalSnapshotSource`), by the same protocol code as the
+  control server's. What local processes subscribe to, and the services whose breakers they
+  watch, are its demand on the upstream; their NACKs are reported.
+* ``mesh.v1.AgentService`` (:mod:`~mesh_agent.daemon.api`): registrations, breaker outcomes
+  and watches, the agent's status (:mod:`~mesh_agent.daemon.status`).
+* CSDS, ``grpc.health.v1`` (the agent, and each component under its own name, following the
+  supervisor) and reflection.
+
+A socket that cannot be made as asked stops the agent
+(:class:`~mesh_core.errors.ComponentFatalError`); the socket's lock is the agent's, taken
+before any component starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+import structlog
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2, ads_pb2_grpc
+from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from mesh.v1 import agent_pb2, agent_pb2_grpc
+from mesh_agent.components import AgentContext
+from mesh_agent.daemon.api import AgentCsdsServicer, AgentServicer
+from mesh_agent.daemon.breakers.service import BreakerHub
+from mesh_agent.daemon.cache import ConfigCache
+from mesh_agent.daemon.health.table import HealthTable
+from mesh_agent.daemon.listener_access import ListenerAccess, node_identity
+from mesh_agent.daemon.local import LocalSnapshotSource
+from mesh_agent.daemon.reporter import Reporter
+from mesh_agent.daemon.roles import (
+    BREAKERS,
+    CACHE,
+    HEALTH,
+    REPORTER,
+    SERVER,
+    UPSTREAM,
+    BreakersRole,
+    CacheRole,
+    HealthRole,
+    ReporterRole,
+    Upstream,
+)
+from mesh_agent.daemon.settings import NODE, SETTINGS, AgentSettings
+from mesh_agent.daemon.status import agent_status
+from mesh_agent.daemon.unix_socket import (
+    SocketId,
+    bind_unix_socket,
+    make_socket_dir,
+    remove_own_socket,
+)
+from mesh_agent.daemon.upstream.interest import local_demand
+from mesh_core.errors import ComponentFatalError, SocketSetupError, UnavailableError
+from mesh_core.limits import Limits
+from mesh_core.tls import server_credentials
+from mesh_xds.callbacks import Callbacks, SessionCallbacks
+from mesh_xds.metrics import AGENT, XdsMetrics
+from mesh_xds.registry import SessionRegistry
+from mesh_xds.servicer import AdsServicer
+from mesh_xds.session import Session, TypeState
+from mesh_xds.types import SERVICE_POLICY
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAMES = (
+    ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name,
+    csds_pb2.DESCRIPTOR.services_by_name["ClientStatusDiscoveryService"].full_name,
+    agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+)
+LOCAL_ADS = "local ADS sessions"
+"""The server's demand on the upstream for what local processes subscribe to."""
+BREAKER_WATCHERS = "breaker watchers"
+"""The server's demand on the upstream for the policies of the services watched."""
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class LocalDemand(SessionCallbacks):
+    """The hooks of every local ADS session: what local processes subscribe to becomes what
+    the agent asks upstream for (also when a session ends), and their NACKs are reported."""
+
+    def __init__(self, sessions: SessionRegistry, upstream: Upstream, reporter: Reporter) -> None:
+        self._sessions = sessions
+        self._upstream = upstream
+        self._reporter = reporter
+
+    def ask(self) -> None:
+        self._upstream.demand(LOCAL_ADS, local_demand(self._sessions.sessions()))
+
+    def on_subscribe(self, session: Session, state: TypeState) -> None:
+        self.ask()
+
+    def on_nack(self, session: Session, state: TypeState) -> None:
+        self._reporter.status_changed()
+
+    def on_close(self, session: Session) -> None:
+        self.ask()  # the registry no longer holds it
+
+
+def watched_policies(upstream: Upstream, hub: BreakerHub) -> None:
+    """Asks upstream for the policies of the services whose breakers local processes watch."""
+    upstream.demand(BREAKER_WATCHERS, {SERVICE_POLICY: hub.watched()})
+
+
+def local_source(
+    ctx: AgentContext, cache: ConfigCache, table: HealthTable, upstream: Upstream
+) -> LocalSnapshotSource:
+    """What local ADS serves: the cache, with the health table's overrides, rebuilt when
+    either changes, and ending local streams with the reason while there is no config and
+    no control server to get it from."""
+    source = LocalSnapshotSource(cache, table.overrides, lambda: upstream.unreachable)
+    ctx.connect(cache.changed, source.invalidate)
+    ctx.connect(table.changed, lambda service: source.invalidate())
+
+    def unreachable(reason: str) -> None:
+        if not source.loaded:
+            source.invalidate()  # local streams waiting for config learn why none comes
+
+    ctx.connect(upstream.on_unreachable, unreachable)
+    return source
+
+
+class ServerComponent:
+    """The built-in server. The local sessions are kept across restarts of the component;
+    the gRPC server and its health servicer are made at every start."""
+
+    name = SERVER
+    requires = (CACHE, HEALTH, BREAKERS, UPSTREAM, REPORTER)
+
+    def __init__(self) -> None:
+        self.sessions = SessionRegistry()
+        self._addresses: list[str] = []
+        self._server: grpc.aio.Server | None = None
+        self._socket: tuple[Path, SocketId] | None = None
+        self._health: health.aio.HealthServicer | None = None
+        self._grace = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def addresses(self) -> Sequence[str]:
+        return tuple(self._addresses)
+
+    async def start(self, ctx: AgentContext) -> None:
+        settings = ctx.setting(SETTINGS, AgentSettings)
+        node = ctx.setting(NODE, base_pb2.Node)
+        cache = ctx.require(CACHE, CacheRole).cache
+        table = ctx.require(HEALTH, HealthRole).table
+        hub = ctx.require(BREAKERS, BreakersRole).hub
+        upstream = ctx.require(UPSTREAM, Upstream)
+        reporter = ctx.require(REPORTER, ReporterRole).reporter
+        self._grace = settings.grace
+        source = local_source(ctx, cache, table, upstream)
+        demand = LocalDemand(self.sessions, upstream, reporter)
+        demand.ask()
+        watched_policies(upstream, hub)
+        ctx.connect(hub.watched_changed, lambda: watched_policies(upstream, hub))
+        reporter.report_local(self.sessions)
+        self._health = await self._component_health(ctx)
+
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if settings.listen and settings.tls is not None:
+            own = node_identity(settings.tls, node.id)
+            interceptors.append(ListenerAccess(own, settings.listen_allow))
+        server = grpc.aio.server(interceptors=interceptors, options=Limits().server_options())
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
+            AdsServicer(source, self.sessions, node.id, Callbacks(demand, XdsMetrics(AGENT))),
+            server,
+        )
+        csds_pb2_grpc.add_ClientStatusDiscoveryServiceServicer_to_server(
+            AgentCsdsServicer(node, cache, upstream, self.sessions), server
+        )
+
+        def status() -> agent_pb2.GetAgentStatusResponse:
+            components = ctx.statuses()
+            registrations = reporter.registrations
+            return agent_status(node.id, upstream, cache, components, table, hub, registrations)
+
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(
+            AgentServicer(reporter, hub, status), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME), server)
+        self._addresses = await self._listen(server, settings)
+        await server.start()
+        self._server = server
+        await self._health.set("", SERVING)
+        log.info("agent serving", addresses=self._addresses, node=node.id)
+
+    async def _component_health(self, ctx: AgentContext) -> health.aio.HealthServicer:
+        """A health servicer with every component under its own name, following the
+        supervisor from now on."""
+        servicer = health.aio.HealthServicer()
+        for state in ctx.statuses():
+            await servicer.set(state.name, SERVING if state.state == "running" else NOT_SERVING)
+        ctx.connect(ctx.component_changed, self._component_changed)
+        return servicer
+
+    async def _listen(self, server: grpc.aio.Server, settings: AgentSettings) -> list[str]:
+        """Binds ``server`` to the unix socket and the TCP listener; returns the addresses."""
+        addresses: list[str] = []
+        if settings.socket:
+            path = Path(settings.socket)
+            make_socket_dir(path.parent)
+            try:
+                socket_id = bind_unix_socket(server, path, settings)
+            except SocketSetupError as error:
+                await server.stop(None)
+                raise ComponentFatalError(str(error)) from error
+            self._server, self._socket = server, (path, socket_id)  # stop() removes it
+            addresses.append(f"unix:{path}")
+        if settings.listen:
+            port = (
+                server.add_secure_port(settings.listen, server_credentials(settings.tls))
+                if settings.tls is not None
+                else server.add_insecure_port(settings.listen)
+            )
+            if port == 0:
+                raise UnavailableError(f"cannot listen on {settings.listen}")
+            addresses.append(f"{settings.listen.rpartition(':')[0]}:{port}")
+        return addresses
+
+    def _component_changed(self, name: str, serving: bool) -> None:
+        if self._health is None:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._health.set(name, SERVING if serving else NOT_SERVING)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def run(self) -> None:
+        return None  # grpc serves on its own; it stays up until shutdown
+
+    async def stop(self) -> None:
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()  # NOT_SERVING before anything goes
+        if self._socket is not None:
+            remove_own_socket(*self._socket)  # new clients find no socket from here on
+            self._socket = None
+        if self._server is not None:
+            await self._server.stop(self._grace)
+            self._server = None
+        for task in list(self._tasks):
+            task.cancel()
+        self._addresses = []
+
+
+__all__ = ["SERVICE_NAMES", "ServerComponent"]

@@ -1,0 +1,277 @@
+"""The semantic rules of a service: what a valid ``mesh.v1.Service`` is, beyond its shape.
+Shared by the control server (its config loader and admin API) and the agent (a local
+service's registration becomes an endpoint of one); each problem names its field path.
+Nothing a rule accepts may produce a resource gRPC's xDS clients reject."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from google.protobuf.duration_pb2 import Duration
+
+from mesh.v1 import config_pb2
+from mesh_core.durations import format_duration, nanos
+from mesh_core.policy import (
+    GRPC_STATUS_NAMES,
+    LB_POLICIES,
+    MAX_DURATION,
+    MAX_HALF_OPEN_PROBES,
+    MAX_WEIGHT,
+    RETRYABLE_STATUS_NAMES,
+    UINT32_MAX,
+    UNSUPPORTED_LB_POLICIES,
+)
+
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+
+
+def join_path(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.items.append((path, message))
+
+
+def validate_service(svc: Any) -> list[str]:
+    """Semantic checks of a ``mesh.v1.Service``; each problem reads ``field.path: message``.
+    An empty list means the service is valid."""
+    return [f"{path}: {message}" for path, message in validate_problems(svc)]
+
+
+def validate_problems(svc: config_pb2.Service) -> list[tuple[str, str]]:
+    p = _Problems()
+    _check_name(p, svc.name)
+    _check_endpoints(p, svc.endpoints)
+    if svc.HasField("policy"):
+        _check_policy(p, svc.policy)
+    return p.items
+
+
+def _check_name(p: _Problems, name: str) -> None:
+    if not name:
+        p.add("name", "required")
+    elif len(name) > 253 or not _NAME.fullmatch(name):
+        p.add(
+            "name",
+            f"must be a lowercase DNS name (letters a-z, digits and '-', starting and ending "
+            f"with a letter or digit, labels separated by '.'), got {name!r}",
+        )
+
+
+def _address_problem(address: str) -> str | None:
+    if not address:
+        return "required"
+    if address.startswith("["):
+        host, sep, port = address[1:].partition("]:")
+        if not sep:
+            return f"must be host:port with an IPv6 host in brackets, got {address!r}"
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return f"invalid IPv6 address {host!r} in {address!r}"
+    else:
+        host, sep, port = address.rpartition(":")
+        if not sep or not host:
+            return f"must be host:port, got {address!r}"
+        if ":" in host:
+            return f"IPv6 hosts must be in brackets, like [::1]:50051, got {address!r}"
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return (
+                f"host must be an IP address (xDS clients connect to addresses, they do not "
+                f"resolve names), got {host!r}"
+            )
+    if not port.isascii() or not port.isdigit():
+        return f"invalid port {port!r} in {address!r}"
+    if len(port.lstrip("0")) > 5:
+        return f"port must be between 1 and 65535, got a number of {len(port)} digits"
+    if not 1 <= int(port) <= 65535:
+        return f"port must be between 1 and 65535, got {int(port)}"
+    return None
+
+
+def _check_endpoints(p: _Problems, endpoints: Sequence[Any]) -> None:
+    seen: dict[str, int] = {}
+    for i, ep in enumerate(endpoints):
+        path = f"endpoints[{i}]"
+        problem = _address_problem(ep.address)
+        if problem:
+            p.add(f"{path}.address", problem)
+        else:
+            key = ep.address.lower()
+            if key in seen:
+                p.add(
+                    f"{path}.address",
+                    f"duplicate address {ep.address!r}, also endpoints[{seen[key]}]",
+                )
+            else:
+                seen[key] = i
+        if ep.weight > MAX_WEIGHT:
+            p.add(f"{path}.weight", f"must be at most {MAX_WEIGHT}, got {ep.weight}")
+    total = sum(min(ep.weight, MAX_WEIGHT) or 1 for ep in endpoints)
+    if total > UINT32_MAX:
+        p.add(
+            "endpoints",
+            f"the weights add up to {total}, more than xDS allows ({UINT32_MAX}); "
+            "lower them or split the service",
+        )
+
+
+def _check_duration(
+    p: _Problems, msg: Any, name: str, path: str, *, required: str | None = None
+) -> int | None:
+    """Checks a Duration field is within (0, 1 day]; returns its nanoseconds when set."""
+    full = join_path(path, name)
+    if not msg.HasField(name):
+        if required:
+            p.add(full, required)
+        return None
+    d: Duration = getattr(msg, name)
+    total = nanos(d)
+    if total <= 0:
+        p.add(full, f"must be greater than 0, got {format_duration(d)}")
+    elif total > nanos(MAX_DURATION):
+        p.add(full, f"must be at most 24h (1 day), got {format_duration(d)}")
+    return total
+
+
+def _check_rate(p: _Problems, value: float, path: str) -> None:
+    if not 0.0 <= value <= 1.0:
+        p.add(path, f"must be between 0 and 1, got {value!r}")
+
+
+def _check_percent(p: _Problems, value: int, path: str) -> None:
+    if value > 100:
+        p.add(path, f"must be between 0 and 100, got {value}")
+
+
+def _check_statuses(
+    p: _Problems, names: Sequence[str], path: str, allowed: Sequence[str], what: str
+) -> None:
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        item = f"{path}[{i}]"
+        if name not in allowed:
+            if name in GRPC_STATUS_NAMES:
+                p.add(item, f"{name!r} is not {what}; expected one of {', '.join(allowed)}")
+            else:
+                p.add(
+                    item,
+                    f"unknown gRPC status {name!r}; expected one of {', '.join(allowed)}",
+                )
+        elif name in seen:
+            p.add(item, f"duplicate status {name!r}")
+        seen.add(name)
+
+
+def _check_policy(p: _Problems, policy: Any) -> None:
+    _check_duration(p, policy, "timeout", "policy")
+    if policy.lb not in LB_POLICIES:
+        supported = ", ".join(x for x in LB_POLICIES if x)
+        reason = UNSUPPORTED_LB_POLICIES.get(policy.lb)
+        if reason is not None:
+            p.add("policy.lb", f"{policy.lb!r} is not supported: {reason}; use one of {supported}")
+        else:
+            p.add(
+                "policy.lb",
+                f"unknown load balancing policy {policy.lb!r}; expected one of {supported}",
+            )
+    if policy.HasField("retry"):
+        _check_retry(p, policy.retry, "policy.retry")
+    if policy.HasField("circuit_breaker"):
+        _check_breaker(p, policy.circuit_breaker, "policy.circuit_breaker")
+    if policy.HasField("outlier_detection"):
+        _check_outlier(p, policy.outlier_detection, "policy.outlier_detection")
+    if policy.HasField("health_check"):
+        _check_health(p, policy.health_check, "policy.health_check")
+
+
+def _check_retry(p: _Problems, retry: Any, path: str) -> None:
+    if not 1 <= retry.attempts <= 5:
+        p.add(f"{path}.attempts", "must be between 1 and 5")
+    _check_statuses(p, retry.retry_on, f"{path}.retry_on", RETRYABLE_STATUS_NAMES, "retryable")
+    if retry.HasField("backoff"):
+        bpath = f"{path}.backoff"
+        base = _check_duration(p, retry.backoff, "base", bpath, required="required")
+        top = _check_duration(p, retry.backoff, "max", bpath)
+        if base is not None and top is not None and base > 0 and top < base:
+            p.add(
+                f"{bpath}.max",
+                f"must be at least base ({format_duration(retry.backoff.base)}), "
+                f"got {format_duration(retry.backoff.max)}",
+            )
+
+
+def _check_breaker(p: _Problems, cb: Any, path: str) -> None:
+    _check_rate(p, cb.failure_rate, f"{path}.failure_rate")
+    needs_window = cb.failure_rate != 0.0 or cb.HasField("slow_call")
+    _check_duration(
+        p,
+        cb,
+        "window",
+        path,
+        required="required when failure_rate or slow_call is set" if needs_window else None,
+    )
+    open_for = _check_duration(p, cb, "open_for", path)
+    max_open_for = _check_duration(p, cb, "max_open_for", path)
+    if open_for is not None and max_open_for is not None and 0 < max_open_for < open_for:
+        p.add(
+            f"{path}.max_open_for",
+            f"must be at least open_for ({format_duration(cb.open_for)}), "
+            f"got {format_duration(cb.max_open_for)}",
+        )
+    if cb.half_open_probes > MAX_HALF_OPEN_PROBES:
+        p.add(
+            f"{path}.half_open_probes",
+            f"must be at most {MAX_HALF_OPEN_PROBES}, got {cb.half_open_probes}",
+        )
+    if cb.HasField("slow_call"):
+        spath = f"{path}.slow_call"
+        _check_duration(p, cb.slow_call, "threshold", spath, required="required")
+        _check_rate(p, cb.slow_call.rate, f"{spath}.rate")
+    _check_statuses(
+        p, cb.failure_codes, f"{path}.failure_codes", GRPC_STATUS_NAMES, "a failure status"
+    )
+
+
+def _check_outlier(p: _Problems, od: Any, path: str) -> None:
+    _check_duration(p, od, "interval", path)
+    base = _check_duration(p, od, "base_ejection_time", path)
+    top = _check_duration(p, od, "max_ejection_time", path)
+    if base is not None and top is not None and 0 < top < base:
+        p.add(
+            f"{path}.max_ejection_time",
+            f"must be at least base_ejection_time ({format_duration(od.base_ejection_time)}), "
+            f"got {format_duration(od.max_ejection_time)}",
+        )
+    _check_percent(p, od.max_ejection_percent, f"{path}.max_ejection_percent")
+    if od.HasField("failure_percentage"):
+        fp = od.failure_percentage
+        fpath = f"{path}.failure_percentage"
+        _check_percent(p, fp.threshold, f"{fpath}.threshold")
+        _check_percent(p, fp.enforcement_percentage, f"{fpath}.enforcement_percentage")
+    if od.HasField("success_rate"):
+        sr = od.success_rate
+        _check_percent(p, sr.enforcement_percentage, f"{path}.success_rate.enforcement_percentage")
+
+
+def _check_health(p: _Problems, hc: Any, path: str) -> None:
+    interval = _check_duration(p, hc, "interval", path)
+    timeout = _check_duration(p, hc, "timeout", path)
+    if interval is not None and timeout is not None and 0 < interval < timeout:
+        p.add(
+            f"{path}.timeout",
+            f"must be at most interval ({format_duration(hc.interval)}), "
+            f"got {format_duration(hc.timeout)}",
+        )
+    # unhealthy_threshold / healthy_threshold: 0 means "use the default"; any other is fine.
