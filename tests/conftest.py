@@ -119,11 +119,15 @@ class Proc:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
         if self.alive:
             self.popen.send_signal(sig)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
+        return self.reap(timeout)
+
+    def reap(self, timeout: float = 10) -> int:
+        """Waits up to ``timeout`` for the process to exit (it was told to), then kills it."""
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(5)
         self._stdout.close()
         self._stderr.close()
         return self.popen.returncode
@@ -176,8 +180,13 @@ class Processes:
         return proc, wait_for(address, timeout, f"{name} to be ready")
 
     def stop_all(self) -> None:
+        """SIGTERM to every process still running, the last started first, then waits for
+        each: a server does not wait out its drain for a client that is stopping too."""
         for proc in reversed(self.procs):
-            proc.stop()
+            if proc.alive:
+                proc.popen.send_signal(signal.SIGTERM)
+        for proc in reversed(self.procs):
+            proc.reap()
 
 
 @pytest.fixture

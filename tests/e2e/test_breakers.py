@@ -222,6 +222,7 @@ def test_deadlines_and_cancellation_pass_through_and_agent_loss_fails_open(
     procs: MeshProcesses, tmp_path: Path
 ) -> None:
     from mesh_agent.client import mesh_interceptor
+    from mesh_agent.client._link import link_for
 
     policy = "circuit_breaker: {consecutive_failures: 3, open_for: 60s}"
     _, backend, agent = breaker_setup(procs, tmp_path, "plain", policy, delay=0.3)
@@ -260,6 +261,7 @@ def test_deadlines_and_cancellation_pass_through_and_agent_loss_fails_open(
     assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
     assert "is open until" in (caught.value.details() or "")
     channel.close()
+    link_for(agent).close()  # the interceptor's link: its watch would hold the agent's stop
 
 
 def test_unreachable_agent_fails_open(tmp_path: Path, procs: MeshProcesses) -> None:

@@ -27,7 +27,7 @@ from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 
 from mesh.demo.v1 import echo_pb2, echo_pb2_grpc
 from mesh_agent.client import mesh_interceptor
-from mesh_agent.client._link import AgentLink
+from mesh_agent.client._link import AgentLink, link_for
 from mesh_core.names import client_listener_name
 from mesh_xds.types import LISTENER, ROUTE
 from tests.conftest import Proc, wait_for
@@ -198,6 +198,7 @@ def test_the_agent_tells_each_watched_service_its_call_policy(
     assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     assert 3.0 <= time.monotonic() - started <= 3.5
     channel.close()
+    link_for(agent).close()  # the interceptor's link: its watch would hold the agent's stop
 
     link = AgentLink(agent)
     try:
