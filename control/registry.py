@@ -49,6 +49,7 @@ _FIELD_OF = {
     "endpoints[0].weight": "weight",
     "endpoints[0].zone": "zone",
     "endpoints[0].metadata": "metadata",
+    "endpoints[0].labels": "labels",
 }
 
 
@@ -67,6 +68,7 @@ def registration_endpoint(node_id: str, registration: node_pb2.Registration) -> 
         zone=registration.zone,
         weight=registration.weight,
         metadata=dict(registration.metadata),
+        labels=dict(registration.labels),
         node_id=node_id,
         draining=registration.draining,
     )

@@ -8,6 +8,13 @@ Every resource is named after the service: ``xds:///orders`` asks for Listener `
 which routes to RouteConfiguration ``orders``, Cluster ``orders`` and ClusterLoadAssignment
 ``orders``. Policy fields xDS has no place for travel as ``mesh.v1.ServicePolicy``.
 
+Traffic rules (gRFC A28, A33): each subset is a Cluster and a ClusterLoadAssignment of its
+own, ``orders/v2``, holding the endpoints with the subset's labels and the service's cluster
+policy; each route of the service becomes a route of RouteConfiguration ``orders`` in the same
+order (a split as ``weighted_clusters``, a fault as the fault filter's per-route config), and
+a default route to the whole service ends it unless the operator's last route matches every
+call.
+
 Beside it each service has an alias Listener, ``mesh-client/orders``
 (:func:`mesh_core.names.client_listener_name`), which the client library's channels dial: the
 same routes inline, without ``max_stream_duration``, since grpcio starts a route timeout 1-2 s
@@ -30,23 +37,30 @@ from envoy.config.core.v3 import (
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import api_listener_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.common.fault.v3 import fault_pb2 as common_fault_pb2
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from envoy.type.v3 import percent_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
 from mesh.v1 import config_pb2
 from mesh_core import policy
-from mesh_core.names import client_listener_name
+from mesh_core.names import client_listener_name, subset_cluster_name
+from mesh_core.routing import path_match
 from mesh_xds.addresses import split_address
 from mesh_xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SERVICE_POLICY, ResourceName, TypeUrl
 
 Resources = dict[TypeUrl, dict[ResourceName, Message]]
 
 ROUTER_FILTER = "envoy.filters.http.router"
+FAULT_FILTER = "envoy.filters.http.fault"
+DEFAULT_ROUTE = "default"
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 LB_POLICIES: Mapping[str, int] = {
     "": cluster_pb2.Cluster.ROUND_ROBIN,
@@ -73,16 +87,27 @@ def _pack(message: Message) -> any_pb2.Any:
     return packed
 
 
-def _http_filters() -> list[hcm_pb2.HttpFilter]:
-    """The HCM's filters: the router, last (the only one for now)."""
-    return [hcm_pb2.HttpFilter(name=ROUTER_FILTER, typed_config=_pack(router_pb2.Router()))]
+def _has_faults(service: config_pb2.Service) -> bool:
+    return any(route.HasField("fault") for route in service.routes)
+
+
+def _http_filters(service: config_pb2.Service) -> list[hcm_pb2.HttpFilter]:
+    """The HCM's filters: the fault filter when a route injects faults (empty here; each
+    route's faults are its override, A33), then the router, last."""
+    filters = []
+    if _has_faults(service):
+        filters.append(
+            hcm_pb2.HttpFilter(name=FAULT_FILTER, typed_config=_pack(fault_pb2.HTTPFault()))
+        )
+    filters.append(hcm_pb2.HttpFilter(name=ROUTER_FILTER, typed_config=_pack(router_pb2.Router())))
+    return filters
 
 
 def build_listener(service: config_pb2.Service) -> listener_pb2.Listener:
     manager = hcm_pb2.HttpConnectionManager(
         stat_prefix=service.name,
         rds=hcm_pb2.Rds(config_source=_ads(), route_config_name=service.name),
-        http_filters=_http_filters(),
+        http_filters=_http_filters(service),
     )
     return listener_pb2.Listener(
         name=service.name,
@@ -106,7 +131,7 @@ def build_client_listener(
             if entry.HasField("route"):
                 entry.route.ClearField("max_stream_duration")
     manager = hcm_pb2.HttpConnectionManager(
-        stat_prefix=service.name, route_config=inline, http_filters=_http_filters()
+        stat_prefix=service.name, route_config=inline, http_filters=_http_filters(service)
     )
     return listener_pb2.Listener(
         name=name, api_listener=api_listener_pb2.ApiListener(api_listener=_pack(manager))
@@ -129,22 +154,135 @@ def _retry_policy(retry: config_pb2.RetryPolicy) -> route_components_pb2.RetryPo
     return policy
 
 
-def build_route(service: config_pb2.Service) -> route_pb2.RouteConfiguration:
-    action = route_components_pb2.RouteAction(cluster=service.name)
-    policy = service.policy
-    if policy.HasField("timeout"):
-        action.max_stream_duration.max_stream_duration.CopyFrom(policy.timeout)
-        action.max_stream_duration.grpc_timeout_header_max.CopyFrom(policy.timeout)
-    retry = _retry_policy(policy.retry) if policy.HasField("retry") else None
-    if retry is not None:
-        action.retry_policy.CopyFrom(retry)
-    route = route_components_pb2.Route(
-        name="default", match=route_components_pb2.RouteMatch(prefix=""), route=action
+def _percent(share: float) -> percent_pb2.FractionalPercent:
+    return percent_pb2.FractionalPercent(
+        numerator=round(share * 10_000), denominator=percent_pb2.FractionalPercent.MILLION
     )
+
+
+def build_fault(fault: config_pb2.FaultPolicy) -> fault_pb2.HTTPFault:
+    """A route's faults as the fault filter's per-route config (A33)."""
+    http_fault = fault_pb2.HTTPFault()
+    if fault.HasField("delay"):
+        http_fault.delay.CopyFrom(
+            common_fault_pb2.FaultDelay(
+                fixed_delay=fault.delay.fixed, percentage=_percent(fault.delay.percent)
+            )
+        )
+    if fault.HasField("abort"):
+        http_fault.abort.CopyFrom(
+            fault_pb2.FaultAbort(
+                grpc_status=policy.GRPC_STATUS_CODES[fault.abort.status],
+                percentage=_percent(fault.abort.percent),
+            )
+        )
+    if fault.max_active_faults:
+        http_fault.max_active_faults.value = fault.max_active_faults
+    return http_fault
+
+
+def _string_match(header: config_pb2.HeaderMatch) -> string_pb2.StringMatcher:
+    if header.HasField("exact"):
+        return string_pb2.StringMatcher(exact=header.exact)
+    if header.HasField("prefix"):
+        return string_pb2.StringMatcher(prefix=header.prefix)
+    return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=header.regex))
+
+
+def build_match(match: config_pb2.RouteMatch) -> route_components_pb2.RouteMatch:
+    """A route's match: the method as a path or a service's prefix, the headers as header
+    matchers (``present: false`` as an inverted presence test)."""
+    path, is_prefix = path_match(match.method)
+    built = (
+        route_components_pb2.RouteMatch(prefix=path)
+        if is_prefix
+        else route_components_pb2.RouteMatch(path=path)
+    )
+    for name in sorted(match.headers):
+        header = match.headers[name]
+        matcher = route_components_pb2.HeaderMatcher(name=name)
+        if header.HasField("present") and not (
+            header.HasField("exact") or header.HasField("prefix") or header.HasField("regex")
+        ):
+            matcher.present_match = True
+            matcher.invert_match = header.invert != (not header.present)
+        else:
+            matcher.string_match.CopyFrom(_string_match(header))
+            matcher.invert_match = header.invert
+        built.headers.append(matcher)
+    return built
+
+
+def _action(
+    service: config_pb2.Service,
+    to: Mapping[str, int],
+    timeout: duration_pb2.Duration | None,
+    retry: config_pb2.RetryPolicy | None,
+) -> route_components_pb2.RouteAction:
+    """Where a route sends calls (the whole service, one subset or a split) and how."""
+    weights = [(name, weight) for name, weight in sorted(to.items()) if weight > 0]
+    if not weights:
+        action = route_components_pb2.RouteAction(cluster=service.name)
+    elif len(weights) == 1:
+        action = route_components_pb2.RouteAction(
+            cluster=subset_cluster_name(service.name, weights[0][0])
+        )
+    else:
+        action = route_components_pb2.RouteAction(
+            weighted_clusters=route_components_pb2.WeightedCluster(
+                clusters=[
+                    route_components_pb2.WeightedCluster.ClusterWeight(
+                        name=subset_cluster_name(service.name, name),
+                        weight=wrappers_pb2.UInt32Value(value=weight),
+                    )
+                    for name, weight in weights
+                ]
+            )
+        )
+    if timeout is not None:
+        action.max_stream_duration.max_stream_duration.CopyFrom(timeout)
+        action.max_stream_duration.grpc_timeout_header_max.CopyFrom(timeout)
+    retry_policy = _retry_policy(retry) if retry is not None else None
+    if retry_policy is not None:
+        action.retry_policy.CopyFrom(retry_policy)
+    return action
+
+
+def _route_entry(
+    service: config_pb2.Service, route: config_pb2.Route, index: int
+) -> route_components_pb2.Route:
+    base = service.policy
+    own = route.policy
+    timeout = own.timeout if own.HasField("timeout") else None
+    if timeout is None and base.HasField("timeout"):
+        timeout = base.timeout
+    retry = own.retry if own.HasField("retry") else None
+    if retry is None and base.HasField("retry"):
+        retry = base.retry
+    entry = route_components_pb2.Route(
+        name=route.name or f"route-{index}",
+        match=build_match(route.match),
+        route=_action(service, route.to, timeout, retry),
+    )
+    if route.HasField("fault"):
+        entry.typed_per_filter_config[FAULT_FILTER].Pack(build_fault(route.fault))
+    return entry
+
+
+def _is_catch_all(route: config_pb2.Route) -> bool:
+    return not route.match.method and not route.match.headers
+
+
+def build_route(service: config_pb2.Service) -> route_pb2.RouteConfiguration:
+    """The service's routes in order, then (unless the last one matches every call) the
+    default route: every other call to the whole service, with the service's policy."""
+    routes = [_route_entry(service, route, i) for i, route in enumerate(service.routes)]
+    if not service.routes or not _is_catch_all(service.routes[-1]):
+        routes.append(_route_entry(service, config_pb2.Route(name=DEFAULT_ROUTE), len(routes)))
     return route_pb2.RouteConfiguration(
         name=service.name,
         virtual_hosts=[
-            route_components_pb2.VirtualHost(name=service.name, domains=["*"], routes=[route])
+            route_components_pb2.VirtualHost(name=service.name, domains=["*"], routes=routes)
         ],
     )
 
@@ -198,18 +336,21 @@ def _health_check(policy: config_pb2.HealthCheckPolicy) -> health_check_pb2.Heal
     )
 
 
-def build_cluster(service: config_pb2.Service) -> cluster_pb2.Cluster:
+def build_cluster(service: config_pb2.Service, subset: str = "") -> cluster_pb2.Cluster:
+    """The service's Cluster, or with ``subset`` that subset's (the same policy, its own
+    endpoints)."""
     policy = service.policy
+    name = subset_cluster_name(service.name, subset) if subset else service.name
     http2 = http_protocol_options_pb2.HttpProtocolOptions(
         explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
             http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
         )
     )
     cluster = cluster_pb2.Cluster(
-        name=service.name,
+        name=name,
         type=cluster_pb2.Cluster.EDS,
         eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(
-            eds_config=_ads(), service_name=service.name
+            eds_config=_ads(), service_name=name
         ),
         connect_timeout=duration_pb2.Duration(seconds=1),
         lb_policy=LB_POLICIES.get(policy.lb, cluster_pb2.Cluster.ROUND_ROBIN),
@@ -247,16 +388,24 @@ def endpoint_health(endpoint: config_pb2.Endpoint) -> int:
     return int(health_check_pb2.DRAINING if endpoint.draining else health_check_pb2.UNKNOWN)
 
 
+def _selects(labels: Mapping[str, str], endpoint: config_pb2.Endpoint) -> bool:
+    return all(endpoint.labels.get(key) == value for key, value in labels.items())
+
+
 def build_load_assignment(
     service: config_pb2.Service,
     health: Mapping[str, int] | None = None,
+    subset: config_pb2.Subset | None = None,
 ) -> endpoint_pb2.ClusterLoadAssignment:
     """Groups endpoints by zone into localities weighted by their endpoints' total weight.
-    ``health`` overrides the health status per address (the agent's active checks)."""
+    ``health`` overrides the health status per address (the agent's active checks). With
+    ``subset``, only the endpoints carrying its labels, under the subset's name."""
     by_zone: dict[str, list[config_pb2.Endpoint]] = {}
     for endpoint in service.endpoints:
-        by_zone.setdefault(endpoint.zone, []).append(endpoint)
-    assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=service.name)
+        if subset is None or _selects(subset.labels, endpoint):
+            by_zone.setdefault(endpoint.zone, []).append(endpoint)
+    name = service.name if subset is None else subset_cluster_name(service.name, subset.name)
+    assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
     for zone in sorted(by_zone):
         members = by_zone[zone]
         locality = assignment.endpoints.add(
@@ -281,12 +430,13 @@ def build_load_assignment(
 
 
 def build_policy(service: config_pb2.Service) -> config_pb2.ServicePolicy:
-    return config_pb2.ServicePolicy(name=service.name, policy=service.policy)
+    return config_pb2.ServicePolicy(name=service.name, policy=service.policy, routes=service.routes)
 
 
 def build_resources(services: Iterable[config_pb2.Service]) -> Resources:
     """Every resource of every service, by type URL and name (two Listeners per service: its
-    own and the client library's alias)."""
+    own and the client library's alias; a Cluster and an assignment per subset besides the
+    service's own)."""
     resources: Resources = {t: {} for t in (LISTENER, ROUTE, CLUSTER, ENDPOINT, SERVICE_POLICY)}
     for service in services:
         route = build_route(service)
@@ -297,5 +447,9 @@ def build_resources(services: Iterable[config_pb2.Service]) -> Resources:
         resources[ROUTE][service.name] = route
         resources[CLUSTER][service.name] = build_cluster(service)
         resources[ENDPOINT][service.name] = build_load_assignment(service)
+        for subset in service.subsets:
+            name = subset_cluster_name(service.name, subset.name)
+            resources[CLUSTER][name] = build_cluster(service, subset.name)
+            resources[ENDPOINT][name] = build_load_assignment(service, subset=subset)
         resources[SERVICE_POLICY][service.name] = build_policy(service)
     return resources

@@ -6,7 +6,11 @@ server serves beside ``orders``, with the service's routes inline and no route t
 (grpc/grpc#40633). The client library applies the service's timeout to each call itself. A
 plain ``xds:///orders`` channel still gets the timeout as xDS defines it.
 
-Service names cannot hold a ``/`` (they are DNS names), so an alias never clashes with one.
+A subset of a service is served as a Cluster and a ClusterLoadAssignment named
+``orders/v2`` (:func:`subset_cluster_name`).
+
+Service names cannot hold a ``/`` (they are DNS names), so an alias or a subset's name never
+clashes with a service's.
 """
 
 from __future__ import annotations
@@ -25,3 +29,14 @@ def service_of_listener(name: str) -> str:
     """The service a Listener serves: ``orders`` for ``mesh-client/orders`` and for
     ``orders``."""
     return name.removeprefix(CLIENT_LISTENER_PREFIX)
+
+
+def subset_cluster_name(service: str, subset: str) -> str:
+    """The Cluster (and ClusterLoadAssignment) of ``subset`` of ``service``: ``orders/v2``."""
+    return f"{service}/{subset}"
+
+
+def service_of_cluster(name: str) -> str:
+    """The service a Cluster or ClusterLoadAssignment belongs to: ``orders`` for ``orders``
+    and for its subsets' ``orders/v2``."""
+    return name.partition("/")[0]

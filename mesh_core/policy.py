@@ -36,6 +36,8 @@ GRPC_STATUS_NAMES: tuple[str, ...] = (
     "UNAUTHENTICATED",
 )
 """The 16 non-OK gRPC status names."""
+GRPC_STATUS_CODES: dict[str, int] = {name: code for code, name in enumerate(GRPC_STATUS_NAMES, 1)}
+"""Each non-OK status name's code (CANCELLED is 1, UNAUTHENTICATED 16)."""
 
 RETRYABLE_STATUS_NAMES: tuple[str, ...] = (
     "CANCELLED",
@@ -57,3 +59,8 @@ UNSUPPORTED_LB_POLICIES: dict[str, str] = {
 MAX_WEIGHT = 1_000_000
 MAX_HALF_OPEN_PROBES = 1000
 UINT32_MAX = 2**32 - 1
+
+MAX_SUBSETS = 100
+MAX_ROUTES = 100
+MAX_ROUTE_WEIGHT = 1_000_000
+"""Bounds of a service's traffic rules, far above what an operator writes by hand."""

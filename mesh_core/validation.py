@@ -14,19 +14,27 @@ from google.protobuf.duration_pb2 import Duration
 
 from mesh.v1 import config_pb2
 from mesh_core.durations import format_duration, nanos
+from mesh_core.errors import ConfigError
 from mesh_core.policy import (
     GRPC_STATUS_NAMES,
     LB_POLICIES,
     MAX_DURATION,
     MAX_HALF_OPEN_PROBES,
+    MAX_ROUTE_WEIGHT,
+    MAX_ROUTES,
+    MAX_SUBSETS,
     MAX_WEIGHT,
     RETRYABLE_STATUS_NAMES,
     UINT32_MAX,
     UNSUPPORTED_LB_POLICIES,
 )
+from mesh_core.routing import compile_regex, header_name_problem, method_problem
 
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+_SUBSET = re.compile(_LABEL)
+_LABEL_KEY = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._/-]{0,251}[A-Za-z0-9])?")
+MAX_LABEL_VALUE = 253
 
 
 def join_path(path: str, name: str) -> str:
@@ -53,6 +61,8 @@ def validate_problems(svc: config_pb2.Service) -> list[tuple[str, str]]:
     _check_endpoints(p, svc.endpoints)
     if svc.HasField("policy"):
         _check_policy(p, svc.policy)
+    subsets = _check_subsets(p, svc.subsets)
+    _check_routes(p, svc.routes, subsets)
     return p.items
 
 
@@ -118,6 +128,7 @@ def _check_endpoints(p: _Problems, endpoints: Sequence[Any]) -> None:
                 seen[key] = i
         if ep.weight > MAX_WEIGHT:
             p.add(f"{path}.weight", f"must be at most {MAX_WEIGHT}, got {ep.weight}")
+        _check_labels(p, ep.labels, f"{path}.labels")
     total = sum(min(ep.weight, MAX_WEIGHT) or 1 for ep in endpoints)
     if total > UINT32_MAX:
         p.add(
@@ -275,3 +286,148 @@ def _check_health(p: _Problems, hc: Any, path: str) -> None:
             f"got {format_duration(hc.timeout)}",
         )
     # unhealthy_threshold / healthy_threshold: 0 means "use the default"; any other is fine.
+
+
+def _check_labels(p: _Problems, labels: Any, path: str) -> None:
+    for key in sorted(labels):
+        if not _LABEL_KEY.fullmatch(key):
+            p.add(
+                join_path(path, key),
+                f"label names are letters, digits, '.', '_', '-' and '/' (at most 253, "
+                f"starting and ending with a letter or digit), got {key!r}",
+            )
+        if len(labels[key]) > MAX_LABEL_VALUE:
+            p.add(join_path(path, key), f"at most {MAX_LABEL_VALUE} characters")
+
+
+def _check_subsets(p: _Problems, subsets: Sequence[Any]) -> set[str]:
+    """Checks the subsets; returns the names routes may send to."""
+    if len(subsets) > MAX_SUBSETS:
+        p.add("subsets", f"at most {MAX_SUBSETS} subsets, got {len(subsets)}")
+    names: dict[str, int] = {}
+    for i, subset in enumerate(subsets):
+        path = f"subsets[{i}]"
+        if not subset.name:
+            p.add(f"{path}.name", "required")
+        elif not _SUBSET.fullmatch(subset.name):
+            p.add(
+                f"{path}.name",
+                f"must be a DNS label (letters a-z, digits and '-', at most 63), "
+                f"got {subset.name!r}",
+            )
+        elif subset.name in names:
+            p.add(
+                f"{path}.name",
+                f"duplicate subset {subset.name!r}, also subsets[{names[subset.name]}]",
+            )
+        else:
+            names[subset.name] = i
+        if not subset.labels:
+            p.add(
+                f"{path}.labels",
+                "required: a subset is the endpoints that carry all of its labels",
+            )
+        _check_labels(p, subset.labels, f"{path}.labels")
+    return set(names)
+
+
+def _check_routes(p: _Problems, routes: Sequence[Any], subsets: set[str]) -> None:
+    if len(routes) > MAX_ROUTES:
+        p.add("routes", f"at most {MAX_ROUTES} routes, got {len(routes)}")
+    names: dict[str, int] = {}
+    for i, route in enumerate(routes):
+        path = f"routes[{i}]"
+        if route.name:
+            if not _SUBSET.fullmatch(route.name):
+                p.add(
+                    f"{path}.name",
+                    f"must be a DNS label (letters a-z, digits and '-', at most 63), "
+                    f"got {route.name!r}",
+                )
+            elif route.name in names:
+                p.add(
+                    f"{path}.name",
+                    f"duplicate route name {route.name!r}, also routes[{names[route.name]}]",
+                )
+            names[route.name] = i
+        catch_all = not route.match.method and not route.match.headers
+        if catch_all and i < len(routes) - 1:
+            p.add(
+                f"{path}.match",
+                f"matches every call, so the {len(routes) - 1 - i} route(s) after it would "
+                "never be used: a route without a match (the default route) must be the last",
+            )
+        if route.HasField("match"):
+            _check_match(p, route.match, f"{path}.match")
+        _check_split(p, route.to, subsets, f"{path}.to")
+        if route.HasField("policy"):
+            _check_duration(p, route.policy, "timeout", f"{path}.policy")
+            if route.policy.HasField("retry"):
+                _check_retry(p, route.policy.retry, f"{path}.policy.retry")
+        if route.HasField("fault"):
+            _check_fault(p, route.fault, f"{path}.fault")
+
+
+def _check_match(p: _Problems, match: Any, path: str) -> None:
+    if match.method:
+        problem = method_problem(match.method)
+        if problem:
+            p.add(f"{path}.method", problem)
+    for name in sorted(match.headers):
+        hpath = join_path(f"{path}.headers", name)
+        problem = header_name_problem(name)
+        if problem:
+            p.add(hpath, problem)
+        header = match.headers[name]
+        kinds = [k for k in ("exact", "prefix", "regex", "present") if header.HasField(k)]
+        if len(kinds) != 1:
+            got = f"got {', '.join(kinds)}" if kinds else "got none"
+            p.add(hpath, f"needs exactly one of exact, prefix, regex or present; {got}")
+            continue
+        if kinds == ["prefix"] and not header.prefix:
+            p.add(f"{hpath}.prefix", "must not be empty (use present: true for any value)")
+        if kinds == ["regex"]:
+            try:
+                compile_regex(header.regex)
+            except ConfigError as error:
+                p.add(f"{hpath}.regex", str(error))
+
+
+def _check_split(p: _Problems, to: Any, subsets: set[str], path: str) -> None:
+    total = 0
+    for name in sorted(to):
+        if name not in subsets:
+            known = ", ".join(sorted(subsets)) if subsets else "none are declared"
+            p.add(join_path(path, name), f"unknown subset {name!r} (subsets: {known})")
+        if to[name] > MAX_ROUTE_WEIGHT:
+            p.add(join_path(path, name), f"must be at most {MAX_ROUTE_WEIGHT}, got {to[name]}")
+        total += to[name]
+    if to and total == 0:
+        p.add(path, "the weights add up to 0: at least one subset needs a weight above 0")
+
+
+def _check_fault(p: _Problems, fault: Any, path: str) -> None:
+    if not fault.HasField("delay") and not fault.HasField("abort"):
+        p.add(path, "needs a delay, an abort or both")
+    if fault.HasField("delay"):
+        dpath = f"{path}.delay"
+        _check_duration(p, fault.delay, "fixed", dpath, required="required")
+        _check_share(p, fault.delay.percent, f"{dpath}.percent")
+    if fault.HasField("abort"):
+        apath = f"{path}.abort"
+        status = fault.abort.status
+        if not status:
+            p.add(f"{apath}.status", f"required: one of {', '.join(GRPC_STATUS_NAMES)}")
+        elif status not in GRPC_STATUS_NAMES:
+            p.add(
+                f"{apath}.status",
+                f"unknown gRPC status {status!r}; expected one of {', '.join(GRPC_STATUS_NAMES)}",
+            )
+        _check_share(p, fault.abort.percent, f"{apath}.percent")
+
+
+def _check_share(p: _Problems, percent: float, path: str) -> None:
+    if not 0.0 <= percent <= 100.0 or percent != percent:
+        p.add(path, f"must be between 0 and 100, got {percent!r}")
+    elif percent and percent < 0.0001:
+        p.add(path, f"must be 0 or at least 0.0001 (one call in a million), got {percent!r}")

@@ -217,13 +217,22 @@ def _normalise_status(name: str) -> str:
     return name.strip().upper().replace("-", "_")
 
 
+def _normalise_retry(retry: Any) -> None:
+    names = [_normalise_status(n) for n in retry.retry_on]
+    del retry.retry_on[:]
+    retry.retry_on.extend(names)
+
+
 def normalise(svc: Any) -> None:
     """Canonical spellings for what operators may write loosely (``deadline-exceeded``)."""
     policy = svc.policy
     if policy.HasField("retry"):
-        names = [_normalise_status(n) for n in policy.retry.retry_on]
-        del policy.retry.retry_on[:]
-        policy.retry.retry_on.extend(names)
+        _normalise_retry(policy.retry)
+    for route in svc.routes:
+        if route.policy.HasField("retry"):
+            _normalise_retry(route.policy.retry)
+        if route.fault.HasField("abort"):
+            route.fault.abort.status = _normalise_status(route.fault.abort.status)
     if policy.HasField("circuit_breaker"):
         codes = [_normalise_status(n) for n in policy.circuit_breaker.failure_codes]
         del policy.circuit_breaker.failure_codes[:]
@@ -242,7 +251,7 @@ def _message_to_dict(msg: Message) -> dict[str, Any]:
         elif fd.is_repeated:
             if value:
                 out[fd.name] = [_value_to_plain(fd, item) for item in value]
-        elif fd.type == FieldDescriptor.TYPE_MESSAGE:
+        elif fd.type == FieldDescriptor.TYPE_MESSAGE or fd.has_presence:
             if msg.HasField(fd.name):
                 out[fd.name] = _value_to_plain(fd, value)
         elif value != fd.default_value:

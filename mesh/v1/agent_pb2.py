@@ -24,54 +24,57 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from mesh.v1 import config_pb2 as mesh_dot_v1_dot_config__pb2
 from mesh.v1 import node_pb2 as mesh_dot_v1_dot_node__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13mesh/v1/agent.proto\x12\x07mesh.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x12mesh/v1/node.proto\"d\n\x0b\x43\x61llOutcome\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x12\n\nlatency_us\x18\x03 \x01(\x03\x12\x13\n\x0b\x65nd_unix_ms\x18\x04 \x01(\x03\x12\r\n\x05probe\x18\x05 \x01(\x08\"R\n\x15ReportOutcomesRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12&\n\x08outcomes\x18\x02 \x03(\x0b\x32\x14.mesh.v1.CallOutcome\"*\n\x16ReportOutcomesResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\"\xac\x01\n\rBreakerStatus\x12\x0f\n\x07service\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.mesh.v1.BreakerState\x12.\n\nopen_until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x05 \x01(\x08\x12\x13\n\x0btransitions\x18\x06 \x01(\x03\"(\n\x14WatchBreakersRequest\x12\x10\n\x08services\x18\x01 \x03(\t\"m\n\x15WatchBreakersResponse\x12(\n\x08\x62reakers\x18\x01 \x03(\x0b\x32\x16.mesh.v1.BreakerStatus\x12*\n\rcall_policies\x18\x02 \x03(\x0b\x32\x13.mesh.v1.CallPolicy\"I\n\nCallPolicy\x12\x0f\n\x07service\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\'\n\x14\x41\x63quirePermitRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"P\n\x15\x41\x63quirePermitResponse\x12\x0f\n\x07granted\x18\x01 \x01(\x08\x12&\n\x06status\x18\x02 \x01(\x0b\x32\x16.mesh.v1.BreakerStatus\">\n\x0fRegisterRequest\x12+\n\x0cregistration\x18\x01 \x01(\x0b\x32\x15.mesh.v1.Registration\"\x12\n\x10RegisterResponse\"_\n\x11\x44\x65registerRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12(\n\x05\x64rain\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x14\n\x12\x44\x65registerResponse\"\x17\n\x15GetAgentStatusRequest\"\xe6\x02\n\x16GetAgentStatusResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08upstream\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12*\n\x05types\x18\x04 \x03(\x0b\x32\x1b.mesh.v1.UpstreamTypeStatus\x12,\n\rregistrations\x18\x05 \x03(\x0b\x32\x15.mesh.v1.Registration\x12,\n\ncomponents\x18\x06 \x03(\x0b\x32\x18.mesh.v1.ComponentStatus\x12\x30\n\x0f\x65ndpoint_health\x18\x07 \x03(\x0b\x32\x17.mesh.v1.EndpointHealth\x12\x32\n\x0e\x63onfig_updated\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x08\x62reakers\x18\t \x03(\x0b\x32\x16.mesh.v1.BreakerStatus\"\x7f\n\x12UpstreamTypeStatus\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x15\n\rversion_acked\x18\x02 \x01(\t\x12\x1a\n\x12responses_received\x18\x03 \x01(\x03\x12\x11\n\tresources\x18\x04 \x01(\x05\x12\x11\n\tlast_nack\x18\x05 \x01(\t\"T\n\x0f\x43omponentStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x12\n\nlast_error\x18\x03 \x01(\t\x12\x10\n\x08restarts\x18\x04 \x01(\x05\"R\n\x0e\x45ndpointHealth\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0f\n\x07\x61pplied\x18\x04 \x01(\x08*|\n\x0c\x42reakerState\x12\x1d\n\x19\x42REAKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42REAKER_STATE_CLOSED\x10\x01\x12\x16\n\x12\x42REAKER_STATE_OPEN\x10\x02\x12\x1b\n\x17\x42REAKER_STATE_HALF_OPEN\x10\x03\x32\xe0\x03\n\x0c\x41gentService\x12?\n\x08Register\x12\x18.mesh.v1.RegisterRequest\x1a\x19.mesh.v1.RegisterResponse\x12\x45\n\nDeregister\x12\x1a.mesh.v1.DeregisterRequest\x1a\x1b.mesh.v1.DeregisterResponse\x12Q\n\x0eGetAgentStatus\x12\x1e.mesh.v1.GetAgentStatusRequest\x1a\x1f.mesh.v1.GetAgentStatusResponse\x12S\n\x0eReportOutcomes\x12\x1e.mesh.v1.ReportOutcomesRequest\x1a\x1f.mesh.v1.ReportOutcomesResponse(\x01\x12P\n\rWatchBreakers\x12\x1d.mesh.v1.WatchBreakersRequest\x1a\x1e.mesh.v1.WatchBreakersResponse0\x01\x12N\n\rAcquirePermit\x12\x1d.mesh.v1.AcquirePermitRequest\x1a\x1e.mesh.v1.AcquirePermitResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13mesh/v1/agent.proto\x12\x07mesh.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14mesh/v1/config.proto\x1a\x12mesh/v1/node.proto\"d\n\x0b\x43\x61llOutcome\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x12\n\nlatency_us\x18\x03 \x01(\x03\x12\x13\n\x0b\x65nd_unix_ms\x18\x04 \x01(\x03\x12\r\n\x05probe\x18\x05 \x01(\x08\"R\n\x15ReportOutcomesRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12&\n\x08outcomes\x18\x02 \x03(\x0b\x32\x14.mesh.v1.CallOutcome\"*\n\x16ReportOutcomesResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\"\xac\x01\n\rBreakerStatus\x12\x0f\n\x07service\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.mesh.v1.BreakerState\x12.\n\nopen_until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x05 \x01(\x08\x12\x13\n\x0btransitions\x18\x06 \x01(\x03\"(\n\x14WatchBreakersRequest\x12\x10\n\x08services\x18\x01 \x03(\t\"m\n\x15WatchBreakersResponse\x12(\n\x08\x62reakers\x18\x01 \x03(\x0b\x32\x16.mesh.v1.BreakerStatus\x12*\n\rcall_policies\x18\x02 \x03(\x0b\x32\x13.mesh.v1.CallPolicy\"p\n\nCallPolicy\x12\x0f\n\x07service\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12%\n\x06routes\x18\x03 \x03(\x0b\x32\x15.mesh.v1.RouteTimeout\"^\n\x0cRouteTimeout\x12\"\n\x05match\x18\x01 \x01(\x0b\x32\x13.mesh.v1.RouteMatch\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\'\n\x14\x41\x63quirePermitRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"P\n\x15\x41\x63quirePermitResponse\x12\x0f\n\x07granted\x18\x01 \x01(\x08\x12&\n\x06status\x18\x02 \x01(\x0b\x32\x16.mesh.v1.BreakerStatus\">\n\x0fRegisterRequest\x12+\n\x0cregistration\x18\x01 \x01(\x0b\x32\x15.mesh.v1.Registration\"\x12\n\x10RegisterResponse\"_\n\x11\x44\x65registerRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12(\n\x05\x64rain\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x14\n\x12\x44\x65registerResponse\"\x17\n\x15GetAgentStatusRequest\"\xe6\x02\n\x16GetAgentStatusResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08upstream\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12*\n\x05types\x18\x04 \x03(\x0b\x32\x1b.mesh.v1.UpstreamTypeStatus\x12,\n\rregistrations\x18\x05 \x03(\x0b\x32\x15.mesh.v1.Registration\x12,\n\ncomponents\x18\x06 \x03(\x0b\x32\x18.mesh.v1.ComponentStatus\x12\x30\n\x0f\x65ndpoint_health\x18\x07 \x03(\x0b\x32\x17.mesh.v1.EndpointHealth\x12\x32\n\x0e\x63onfig_updated\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x08\x62reakers\x18\t \x03(\x0b\x32\x16.mesh.v1.BreakerStatus\"\x7f\n\x12UpstreamTypeStatus\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x15\n\rversion_acked\x18\x02 \x01(\t\x12\x1a\n\x12responses_received\x18\x03 \x01(\x03\x12\x11\n\tresources\x18\x04 \x01(\x05\x12\x11\n\tlast_nack\x18\x05 \x01(\t\"T\n\x0f\x43omponentStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x12\n\nlast_error\x18\x03 \x01(\t\x12\x10\n\x08restarts\x18\x04 \x01(\x05\"R\n\x0e\x45ndpointHealth\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0f\n\x07\x61pplied\x18\x04 \x01(\x08*|\n\x0c\x42reakerState\x12\x1d\n\x19\x42REAKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42REAKER_STATE_CLOSED\x10\x01\x12\x16\n\x12\x42REAKER_STATE_OPEN\x10\x02\x12\x1b\n\x17\x42REAKER_STATE_HALF_OPEN\x10\x03\x32\xe0\x03\n\x0c\x41gentService\x12?\n\x08Register\x12\x18.mesh.v1.RegisterRequest\x1a\x19.mesh.v1.RegisterResponse\x12\x45\n\nDeregister\x12\x1a.mesh.v1.DeregisterRequest\x1a\x1b.mesh.v1.DeregisterResponse\x12Q\n\x0eGetAgentStatus\x12\x1e.mesh.v1.GetAgentStatusRequest\x1a\x1f.mesh.v1.GetAgentStatusResponse\x12S\n\x0eReportOutcomes\x12\x1e.mesh.v1.ReportOutcomesRequest\x1a\x1f.mesh.v1.ReportOutcomesResponse(\x01\x12P\n\rWatchBreakers\x12\x1d.mesh.v1.WatchBreakersRequest\x1a\x1e.mesh.v1.WatchBreakersResponse0\x01\x12N\n\rAcquirePermit\x12\x1d.mesh.v1.AcquirePermitRequest\x1a\x1e.mesh.v1.AcquirePermitResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mesh.v1.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BREAKERSTATE']._serialized_start=1761
-  _globals['_BREAKERSTATE']._serialized_end=1885
-  _globals['_CALLOUTCOME']._serialized_start=117
-  _globals['_CALLOUTCOME']._serialized_end=217
-  _globals['_REPORTOUTCOMESREQUEST']._serialized_start=219
-  _globals['_REPORTOUTCOMESREQUEST']._serialized_end=301
-  _globals['_REPORTOUTCOMESRESPONSE']._serialized_start=303
-  _globals['_REPORTOUTCOMESRESPONSE']._serialized_end=345
-  _globals['_BREAKERSTATUS']._serialized_start=348
-  _globals['_BREAKERSTATUS']._serialized_end=520
-  _globals['_WATCHBREAKERSREQUEST']._serialized_start=522
-  _globals['_WATCHBREAKERSREQUEST']._serialized_end=562
-  _globals['_WATCHBREAKERSRESPONSE']._serialized_start=564
-  _globals['_WATCHBREAKERSRESPONSE']._serialized_end=673
-  _globals['_CALLPOLICY']._serialized_start=675
-  _globals['_CALLPOLICY']._serialized_end=748
-  _globals['_ACQUIREPERMITREQUEST']._serialized_start=750
-  _globals['_ACQUIREPERMITREQUEST']._serialized_end=789
-  _globals['_ACQUIREPERMITRESPONSE']._serialized_start=791
-  _globals['_ACQUIREPERMITRESPONSE']._serialized_end=871
-  _globals['_REGISTERREQUEST']._serialized_start=873
-  _globals['_REGISTERREQUEST']._serialized_end=935
-  _globals['_REGISTERRESPONSE']._serialized_start=937
-  _globals['_REGISTERRESPONSE']._serialized_end=955
-  _globals['_DEREGISTERREQUEST']._serialized_start=957
-  _globals['_DEREGISTERREQUEST']._serialized_end=1052
-  _globals['_DEREGISTERRESPONSE']._serialized_start=1054
-  _globals['_DEREGISTERRESPONSE']._serialized_end=1074
-  _globals['_GETAGENTSTATUSREQUEST']._serialized_start=1076
-  _globals['_GETAGENTSTATUSREQUEST']._serialized_end=1099
-  _globals['_GETAGENTSTATUSRESPONSE']._serialized_start=1102
-  _globals['_GETAGENTSTATUSRESPONSE']._serialized_end=1460
-  _globals['_UPSTREAMTYPESTATUS']._serialized_start=1462
-  _globals['_UPSTREAMTYPESTATUS']._serialized_end=1589
-  _globals['_COMPONENTSTATUS']._serialized_start=1591
-  _globals['_COMPONENTSTATUS']._serialized_end=1675
-  _globals['_ENDPOINTHEALTH']._serialized_start=1677
-  _globals['_ENDPOINTHEALTH']._serialized_end=1759
-  _globals['_AGENTSERVICE']._serialized_start=1888
-  _globals['_AGENTSERVICE']._serialized_end=2368
+  _globals['_BREAKERSTATE']._serialized_start=1918
+  _globals['_BREAKERSTATE']._serialized_end=2042
+  _globals['_CALLOUTCOME']._serialized_start=139
+  _globals['_CALLOUTCOME']._serialized_end=239
+  _globals['_REPORTOUTCOMESREQUEST']._serialized_start=241
+  _globals['_REPORTOUTCOMESREQUEST']._serialized_end=323
+  _globals['_REPORTOUTCOMESRESPONSE']._serialized_start=325
+  _globals['_REPORTOUTCOMESRESPONSE']._serialized_end=367
+  _globals['_BREAKERSTATUS']._serialized_start=370
+  _globals['_BREAKERSTATUS']._serialized_end=542
+  _globals['_WATCHBREAKERSREQUEST']._serialized_start=544
+  _globals['_WATCHBREAKERSREQUEST']._serialized_end=584
+  _globals['_WATCHBREAKERSRESPONSE']._serialized_start=586
+  _globals['_WATCHBREAKERSRESPONSE']._serialized_end=695
+  _globals['_CALLPOLICY']._serialized_start=697
+  _globals['_CALLPOLICY']._serialized_end=809
+  _globals['_ROUTETIMEOUT']._serialized_start=811
+  _globals['_ROUTETIMEOUT']._serialized_end=905
+  _globals['_ACQUIREPERMITREQUEST']._serialized_start=907
+  _globals['_ACQUIREPERMITREQUEST']._serialized_end=946
+  _globals['_ACQUIREPERMITRESPONSE']._serialized_start=948
+  _globals['_ACQUIREPERMITRESPONSE']._serialized_end=1028
+  _globals['_REGISTERREQUEST']._serialized_start=1030
+  _globals['_REGISTERREQUEST']._serialized_end=1092
+  _globals['_REGISTERRESPONSE']._serialized_start=1094
+  _globals['_REGISTERRESPONSE']._serialized_end=1112
+  _globals['_DEREGISTERREQUEST']._serialized_start=1114
+  _globals['_DEREGISTERREQUEST']._serialized_end=1209
+  _globals['_DEREGISTERRESPONSE']._serialized_start=1211
+  _globals['_DEREGISTERRESPONSE']._serialized_end=1231
+  _globals['_GETAGENTSTATUSREQUEST']._serialized_start=1233
+  _globals['_GETAGENTSTATUSREQUEST']._serialized_end=1256
+  _globals['_GETAGENTSTATUSRESPONSE']._serialized_start=1259
+  _globals['_GETAGENTSTATUSRESPONSE']._serialized_end=1617
+  _globals['_UPSTREAMTYPESTATUS']._serialized_start=1619
+  _globals['_UPSTREAMTYPESTATUS']._serialized_end=1746
+  _globals['_COMPONENTSTATUS']._serialized_start=1748
+  _globals['_COMPONENTSTATUS']._serialized_end=1832
+  _globals['_ENDPOINTHEALTH']._serialized_start=1834
+  _globals['_ENDPOINTHEALTH']._serialized_end=1916
+  _globals['_AGENTSERVICE']._serialized_start=2045
+  _globals['_AGENTSERVICE']._serialized_end=2525
 # @@protoc_insertion_point(module_scope)

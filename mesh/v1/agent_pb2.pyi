@@ -2,6 +2,7 @@ import datetime
 
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from mesh.v1 import config_pb2 as _config_pb2
 from mesh.v1 import node_pb2 as _node_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -82,12 +83,22 @@ class WatchBreakersResponse(_message.Message):
     def __init__(self, breakers: _Optional[_Iterable[_Union[BreakerStatus, _Mapping]]] = ..., call_policies: _Optional[_Iterable[_Union[CallPolicy, _Mapping]]] = ...) -> None: ...
 
 class CallPolicy(_message.Message):
-    __slots__ = ("service", "timeout")
+    __slots__ = ("service", "timeout", "routes")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
     service: str
     timeout: _duration_pb2.Duration
-    def __init__(self, service: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    routes: _containers.RepeatedCompositeFieldContainer[RouteTimeout]
+    def __init__(self, service: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., routes: _Optional[_Iterable[_Union[RouteTimeout, _Mapping]]] = ...) -> None: ...
+
+class RouteTimeout(_message.Message):
+    __slots__ = ("match", "timeout")
+    MATCH_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    match: _config_pb2.RouteMatch
+    timeout: _duration_pb2.Duration
+    def __init__(self, match: _Optional[_Union[_config_pb2.RouteMatch, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class AcquirePermitRequest(_message.Message):
     __slots__ = ("service",)

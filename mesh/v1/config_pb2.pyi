@@ -10,18 +10,29 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Service(_message.Message):
-    __slots__ = ("name", "endpoints", "policy")
+    __slots__ = ("name", "endpoints", "policy", "subsets", "routes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
+    SUBSETS_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
     policy: Policy
-    def __init__(self, name: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ...) -> None: ...
+    subsets: _containers.RepeatedCompositeFieldContainer[Subset]
+    routes: _containers.RepeatedCompositeFieldContainer[Route]
+    def __init__(self, name: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., subsets: _Optional[_Iterable[_Union[Subset, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ...) -> None: ...
 
 class Endpoint(_message.Message):
-    __slots__ = ("address", "zone", "weight", "metadata", "node_id", "draining")
+    __slots__ = ("address", "zone", "weight", "metadata", "node_id", "draining", "labels")
     class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -34,13 +45,114 @@ class Endpoint(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     address: str
     zone: str
     weight: int
     metadata: _containers.ScalarMap[str, str]
     node_id: str
     draining: bool
-    def __init__(self, address: _Optional[str] = ..., zone: _Optional[str] = ..., weight: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., node_id: _Optional[str] = ..., draining: _Optional[bool] = ...) -> None: ...
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, address: _Optional[str] = ..., zone: _Optional[str] = ..., weight: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., node_id: _Optional[str] = ..., draining: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class Subset(_message.Message):
+    __slots__ = ("name", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class Route(_message.Message):
+    __slots__ = ("name", "match", "to", "policy", "fault")
+    class ToEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MATCH_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    FAULT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    match: RouteMatch
+    to: _containers.ScalarMap[str, int]
+    policy: RoutePolicy
+    fault: FaultPolicy
+    def __init__(self, name: _Optional[str] = ..., match: _Optional[_Union[RouteMatch, _Mapping]] = ..., to: _Optional[_Mapping[str, int]] = ..., policy: _Optional[_Union[RoutePolicy, _Mapping]] = ..., fault: _Optional[_Union[FaultPolicy, _Mapping]] = ...) -> None: ...
+
+class RouteMatch(_message.Message):
+    __slots__ = ("method", "headers")
+    class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: HeaderMatch
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[HeaderMatch, _Mapping]] = ...) -> None: ...
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    headers: _containers.MessageMap[str, HeaderMatch]
+    def __init__(self, method: _Optional[str] = ..., headers: _Optional[_Mapping[str, HeaderMatch]] = ...) -> None: ...
+
+class HeaderMatch(_message.Message):
+    __slots__ = ("exact", "prefix", "regex", "present", "invert")
+    EXACT_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    REGEX_FIELD_NUMBER: _ClassVar[int]
+    PRESENT_FIELD_NUMBER: _ClassVar[int]
+    INVERT_FIELD_NUMBER: _ClassVar[int]
+    exact: str
+    prefix: str
+    regex: str
+    present: bool
+    invert: bool
+    def __init__(self, exact: _Optional[str] = ..., prefix: _Optional[str] = ..., regex: _Optional[str] = ..., present: _Optional[bool] = ..., invert: _Optional[bool] = ...) -> None: ...
+
+class RoutePolicy(_message.Message):
+    __slots__ = ("timeout", "retry")
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    RETRY_FIELD_NUMBER: _ClassVar[int]
+    timeout: _duration_pb2.Duration
+    retry: RetryPolicy
+    def __init__(self, timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ...) -> None: ...
+
+class FaultPolicy(_message.Message):
+    __slots__ = ("delay", "abort", "max_active_faults")
+    DELAY_FIELD_NUMBER: _ClassVar[int]
+    ABORT_FIELD_NUMBER: _ClassVar[int]
+    MAX_ACTIVE_FAULTS_FIELD_NUMBER: _ClassVar[int]
+    delay: FaultDelay
+    abort: FaultAbort
+    max_active_faults: int
+    def __init__(self, delay: _Optional[_Union[FaultDelay, _Mapping]] = ..., abort: _Optional[_Union[FaultAbort, _Mapping]] = ..., max_active_faults: _Optional[int] = ...) -> None: ...
+
+class FaultDelay(_message.Message):
+    __slots__ = ("fixed", "percent")
+    FIXED_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    fixed: _duration_pb2.Duration
+    percent: float
+    def __init__(self, fixed: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., percent: _Optional[float] = ...) -> None: ...
+
+class FaultAbort(_message.Message):
+    __slots__ = ("status", "percent")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    percent: float
+    def __init__(self, status: _Optional[str] = ..., percent: _Optional[float] = ...) -> None: ...
 
 class Policy(_message.Message):
     __slots__ = ("timeout", "retry", "circuit_breaker", "outlier_detection", "health_check", "lb")
@@ -163,9 +275,11 @@ class HealthCheckPolicy(_message.Message):
     def __init__(self, interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., unhealthy_threshold: _Optional[int] = ..., healthy_threshold: _Optional[int] = ..., service_name: _Optional[str] = ...) -> None: ...
 
 class ServicePolicy(_message.Message):
-    __slots__ = ("name", "policy")
+    __slots__ = ("name", "policy", "routes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     policy: Policy
-    def __init__(self, name: _Optional[str] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ...) -> None: ...
+    routes: _containers.RepeatedCompositeFieldContainer[Route]
+    def __init__(self, name: _Optional[str] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ...) -> None: ...

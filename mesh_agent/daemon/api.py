@@ -37,6 +37,7 @@ def registration_problems(registration: node_pb2.Registration) -> list[str]:
                 zone=registration.zone,
                 weight=registration.weight,
                 metadata=registration.metadata,
+                labels=registration.labels,
             )
         ],
     )

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from mesh_core.names import client_listener_name
-from mesh_core.policy import RETRYABLE_STATUS_NAMES
+from mesh_core.policy import GRPC_STATUS_NAMES, RETRYABLE_STATUS_NAMES
 from tests.conftest import run_cli, wait_for
 from tests.e2e.conftest import MeshProcesses
 from tests.e2e.helpers import meshctl, status_json
@@ -166,6 +166,155 @@ def endpoint_rows(backend: str, spare: str) -> list[tuple[str, list[dict[str, An
     ]
 
 
+ECHO = "/mesh.demo.v1.EchoService/Echo"
+NO_SUCH_METHOD = "/mesh.demo.v1.EchoService/Nothing"
+SUBSETS = [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}]
+TO_V1 = {"v1": 100}
+# A share of the calls small enough that the row's one call is not hit (one in a million).
+RARE = 0.0001
+
+
+def traffic_rows(backend: str, spare: str) -> list[tuple[str, dict[str, Any]]]:
+    """Rows of subsets, routes, splits and faults (gRFC A28, A33): each row's fields besides
+    ``name``. Both subsets have a live backend, so every route's calls succeed."""
+    endpoints = [
+        {"address": backend, "labels": {"version": "v1", "track": "stable"}},
+        {"address": spare, "labels": {"version": "v2"}},
+    ]
+
+    def routes(*items: dict[str, Any]) -> dict[str, Any]:
+        return {"endpoints": endpoints, "subsets": SUBSETS, "routes": list(items)}
+
+    def header(match: dict[str, Any]) -> dict[str, Any]:
+        return {"match": {"headers": {"x-mesh-test": match}}, "to": {"v2": 1}}
+
+    return [
+        ("subsets-no-routes", {"endpoints": endpoints, "subsets": SUBSETS}),
+        (
+            "subset-two-labels",
+            {
+                "endpoints": endpoints,
+                "subsets": [{"name": "stable", "labels": {"version": "v1", "track": "stable"}}],
+                "routes": [{"to": {"stable": 1}}],
+            },
+        ),
+        ("split-90-10", routes({"to": {"v1": 90, "v2": 10}})),
+        ("split-with-zero", routes({"to": {"v1": 0, "v2": 5}})),
+        ("route-to-one-subset", routes({"to": TO_V1})),
+        ("route-method-exact", routes({"match": {"method": ECHO}, "to": TO_V1})),
+        (
+            "route-method-service",
+            routes({"match": {"method": "/mesh.demo.v1.EchoService/*"}, "to": TO_V1}),
+        ),
+        ("route-method-elsewhere", routes({"match": {"method": NO_SUCH_METHOD}, "to": {"v2": 1}})),
+        ("header-exact", routes(header({"exact": "yes"}))),
+        ("header-exact-empty", routes(header({"exact": ""}))),
+        ("header-prefix", routes(header({"prefix": "ca"}))),
+        ("header-regex", routes(header({"regex": "v[0-9]+(\\.[0-9]+)?"}))),
+        ("header-present", routes(header({"present": True}))),
+        ("header-absent", routes(header({"present": False}))),
+        ("header-inverted", routes(header({"exact": "yes", "invert": True}))),
+        (
+            "headers-and-method",
+            routes(
+                {
+                    "match": {
+                        "method": ECHO,
+                        "headers": {"x-a": {"exact": "1"}, "x-b": {"present": True}},
+                    },
+                    "to": TO_V1,
+                }
+            ),
+        ),
+        (
+            "route-timeout",
+            routes({"match": {"method": ECHO}, "to": TO_V1, "policy": {"timeout": "5s"}}),
+        ),
+        (
+            "route-retry",
+            routes(
+                {
+                    "to": TO_V1,
+                    "policy": {
+                        "retry": {
+                            "attempts": 3,
+                            "retry_on": ["UNAVAILABLE", "CANCELLED"],
+                            "backoff": {"base": "25ms", "max": "250ms"},
+                        }
+                    },
+                }
+            ),
+        ),
+        ("route-name", routes({"name": "canary", "to": {"v1": 9, "v2": 1}})),
+        (
+            "fault-delay",
+            routes({"to": TO_V1, "fault": {"delay": {"fixed": "5ms", "percent": 100}}}),
+        ),
+        (
+            "fault-abort",
+            routes({"to": TO_V1, "fault": {"abort": {"status": "UNAVAILABLE", "percent": RARE}}}),
+        ),
+        *[
+            (
+                f"fault-abort-{code.lower().replace('_', '-')}",
+                routes({"fault": {"abort": {"status": code, "percent": RARE}}}),
+            )
+            for code in GRPC_STATUS_NAMES
+        ],
+        (
+            "fault-both-max-active",
+            routes(
+                {
+                    "to": TO_V1,
+                    "fault": {
+                        "delay": {"fixed": "1ms", "percent": 50.5},
+                        "abort": {"status": "INTERNAL", "percent": 0},
+                        "max_active_faults": 10,
+                    },
+                }
+            ),
+        ),
+        (
+            "fault-on-a-matched-route",
+            routes(
+                {
+                    "match": {"method": NO_SUCH_METHOD},
+                    "fault": {"abort": {"status": "INTERNAL", "percent": 100}},
+                },
+                {"to": TO_V1},
+            ),
+        ),
+        (
+            "everything-traffic",
+            {
+                **routes(
+                    {"name": "refund", "match": {"method": NO_SUCH_METHOD}, "to": {"v2": 100}},
+                    {
+                        "match": {"headers": {"x-canary": {"exact": "yes"}}},
+                        "to": {"v2": 100},
+                        "policy": {"timeout": "2s"},
+                    },
+                    {
+                        "to": {"v1": 90, "v2": 10},
+                        "fault": {
+                            "abort": {"status": "UNAVAILABLE", "percent": RARE},
+                            "delay": {"fixed": "1ms", "percent": 10},
+                        },
+                    },
+                ),
+                "policy": {
+                    "timeout": "5s",
+                    "retry": {"attempts": 2},
+                    "lb": "ring_hash",
+                    "circuit_breaker": {"max_requests": 100},
+                    "outlier_detection": {"failure_percentage": FAILURE_PERCENTAGE},
+                    "health_check": {"interval": "5s"},
+                },
+            },
+        ),
+    ]
+
+
 def write_services(path: Path, backend: str, spare: str) -> list[str]:
     documents = [
         {"name": f"conf-{row}", "endpoints": [{"address": backend}], "policy": policy}
@@ -175,6 +324,7 @@ def write_services(path: Path, backend: str, spare: str) -> list[str]:
         {"name": f"conf-{row}", "endpoints": endpoints}
         for row, endpoints in endpoint_rows(backend, spare)
     ]
+    documents += [{"name": f"conf-{row}", **fields} for row, fields in traffic_rows(backend, spare)]
     for document in documents:
         if not document.get("policy"):
             document.pop("policy", None)

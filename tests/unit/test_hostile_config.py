@@ -688,7 +688,12 @@ def _mutate_message(msg: Message, draw: st.DrawFn) -> None:
     fd: Any = draw(st.sampled_from(list(msg.DESCRIPTOR.fields)))
     field = getattr(msg, fd.name)
     if fd.type == FieldDescriptor.TYPE_MESSAGE and fd.message_type.GetOptions().map_entry:
-        field[draw(plain_text)] = draw(plain_text)
+        value_fd = fd.message_type.fields_by_name["value"]
+        key = draw(plain_text)
+        if value_fd.type == FieldDescriptor.TYPE_MESSAGE:
+            _mutate_message(field[key], draw)
+        else:
+            field[key] = _value_for(value_fd, draw)
     elif fd.type == FieldDescriptor.TYPE_MESSAGE and fd.is_repeated:
         if field and draw(st.booleans()):
             _mutate_message(draw(st.sampled_from(list(field))), draw)
