@@ -12,7 +12,7 @@ match the whole value.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,12 +146,21 @@ class RouteMatcher:
         return all(rule.matches(header_value(pairs, rule.name)) for rule in self.headers)
 
 
-def first_match(matchers: Sequence[RouteMatcher], method: str, metadata: Metadata) -> int | None:
-    """The index of the first of ``matchers`` that matches the call, or None."""
-    pairs: list[tuple[str, Any]] | None = None
-    for index, matcher in enumerate(matchers):
-        if matcher.headers and pairs is None:
-            pairs = list(metadata)
-        if matcher.matches(method, pairs or ()):
-            return index
-    return None
+@dataclass(frozen=True, slots=True)
+class RouteTimeouts:
+    """A service's call timeouts when its routes set their own: the timeout (seconds, None
+    for none) of the first route a call matches, else ``default``."""
+
+    default: float | None
+    routes: tuple[tuple[RouteMatcher, float | None], ...]
+
+    def timeout_for(self, method: str | bytes, metadata: Metadata | None) -> float | None:
+        if isinstance(method, bytes):
+            method = method.decode("utf-8", "replace")
+        pairs: list[tuple[str, Any]] | None = None
+        for matcher, timeout in self.routes:
+            if matcher.headers and pairs is None:
+                pairs = list(metadata or ())
+            if matcher.matches(method, pairs or ()):
+                return timeout
+        return self.default

@@ -23,7 +23,8 @@ import grpc.aio
 from opentelemetry import metrics, trace
 
 from mesh_agent.client._classify import counts_for_breaker
-from mesh_agent.client._link import UNKNOWN, AgentLink, Decision
+from mesh_agent.client._link import UNKNOWN, AgentLink, CallTimeout, Decision
+from mesh_core.routing import RouteTimeouts
 from mesh_core.rpc_telemetry import CODE_NAMES, ClientRpcTelemetry, rpc_method, trace_headers
 
 OPEN_CIRCUIT_KEY = "mesh-circuit"
@@ -127,6 +128,13 @@ def _remaining(timeout: float | None, begun: float) -> float | None:
     return None if timeout is None else timeout - (time.monotonic() - begun)
 
 
+def _for_call(timeout: CallTimeout, details: Any) -> float | None:
+    """The policy timeout of one call: its route's, when the service's routes set their own."""
+    if type(timeout) is RouteTimeouts:
+        return timeout.timeout_for(details.method, details.metadata)
+    return timeout  # type: ignore[return-value]
+
+
 def _deadline(caller: float | None, policy: float | None, begun: float) -> float | None:
     """The timeout to send now for a call that began at ``begun``: until the earlier of the
     caller's deadline and the policy's (both from ``begun``); None if neither has one."""
@@ -181,14 +189,14 @@ class MeshClientInterceptor(
         self._rpc = ClientRpcTelemetry(service, tracer_provider, meter_provider)
         link.watch(service)
 
-    def _with_deadline(self, details: Any, policy: float) -> tuple[Decision, float, Any]:
+    def _with_deadline(self, details: Any, policy: CallTimeout) -> tuple[Decision, float, Any]:
         """The breaker's decision, and ``details`` with the policy's deadline: ``policy``
-        seconds from now, unless the caller's comes first. An UNKNOWN policy is waited for
-        (bounded, see :meth:`AgentLink.call_timeout`)."""
+        seconds from now (the call's route's), unless the caller's comes first. An UNKNOWN
+        policy is waited for (bounded, see :meth:`AgentLink.call_timeout`)."""
         begun = time.monotonic()
-        known: float | None = policy
         if policy == UNKNOWN:
-            known = self._link.call_timeout(self._service, _remaining(details.timeout, begun))
+            policy = self._link.call_timeout(self._service, _remaining(details.timeout, begun))
+        known = _for_call(policy, details)
         decision, open_until = self._link.decide(self._service)
         timeout = _deadline(details.timeout, known, begun)
         if timeout is not None and decision is not Decision.REJECT:
@@ -307,16 +315,16 @@ class _AioBase:
         link.watch(service)
 
     async def _begin_with_deadline(
-        self, details: Any, policy: float
+        self, details: Any, policy: CallTimeout
     ) -> tuple[Decision, str, trace.Span | None, Any]:
         """:meth:`_begin` for a service with a policy timeout (or one not told yet, which is
         waited for): the details to send carry the earlier of the caller's deadline and the
-        policy's."""
+        policy's (the call's route's)."""
         begun = time.monotonic()
-        known: float | None = policy
         if policy == UNKNOWN:
             limit = _remaining(details.timeout, begun)
-            known = await self._link.call_timeout_async(self._service, limit)
+            policy = await self._link.call_timeout_async(self._service, limit)
+        known = _for_call(policy, details)
         decision, open_until = self._link.decide(self._service)
         timeout = _deadline(details.timeout, known, begun)
         if timeout is not None and decision is not Decision.REJECT:

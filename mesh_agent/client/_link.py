@@ -34,7 +34,8 @@ import structlog
 from mesh.v1 import agent_pb2, agent_pb2_grpc
 from mesh_agent.client._bootstrap import is_unix
 from mesh_core.backoff import Backoff
-from mesh_core.errors import TlsError
+from mesh_core.errors import ConfigError, TlsError
+from mesh_core.routing import RouteMatcher, RouteTimeouts
 from mesh_core.tls import TlsFiles, channel_credentials
 
 log = structlog.get_logger(__name__)
@@ -80,8 +81,27 @@ def view_of(status: agent_pb2.BreakerStatus) -> BreakerView:
     )
 
 
-def _seconds(policy: agent_pb2.CallPolicy) -> float | None:
-    return policy.timeout.ToNanoseconds() / 1e9 if policy.HasField("timeout") else None
+CallTimeout = float | RouteTimeouts | None
+"""A service's call timeout as told by the agent: seconds, none, or one per route."""
+
+
+def _seconds(message: Any) -> float | None:
+    return message.timeout.ToNanoseconds() / 1e9 if message.HasField("timeout") else None
+
+
+def call_timeout_of(policy: agent_pb2.CallPolicy) -> CallTimeout:
+    """The timeout the client library applies to a service's calls, from its call policy."""
+    default = _seconds(policy)
+    if not policy.routes:
+        return default
+    try:
+        routes = tuple((RouteMatcher.of(r.match), _seconds(r)) for r in policy.routes)
+    except ConfigError as error:  # validated upstream; never stop calls over a bad regex
+        log.warning(
+            "ignoring the routes of a call policy", service=policy.service, error=str(error)
+        )
+        return default
+    return RouteTimeouts(default, routes)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -111,7 +131,7 @@ class AgentLink:
         self.client_id = client_id or f"pid-{os.getpid()}"
         self.tls = None if is_unix(target) else tls
         self.breakers: dict[str, BreakerView] = {}
-        self.timeouts: dict[str, float | None] = {}
+        self.timeouts: dict[str, CallTimeout] = {}
         self._services: set[str] = set()
         self._restart_watch = threading.Event()  # more services, or a new channel
         # Calls waiting for a service's call policy: their wake-up functions, by service.
@@ -167,7 +187,7 @@ class AgentLink:
 
     # -- call policies -------------------------------------------------------------------------
 
-    def call_timeout(self, service: str, limit: float | None = None) -> float | None:
+    def call_timeout(self, service: str, limit: float | None = None) -> CallTimeout:
         """``service``'s call timeout (seconds), or None when it has none. If the agent has
         not told it yet, waits for it: at most ``limit`` seconds, and only until
         :attr:`policy_wait` after the first call that waited for it; not at all while the
@@ -186,7 +206,7 @@ class AgentLink:
                 self._remove_waiter(service, woken.set)
         return self._known(service)
 
-    async def call_timeout_async(self, service: str, limit: float | None = None) -> float | None:
+    async def call_timeout_async(self, service: str, limit: float | None = None) -> CallTimeout:
         """:meth:`call_timeout` for asyncio: waits without blocking the event loop."""
         timeout = self.timeouts.get(service, UNKNOWN)
         if timeout != UNKNOWN:
@@ -225,7 +245,7 @@ class AgentLink:
         unreachable, or the link is closed."""
         return service in self.timeouts or self._away or self._closed.is_set()
 
-    def _known(self, service: str) -> float | None:
+    def _known(self, service: str) -> CallTimeout:
         timeout = self.timeouts.get(service, UNKNOWN)
         if timeout != UNKNOWN:
             return timeout
@@ -273,7 +293,7 @@ class AgentLink:
         if update.call_policies:
             timeouts = dict(self.timeouts)
             for policy in update.call_policies:
-                timeouts[policy.service] = _seconds(policy)
+                timeouts[policy.service] = call_timeout_of(policy)
             self.timeouts = timeouts
             self._wake_policy_waiters([policy.service for policy in update.call_policies])
         if self._away:

@@ -16,13 +16,15 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from google.protobuf import any_pb2
 
 from mesh_agent.daemon.cache import ConfigCache
+from mesh_core.names import service_of_cluster
 from mesh_core.signals import Signal
 from mesh_xds.addresses import join_address
 from mesh_xds.snapshot import Snapshot
 from mesh_xds.types import ENDPOINT, ResourceName, TypeUrl
 
 HealthOverrides = Callable[[str], Mapping[str, str]]
-"""service -> {address: "unhealthy"} for endpoints the checker says must not get traffic."""
+"""service -> {address: "unhealthy"} for endpoints the checker says must not get traffic;
+applied to the service's assignment and to each of its subsets' (``orders/v2``)."""
 
 
 def _no_overrides(service: str) -> Mapping[str, str]:
@@ -90,7 +92,7 @@ class LocalSnapshotSource:
                 resources = dict(entry.resources)
                 if type_url == ENDPOINT:
                     for name, resource in resources.items():
-                        unhealthy = self._overrides(name)
+                        unhealthy = self._overrides(service_of_cluster(name))
                         if unhealthy:
                             resources[name] = rewrite_health(resource, unhealthy)
                 packed[type_url] = resources

@@ -104,6 +104,43 @@ def test_mesh_channels_apply_the_policy_timeout_themselves(
     assert "mesh agent unreachable" not in client.errors()
 
 
+ROUTED = """
+name: slow
+endpoints: [{address: '%s'}]
+policy: {timeout: 3s}
+routes:
+  - name: fast
+    match: {headers: {x-route: {exact: fast}}}
+    policy: {timeout: 1s}
+"""
+
+
+@pytest.mark.parametrize("flavour", ["mesh", "aio"])
+def test_each_call_takes_the_timeout_of_its_route(
+    procs: MeshProcesses, tmp_path: Path, flavour: str
+) -> None:
+    _, control = procs.start_control()
+    _, backend = procs.start_backend("b1", proc_name="backend")
+    path = tmp_path / "routed.yaml"
+    path.write_text(ROUTED % backend)
+    meshctl(control, "apply", "-f", str(path))
+    _, agent = procs.start_agent(control, "node-1")
+    # The first call, made before the process knows the policy, takes the route's 1 s; then
+    # a call without the header keeps the service's 3 s, and one with it the route's again.
+    plan = "2:20:H,2:20,2:20:H"
+    client = procs.python(
+        flavour,
+        "tests.e2e.timeout_client",
+        *("--agent", agent, "--service", SERVICE, "--backend", backend),
+        *("--channels", flavour, "--plan", plan, "--node-id", flavour),
+        "--header=x-route=fast",
+    )
+    first, other, routed = finished(client)
+    deadline_exceeded(first, 1.0, 1.45)
+    assert other["ok"] and other["s"] >= 2.0, other
+    deadline_exceeded(routed, 1.0, 1.45)
+
+
 def _client_config(agent: str, node_id: str) -> dict[tuple[str, str], Any]:
     """What the agent sent the process ``node_id`` (its CSDS), decoded, by type and name."""
     with grpc.insecure_channel(agent) as channel:

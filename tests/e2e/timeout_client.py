@@ -5,7 +5,8 @@ and how long it took from the moment it was made.
     python -m tests.e2e.timeout_client --agent unix:... --service slow --backend HOST:PORT \\
         --channels mesh,raw --plan 0:20,2.5:20,3.6:1
 
-``--plan`` holds ``DELAY:TIMEOUT`` steps (``TIMEOUT`` ``-`` for none). Channels: ``mesh``
+``--plan`` holds ``DELAY:TIMEOUT`` steps (``TIMEOUT`` ``-`` for none); a step ending in ``:H``
+sends the ``--header`` given (``NAME=VALUE``) as call metadata. Channels: ``mesh``
 (``mesh_channel``), ``aio`` (``aio_mesh_channel``) and ``raw`` (a plain ``xds:///SERVICE``
 channel: beside ``mesh``, under the bootstrap ``mesh_channel`` set; alone, with a bootstrap
 naming ``--agent``). ``--linger`` keeps the process (and its xDS streams) alive afterwards."""
@@ -54,12 +55,23 @@ def _configure(backend: str, delay: float) -> None:
         )
 
 
-def _steps(plan: str) -> list[tuple[float, float | None]]:
+Step = tuple[float, float | None, bool]
+
+
+def _steps(plan: str) -> list[Step]:
     steps = []
     for step in plan.split(","):
-        delay, _, timeout = step.partition(":")
-        steps.append((float(delay), None if timeout in ("", "-") else float(timeout)))
+        delay, timeout, *flags = step.split(":")
+        timeout_s = None if timeout in ("", "-") else float(timeout)
+        steps.append((float(delay), timeout_s, flags == ["H"]))
     return steps
+
+
+def _metadata(args: argparse.Namespace, with_header: bool) -> tuple[tuple[str, str], ...]:
+    if not with_header:
+        return ()
+    name, _, value = args.header.partition("=")
+    return ((name, value),)
 
 
 def run_sync(args: argparse.Namespace, names: list[str]) -> None:
@@ -72,12 +84,13 @@ def run_sync(args: argparse.Namespace, names: list[str]) -> None:
         else:  # raw: made after mesh_channel, so under the bootstrap it set
             channel = grpc.insecure_channel(f"xds:///{args.service}")
         stubs[name] = echo_pb2_grpc.EchoServiceStub(channel)
-    for delay, timeout in _steps(args.plan):
+    for delay, timeout, with_header in _steps(args.plan):
         _configure(args.backend, delay)
+        metadata = _metadata(args, with_header)
         for name, stub in stubs.items():
             started = time.perf_counter()
             try:
-                stub.Echo(echo_pb2.EchoRequest(message="x"), timeout=timeout)
+                stub.Echo(echo_pb2.EchoRequest(message="x"), timeout=timeout, metadata=metadata)
             except grpc.RpcError as error:
                 _emit(name, delay, timeout, started, ok=False, code=error.code().name)
             else:
@@ -88,11 +101,12 @@ def run_sync(args: argparse.Namespace, names: list[str]) -> None:
 async def run_aio(args: argparse.Namespace) -> None:
     channel = aio_mesh_channel(args.service, agent=args.agent, node_id=args.node_id)
     stub = echo_pb2_grpc.EchoServiceStub(channel)
-    for delay, timeout in _steps(args.plan):
+    for delay, timeout, with_header in _steps(args.plan):
         _configure(args.backend, delay)
+        metadata = _metadata(args, with_header)
         started = time.perf_counter()
         try:
-            await stub.Echo(echo_pb2.EchoRequest(message="x"), timeout=timeout)
+            await stub.Echo(echo_pb2.EchoRequest(message="x"), timeout=timeout, metadata=metadata)
         except grpc.aio.AioRpcError as error:
             _emit("aio", delay, timeout, started, ok=False, code=error.code().name)
         else:
@@ -110,6 +124,7 @@ def main() -> None:
     parser.add_argument("--plan", required=True)
     parser.add_argument("--node-id", default="timeout-client")
     parser.add_argument("--linger", type=float, default=0.0)
+    parser.add_argument("--header", default="", help="NAME=VALUE sent by the steps ending in :H")
     args = parser.parse_args()
     configure()  # logs to stderr
     names = args.channels.split(",")

@@ -57,12 +57,30 @@ def _without_breaker(service: str) -> agent_pb2.BreakerStatus:
     )
 
 
+def _timeout_of(message: agent_pb2.CallPolicy | agent_pb2.RouteTimeout) -> int | None:
+    return message.timeout.ToNanoseconds() if message.HasField("timeout") else None
+
+
 def call_policy(service: str, policy: config_pb2.ServicePolicy | None) -> agent_pb2.CallPolicy:
     """What the client library applies to each call of ``service`` (no timeout when
-    ``policy`` is None: the service is gone)."""
+    ``policy`` is None: the service is gone). The routes go along only when one of them
+    sets a timeout other than the service's: the client then matches each call to its route
+    as grpcio does."""
     message = agent_pb2.CallPolicy(service=service)
-    if policy is not None and policy.policy.HasField("timeout"):
-        message.timeout.CopyFrom(policy.policy.timeout)
+    if policy is None:
+        return message
+    default = policy.policy.timeout if policy.policy.HasField("timeout") else None
+    if default is not None:
+        message.timeout.CopyFrom(default)
+    routes = []
+    for route in policy.routes:
+        own = route.policy.timeout if route.policy.HasField("timeout") else default
+        entry = agent_pb2.RouteTimeout(match=route.match)
+        if own is not None:
+            entry.timeout.CopyFrom(own)
+        routes.append(entry)
+    if any(_timeout_of(entry) != _timeout_of(message) for entry in routes):
+        message.routes.extend(routes)
     return message
 
 

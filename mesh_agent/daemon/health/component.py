@@ -15,6 +15,7 @@ from mesh_agent.daemon.health.table import HealthTable
 from mesh_agent.daemon.roles import CACHE, HEALTH, CacheRole
 from mesh_agent.daemon.settings import SETTINGS, AgentSettings
 from mesh_core.errors import ComponentError
+from mesh_core.names import service_of_cluster
 from mesh_xds.addresses import join_address
 from mesh_xds.types import ENDPOINT, SERVICE_POLICY
 
@@ -23,11 +24,14 @@ Targets = dict[str, tuple[list[str], config_pb2.HealthCheckPolicy]]
 
 
 def health_targets(cache: ConfigCache) -> Targets:
-    """The endpoints to check: those of every service whose policy has a health check."""
+    """The endpoints to check: those of every service whose policy has a health check, each
+    once, whether it is held through the service's assignment or its subsets'
+    (``orders/v2``)."""
     policies = cache.resources(SERVICE_POLICY)
     targets: Targets = {}
-    for name, packed in cache.resources(ENDPOINT).items():
-        policy_packed = policies.get(name)
+    for name, packed in sorted(cache.resources(ENDPOINT).items()):
+        service = service_of_cluster(name)
+        policy_packed = policies.get(service)
         if policy_packed is None:
             continue
         policy = decode(policy_packed, SERVICE_POLICY)
@@ -36,12 +40,12 @@ def health_targets(cache: ConfigCache) -> Targets:
             continue
         assignment = decode(packed, ENDPOINT)
         assert isinstance(assignment, endpoint_pb2.ClusterLoadAssignment)
-        addresses = [
-            join_address(lb.endpoint.address.socket_address)
-            for locality in assignment.endpoints
-            for lb in locality.lb_endpoints
-        ]
-        targets[name] = (addresses, policy.policy.health_check)
+        addresses, _ = targets.setdefault(service, ([], policy.policy.health_check))
+        for locality in assignment.endpoints:
+            for lb in locality.lb_endpoints:
+                address = join_address(lb.endpoint.address.socket_address)
+                if address not in addresses:
+                    addresses.append(address)
     return targets
 
 

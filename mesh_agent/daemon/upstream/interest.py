@@ -15,7 +15,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 
 from mesh_agent.daemon.cache import ConfigCache, decode
 from mesh_core.limits import Limits
-from mesh_core.names import service_of_listener
+from mesh_core.names import service_of_cluster, service_of_listener
 from mesh_xds.session import Session
 from mesh_xds.types import (
     CLUSTER,
@@ -91,7 +91,7 @@ def compute_interest(cache: ConfigCache, demand: Demand) -> dict[TypeUrl, Intere
         CLUSTER: held_clusters,
         ROUTE: _route_names(cache),
         ENDPOINT: _endpoint_names(cache),
-        SERVICE_POLICY: set(held_clusters),
+        SERVICE_POLICY: {service_of_cluster(name) for name in held_clusters},
     }
     # Interceptors (and the breakers) need the policy of every service a process dials,
     # whether through the service's own Listener or the client library's alias of it.
