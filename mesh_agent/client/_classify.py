@@ -16,6 +16,10 @@ details contain                      produced by
 ``No matching route``                the route configuration has no route for the call
 ``circuit for service``              a fast-fail of our own interceptor (never recorded)
 ===================================  =========================================================
+
+A call aborted by fault injection (gRFC A33) carries the configured code, any code, with the
+details ``Fault injected`` (C-core's own, exactly): the fault filter answered it before any
+backend was chosen, so it is not evidence about the backend either.
 """
 
 from __future__ import annotations
@@ -33,9 +37,17 @@ MESH_REJECTION_MARKERS: Final = (
 )
 
 
+INJECTED_FAULT: Final = "Fault injected"
+
+
 def is_mesh_rejection(code: str, details: str | None) -> bool:
-    """True when a failed call never reached a backend because the mesh refused it."""
-    if code != "UNAVAILABLE" or not details:
+    """True when a failed call never reached a backend because the mesh refused it (or
+    aborted it on purpose, as fault injection)."""
+    if not details:
+        return False
+    if details == INJECTED_FAULT:
+        return True
+    if code != "UNAVAILABLE":
         return False
     return any(marker in details for marker in MESH_REJECTION_MARKERS)
 

@@ -26,9 +26,10 @@ from typing import Any
 import pytest
 import yaml
 
+from mesh.v1 import agent_pb2
 from tests.conftest import Proc, wait_for
 from tests.e2e.conftest import MeshProcesses
-from tests.e2e.helpers import meshctl, records
+from tests.e2e.helpers import breaker, meshctl, records
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -93,6 +94,20 @@ SERVICES: dict[str, list[dict[str, Any]]] = {
 }
 
 
+# A service with a breaker (three failures in a row open it) and a route that aborts every
+# call: injected aborts are not the backend's failures, so they must never open it.
+GUARDED = "guarded"
+SERVICES[GUARDED] = [
+    {
+        "match": {"headers": {"x-fault": {"present": True}}},
+        "to": TO_V1,
+        "fault": {"abort": {"status": "UNAVAILABLE", "percent": 100}},
+    },
+    {"to": TO_V1},
+]
+POLICIES = {GUARDED: {"circuit_breaker": {"consecutive_failures": 3, "open_for": "30s"}}}
+
+
 def document(name: str, routes: list[dict[str, Any]], v1: str, v2: str) -> dict[str, Any]:
     return {
         "name": name,
@@ -102,6 +117,7 @@ def document(name: str, routes: list[dict[str, Any]], v1: str, v2: str) -> dict[
         ],
         "subsets": SUBSETS,
         "routes": routes,
+        **({"policy": POLICIES[name]} if name in POLICIES else {}),
     }
 
 
@@ -371,3 +387,17 @@ def test_max_active_faults_delays_one_call_at_a_time(mesh: Mesh) -> None:
     alone = mesh.caller.calls("one-fault", 3, concurrency=1)
     assert all(c["ms"] >= 500 for c in alone), alone  # one at a time, each is delayed
     assert time.perf_counter() - started >= 1.5
+
+
+def test_injected_aborts_do_not_open_the_services_breaker(mesh: Mesh) -> None:
+    calls = mesh.caller.calls(GUARDED, 20, concurrency=1, metadata={"x-fault": "1"})
+    assert {(c["code"], c["details"]) for c in calls} == {("UNAVAILABLE", FAULT_DETAILS)}
+    # Reported failures reach the agent within milliseconds (and three would open it): for
+    # well over that, it stays closed, and calls without the fault go through.
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        status = breaker(mesh.agent, GUARDED)
+        assert status is not None and status.enabled, status
+        assert status.state == agent_pb2.BREAKER_STATE_CLOSED, status
+        time.sleep(0.1)
+    assert mesh.caller.backends(GUARDED, 20, concurrency=1) == {V1: 20}

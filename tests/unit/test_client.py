@@ -35,6 +35,9 @@ pytestmark = pytest.mark.timeout(10)
         ("INTERNAL", "circuit breaker drop", False),
         ("DEADLINE_EXCEEDED", "Deadline Exceeded", False),
         ("UNAVAILABLE", None, False),
+        ("UNAVAILABLE", "Fault injected", True),  # fault injection (A33), any code
+        ("RESOURCE_EXHAUSTED", "Fault injected", True),
+        ("INTERNAL", "Fault injected by the backend's own test hook", False),
     ],
 )
 def test_mesh_rejections_are_told_apart(code: str, details: str | None, mesh: bool) -> None:
