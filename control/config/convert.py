@@ -88,7 +88,7 @@ class Converter:
             self.set_map(getattr(msg, fd.name), fd, value, path)
         elif fd.is_repeated:
             if not isinstance(value, list):
-                self.fail(path, f"expected a list, got {type_name(value)}")
+                self.fail(path, f"expected a list, got {type_name(value)}{_list_hint(fd, value)}")
                 return
             container = getattr(msg, fd.name)
             for i, item in enumerate(value):
@@ -189,6 +189,17 @@ class Converter:
             return value
         self.fail(path, f"{prefix}unsupported field type {kind}")
         return None
+
+
+def _list_hint(fd: Any, value: Any) -> str:
+    """For a mapping given where a list of named entries goes (``subsets: {v1: ...}``): how to
+    write it."""
+    if not isinstance(value, Mapping) or fd.type != FieldDescriptor.TYPE_MESSAGE:
+        return ""
+    if "name" not in fd.message_type.fields_by_name or not value:
+        return ""
+    first = next(iter(value))
+    return f"; write one entry per item, like '- name: {first}' with its fields beside it"
 
 
 _INT_RANGES: dict[int, tuple[int, int]] = {

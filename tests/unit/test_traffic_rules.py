@@ -118,6 +118,10 @@ def test_regexes_are_re2() -> None:
 
 BAD = [
     (
+        "subsets: {v1: {labels: {version: v1}}}",
+        "subsets: expected a list, got a mapping; write one entry per item, like '- name: v1'",
+    ),
+    (
         "subsets: [{name: v1, labels: {version: v1}}, {name: v1, labels: {version: v2}}]",
         "subsets[1].name: duplicate subset 'v1'",
     ),
