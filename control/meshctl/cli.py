@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     get = sub.add_parser("get", help="show stored services")
     get.add_argument("kind", choices=["services", "service", "svc"])
-    get.add_argument("name", nargs="?")
+    get.add_argument("name", nargs="?", help="one service: its row, then its subsets and routes")
     get.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
     get.set_defaults(func=cmd_get)
 

@@ -13,7 +13,8 @@ from typing import Any
 import grpc
 
 from control.config import dump_yaml, load_path, service_to_dict
-from control.meshctl.connection import call, error_message, fail, open_channel, stub
+from control.meshctl.connection import call, error_message, fail, metadata, open_channel, stub
+from control.meshctl.services import registrations_of, traffic_lines
 from control.meshctl.status import status_json, status_lines, table_lines
 from mesh.v1 import admin_pb2, admin_pb2_grpc
 from mesh_core.errors import ConfigError
@@ -90,6 +91,28 @@ def cmd_get(args: argparse.Namespace) -> None:
     for stored in response.services:
         rows.append((stored.service.name, str(len(stored.service.endpoints)), str(stored.revision)))
     _table(rows)
+    if args.name and response.services:
+        _traffic(args, response.services[0].service)
+
+
+def _traffic(args: argparse.Namespace, service: Any) -> None:
+    """The service's subsets and routes, after its row. The subsets count the endpoints nodes
+    registered too, which ``GetStatus`` lists; when it fails, a warning says they are not."""
+    registered: list[Any] = []
+    if service.subsets:
+        try:
+            status = stub(args).GetStatus(
+                admin_pb2.GetStatusRequest(), timeout=args.timeout, metadata=metadata(args)
+            )
+            registered = registrations_of(status.nodes, service.name)
+        except grpc.RpcError as error:
+            sys.stderr.write(
+                "meshctl: warning: endpoints registered by nodes are not counted in the "
+                f"subsets: {error_message(args, error)}\n"
+            )
+    lines = traffic_lines(service, registered)
+    if lines:
+        print("\n".join(lines))
 
 
 def cmd_delete(args: argparse.Namespace) -> None:

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
+from control.config import load_documents, service_to_dict
+from mesh.v1 import node_pb2, node_pb2_grpc
 from mesh_xds.testing import AdsClient
 from mesh_xds.types import LISTENER
 from tests.conftest import eventually, run_cli
@@ -129,3 +134,91 @@ async def test_status_json_has_one_type_per_field_and_every_key(
     lds = node["types"][0]
     assert isinstance(lds["responses_sent"], int) and lds["responses_sent"] == 1
     assert lds["last_nack"] is None and lds["resource_names"] == ["echo"]
+
+
+CANARY = """\
+name: orders
+endpoints:
+  - {address: 127.0.0.1:50051, zone: eu-1a, labels: {version: v1}}
+  - {address: 127.0.0.1:50052, labels: {version: v2}}
+policy: {timeout: 5s}
+subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+routes:
+  - name: refund
+    match: {method: /shop.Orders/Refund}
+    to: {v2: 100}
+  - match: {headers: {x-canary: {exact: "yes"}}}
+    to: {v2: 100}
+    policy: {timeout: 2s, retry: {attempts: 2}}
+  - match: {method: "/shop.Orders/*", headers: {x-debug: {present: false}}}
+    to: {v1: 90, v2: 10}
+    fault: {abort: {status: UNAVAILABLE, percent: 20}, delay: {fixed: 50ms, percent: 10},
+            max_active_faults: 5}
+"""
+
+SHOWN = """\
+NAME    ENDPOINTS  REVISION
+orders  2          {revision}
+
+SUBSET  LABELS      ENDPOINTS  CLUSTER
+v1      version=v1  1          orders/v1
+v2      version=v2  2          orders/v2
+(the subsets count 1 endpoint(s) registered by nodes)
+
+ROUTE    MATCH                                            TO               TIMEOUT       RETRY                      FAULT
+refund   method=/shop.Orders/Refund                       v2 100%          5s (service)  -                          -
+route-1  header x-canary exact "yes"                      v2 100%          2s            2 attempts on UNAVAILABLE  -
+route-2  method=/shop.Orders/* and header x-debug absent  v1 90% · v2 10%  5s (service)  -                          abort UNAVAILABLE 20% · delay 50ms 10% · at most 5 active
+default  every other call (implicit)                      whole service    5s (service)  -                          -
+"""  # noqa: E501
+
+
+def test_get_one_service_shows_its_subsets_and_routes(procs: MeshProcesses, tmp_path: Path) -> None:
+    """The table's lines stay as they were (scripts read them); the subsets and routes come
+    after, counting an endpoint a node registered; -o json and -o yaml carry them whole."""
+    _, control = procs.start_control()
+    (tmp_path / "orders.yaml").write_text(CANARY)
+    (tmp_path / "echo.yaml").write_text("name: echo\nendpoints: [{address: '127.0.0.1:9'}]\n")
+    applied = meshctl(control, "apply", "-f", str(tmp_path))
+    revision = dict(re.findall(r"service/(\S+) configured \(revision (\d+)\)", applied))
+    with grpc.insecure_channel(control) as channel:
+        node_pb2_grpc.NodeServiceStub(channel).SetRegistrations(
+            node_pb2.SetRegistrationsRequest(
+                node_id="web-7",
+                registrations=[
+                    node_pb2.Registration(
+                        service="orders", address="127.0.0.1:50053", labels={"version": "v2"}
+                    )
+                ],
+            ),
+            timeout=10,
+        )
+
+    runs = ["orders"], ["orders", "-o", "json"], ["orders", "-o", "yaml"], [], ["echo"]
+    with ThreadPoolExecutor(len(runs)) as pool:
+        table, as_json, as_yaml, every, echo = pool.map(
+            lambda words: run_cli("control.meshctl", "--control", control, "get", "svc", *words),
+            runs,
+        )
+    for result in (table, as_json, as_yaml, every, echo):
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+
+    assert table.stdout.splitlines() == SHOWN.format(revision=revision["orders"]).splitlines()
+    # A service without subsets or routes, and the list of every service: the table alone.
+    assert echo.stdout.splitlines() == [
+        "NAME  ENDPOINTS  REVISION",
+        f"echo  1          {revision['echo']}",
+    ]
+    assert [line.split() for line in every.stdout.splitlines()] == [
+        ["NAME", "ENDPOINTS", "REVISION"],
+        ["echo", "1", revision["echo"]],
+        ["orders", "2", revision["orders"]],
+    ]
+
+    (expected,) = load_documents(CANARY, "orders.yaml")
+    (stored,) = json.loads(as_json.stdout)["services"]
+    assert stored["service"] == service_to_dict(expected)
+    assert stored["service"]["routes"][2]["fault"]["max_active_faults"] == 5
+    assert load_documents(as_yaml.stdout, "get.yaml") == [expected]

@@ -9,12 +9,15 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
+from control.config import load_documents
 from tests.conftest import ROOT, require_tool, wait_for
 from tests.e2e.conftest import MeshProcesses
-from tests.e2e.helpers import agent_status
+from tests.e2e.helpers import agent_status, meshctl
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -47,6 +50,26 @@ def commands(block: str) -> list[str]:
 
 def tour_block(first_word: str) -> str:
     return next(b for b in blocks("sh") if commands(b) and commands(b)[0].startswith(first_word))
+
+
+def service_blocks() -> list[tuple[int, str]]:
+    """Each YAML block as a whole service document, with where it starts in the README. A
+    block without a ``name`` (the traffic examples' ``routes:``) completes the last block
+    that has one: its keys replace that service's."""
+    text = README.read_text()
+    found: list[tuple[int, str]] = []
+    base: dict[str, Any] = {}
+    for match in FENCE.finditer(text):
+        if match.group(2) != "yaml":
+            continue
+        indent = match.group(1)
+        body = "\n".join(line[len(indent) :] for line in match.group(3).splitlines())
+        data = yaml.safe_load(body)
+        assert isinstance(data, dict), f"README YAML block is not a mapping:\n{body}"
+        base = data if "name" in data else {**base, **data}
+        assert "name" in base, f"README YAML block without a service before it:\n{body}"
+        found.append((match.start(), yaml.safe_dump(base, sort_keys=False)))
+    return found
 
 
 # -- every flag named exists -------------------------------------------------------------------
@@ -109,6 +132,17 @@ def test_every_flag_the_readme_names_exists() -> None:
     assert checked >= 10, checked  # the blocks were found and parsed
 
 
+def test_every_service_in_the_readme_is_valid() -> None:
+    """Every YAML block is a service ``meshctl validate`` accepts (the traffic examples as the
+    ``routes`` of the service before them), and routes to subsets it declares."""
+    services = service_blocks()
+    for _, document in services:
+        (service,) = load_documents(document, "README.md")  # raises, naming each problem
+        subsets = {subset.name for subset in service.subsets}
+        assert all(set(route.to) <= subsets for route in service.routes), document
+    assert len(services) >= 8, len(services)  # the blocks were found: tour and traffic
+
+
 # -- the tour, run ------------------------------------------------------------------------------
 
 
@@ -146,6 +180,16 @@ def test_the_tour_runs_as_written(procs: MeshProcesses, tmp_path: Path) -> None:
         assert result.returncode == 0, f"{command}: {result.stdout}{result.stderr}"
         if words[1] == "apply":
             assert result.stdout.startswith("service/echo configured (revision "), result.stdout
+
+    # The traffic example's `meshctl get services orders`, as the README prints it.
+    text_at = README.read_text().index("```text\n")
+    example = [document for start, document in service_blocks() if start < text_at][-1]
+    (tmp_path / "orders.yaml").write_text(example)
+    applied = meshctl(control, "apply", "-f", str(tmp_path / "orders.yaml"))
+    revision = applied.removeprefix("service/orders configured (revision ").split(")")[0]
+    shown = blocks("text")[0].splitlines()
+    shown[1] = re.sub(r"\d+$", revision, shown[1])  # the README's store has only the tour's
+    assert meshctl(control, "get", "services", "orders").splitlines() == shown
 
     agent_line = commands(tour_block("mesh-agent run --control 127.0.0.1:15010"))[0]
     agent_words = shlex.split(placed(agent_line).removesuffix("&"))
