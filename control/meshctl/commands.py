@@ -37,11 +37,17 @@ GRPCIO_TIMEOUT_FLOOR_S = 2.0
 
 def _warn_about(services: Sequence[Any]) -> None:
     for service in services:
-        if service.policy.HasField("timeout"):
-            seconds = service.policy.timeout.ToNanoseconds() / 1e9
+        timeouts = [("policy.timeout", service.policy)]
+        timeouts += [
+            (f"routes[{i}].policy.timeout", r.policy) for i, r in enumerate(service.routes)
+        ]
+        for field, policy in timeouts:
+            if not policy.HasField("timeout"):
+                continue
+            seconds = policy.timeout.ToNanoseconds() / 1e9
             if seconds < GRPCIO_TIMEOUT_FLOOR_S:
                 sys.stderr.write(
-                    f"meshctl: warning: service/{service.name}: policy.timeout {seconds:g}s is "
+                    f"meshctl: warning: service/{service.name}: {field} {seconds:g}s is "
                     f"under {GRPCIO_TIMEOUT_FLOOR_S:g}s: raw grpcio (1.85) xds:/// channels "
                     "start the route timeout 1-2 s early and would fail every call; "
                     "mesh_channel() is not affected (see README, Policy timeouts)\n"

@@ -163,3 +163,21 @@ def test_registrations_are_taken_once_per_node() -> None:
         admin_pb2.NodeStatus(node_id="a", registrations=[REGISTERED[0]]),
     ]
     assert registrations_of(nodes, "orders") == [REGISTERED[0], first]
+
+
+def test_apply_warns_of_timeouts_raw_grpcio_channels_would_fire_at_once(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from control.meshctl.commands import _warn_about
+
+    (service,) = load_documents(
+        "name: orders\npolicy: {timeout: 5s}\n"
+        "routes: [{match: {method: /a.B/C}, policy: {timeout: 500ms}}, {policy: {timeout: 3s}}]\n",
+        "orders.yaml",
+    )
+    _warn_about([service])
+    warnings = capsys.readouterr().err.splitlines()
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(
+        "meshctl: warning: service/orders: routes[0].policy.timeout 0.5s is under 2s"
+    )
