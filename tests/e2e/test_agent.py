@@ -229,3 +229,34 @@ def test_an_agent_that_never_reached_the_control_server_says_so(
     )
     assert again.popen.wait(60) == 0, again.errors()[-2000:]
     assert json.loads(again.lines()[0])["ok"], again.lines()
+
+
+def test_health_checks_steer_traffic_within_a_subset(procs: MeshProcesses, tmp_path: Path) -> None:
+    # Every call goes to subset v2 (both backends): the agent checks each endpoint once and
+    # writes its verdict into the subset's assignment, which is all the client holds.
+    _, control = procs.start_control()
+    one_proc, one = procs.start_backend("backend-1")
+    _, two = procs.start_backend("backend-2")
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "name: echo\n"
+        f"endpoints: [{{address: '{one}', labels: {{v: '2'}}}}, "
+        f"{{address: '{two}', labels: {{v: '2'}}}}]\n"
+        "subsets: [{name: v2, labels: {v: '2'}}]\n"
+        "routes: [{to: {v2: 1}}]\n"
+        "policy: {health_check: {interval: 200ms, timeout: 100ms, unhealthy_threshold: 2}}\n"
+    )
+    meshctl(control, "apply", "-f", str(path))
+    _, agent = procs.start_agent(control, "node-1")
+    client = procs.start_client(agent, "echo")
+    wait_for(lambda: len(backends_of(records(client))) == 2, 30, "traffic on both backends")
+
+    one_proc.popen.send_signal(signal.SIGUSR1)  # backend-1 reports NOT_SERVING
+
+    def only_backend_2() -> bool:
+        recent = records(client)[-15:]
+        return len(recent) == 15 and backends_of(recent) == {"backend-2": 15}
+
+    wait_for(only_backend_2, 10, "traffic to leave the failing backend")
+    health = {(h.service, h.address): h.state for h in agent_status(agent).endpoint_health}
+    assert health == {("echo", one): "unhealthy", ("echo", two): "healthy"}, health
