@@ -2,13 +2,17 @@
 
 * ``snapshot build``: ``build_resources`` + ``Snapshot.build`` for N services (two endpoints
   each, a full policy), in this process.
+* ``snapshot build, plain vs traffic rules``: the same, side by side in alternating blocks,
+  for N plain services and N services each with 5 subsets and 10 routes (method and header
+  matches, splits, a route policy, one fault); the issue's goal is at most 3x a plain service.
 * ``apply to call``: real processes. mesh-control (``python -m control serve``), two echo
   backends (``mesh_demo.backend``) and a client calling ``xds:///echo`` in a tight loop
   through grpcio's own xDS client (``bench/_xds_client.py``). Service ``echo`` is flipped
   between the backends with the ``ApplyServices`` RPC ``meshctl apply`` sends; a flip's
   latency runs from just before the RPC to the first reply from the new backend (both
   ``time.time()`` on this machine). Comparisons (file vs memory store, 100 ms debounce vs
-  none) run at N=100, or at the largest size when ``--sizes`` leaves 100 out.
+  none, plain vs traffic rules) run at N=100, or at the largest size when ``--sizes`` leaves
+  100 out.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import grpc
+import yaml
 
 from bench import Options, Row, ratio, section, summary
 from bench._procs import BenchError, Proc, Processes, child_env
@@ -59,6 +64,41 @@ policy:
 """
 _template: config_pb2.Service | None = None
 
+# The same service and policy, plus traffic rules: the endpoints carry labels, 5 subsets
+# select them, and 10 routes match methods and headers (exact, prefix, regex, present,
+# inverted), split calls by weight, set a route policy, and one injects faults; the last
+# route matches every call, so no default route is added.
+_TRAFFIC_RULES = """
+endpoints:
+  - {address: 10.0.0.1:50051, labels: {version: v1, track: stable}}
+  - {address: 10.0.0.2:50051, labels: {version: v2, track: canary}}
+subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+  - {name: stable, labels: {track: stable}}
+  - {name: canary, labels: {track: canary}}
+  - {name: v1-stable, labels: {version: v1, track: stable}}
+routes:
+  - {name: refund, match: {method: /shop.Orders/Refund}, to: {v2: 100}}
+  - {match: {method: /shop.Admin/*}, to: {stable: 100}}
+  - match: {headers: {x-canary: {exact: "yes"}}}
+    to: {canary: 100}
+    policy: {timeout: 2s, retry: {attempts: 2}}
+  - {match: {headers: {x-user: {prefix: beta-}}}, to: {v1: 50, v2: 50}}
+  - {match: {headers: {x-debug: {present: true}}}, to: {v1-stable: 100}}
+  - match: {method: /shop.Orders/Get, headers: {x-region: {regex: "eu-[a-z]+"}}}
+    to: {v1: 80, v2: 20}
+  - {match: {headers: {x-internal: {exact: "no", invert: true}}}, to: {stable: 100}}
+  - match: {method: /shop.Orders/Create}
+    to: {v1: 90, v2: 10}
+    fault: {abort: {status: UNAVAILABLE, percent: 5}, delay: {fixed: 50ms, percent: 10},
+            max_active_faults: 5}
+  - {match: {method: /shop.Orders/List, headers: {x-tenant: {exact: a}}},
+     to: {canary: 30, stable: 70}}
+  - {name: split, to: {v1: 90, v2: 10}}
+"""
+_traffic_template: config_pb2.Service | None = None
+
 
 def make_service(name: str, addresses: Iterable[str]) -> config_pb2.Service:
     global _template
@@ -73,6 +113,24 @@ def make_service(name: str, addresses: Iterable[str]) -> config_pb2.Service:
     return service
 
 
+def make_traffic_service(name: str, addresses: Iterable[str]) -> config_pb2.Service:
+    """:func:`make_service` with the traffic rules of ``_TRAFFIC_RULES`` (its endpoints'
+    labels on ``addresses``, in order)."""
+    global _traffic_template
+    if _traffic_template is None:
+        rules = yaml.safe_load(_TRAFFIC_RULES)
+        text = dump_documents([make_service("template", [])])
+        _traffic_template = load_documents(
+            yaml.safe_dump({**yaml.safe_load(text), **rules}), "bench traffic template"
+        )[0]
+    service = config_pb2.Service()
+    service.CopyFrom(_traffic_template)
+    service.name = name
+    for endpoint, address in zip(service.endpoints, addresses, strict=True):
+        endpoint.address = address
+    return service
+
+
 def _address(index: int) -> str:
     return f"10.0.{index // 250}.{index % 250 + 1}:50051"
 
@@ -81,6 +139,14 @@ def filler_services(count: int, prefix: str = "svc") -> list[config_pb2.Service]
     """``count`` services, each with two endpoints 10.0.x.y:50051 and the full policy."""
     return [
         make_service(f"{prefix}-{i:04d}", (_address(2 * i), _address(2 * i + 1)))
+        for i in range(count)
+    ]
+
+
+def traffic_services(count: int, prefix: str = "svc") -> list[config_pb2.Service]:
+    """:func:`filler_services` with the traffic rules: 5 subsets and 10 routes each."""
+    return [
+        make_traffic_service(f"{prefix}-{i:04d}", (_address(2 * i), _address(2 * i + 1)))
         for i in range(count)
     ]
 
@@ -113,6 +179,59 @@ def snapshot_build(n: int, repeats: int) -> Row:
         "us_per_service": round(stats["median_ms"] * 1000 / n, 1),
         "build_resources_share": round(sum(builds) / sum(totals), 2),
     }
+
+
+TRAFFIC_TABLE = "snapshot build, plain vs traffic rules (alternating blocks)"
+TRAFFIC_GOAL = 3.0
+"""Traffic rules may cost at most this many times a plain service's build (issue 14)."""
+
+
+def traffic_rules_build(n: int, blocks: int) -> list[Row]:
+    """``build_resources`` + ``Snapshot.build`` of N plain services and of N services with
+    traffic rules, in alternating blocks (one build of each per block, the order swapped
+    every block); the verdict is on the median of the blocks' ratios."""
+    kinds = {"plain": filler_services(n), "traffic rules": traffic_services(n)}
+    counts: dict[str, int] = {}
+    for kind, services in kinds.items():  # warm up imports and caches
+        built = build_resources(services)
+        counts[kind] = sum(len(by_name) for by_name in built.values())
+        Snapshot.build(0, built)
+    totals: dict[str, list[float]] = {kind: [] for kind in kinds}
+    for block in range(blocks):
+        order = list(kinds) if block % 2 == 0 else list(reversed(kinds))
+        for kind in order:
+            t0 = time.perf_counter()
+            Snapshot.build(block + 1, build_resources(kinds[kind]))
+            totals[kind].append((time.perf_counter() - t0) * 1000)
+    paired = statistics.median(
+        t / p for t, p in zip(totals["traffic rules"], totals["plain"], strict=True)
+    )
+    rows: list[Row] = []
+    for kind, services in kinds.items():
+        stats = summary(totals[kind])
+        median = statistics.median(totals[kind])
+        row: Row = {
+            "table": TRAFFIC_TABLE,
+            "services": n,
+            "kind": kind,
+            "subsets": len(services[0].subsets),
+            "routes": len(services[0].routes),
+            "resources_per_service": counts[kind] // n,
+            "blocks": blocks,
+            "median_ms": stats["median_ms"],
+            "p99_ms": stats["p99_ms"],
+            "us_per_service": round(median * 1000 / n, 1),
+            "ratio_to_plain": ratio(median, statistics.median(totals["plain"])),
+            "paired_ratio": None,
+            "goal": None,
+            "verdict": None,
+        }
+        if kind != "plain":
+            row["paired_ratio"] = round(paired, 2)
+            row["goal"] = f"<= {TRAFFIC_GOAL:g}x"
+            row["verdict"] = "PASS" if paired <= TRAFFIC_GOAL else "MISS"
+        rows.append(row)
+    return rows
 
 
 # ------------------------------------------------------------------------------------------
@@ -318,6 +437,7 @@ def run(options: Options) -> list[Row]:
     compare_at = COMPARE_AT if COMPARE_AT in sizes else max(sizes)
 
     builds = [snapshot_build(n, _repeats(n, options.quick)) for n in sizes]
+    traffic = traffic_rules_build(compare_at, _repeats(compare_at, options.quick))
 
     setups: list[Setup] = []
     for n in sizes:
@@ -342,6 +462,11 @@ def run(options: Options) -> list[Row]:
 
     n = compare_at
     pairs = [
+        _compare(
+            f"snapshot build, traffic rules / plain, N={n}",
+            _find(traffic, kind="traffic rules"),
+            _find(traffic, kind="plain"),
+        ),
         _compare(
             f"file / memory store, N={n}",
             _find(applies, services=n, store="file"),
@@ -371,4 +496,4 @@ def run(options: Options) -> list[Row]:
                 _find(builds, services=below),
             )
         )
-    return builds + applies + meshctl + [p for p in pairs if p is not None]
+    return builds + traffic + applies + meshctl + [p for p in pairs if p is not None]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import (
@@ -35,7 +36,7 @@ from envoy.config.core.v3 import (
     protocol_pb2,
 )
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
-from envoy.config.listener.v3 import api_listener_pb2, listener_pb2
+from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.common.fault.v3 import fault_pb2 as common_fault_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
@@ -44,7 +45,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
-from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from envoy.type.matcher.v3 import string_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
@@ -81,6 +82,9 @@ def _ads() -> config_source_pb2.ConfigSource:
     )
 
 
+_ADS = _ads()  # copied into the messages that name it, never changed
+
+
 def _pack(message: Message) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
@@ -91,28 +95,31 @@ def _has_faults(service: config_pb2.Service) -> bool:
     return any(route.HasField("fault") for route in service.routes)
 
 
+# The HCM's filters, built once; a manager's ``http_filters`` holds copies.
+_FAULT_HTTP_FILTER = hcm_pb2.HttpFilter(
+    name=FAULT_FILTER, typed_config=_pack(fault_pb2.HTTPFault())
+)
+_ROUTER_HTTP_FILTER = hcm_pb2.HttpFilter(
+    name=ROUTER_FILTER, typed_config=_pack(router_pb2.Router())
+)
+
+
 def _http_filters(service: config_pb2.Service) -> list[hcm_pb2.HttpFilter]:
     """The HCM's filters: the fault filter when a route injects faults (empty here; each
     route's faults are its override, A33), then the router, last."""
-    filters = []
     if _has_faults(service):
-        filters.append(
-            hcm_pb2.HttpFilter(name=FAULT_FILTER, typed_config=_pack(fault_pb2.HTTPFault()))
-        )
-    filters.append(hcm_pb2.HttpFilter(name=ROUTER_FILTER, typed_config=_pack(router_pb2.Router())))
-    return filters
+        return [_FAULT_HTTP_FILTER, _ROUTER_HTTP_FILTER]
+    return [_ROUTER_HTTP_FILTER]
 
 
 def build_listener(service: config_pb2.Service) -> listener_pb2.Listener:
-    manager = hcm_pb2.HttpConnectionManager(
-        stat_prefix=service.name,
-        rds=hcm_pb2.Rds(config_source=_ads(), route_config_name=service.name),
-        http_filters=_http_filters(service),
-    )
-    return listener_pb2.Listener(
-        name=service.name,
-        api_listener=api_listener_pb2.ApiListener(api_listener=_pack(manager)),
-    )
+    manager = hcm_pb2.HttpConnectionManager(stat_prefix=service.name)
+    manager.rds.config_source.CopyFrom(_ADS)
+    manager.rds.route_config_name = service.name
+    manager.http_filters.extend(_http_filters(service))
+    listener = listener_pb2.Listener(name=service.name)
+    listener.api_listener.api_listener.Pack(manager)
+    return listener
 
 
 def build_client_listener(
@@ -123,19 +130,18 @@ def build_client_listener(
     timeout itself; grpcio would fire it early), and the same filters as
     :func:`build_listener`."""
     name = client_listener_name(service.name)
-    inline = route_pb2.RouteConfiguration()
+    manager = hcm_pb2.HttpConnectionManager(stat_prefix=service.name)
+    inline = manager.route_config
     inline.CopyFrom(route)
     inline.name = name
     for host in inline.virtual_hosts:
         for entry in host.routes:
             if entry.HasField("route"):
                 entry.route.ClearField("max_stream_duration")
-    manager = hcm_pb2.HttpConnectionManager(
-        stat_prefix=service.name, route_config=inline, http_filters=_http_filters(service)
-    )
-    return listener_pb2.Listener(
-        name=name, api_listener=api_listener_pb2.ApiListener(api_listener=_pack(manager))
-    )
+    manager.http_filters.extend(_http_filters(service))
+    listener = listener_pb2.Listener(name=name)
+    listener.api_listener.api_listener.Pack(manager)
+    return listener
 
 
 def _retry_policy(retry: config_pb2.RetryPolicy) -> route_components_pb2.RetryPolicy | None:
@@ -181,92 +187,111 @@ def build_fault(fault: config_pb2.FaultPolicy) -> fault_pb2.HTTPFault:
     return http_fault
 
 
-def _string_match(header: config_pb2.HeaderMatch) -> string_pb2.StringMatcher:
+def _fill_string_match(matcher: string_pb2.StringMatcher, header: config_pb2.HeaderMatch) -> None:
     if header.HasField("exact"):
-        return string_pb2.StringMatcher(exact=header.exact)
-    if header.HasField("prefix"):
-        return string_pb2.StringMatcher(prefix=header.prefix)
-    return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=header.regex))
+        matcher.exact = header.exact
+    elif header.HasField("prefix"):
+        matcher.prefix = header.prefix
+    else:
+        matcher.safe_regex.SetInParent()
+        matcher.safe_regex.regex = header.regex
 
 
-def build_match(match: config_pb2.RouteMatch) -> route_components_pb2.RouteMatch:
-    """A route's match: the method as a path or a service's prefix, the headers as header
-    matchers (``present: false`` as an inverted presence test)."""
+def _fill_match(built: route_components_pb2.RouteMatch, match: config_pb2.RouteMatch) -> None:
     path, is_prefix = path_match(match.method)
-    built = (
-        route_components_pb2.RouteMatch(prefix=path)
-        if is_prefix
-        else route_components_pb2.RouteMatch(path=path)
-    )
+    if is_prefix:
+        built.prefix = path
+    else:
+        built.path = path
     for name in sorted(match.headers):
         header = match.headers[name]
-        matcher = route_components_pb2.HeaderMatcher(name=name)
+        matcher = built.headers.add(name=name)
         if header.HasField("present") and not (
             header.HasField("exact") or header.HasField("prefix") or header.HasField("regex")
         ):
             matcher.present_match = True
             matcher.invert_match = header.invert != (not header.present)
         else:
-            matcher.string_match.CopyFrom(_string_match(header))
+            _fill_string_match(matcher.string_match, header)
             matcher.invert_match = header.invert
-        built.headers.append(matcher)
+
+
+def build_match(match: config_pb2.RouteMatch) -> route_components_pb2.RouteMatch:
+    """A route's match: the method as a path or a service's prefix, the headers as header
+    matchers (``present: false`` as an inverted presence test)."""
+    built = route_components_pb2.RouteMatch()
+    _fill_match(built, match)
     return built
 
 
-def _action(
-    service: config_pb2.Service,
-    to: Mapping[str, int],
+def _policy_action(
     timeout: duration_pb2.Duration | None,
-    retry: config_pb2.RetryPolicy | None,
+    retry_policy: route_components_pb2.RetryPolicy | None,
 ) -> route_components_pb2.RouteAction:
-    """Where a route sends calls (the whole service, one subset or a split) and how."""
-    weights = [(name, weight) for name, weight in sorted(to.items()) if weight > 0]
-    if not weights:
-        action = route_components_pb2.RouteAction(cluster=service.name)
-    elif len(weights) == 1:
-        action = route_components_pb2.RouteAction(
-            cluster=subset_cluster_name(service.name, weights[0][0])
-        )
-    else:
-        action = route_components_pb2.RouteAction(
-            weighted_clusters=route_components_pb2.WeightedCluster(
-                clusters=[
-                    route_components_pb2.WeightedCluster.ClusterWeight(
-                        name=subset_cluster_name(service.name, name),
-                        weight=wrappers_pb2.UInt32Value(value=weight),
-                    )
-                    for name, weight in weights
-                ]
-            )
-        )
+    """A route action holding only how calls are made: the timeout and the retries."""
+    action = route_components_pb2.RouteAction()
     if timeout is not None:
         action.max_stream_duration.max_stream_duration.CopyFrom(timeout)
         action.max_stream_duration.grpc_timeout_header_max.CopyFrom(timeout)
-    retry_policy = _retry_policy(retry) if retry is not None else None
     if retry_policy is not None:
         action.retry_policy.CopyFrom(retry_policy)
     return action
 
 
-def _route_entry(
-    service: config_pb2.Service, route: config_pb2.Route, index: int
-) -> route_components_pb2.Route:
+def _fill_target(
+    action: route_components_pb2.RouteAction, service: str, to: Mapping[str, int]
+) -> None:
+    """Where a route sends calls: the whole service, one subset or a split."""
+    weights = [(name, to[name]) for name in sorted(to) if to[name] > 0]
+    if not weights:
+        action.cluster = service
+    elif len(weights) == 1:
+        action.cluster = subset_cluster_name(service, weights[0][0])
+    else:
+        clusters = action.weighted_clusters.clusters
+        for name, weight in weights:
+            clusters.add(name=subset_cluster_name(service, name)).weight.value = weight
+
+
+class _Inherited(NamedTuple):
+    """The service's policy as routes inherit it, built once per service."""
+
+    timeout: duration_pb2.Duration | None
+    retry: route_components_pb2.RetryPolicy | None
+    action: route_components_pb2.RouteAction  # both, for a route that sets neither
+
+
+def _inherited(service: config_pb2.Service) -> _Inherited:
     base = service.policy
+    timeout = base.timeout if base.HasField("timeout") else None
+    retry = _retry_policy(base.retry) if base.HasField("retry") else None
+    return _Inherited(timeout, retry, _policy_action(timeout, retry))
+
+
+def _fill_route_entry(
+    entry: route_components_pb2.Route,
+    service: config_pb2.Service,
+    route: config_pb2.Route,
+    index: int,
+    inherited: _Inherited,
+) -> None:
+    """One route, built in place: a route policy's fields override the service's."""
     own = route.policy
-    timeout = own.timeout if own.HasField("timeout") else None
-    if timeout is None and base.HasField("timeout"):
-        timeout = base.timeout
-    retry = own.retry if own.HasField("retry") else None
-    if retry is None and base.HasField("retry"):
-        retry = base.retry
-    entry = route_components_pb2.Route(
-        name=route.name or f"route-{index}",
-        match=build_match(route.match),
-        route=_action(service, route.to, timeout, retry),
-    )
+    own_timeout, own_retry = own.HasField("timeout"), own.HasField("retry")
+    if own_timeout or own_retry:
+        entry.route.CopyFrom(
+            _policy_action(
+                own.timeout if own_timeout else inherited.timeout,
+                _retry_policy(own.retry) if own_retry else inherited.retry,
+            )
+        )
+    else:
+        entry.route.CopyFrom(inherited.action)
+    entry.name = route.name or f"route-{index}"
+    _fill_match(entry.match, route.match)
+    _fill_target(entry.route, service.name, route.to)
     if route.HasField("fault"):
         entry.typed_per_filter_config[FAULT_FILTER].Pack(build_fault(route.fault))
-    return entry
 
 
 def _is_catch_all(route: config_pb2.Route) -> bool:
@@ -275,16 +300,17 @@ def _is_catch_all(route: config_pb2.Route) -> bool:
 
 def build_route(service: config_pb2.Service) -> route_pb2.RouteConfiguration:
     """The service's routes in order, then (unless the last one matches every call) the
-    default route: every other call to the whole service, with the service's policy."""
-    routes = [_route_entry(service, route, i) for i, route in enumerate(service.routes)]
+    default route: every other call to the whole service, with the service's policy. Built
+    in place, each message once (no copies of nested messages)."""
+    inherited = _inherited(service)
+    config = route_pb2.RouteConfiguration(name=service.name)
+    host = config.virtual_hosts.add(name=service.name, domains=["*"])
+    for index, route in enumerate(service.routes):
+        _fill_route_entry(host.routes.add(), service, route, index, inherited)
     if not service.routes or not _is_catch_all(service.routes[-1]):
-        routes.append(_route_entry(service, config_pb2.Route(name=DEFAULT_ROUTE), len(routes)))
-    return route_pb2.RouteConfiguration(
-        name=service.name,
-        virtual_hosts=[
-            route_components_pb2.VirtualHost(name=service.name, domains=["*"], routes=routes)
-        ],
-    )
+        default = config_pb2.Route(name=DEFAULT_ROUTE)
+        _fill_route_entry(host.routes.add(), service, default, len(service.routes), inherited)
+    return config
 
 
 def _outlier_detection(
@@ -339,8 +365,24 @@ def _health_check(policy: config_pb2.HealthCheckPolicy) -> health_check_pb2.Heal
 def build_cluster(service: config_pb2.Service, subset: str = "") -> cluster_pb2.Cluster:
     """The service's Cluster, or with ``subset`` that subset's (the same policy, its own
     endpoints)."""
+    cluster = _build_cluster(service)
+    return _subset_cluster(cluster, service.name, subset) if subset else cluster
+
+
+def _subset_cluster(cluster: cluster_pb2.Cluster, service: str, subset: str) -> cluster_pb2.Cluster:
+    """The service's ``cluster`` as the subset's: a copy under the subset's name (the
+    cluster's and its EDS service name, the only fields that differ)."""
+    name = subset_cluster_name(service, subset)
+    copy = cluster_pb2.Cluster()
+    copy.CopyFrom(cluster)
+    copy.name = name
+    copy.eds_cluster_config.service_name = name
+    return copy
+
+
+def _build_cluster(service: config_pb2.Service) -> cluster_pb2.Cluster:
     policy = service.policy
-    name = subset_cluster_name(service.name, subset) if subset else service.name
+    name = service.name
     http2 = http_protocol_options_pb2.HttpProtocolOptions(
         explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
             http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
@@ -349,9 +391,7 @@ def build_cluster(service: config_pb2.Service, subset: str = "") -> cluster_pb2.
     cluster = cluster_pb2.Cluster(
         name=name,
         type=cluster_pb2.Cluster.EDS,
-        eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(
-            eds_config=_ads(), service_name=name
-        ),
+        eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=_ADS, service_name=name),
         connect_timeout=duration_pb2.Duration(seconds=1),
         lb_policy=LB_POLICIES.get(policy.lb, cluster_pb2.Cluster.ROUND_ROBIN),
     )
@@ -388,8 +428,50 @@ def endpoint_health(endpoint: config_pb2.Endpoint) -> int:
     return int(health_check_pb2.DRAINING if endpoint.draining else health_check_pb2.UNKNOWN)
 
 
-def _selects(labels: Mapping[str, str], endpoint: config_pb2.Endpoint) -> bool:
-    return all(endpoint.labels.get(key) == value for key, value in labels.items())
+class _Member(NamedTuple):
+    """An endpoint of the service, read once: its zone, weight and labels, and its built
+    ``LbEndpoint`` (shared by the service's assignment and its subsets')."""
+
+    zone: str
+    weight: int
+    labels: dict[str, str]
+    built: endpoint_components_pb2.LbEndpoint
+
+
+def _members(service: config_pb2.Service, health: Mapping[str, int] | None = None) -> list[_Member]:
+    members: list[_Member] = []
+    for endpoint in service.endpoints:
+        status = (health or {}).get(endpoint.address, endpoint_health(endpoint))
+        weight = endpoint.weight or 1
+        built = endpoint_components_pb2.LbEndpoint(
+            endpoint=endpoint_components_pb2.Endpoint(address=_socket_address(endpoint.address)),
+            health_status=status,
+            load_balancing_weight=wrappers_pb2.UInt32Value(value=weight),
+        )
+        members.append(_Member(endpoint.zone, weight, dict(endpoint.labels), built))
+    return members
+
+
+def _assignment(
+    name: str, members: Iterable[_Member], subset: config_pb2.Subset | None
+) -> endpoint_pb2.ClusterLoadAssignment:
+    """The assignment of ``members`` (those carrying all of ``subset``'s labels, if given),
+    grouped by zone into localities weighted by their endpoints' total weight."""
+    if subset is not None:
+        wanted = list(subset.labels.items())
+        members = [m for m in members if all(m.labels.get(k) == v for k, v in wanted)]
+    by_zone: dict[str, list[_Member]] = {}
+    for member in members:
+        by_zone.setdefault(member.zone, []).append(member)
+    assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
+    for zone in sorted(by_zone):
+        in_zone = by_zone[zone]
+        locality = assignment.endpoints.add()
+        locality.locality.SetInParent()  # present even for the zone ""
+        locality.locality.zone = zone
+        locality.load_balancing_weight.value = sum(member.weight for member in in_zone)
+        locality.lb_endpoints.extend(member.built for member in in_zone)
+    return assignment
 
 
 def build_load_assignment(
@@ -400,33 +482,8 @@ def build_load_assignment(
     """Groups endpoints by zone into localities weighted by their endpoints' total weight.
     ``health`` overrides the health status per address (the agent's active checks). With
     ``subset``, only the endpoints carrying its labels, under the subset's name."""
-    by_zone: dict[str, list[config_pb2.Endpoint]] = {}
-    for endpoint in service.endpoints:
-        if subset is None or _selects(subset.labels, endpoint):
-            by_zone.setdefault(endpoint.zone, []).append(endpoint)
     name = service.name if subset is None else subset_cluster_name(service.name, subset.name)
-    assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
-    for zone in sorted(by_zone):
-        members = by_zone[zone]
-        locality = assignment.endpoints.add(
-            locality=base_pb2.Locality(zone=zone),
-            load_balancing_weight=wrappers_pb2.UInt32Value(
-                value=sum(e.weight or 1 for e in members)
-            ),
-            priority=0,
-        )
-        for endpoint in members:
-            status = (health or {}).get(endpoint.address, endpoint_health(endpoint))
-            locality.lb_endpoints.append(
-                endpoint_components_pb2.LbEndpoint(
-                    endpoint=endpoint_components_pb2.Endpoint(
-                        address=_socket_address(endpoint.address)
-                    ),
-                    health_status=status,
-                    load_balancing_weight=wrappers_pb2.UInt32Value(value=endpoint.weight or 1),
-                )
-            )
-    return assignment
+    return _assignment(name, _members(service, health), subset)
 
 
 def build_policy(service: config_pb2.Service) -> config_pb2.ServicePolicy:
@@ -445,11 +502,12 @@ def build_resources(services: Iterable[config_pb2.Service]) -> Resources:
             service, route
         )
         resources[ROUTE][service.name] = route
-        resources[CLUSTER][service.name] = build_cluster(service)
-        resources[ENDPOINT][service.name] = build_load_assignment(service)
+        cluster = resources[CLUSTER][service.name] = _build_cluster(service)
+        members = _members(service)
+        resources[ENDPOINT][service.name] = _assignment(service.name, members, None)
         for subset in service.subsets:
             name = subset_cluster_name(service.name, subset.name)
-            resources[CLUSTER][name] = build_cluster(service, subset.name)
-            resources[ENDPOINT][name] = build_load_assignment(service, subset=subset)
+            resources[CLUSTER][name] = _subset_cluster(cluster, service.name, subset.name)
+            resources[ENDPOINT][name] = _assignment(name, members, subset)
         resources[SERVICE_POLICY][service.name] = build_policy(service)
     return resources

@@ -6,9 +6,11 @@ mesh-control, a mesh-agent, two echo backends and a client that calls ``xds:///e
 through grpcio's own xDS client, then changes the config with ``meshctl`` while the client's
 calls scroll by, one timestamped line each: one endpoint, then two (traffic spreads), one
 reporting NOT_SERVING, one stopped and restarted, both failing (the breaker opens and closes),
-a control-server outage, a bad hand edit in the store directory (reported, ignored), then the
-service deleted and re-created. The agent's breaker and endpoint-health transitions are read
-from its log and shown as they happen. Ctrl-C stops everything.
+a control-server outage, a bad hand edit in the store directory (reported, ignored), the
+service deleted and re-created, then a canary release: a third backend runs v2, subsets and a
+weighted route move the calls from v1 to v2 (90/10, 50/50, 0/100), each step's calls counted
+by version. The agent's breaker and endpoint-health transitions are read from its log and
+shown as they happen. Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from mesh_core import tls
 from mesh_demo.client import clock
+from mesh_xds.types import LISTENER
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -344,9 +348,85 @@ class Demo:
                 return
             time.sleep(0.2)
 
-    def write_service(self, *addresses: str) -> Path:
+    def listener_version(self, agent: str) -> str:
+        """The LDS version the agent last accepted from mesh-control."""
+        import grpc
+
+        from mesh.v1 import agent_pb2, agent_pb2_grpc
+
+        with grpc.insecure_channel(agent) as channel:
+            status = agent_pb2_grpc.AgentServiceStub(channel).GetAgentStatus(
+                agent_pb2.GetAgentStatusRequest(), timeout=5
+            )
+        return next((t.version_acked for t in status.types if t.type_url == LISTENER), "")
+
+    def wait_listener_change(self, agent: str, before: str, timeout: float = 15) -> None:
+        """Waits (at most ``timeout`` seconds) until the agent holds listeners other than
+        ``before``: the client library's listener carries the routes inline, and listeners
+        are pushed after clusters and endpoints, so the subsets the routes name are there."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.listener_version(agent) == before:
+            time.sleep(0.05)
+
+    def count_calls(self, agent: str, calls: int) -> Counter[str]:
+        """Makes ``calls`` calls to ``echo`` from a fresh client on the node (so all of them
+        see the config the agent holds now) and counts them by the backend that answered;
+        failed calls count under their status code."""
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mesh_demo.client",
+                "--service",
+                "echo",
+                "--xds-server",
+                agent,
+                "--node-id",
+                "demo-canary-client",
+                "--mesh",
+                "--json",
+                "--interval",
+                "0",
+                "--count",
+                str(calls),
+            ],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        counts: Counter[str] = Counter()
+        for line in result.stdout.splitlines():
+            record = json.loads(line)
+            counts[record["backend"] if record["ok"] else record["code"]] += 1
+        return counts
+
+    def write_service(
+        self,
+        *addresses: str,
+        versions: Mapping[str, str] | None = None,
+        split: Mapping[str, int] | None = None,
+    ) -> Path:
+        """Service ``echo`` on ``addresses``; ``versions`` labels them ``{address: version}``,
+        and ``split`` (``{version: weight}``, with ``versions``) adds a subset per version
+        and one route splitting the calls between them."""
         path = self.workdir / "echo.yaml"
-        body = ["name: echo", "endpoints:"] + [f"  - address: {a}" for a in addresses]
+        body = ["name: echo", "endpoints:"]
+        for address in addresses:
+            version = (versions or {}).get(address)
+            labels = f", labels: {{version: {version}}}" if version else ""
+            body.append(
+                f"  - {{address: {address}{labels}}}" if labels else f"  - address: {address}"
+            )
+        if versions and split:
+            body.append("subsets:")
+            body += [
+                f"  - {{name: {v}, labels: {{version: {v}}}}}"
+                for v in sorted(set(versions.values()))
+            ]
+            weights = ", ".join(f"{v}: {w}" for v, w in split.items())
+            body += ["routes:", f"  - {{name: canary, to: {{{weights}}}}}"]
         body += [
             "policy:",
             "  timeout: 5s",
@@ -391,6 +471,48 @@ def issue_certificates(demo: Demo) -> tuple[list[str], list[str]]:
         demo.meshctl("certs", "issue", "--ca", str(pki / "ca"), *kind, "--out", str(pki / name))
     demo.meshctl_flags = tls.flags(pki / "operator")
     return tls.flags(pki / "server"), tls.flags(pki / "node")
+
+
+CANARY_STEPS = ((90, 10), (50, 50), (0, 100))
+"""The canary's split, v1/v2 in percent, step by step."""
+CANARY_CALLS = 200
+"""Calls counted at each step."""
+
+
+def canary(demo: Demo, agent: str, pause: float, alpha: str, beta: str) -> None:
+    """A canary release: v1 runs on alpha and beta, v2 on a new backend, gamma. Subsets v1
+    and v2 and a route splitting the calls between them move the traffic over step by step;
+    each step counts the calls of a fresh client by version."""
+    _, gamma = demo.backend("gamma")
+    versions = {alpha: "v1", beta: "v1", gamma: "v2"}
+    demo.say(
+        f"a canary: v1 runs on alpha and beta, v2 on a new backend, gamma ({gamma}); "
+        f"subsets v1 and v2, and a route sends v1 {CANARY_STEPS[0][0]}% of the calls, "
+        f"v2 {CANARY_STEPS[0][1]}%"
+    )
+    for v1, v2 in CANARY_STEPS:
+        if v1 != CANARY_STEPS[0][0]:
+            demo.say(f"shifting the canary's split to v1 {v1}%, v2 {v2}%")
+        before = demo.listener_version(agent)
+        service = demo.write_service(
+            alpha, beta, gamma, versions=versions, split={"v1": v1, "v2": v2}
+        )
+        demo.meshctl("apply", "-f", str(service))
+        demo.wait_listener_change(agent, before)
+        counts = demo.count_calls(agent, CANARY_CALLS)
+        by_version = Counter({"v1": 0, "v2": 0})
+        failed = 0
+        for backend, n in counts.items():
+            if backend in ("alpha", "beta"):
+                by_version["v1"] += n
+            elif backend == "gamma":
+                by_version["v2"] += n
+            else:
+                failed += n
+        line = f"canary {v1}/{v2}: v1 {by_version['v1']}, v2 {by_version['v2']}"
+        line += f" of {CANARY_CALLS} calls" + (f", {failed} failed" if failed else "")
+        demo.out(line)
+        time.sleep(pause / 2)
 
 
 def run(demo: Demo, pause: float, duration: float, mtls: bool = True) -> None:
@@ -508,6 +630,7 @@ def run(demo: Demo, pause: float, duration: float, mtls: bool = True) -> None:
     demo.say("applying it again: calls succeed again")
     demo.meshctl("apply", "-f", str(demo.write_service(alpha, beta)))
     time.sleep(pause)
+    canary(demo, agent, pause, alpha, beta)
     demo.meshctl("status")
     if duration:
         return

@@ -64,9 +64,25 @@ def test_bench_quick_control_prints_a_json_summary() -> None:
     assert run.summary["sizes"] == [1]
     assert {"nproc", "cpu", "python", "grpcio"} <= set(run.summary["machine"])
 
-    builds = run.tables("snapshot build")
+    builds = run.tables("snapshot build (")
     assert [r["services"] for r in builds] == [1]
     assert {"median_ms", "p99_ms", "us_per_service"} <= set(builds[0])
+    # Plain services against services with traffic rules, side by side at the same N.
+    kinds = {r["kind"]: r for r in run.tables("snapshot build, plain vs traffic rules")}
+    assert list(kinds) == ["plain", "traffic rules"]
+    plain, rules = kinds["plain"], kinds["traffic rules"]
+    assert (plain["subsets"], plain["routes"], rules["subsets"], rules["routes"]) == (0, 0, 5, 10)
+    # Per service: 2 Listeners, a RouteConfiguration, a Cluster, an assignment, a policy;
+    # plus a Cluster and an assignment per subset.
+    assert (plain["resources_per_service"], rules["resources_per_service"]) == (6, 16)
+    for row in kinds.values():
+        assert row["services"] == 1 and row["blocks"] == 3
+        assert 0 < row["median_ms"] <= row["p99_ms"] < 10_000
+    assert rules["ratio_to_plain"] == pytest.approx(
+        rules["median_ms"] / plain["median_ms"], abs=0.05
+    )
+    assert rules["paired_ratio"] > 0 and rules["goal"] == "<= 3x"
+    assert rules["verdict"] == ("PASS" if rules["paired_ratio"] <= 3 else "MISS")
 
     applies = run.tables("apply to call")
     assert {(r["store"], r["debounce"]) for r in applies} == {
@@ -80,9 +96,14 @@ def test_bench_quick_control_prints_a_json_summary() -> None:
     meshctl = run.tables("meshctl apply")
     assert len(meshctl) == 1 and meshctl[0]["meshctl_wall_ms"] > 0
     compared = {r["compare"] for r in run.tables("side by side")}
-    assert compared == {"file / memory store, N=1", "debounce 100ms / 0s, N=1"}
+    assert compared == {
+        "snapshot build, traffic rules / plain, N=1",
+        "file / memory store, N=1",
+        "debounce 100ms / 0s, N=1",
+    }
     # Human-readable tables come before the JSON line.
     assert run.printed("== control: apply to call")
+    assert run.printed("== control: snapshot build, plain vs traffic rules")
 
 
 def test_bench_quick_agent_prints_a_json_summary() -> None:

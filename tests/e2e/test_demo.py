@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(160)]
 
 CLOCK = r"\d\d:\d\d:\d\d\.\d{3}"
 AGENT = rf"\[agent\]  {CLOCK}  "
@@ -31,7 +31,7 @@ def test_demo_shows_the_mesh_working(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=150,
         check=False,
     )
     out = result.stdout
@@ -101,6 +101,25 @@ def test_demo_shows_the_mesh_working(tmp_path: Path) -> None:
     after_reapply = after_delete.split("applying it again", 1)[1]
     assert re.search(ok_line % r"\S+", after_reapply), after_reapply
     assert "\n[agent]" not in out.split("==> stopping", 1)[1]
+
+    # The canary: each step's 200 calls, from a fresh client, split by the step's weights.
+    canary = section(out, "==> a canary: v1 runs on alpha and beta, v2 on", "==> stopping")
+    steps = re.findall(
+        r"^canary (\d+)/(\d+): v1 (\d+), v2 (\d+) of 200 calls(?:, (\d+) failed)?$",
+        canary,
+        re.MULTILINE,
+    )
+    assert [(v1, v2) for v1, v2, *_ in steps] == [("90", "10"), ("50", "50"), ("0", "100")], canary
+    counts = {int(v1): (int(n1), int(n2), int(failed or 0)) for v1, _, n1, n2, failed in steps}
+    assert all(failed <= 10 for _, _, failed in counts.values()), canary
+    # Loose binomial bounds: a count outside one has odds below one in a million.
+    assert counts[90][0] >= 140 and 3 <= counts[90][1] <= 50, canary
+    assert 60 <= counts[50][0] <= 140 and 60 <= counts[50][1] <= 140, canary
+    assert counts[0][0] == 0 and counts[0][1] >= 190, canary
+    assert "==> shifting the canary's split to v1 50%, v2 50%" in canary, canary
+    # The demo's own client moved too: after the last step it calls v2 (gamma) alone.
+    last = client_calls(canary.split("canary 0/100", 1)[1])
+    assert last and all(" ok    gamma " in line for line in last), last
 
 
 def test_make_demo_passes_its_args_through() -> None:
