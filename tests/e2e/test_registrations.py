@@ -114,6 +114,7 @@ async def test_registered_endpoint_is_served_and_dropped_after_grace(procs: Mesh
                     "weight": 0,
                     "metadata": {},
                     "draining": False,
+                    "labels": {},
                 }
             ]
             table = await meshctl(control, "status")
