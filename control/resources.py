@@ -203,8 +203,9 @@ def _fill_match(built: route_components_pb2.RouteMatch, match: config_pb2.RouteM
         built.prefix = path
     else:
         built.path = path
-    for name in sorted(match.headers):
-        header = match.headers[name]
+    if not match.headers:
+        return
+    for name, header in sorted(match.headers.items()):
         matcher = built.headers.add(name=name)
         if header.HasField("present") and not (
             header.HasField("exact") or header.HasField("prefix") or header.HasField("regex")
@@ -242,7 +243,7 @@ def _fill_target(
     action: route_components_pb2.RouteAction, service: str, to: Mapping[str, int]
 ) -> None:
     """Where a route sends calls: the whole service, one subset or a split."""
-    weights = [(name, to[name]) for name in sorted(to) if to[name] > 0]
+    weights = [item for item in sorted(to.items()) if item[1] > 0]
     if not weights:
         action.cluster = service
     elif len(weights) == 1:
