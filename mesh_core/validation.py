@@ -300,6 +300,23 @@ def _check_labels(p: _Problems, labels: Any, path: str) -> None:
             p.add(join_path(path, key), f"at most {MAX_LABEL_VALUE} characters")
 
 
+def _check_entry_name(
+    p: _Problems, name: str, listed: str, index: int, seen: dict[str, int], what: str
+) -> None:
+    """The name of entry ``index`` of a service's ``listed`` (subsets, routes): a DNS label,
+    unique among ``seen`` (name -> index), which it joins."""
+    path = f"{listed}[{index}].name"
+    if not _SUBSET.fullmatch(name):
+        p.add(
+            path,
+            f"must be a DNS label (letters a-z, digits and '-', at most 63), got {name!r}",
+        )
+    elif name in seen:
+        p.add(path, f"duplicate {what} {name!r}, also {listed}[{seen[name]}]")
+    else:
+        seen[name] = index
+
+
 def _check_subsets(p: _Problems, subsets: Sequence[Any]) -> set[str]:
     """Checks the subsets; returns the names routes may send to."""
     if len(subsets) > MAX_SUBSETS:
@@ -309,19 +326,8 @@ def _check_subsets(p: _Problems, subsets: Sequence[Any]) -> set[str]:
         path = f"subsets[{i}]"
         if not subset.name:
             p.add(f"{path}.name", "required")
-        elif not _SUBSET.fullmatch(subset.name):
-            p.add(
-                f"{path}.name",
-                f"must be a DNS label (letters a-z, digits and '-', at most 63), "
-                f"got {subset.name!r}",
-            )
-        elif subset.name in names:
-            p.add(
-                f"{path}.name",
-                f"duplicate subset {subset.name!r}, also subsets[{names[subset.name]}]",
-            )
         else:
-            names[subset.name] = i
+            _check_entry_name(p, subset.name, "subsets", i, names, "subset")
         if not subset.labels:
             p.add(
                 f"{path}.labels",
@@ -338,18 +344,7 @@ def _check_routes(p: _Problems, routes: Sequence[Any], subsets: set[str]) -> Non
     for i, route in enumerate(routes):
         path = f"routes[{i}]"
         if route.name:
-            if not _SUBSET.fullmatch(route.name):
-                p.add(
-                    f"{path}.name",
-                    f"must be a DNS label (letters a-z, digits and '-', at most 63), "
-                    f"got {route.name!r}",
-                )
-            elif route.name in names:
-                p.add(
-                    f"{path}.name",
-                    f"duplicate route name {route.name!r}, also routes[{names[route.name]}]",
-                )
-            names[route.name] = i
+            _check_entry_name(p, route.name, "routes", i, names, "route name")
         catch_all = not route.match.method and not route.match.headers
         if catch_all and i < len(routes) - 1:
             p.add(
