@@ -432,6 +432,10 @@ class EtcdStore(BaseStore):
                 errors.append(f"{endpoint}: call cancelled, the connection was closed")
                 await self._drop(client, exc)
             except Exception as exc:
+                if _being_cancelled():
+                    # grpc may end a call of a task being cancelled with an error of its own
+                    # rather than CancelledError: the cancellation must not be lost in it.
+                    raise asyncio.CancelledError from exc
                 if not _is_connection_error(exc):
                     raise StoreUnavailableError(
                         f"etcd at {endpoint} failed: {_describe(exc)}"

@@ -267,14 +267,17 @@ class EtcdServer:
 
 
 @pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
-    """A running etcd, killed at teardown. Locally a missing ``etcd`` binary skips the test;
-    with CI=true it fails it (``require_tool``)."""
+def etcd(tmp_path: Path, procs: MeshProcesses) -> Iterator[EtcdServer]:
+    """A running etcd, killed at teardown, after the test's processes (they stop at once
+    while etcd is there to tell; with etcd gone first, a control server's shutdown would wait
+    on it). Locally a missing ``etcd`` binary skips the test; with CI=true it fails it
+    (``require_tool``)."""
     server = EtcdServer(require_tool("etcd"), tmp_path)
     server.start()
     try:
         yield server
     finally:
+        procs.stop_all()
         server.stop()
 
 

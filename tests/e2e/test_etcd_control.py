@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -448,3 +449,22 @@ def test_concurrent_conditional_applies_through_two_control_servers(
         after = get_service(c1, "race")
         assert after["revision"] > revision
         assert after["services"][0]["revision"] > revision
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_stops_a_control_server_whose_etcd_is_down(
+    procs: MeshProcesses, etcd: EtcdServer, tmp_path: Path
+) -> None:
+    # Its node-state sync keeps retrying etcd; SIGTERM must still end it cleanly at once.
+    control_proc, control = procs.start_control(store=etcd.url("/mesh"))
+    _, b1 = procs.start_backend("backend-1")
+    meshctl(control, "apply", "-f", echo(tmp_path, b1))
+    client = procs.start_client(control, "echo")
+    wait_settled(client, "backend-1", "first calls")
+    etcd.stop()
+    wait_for(lambda: health(control, "store") == NOT_SERVING, 20, "store health NOT_SERVING")
+    # Both at once: the node leaving wakes the sync, whose etcd call SIGTERM then cancels.
+    client.popen.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    code = control_proc.stop(timeout=8)
+    assert code == 0, (code, time.monotonic() - started, control_proc.errors()[-2000:])
