@@ -3,22 +3,11 @@
 
 from __future__ import annotations
 
-from mesh_core.extras import require
-
-# What `pip install 'python-mesh[control]'` adds that these programs import.
-SERVER_MODULES = (
-    "envoy.service.discovery.v3",
-    "grpc_health.v1",
-    "grpc_reflection.v1alpha",
-    "google.rpc",
-    "yaml",
-    "cryptography",
-    "opentelemetry.sdk",
-)
+from mesh_core.extras import DAEMON_MODULES, require
 
 
 def mesh_control() -> None:
-    require("mesh-control", "control", SERVER_MODULES)
+    require("mesh-control", "control", DAEMON_MODULES)
     from control.cli import main
 
     main()

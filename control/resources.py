@@ -53,7 +53,7 @@ from google.protobuf.message import Message
 from mesh.v1 import config_pb2
 from mesh_core import policy
 from mesh_core.names import client_listener_name, subset_cluster_name
-from mesh_core.routing import path_match
+from mesh_core.routing import matches_every_call, path_match
 from mesh_xds.addresses import split_address
 from mesh_xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SERVICE_POLICY, ResourceName, TypeUrl
 
@@ -217,14 +217,6 @@ def _fill_match(built: route_components_pb2.RouteMatch, match: config_pb2.RouteM
             matcher.invert_match = header.invert
 
 
-def build_match(match: config_pb2.RouteMatch) -> route_components_pb2.RouteMatch:
-    """A route's match: the method as a path or a service's prefix, the headers as header
-    matchers (``present: false`` as an inverted presence test)."""
-    built = route_components_pb2.RouteMatch()
-    _fill_match(built, match)
-    return built
-
-
 def _policy_action(
     timeout: duration_pb2.Duration | None,
     retry_policy: route_components_pb2.RetryPolicy | None,
@@ -295,10 +287,6 @@ def _fill_route_entry(
         entry.typed_per_filter_config[FAULT_FILTER].Pack(build_fault(route.fault))
 
 
-def _is_catch_all(route: config_pb2.Route) -> bool:
-    return not route.match.method and not route.match.headers
-
-
 def build_route(service: config_pb2.Service) -> route_pb2.RouteConfiguration:
     """The service's routes in order, then (unless the last one matches every call) the
     default route: every other call to the whole service, with the service's policy. Built
@@ -308,7 +296,7 @@ def build_route(service: config_pb2.Service) -> route_pb2.RouteConfiguration:
     host = config.virtual_hosts.add(name=service.name, domains=["*"])
     for index, route in enumerate(service.routes):
         _fill_route_entry(host.routes.add(), service, route, index, inherited)
-    if not service.routes or not _is_catch_all(service.routes[-1]):
+    if not service.routes or not matches_every_call(service.routes[-1]):
         default = config_pb2.Route(name=DEFAULT_ROUTE)
         _fill_route_entry(host.routes.add(), service, default, len(service.routes), inherited)
     return config

@@ -3,21 +3,11 @@
 
 from __future__ import annotations
 
-from mesh_core.extras import require
-
-AGENT_MODULES = (
-    "envoy.service.discovery.v3",
-    "grpc_health.v1",
-    "grpc_reflection.v1alpha",
-    "google.rpc",
-    "yaml",
-    "cryptography",
-    "opentelemetry.sdk",
-)
+from mesh_core.extras import DAEMON_MODULES, require
 
 
 def mesh_agent() -> None:
-    require("mesh-agent", "agent", AGENT_MODULES)
+    require("mesh-agent", "agent", DAEMON_MODULES)
     from mesh_agent.daemon.cli import main
 
     main()

@@ -10,6 +10,17 @@ from collections.abc import Sequence
 
 DISTRIBUTION = "python-mesh"
 
+DAEMON_MODULES = (
+    "envoy.service.discovery.v3",
+    "grpc_health.v1",
+    "grpc_reflection.v1alpha",
+    "google.rpc",
+    "yaml",
+    "cryptography",
+    "opentelemetry.sdk",
+)
+"""What the ``agent`` and ``control`` extras add that the daemons (and meshctl) import."""
+
 
 def missing(modules: Sequence[str]) -> list[str]:
     """Of ``modules`` (dotted names), those that cannot be imported here."""

@@ -63,6 +63,11 @@ def compile_regex(pattern: str) -> Any:
         raise ConfigError(f"not an RE2 regular expression ({reason})") from None
 
 
+def matches_every_call(route: config_pb2.Route) -> bool:
+    """Whether ``route`` has no method or header to match: a default route."""
+    return not route.match.method and not route.match.headers
+
+
 def path_match(method: str) -> tuple[str, bool]:
     """A method pattern as (path, is_prefix): ``/pkg.Svc/M`` is the path itself,
     ``/pkg.Svc/*`` the prefix ``/pkg.Svc/``, and no pattern the prefix ``""`` (every call)."""

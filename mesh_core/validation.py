@@ -28,7 +28,12 @@ from mesh_core.policy import (
     UINT32_MAX,
     UNSUPPORTED_LB_POLICIES,
 )
-from mesh_core.routing import compile_regex, header_name_problem, method_problem
+from mesh_core.routing import (
+    compile_regex,
+    header_name_problem,
+    matches_every_call,
+    method_problem,
+)
 
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
@@ -345,8 +350,7 @@ def _check_routes(p: _Problems, routes: Sequence[Any], subsets: set[str]) -> Non
         path = f"routes[{i}]"
         if route.name:
             _check_entry_name(p, route.name, "routes", i, names, "route name")
-        catch_all = not route.match.method and not route.match.headers
-        if catch_all and i < len(routes) - 1:
+        if matches_every_call(route) and i < len(routes) - 1:
             p.add(
                 f"{path}.match",
                 f"matches every call, so the {len(routes) - 1 - i} route(s) after it would "

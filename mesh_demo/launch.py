@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from control.launch import SERVER_MODULES
-from mesh_core.extras import require
+from mesh_core.extras import DAEMON_MODULES, require
 
 
 def mesh_demo() -> None:
-    require("mesh-demo", "all", SERVER_MODULES)
+    require("mesh-demo", "all", DAEMON_MODULES)
     from mesh_demo.__main__ import main
 
     main()

@@ -25,6 +25,7 @@ from control.meshctl.status import table_lines
 from mesh.v1 import admin_pb2, config_pb2, node_pb2
 from mesh_core.durations import format_duration
 from mesh_core.names import subset_cluster_name
+from mesh_core.routing import matches_every_call
 
 DEFAULT_ROUTE = "default"
 SEPARATOR = " · "
@@ -140,10 +141,6 @@ def _policy_cells(service: config_pb2.Service, route: config_pb2.Route) -> tuple
     return timeout, retry
 
 
-def _is_catch_all(route: config_pb2.Route) -> bool:
-    return not route.match.method and not route.match.headers
-
-
 def route_rows(service: config_pb2.Service) -> list[tuple[str, ...]]:
     """The ROUTE table: the service's routes in order, then the default route when the
     control server adds one."""
@@ -161,7 +158,7 @@ def route_rows(service: config_pb2.Service) -> list[tuple[str, ...]]:
                 fault,
             )
         )
-    if not service.routes or not _is_catch_all(service.routes[-1]):
+    if not service.routes or not matches_every_call(service.routes[-1]):
         timeout, retry = _policy_cells(service, config_pb2.Route())
         match = "every other call" if service.routes else "every call"
         rows.append((DEFAULT_ROUTE, f"{match} (implicit)", "whole service", timeout, retry, "-"))
