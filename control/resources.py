@@ -15,6 +15,13 @@ order (a split as ``weighted_clusters``, a fault as the fault filter's per-route
 a default route to the whole service ends it unless the operator's last route matches every
 call.
 
+Zones (gRFC A27/A56): gRPC does no zone preference of its own, so the assignments a node
+gets depend on the node's zone (its xDS ``Node.locality.zone``): the endpoints of its own
+zone at priority 0 and every other zone at priority 1, unless the service says
+``locality.prefer_own_zone: false`` or its endpoints are not in that zone and another. The
+resources are built once per zone (:func:`zone_key` names the variant a node gets) and shared
+by every node of the zone.
+
 Beside it each service has an alias Listener, ``mesh-client/orders``
 (:func:`mesh_core.names.client_listener_name`), which the client library's channels dial: the
 same routes inline, without ``max_stream_duration``, since grpcio starts a route timeout 1-2 s
@@ -442,24 +449,29 @@ def _members(service: config_pb2.Service, health: Mapping[str, int] | None = Non
 
 
 def _assignment(
-    name: str, members: Iterable[_Member], subset: config_pb2.Subset | None
+    name: str, members: Iterable[_Member], subset: config_pb2.Subset | None, zone: str = ""
 ) -> endpoint_pb2.ClusterLoadAssignment:
     """The assignment of ``members`` (those carrying all of ``subset``'s labels, if given),
-    grouped by zone into localities weighted by their endpoints' total weight."""
+    grouped by zone into localities weighted by their endpoints' total weight. With ``zone``,
+    that zone's locality at priority 0 and the others at 1; when this assignment has no
+    endpoint in ``zone``, every locality at 0 (priorities have no gaps)."""
     if subset is not None:
         wanted = list(subset.labels.items())
         members = [m for m in members if all(m.labels.get(k) == v for k, v in wanted)]
     by_zone: dict[str, list[_Member]] = {}
     for member in members:
         by_zone.setdefault(member.zone, []).append(member)
+    own = zone if zone in by_zone else ""
     assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
-    for zone in sorted(by_zone):
-        in_zone = by_zone[zone]
+    for locality_zone in sorted(by_zone):
+        in_zone = by_zone[locality_zone]
         locality = assignment.endpoints.add()
         locality.locality.SetInParent()  # present even for the zone ""
-        locality.locality.zone = zone
+        locality.locality.zone = locality_zone
         locality.load_balancing_weight.value = sum(member.weight for member in in_zone)
         locality.lb_endpoints.extend(member.built for member in in_zone)
+        if own and locality_zone != own:
+            locality.priority = 1
     return assignment
 
 
@@ -467,22 +479,41 @@ def build_load_assignment(
     service: config_pb2.Service,
     health: Mapping[str, int] | None = None,
     subset: config_pb2.Subset | None = None,
+    zone: str = "",
 ) -> endpoint_pb2.ClusterLoadAssignment:
     """Groups endpoints by zone into localities weighted by their endpoints' total weight.
     ``health`` overrides the health status per address (the agent's active checks). With
-    ``subset``, only the endpoints carrying its labels, under the subset's name."""
+    ``subset``, only the endpoints carrying its labels, under the subset's name. With
+    ``zone``, as a node of that zone is served it (:func:`zone_key`)."""
     name = service.name if subset is None else subset_cluster_name(service.name, subset.name)
-    return _assignment(name, _members(service, health), subset)
+    return _assignment(name, _members(service, health), subset, zone_key(service, zone))
+
+
+def prefers_own_zone(service: config_pb2.Service) -> bool:
+    """Whether callers are served their own zone first (``locality.prefer_own_zone``, on
+    unless set to false)."""
+    locality = service.policy.locality
+    return not locality.HasField("prefer_own_zone") or locality.prefer_own_zone
+
+
+def zone_key(service: config_pb2.Service, zone: str) -> str:
+    """The zone whose variant of ``service``'s resources a node of ``zone`` is served: the
+    zone itself when the service prefers the caller's zone and has endpoints in it and in
+    another; otherwise "", the variant every node shares."""
+    if not zone or not prefers_own_zone(service):
+        return ""
+    zones = {endpoint.zone for endpoint in service.endpoints}
+    return zone if zone in zones and len(zones) > 1 else ""
 
 
 def build_policy(service: config_pb2.Service) -> config_pb2.ServicePolicy:
     return config_pb2.ServicePolicy(name=service.name, policy=service.policy, routes=service.routes)
 
 
-def build_resources(services: Iterable[config_pb2.Service]) -> Resources:
+def build_resources(services: Iterable[config_pb2.Service], zone: str = "") -> Resources:
     """Every resource of every service, by type URL and name (two Listeners per service: its
     own and the client library's alias; a Cluster and an assignment per subset besides the
-    service's own)."""
+    service's own), as a node of ``zone`` is served them (:func:`zone_key`)."""
     resources: Resources = {t: {} for t in (LISTENER, ROUTE, CLUSTER, ENDPOINT, SERVICE_POLICY)}
     for service in services:
         route = build_route(service)
@@ -493,10 +524,11 @@ def build_resources(services: Iterable[config_pb2.Service]) -> Resources:
         resources[ROUTE][service.name] = route
         cluster = resources[CLUSTER][service.name] = _build_cluster(service)
         members = _members(service)
-        resources[ENDPOINT][service.name] = _assignment(service.name, members, None)
+        own = zone_key(service, zone)
+        resources[ENDPOINT][service.name] = _assignment(service.name, members, None, own)
         for subset in service.subsets:
             name = subset_cluster_name(service.name, subset.name)
             resources[CLUSTER][name] = _subset_cluster(cluster, service.name, subset.name)
-            resources[ENDPOINT][name] = _assignment(name, members, subset)
+            resources[ENDPOINT][name] = _assignment(name, members, subset, own)
         resources[SERVICE_POLICY][service.name] = build_policy(service)
     return resources

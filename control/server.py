@@ -27,7 +27,7 @@ from control.node_api import NodeServicer
 from control.nodes import ConnectedNodes
 from control.publisher import Publisher
 from control.registry import DEFAULT_GRACE, Registrations
-from control.resources import build_resources
+from control.resources import build_resources, zone_key
 from control.security import Access
 from control.shared_nodes import SharedNodes
 from control.store import Store, open_store
@@ -79,7 +79,7 @@ class ControlServer:
         self.store = open_store(store) if isinstance(store, str) else store
         self.listen = listen
         self.server_id = server_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
-        self.cache = SnapshotCache(build_resources)
+        self.cache = SnapshotCache(build_resources, zone_key)
         self.registrations = Registrations(registration_grace)
         self.nodes = ConnectedNodes(self.registrations)
         # With a shared store, registrations and node status are shared through it too.

@@ -17,6 +17,11 @@ HEALTH_CHECK_TIMEOUT_S = 1.0
 HEALTH_CHECK_UNHEALTHY_THRESHOLD = 3
 HEALTH_CHECK_HEALTHY_THRESHOLD = 2
 
+SPILL_OVER_BELOW = 0.7
+"""When fewer than this fraction of the own zone's endpoints pass their health checks, the
+agent serves the next zone at priority 0 too (``policy.locality.spill_over_below`` unset).
+Envoy's default overprovisioning factor, 1.4, starts spilling at 1/1.4 ≈ 0.71."""
+
 GRPC_STATUS_NAMES: tuple[str, ...] = (
     "CANCELLED",
     "UNKNOWN",

@@ -210,6 +210,8 @@ def _check_policy(p: _Problems, policy: Any) -> None:
         _check_outlier(p, policy.outlier_detection, "policy.outlier_detection")
     if policy.HasField("health_check"):
         _check_health(p, policy.health_check, "policy.health_check")
+    if policy.locality.HasField("spill_over_below"):
+        _check_rate(p, policy.locality.spill_over_below, "policy.locality.spill_over_below")
 
 
 def _check_retry(p: _Problems, retry: Any, path: str) -> None:

@@ -1,5 +1,5 @@
 """The control server's snapshot cache: the services it serves, built into one snapshot per
-node group (de-duplicated by content) and rebuilt only for what changed."""
+zone of the nodes it serves (de-duplicated by content) and rebuilt only for what changed."""
 
 from __future__ import annotations
 
@@ -10,37 +10,41 @@ from envoy.config.core.v3 import base_pb2
 
 from mesh.v1 import config_pb2
 from mesh_core.signals import Signal
-from mesh_xds.snapshot import Builder, GroupKey, GroupOf, Resource, Snapshot
+from mesh_xds.snapshot import Builder, Resource, Snapshot, ZoneKey
 from mesh_xds.types import ResourceName, TypeUrl
 
 log = structlog.get_logger(__name__)
 
 
-def _one_group(node: base_pb2.Node) -> GroupKey:
+def _no_zones(service: config_pb2.Service, zone: str) -> str:
     return ""
 
 
 class SnapshotCache:
-    """Builds and holds one snapshot per node group and tells subscribers when they change.
+    """Builds and holds one snapshot per zone of the nodes it serves and tells subscribers
+    when they change.
 
-    Lives on the event loop of the control server; not thread-safe. ``group_of`` maps a node
-    to the key of the config it gets (today every node gets the same config). Snapshots are
-    built lazily per group and de-duplicated by content, so nodes with the same config share
-    one object. Subscribers are plain callables run synchronously on change; they must only
-    schedule work, not do it.
+    Lives on the event loop of the control server; not thread-safe. A node's zone is its
+    ``Node.locality.zone``; ``zone_key`` says, per service, which variant of the service's
+    resources a node of a zone gets ("" for the one every node shares), so a service is
+    built once per zone only when its resources differ by zone. Snapshots are built lazily
+    per zone and de-duplicated by content, so nodes with the same config share one object.
+    Subscribers are plain callables run synchronously on change; they must only schedule
+    work, not do it.
     """
 
-    def __init__(self, builder: Builder, group_of: GroupOf = _one_group):
+    def __init__(self, builder: Builder, zone_key: ZoneKey = _no_zones):
         self._builder = builder
-        self._group_of = group_of
+        self._zone_key = zone_key
         self._services: list[config_pb2.Service] = []
         self._revision = 0
         self._changed_at: float | None = None
         self._loaded = False
-        self._by_group: dict[GroupKey, Snapshot] = {}
+        self._by_zone: dict[str, Snapshot] = {}
         self._by_id: dict[str, Snapshot] = {}
-        self._memo: dict[bytes, Mapping[TypeUrl, Mapping[ResourceName, Resource]]] = {}
-        self._used: set[bytes] = set()
+        self._memo: dict[tuple[bytes, str], Mapping[TypeUrl, Mapping[ResourceName, Resource]]]
+        self._memo = {}
+        self._used: set[tuple[bytes, str]] = set()
         self.changed: Signal[[]] = Signal()
         self.builds = 0
 
@@ -73,34 +77,35 @@ class SnapshotCache:
         self._revision = revision
         self._changed_at = changed_at
         self._loaded = True
-        self._by_group.clear()
+        self._by_zone.clear()
         self._by_id.clear()
         self.changed.emit()
 
     def snapshot_for(self, node: base_pb2.Node) -> Snapshot:
-        key = self._group_of(node)
-        snapshot = self._by_group.get(key)
+        zone = node.locality.zone
+        snapshot = self._by_zone.get(zone)
         if snapshot is None:
             built = Snapshot.assemble(
                 self._revision,
-                (self._service_resources(svc) for svc in self._services),
+                (self._service_resources(svc, self._zone_key(svc, zone)) for svc in self._services),
                 changed_at=self._changed_at,
             )
             self.builds += 1
             snapshot = self._by_id.setdefault(built.id, built)
-            self._by_group[key] = snapshot
-            log.debug("snapshot built", group=key, snapshot=snapshot.id, revision=self._revision)
+            self._by_zone[zone] = snapshot
+            log.debug("snapshot built", zone=zone, snapshot=snapshot.id, revision=self._revision)
         return snapshot
 
     def _service_resources(
-        self, service: config_pb2.Service
+        self, service: config_pb2.Service, zone: str
     ) -> Mapping[TypeUrl, Mapping[ResourceName, Resource]]:
-        """One service's resources, built and packed once per distinct content: a change to
-        one service of a thousand rebuilds that one."""
-        key = service.SerializeToString(deterministic=True)
+        """One service's resources as nodes of ``zone`` get them, built and packed once per
+        distinct content and zone: a change to one service of a thousand rebuilds that one
+        (once per zone whose nodes see it differently)."""
+        key = (service.SerializeToString(deterministic=True), zone)
         part = self._memo.get(key)
         if part is None:
-            part = Snapshot.build(0, self._builder([service])).resources
+            part = Snapshot.build(0, self._builder([service], zone)).resources
             self._memo[key] = part
         self._used.add(key)
         return part

@@ -24,13 +24,14 @@ from mesh_xds.types import ResourceName, TypeUrl, Version
 
 log = structlog.get_logger(__name__)
 
-GroupKey = str
 Resources = dict[TypeUrl, dict[ResourceName, Message]]
 """Built resources (not packed yet), by type URL and name."""
-Builder = Callable[[Iterable[config_pb2.Service]], Resources]
-"""Builds every resource of some services (the control server's
-:func:`control.resources.build_resources`)."""
-GroupOf = Callable[[base_pb2.Node], GroupKey]
+Builder = Callable[[Iterable[config_pb2.Service], str], Resources]
+"""Builds every resource of some services as a node of a zone ("": any node) is served them
+(the control server's :func:`control.resources.build_resources`)."""
+ZoneKey = Callable[[config_pb2.Service, str], str]
+"""The zone whose variant of a service a node of a zone is served; "" for the variant every
+node shares (the control server's :func:`control.resources.zone_key`)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,10 @@
 """Calls ``xds:///NAME`` once for each name given, with grpcio's own xDS client, and prints one
 JSON line per call: ``{"target", "ok", "backend" | "code", "details", "ms"}``.
 
-    python -m tests.xds_caller --server HOST:PORT --node-id ID [--timeout S] [--hold] NAME...
+    python -m tests.xds_caller --server HOST:PORT --node-id ID [--zone Z] [--timeout S]
+        [--hold] NAME...
 
-The bootstrap names ``--server`` (a control server or an agent) and the node id; each call
+The bootstrap names ``--server`` (a control server or an agent), the node id and its zone; each call
 waits for the channel to be ready (``wait_for_ready``), so a name whose resources grpcio
 rejected fails with the reason it gives; with ``--fail-fast`` a call fails as soon as the
 channel does. With ``--hold`` the channels stay open after the
@@ -24,6 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="xds_caller")
     parser.add_argument("--server", required=True, help="xDS server HOST:PORT or unix:PATH")
     parser.add_argument("--node-id", required=True)
+    parser.add_argument("--zone", default="", help="the node's zone (its locality)")
     parser.add_argument("--timeout", type=float, default=15.0)
     parser.add_argument("--hold", action="store_true", help="keep the channels open until killed")
     parser.add_argument(
@@ -40,7 +42,10 @@ def main() -> None:
                     "server_features": ["xds_v3"],
                 }
             ],
-            "node": {"id": args.node_id},
+            "node": {
+                "id": args.node_id,
+                **({"locality": {"zone": args.zone}} if args.zone else {}),
+            },
         }
     )
     import grpc

@@ -25,6 +25,7 @@ from control.meshctl.status import table_lines
 from mesh.v1 import admin_pb2, config_pb2, node_pb2
 from mesh_core.durations import format_duration
 from mesh_core.names import subset_cluster_name
+from mesh_core.policy import SPILL_OVER_BELOW
 from mesh_core.routing import matches_every_call
 
 DEFAULT_ROUTE = "default"
@@ -196,19 +197,41 @@ def traffic_lines(
     service: config_pb2.Service, registered: Iterable[node_pb2.Registration] = ()
 ) -> list[str]:
     """What ``meshctl get services NAME`` adds for ``service``, each table after a blank
-    line: the subsets (counting the endpoints in ``registered`` too, and saying how many
-    those added) and the routes; nothing when the service has neither."""
-    if not service.subsets and not service.routes:
-        return []
+    line: its zones when its endpoints span several, the subsets (counting the endpoints in
+    ``registered`` too, and saying how many those added) and the routes; nothing when the
+    service has none of them."""
     lines: list[str] = []
+    endpoints = served_endpoints(service, registered)
+    if len({endpoint.zone for endpoint in endpoints}) > 1:
+        lines += ["", *table_lines(zone_rows(endpoints)), locality_line(service.policy.locality)]
     if service.subsets:
-        endpoints = served_endpoints(service, registered)
         lines += ["", *table_lines(subset_rows(service, endpoints))]
         added = len(endpoints) - len(service.endpoints)
         if added:
             lines.append(f"(the subsets count {added} endpoint(s) registered by nodes)")
-    lines += ["", *table_lines(route_rows(service))]
+    if service.subsets or service.routes:
+        lines += ["", *table_lines(route_rows(service))]
     return lines
+
+
+def locality_line(locality: config_pb2.LocalityPolicy) -> str:
+    """How callers with a zone are served the service's zones (``policy.locality``)."""
+    if locality.HasField("prefer_own_zone") and not locality.prefer_own_zone:
+        return "(every zone at priority 0, by weight: prefer_own_zone is false)"
+    spill = locality.spill_over_below if locality.HasField("spill_over_below") else SPILL_OVER_BELOW
+    return f"(a caller's own zone first, then the others; the next joins below {spill:.0%} usable)"
+
+
+def zone_rows(endpoints: Sequence[config_pb2.Endpoint]) -> list[tuple[str, ...]]:
+    """Each zone of the endpoints served: how many, and the locality weight (their total)."""
+    counts: dict[str, int] = {}
+    weights: dict[str, int] = {}
+    for endpoint in endpoints:
+        counts[endpoint.zone] = counts.get(endpoint.zone, 0) + 1
+        weights[endpoint.zone] = weights.get(endpoint.zone, 0) + (endpoint.weight or 1)
+    rows: list[tuple[str, ...]] = [("ZONE", "ENDPOINTS", "WEIGHT")]
+    rows += [(zone or "-", str(counts[zone]), str(weights[zone])) for zone in sorted(counts)]
+    return rows
 
 
 def registrations_of(

@@ -105,6 +105,7 @@ def status_lines(response: admin_pb2.GetStatusResponse) -> list[str]:
     if len(rows) > 1:
         lines += table_lines(rows)
     lines += _health_tables(response)
+    lines += _zone_table(response)
     lines += _node_state_tables(response.nodes)
     for problem in response.store_problems:
         lines.append(f"store problem: {problem.source}: {problem.message}")
@@ -146,6 +147,26 @@ def _health_tables(response: admin_pb2.GetStatusResponse) -> list[str]:
         if len(rows) > 1:
             lines += ["", *table_lines(rows)]
     return lines
+
+
+def _zone_table(response: admin_pb2.GetStatusResponse) -> list[str]:
+    """Per node with a zone, per service whose endpoints span zones: the priority each zone
+    is served at, as the node's agent reported it (after its health checks and spill-over):
+    ``eu-1a=0 eu-1b=1``."""
+    rows = [("NODE", "ZONE", "SERVICE", "PRIORITIES")]
+    for node_id, entries in _by_node(response.nodes).items():
+        health = _health_of(entries)
+        zone = next((e.zone for e in entries if e.zone), "")
+        if health is None or not zone:
+            continue
+        by_service: dict[str, list[node_pb2.ZonePriority]] = {}
+        for entry in health.zone_priorities:
+            by_service.setdefault(entry.service, []).append(entry)
+        for service, entries_of in sorted(by_service.items()):
+            ordered = sorted(entries_of, key=lambda e: (e.priority, e.zone))
+            text = " ".join(f"{e.zone or '-'}={e.priority}" for e in ordered)
+            rows.append((node_id, zone, service, text))
+    return ["", *table_lines(rows)] if len(rows) > 1 else []
 
 
 def _summary(response: admin_pb2.GetStatusResponse) -> str:

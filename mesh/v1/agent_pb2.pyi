@@ -143,7 +143,7 @@ class GetAgentStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetAgentStatusResponse(_message.Message):
-    __slots__ = ("node_id", "upstream", "connected", "types", "registrations", "components", "endpoint_health", "config_updated", "breakers")
+    __slots__ = ("node_id", "upstream", "connected", "types", "registrations", "components", "endpoint_health", "config_updated", "breakers", "zone", "zone_priorities")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     UPSTREAM_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +153,8 @@ class GetAgentStatusResponse(_message.Message):
     ENDPOINT_HEALTH_FIELD_NUMBER: _ClassVar[int]
     CONFIG_UPDATED_FIELD_NUMBER: _ClassVar[int]
     BREAKERS_FIELD_NUMBER: _ClassVar[int]
+    ZONE_FIELD_NUMBER: _ClassVar[int]
+    ZONE_PRIORITIES_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     upstream: str
     connected: bool
@@ -162,7 +164,9 @@ class GetAgentStatusResponse(_message.Message):
     endpoint_health: _containers.RepeatedCompositeFieldContainer[EndpointHealth]
     config_updated: _timestamp_pb2.Timestamp
     breakers: _containers.RepeatedCompositeFieldContainer[BreakerStatus]
-    def __init__(self, node_id: _Optional[str] = ..., upstream: _Optional[str] = ..., connected: _Optional[bool] = ..., types: _Optional[_Iterable[_Union[UpstreamTypeStatus, _Mapping]]] = ..., registrations: _Optional[_Iterable[_Union[_node_pb2.Registration, _Mapping]]] = ..., components: _Optional[_Iterable[_Union[ComponentStatus, _Mapping]]] = ..., endpoint_health: _Optional[_Iterable[_Union[EndpointHealth, _Mapping]]] = ..., config_updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., breakers: _Optional[_Iterable[_Union[BreakerStatus, _Mapping]]] = ...) -> None: ...
+    zone: str
+    zone_priorities: _containers.RepeatedCompositeFieldContainer[_node_pb2.ZonePriority]
+    def __init__(self, node_id: _Optional[str] = ..., upstream: _Optional[str] = ..., connected: _Optional[bool] = ..., types: _Optional[_Iterable[_Union[UpstreamTypeStatus, _Mapping]]] = ..., registrations: _Optional[_Iterable[_Union[_node_pb2.Registration, _Mapping]]] = ..., components: _Optional[_Iterable[_Union[ComponentStatus, _Mapping]]] = ..., endpoint_health: _Optional[_Iterable[_Union[EndpointHealth, _Mapping]]] = ..., config_updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., breakers: _Optional[_Iterable[_Union[BreakerStatus, _Mapping]]] = ..., zone: _Optional[str] = ..., zone_priorities: _Optional[_Iterable[_Union[_node_pb2.ZonePriority, _Mapping]]] = ...) -> None: ...
 
 class UpstreamTypeStatus(_message.Message):
     __slots__ = ("type_url", "version_acked", "responses_received", "resources", "last_nack")

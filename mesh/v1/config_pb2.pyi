@@ -155,20 +155,30 @@ class FaultAbort(_message.Message):
     def __init__(self, status: _Optional[str] = ..., percent: _Optional[float] = ...) -> None: ...
 
 class Policy(_message.Message):
-    __slots__ = ("timeout", "retry", "circuit_breaker", "outlier_detection", "health_check", "lb")
+    __slots__ = ("timeout", "retry", "circuit_breaker", "outlier_detection", "health_check", "lb", "locality")
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     RETRY_FIELD_NUMBER: _ClassVar[int]
     CIRCUIT_BREAKER_FIELD_NUMBER: _ClassVar[int]
     OUTLIER_DETECTION_FIELD_NUMBER: _ClassVar[int]
     HEALTH_CHECK_FIELD_NUMBER: _ClassVar[int]
     LB_FIELD_NUMBER: _ClassVar[int]
+    LOCALITY_FIELD_NUMBER: _ClassVar[int]
     timeout: _duration_pb2.Duration
     retry: RetryPolicy
     circuit_breaker: CircuitBreakerPolicy
     outlier_detection: OutlierDetectionPolicy
     health_check: HealthCheckPolicy
     lb: str
-    def __init__(self, timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., circuit_breaker: _Optional[_Union[CircuitBreakerPolicy, _Mapping]] = ..., outlier_detection: _Optional[_Union[OutlierDetectionPolicy, _Mapping]] = ..., health_check: _Optional[_Union[HealthCheckPolicy, _Mapping]] = ..., lb: _Optional[str] = ...) -> None: ...
+    locality: LocalityPolicy
+    def __init__(self, timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., circuit_breaker: _Optional[_Union[CircuitBreakerPolicy, _Mapping]] = ..., outlier_detection: _Optional[_Union[OutlierDetectionPolicy, _Mapping]] = ..., health_check: _Optional[_Union[HealthCheckPolicy, _Mapping]] = ..., lb: _Optional[str] = ..., locality: _Optional[_Union[LocalityPolicy, _Mapping]] = ...) -> None: ...
+
+class LocalityPolicy(_message.Message):
+    __slots__ = ("prefer_own_zone", "spill_over_below")
+    PREFER_OWN_ZONE_FIELD_NUMBER: _ClassVar[int]
+    SPILL_OVER_BELOW_FIELD_NUMBER: _ClassVar[int]
+    prefer_own_zone: bool
+    spill_over_below: float
+    def __init__(self, prefer_own_zone: _Optional[bool] = ..., spill_over_below: _Optional[float] = ...) -> None: ...
 
 class RetryPolicy(_message.Message):
     __slots__ = ("attempts", "retry_on", "backoff")

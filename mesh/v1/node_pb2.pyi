@@ -82,14 +82,26 @@ class ReportClientStatusRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., clients: _Optional[_Iterable[_Union[LocalClientStatus, _Mapping]]] = ..., health: _Optional[_Union[NodeHealth, _Mapping]] = ...) -> None: ...
 
 class NodeHealth(_message.Message):
-    __slots__ = ("status", "components", "breakers")
+    __slots__ = ("status", "components", "breakers", "zone_priorities")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     COMPONENTS_FIELD_NUMBER: _ClassVar[int]
     BREAKERS_FIELD_NUMBER: _ClassVar[int]
+    ZONE_PRIORITIES_FIELD_NUMBER: _ClassVar[int]
     status: str
     components: _containers.RepeatedCompositeFieldContainer[ComponentHealth]
     breakers: _containers.RepeatedCompositeFieldContainer[OpenBreaker]
-    def __init__(self, status: _Optional[str] = ..., components: _Optional[_Iterable[_Union[ComponentHealth, _Mapping]]] = ..., breakers: _Optional[_Iterable[_Union[OpenBreaker, _Mapping]]] = ...) -> None: ...
+    zone_priorities: _containers.RepeatedCompositeFieldContainer[ZonePriority]
+    def __init__(self, status: _Optional[str] = ..., components: _Optional[_Iterable[_Union[ComponentHealth, _Mapping]]] = ..., breakers: _Optional[_Iterable[_Union[OpenBreaker, _Mapping]]] = ..., zone_priorities: _Optional[_Iterable[_Union[ZonePriority, _Mapping]]] = ...) -> None: ...
+
+class ZonePriority(_message.Message):
+    __slots__ = ("service", "zone", "priority")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    ZONE_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    zone: str
+    priority: int
+    def __init__(self, service: _Optional[str] = ..., zone: _Optional[str] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class ComponentHealth(_message.Message):
     __slots__ = ("name", "state", "last_error", "restarts")

@@ -103,6 +103,8 @@ class Reporter:
         self.tls = tls
         self.node_id = node_id
         self.health_source = health
+        self.zone_priorities: list[tuple[str, str, int]] = []
+        """``(service, zone, priority)`` as the node is served, sent with its health."""
         self.local: SessionRegistry | None = None
         self.state_dir = state_dir
         self.backoff = backoff
@@ -201,6 +203,8 @@ class Reporter:
         )
         if self.health_source is not None:
             request.health.CopyFrom(self.health_source())
+            for service, zone, priority in self.zone_priorities:
+                request.health.zone_priorities.add(service=service, zone=zone, priority=priority)
         return request
 
     def changed(self) -> None:

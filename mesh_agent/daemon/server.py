@@ -40,7 +40,7 @@ from mesh_agent.daemon.breakers.service import BreakerHub
 from mesh_agent.daemon.cache import ConfigCache
 from mesh_agent.daemon.health.table import HealthTable
 from mesh_agent.daemon.listener_access import ListenerAccess, node_identity
-from mesh_agent.daemon.local import LocalSnapshotSource
+from mesh_agent.daemon.local import LocalSnapshotSource, zone_priorities
 from mesh_agent.daemon.reporter import Reporter
 from mesh_agent.daemon.roles import (
     BREAKERS,
@@ -123,7 +123,7 @@ def local_source(
     """What local ADS serves: the cache, with the health table's overrides, rebuilt when
     either changes, and ending local streams with the reason while there is no config and
     no control server to get it from."""
-    source = LocalSnapshotSource(cache, table.overrides, lambda: upstream.unreachable)
+    source = LocalSnapshotSource(cache, table.verdict, lambda: upstream.unreachable)
     ctx.connect(cache.changed, source.invalidate)
     ctx.connect(table.changed, lambda service: source.invalidate())
 
@@ -133,6 +133,35 @@ def local_source(
 
     ctx.connect(upstream.on_unreachable, unreachable)
     return source
+
+
+def follow_zone_priorities(
+    ctx: AgentContext, source: LocalSnapshotSource, node: base_pb2.Node, reporter: Reporter
+) -> None:
+    """Keeps the reporter's ``zone_priorities`` (sent to the control server with the agent's
+    health, shown by ``meshctl status``) as the node is served, and reports a change: a zone
+    that spills over or fails over shows at once. Worked out once per burst of changes."""
+    loop = asyncio.get_running_loop()
+    pending = False
+
+    def refresh() -> None:
+        nonlocal pending
+        pending = False
+        if not source.loaded:
+            return
+        now = zone_priorities(source.snapshot_for(node))
+        if now != reporter.zone_priorities:
+            reporter.zone_priorities = now
+            reporter.status_changed()
+
+    def changed() -> None:
+        nonlocal pending
+        if not pending:
+            pending = True
+            loop.call_soon(refresh)
+
+    ctx.connect(source.changed, changed)
+    refresh()
 
 
 class ServerComponent:
@@ -165,6 +194,8 @@ class ServerComponent:
         reporter = ctx.require(REPORTER, ReporterRole).reporter
         self._grace = settings.grace
         source = local_source(ctx, cache, table, upstream)
+        if node.locality.zone:
+            follow_zone_priorities(ctx, source, node, reporter)
         demand = LocalDemand(self.sessions, upstream, reporter)
         demand.ask()
         watched_policies(upstream, hub)
@@ -188,7 +219,12 @@ class ServerComponent:
         def status() -> agent_pb2.GetAgentStatusResponse:
             components = ctx.statuses()
             registrations = reporter.registrations
-            return agent_status(node.id, upstream, cache, components, table, hub, registrations)
+            response = agent_status(node.id, upstream, cache, components, table, hub, registrations)
+            response.zone = node.locality.zone
+            if source.loaded:
+                for service, zone, priority in zone_priorities(source.snapshot_for(node)):
+                    response.zone_priorities.add(service=service, zone=zone, priority=priority)
+            return response
 
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
             AgentServicer(reporter, hub, status), server

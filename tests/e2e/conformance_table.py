@@ -1,6 +1,6 @@
 """The conformance table: every option of the service config, one row each (each load
 balancing policy, retry code, outlier detection form, health-check and circuit-breaker field,
-the endpoint fields, and the traffic rules: subsets, routes, splits, faults). New config
+the endpoint fields, the traffic rules: subsets, routes, splits, faults, and the zones). New config
 fields add rows here; grpcio's xDS client (:mod:`tests.e2e.test_conformance`) and Envoy
 (:mod:`tests.e2e.test_envoy_xds`) are both run against every row."""
 
@@ -130,6 +130,45 @@ ALIAS_ONLY: list[tuple[str, dict[str, Any]]] = [
     ("timeout-short", {"timeout": "500ms"}),
     ("timeout-short-retry", {"timeout": "300ms", "retry": {"attempts": 2}}),
 ]
+
+
+CALLER_ZONE = "eu-1a"
+"""The zone of the clients run against the table (grpcio's bootstrap, Envoy's node): rows
+with endpoints in it and in another are served with priorities (own zone 0, others 1)."""
+
+LOCALITY_POLICIES: list[tuple[str, dict[str, Any]]] = [
+    ("zones-own-zone-first", {}),
+    ("zones-prefer-own-zone-false", {"locality": {"prefer_own_zone": False}}),
+    ("zones-prefer-own-zone-true", {"locality": {"prefer_own_zone": True}}),
+    ("zones-spill-over-below", {"locality": {"spill_over_below": 0.5}}),
+    ("zones-spill-over-never", {"locality": {"spill_over_below": 0}}),
+]
+
+
+def zone_rows(backend: str, spare: str) -> list[tuple[str, dict[str, Any]]]:
+    """Rows of zone-aware routing (gRFC A27/A56): each row's fields besides ``name``. The
+    caller's zone holds ``backend``; ``spare`` is in another zone."""
+    two_zones = [
+        {"address": backend, "zone": CALLER_ZONE, "weight": 2},
+        {"address": spare, "zone": "eu-1b"},
+    ]
+    rows = [(row, {"endpoints": two_zones, "policy": policy}) for row, policy in LOCALITY_POLICIES]
+    elsewhere = [{"address": backend, "zone": "eu-1b"}, {"address": spare, "zone": "eu-1c"}]
+    rows.append(("zones-none-in-the-callers", {"endpoints": elsewhere}))
+    rows.append(
+        (
+            "zones-with-subsets",
+            {
+                "endpoints": [
+                    {**two_zones[0], "labels": {"version": "v1"}},
+                    {**two_zones[1], "labels": {"version": "v2"}},
+                ],
+                "subsets": SUBSETS,
+                "routes": [{"to": {"v1": 50, "v2": 50}}],
+            },
+        )
+    )
+    return rows
 
 
 def endpoint_rows(backend: str, spare: str) -> list[tuple[str, list[dict[str, Any]]]]:
@@ -311,6 +350,7 @@ def write_services(path: Path, backend: str, spare: str) -> list[str]:
         for row, endpoints in endpoint_rows(backend, spare)
     ]
     documents += [{"name": f"conf-{row}", **fields} for row, fields in traffic_rows(backend, spare)]
+    documents += [{"name": f"conf-{row}", **fields} for row, fields in zone_rows(backend, spare)]
     for document in documents:
         if not document.get("policy"):
             document.pop("policy", None)

@@ -19,7 +19,7 @@ import pytest
 
 from mesh_core.names import client_listener_name
 from tests.conftest import run_cli, wait_for
-from tests.e2e.conformance_table import ALIAS_ONLY, write_services
+from tests.e2e.conformance_table import ALIAS_ONLY, CALLER_ZONE, write_services
 from tests.e2e.conftest import MeshProcesses
 from tests.e2e.helpers import meshctl, status_json
 
@@ -51,6 +51,8 @@ def test_grpcio_acks_every_option_and_calls_succeed(procs: MeshProcesses, tmp_pa
         control,
         "--node-id",
         "conformance",
+        "--zone",
+        CALLER_ZONE,
         "--hold",
         *targets,
     )

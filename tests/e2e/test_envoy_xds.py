@@ -29,7 +29,7 @@ import yaml
 from mesh_core.names import subset_cluster_name
 from mesh_xds.types import CLUSTER, ENDPOINT, ROUTE
 from tests.conftest import Proc, free_port, require_tool, wait_for
-from tests.e2e.conformance_table import write_services
+from tests.e2e.conformance_table import CALLER_ZONE, write_services
 from tests.e2e.conftest import MeshProcesses
 from tests.e2e.helpers import json_node, meshctl
 
@@ -92,7 +92,7 @@ def envoy_bootstrap(control: str, route_configs: list[str]) -> dict[str, Any]:
         }
     }
     return {
-        "node": {"id": NODE_ID, "cluster": "mesh-tests"},
+        "node": {"id": NODE_ID, "cluster": "mesh-tests", "locality": {"zone": CALLER_ZONE}},
         "admin": {"address": _address("127.0.0.1", 0)},
         "dynamic_resources": {
             "ads_config": {

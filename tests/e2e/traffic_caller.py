@@ -14,7 +14,8 @@ Calls go in batches of ``concurrency`` made together (``Echo`` only; ``EchoStrea
 made one at a time). ``{"exit": true}`` ends the process.
 
 ``--steady SERVICE``: one ``Echo`` call after another (each with ``--timeout`` and
-``wait_for_ready``), one JSON line per call on stdout, until the process is stopped.
+``wait_for_ready``), one JSON line per call on stdout, until the process is stopped; ``at``
+is the ``time.time()`` of the reply.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class Caller:
             from mesh_agent.client._bootstrap import bootstrap_json
 
             os.environ["GRPC_XDS_BOOTSTRAP_CONFIG"] = bootstrap_json(
-                [args.xds_server], args.node_id
+                [args.xds_server], args.node_id, zone=args.zone
             )
 
     def stub(self, service: str) -> echo_pb2_grpc.EchoServiceStub:
@@ -206,7 +207,9 @@ class Caller:
                 record = {"ok": False, "code": error.code().name, "details": error.details()}
             else:
                 record = {"ok": True, "backend": reply.backend}
-            record.update(seq=seq, ms=round((time.perf_counter() - started) * 1000, 2))
+            record.update(
+                seq=seq, ms=round((time.perf_counter() - started) * 1000, 2), at=time.time()
+            )
             sys.stdout.write(json.dumps(record) + "\n")
             sys.stdout.flush()
             time.sleep(self.args.interval)
@@ -217,6 +220,7 @@ def main() -> None:
     parser.add_argument("--agent", help="the agent (mesh_channel)")
     parser.add_argument("--xds-server", help="plain xds:/// channels to this xDS server")
     parser.add_argument("--node-id", required=True)
+    parser.add_argument("--zone", default="", help="--xds-server: the node's zone")
     parser.add_argument("--commands", type=Path, help="serve batches of calls from DIR")
     parser.add_argument("--steady", metavar="SERVICE", help="call SERVICE until stopped")
     parser.add_argument("--timeout", type=float, default=5.0, help="--steady: each call's")

@@ -63,6 +63,11 @@ def _service(text: str = ORDERS) -> config_pb2.Service:
 
 
 SHOWN = """
+ZONE   ENDPOINTS  WEIGHT
+-      3          3
+eu-1a  1          1
+(a caller's own zone first, then the others; the next joins below 70% usable)
+
 SUBSET  LABELS      ENDPOINTS       CLUSTER
 v1      version=v1  1               orders/v1
 v2      version=v2  2 (1 draining)  orders/v2

@@ -23,6 +23,7 @@ from mesh_agent.client._link import call_timeout_of
 from mesh_agent.daemon.breakers.service import call_policy
 from mesh_agent.daemon.cache import ConfigCache
 from mesh_agent.daemon.health.component import health_targets
+from mesh_agent.daemon.health.table import Verdict
 from mesh_agent.daemon.local import LocalSnapshotSource
 from mesh_agent.daemon.upstream.interest import compute_interest
 from mesh_core.errors import ConfigError
@@ -298,14 +299,17 @@ def test_the_agent_checks_each_endpoint_once_and_marks_it_in_every_subset() -> N
     )
     targets = health_targets(cache)
     assert set(targets) == {"orders"}
-    addresses, _ = targets["orders"]
-    assert sorted(addresses) == ["10.0.0.5:50051", "10.0.0.6:50051", "10.0.0.7:50051"]
+    assert sorted(targets["orders"].addresses) == [
+        "10.0.0.5:50051",
+        "10.0.0.6:50051",
+        "10.0.0.7:50051",
+    ]
 
     asked: list[str] = []
 
-    def overrides(service: str) -> dict[str, str]:
+    def overrides(service: str) -> Verdict:
         asked.append(service)
-        return {"10.0.0.7:50051": "unhealthy"}
+        return Verdict(unhealthy={"10.0.0.7:50051": "unhealthy"})
 
     source = LocalSnapshotSource(cache, overrides)
     snapshot = source.snapshot_for(base_pb2.Node(id="app"))

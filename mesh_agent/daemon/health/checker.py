@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -24,8 +24,9 @@ import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mesh.v1 import config_pb2
-from mesh_agent.daemon.health.table import HealthPolicy, HealthTable
+from mesh_agent.daemon.health.table import HealthPolicy, HealthTable, Placement
 from mesh_agent.daemon.metrics import AgentMetrics, agent_metrics
+from mesh_core.policy import SPILL_OVER_BELOW
 
 log = structlog.get_logger(__name__)
 
@@ -98,16 +99,20 @@ class HealthChecker:
         service: str,
         addresses: Sequence[str],
         policy: config_pb2.HealthCheckPolicy | HealthPolicy | None = None,
+        placement: Mapping[str, Placement] | None = None,
+        spill_over_below: float = SPILL_OVER_BELOW,
     ) -> None:
         """Checks exactly ``addresses`` for ``service`` from now on, under ``policy`` (0 or
-        unset fields take the defaults: 5s interval, 1s timeout, thresholds 3 and 2).
+        unset fields take the defaults: 5s interval, 1s timeout, thresholds 3 and 2);
+        ``placement`` and ``spill_over_below`` go to the table
+        (:meth:`HealthTable.update_targets`).
         Endpoints that stay keep their state; new ones are checked soon; removed ones stop
         being checked and are forgotten. An empty list is :meth:`remove_service`."""
         pol = policy if isinstance(policy, HealthPolicy) else HealthPolicy.from_proto(policy)
         wanted = list(dict.fromkeys(addresses))
         for key in [k for k in self._targets if k[0] == service and k[1] not in wanted]:
             self._drop(key)
-        self.table.update_targets(service, wanted, pol)
+        self.table.update_targets(service, wanted, pol, placement, spill_over_below)
         for address in wanted:
             key = (service, address)
             target = self._targets.get(key)
@@ -261,7 +266,7 @@ class HealthChecker:
         self._panic[service] = panic
         if panic:
             log.warning(
-                "health panic: too few usable endpoints, ignoring health checks",
+                "health panic: too few usable endpoints in every zone, ignoring health checks",
                 service=service,
                 statuses=self.table.statuses(service),
                 panic_threshold=self.table.panic_threshold,

@@ -5,22 +5,52 @@ others (:class:`~mesh_agent.daemon.roles.HealthRole`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from envoy.config.endpoint.v3 import endpoint_pb2
 
 from mesh.v1 import config_pb2
 from mesh_agent.components import AgentContext
 from mesh_agent.daemon.cache import ConfigCache, decode
 from mesh_agent.daemon.health.checker import HealthChecker
-from mesh_agent.daemon.health.table import HealthTable
+from mesh_agent.daemon.health.table import HealthTable, Placement
 from mesh_agent.daemon.roles import CACHE, HEALTH, CacheRole
 from mesh_agent.daemon.settings import SETTINGS, AgentSettings
 from mesh_core.errors import ComponentError
 from mesh_core.names import service_of_cluster
+from mesh_core.policy import SPILL_OVER_BELOW
 from mesh_xds.addresses import join_address
 from mesh_xds.types import ENDPOINT, SERVICE_POLICY
 
-Targets = dict[str, tuple[list[str], config_pb2.HealthCheckPolicy]]
-"""Per service: the endpoint addresses to check, and how."""
+
+@dataclass
+class Target:
+    """One service's endpoints to check, how, and where each is served: its zone and that
+    zone's priority for this node (spill-over and panic are judged per zone)."""
+
+    policy: config_pb2.HealthCheckPolicy
+    spill_over_below: float
+    zones: dict[str, str] = field(default_factory=dict)
+    """address -> zone, in the order the assignments list them."""
+    levels: dict[str, int] = field(default_factory=dict)
+    """zone -> priority: the highest any of the service's assignments gives it (an
+    assignment without the own zone, a subset's, has every zone at 0)."""
+
+    @property
+    def addresses(self) -> list[str]:
+        return list(self.zones)
+
+    @property
+    def placement(self) -> dict[str, Placement]:
+        return {address: (zone, self.levels[zone]) for address, zone in self.zones.items()}
+
+
+Targets = dict[str, Target]
+
+
+def _spill_over_below(policy: config_pb2.Policy) -> float:
+    locality = policy.locality
+    return locality.spill_over_below if locality.HasField("spill_over_below") else SPILL_OVER_BELOW
 
 
 def health_targets(cache: ConfigCache) -> Targets:
@@ -40,12 +70,16 @@ def health_targets(cache: ConfigCache) -> Targets:
             continue
         assignment = decode(packed, ENDPOINT)
         assert isinstance(assignment, endpoint_pb2.ClusterLoadAssignment)
-        addresses, _ = targets.setdefault(service, ([], policy.policy.health_check))
-        for locality in assignment.endpoints:
-            for lb in locality.lb_endpoints:
-                address = join_address(lb.endpoint.address.socket_address)
-                if address not in addresses:
-                    addresses.append(address)
+        target = targets.get(service)
+        if target is None:
+            target = targets[service] = Target(
+                policy.policy.health_check, _spill_over_below(policy.policy)
+            )
+        for group in assignment.endpoints:
+            zone = group.locality.zone
+            target.levels[zone] = max(target.levels.get(zone, 0), group.priority)
+            for lb in group.lb_endpoints:
+                target.zones.setdefault(join_address(lb.endpoint.address.socket_address), zone)
     return targets
 
 
@@ -82,8 +116,10 @@ class HealthComponent:
     def _follow(self, cache: ConfigCache) -> None:
         checker = self._started()
         targets = health_targets(cache)
-        for service, (addresses, policy) in targets.items():
-            checker.set_targets(service, addresses, policy)
+        for service, target in targets.items():
+            checker.set_targets(
+                service, target.addresses, target.policy, target.placement, target.spill_over_below
+            )
         for service in set(checker.targets()) - set(targets):
             checker.remove_service(service)
 
@@ -93,4 +129,4 @@ class HealthComponent:
         return self._checker
 
 
-__all__ = ["HealthComponent", "health_targets"]
+__all__ = ["HealthComponent", "Target", "health_targets"]

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Literal
 
-from mesh_core import policy
+from mesh_core import policy as policy_defaults
 from mesh_core.errors import ConfigError
 from mesh_core.signals import GuardedSignal
 
@@ -28,12 +28,33 @@ UNKNOWN: Final = "unknown"
 HEALTHY: Final = "healthy"
 UNHEALTHY: Final = "unhealthy"
 
-DEFAULT_INTERVAL: Final = policy.HEALTH_CHECK_INTERVAL_S
-DEFAULT_TIMEOUT: Final = policy.HEALTH_CHECK_TIMEOUT_S
-DEFAULT_UNHEALTHY_THRESHOLD: Final = policy.HEALTH_CHECK_UNHEALTHY_THRESHOLD
-DEFAULT_HEALTHY_THRESHOLD: Final = policy.HEALTH_CHECK_HEALTHY_THRESHOLD
+DEFAULT_INTERVAL: Final = policy_defaults.HEALTH_CHECK_INTERVAL_S
+DEFAULT_TIMEOUT: Final = policy_defaults.HEALTH_CHECK_TIMEOUT_S
+DEFAULT_UNHEALTHY_THRESHOLD: Final = policy_defaults.HEALTH_CHECK_UNHEALTHY_THRESHOLD
+DEFAULT_HEALTHY_THRESHOLD: Final = policy_defaults.HEALTH_CHECK_HEALTHY_THRESHOLD
 DEFAULT_PANIC_THRESHOLD: Final = 0.5
 DEFAULT_TRANSITION_HISTORY: Final = 100
+
+Placement = tuple[str, int]
+"""Where an endpoint is served: its zone and its priority in the service's assignment (as the
+control server set it for this node's zone)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the local EDS serves of one service's endpoints, from their checks.
+
+    ``unhealthy``: the endpoints to serve as unhealthy, ``{address: status}`` (empty in
+    panic). ``first_zones``: when the own zone spills over, every zone served at priority 0
+    (the own zone and the next ones); empty to keep the priorities as received.
+    ``panic``: every zone has too few usable endpoints, so the checks are ignored."""
+
+    unhealthy: Mapping[str, str] = field(default_factory=dict)
+    first_zones: frozenset[str] = frozenset()
+    panic: bool = False
+
+
+NO_VERDICT: Final = Verdict()
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,10 +175,17 @@ class HealthTable:
     """Health states of every checked (service, address) pair, and the verdicts the agent
     serves from them.
 
-    :meth:`overrides` names the endpoints to serve as unhealthy in the local EDS. Like Envoy's
-    panic threshold: when the fraction of a service's endpoints that are usable (healthy or
-    unknown) falls below ``panic_threshold``, the checks are ignored for that service and no
-    overrides are returned, so traffic still flows when every endpoint fails its checks.
+    :meth:`verdict` says what the local EDS serves of a service's endpoints, zone by zone
+    (each endpoint's zone and priority come with its targets):
+
+    - the endpoints that fail their checks are served as unhealthy, so calls avoid them;
+    - spill-over: when fewer than ``spill_over_below`` of the endpoints at priority 0 (the own
+      zone) are usable, or none is, the zones at the next priority are served at priority 0
+      too, and so on (gRPC fails over by priority but does no overprovisioning);
+    - panic, measured per zone like Envoy's panic threshold per priority: only when every
+      zone has fewer than ``panic_threshold`` of its endpoints usable are the checks ignored
+      for the service, so traffic still flows when every endpoint fails its checks; a zone
+      below the threshold while another is above it is failed over from, not panicked in.
 
     Owned by the agent's asyncio event loop: not thread-safe; observers of :attr:`changed` are
     called synchronously, on that loop, from inside the mutating call.
@@ -173,6 +201,8 @@ class HealthTable:
         self.panic_threshold = panic_threshold
         self._states: dict[str, dict[str, EndpointHealthState]] = {}
         self._policies: dict[str, HealthPolicy] = {}
+        self._placement: dict[str, Mapping[str, Placement]] = {}
+        self._spill: dict[str, float] = {}
         self._transitions: deque[Transition] = deque(maxlen=history)
         self.changed: GuardedSignal[[str]] = GuardedSignal("health subscriber failed")
         """Emitted with a service name whenever that service's overrides or panic flag
@@ -186,17 +216,24 @@ class HealthTable:
         service: str,
         addresses: Iterable[str],
         policy: HealthPolicy | config_pb2.HealthCheckPolicy | None = None,
+        placement: Mapping[str, Placement] | None = None,
+        spill_over_below: float = policy_defaults.SPILL_OVER_BELOW,
     ) -> None:
         """Sets the endpoints checked for ``service``. New ones start ``unknown``, removed
         ones are forgotten, survivors keep their state (and take the policy's thresholds).
-        An empty list forgets the service."""
+        ``placement`` gives each endpoint's zone and priority (unlisted: zone "", priority
+        0). An empty list forgets the service."""
         pol = policy if isinstance(policy, HealthPolicy) else HealthPolicy.from_proto(policy)
         wanted = list(dict.fromkeys(addresses))
         before = self._verdict(service)
         if not wanted:
             self._states.pop(service, None)
             self._policies.pop(service, None)
+            self._placement.pop(service, None)
+            self._spill.pop(service, None)
         else:
+            self._placement[service] = dict(placement or {})
+            self._spill[service] = spill_over_below
             old = self._states.get(service, {})
             states: dict[str, EndpointHealthState] = {}
             for address in wanted:
@@ -231,14 +268,18 @@ class HealthTable:
 
     # -- reading -------------------------------------------------------------------------
 
+    def verdict(self, service: str) -> Verdict:
+        """What the local EDS serves of ``service``'s endpoints (see the class)."""
+        return self._verdict(service)
+
     def overrides(self, service: str) -> dict[str, str]:
         """Endpoints of ``service`` that must be served as unhealthy, ``{address: status}``.
         Empty when no endpoint failed its checks or when the service is in panic."""
-        return dict(self._verdict(service)[1])
+        return dict(self._verdict(service).unhealthy)
 
     def in_panic(self, service: str) -> bool:
-        """True when too few endpoints are usable and the checks are being ignored."""
-        return self._verdict(service)[0]
+        """True when every zone has too few usable endpoints and the checks are ignored."""
+        return self._verdict(service).panic
 
     def status(self, service: str, address: str) -> HealthStatus | None:
         """The endpoint's health state, or None when it is not targeted."""
@@ -277,18 +318,41 @@ class HealthTable:
         """Counter bumped each time any service's overrides or panic flag change."""
         return self._generation
 
-    def _verdict(self, service: str) -> tuple[bool, dict[str, str]]:
+    def _verdict(self, service: str) -> Verdict:
         states = self._states.get(service)
         if not states:
-            return False, {}
-        unhealthy: dict[str, str] = {a: s.status for a, s in states.items() if not s.usable}
-        usable = len(states) - len(unhealthy)
-        if usable / len(states) < self.panic_threshold:
-            return True, {}
-        return False, unhealthy
+            return NO_VERDICT
+        placement = self._placement.get(service, {})
+        zones: dict[str, list[EndpointHealthState]] = {}
+        levels: dict[int, list[EndpointHealthState]] = {}
+        zones_at: dict[int, set[str]] = {}
+        for address, state in states.items():
+            zone, level = placement.get(address, ("", 0))
+            zones.setdefault(zone, []).append(state)
+            levels.setdefault(level, []).append(state)
+            zones_at.setdefault(level, set()).add(zone)
+        if all(_usable_share(members) < self.panic_threshold for members in zones.values()):
+            return Verdict(panic=True)
+        unhealthy = {a: s.status for a, s in states.items() if not s.usable}
+        order = sorted(levels)
+        spill = self._spill.get(service, policy_defaults.SPILL_OVER_BELOW)
+        served: list[EndpointHealthState] = []
+        first: set[str] = set()
+        for level in order:
+            served += levels[level]
+            first |= zones_at[level]
+            share = _usable_share(served)
+            if share >= spill and share > 0:
+                break
+        spilled = len(first) > len(zones_at[order[0]])
+        return Verdict(unhealthy, frozenset(first) if spilled else frozenset())
 
-    def _changed(self, service: str, before: tuple[bool, dict[str, str]]) -> None:
+    def _changed(self, service: str, before: Verdict) -> None:
         if self._verdict(service) == before:
             return
         self._generation += 1
         self.changed.emit(service)
+
+
+def _usable_share(states: list[EndpointHealthState]) -> float:
+    return sum(1 for state in states if state.usable) / len(states)
