@@ -4,7 +4,7 @@ Every flag can also come from ``--config FILE`` (YAML, keys named like the flags
 underscores: ``control``, ``node_id``, ``zone``, ``socket``, ``socket_mode`` (octal, as
 written: ``0660``), ``socket_owner``, ``socket_group``, ``listen``, ``listen_allow`` (a list),
 ``state_dir``, ``metrics_port``, ``metrics_host``, ``tls_cert``, ``tls_key``, ``tls_ca``,
-``xds_protocol``, plus ``registrations``: a list of
+``xds_protocol``, ``panic_threshold``, plus ``registrations``: a list of
 ``{service, address, zone, weight, metadata}``); flags given on the command line win.
 
 With mTLS (``--tls-cert``, ``--tls-key``, ``--tls-ca``, the node's certificate) the ``--listen``
@@ -28,7 +28,7 @@ import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 import yaml
@@ -38,6 +38,7 @@ from mesh.v1 import node_pb2
 from mesh_agent import __version__
 from mesh_agent.daemon.agent import Agent
 from mesh_agent.daemon.api import registration_problems
+from mesh_agent.daemon.health.table import DEFAULT_PANIC_THRESHOLD
 from mesh_agent.daemon.settings import DEFAULT_SOCKET, DEFAULT_STATE_DIR, AgentSettings
 from mesh_agent.daemon.upstream.client import PROTOCOLS
 from mesh_core import telemetry, tls
@@ -66,6 +67,7 @@ CONFIG_KEYS = {
     "tls_key",
     "tls_ca",
     "xds_protocol",
+    "panic_threshold",
 }
 
 
@@ -77,7 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, help="YAML file with any of the settings below")
     run.add_argument("--control", help="control servers, HOST:PORT[,HOST:PORT...] (failover)")
     run.add_argument("--node-id", help="this node's id (default: the host name)")
-    run.add_argument("--zone", help="this node's zone")
+    run.add_argument(
+        "--zone",
+        help="this node's zone: calls go to the endpoints in it first (and endpoints it "
+        "registers without a zone are in it)",
+    )
+    run.add_argument(
+        "--panic-threshold",
+        type=float,
+        help="ignore the health checks of a service when every one of its zones has fewer "
+        "than this fraction of usable endpoints (0 to 1; default 0.5)",
+    )
     run.add_argument("--cluster", help="this node's cluster (xDS node.cluster)")
     run.add_argument("--socket", help=f"unix socket for local processes ({DEFAULT_SOCKET})")
     run.add_argument(
@@ -162,7 +174,7 @@ def _example(item: Any, files: tls.TlsFiles | None) -> str:
     return guess if parse_uri(guess) else f"spiffe://{domain}/operator/NAME"
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     sys.stderr.write(f"mesh-agent: {message}\n")
     raise SystemExit(2)
 
@@ -292,7 +304,20 @@ def settings_from(args: argparse.Namespace, config: dict[str, Any] | None = None
         registrations=registrations,
         tls=files,
         xds_protocol=xds_protocol(pick("xds_protocol", "auto"), args),
+        panic_threshold=panic_threshold(pick("panic_threshold", DEFAULT_PANIC_THRESHOLD), args),
     )
+
+
+def panic_threshold(value: Any, args: argparse.Namespace) -> float:
+    """``--panic-threshold`` (or ``panic_threshold`` in the config file): a fraction."""
+    where = "--panic-threshold" if args.panic_threshold is not None else "panic_threshold"
+    try:
+        threshold = float(value)
+    except (TypeError, ValueError):
+        _fail(f"{where} must be a number between 0 and 1, got {value!r}")
+    if not 0.0 <= threshold <= 1.0:
+        _fail(f"{where} must be between 0 and 1, got {threshold}")
+    return threshold
 
 
 async def _run(settings: AgentSettings, ready_file: Path | None) -> None:

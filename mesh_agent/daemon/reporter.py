@@ -99,8 +99,11 @@ class Reporter:
         backoff: Backoff = RECONNECT_BACKOFF,
         health: HealthSource | None = None,
         tls: TlsFiles | None = None,
+        zone: str = "",
     ) -> None:
+        """``zone`` is the node's: a registration without a zone of its own is in it."""
         self.tls = tls
+        self.zone = zone
         self.node_id = node_id
         self.health_source = health
         self.zone_priorities: list[tuple[str, str, int]] = []
@@ -109,7 +112,7 @@ class Reporter:
         self.state_dir = state_dir
         self.backoff = backoff
         self.registrations: dict[tuple[str, str], node_pb2.Registration] = {
-            registration_key(r): r for r in static
+            registration_key(r): self._placed(r) for r in static
         }
         self._static = set(self.registrations)
         self.server = ""
@@ -121,8 +124,13 @@ class Reporter:
 
     # -- registrations -----------------------------------------------------------------------
 
+    def _placed(self, registration: node_pb2.Registration) -> node_pb2.Registration:
+        if not registration.zone and self.zone:
+            registration.zone = self.zone
+        return registration
+
     def register(self, registration: node_pb2.Registration) -> None:
-        self.registrations[registration_key(registration)] = registration
+        self.registrations[registration_key(registration)] = self._placed(registration)
         self._save()
         self.changed()
 
@@ -164,7 +172,9 @@ class Reporter:
             document = json.loads(path.read_text())
             for body in document["registrations"]:
                 registration = json_format.ParseDict(body, node_pb2.Registration())
-                self.registrations.setdefault(registration_key(registration), registration)
+                self.registrations.setdefault(
+                    registration_key(registration), self._placed(registration)
+                )
         except (OSError, ValueError, KeyError, TypeError, json_format.ParseError) as error:
             log.warning(
                 "registrations file rejected; starting without it", path=str(path), error=str(error)
@@ -298,7 +308,11 @@ class ReporterComponent:
         if self._reporter is None:
             settings = ctx.setting(SETTINGS, AgentSettings)
             self._reporter = Reporter(
-                settings.node_id, settings.state_dir, settings.registrations, tls=settings.tls
+                settings.node_id,
+                settings.state_dir,
+                settings.registrations,
+                tls=settings.tls,
+                zone=settings.zone,
             )
         reporter = self._reporter
         reporter.health_source = lambda: node_health(ctx.statuses(), hub)

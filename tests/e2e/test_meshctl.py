@@ -162,6 +162,11 @@ SHOWN = """\
 NAME    ENDPOINTS  REVISION
 orders  2          {revision}
 
+ZONE   ENDPOINTS  WEIGHT
+-      2          2
+eu-1a  1          1
+(a caller's own zone first, then the others; the next joins below 70% usable)
+
 SUBSET  LABELS      ENDPOINTS  CLUSTER
 v1      version=v1  1          orders/v1
 v2      version=v2  2          orders/v2

@@ -11,11 +11,13 @@ from google.protobuf import any_pb2
 
 from control.config import load_documents
 from control.resources import build_resources, zone_key
-from mesh.v1 import config_pb2
+from mesh.v1 import config_pb2, node_pb2
 from mesh_agent.daemon.cache import ConfigCache
+from mesh_agent.daemon.cli import build_parser, settings_from
 from mesh_agent.daemon.health.component import health_targets
 from mesh_agent.daemon.health.table import HealthPolicy, HealthTable, Verdict
 from mesh_agent.daemon.local import LocalSnapshotSource, apply_verdict, zone_priorities
+from mesh_agent.daemon.reporter import Reporter
 from mesh_core.errors import ConfigError
 from mesh_core.validation import validate_service
 from mesh_xds.cache import SnapshotCache
@@ -271,3 +273,44 @@ def test_the_agent_places_each_endpoint_by_its_zone_and_serves_the_spill_over() 
 def test_the_agent_reads_spill_over_below_from_the_policy() -> None:
     cache = _agent_cache(orders(ORDERS + "  locality: {spill_over_below: 0.25}\n"), "a")
     assert health_targets(cache)["orders"].spill_over_below == 0.25
+
+
+# -- the agent's command line and registrations ---------------------------------------------
+
+
+def _settings(*argv: str, config: dict[str, object] | None = None) -> object:
+    args = build_parser().parse_args(["run", "--control", "127.0.0.1:1", *argv])
+    return settings_from(args, config or {})
+
+
+def test_panic_threshold_comes_from_the_flag_or_the_config_file() -> None:
+    assert _settings("--panic-threshold", "0.3").panic_threshold == 0.3  # type: ignore[attr-defined]
+    assert _settings(config={"panic_threshold": 0.2}).panic_threshold == 0.2  # type: ignore[attr-defined]
+    assert _settings().panic_threshold == 0.5  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("argv", "config", "message"),
+    [
+        (("--panic-threshold", "1.5"), {}, "--panic-threshold must be between 0 and 1, got 1.5"),
+        ((), {"panic_threshold": "lots"}, "panic_threshold must be a number between 0 and 1"),
+    ],
+)
+def test_a_bad_panic_threshold_is_refused_naming_where_it_came_from(
+    argv: tuple[str, ...],
+    config: dict[str, object],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        _settings(*argv, config=config)
+    assert message in capsys.readouterr().err
+
+
+def test_a_registration_without_a_zone_is_in_the_nodes_zone() -> None:
+    static = node_pb2.Registration(service="orders", address="10.0.0.1:1")
+    placed = node_pb2.Registration(service="orders", address="10.0.0.2:1", zone="b")
+    reporter = Reporter("node-1", None, [static, placed], zone="a")
+    reporter.register(node_pb2.Registration(service="billing", address="10.0.0.3:1"))
+    zones = {r.address: r.zone for r in reporter.registrations.values()}
+    assert zones == {"10.0.0.1:1": "a", "10.0.0.2:1": "b", "10.0.0.3:1": "a"}
