@@ -9,8 +9,10 @@ reporting NOT_SERVING, one stopped and restarted, both failing (the breaker open
 a control-server outage, a bad hand edit in the store directory (reported, ignored), the
 service deleted and re-created, then a canary release: a third backend runs v2, subsets and a
 weighted route move the calls from v1 to v2 (90/10, 50/50, 0/100), each step's calls counted
-by version. The agent's breaker and endpoint-health transitions are read from its log and
-shown as they happen. Ctrl-C stops everything.
+by version, and last the zones: the node is in zone eu-1a with alpha and beta, gamma is in
+eu-1b; calls stay in eu-1a, fail over to eu-1b when eu-1a's backends fail their health checks
+and come back when they pass again. The agent's breaker and endpoint-health transitions are
+read from its log and shown as they happen. Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -275,16 +277,32 @@ class Demo:
                 echo_pb2.ConfigureRequest(fail=fail), timeout=5
             )
 
-    def _endpoint_health(self, agent: str) -> list[tuple[str, str, str]]:
+    def _agent_status(self, agent: str) -> Any:
         import grpc
 
         from mesh.v1 import agent_pb2, agent_pb2_grpc
 
         with grpc.insecure_channel(agent) as channel:
-            status = agent_pb2_grpc.AgentServiceStub(channel).GetAgentStatus(
+            return agent_pb2_grpc.AgentServiceStub(channel).GetAgentStatus(
                 agent_pb2.GetAgentStatusRequest(), timeout=5
             )
+
+    def _endpoint_health(self, agent: str) -> list[tuple[str, str, str]]:
+        status = self._agent_status(agent)
         return [(e.service, e.address, e.state) for e in status.endpoint_health]
+
+    def zone_priorities(self, agent: str) -> dict[str, int]:
+        """The priority each zone of ``echo`` is served at on the node, as its agent says."""
+        status = self._agent_status(agent)
+        return {p.zone: p.priority for p in status.zone_priorities if p.service == "echo"}
+
+    def wait_zone_priorities(
+        self, agent: str, wanted: Mapping[str, int], timeout: float = 15
+    ) -> None:
+        """Waits (at most ``timeout`` seconds) until the node is served ``wanted``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.zone_priorities(agent) != wanted:
+            time.sleep(0.1)
 
     def agent_health(self, agent: str) -> None:
         self.out(
@@ -407,17 +425,21 @@ class Demo:
         *addresses: str,
         versions: Mapping[str, str] | None = None,
         split: Mapping[str, int] | None = None,
+        zones: Mapping[str, str] | None = None,
     ) -> Path:
         """Service ``echo`` on ``addresses``; ``versions`` labels them ``{address: version}``,
         and ``split`` (``{version: weight}``, with ``versions``) adds a subset per version
-        and one route splitting the calls between them."""
+        and one route splitting the calls between them; ``zones`` places them
+        ``{address: zone}``."""
         path = self.workdir / "echo.yaml"
         body = ["name: echo", "endpoints:"]
         for address in addresses:
             version = (versions or {}).get(address)
-            labels = f", labels: {{version: {version}}}" if version else ""
+            zone = (zones or {}).get(address)
+            extra = f", labels: {{version: {version}}}" if version else ""
+            extra += f", zone: {zone}" if zone else ""
             body.append(
-                f"  - {{address: {address}{labels}}}" if labels else f"  - address: {address}"
+                f"  - {{address: {address}{extra}}}" if extra else f"  - address: {address}"
             )
         if versions and split:
             body.append("subsets:")
@@ -479,10 +501,10 @@ CANARY_CALLS = 200
 """Calls counted at each step."""
 
 
-def canary(demo: Demo, agent: str, pause: float, alpha: str, beta: str) -> None:
+def canary(demo: Demo, agent: str, pause: float, alpha: str, beta: str) -> str:
     """A canary release: v1 runs on alpha and beta, v2 on a new backend, gamma. Subsets v1
     and v2 and a route splitting the calls between them move the traffic over step by step;
-    each step counts the calls of a fresh client by version."""
+    each step counts the calls of a fresh client by version. Returns gamma's address."""
     _, gamma = demo.backend("gamma")
     versions = {alpha: "v1", beta: "v1", gamma: "v2"}
     demo.say(
@@ -513,6 +535,51 @@ def canary(demo: Demo, agent: str, pause: float, alpha: str, beta: str) -> None:
         line += f" of {CANARY_CALLS} calls" + (f", {failed} failed" if failed else "")
         demo.out(line)
         time.sleep(pause / 2)
+    return gamma
+
+
+ZONE = "eu-1a"
+"""The demo node's zone (``mesh-agent --zone``)."""
+ZONE_CALLS = 100
+"""Calls counted at each step of the zones scene."""
+
+
+def zones(demo: Demo, agent: str, pause: float, alpha: str, beta: str, gamma: str) -> None:
+    """Zone-aware routing: alpha and beta in the node's zone, gamma in another. Each step
+    counts the calls of a fresh client by backend, and shows the priority of each zone."""
+    placed = {alpha: ZONE, beta: ZONE, gamma: "eu-1b"}
+    demo.say(
+        f"zones: the node is in {ZONE}, with alpha and beta; gamma is in eu-1b. Calls stay "
+        "in the node's zone (eu-1a at priority 0, eu-1b at 1)"
+    )
+    demo.meshctl("apply", "-f", str(demo.write_service(alpha, beta, gamma, zones=placed)))
+    demo.wait_zone_priorities(agent, {ZONE: 0, "eu-1b": 1})
+    zone_counts(demo, agent, f"{ZONE} up")
+    time.sleep(pause / 2)
+    demo.say(
+        f"alpha and beta report NOT_SERVING: {ZONE} has no usable endpoint, the agent serves "
+        "eu-1b at priority 0 and calls fail over to gamma"
+    )
+    for name in ("alpha", "beta"):
+        demo.named[name].send_signal(signal.SIGUSR1)
+    demo.wait_zone_priorities(agent, {ZONE: 0, "eu-1b": 0})
+    zone_counts(demo, agent, f"{ZONE} down")
+    time.sleep(pause / 2)
+    demo.say(f"alpha and beta pass their checks again: calls come back to {ZONE}")
+    for name in ("alpha", "beta"):
+        demo.named[name].send_signal(signal.SIGUSR2)
+    demo.wait_zone_priorities(agent, {ZONE: 0, "eu-1b": 1})
+    zone_counts(demo, agent, f"{ZONE} back")
+    time.sleep(pause / 2)
+
+
+def zone_counts(demo: Demo, agent: str, step: str) -> None:
+    counts = demo.count_calls(agent, ZONE_CALLS)
+    served = " ".join(f"{z}={p}" for z, p in sorted(demo.zone_priorities(agent).items()))
+    by_backend = ", ".join(f"{b} {counts[b]}" for b in ("alpha", "beta", "gamma"))
+    failed = sum(n for b, n in counts.items() if b not in ("alpha", "beta", "gamma"))
+    line = f"zones, {step} ({served}): {by_backend} of {ZONE_CALLS} calls"
+    demo.out(line + (f", {failed} failed" if failed else ""))
 
 
 def run(demo: Demo, pause: float, duration: float, mtls: bool = True) -> None:
@@ -540,6 +607,8 @@ def run(demo: Demo, pause: float, duration: float, mtls: bool = True) -> None:
             demo.control,
             "--node-id",
             "demo-node",
+            "--zone",
+            ZONE,
             "--socket",
             str(socket_path),
             "--state-dir",
@@ -630,7 +699,8 @@ def run(demo: Demo, pause: float, duration: float, mtls: bool = True) -> None:
     demo.say("applying it again: calls succeed again")
     demo.meshctl("apply", "-f", str(demo.write_service(alpha, beta)))
     time.sleep(pause)
-    canary(demo, agent, pause, alpha, beta)
+    gamma = canary(demo, agent, pause, alpha, beta)
+    zones(demo, agent, pause, alpha, beta, gamma)
     demo.meshctl("status")
     if duration:
         return

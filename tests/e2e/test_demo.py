@@ -103,7 +103,7 @@ def test_demo_shows_the_mesh_working(tmp_path: Path) -> None:
     assert "\n[agent]" not in out.split("==> stopping", 1)[1]
 
     # The canary: each step's 200 calls, from a fresh client, split by the step's weights.
-    canary = section(out, "==> a canary: v1 runs on alpha and beta, v2 on", "==> stopping")
+    canary = section(out, "==> a canary: v1 runs on alpha and beta, v2 on", "==> zones:")
     steps = re.findall(
         r"^canary (\d+)/(\d+): v1 (\d+), v2 (\d+) of 200 calls(?:, (\d+) failed)?$",
         canary,
@@ -120,6 +120,23 @@ def test_demo_shows_the_mesh_working(tmp_path: Path) -> None:
     # The demo's own client moved too: after the last step it calls v2 (gamma) alone.
     last = client_calls(canary.split("canary 0/100", 1)[1])
     assert last and all(" ok    gamma " in line for line in last), last
+
+    # The zones: eu-1a's calls stay there, fail over to eu-1b's gamma and come back.
+    zones = section(out, "==> zones: the node is in eu-1a", "==> stopping")
+    steps = re.findall(
+        r"^zones, eu-1a (\w+) \((.*)\): alpha (\d+), beta (\d+), gamma (\d+) of 100 calls$",
+        zones,
+        re.MULTILINE,
+    )
+    assert [(step, served) for step, served, *_ in steps] == [
+        ("up", "eu-1a=0 eu-1b=1"),
+        ("down", "eu-1a=0 eu-1b=0"),
+        ("back", "eu-1a=0 eu-1b=1"),
+    ], zones
+    by_step = {step: (int(a), int(b), int(g)) for step, _, a, b, g in steps}
+    assert by_step["up"][2] == 0 and by_step["back"][2] == 0, zones
+    assert by_step["down"] == (0, 0, 100), zones
+    assert "demo-node  eu-1a  echo     eu-1a=0 eu-1b=1" in zones, zones  # meshctl status, last
 
 
 def test_make_demo_passes_its_args_through() -> None:
