@@ -7,11 +7,22 @@ NAME`` shows."""
 from __future__ import annotations
 
 import pytest
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from google.protobuf import any_pb2
 
 from control.config import dump_yaml, load_documents, service_to_dict
+from control.resources import CHANNEL_ID_KEY, build_resources
 from mesh.v1 import config_pb2
+from mesh_agent.daemon.cache import ConfigCache
 from mesh_core.errors import ConfigError
+from mesh_core.names import client_listener_name
 from mesh_core.validation import validate_warnings
+from mesh_xds.types import CLUSTER, LISTENER, ROUTE
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -204,3 +215,112 @@ def test_meshctl_apply_and_validate_print_the_warnings(capsys: pytest.CaptureFix
         f"meshctl: warning: service/s: policy.lb: {RANDOM}",
         f"meshctl: warning: service/s: routes[0].to: {NOT_STICKY}",
     ]
+
+
+# -- resources -------------------------------------------------------------------------------
+
+
+def _header(name: str) -> route_components_pb2.RouteAction.HashPolicy:
+    hashed = route_components_pb2.RouteAction.HashPolicy()
+    hashed.header.header_name = name
+    return hashed
+
+
+def _channel() -> route_components_pb2.RouteAction.HashPolicy:
+    hashed = route_components_pb2.RouteAction.HashPolicy()
+    hashed.filter_state.key = CHANNEL_ID_KEY
+    return hashed
+
+
+def _alias_routes(listener: object) -> route_pb2.RouteConfiguration:
+    assert isinstance(listener, listener_pb2.Listener)
+    manager = hcm_pb2.HttpConnectionManager()
+    assert listener.api_listener.api_listener.Unpack(manager)
+    return manager.route_config
+
+
+@pytest.mark.parametrize(
+    ("hash_yaml", "expected"),
+    [(HEADER, _header("x-user-id")), (CHANNEL, _channel())],
+    ids=["header", "channel"],
+)
+def test_every_route_carries_the_hash_policy(
+    hash_yaml: str, expected: route_components_pb2.RouteAction.HashPolicy
+) -> None:
+    resources = build_resources([carts(hash_yaml)])
+    own = resources[ROUTE]["carts"]
+    alias = _alias_routes(resources[LISTENER][client_listener_name("carts")])
+    for config in (own, alias):
+        assert isinstance(config, route_pb2.RouteConfiguration)
+        entries = config.virtual_hosts[0].routes
+        # The route with its own timeout, the one with none, and the default route.
+        assert [entry.name for entry in entries] == ["refunds", "beta", "default"]
+        for entry in entries:
+            assert list(entry.route.hash_policy) == [expected], entry
+
+
+def test_a_route_of_its_own_keeps_its_policy_beside_the_hash() -> None:
+    resources = build_resources([carts()])
+    config = resources[ROUTE]["carts"]
+    assert isinstance(config, route_pb2.RouteConfiguration)
+    refunds, beta, default = config.virtual_hosts[0].routes
+    assert refunds.route.max_stream_duration.max_stream_duration.seconds == 30
+    assert beta.route.max_stream_duration.max_stream_duration.seconds == 5
+    assert (refunds.route.cluster, beta.route.cluster, default.route.cluster) == (
+        "carts/v2",
+        "carts/v1",
+        "carts",
+    )
+
+
+def test_without_a_hash_no_route_has_a_hash_policy() -> None:
+    text = CARTS.replace(", hash: HASH", "")
+    resources = build_resources([carts(text=text)])
+    config = resources[ROUTE]["carts"]
+    assert isinstance(config, route_pb2.RouteConfiguration)
+    assert all(not entry.route.hash_policy for entry in config.virtual_hosts[0].routes)
+    cluster = resources[CLUSTER]["carts"]
+    assert isinstance(cluster, cluster_pb2.Cluster)
+    # ring_hash all the same, with the clients' default ring.
+    assert cluster.lb_policy == cluster_pb2.Cluster.RING_HASH
+    assert cluster.HasField("ring_hash_lb_config")
+    assert not cluster.ring_hash_lb_config.HasField("minimum_ring_size")
+
+
+def test_every_cluster_carries_the_ring() -> None:
+    resources = build_resources([carts(CHANNEL)])
+    assert set(resources[CLUSTER]) == {"carts", "carts/v1", "carts/v2"}
+    for name, cluster in resources[CLUSTER].items():
+        assert isinstance(cluster, cluster_pb2.Cluster)
+        assert cluster.lb_policy == cluster_pb2.Cluster.RING_HASH, name
+        ring = cluster.ring_hash_lb_config
+        assert ring.hash_function == cluster_pb2.Cluster.RingHashLbConfig.XX_HASH, name
+        assert (ring.minimum_ring_size.value, ring.maximum_ring_size.value) == (16, 64), name
+
+
+def test_a_ring_with_one_bound_sets_that_bound_only() -> None:
+    hashed = "{header: x-user-id, max_ring_size: 2048}"
+    cluster = build_resources([carts(hashed)])[CLUSTER]["carts/v1"]
+    assert isinstance(cluster, cluster_pb2.Cluster)
+    ring = cluster.ring_hash_lb_config
+    assert not ring.HasField("minimum_ring_size")
+    assert ring.maximum_ring_size.value == 2048
+
+
+def test_round_robin_clusters_have_no_ring() -> None:
+    plain = service("{lb: round_robin}")
+    for cluster in build_resources([plain])[CLUSTER].values():
+        assert isinstance(cluster, cluster_pb2.Cluster)
+        assert not cluster.HasField("ring_hash_lb_config")
+
+
+def test_the_agents_cache_takes_the_hashed_resources() -> None:
+    resources = build_resources([carts(CHANNEL)])
+    cache = ConfigCache(None, "node-1")
+    for type_url in (CLUSTER, ROUTE, LISTENER):
+        packed = []
+        for name in sorted(resources[type_url]):
+            item = any_pb2.Any()
+            item.Pack(resources[type_url][name])
+            packed.append(item)
+        assert cache.accept_delta(type_url, "v1", packed, []) is None
