@@ -16,6 +16,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from google.protobuf import any_pb2
 
 from control.config import dump_yaml, load_documents, service_to_dict
+from control.meshctl.services import hash_text, traffic_lines
 from control.resources import CHANNEL_ID_KEY, build_resources
 from mesh.v1 import config_pb2
 from mesh_agent.daemon.cache import ConfigCache
@@ -324,3 +325,46 @@ def test_the_agents_cache_takes_the_hashed_resources() -> None:
             item.Pack(resources[type_url][name])
             packed.append(item)
         assert cache.accept_delta(type_url, "v1", packed, []) is None
+
+
+# -- meshctl get services NAME ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("policy", "shown"),
+    [
+        ("{lb: ring_hash, hash: {header: x-user-id}}", "hash: header x-user-id (ring 1024-4096)"),
+        (
+            "{lb: ring_hash, hash: {channel: true, min_ring_size: 16, max_ring_size: 64}}",
+            "hash: channel (ring 16-64)",
+        ),
+        (
+            "{lb: ring_hash, hash: {channel: true, min_ring_size: 4096}}",
+            "hash: channel (ring 4096-4096)",
+        ),
+        (
+            "{lb: ring_hash, hash: {channel: true, max_ring_size: 2048}}",
+            "hash: channel (ring 1024-2048)",
+        ),
+        (
+            "{lb: ring_hash}",
+            "hash: none (each call hashes at random, spreading like round robin)",
+        ),
+        ("{lb: round_robin}", None),
+        ("{}", None),
+    ],
+)
+def test_meshctl_shows_what_calls_are_hashed_on(policy: str, shown: str | None) -> None:
+    assert hash_text(service(policy).policy) == shown
+
+
+def test_the_hash_line_comes_before_the_tables_and_alone_without_them() -> None:
+    lines = traffic_lines(carts())
+    assert lines[:3] == ["", "hash: header x-user-id (ring 1024-4096)", ""]
+    assert lines[3].startswith("SUBSET")
+    (plain,) = load_documents(
+        "name: s\nendpoints: [{address: '10.0.0.1:1'}]\n"
+        "policy: {lb: ring_hash, hash: {channel: true}}\n",
+        "s.yaml",
+    )
+    assert traffic_lines(plain) == ["", "hash: channel (ring 1024-4096)"]
