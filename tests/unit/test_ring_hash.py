@@ -51,6 +51,7 @@ CHANNEL = "{channel: true, min_ring_size: 16, max_ring_size: 64}"
 
 def carts(hash_yaml: str = HEADER, text: str = CARTS) -> config_pb2.Service:
     (service,) = load_documents(text.replace("HASH", hash_yaml), "carts.yaml")
+    assert isinstance(service, config_pb2.Service)
     return service
 
 
@@ -61,6 +62,7 @@ def service(policy: str, routes: str = "") -> config_pb2.Service:
         f"policy: {policy}\n{routes}"
     )
     (loaded,) = load_documents(text, "s.yaml")
+    assert isinstance(loaded, config_pb2.Service)
     return loaded
 
 
