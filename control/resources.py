@@ -22,6 +22,10 @@ zone at priority 0 and every other zone at priority 1, unless the service says
 resources are built once per zone (:func:`zone_key` names the variant a node gets) and shared
 by every node of the zone.
 
+Consistent hashing (A42): a service with ``lb: ring_hash`` and a ``hash`` policy gives every
+one of its routes the same ``hash_policy`` (a request header, or the channel as filter state
+``io.grpc.channel_id``), and its Cluster, which its subsets' copy, a ``ring_hash_lb_config``.
+
 Beside it each service has an alias Listener, ``mesh-client/orders``
 (:func:`mesh_core.names.client_listener_name`), which the client library's channels dial: the
 same routes inline, without ``max_stream_duration``, since grpcio starts a route timeout 1-2 s
@@ -75,6 +79,8 @@ LB_POLICIES: Mapping[str, int] = {
     "round_robin": cluster_pb2.Cluster.ROUND_ROBIN,
     "ring_hash": cluster_pb2.Cluster.RING_HASH,
 }
+CHANNEL_ID_KEY = "io.grpc.channel_id"
+"""The filter state key gRPC hashes a channel's calls on (gRFC A42): one hash per channel."""
 # Health-check defaults when a service asks for checks but leaves a field unset.
 _HC_INTERVAL = duration_pb2.Duration(seconds=int(policy.HEALTH_CHECK_INTERVAL_S))
 _HC_TIMEOUT = duration_pb2.Duration(seconds=int(policy.HEALTH_CHECK_TIMEOUT_S))
@@ -227,15 +233,35 @@ def _fill_match(built: route_components_pb2.RouteMatch, match: config_pb2.RouteM
 def _policy_action(
     timeout: duration_pb2.Duration | None,
     retry_policy: route_components_pb2.RetryPolicy | None,
+    hash_policy: route_components_pb2.RouteAction.HashPolicy | None = None,
 ) -> route_components_pb2.RouteAction:
-    """A route action holding only how calls are made: the timeout and the retries."""
+    """A route action holding only how calls are made: the timeout, the retries and what
+    ring_hash hashes them on."""
     action = route_components_pb2.RouteAction()
     if timeout is not None:
         action.max_stream_duration.max_stream_duration.CopyFrom(timeout)
         action.max_stream_duration.grpc_timeout_header_max.CopyFrom(timeout)
     if retry_policy is not None:
         action.retry_policy.CopyFrom(retry_policy)
+    if hash_policy is not None:
+        action.hash_policy.append(hash_policy)
     return action
+
+
+def _hash_policy(
+    service_policy: config_pb2.Policy,
+) -> route_components_pb2.RouteAction.HashPolicy | None:
+    """What every route of a ring_hash service hashes calls on (A42): a request header, or
+    the channel (filter state ``io.grpc.channel_id``). None without a hash policy."""
+    if not service_policy.HasField("hash"):
+        return None
+    hashed = service_policy.hash
+    built = route_components_pb2.RouteAction.HashPolicy()
+    if hashed.channel:
+        built.filter_state.key = CHANNEL_ID_KEY
+    else:
+        built.header.header_name = hashed.header
+    return built
 
 
 def _fill_target(
@@ -258,14 +284,16 @@ class _Inherited(NamedTuple):
 
     timeout: duration_pb2.Duration | None
     retry: route_components_pb2.RetryPolicy | None
-    action: route_components_pb2.RouteAction  # both, for a route that sets neither
+    action: route_components_pb2.RouteAction  # all three, for a route that sets neither
+    hash: route_components_pb2.RouteAction.HashPolicy | None  # every route's, own or not
 
 
 def _inherited(service: config_pb2.Service) -> _Inherited:
     base = service.policy
     timeout = base.timeout if base.HasField("timeout") else None
     retry = _retry_policy(base.retry) if base.HasField("retry") else None
-    return _Inherited(timeout, retry, _policy_action(timeout, retry))
+    hashed = _hash_policy(base)
+    return _Inherited(timeout, retry, _policy_action(timeout, retry, hashed), hashed)
 
 
 def _fill_route_entry(
@@ -283,6 +311,7 @@ def _fill_route_entry(
             _policy_action(
                 own.timeout if own_timeout else inherited.timeout,
                 _retry_policy(own.retry) if own_retry else inherited.retry,
+                inherited.hash,
             )
         )
     else:
@@ -358,6 +387,19 @@ def _health_check(policy: config_pb2.HealthCheckPolicy) -> health_check_pb2.Heal
     )
 
 
+def _ring_hash_config(hashed: config_pb2.HashPolicy) -> cluster_pb2.Cluster.RingHashLbConfig:
+    """The ring of a ring_hash Cluster: the service's ring sizes when it sets them (else the
+    clients' defaults) and xxHash, the one hash function gRPC implements (A42)."""
+    ring = cluster_pb2.Cluster.RingHashLbConfig(
+        hash_function=cluster_pb2.Cluster.RingHashLbConfig.XX_HASH
+    )
+    if hashed.HasField("min_ring_size"):
+        ring.minimum_ring_size.value = hashed.min_ring_size
+    if hashed.HasField("max_ring_size"):
+        ring.maximum_ring_size.value = hashed.max_ring_size
+    return ring
+
+
 def build_cluster(service: config_pb2.Service, subset: str = "") -> cluster_pb2.Cluster:
     """The service's Cluster, or with ``subset`` that subset's (the same policy, its own
     endpoints)."""
@@ -405,6 +447,8 @@ def _build_cluster(service: config_pb2.Service) -> cluster_pb2.Cluster:
                 ]
             )
         )
+    if cluster.lb_policy == cluster_pb2.Cluster.RING_HASH:
+        cluster.ring_hash_lb_config.CopyFrom(_ring_hash_config(policy.hash))
     if policy.HasField("outlier_detection"):
         cluster.outlier_detection.CopyFrom(_outlier_detection(policy.outlier_detection))
     if policy.HasField("health_check"):

@@ -60,6 +60,12 @@ UNSUPPORTED_LB_POLICIES: dict[str, str] = {
     "other languages reject the whole cluster, and every call to the service fails",
 }
 """Policies xDS can express but gRPC clients reject, with the reason."""
+RING_HASH = "ring_hash"
+RING_SIZE_CAP = 4096
+"""Entries gRPC builds a hash ring of at most (its default ``ring_size_cap``), whatever the
+Cluster asks for."""
+DEFAULT_MIN_RING_SIZE = 1024
+"""The ring's minimum size when a Cluster sets none (gRFC A42 and Envoy alike)."""
 
 MAX_WEIGHT = 1_000_000
 MAX_HALF_OPEN_PROBES = 1000

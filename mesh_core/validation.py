@@ -16,6 +16,7 @@ from mesh.v1 import config_pb2
 from mesh_core.durations import format_duration, nanos
 from mesh_core.errors import ConfigError
 from mesh_core.policy import (
+    DEFAULT_MIN_RING_SIZE,
     GRPC_STATUS_NAMES,
     LB_POLICIES,
     MAX_DURATION,
@@ -25,6 +26,8 @@ from mesh_core.policy import (
     MAX_SUBSETS,
     MAX_WEIGHT,
     RETRYABLE_STATUS_NAMES,
+    RING_HASH,
+    RING_SIZE_CAP,
     UINT32_MAX,
     UNSUPPORTED_LB_POLICIES,
 )
@@ -68,6 +71,29 @@ def validate_problems(svc: config_pb2.Service) -> list[tuple[str, str]]:
         _check_policy(p, svc.policy)
     subsets = _check_subsets(p, svc.subsets)
     _check_routes(p, svc.routes, subsets)
+    return p.items
+
+
+def validate_warnings(svc: config_pb2.Service) -> list[tuple[str, str]]:
+    """What a valid service may not do as its author expects, as (field path, message):
+    served as written, but worth a word from ``meshctl apply`` and ``meshctl validate``."""
+    p = _Problems()
+    policy = svc.policy
+    if policy.lb == RING_HASH and not policy.HasField("hash"):
+        p.add(
+            "policy.lb",
+            "ring_hash without policy.hash: each call hashes at random and spreads like "
+            "round robin; add hash: {header: NAME} or hash: {channel: true}",
+        )
+    if policy.lb == RING_HASH and policy.HasField("hash"):
+        for i, route in enumerate(svc.routes):
+            if sum(1 for weight in route.to.values() if weight > 0) >= 2:
+                p.add(
+                    f"routes[{i}].to",
+                    "not sticky across subsets: the split is chosen before the hash, so "
+                    "calls with the same hash may go to different subsets (the hash keeps "
+                    "them on one endpoint within each)",
+                )
     return p.items
 
 
@@ -212,6 +238,8 @@ def _check_policy(p: _Problems, policy: Any) -> None:
         _check_health(p, policy.health_check, "policy.health_check")
     if policy.locality.HasField("spill_over_below"):
         _check_rate(p, policy.locality.spill_over_below, "policy.locality.spill_over_below")
+    if policy.HasField("hash"):
+        _check_hash(p, policy, "policy.hash")
 
 
 def _check_retry(p: _Problems, retry: Any, path: str) -> None:
@@ -293,6 +321,69 @@ def _check_health(p: _Problems, hc: Any, path: str) -> None:
             f"got {format_duration(hc.timeout)}",
         )
     # unhealthy_threshold / healthy_threshold: 0 means "use the default"; any other is fine.
+
+
+def _check_hash(p: _Problems, policy: config_pb2.Policy, path: str) -> None:
+    """What ring_hash hashes on: only under ring_hash, on exactly one of a header a route
+    could match or the channel, with a ring gRPC will build as asked."""
+    if policy.lb != RING_HASH:
+        got = f"lb {policy.lb!r}" if policy.lb else "no lb (round_robin)"
+        p.add(
+            path,
+            f"is used only by lb: ring_hash, got {got}; set lb: ring_hash or remove hash",
+        )
+    hash_policy = policy.hash
+    if bool(hash_policy.header) == hash_policy.channel:
+        got = "both" if hash_policy.channel else "neither"
+        p.add(
+            path,
+            f"needs exactly one of header (a metadata key, like header: x-user-id) or "
+            f"channel: true; got {got}",
+        )
+    if hash_policy.header:
+        problem = header_name_problem(hash_policy.header)
+        if problem:
+            p.add(f"{path}.header", problem)
+    _check_ring_sizes(p, hash_policy, path)
+
+
+def _ring_size_problem(size: int) -> str | None:
+    if size < 1:
+        return f"must be at least 1, got {size}"
+    if size > RING_SIZE_CAP:
+        return (
+            f"must be at most {RING_SIZE_CAP}, got {size}: gRPC caps the ring at "
+            f"{RING_SIZE_CAP:,} entries by default, so a larger ring is never built"
+        )
+    return None
+
+
+def _check_ring_sizes(p: _Problems, hash_policy: config_pb2.HashPolicy, path: str) -> None:
+    """Each size within [1, 4096], and the maximum at least the minimum, the default
+    minimum (1024) when only the maximum is set: gRPC and Envoy both reject a ring whose
+    minimum exceeds its maximum."""
+    sizes_ok = True
+    for name in ("min_ring_size", "max_ring_size"):
+        if hash_policy.HasField(name):
+            problem = _ring_size_problem(getattr(hash_policy, name))
+            if problem:
+                p.add(f"{path}.{name}", problem)
+                sizes_ok = False
+    if not sizes_ok or not hash_policy.HasField("max_ring_size"):
+        return
+    top = hash_policy.max_ring_size
+    if hash_policy.HasField("min_ring_size"):
+        if top < hash_policy.min_ring_size:
+            p.add(
+                f"{path}.max_ring_size",
+                f"must be at least min_ring_size ({hash_policy.min_ring_size}), got {top}",
+            )
+    elif top < DEFAULT_MIN_RING_SIZE:
+        p.add(
+            f"{path}.max_ring_size",
+            f"must be at least min_ring_size, which is {DEFAULT_MIN_RING_SIZE} when unset; "
+            f"got {top}: set min_ring_size too (at most {top})",
+        )
 
 
 def _check_labels(p: _Problems, labels: Any, path: str) -> None:

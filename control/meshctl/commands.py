@@ -18,6 +18,7 @@ from control.meshctl.services import registrations_of, traffic_lines
 from control.meshctl.status import status_json, status_lines, table_lines
 from mesh.v1 import admin_pb2, admin_pb2_grpc
 from mesh_core.errors import ConfigError
+from mesh_core.validation import validate_warnings
 
 
 def _load(path: str) -> list[Any]:
@@ -37,6 +38,8 @@ GRPCIO_TIMEOUT_FLOOR_S = 2.0
 
 def _warn_about(services: Sequence[Any]) -> None:
     for service in services:
+        for field, message in validate_warnings(service):
+            sys.stderr.write(f"meshctl: warning: service/{service.name}: {field}: {message}\n")
         timeouts = [("policy.timeout", service.policy)]
         timeouts += [
             (f"routes[{i}].policy.timeout", r.policy) for i, r in enumerate(service.routes)

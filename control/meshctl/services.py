@@ -1,7 +1,9 @@
 """``meshctl get services NAME`` as text: the traffic rules of one service, pure functions of
 the stored ``mesh.v1.Service`` (and the endpoints nodes registered for it), no I/O.
 
-Two tables follow the NAME/ENDPOINTS/REVISION table, when the service has subsets or routes:
+For a ``ring_hash`` service, a line says what calls are hashed on and the ring's bounds as
+gRPC builds it (``hash: header x-user-id (ring 1024-4096)``). Two tables follow, when the
+service has subsets or routes:
 
 - the subsets: name, labels, how many endpoints each selects (the service's endpoints and
   those nodes registered, counted as the control server serves them: an address listed twice
@@ -25,7 +27,7 @@ from control.meshctl.status import table_lines
 from mesh.v1 import admin_pb2, config_pb2, node_pb2
 from mesh_core.durations import format_duration
 from mesh_core.names import subset_cluster_name
-from mesh_core.policy import SPILL_OVER_BELOW
+from mesh_core.policy import DEFAULT_MIN_RING_SIZE, RING_HASH, RING_SIZE_CAP, SPILL_OVER_BELOW
 from mesh_core.routing import matches_every_call
 
 DEFAULT_ROUTE = "default"
@@ -193,14 +195,31 @@ def subset_rows(
     return rows
 
 
+def hash_text(policy: config_pb2.Policy) -> str | None:
+    """What a ``ring_hash`` service hashes calls on, with the ring's bounds as gRPC builds it
+    (unset sizes are the defaults, and gRPC caps both at 4096): ``hash: header x-user-id
+    (ring 1024-4096)``, ``hash: channel (ring 16-64)``, or that calls hash at random. None
+    for other policies."""
+    if policy.lb != RING_HASH:
+        return None
+    if not policy.HasField("hash"):
+        return "hash: none (each call hashes at random, spreading like round robin)"
+    hashed = policy.hash
+    low = hashed.min_ring_size if hashed.HasField("min_ring_size") else DEFAULT_MIN_RING_SIZE
+    high = hashed.max_ring_size if hashed.HasField("max_ring_size") else RING_SIZE_CAP
+    what = "channel" if hashed.channel else f"header {hashed.header}"
+    return f"hash: {what} (ring {min(low, RING_SIZE_CAP)}-{min(high, RING_SIZE_CAP)})"
+
+
 def traffic_lines(
     service: config_pb2.Service, registered: Iterable[node_pb2.Registration] = ()
 ) -> list[str]:
-    """What ``meshctl get services NAME`` adds for ``service``, each table after a blank
-    line: its zones when its endpoints span several, the subsets (counting the endpoints in
-    ``registered`` too, and saying how many those added) and the routes; nothing when the
-    service has none of them."""
-    lines: list[str] = []
+    """What ``meshctl get services NAME`` adds for ``service``, each part after a blank
+    line: what ring_hash hashes on, its zones when its endpoints span several, the subsets
+    (counting the endpoints in ``registered`` too, and saying how many those added) and the
+    routes; nothing when it has none of them."""
+    hashed = hash_text(service.policy)
+    lines: list[str] = ["", hashed] if hashed else []
     endpoints = served_endpoints(service, registered)
     if len({endpoint.zone for endpoint in endpoints}) > 1:
         lines += ["", *table_lines(zone_rows(endpoints)), locality_line(service.policy.locality)]

@@ -155,13 +155,14 @@ class FaultAbort(_message.Message):
     def __init__(self, status: _Optional[str] = ..., percent: _Optional[float] = ...) -> None: ...
 
 class Policy(_message.Message):
-    __slots__ = ("timeout", "retry", "circuit_breaker", "outlier_detection", "health_check", "lb", "locality")
+    __slots__ = ("timeout", "retry", "circuit_breaker", "outlier_detection", "health_check", "lb", "hash", "locality")
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     RETRY_FIELD_NUMBER: _ClassVar[int]
     CIRCUIT_BREAKER_FIELD_NUMBER: _ClassVar[int]
     OUTLIER_DETECTION_FIELD_NUMBER: _ClassVar[int]
     HEALTH_CHECK_FIELD_NUMBER: _ClassVar[int]
     LB_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
     LOCALITY_FIELD_NUMBER: _ClassVar[int]
     timeout: _duration_pb2.Duration
     retry: RetryPolicy
@@ -169,8 +170,21 @@ class Policy(_message.Message):
     outlier_detection: OutlierDetectionPolicy
     health_check: HealthCheckPolicy
     lb: str
+    hash: HashPolicy
     locality: LocalityPolicy
-    def __init__(self, timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., circuit_breaker: _Optional[_Union[CircuitBreakerPolicy, _Mapping]] = ..., outlier_detection: _Optional[_Union[OutlierDetectionPolicy, _Mapping]] = ..., health_check: _Optional[_Union[HealthCheckPolicy, _Mapping]] = ..., lb: _Optional[str] = ..., locality: _Optional[_Union[LocalityPolicy, _Mapping]] = ...) -> None: ...
+    def __init__(self, timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., circuit_breaker: _Optional[_Union[CircuitBreakerPolicy, _Mapping]] = ..., outlier_detection: _Optional[_Union[OutlierDetectionPolicy, _Mapping]] = ..., health_check: _Optional[_Union[HealthCheckPolicy, _Mapping]] = ..., lb: _Optional[str] = ..., hash: _Optional[_Union[HashPolicy, _Mapping]] = ..., locality: _Optional[_Union[LocalityPolicy, _Mapping]] = ...) -> None: ...
+
+class HashPolicy(_message.Message):
+    __slots__ = ("header", "channel", "min_ring_size", "max_ring_size")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    MIN_RING_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_RING_SIZE_FIELD_NUMBER: _ClassVar[int]
+    header: str
+    channel: bool
+    min_ring_size: int
+    max_ring_size: int
+    def __init__(self, header: _Optional[str] = ..., channel: _Optional[bool] = ..., min_ring_size: _Optional[int] = ..., max_ring_size: _Optional[int] = ...) -> None: ...
 
 class LocalityPolicy(_message.Message):
     __slots__ = ("prefer_own_zone", "spill_over_below")

@@ -1,8 +1,9 @@
 """The conformance table: every option of the service config, one row each (each load
-balancing policy, retry code, outlier detection form, health-check and circuit-breaker field,
-the endpoint fields, the traffic rules: subsets, routes, splits, faults, and the zones). New config
-fields add rows here; grpcio's xDS client (:mod:`tests.e2e.test_conformance`) and Envoy
-(:mod:`tests.e2e.test_envoy_xds`) are both run against every row."""
+balancing policy and what ring_hash hashes on, retry code, outlier detection form,
+health-check and circuit-breaker field, the endpoint fields, the traffic rules: subsets,
+routes, splits, faults, and the zones). New config fields add rows here; grpcio's xDS client
+(:mod:`tests.e2e.test_conformance`) and Envoy (:mod:`tests.e2e.test_envoy_xds`) are both run
+against every row."""
 
 from __future__ import annotations
 
@@ -44,6 +45,10 @@ EJECTION: dict[str, Any] = {
     "max_ejection_percent": 50,
 }
 
+# Ring bounds: gRPC's own cap at the top, and the smallest ring there is.
+RING_SIZES: dict[str, Any] = {"min_ring_size": 16, "max_ring_size": 4096}
+RING_OF_ONE: dict[str, Any] = {"min_ring_size": 1, "max_ring_size": 1}
+
 
 def breaker_field(name: str, value: Any) -> dict[str, Any]:
     """A breaker policy setting one field (and the window the rates need)."""
@@ -57,6 +62,15 @@ POLICIES: list[tuple[str, dict[str, Any]]] = [
     ("lb-default", {"lb": ""}),
     ("lb-round-robin", {"lb": "round_robin"}),
     ("lb-ring-hash", {"lb": "ring_hash"}),
+    ("hash-header", {"lb": "ring_hash", "hash": {"header": "x-user-id"}}),
+    ("hash-channel", {"lb": "ring_hash", "hash": {"channel": True}}),
+    (
+        "hash-ring-sizes",
+        {"lb": "ring_hash", "hash": {"header": "x-user-id", **RING_SIZES}},
+    ),
+    ("hash-ring-of-one", {"lb": "ring_hash", "hash": {"channel": True, **RING_OF_ONE}}),
+    ("hash-ring-min-only", {"lb": "ring_hash", "hash": {"channel": True, "min_ring_size": 4096}}),
+    ("hash-ring-max-only", {"lb": "ring_hash", "hash": {"channel": True, "max_ring_size": 1024}}),
     ("timeout", {"timeout": "5s"}),
     *[
         (f"retry-{code.lower().replace('_', '-')}", {"retry": {"attempts": 3, "retry_on": [code]}})
@@ -114,6 +128,7 @@ POLICIES: list[tuple[str, dict[str, Any]]] = [
         {
             "timeout": "5s",
             "lb": "ring_hash",
+            "hash": {"header": "x-user-id", **RING_SIZES},
             "retry": {"attempts": 3, "retry_on": ["UNAVAILABLE"], "backoff": {"base": "25ms"}},
             "circuit_breaker": BREAKER_FIELDS,
             "outlier_detection": {"failure_percentage": FAILURE_PERCENTAGE, **EJECTION},
@@ -271,6 +286,26 @@ def traffic_rows(backend: str, spare: str) -> list[tuple[str, dict[str, Any]]]:
             ),
         ),
         ("route-name", routes({"name": "canary", "to": {"v1": 9, "v2": 1}})),
+        # A hash on every route: one with its own policy, one to a subset, a split, and the
+        # default route the server adds.
+        (
+            "hash-header-routes",
+            {
+                **routes(
+                    {"match": {"method": ECHO}, "to": TO_V1, "policy": {"timeout": "5s"}},
+                    {"match": {"headers": {"x-canary": {"exact": "yes"}}}, "to": {"v2": 1}},
+                    {"match": {"method": NO_SUCH_METHOD}, "to": {"v1": 1, "v2": 1}},
+                ),
+                "policy": {"lb": "ring_hash", "hash": {"header": "x-user-id", **RING_SIZES}},
+            },
+        ),
+        (
+            "hash-channel-split",
+            {
+                **routes({"to": {"v1": 50, "v2": 50}}),
+                "policy": {"lb": "ring_hash", "hash": {"channel": True}},
+            },
+        ),
         (
             "fault-delay",
             routes({"to": TO_V1, "fault": {"delay": {"fixed": "5ms", "percent": 100}}}),
@@ -331,6 +366,7 @@ def traffic_rows(backend: str, spare: str) -> list[tuple[str, dict[str, Any]]]:
                     "timeout": "5s",
                     "retry": {"attempts": 2},
                     "lb": "ring_hash",
+                    "hash": {"channel": True, **RING_OF_ONE},
                     "circuit_breaker": {"max_requests": 100},
                     "outlier_detection": {"failure_percentage": FAILURE_PERCENTAGE},
                     "health_check": {"interval": "5s"},

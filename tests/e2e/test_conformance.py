@@ -109,6 +109,17 @@ REFUSED: list[tuple[str, str, str]] = [
         "policy.outlier_detection.failure_percentage.threshold: must be between 0 and 100",
     ),
     ("timeout-zero", "policy: {timeout: 0s}", "policy.timeout: must be greater than 0"),
+    # gRPC and Envoy both reject a ring whose minimum exceeds its maximum (1024 when unset).
+    (
+        "hash-ring-min-above-max",
+        "policy: {lb: ring_hash, hash: {channel: true, min_ring_size: 64, max_ring_size: 16}}",
+        "policy.hash.max_ring_size: must be at least min_ring_size (64), got 16",
+    ),
+    (
+        "hash-ring-max-below-default-min",
+        "policy: {lb: ring_hash, hash: {channel: true, max_ring_size: 16}}",
+        "policy.hash.max_ring_size: must be at least min_ring_size, which is 1024 when unset",
+    ),
 ]
 
 

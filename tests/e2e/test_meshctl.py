@@ -227,3 +227,44 @@ def test_get_one_service_shows_its_subsets_and_routes(procs: MeshProcesses, tmp_
     assert stored["service"] == service_to_dict(expected)
     assert stored["service"]["routes"][2]["fault"]["max_active_faults"] == 5
     assert load_documents(as_yaml.stdout, "get.yaml") == [expected]
+
+
+def test_ring_hash_services_show_their_hash_and_warn_of_what_does_not_stick(
+    procs: MeshProcesses, tmp_path: Path
+) -> None:
+    """``get`` shows what a ring_hash service hashes on; ``validate`` and ``apply`` warn (on
+    stderr, and still succeed) of a ring_hash without a hash and of a hash under a split."""
+    _, control = procs.start_control()
+    carts = tmp_path / "carts.yaml"
+    carts.write_text(
+        "name: carts\nendpoints: [{address: '127.0.0.1:9', labels: {v: a}}]\n"
+        "subsets: [{name: a, labels: {v: a}}, {name: b, labels: {v: b}}]\n"
+        "policy: {lb: ring_hash, hash: {header: x-user-id, min_ring_size: 16}}\n"
+        "routes: [{to: {a: 9, b: 1}}]\n"
+    )
+    random = tmp_path / "random.yaml"
+    random.write_text(
+        "name: random\nendpoints: [{address: '127.0.0.1:9'}]\npolicy: {lb: ring_hash}\n"
+    )
+    split = (
+        "meshctl: warning: service/carts: routes[0].to: not sticky across subsets: the split is "
+        "chosen before the hash"
+    )
+    unhashed = (
+        "meshctl: warning: service/random: policy.lb: ring_hash without policy.hash: each call "
+        "hashes at random and spreads like round robin"
+    )
+    for words in (["validate", "-f", str(tmp_path)], ["apply", "-f", str(tmp_path)]):
+        result = run_cli("control.meshctl", "--control", control, *words)
+        assert result.returncode == 0, result.stdout + result.stderr
+        warnings = result.stderr.splitlines()
+        assert [w.startswith(split) for w in warnings] == [True, False], warnings
+        assert warnings[1].startswith(unhashed), warnings
+
+    shown = meshctl(control, "get", "svc", "carts").splitlines()
+    assert shown[2:4] == ["", "hash: header x-user-id (ring 16-4096)"], shown
+    shown = meshctl(control, "get", "svc", "random").splitlines()
+    assert shown[2:] == [
+        "",
+        "hash: none (each call hashes at random, spreading like round robin)",
+    ], shown

@@ -45,7 +45,14 @@ from control.store import MemoryStore
 from mesh.v1 import admin_pb2, config_pb2
 from mesh_core.durations import format_duration
 from mesh_core.errors import ConfigError
-from mesh_core.policy import GRPC_STATUS_NAMES, LB_POLICIES, RETRYABLE_STATUS_NAMES
+from mesh_core.policy import (
+    DEFAULT_MIN_RING_SIZE,
+    GRPC_STATUS_NAMES,
+    LB_POLICIES,
+    RETRYABLE_STATUS_NAMES,
+    RING_HASH,
+    RING_SIZE_CAP,
+)
 from mesh_xds.cache import SnapshotCache
 
 pytestmark = pytest.mark.timeout(60)
@@ -151,12 +158,30 @@ def endpoints(draw: st.DrawFn) -> list[dict[str, Any]]:
 
 
 @st.composite
+def hash_policies(draw: st.DrawFn) -> dict[str, Any]:
+    """What ring_hash hashes on: a header or the channel, with ring sizes or without."""
+    hashed: dict[str, Any] = draw(
+        st.sampled_from([{"header": "x-user-id"}, {"header": "tenant.id_2"}, {"channel": True}])
+    )
+    low = draw(st.integers(1, RING_SIZE_CAP))
+    if draw(st.booleans()):
+        hashed["min_ring_size"] = low
+    else:
+        low = DEFAULT_MIN_RING_SIZE
+    if draw(st.booleans()):
+        hashed["max_ring_size"] = draw(st.integers(low, RING_SIZE_CAP))
+    return hashed
+
+
+@st.composite
 def policies(draw: st.DrawFn) -> dict[str, Any]:
     policy: dict[str, Any] = {}
     if draw(st.booleans()):
         policy["timeout"] = draw(durations())[1]
     if draw(st.booleans()):
         policy["lb"] = draw(st.sampled_from(LB_POLICIES))
+    if policy.get("lb") == RING_HASH and draw(st.booleans()):
+        policy["hash"] = draw(hash_policies())
     if draw(st.booleans()):
         retry: dict[str, Any] = {"attempts": draw(st.integers(1, 5))}
         retry["retry_on"] = draw(st.lists(st.sampled_from(RETRYABLE_STATUS_NAMES), unique=True))
