@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import structlog
 
@@ -112,6 +114,17 @@ async def _serve(args: argparse.Namespace) -> None:
     await stop.wait()
     log.info("shutting down")
     await server.stop()
+    if server.left_running:
+        _exit_now(1)
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Ends the process at once, for a stop that left tasks running (logged by the server):
+    asyncio.run would cancel them again and wait for them without a bound, and a control
+    server that does not exit on SIGTERM only gets killed later, by a supervisor's timeout."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> None:

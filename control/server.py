@@ -3,13 +3,13 @@ with the admin API, the node API, CSDS, health and reflection on one gRPC port.
 
 Lifecycle (uvicorn's shape): :meth:`ControlServer.start` opens the store, loads the first
 snapshot and binds; :meth:`ControlServer.stop` marks health NOT_SERVING, stops accepting,
-lets calls drain for ``grace`` seconds, then cancels streams and closes the store.
+lets calls drain for ``grace`` seconds, then cancels streams and its tasks and closes the
+store, each step bounded: a task or store that does not end is logged and left behind.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 import uuid
@@ -33,6 +33,7 @@ from control.shared_nodes import SharedNodes
 from control.store import Store, open_store
 from control.store.etcd import EtcdStore
 from mesh.v1 import admin_pb2, admin_pb2_grpc, node_pb2, node_pb2_grpc
+from mesh_core.aio import awaiting, end_tasks
 from mesh_core.limits import Limits, StreamCounter
 from mesh_core.tls import TlsFiles, server_credentials
 from mesh_xds.cache import SnapshotCache
@@ -41,6 +42,12 @@ from mesh_xds.metrics import CONTROL, XdsMetrics
 from mesh_xds.servicer import AdsServicer, CsdsServicer
 
 log = structlog.get_logger(__name__)
+
+# On stop, how long calls may drain (seconds), by default.
+DRAIN_GRACE = 5.0
+# On stop, how long the server's tasks get to end once cancelled, then the store to close
+# (seconds each): a task should end at once, so this bounds only a bug's cost.
+STOP_TIMEOUT = 2.0
 
 STORE_HEALTH = "store"
 SERVICE_NAMES = (
@@ -61,7 +68,7 @@ class ControlServer:
         debounce: float = 0.1,
         max_delay: float = 1.0,
         server_id: str | None = None,
-        grace: float = 5.0,
+        grace: float = DRAIN_GRACE,
         registration_grace: float = DEFAULT_GRACE,
         tls: TlsFiles | None = None,
         access: Access | None = None,
@@ -102,6 +109,8 @@ class ControlServer:
         self.address = ""
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.left_running: list[asyncio.Task[None]] = []
+        """After :meth:`stop`: what did not end in time, still running (empty when clean)."""
 
     async def start(self) -> str:
         """Opens the store, publishes the first snapshot and starts serving; returns the
@@ -210,17 +219,54 @@ class ControlServer:
             await asyncio.sleep(0.01)
 
     async def stop(self) -> None:
+        """Stops within ``grace`` plus twice :data:`STOP_TIMEOUT`, whatever the store is
+        doing: a task of the server, or the store's close, that does not end in time is logged
+        with where it is stuck and left behind in :attr:`left_running` (the process should
+        exit anyway: nothing ends them)."""
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(self.grace)
         self.registrations.close()
+        self.left_running = await self._end_tasks()
+        self.left_running += await self._close_store()
+        if self.left_running:
+            names = [task.get_name() for task in self.left_running]
+            log.error("stopped, with tasks still running", tasks=names)
+        else:
+            log.info("stopped")
+
+    async def _end_tasks(self) -> list[asyncio.Task[None]]:
+        """Cancels the server's tasks and waits for them, at most STOP_TIMEOUT; the ones still
+        running then."""
+        stuck = await end_tasks(self._tasks, STOP_TIMEOUT)
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.store.close()
-        log.info("stopped")
+            if task in stuck:
+                log.error(
+                    "task did not end when cancelled; leaving it",
+                    task=task.get_name(),
+                    waiting_in=awaiting(task),
+                    timeout=STOP_TIMEOUT,
+                )
+            elif not task.cancelled() and task.exception() is not None:
+                log.error("task failed", task=task.get_name(), exc_info=task.exception())
+        return stuck
+
+    async def _close_store(self) -> list[asyncio.Task[None]]:
+        """Closes the store, waiting at most STOP_TIMEOUT; [the close] when it did not end
+        (it is cancelled then)."""
+        closing = asyncio.create_task(self.store.close(), name="store-close")
+        await asyncio.wait([closing], timeout=STOP_TIMEOUT)
+        if closing.done():
+            closing.result()
+            return []
+        log.error(
+            "the store did not close in time; leaving it",
+            store=repr(self.store),
+            waiting_in=awaiting(closing),
+            timeout=STOP_TIMEOUT,
+        )
+        closing.cancel()
+        return [closing]
 
     async def wait(self) -> None:
         if self._server is not None:

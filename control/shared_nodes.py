@@ -58,6 +58,7 @@ from control.nodes import ConnectedNodes
 from control.registry import Registrations, registration_endpoint
 from control.store.etcd import EtcdKeys, EtcdStore
 from mesh.v1 import admin_pb2, config_pb2
+from mesh_core.aio import wait_event
 from mesh_core.errors import StoreUnavailableError
 from mesh_core.signals import Signal
 
@@ -150,8 +151,9 @@ class SharedNodes:
                 except StoreUnavailableError as error:
                     log.warning("shared node state not synced; etcd unreachable", error=str(error))
                 # A node going, coming back or its grace running out wakes the loop at once.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), SYNC_INTERVAL)
+                # Not asyncio.wait_for: on stop, the nodes' streams end (waking the loop) just
+                # before this task is cancelled, and wait_for would lose that cancellation.
+                await wait_event(self._wake, SYNC_INTERVAL)
         finally:
             renewal.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -122,10 +123,17 @@ class Proc:
         return self.reap(timeout)
 
     def reap(self, timeout: float = 10) -> int:
-        """Waits up to ``timeout`` for the process to exit (it was told to), then kills it."""
+        """Waits up to ``timeout`` for the process to exit (it was told to), then kills it
+        with a warning: a process that does not stop when told is a bug to see, not seconds
+        quietly lost in a teardown."""
         try:
             self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
+            warnings.warn(
+                f"{self.name} did not exit within {timeout:g}s of being told to; killed "
+                f"(its log: {self.stderr_path})",
+                stacklevel=2,
+            )
             self.popen.kill()
             self.popen.wait(5)
         self._stdout.close()

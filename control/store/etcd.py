@@ -64,6 +64,7 @@ from control.store._base import (
     copy_service,
 )
 from mesh.v1 import admin_pb2, config_pb2
+from mesh_core.aio import wait_event
 from mesh_core.backoff import Backoff
 from mesh_core.errors import ConfigError, ConflictError, NotFoundError, StoreUnavailableError
 
@@ -410,7 +411,8 @@ class EtcdStore(BaseStore):
 
     async def _close_client(self, client: Any) -> None:
         try:
-            await asyncio.wait_for(client.close(), self._op_timeout)
+            async with asyncio.timeout(self._op_timeout):
+                await client.close()
         except Exception as exc:  # closing is best effort
             self._logger.debug("closing the etcd client failed", error=_describe(exc))
 
@@ -531,8 +533,7 @@ class EtcdStore(BaseStore):
                 )
                 self._restart_watch()
                 return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), remaining)
+            await wait_event(changed, remaining)
 
     async def _reload(self) -> None:
         """Reads every service and brings the local copy in line: on start it is the first
@@ -696,10 +697,13 @@ class EtcdStore(BaseStore):
         try:
             # A watch that etcd does not confirm in time is on a connection that is not
             # working (seen after an etcd restart): start again rather than wait forever.
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can lose the cancellation
+            # of close() (mesh_core.aio), and then this watch would run on.
             responses = call.__aiter__()
             try:
-                await asyncio.wait_for(call.write(create), self._op_timeout)
-                first = await asyncio.wait_for(anext(responses), self._op_timeout)
+                async with asyncio.timeout(self._op_timeout):
+                    await call.write(create)
+                    first = await anext(responses)
             except TimeoutError:
                 raise StoreUnavailableError(
                     f"etcd did not confirm the watch within {self._op_timeout:g}s"

@@ -10,6 +10,7 @@ helper...) is in :mod:`tests.e2e.helpers`; no test module imports another.
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import subprocess
 import threading
@@ -230,6 +231,16 @@ class EtcdServer:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+
+    def pause(self) -> None:
+        """Freezes etcd (SIGSTOP): connections stay open and calls get no answer, as with a
+        member that hangs; :meth:`resume` (SIGCONT) lets it go on."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGCONT)
 
     def client(self) -> aetcd.Client:
         """A fresh aetcd client for this etcd (use ``async with``)."""
