@@ -21,9 +21,9 @@ from typing import Any
 _MAX_DEPTH = 64
 
 
-async def wait_event(event: asyncio.Event, timeout: float) -> bool:
-    """Waits until ``event`` is set, at most ``timeout`` seconds; whether it is set. A
-    cancellation always propagates, even one that arrives as the event is set."""
+async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
+    """Waits until ``event`` is set, at most ``timeout`` seconds (None: no limit); whether it
+    is set. A cancellation always propagates, even one that arrives as the event is set."""
     try:
         async with asyncio.timeout(timeout):
             await event.wait()

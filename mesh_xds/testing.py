@@ -429,7 +429,8 @@ class _Stream:
             async with self.changed:
                 await self.changed.wait_for(lambda: predicate(self) or self._ended)
 
-        await asyncio.wait_for(until(), timeout)
+        async with asyncio.timeout(timeout):
+            await until()
         if self.violation is not None or not predicate(self):
             raise self._failure()
 
@@ -440,7 +441,8 @@ class _Stream:
             async with self.changed:
                 await self.changed.wait_for(lambda: bool(self._unread) or self._ended)
 
-        await asyncio.wait_for(until(), timeout)
+        async with asyncio.timeout(timeout):
+            await until()
         if self._unread:
             return self._unread.popleft()
         raise self._failure()

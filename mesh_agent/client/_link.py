@@ -224,7 +224,8 @@ class AgentLink:
             try:
                 if not self._settled(service):
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(future, wait)
+                        async with asyncio.timeout(wait):  # not wait_for: see mesh_core.aio
+                            await future
             finally:
                 self._remove_waiter(service, wake)
         return self._known(service)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import json
 import os
 import time
@@ -26,6 +25,7 @@ from mesh_agent.daemon.breakers.breaker import BreakerState, BreakerStatus, Tran
 from mesh_agent.daemon.breakers.policy import Outcome
 from mesh_agent.daemon.cache import ConfigCache, atomic_write, decode
 from mesh_agent.daemon.metrics import AgentMetrics, agent_metrics
+from mesh_core.aio import wait_event
 from mesh_core.errors import ConfigError
 from mesh_core.signals import Signal
 from mesh_xds.types import SERVICE_POLICY
@@ -259,8 +259,7 @@ class BreakerHub:
             deadline = self.board.next_deadline()
             timeout = None if deadline is None else max(0.0, deadline - time.time())
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await wait_event(self._wake, timeout)
             self.board.tick()
 
     # -- persistence ---------------------------------------------------------------------------

@@ -41,7 +41,8 @@ async def wait_ready(channel: grpc.aio.Channel) -> None:
         if remaining <= 0:
             raise UnavailableError(await _connect_error(channel))
         try:
-            await asyncio.wait_for(channel.wait_for_state_change(state), remaining)
+            async with asyncio.timeout(remaining):
+                await channel.wait_for_state_change(state)
         except TimeoutError:
             continue
         state = channel.get_state(try_to_connect=True)
