@@ -1,8 +1,7 @@
 """A caller process for the consistent-hashing tests (tests/e2e/test_ring_hash.py), on the
 client library's ``mesh_channel()`` through an agent.
 
-It serves commands: the test writes ``DIR/N.json`` (N = 1, 2, ...; written whole, by rename)
-and the caller answers in ``DIR/N.out`` (by rename). Two kinds:
+It serves commands (:mod:`tests.e2e.commands`) of two kinds:
 
 ``{"keys": [...], "header": NAME, "each": K, "timeout": S}``: K ``Echo`` calls per key, on one
 channel kept for the whole process, each sending the key as metadata ``NAME``; the calls of
@@ -20,8 +19,6 @@ fails, fails at once, so a test sees the moment a backend is gone.
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +28,7 @@ import grpc
 from mesh.demo.v1 import echo_pb2, echo_pb2_grpc
 from mesh_agent.client import mesh_channel
 from mesh_core.logs import configure
+from tests.e2e.commands import serve_commands
 
 
 def answer(future: Any) -> str:
@@ -89,20 +87,9 @@ class Caller:
             for channel in channels:
                 channel.close()
 
-    def serve(self, directory: Path) -> None:
-        number = 1
-        while True:
-            path = directory / f"{number}.json"
-            while not path.exists():
-                time.sleep(0.005)
-            command = json.loads(path.read_text())
-            if command.get("exit"):
-                return
-            result = self.keys(command) if "keys" in command else self.channels(command)
-            partial = directory / f"{number}.out.tmp"
-            partial.write_text(json.dumps({"answers": result}))
-            partial.rename(directory / f"{number}.out")
-            number += 1
+    def answer(self, command: dict[str, Any]) -> dict[str, Any]:
+        result = self.keys(command) if "keys" in command else self.channels(command)
+        return {"answers": result}
 
 
 def main() -> None:
@@ -113,7 +100,7 @@ def main() -> None:
     parser.add_argument("--commands", type=Path, required=True)
     args = parser.parse_args()
     configure()  # logs to stderr
-    Caller(args).serve(args.commands)
+    serve_commands(args.commands, Caller(args).answer)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ Service ``sessions`` hashes on the channel: each channel's calls go to one backe
 from __future__ import annotations
 
 import collections
-import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import pytest
 import yaml
 
 from tests.conftest import Proc, wait_for
+from tests.e2e.commands import Commands
 from tests.e2e.conftest import MeshProcesses
 from tests.e2e.helpers import meshctl
 
@@ -64,22 +64,11 @@ class Caller:
             "--agent", agent, "--node-id", f"caller-{service}", "--service", service,
             "--commands", str(self.directory),
         )  # fmt: skip
-        self.number = 0
+        self.commands = Commands(self.directory, self.proc)
 
     def run(self, command: dict[str, Any], within: float = 60) -> Any:
-        self.number += 1
-        partial = self.directory / f"{self.number}.json.tmp"
-        partial.write_text(json.dumps(command))
-        partial.rename(self.directory / f"{self.number}.json")
-        out = self.directory / f"{self.number}.out"
-
-        def answered() -> bool:
-            if not self.proc.alive:
-                pytest.fail(f"{self.proc.name} exited:\n{self.proc.errors()[-3000:]}")
-            return out.exists()
-
-        wait_for(answered, within, f"answers to {command} from {self.proc.name}")
-        return json.loads(out.read_text())["answers"]
+        what = f"answers to {command} from {self.proc.name}"
+        return self.commands.run(command, within, what)["answers"]
 
     def by_key(self, each: int, keys: list[str] = KEYS) -> dict[str, list[str]]:
         """What answered each key's ``each`` calls (a backend, or ``!CODE``)."""

@@ -16,7 +16,6 @@ past the limit goes on without its fault.
 from __future__ import annotations
 
 import collections
-import json
 import statistics
 import time
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ import yaml
 
 from mesh.v1 import agent_pb2
 from tests.conftest import Proc, wait_for
+from tests.e2e.commands import Commands
 from tests.e2e.conftest import MeshProcesses
 from tests.e2e.helpers import breaker, meshctl, records
 
@@ -137,7 +137,7 @@ class Caller:
             "--commands",
             str(self.directory),
         )
-        self.number = 0
+        self.commands = Commands(self.directory, self.proc)
 
     def calls(
         self,
@@ -150,7 +150,6 @@ class Caller:
         timeout: float = 5.0,
         within: float = 60,
     ) -> list[dict[str, Any]]:
-        self.number += 1
         command = {
             "service": service,
             "count": count,
@@ -159,18 +158,8 @@ class Caller:
             "method": method,
             "timeout": timeout,
         }
-        partial = self.directory / f"{self.number}.json.tmp"
-        partial.write_text(json.dumps(command))
-        partial.rename(self.directory / f"{self.number}.json")
-        out = self.directory / f"{self.number}.out"
-
-        def answered() -> bool:
-            if not self.proc.alive:
-                pytest.fail(f"{self.proc.name} exited:\n{self.proc.errors()[-3000:]}")
-            return out.exists()
-
-        wait_for(answered, within, f"{count} calls to {service} by {self.proc.name}")
-        result: list[dict[str, Any]] = json.loads(out.read_text())["records"]
+        what = f"{count} calls to {service} by {self.proc.name}"
+        result: list[dict[str, Any]] = self.commands.run(command, within, what)["records"]
         return result
 
     def backends(self, service: str, count: int = 3, **kw: Any) -> collections.Counter[str]:

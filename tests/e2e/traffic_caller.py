@@ -4,12 +4,12 @@ channels straight to that xDS server).
 
 Two modes:
 
-``--commands DIR``: one process serves many batches of calls. The test writes ``DIR/N.json``
-(N = 1, 2, ...; written whole, by rename) holding ``{"service", "count", "concurrency",
-"method", "metadata", "timeout"}``; the caller makes the calls and writes ``DIR/N.out`` (by
-rename): one record per call, in the order made, ``{"backend", "code", "details", "ms",
-"seen"}``. ``ms`` is measured from the moment that call was made; ``seen`` is what a client
-interceptor on top of the channel observed of the same call (its code, details and duration).
+``--commands DIR``: one process serves many batches of calls (:mod:`tests.e2e.commands`):
+each command holds ``{"service", "count", "concurrency", "method", "metadata", "timeout"}``;
+the caller makes the calls and answers one record per call, in the order made,
+``{"backend", "code", "details", "ms", "seen"}``. ``ms`` is measured from the moment that call
+was made; ``seen`` is what a client interceptor on top of the channel observed of the same
+call (its code, details and duration).
 Calls go in batches of ``concurrency`` made together (``Echo`` only; ``EchoStream`` calls are
 made one at a time). ``{"exit": true}`` ends the process.
 
@@ -34,6 +34,7 @@ import grpc
 
 from mesh.demo.v1 import echo_pb2, echo_pb2_grpc
 from mesh_core.logs import configure
+from tests.e2e.commands import serve_commands
 
 Record = dict[str, Any]
 
@@ -174,22 +175,10 @@ class Caller:
         record["ms"] = round((time.perf_counter() - started) * 1000, 2)
         return record
 
-    def serve(self, directory: Path) -> None:
-        number = 1
-        while True:
-            command_path = directory / f"{number}.json"
-            while not command_path.exists():
-                time.sleep(0.005)
-            command = json.loads(command_path.read_text())
-            if command.get("exit"):
-                return
-            started = time.perf_counter()
-            records = self.batch(command)
-            result = {"records": records, "s": round(time.perf_counter() - started, 3)}
-            partial = directory / f"{number}.out.tmp"
-            partial.write_text(json.dumps(result))
-            partial.rename(directory / f"{number}.out")
-            number += 1
+    def answer(self, command: Record) -> Record:
+        started = time.perf_counter()
+        records = self.batch(command)
+        return {"records": records, "s": round(time.perf_counter() - started, 3)}
 
     def steady(self, service: str) -> None:
         stub = self.stub(service)
@@ -231,7 +220,7 @@ def main() -> None:
     if args.steady:
         caller.steady(args.steady)
     else:
-        caller.serve(args.commands)
+        serve_commands(args.commands, caller.answer)
 
 
 if __name__ == "__main__":

@@ -13,17 +13,16 @@ from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
-from google.protobuf import any_pb2
 
 from control.config import dump_yaml, load_documents, service_to_dict
 from control.meshctl.services import hash_text, traffic_lines
 from control.resources import CHANNEL_ID_KEY, build_resources
 from mesh.v1 import config_pb2
-from mesh_agent.daemon.cache import ConfigCache
 from mesh_core.errors import ConfigError
 from mesh_core.names import client_listener_name
 from mesh_core.validation import validate_warnings
 from mesh_xds.types import CLUSTER, LISTENER, ROUTE
+from tests.unit.agent_caches import agent_cache
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -319,14 +318,7 @@ def test_round_robin_clusters_have_no_ring() -> None:
 
 def test_the_agents_cache_takes_the_hashed_resources() -> None:
     resources = build_resources([carts(CHANNEL)])
-    cache = ConfigCache(None, "node-1")
-    for type_url in (CLUSTER, ROUTE, LISTENER):
-        packed = []
-        for name in sorted(resources[type_url]):
-            item = any_pb2.Any()
-            item.Pack(resources[type_url][name])
-            packed.append(item)
-        assert cache.accept_delta(type_url, "v1", packed, []) is None
+    agent_cache(resources, {t: resources[t] for t in (CLUSTER, ROUTE, LISTENER)})
 
 
 # -- meshctl get services NAME ---------------------------------------------------------------

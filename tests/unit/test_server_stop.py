@@ -10,18 +10,9 @@ from structlog.testing import capture_logs
 
 from control import server as server_module
 from control.server import ControlServer
+from tests.unit.test_aio import stubborn
 
 pytestmark = pytest.mark.timeout(20)
-
-
-async def stubborn(started: asyncio.Event, release: asyncio.Event) -> None:
-    """Does not end when cancelled (as a task whose cancellation was lost), until released."""
-    started.set()
-    while not release.is_set():
-        try:
-            await asyncio.sleep(10)
-        except asyncio.CancelledError:
-            continue
 
 
 async def test_stop_leaves_a_task_that_does_not_end_and_says_where_it_is(

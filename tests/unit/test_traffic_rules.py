@@ -14,7 +14,6 @@ from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
-from google.protobuf import any_pb2
 
 from control.config import load_documents
 from control.resources import FAULT_FILTER, ROUTER_FILTER, build_resources
@@ -29,6 +28,7 @@ from mesh_agent.daemon.upstream.interest import compute_interest
 from mesh_core.errors import ConfigError
 from mesh_core.routing import RouteMatcher, RouteTimeouts, compile_regex
 from mesh_xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SERVICE_POLICY
+from tests.unit.agent_caches import agent_cache
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -276,16 +276,7 @@ def test_routes_without_their_own_timeout_are_not_sent() -> None:
 
 def _agent_cache(service: config_pb2.Service, names: dict[str, set[str]]) -> ConfigCache:
     """An agent cache holding ``names`` of each type of ``service``'s resources."""
-    cache = ConfigCache(None, "node-1")
-    resources = build_resources([service])
-    for type_url, wanted in names.items():
-        packed = []
-        for name in sorted(wanted):
-            item = any_pb2.Any()
-            item.Pack(resources[type_url][name])
-            packed.append(item)
-        assert cache.accept_delta(type_url, "v1", packed, []) is None
-    return cache
+    return agent_cache(build_resources([service]), names)
 
 
 def test_the_agent_checks_each_endpoint_once_and_marks_it_in_every_subset() -> None:

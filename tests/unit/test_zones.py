@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 from envoy.config.core.v3 import base_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
-from google.protobuf import any_pb2
 
 from control.config import load_documents
 from control.resources import build_resources, zone_key
@@ -22,6 +21,7 @@ from mesh_core.errors import ConfigError
 from mesh_core.validation import validate_service
 from mesh_xds.cache import SnapshotCache
 from mesh_xds.types import CLUSTER, ENDPOINT, LISTENER, SERVICE_POLICY
+from tests.unit.agent_caches import agent_cache
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -231,16 +231,8 @@ def test_apply_verdict_keeps_later_priorities_in_order_without_gaps() -> None:
 
 
 def _agent_cache(service: config_pb2.Service, zone: str) -> ConfigCache:
-    cache = ConfigCache(None, "node-1")
     resources = build_resources([service], zone)
-    for type_url in (CLUSTER, ENDPOINT, SERVICE_POLICY):
-        packed = []
-        for name in sorted(resources[type_url]):
-            item = any_pb2.Any()
-            item.Pack(resources[type_url][name])
-            packed.append(item)
-        assert cache.accept_delta(type_url, "v1", packed, []) is None
-    return cache
+    return agent_cache(resources, {t: resources[t] for t in (CLUSTER, ENDPOINT, SERVICE_POLICY)})
 
 
 def test_the_agent_places_each_endpoint_by_its_zone_and_serves_the_spill_over() -> None:
