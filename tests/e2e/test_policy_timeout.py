@@ -96,11 +96,15 @@ def test_mesh_channels_apply_the_policy_timeout_themselves(
     plan = "3.6:20,0:20,2.5:20,3.6:20,3.6:1"
     client = run_client(procs, flavour, agent, backend, flavour, plan)
     first, warm, within, past, caller = finished(client)
+    # 3.5 s at most: the timeout counts from when the call was made, not from when the
+    # policy arrived. The other bounds only need to tell the policy's 3 s from the backend's
+    # 3.6 s delay (the code does) and from the caller's deadline, so they leave room for a
+    # busy machine.
     deadline_exceeded(first, 3.0, 3.5)
     assert warm["ok"], warm
     assert within["ok"] and within["s"] >= 2.5, within  # grpcio alone fails it at ~1.9 s
-    deadline_exceeded(past, 3.0, 3.5)
-    deadline_exceeded(caller, 1.0, 1.45)  # the caller's 1 s wins over the policy's 3 s
+    deadline_exceeded(past, 3.0, 4.5)
+    deadline_exceeded(caller, 1.0, 2.5)  # the caller's 1 s wins over the policy's 3 s
     assert "mesh agent unreachable" not in client.errors()
 
 
@@ -233,7 +237,7 @@ def test_the_agent_tells_each_watched_service_its_call_policy(
     with pytest.raises(grpc.RpcError) as caught:
         echo_pb2_grpc.EchoServiceStub(channel).Echo(echo_pb2.EchoRequest(), timeout=20)
     assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-    assert 3.0 <= time.monotonic() - started <= 3.5
+    assert 3.0 <= time.monotonic() - started <= 4.5  # the policy's 3 s, not the caller's 20 s
     channel.close()
     link_for(agent).close()  # the interceptor's link: its watch would hold the agent's stop
 
