@@ -141,6 +141,11 @@ def signing_from(
         raise ConfigError("give --signing-ca DIR or --signing-cert with --signing-key, not both")
     if args.signing_ca is not None:
         signing = SigningFiles.ca_dir(args.signing_ca, args.trust_bundle)
+        if not signing.cert.exists():
+            raise CertError(
+                f"--signing-ca {args.signing_ca}: no CA there, {signing.cert} does not exist "
+                f"(create one with: meshctl certs init --out {args.signing_ca})"
+            )
     elif args.signing_cert is None or args.signing_key is None:
         raise ConfigError("--signing-cert and --signing-key go together")
     else:
@@ -156,7 +161,8 @@ def signing_from(
             "the trust domain of the identities to sign is unknown: the CAs name none "
             "(spiffe://TD URI SAN); give --trust-domain"
         )
-    return SigningAuthority(signing, domain, args.cert_lifetime or DEFAULT_LIFETIME)
+    lifetime = DEFAULT_LIFETIME if args.cert_lifetime is None else args.cert_lifetime
+    return SigningAuthority(signing, domain, lifetime)
 
 
 def access_from(args: argparse.Namespace) -> tuple[tls.TlsFiles | None, Access]:
