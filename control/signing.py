@@ -3,10 +3,10 @@
 
 What a certificate holds is fixed here, whatever the request asks: the identity as its only
 subject alternative name (a URI), client and server auth usages, a lifetime of
-``--cert-lifetime`` (24 h by default, never past the CA's own end), a key the node generated
-(EC P-256 or P-384, or RSA of 2048 bits or more; the CSR's signature proves the node holds
-it). Who may hold which identity is the caller's business (:mod:`control.node_api`); this
-module reads what a CSR asks for and signs.
+``--cert-lifetime`` (24 h by default, rounded up to the second, never past the CA's own
+end), a key the node generated (EC P-256 or P-384, or RSA of 2048 bits or more; the CSR's
+signature proves the node holds it). Who may hold which identity is the caller's business
+(:mod:`control.node_api`); this module reads what a CSR asks for and signs.
 
 The CA comes from files (``mesh-control serve --signing-ca DIR``, the directory ``meshctl
 certs init`` writes, or ``--signing-cert``/``--signing-key`` for an operator's CA), with a
@@ -301,6 +301,15 @@ def requested_uri(csr: x509.CertificateSigningRequest) -> str:
     return str(names[0].value)
 
 
+def _whole_second_up(moment: datetime.datetime) -> datetime.datetime:
+    """``moment`` rounded up to the second: X.509 times have no fraction, and one cut down
+    would give a certificate less than the lifetime asked for (with a lifetime of seconds,
+    far less: renewing at half of it would then come sooner and sooner)."""
+    if not moment.microsecond:
+        return moment
+    return moment.replace(microsecond=0) + datetime.timedelta(seconds=1)
+
+
 def _build(
     ca: SigningCA,
     csr: x509.CertificateSigningRequest,
@@ -325,7 +334,7 @@ def _build(
         .public_key(public)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - BACKDATE)
-        .not_valid_after(min(now + lifetime, ca.cert.not_valid_after_utc))
+        .not_valid_after(min(_whole_second_up(now + lifetime), ca.cert.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(

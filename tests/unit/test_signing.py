@@ -108,7 +108,10 @@ def test_a_certificate_holds_the_identity_only_with_both_usages(
     assert set(usages) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
     assert not leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     lifetime = leaf.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
-    assert datetime.timedelta(hours=23, minutes=59) < lifetime <= datetime.timedelta(hours=24)
+    # Rounded up to the second: X.509 times have no fraction.
+    assert datetime.timedelta(hours=24) - datetime.timedelta(seconds=1) < lifetime
+    assert lifetime <= datetime.timedelta(hours=24, seconds=1)
+    assert leaf.not_valid_after_utc.microsecond == 0
     assert key_matches(signed.chain_pem.encode(), request.key_pem)
     assert signed.bundle_pem == (ca_dir / "ca.pem").read_text()
     assert _verifies(leaf, signed.bundle_pem)
@@ -119,7 +122,11 @@ def test_the_lifetime_is_a_setting_and_never_passes_the_ca(ca_dir: Path, tmp_pat
     short = SigningAuthority(SigningFiles.ca_dir(ca_dir), TD, datetime.timedelta(seconds=5))
     signed = short.sign(*short.requested(_csr(WEB)))
     start = signed.certificate.not_valid_before_utc
-    assert signed.certificate.not_valid_after_utc - start == datetime.timedelta(seconds=65)
+    # 60 s backdated, the end rounded up to the second: 65 or 66 seconds in all.
+    assert signed.certificate.not_valid_after_utc - start in {
+        datetime.timedelta(seconds=65),
+        datetime.timedelta(seconds=66),
+    }
     certs.init_ca(tmp_path / "brief", TD, days=1)
     long = SigningAuthority(SigningFiles.ca_dir(tmp_path / "brief"), TD, datetime.timedelta(days=9))
     capped = long.sign(*long.requested(_csr(WEB)))

@@ -51,6 +51,8 @@ REGISTRATION = "registration"
 CONFIGURED = "configured"
 """Source: ``--identity`` (``identities`` in the agent's config file)."""
 RETRY_BACKOFF = Backoff(base=1.0, cap=60.0)
+MIN_RENEW_AFTER = 1.0
+"""Seconds: the soonest a certificate is renewed after it was asked for."""
 NO_TRUST_DOMAIN = (
     "the agent has no node certificate (--tls-cert, --tls-key, --tls-ca), so it can neither "
     "name its trust domain nor prove to the control server which node it is"
@@ -265,8 +267,11 @@ class IdentityKeeper:
         held.timing = Timing(made - started, signed - made, written - signed, written - started)
         held.spiffe_id = spiffe_id
         held.not_after = not_after
-        # Half of the validity it had when asked for, as this node's clock sees it.
-        held.renew_at = _wall(issued + (not_after.timestamp() - issued) / 2)
+        # Half of the validity it had when asked for, as this node's clock sees it; never
+        # sooner than MIN_RENEW_AFTER, so a certificate cut short (its CA about to end) does
+        # not make the node ask again and again.
+        half = max((not_after.timestamp() - issued) / 2, MIN_RENEW_AFTER)
+        held.renew_at = _wall(issued + half)
         held.next_attempt = held.renew_at.timestamp()
         held.updated = _wall(self.clock())
         held.last_error = ""
