@@ -126,7 +126,7 @@ def test_a_node_the_hosts_match_gets_the_identity_files(
         (mesh.pki.ca / "ca.pem").read_bytes()
     )
     lifetime = leaf.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
-    assert datetime.timedelta(hours=23) < lifetime <= datetime.timedelta(hours=24)
+    assert datetime.timedelta(hours=23) < lifetime <= datetime.timedelta(hours=24, seconds=1)
     assert bundle == (mesh.pki.ca / "ca.pem").read_bytes()
     signed = [e for e in log_lines(mesh.control_proc) if e.get("event") == "certificate signed"]
     assert signed and signed[-1]["node_id"] == "web-1" and signed[-1]["identity"] == WEB
