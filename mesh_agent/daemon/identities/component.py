@@ -5,7 +5,7 @@ server (:class:`ControlSigner`) with the node's own mTLS certificate."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import grpc
@@ -97,17 +97,53 @@ def node_trust_domain(tls: TlsFiles | None) -> str | None:
     return None
 
 
-def secured_services(cache: ConfigCache, services: set[str]) -> set[str]:
-    """Of ``services``, those whose policy (as the cache holds it) has ``security.hosts``."""
-    secured: set[str] = set()
+def security_hosts(cache: ConfigCache, services: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """The ``security.hosts`` of those of ``services`` whose policy the cache holds."""
+    wanted = set(services)
+    hosts: dict[str, tuple[str, ...]] = {}
     for name, packed in cache.resources(SERVICE_POLICY).items():
-        if name not in services:
-            continue
-        policy = decode(packed, SERVICE_POLICY)
-        assert isinstance(policy, config_pb2.ServicePolicy)
-        if policy.security.hosts:
-            secured.add(name)
-    return secured
+        if name in wanted:
+            policy = decode(packed, SERVICE_POLICY)
+            assert isinstance(policy, config_pb2.ServicePolicy)
+            hosts[name] = tuple(policy.security.hosts)
+    return hosts
+
+
+class PolicyFollower:
+    """Called at every change of the registrations or the cache: asks the upstream for the
+    policies of the services registered and configured, tells the keeper which registered
+    ones have an identity (``security.hosts``), and retries the identities that failed when
+    the hosts of one of them change (a node an operator has just added is served at once,
+    not at its next backoff)."""
+
+    def __init__(
+        self,
+        keeper: IdentityKeeper,
+        cache: ConfigCache,
+        upstream: Upstream,
+        reporter: Reporter,
+        configured: Iterable[str],
+    ) -> None:
+        self._keeper = keeper
+        self._cache = cache
+        self._upstream = upstream
+        self._reporter = reporter
+        self._configured = frozenset(configured)
+        self._asked: frozenset[str] | None = None  # most changes leave it as it is
+        self._hosts: dict[str, tuple[str, ...]] | None = None
+
+    def __call__(self) -> None:
+        registered = frozenset(r.service for r in self._reporter.registrations.values())
+        services = registered | self._configured
+        if services != self._asked:
+            self._asked = services
+            self._upstream.demand(IDENTITIES, {SERVICE_POLICY: services})
+        hosts = security_hosts(self._cache, services)
+        self._keeper.want(REGISTRATION, {name for name in registered if hosts.get(name)})
+        if hosts != self._hosts:
+            if self._hosts is not None:
+                self._keeper.retry_now()
+            self._hosts = hosts
 
 
 class IdentitiesComponent:
@@ -136,11 +172,7 @@ class IdentitiesComponent:
         keeper = self._keeper
         keeper.want(CONFIGURED, settings.identities)
 
-        def follow() -> None:
-            registered = _registered_services(reporter)
-            upstream.demand(IDENTITIES, {SERVICE_POLICY: frozenset(registered)})
-            keeper.want(REGISTRATION, secured_services(cache, registered))
-
+        follow = PolicyFollower(keeper, cache, upstream, reporter, settings.identities)
         ctx.connect(reporter.registrations_changed, follow)
         ctx.connect(cache.changed, follow)
         ctx.connect(upstream.on_connect, lambda server: keeper.retry_now())
@@ -165,8 +197,10 @@ class IdentitiesComponent:
         return None
 
 
-def _registered_services(reporter: Reporter) -> set[str]:
-    return {registration.service for registration in reporter.registrations.values()}
-
-
-__all__ = ["ControlSigner", "IdentitiesComponent", "node_trust_domain", "secured_services"]
+__all__ = [
+    "ControlSigner",
+    "IdentitiesComponent",
+    "PolicyFollower",
+    "node_trust_domain",
+    "security_hosts",
+]

@@ -9,7 +9,9 @@ process that only calls). An identity no longer wanted is no longer renewed; its
 (a draining server may still read them) and run out by themselves.
 
 A failed attempt (the control server unreachable, or refusing) is retried with backoff and
-shown in ``last_error``; the files in place stay in force meanwhile. Nothing restarts: the
+shown in ``last_error``; the files in place stay in force meanwhile. :meth:`IdentityKeeper.
+retry_now` skips the wait (the component calls it when the upstream reconnects and when the
+hosts of a service change). Nothing restarts: the
 files are swapped under the processes that read them.
 
 Event-loop owned: :meth:`IdentityKeeper.run` owns one task per identity; :meth:`want` and
