@@ -187,7 +187,7 @@ class PairReader:
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
-        while not self.stop.is_set():
+        while not self.stop.wait(0.002):  # a few hundred reads a second, not a busy loop
             try:
                 before = (int(self.key.stat().st_mtime), int(self.cert.stat().st_mtime))
                 key, chain = self.key.read_bytes(), self.cert.read_bytes()
