@@ -10,7 +10,8 @@ holding that identity with ``--identity``. Each renewal is the whole path: a fre
 key and CSR, ``NodeService/SignCertificate`` over mTLS (a new channel each time, as the agent
 makes it: TCP connect and TLS handshake included; the control server checks the node's
 certificate, reads the service from its store, matches its hosts and signs), the checks of
-what came back, and the files written, fsynced and swapped in.
+what came back (the chain verified against the bundle), and the files written, fsynced and
+swapped in.
 
 The agent times each step with ``perf_counter`` and logs it with the renewal (``identity
 certificate written``: ``csr_to_files_ms``, ``key_ms``, ``sign_ms``, ``write_ms``); the
@@ -170,7 +171,8 @@ def run(options: Options) -> list[Row]:
         _stats(
             "write",
             [e["write_ms"] for e in entries],
-            "checks, a version directory written and fsynced, the link swapped",
+            "checks (the chain verified against the bundle), a version directory written and "
+            "fsynced, the link swapped",
         ),
     ]
     total = rows[0]

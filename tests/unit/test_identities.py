@@ -41,6 +41,7 @@ class InProcessSigner:
     def __init__(self, authority: SigningAuthority) -> None:
         self.authority = authority
         self.refusal: Exception | None = None
+        self.bundle: str | None = None  # sent instead of the authority's, when set
         self.calls = 0
 
     async def sign(self, csr_pem: str) -> node_pb2.SignCertificateResponse:
@@ -51,7 +52,7 @@ class InProcessSigner:
         response = node_pb2.SignCertificateResponse(
             spiffe_id=signed.spiffe_id,
             certificate_chain=signed.chain_pem,
-            trust_bundle=signed.bundle_pem,
+            trust_bundle=self.bundle or signed.bundle_pem,
         )
         response.not_after.FromDatetime(signed.certificate.not_valid_after_utc)
         return response
@@ -246,3 +247,14 @@ async def test_without_a_trust_domain_every_attempt_says_why(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_certificate_that_does_not_verify_with_its_bundle_is_not_put_in_place(
+    tmp_path: Path, signer: InProcessSigner, keeper: IdentityKeeper
+) -> None:
+    certs.init_ca(tmp_path / "other", TD)
+    signer.bundle = (tmp_path / "other" / "ca.pem").read_text()
+    keeper.want(CONFIGURED, ["web"])
+    await eventually(lambda: keeper.held() and keeper.held()[0].last_error, 10, "an error")
+    assert "does not verify with its trust bundle" in keeper.held()[0].last_error
+    assert not identity_paths("web", tmp_path / "identities").current.exists()

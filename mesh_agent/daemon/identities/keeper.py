@@ -34,8 +34,8 @@ import structlog
 from mesh.v1 import node_pb2
 from mesh_agent.daemon.identities import files
 from mesh_agent.daemon.identities.keys import (
-    bundle_ok,
     chain_facts,
+    chain_problem,
     key_matches,
     new_key_and_csr,
 )
@@ -295,14 +295,16 @@ class IdentityKeeper:
 
 def _checked(material: files.Material, spiffe_id: str) -> datetime.datetime:
     """The certificate's end, once it is checked to be what was asked for: the identity, on
-    the key sent, with a bundle; CertError otherwise."""
+    the key sent, verifying against the bundle sent with it; CertError otherwise (and the
+    files in place stay)."""
     facts = chain_facts(material.chain)
     if spiffe_id not in facts.uris:
         raise CertError(f"the certificate signed names {', '.join(facts.uris)}, not {spiffe_id}")
     if not key_matches(material.chain, material.key):
         raise CertError("the certificate signed is not for the key this node sent")
-    if not bundle_ok(material.bundle):
-        raise CertError("the control server sent no trust bundle")
+    problem = chain_problem(material.chain, material.bundle)
+    if problem is not None:
+        raise CertError(f"the certificate signed does not verify with its trust bundle: {problem}")
     return facts.not_after
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from mesh_core.errors import CertError
 from mesh_core.identity import uri_sans
@@ -81,12 +82,21 @@ def key_matches(chain_pem: bytes, key_pem: bytes) -> bool:
     )
 
 
-def bundle_ok(bundle_pem: bytes) -> bool:
-    """Whether ``bundle_pem`` holds at least one PEM certificate."""
+def chain_problem(chain_pem: bytes, bundle_pem: bytes) -> str | None:
+    """Why the chain does not verify against the bundle as an mTLS peer would check it
+    (signatures up to a CA of the bundle, validity, CA constraints, usages); None when it
+    does. Files that would fail every handshake are better not put in place."""
     try:
-        return bool(x509.load_pem_x509_certificates(bundle_pem))
-    except ValueError:
-        return False
+        leaf, *intermediates = x509.load_pem_x509_certificates(chain_pem)
+        roots = x509.load_pem_x509_certificates(bundle_pem)
+    except ValueError as error:
+        return f"not PEM certificates ({error})"
+    verifier = PolicyBuilder().store(Store(roots)).build_client_verifier()
+    try:
+        verifier.verify(leaf, intermediates)
+    except VerificationError as error:
+        return str(error)
+    return None
 
 
-__all__ = ["Facts", "KeyAndCsr", "bundle_ok", "chain_facts", "key_matches", "new_key_and_csr"]
+__all__ = ["Facts", "KeyAndCsr", "chain_facts", "chain_problem", "key_matches", "new_key_and_csr"]
