@@ -7,7 +7,7 @@ PROTOS := $(shell find protos -name '*.proto')
 # must be installed last.
 OTEL_PROTO = $$($(BIN)/python -c "import importlib.metadata as m; print(m.version('opentelemetry-proto'))")
 
-.PHONY: install proto proto-check lint test test-unit test-e2e demo bench bench-datapath bench-tracing bench-mtls bench-scale clean
+.PHONY: install proto proto-check lint test test-unit test-e2e demo bench bench-datapath bench-tracing bench-mtls bench-identity bench-scale clean
 
 install: $(BIN)/.installed
 
@@ -50,6 +50,9 @@ bench-tracing: install
 
 bench-mtls: install
 	$(BIN)/python -m bench --only mtls
+
+bench-identity: install
+	$(BIN)/python -m bench --only identity
 
 # Ends with one JSON line per mode (sotw, delta), after the run's JSON summary.
 NODES ?= 1000

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import os
 import signal
 import sys
@@ -16,9 +17,10 @@ from control import __version__, limits
 from control.registry import DEFAULT_GRACE
 from control.security import Access
 from control.server import ControlServer, write_ready_file
+from control.signing import DEFAULT_LIFETIME, SigningAuthority, SigningFiles, load_signing_ca
 from mesh_core import telemetry, tls
 from mesh_core.durations import parse_duration
-from mesh_core.errors import ConfigError, MeshError, TlsError
+from mesh_core.errors import CertError, ConfigError, MeshError, TlsError
 from mesh_core.logs import configure
 from mesh_core.preflight import check_environment
 
@@ -76,7 +78,91 @@ def build_parser() -> argparse.ArgumentParser:
         "--trust-domain",
         help="the SPIFFE trust domain of callers' identities (default: the one the CA names)",
     )
+    add_signing_arguments(serve)
     return parser
+
+
+def _lifetime(text: str) -> datetime.timedelta:
+    return datetime.timedelta(seconds=_seconds(text))
+
+
+def add_signing_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "service identities (certificates signed for the nodes a service's security.hosts "
+        "name; needs mTLS)"
+    )
+    group.add_argument(
+        "--signing-ca",
+        type=Path,
+        metavar="DIR",
+        help="sign with the CA in DIR (ca.pem and key.pem, as `meshctl certs init` writes)",
+    )
+    group.add_argument(
+        "--signing-cert",
+        type=Path,
+        metavar="FILE",
+        help="or: your own CA certificate (PEM, then any intermediates up to the root)",
+    )
+    group.add_argument("--signing-key", type=Path, metavar="FILE", help="that CA's private key")
+    group.add_argument(
+        "--trust-bundle",
+        type=Path,
+        metavar="FILE",
+        help="the CA certificates nodes are told to trust (default: the signing CA's); "
+        "during a CA rotation, the old and the new CA",
+    )
+    group.add_argument(
+        "--cert-lifetime",
+        type=_lifetime,
+        metavar="DURATION",
+        help="how long a service certificate is valid (default 24h; agents renew at half)",
+    )
+
+
+def signing_from(
+    args: argparse.Namespace, files: tls.TlsFiles | None, access: Access
+) -> SigningAuthority | None:
+    """The signing CA the flags give (None: no signing); ConfigError or CertError naming the
+    flag that is wrong."""
+    given = args.signing_ca is not None or args.signing_cert is not None
+    if not given and args.signing_key is None:
+        extra = [
+            f
+            for f, v in (
+                ("--trust-bundle", args.trust_bundle),
+                ("--cert-lifetime", args.cert_lifetime),
+            )
+            if v is not None
+        ]
+        if extra:
+            raise ConfigError(f"{' and '.join(extra)} need a signing CA (--signing-ca DIR)")
+        return None
+    if args.signing_ca is not None and (args.signing_cert or args.signing_key):
+        raise ConfigError("give --signing-ca DIR or --signing-cert with --signing-key, not both")
+    if args.signing_ca is not None:
+        signing = SigningFiles.ca_dir(args.signing_ca, args.trust_bundle)
+        if not signing.cert.exists():
+            raise CertError(
+                f"--signing-ca {args.signing_ca}: no CA there, {signing.cert} does not exist "
+                f"(create one with: meshctl certs init --out {args.signing_ca})"
+            )
+    elif args.signing_cert is None or args.signing_key is None:
+        raise ConfigError("--signing-cert and --signing-key go together")
+    else:
+        signing = SigningFiles(args.signing_cert, args.signing_key, args.trust_bundle)
+    if files is None:
+        raise ConfigError(
+            "a signing CA needs mTLS (--tls-cert, --tls-key, --tls-ca): the control server "
+            "signs for a node only after its certificate named it"
+        )
+    domain = access.trust_domain or load_signing_ca(signing).trust_domain
+    if domain is None:
+        raise CertError(
+            "the trust domain of the identities to sign is unknown: the CAs name none "
+            "(spiffe://TD URI SAN); give --trust-domain"
+        )
+    lifetime = DEFAULT_LIFETIME if args.cert_lifetime is None else args.cert_lifetime
+    return SigningAuthority(signing, domain, lifetime)
 
 
 def access_from(args: argparse.Namespace) -> tuple[tls.TlsFiles | None, Access]:
@@ -91,6 +177,7 @@ def access_from(args: argparse.Namespace) -> tuple[tls.TlsFiles | None, Access]:
 
 async def _serve(args: argparse.Namespace) -> None:
     files, access = access_from(args)
+    signing = signing_from(args, files, access)
     server = ControlServer(
         args.store,
         args.listen,
@@ -101,6 +188,7 @@ async def _serve(args: argparse.Namespace) -> None:
         tls=files,
         access=access,
         limits=limits.from_args(args),
+        signing=signing,
     )
     structlog.contextvars.bind_contextvars(server_id=server.server_id)
     stop = asyncio.Event()

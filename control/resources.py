@@ -551,7 +551,15 @@ def zone_key(service: config_pb2.Service, zone: str) -> str:
 
 
 def build_policy(service: config_pb2.Service) -> config_pb2.ServicePolicy:
-    return config_pb2.ServicePolicy(name=service.name, policy=service.policy, routes=service.routes)
+    """The service's policy resource. ``security`` travels so that a node's agent knows which
+    of the services it registered have an identity to hold (unset when the service has none,
+    so the resource of a service without one is what it always was)."""
+    policy = config_pb2.ServicePolicy(
+        name=service.name, policy=service.policy, routes=service.routes
+    )
+    if service.HasField("security"):
+        policy.security.CopyFrom(service.security)
+    return policy
 
 
 def build_resources(services: Iterable[config_pb2.Service], zone: str = "") -> Resources:

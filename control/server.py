@@ -30,6 +30,7 @@ from control.registry import DEFAULT_GRACE, Registrations
 from control.resources import build_resources, zone_key
 from control.security import Access
 from control.shared_nodes import SharedNodes
+from control.signing import SigningAuthority
 from control.store import Store, open_store
 from control.store.etcd import EtcdStore
 from mesh.v1 import admin_pb2, admin_pb2_grpc, node_pb2, node_pb2_grpc
@@ -73,13 +74,16 @@ class ControlServer:
         tls: TlsFiles | None = None,
         access: Access | None = None,
         limits: Limits | None = None,
+        signing: SigningAuthority | None = None,
     ) -> None:
         """``grace`` is how long calls may drain on stop; ``registration_grace`` how long a
         node's registrations outlive its last ADS stream (seconds). ``tls``: serve mTLS with
         these files (reloaded when they change); ``access``: who may do what (default: open
         without ``tls``, node and operator identities with it). ``limits``: what one call or
-        node may take (default :class:`~control.limits.Limits`)."""
+        node may take (default :class:`~control.limits.Limits`). ``signing``: the CA that
+        signs service identities for nodes (NodeService/SignCertificate; needs ``tls``)."""
         self.limits = limits or Limits()
+        self.signing = signing
         self.streams = StreamCounter(self.limits.max_streams_per_node)
         self.tls = tls
         self.access = access or Access(mtls=tls is not None)
@@ -155,7 +159,14 @@ class ControlServer:
             server,
         )
         node_pb2_grpc.add_NodeServiceServicer_to_server(
-            NodeServicer(self.registrations, self.access, limits=self.limits), server
+            NodeServicer(
+                self.registrations,
+                self.access,
+                limits=self.limits,
+                store=self.store,
+                signing=self.signing,
+            ),
+            server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME), server)
@@ -179,6 +190,7 @@ class ControlServer:
             tls=self.tls is not None,
             access=self.access.describe(),
             limits=self.limits.describe(),
+            signing=self.signing.describe() if self.signing is not None else "off",
         )
         if self.access.open:
             log.warning("admin writes are open to anyone: no mTLS and no operator token")

@@ -17,6 +17,9 @@ command lines to one line on stderr and an exit code.
     │   └── NoConfigError        no config to serve yet (an agent that never reached the
     │                            control plane and holds no copy)
     ├── PermissionDeniedError    the caller may not do this (its identity names why)
+    ├── PreconditionError        the server cannot do this as it is set up (a feature not
+    │                            enabled, its signing CA expired); the message says what to
+    │                            change
     ├── LimitExceeded            a request over a limit; ``limit`` names it
     │   ├── RateLimited          too many requests: ``retry_after`` seconds
     │   └── TooManyStreams       too many concurrent streams for one node
@@ -80,6 +83,11 @@ class NoConfigError(UnavailableError):
 
 class PermissionDeniedError(MeshError):
     """The caller may not do this; the message names the caller and the rule."""
+
+
+class PreconditionError(MeshError):
+    """The server cannot do this as it is set up now (certificate signing without a signing
+    CA, say); no retry helps until an operator changes it, and the message says how."""
 
 
 class LimitExceeded(MeshError):

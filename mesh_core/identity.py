@@ -1,11 +1,22 @@
 """Identities in the mesh: SPIFFE IDs in the URI SANs of mTLS certificates,
 ``spiffe://<trust-domain>/<kind>/<name>``: ``node/<id>`` for a node's agent,
-``operator/<name>`` for an operator, ``server/<dns name>`` for a control server. Read here
-from a caller's TLS peer (the grpc auth context) and from certificate files."""
+``operator/<name>`` for an operator, ``server/<dns name>`` for a control server and
+``service/<name>`` for a service (its endpoints and the processes that call as it). Read here
+from a caller's TLS peer (the grpc auth context) and from certificate files.
+
+Who may hold a service's identity is the service's ``security.hosts``: node ids or
+fnmatch-style patterns (``*`` any run of characters, ``?`` one, ``[0-9]`` one of a set,
+``[!0-9]`` one not in it), each matched against the whole node id, case-sensitive
+(:func:`host_matching`). The control server checks it before it signs; the same function
+serves anyone who wants to know in advance. No cryptography import at module level: the
+client library imports this module.
+"""
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -20,6 +31,11 @@ TOKEN_KEY = "authorization"
 NODE = "node"
 OPERATOR = "operator"
 SERVER = "server"
+SERVICE = "service"
+
+_NODE_CHARS = "A-Za-z0-9._-"
+_NODE_RUN = re.compile(f"[{_NODE_CHARS}]+")
+MAX_HOST_PATTERN = 256
 
 
 @dataclass(frozen=True)
@@ -96,4 +112,62 @@ def trust_domain_of(cert: x509.Certificate) -> str | None:
     for uri in uri_sans(cert):
         if uri.startswith("spiffe://"):
             return uri.removeprefix("spiffe://").split("/", 1)[0]
+    return None
+
+
+def service_uri(trust_domain: str, service: str) -> str:
+    """The identity of ``service``: ``spiffe://<trust domain>/service/<name>``."""
+    return f"spiffe://{trust_domain}/{SERVICE}/{service}"
+
+
+def service_of_uri(uri: str) -> tuple[str, str] | None:
+    """``spiffe://td/service/name`` → (td, name); None for any other URI."""
+    parsed = parse_uri(uri)
+    if parsed is None or parsed[1] != SERVICE:
+        return None
+    return parsed[0], parsed[2]
+
+
+def host_pattern_problem(pattern: str) -> str | None:
+    """Why ``pattern`` cannot be an entry of ``security.hosts`` (None: it can). Node ids are
+    letters, digits, ``.``, ``_`` and ``-``; a pattern adds ``*``, ``?`` and closed, non-empty
+    ``[...]`` sets of those characters (``[!...]`` negated, ``a-z`` ranges). Anything else
+    could never match a node id, so it is refused rather than left to match nothing."""
+    if not pattern:
+        return "must not be empty"
+    if len(pattern) > MAX_HOST_PATTERN:
+        return f"at most {MAX_HOST_PATTERN} characters, got {len(pattern)}"
+    i = 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "[":
+            end = pattern.find("]", i + 1)
+            if end == -1:
+                return f"{pattern!r}: '[' at {i} is never closed with ']'"
+            body = pattern[i + 1 : end].removeprefix("!")
+            if not _NODE_RUN.fullmatch(body):
+                return (
+                    f"{pattern!r}: the set {pattern[i : end + 1]!r} must hold node id "
+                    "characters or ranges (like [0-9] or [!a-c])"
+                )
+            i = end + 1
+        elif char == "]":
+            return f"{pattern!r}: ']' at {i} closes no '['"
+        elif char in "*?" or _NODE_RUN.fullmatch(char):
+            i += 1
+        else:
+            return (
+                f"{pattern!r}: {char!r} is not in any node id (letters, digits, '.', '_', '-') "
+                "nor a pattern character ('*', '?', '[...]')"
+            )
+    return None
+
+
+def host_matching(hosts: Iterable[str], node_id: str) -> str | None:
+    """The first entry of ``hosts`` (a service's ``security.hosts``) that matches
+    ``node_id``, or None: node ``node_id`` may hold the service's identity iff this is not
+    None. Matching is fnmatch's, case-sensitive, against the whole id."""
+    for pattern in hosts:
+        if fnmatch.fnmatchcase(node_id, pattern):
+            return pattern
     return None

@@ -75,3 +75,9 @@ MAX_SUBSETS = 100
 MAX_ROUTES = 100
 MAX_ROUTE_WEIGHT = 1_000_000
 """Bounds of a service's traffic rules, far above what an operator writes by hand."""
+
+SECURITY_DISABLED = "disabled"
+SECURITY_STRICT = "strict"
+SECURITY_MODES: tuple[str, ...] = ("", SECURITY_DISABLED, SECURITY_STRICT)
+"""``security.mode``: unset means disabled."""
+MAX_SECURITY_HOSTS = 1000

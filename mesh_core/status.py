@@ -26,6 +26,7 @@ from mesh_core.errors import (
     MeshError,
     NotFoundError,
     PermissionDeniedError,
+    PreconditionError,
     ProtocolError,
     RateLimited,
     StoreUnavailableError,
@@ -45,6 +46,7 @@ STATUS_CODES: Final[dict[type[MeshError], grpc.StatusCode]] = {
     ConflictError: grpc.StatusCode.ABORTED,
     UnavailableError: grpc.StatusCode.UNAVAILABLE,
     PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
+    PreconditionError: grpc.StatusCode.FAILED_PRECONDITION,
 }
 """Status code per error class; a class not listed takes its nearest listed base's."""
 

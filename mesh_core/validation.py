@@ -15,6 +15,7 @@ from google.protobuf.duration_pb2 import Duration
 from mesh.v1 import config_pb2
 from mesh_core.durations import format_duration, nanos
 from mesh_core.errors import ConfigError
+from mesh_core.identity import host_pattern_problem
 from mesh_core.policy import (
     DEFAULT_MIN_RING_SIZE,
     GRPC_STATUS_NAMES,
@@ -23,11 +24,14 @@ from mesh_core.policy import (
     MAX_HALF_OPEN_PROBES,
     MAX_ROUTE_WEIGHT,
     MAX_ROUTES,
+    MAX_SECURITY_HOSTS,
     MAX_SUBSETS,
     MAX_WEIGHT,
     RETRYABLE_STATUS_NAMES,
     RING_HASH,
     RING_SIZE_CAP,
+    SECURITY_MODES,
+    SECURITY_STRICT,
     UINT32_MAX,
     UNSUPPORTED_LB_POLICIES,
 )
@@ -71,6 +75,8 @@ def validate_problems(svc: config_pb2.Service) -> list[tuple[str, str]]:
         _check_policy(p, svc.policy)
     subsets = _check_subsets(p, svc.subsets)
     _check_routes(p, svc.routes, subsets)
+    if svc.HasField("security"):
+        _check_security(p, svc.security, "security")
     return p.items
 
 
@@ -94,18 +100,43 @@ def validate_warnings(svc: config_pb2.Service) -> list[tuple[str, str]]:
                     "calls with the same hash may go to different subsets (the hash keeps "
                     "them on one endpoint within each)",
                 )
+    _warn_security(p, svc)
     return p.items
 
 
-def _check_name(p: _Problems, name: str) -> None:
-    if not name:
-        p.add("name", "required")
-    elif len(name) > 253 or not _NAME.fullmatch(name):
+def _warn_security(p: _Problems, svc: config_pb2.Service) -> None:
+    security = svc.security
+    if "*" in security.hosts:
         p.add(
-            "name",
-            f"must be a lowercase DNS name (letters a-z, digits and '-', starting and ending "
-            f"with a letter or digit, labels separated by '.'), got {name!r}",
+            "security.hosts",
+            f"'*' lets every node of the mesh hold the identity of {svc.name!r}; name the "
+            "nodes (or a pattern such as web-*) that run it",
         )
+    if security.mode == SECURITY_STRICT and not security.hosts:
+        p.add(
+            "security.mode",
+            "strict with no hosts: no node may hold the service's identity, so none of its "
+            "endpoints could serve mTLS; list the nodes that run it in security.hosts",
+        )
+
+
+def service_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a service (None: it can). A service's name is also a
+    resource name, a directory name on nodes, and part of its SPIFFE identity."""
+    if not name:
+        return "required"
+    if len(name) > 253 or not _NAME.fullmatch(name):
+        return (
+            f"must be a lowercase DNS name (letters a-z, digits and '-', starting and ending "
+            f"with a letter or digit, labels separated by '.'), got {name!r}"
+        )
+    return None
+
+
+def _check_name(p: _Problems, name: str) -> None:
+    problem = service_name_problem(name)
+    if problem:
+        p.add("name", problem)
 
 
 def _address_problem(address: str) -> str | None:
@@ -523,3 +554,22 @@ def _check_share(p: _Problems, percent: float, path: str) -> None:
         p.add(path, f"must be between 0 and 100, got {percent!r}")
     elif percent and percent < 0.0001:
         p.add(path, f"must be 0 or at least 0.0001 (one call in a million), got {percent!r}")
+
+
+def _check_security(p: _Problems, security: config_pb2.ServiceSecurity, path: str) -> None:
+    """Who may hold the service's identity (node ids or patterns, see
+    :func:`mesh_core.identity.host_pattern_problem`) and the mode callers reach it in."""
+    if len(security.hosts) > MAX_SECURITY_HOSTS:
+        p.add(f"{path}.hosts", f"at most {MAX_SECURITY_HOSTS} entries, got {len(security.hosts)}")
+    seen: dict[str, int] = {}
+    for i, pattern in enumerate(security.hosts):
+        problem = host_pattern_problem(pattern)
+        if problem:
+            p.add(f"{path}.hosts[{i}]", problem)
+        elif pattern in seen:
+            p.add(f"{path}.hosts[{i}]", f"duplicate entry {pattern!r}, also hosts[{seen[pattern]}]")
+        else:
+            seen[pattern] = i
+    if security.mode not in SECURITY_MODES:
+        allowed = ", ".join(m for m in SECURITY_MODES if m)
+        p.add(f"{path}.mode", f"unknown mode {security.mode!r}; expected one of {allowed}")

@@ -1,7 +1,8 @@
 """``python -m bench`` runs end to end: a quick control section at N=1, a quick agent section,
-a quick datapath section, a quick tracing section and a quick etcd section (needs the
-``etcd`` binary: skipped locally without it, failed with CI=true), each as a subprocess whose
-last line is the JSON summary with every table's rows."""
+a quick datapath section, a quick tracing section, quick mtls and identity sections, a quick
+scale section and a quick etcd section (needs the ``etcd`` binary: skipped locally without
+it, failed with CI=true), each as a subprocess whose last line is the JSON summary with every
+table's rows."""
 
 from __future__ import annotations
 
@@ -296,6 +297,19 @@ def test_bench_quick_mtls_prints_a_json_summary() -> None:
     assert final["call_mtls_vs_tcp_us"] == costs["mtls - tcp"]["call_us"]
     assert final["credentials_us"] > 0
     assert run.printed("== mtls: handshake")
+
+
+def test_bench_quick_identity_prints_a_json_summary() -> None:
+    run = run_bench("identity")
+    steps = {r["step"]: r for r in run.tables("CSR to files")}
+    assert list(steps) == ["total", "key_and_csr", "sign", "write"]
+    for row in steps.values():
+        assert 0 < row["min_ms"] <= row["p50_ms"] <= row["p99_ms"] < 10_000, row
+    assert steps["total"]["p50_ms"] >= steps["sign"]["p50_ms"]
+    final = run.table("summary")
+    assert final["renewals"] == 5 and final["versions_seen"] >= 3, final
+    assert final["csr_to_files_p50_ms"] == steps["total"]["p50_ms"]
+    assert run.printed("== identity: CSR to files")
 
 
 def test_bench_quick_scale_prints_a_json_summary() -> None:

@@ -143,7 +143,7 @@ class GetAgentStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetAgentStatusResponse(_message.Message):
-    __slots__ = ("node_id", "upstream", "connected", "types", "registrations", "components", "endpoint_health", "config_updated", "breakers", "zone", "zone_priorities")
+    __slots__ = ("node_id", "upstream", "connected", "types", "registrations", "components", "endpoint_health", "config_updated", "breakers", "zone", "zone_priorities", "identities")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     UPSTREAM_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
@@ -155,6 +155,7 @@ class GetAgentStatusResponse(_message.Message):
     BREAKERS_FIELD_NUMBER: _ClassVar[int]
     ZONE_FIELD_NUMBER: _ClassVar[int]
     ZONE_PRIORITIES_FIELD_NUMBER: _ClassVar[int]
+    IDENTITIES_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     upstream: str
     connected: bool
@@ -166,7 +167,32 @@ class GetAgentStatusResponse(_message.Message):
     breakers: _containers.RepeatedCompositeFieldContainer[BreakerStatus]
     zone: str
     zone_priorities: _containers.RepeatedCompositeFieldContainer[_node_pb2.ZonePriority]
-    def __init__(self, node_id: _Optional[str] = ..., upstream: _Optional[str] = ..., connected: _Optional[bool] = ..., types: _Optional[_Iterable[_Union[UpstreamTypeStatus, _Mapping]]] = ..., registrations: _Optional[_Iterable[_Union[_node_pb2.Registration, _Mapping]]] = ..., components: _Optional[_Iterable[_Union[ComponentStatus, _Mapping]]] = ..., endpoint_health: _Optional[_Iterable[_Union[EndpointHealth, _Mapping]]] = ..., config_updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., breakers: _Optional[_Iterable[_Union[BreakerStatus, _Mapping]]] = ..., zone: _Optional[str] = ..., zone_priorities: _Optional[_Iterable[_Union[_node_pb2.ZonePriority, _Mapping]]] = ...) -> None: ...
+    identities: _containers.RepeatedCompositeFieldContainer[IdentityStatus]
+    def __init__(self, node_id: _Optional[str] = ..., upstream: _Optional[str] = ..., connected: _Optional[bool] = ..., types: _Optional[_Iterable[_Union[UpstreamTypeStatus, _Mapping]]] = ..., registrations: _Optional[_Iterable[_Union[_node_pb2.Registration, _Mapping]]] = ..., components: _Optional[_Iterable[_Union[ComponentStatus, _Mapping]]] = ..., endpoint_health: _Optional[_Iterable[_Union[EndpointHealth, _Mapping]]] = ..., config_updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., breakers: _Optional[_Iterable[_Union[BreakerStatus, _Mapping]]] = ..., zone: _Optional[str] = ..., zone_priorities: _Optional[_Iterable[_Union[_node_pb2.ZonePriority, _Mapping]]] = ..., identities: _Optional[_Iterable[_Union[IdentityStatus, _Mapping]]] = ...) -> None: ...
+
+class IdentityStatus(_message.Message):
+    __slots__ = ("service", "spiffe_id", "source", "certificate_file", "private_key_file", "ca_certificate_file", "not_after", "renew_at", "last_error", "updated")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FILE_FIELD_NUMBER: _ClassVar[int]
+    PRIVATE_KEY_FILE_FIELD_NUMBER: _ClassVar[int]
+    CA_CERTIFICATE_FILE_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    RENEW_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    spiffe_id: str
+    source: str
+    certificate_file: str
+    private_key_file: str
+    ca_certificate_file: str
+    not_after: _timestamp_pb2.Timestamp
+    renew_at: _timestamp_pb2.Timestamp
+    last_error: str
+    updated: _timestamp_pb2.Timestamp
+    def __init__(self, service: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., source: _Optional[str] = ..., certificate_file: _Optional[str] = ..., private_key_file: _Optional[str] = ..., ca_certificate_file: _Optional[str] = ..., not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., renew_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class UpstreamTypeStatus(_message.Message):
     __slots__ = ("type_url", "version_acked", "responses_received", "resources", "last_nack")

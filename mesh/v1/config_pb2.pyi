@@ -10,18 +10,28 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Service(_message.Message):
-    __slots__ = ("name", "endpoints", "policy", "subsets", "routes")
+    __slots__ = ("name", "endpoints", "policy", "subsets", "routes", "security")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     SUBSETS_FIELD_NUMBER: _ClassVar[int]
     ROUTES_FIELD_NUMBER: _ClassVar[int]
+    SECURITY_FIELD_NUMBER: _ClassVar[int]
     name: str
     endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
     policy: Policy
     subsets: _containers.RepeatedCompositeFieldContainer[Subset]
     routes: _containers.RepeatedCompositeFieldContainer[Route]
-    def __init__(self, name: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., subsets: _Optional[_Iterable[_Union[Subset, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ...) -> None: ...
+    security: ServiceSecurity
+    def __init__(self, name: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., subsets: _Optional[_Iterable[_Union[Subset, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., security: _Optional[_Union[ServiceSecurity, _Mapping]] = ...) -> None: ...
+
+class ServiceSecurity(_message.Message):
+    __slots__ = ("hosts", "mode")
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    hosts: _containers.RepeatedScalarFieldContainer[str]
+    mode: str
+    def __init__(self, hosts: _Optional[_Iterable[str]] = ..., mode: _Optional[str] = ...) -> None: ...
 
 class Endpoint(_message.Message):
     __slots__ = ("address", "zone", "weight", "metadata", "node_id", "draining", "labels")
@@ -299,11 +309,13 @@ class HealthCheckPolicy(_message.Message):
     def __init__(self, interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., unhealthy_threshold: _Optional[int] = ..., healthy_threshold: _Optional[int] = ..., service_name: _Optional[str] = ...) -> None: ...
 
 class ServicePolicy(_message.Message):
-    __slots__ = ("name", "policy", "routes")
+    __slots__ = ("name", "policy", "routes", "security")
     NAME_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     ROUTES_FIELD_NUMBER: _ClassVar[int]
+    SECURITY_FIELD_NUMBER: _ClassVar[int]
     name: str
     policy: Policy
     routes: _containers.RepeatedCompositeFieldContainer[Route]
-    def __init__(self, name: _Optional[str] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ...) -> None: ...
+    security: ServiceSecurity
+    def __init__(self, name: _Optional[str] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., security: _Optional[_Union[ServiceSecurity, _Mapping]] = ...) -> None: ...

@@ -134,3 +134,25 @@ class OpenBreaker(_message.Message):
 class ReportClientStatusResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class SignCertificateRequest(_message.Message):
+    __slots__ = ("node_id", "csr")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CSR_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    csr: str
+    def __init__(self, node_id: _Optional[str] = ..., csr: _Optional[str] = ...) -> None: ...
+
+class SignCertificateResponse(_message.Message):
+    __slots__ = ("spiffe_id", "certificate_chain", "trust_bundle", "not_before", "not_after")
+    SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_CHAIN_FIELD_NUMBER: _ClassVar[int]
+    TRUST_BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    spiffe_id: str
+    certificate_chain: str
+    trust_bundle: str
+    not_before: _timestamp_pb2.Timestamp
+    not_after: _timestamp_pb2.Timestamp
+    def __init__(self, spiffe_id: _Optional[str] = ..., certificate_chain: _Optional[str] = ..., trust_bundle: _Optional[str] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

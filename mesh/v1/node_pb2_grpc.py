@@ -46,6 +46,11 @@ class NodeServiceStub:
                 request_serializer=mesh_dot_v1_dot_node__pb2.ReportClientStatusRequest.SerializeToString,
                 response_deserializer=mesh_dot_v1_dot_node__pb2.ReportClientStatusResponse.FromString,
                 _registered_method=True)
+        self.SignCertificate = channel.unary_unary(
+                '/mesh.v1.NodeService/SignCertificate',
+                request_serializer=mesh_dot_v1_dot_node__pb2.SignCertificateRequest.SerializeToString,
+                response_deserializer=mesh_dot_v1_dot_node__pb2.SignCertificateResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -70,6 +75,16 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SignCertificate(self, request, context):
+        """Signs a certificate for a service identity the node may hold (the service's
+        security.hosts match the node its mTLS certificate names), with the mesh's signing CA.
+        PERMISSION_DENIED names the node, the identity and why; FAILED_PRECONDITION when the
+        server signs nothing (no --signing-ca, or no mTLS).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -82,6 +97,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.ReportClientStatus,
                     request_deserializer=mesh_dot_v1_dot_node__pb2.ReportClientStatusRequest.FromString,
                     response_serializer=mesh_dot_v1_dot_node__pb2.ReportClientStatusResponse.SerializeToString,
+            ),
+            'SignCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignCertificate,
+                    request_deserializer=mesh_dot_v1_dot_node__pb2.SignCertificateRequest.FromString,
+                    response_serializer=mesh_dot_v1_dot_node__pb2.SignCertificateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -140,6 +160,33 @@ class NodeService:
             '/mesh.v1.NodeService/ReportClientStatus',
             mesh_dot_v1_dot_node__pb2.ReportClientStatusRequest.SerializeToString,
             mesh_dot_v1_dot_node__pb2.ReportClientStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mesh.v1.NodeService/SignCertificate',
+            mesh_dot_v1_dot_node__pb2.SignCertificateRequest.SerializeToString,
+            mesh_dot_v1_dot_node__pb2.SignCertificateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -26,9 +26,14 @@ reporter   upstream, breakers           registrations, local NACKs and the agent
                                         (its components, open breakers), to the control
                                         server the upstream is connected to
                                         (:mod:`~mesh_agent.daemon.reporter`)
+identities cache, upstream, reporter    certificates of the service identities the node
+                                        holds (its registered services' with
+                                        security.hosts, and --identity), signed by the
+                                        control server, renewed at half-life
+                                        (:mod:`~mesh_agent.daemon.identities`)
 server     cache, health, breakers,     local ADS, agent API, CSDS, health, reflection on
-           upstream, reporter           the unix socket and the TCP listener
-                                        (:mod:`~mesh_agent.daemon.server`)
+           upstream, reporter,          the unix socket and the TCP listener
+           identities                   (:mod:`~mesh_agent.daemon.server`)
 ========== ============================ ==================================================
 """
 
@@ -43,6 +48,7 @@ from mesh_agent.components import Component, Supervisor, load_components
 from mesh_agent.daemon.breakers.component import BreakersComponent
 from mesh_agent.daemon.cache import CacheComponent
 from mesh_agent.daemon.health.component import HealthComponent
+from mesh_agent.daemon.identities.component import IdentitiesComponent
 from mesh_agent.daemon.reporter import ReporterComponent
 from mesh_agent.daemon.roles import SERVER, ServerRole
 from mesh_agent.daemon.server import ServerComponent
@@ -62,6 +68,7 @@ def builtin_components() -> list[Component]:
         HealthComponent(),
         BreakersComponent(),
         ReporterComponent(),
+        IdentitiesComponent(),
         ServerComponent(),
     ]
 

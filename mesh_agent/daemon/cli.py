@@ -4,8 +4,14 @@ Every flag can also come from ``--config FILE`` (YAML, keys named like the flags
 underscores: ``control``, ``node_id``, ``zone``, ``socket``, ``socket_mode`` (octal, as
 written: ``0660``), ``socket_owner``, ``socket_group``, ``listen``, ``listen_allow`` (a list),
 ``state_dir``, ``metrics_port``, ``metrics_host``, ``tls_cert``, ``tls_key``, ``tls_ca``,
-``xds_protocol``, ``panic_threshold``, plus ``registrations``: a list of
-``{service, address, zone, weight, metadata}``); flags given on the command line win.
+``xds_protocol``, ``panic_threshold``, ``identities`` (a list), ``certs_dir``, plus
+``registrations``: a list of ``{service, address, zone, weight, metadata}``); flags given on
+the command line win.
+
+Service identities: with mTLS the agent holds a certificate for every service it registered
+endpoints of whose ``security.hosts`` the control server finds this node in, and for each
+``--identity NAME`` (repeatable: for a process that only calls), under ``--certs-dir`` (by
+default ``identities/`` in the state dir; the layout is :mod:`mesh_core.identity_files`).
 
 With mTLS (``--tls-cert``, ``--tls-key``, ``--tls-ca``, the node's certificate) the ``--listen``
 TCP listener admits only callers whose certificate names the node itself
@@ -46,6 +52,7 @@ from mesh_core.errors import MeshError, TlsError
 from mesh_core.identity import NODE, parse_uri
 from mesh_core.logs import configure
 from mesh_core.preflight import check_environment
+from mesh_core.validation import service_name_problem
 
 log = structlog.get_logger(__name__)
 CONFIG_KEYS = {
@@ -68,6 +75,8 @@ CONFIG_KEYS = {
     "tls_ca",
     "xds_protocol",
     "panic_threshold",
+    "identities",
+    "certs_dir",
 }
 
 
@@ -118,9 +127,42 @@ def build_parser() -> argparse.ArgumentParser:
         help="upstream xDS: auto (delta where the control server offers it, the default), "
         "delta or sotw",
     )
+    run.add_argument(
+        "--identity",
+        metavar="SERVICE",
+        action="append",
+        dest="identities",
+        help="also hold this service's identity (a certificate for "
+        "spiffe://TD/service/SERVICE, if its security.hosts name this node), for a process "
+        "that calls as it without registering (repeatable; needs mTLS)",
+    )
+    run.add_argument(
+        "--certs-dir",
+        type=Path,
+        help="where the service identities' files go (default: identities/ in the state dir)",
+    )
     telemetry.add_arguments(run)
     tls.add_arguments(run, role="node (a node certificate from `meshctl certs issue --node`)")
     return parser
+
+
+def identities(value: Any, where: str, files: tls.TlsFiles | None) -> list[str]:
+    """The service names of ``--identity``/``identities``, only with mTLS (the control server
+    signs for a node it knows by its certificate); exits naming what is wrong."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        _fail(f"{where}: expected a list of service names, got {value!r}")
+    if value and files is None:
+        _fail(
+            f"{where} needs mTLS (--tls-cert, --tls-key, --tls-ca): the control server signs "
+            "an identity only for a node whose certificate it checked"
+        )
+    for item in value:
+        problem = service_name_problem(item) if isinstance(item, str) else "not a string"
+        if problem:
+            _fail(f"{where}: {item!r}: {problem}")
+    return list(dict.fromkeys(str(item) for item in value))
 
 
 def xds_protocol(value: Any, args: argparse.Namespace) -> str:
@@ -305,6 +347,12 @@ def settings_from(args: argparse.Namespace, config: dict[str, Any] | None = None
         tls=files,
         xds_protocol=xds_protocol(pick("xds_protocol", "auto"), args),
         panic_threshold=panic_threshold(pick("panic_threshold", DEFAULT_PANIC_THRESHOLD), args),
+        identities=identities(
+            pick("identities"),
+            "--identity" if args.identities is not None else f"{args.config}: identities",
+            files,
+        ),
+        certs_dir=Path(certs) if (certs := pick("certs_dir")) else None,
     )
 
 

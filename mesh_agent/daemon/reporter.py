@@ -30,6 +30,7 @@ from mesh_agent.daemon.roles import BREAKERS, REPORTER, UPSTREAM, BreakersRole, 
 from mesh_agent.daemon.settings import SETTINGS, AgentSettings
 from mesh_core.backoff import Backoff
 from mesh_core.errors import ComponentError
+from mesh_core.signals import Signal
 from mesh_core.tls import TlsFiles, aio_channel
 from mesh_xds.registry import SessionRegistry
 
@@ -115,6 +116,8 @@ class Reporter:
             registration_key(r): self._placed(r) for r in static
         }
         self._static = set(self.registrations)
+        self.registrations_changed: Signal[[]] = Signal()
+        """Emitted when a registration is added, changed or removed."""
         self.server = ""
         self._dirty = asyncio.Event()
         self._registrations_dirty = False
@@ -133,6 +136,7 @@ class Reporter:
         self.registrations[registration_key(registration)] = self._placed(registration)
         self._save()
         self.changed()
+        self.registrations_changed.emit()
 
     def set_draining(self, service: str, address: str) -> bool:
         registration = self.registrations.get((service, address))
@@ -148,6 +152,7 @@ class Reporter:
         if removed:
             self._save()
             self.changed()
+            self.registrations_changed.emit()
         return removed
 
     def _path(self) -> Path | None:

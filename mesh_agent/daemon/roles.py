@@ -10,17 +10,18 @@ object. The upstream's role is behaviour: what keeps the cache filled, whether a
 connected, and what it is asked for. A replacement can be anything that fills the cache (a
 file, another protocol, a test's fake) and emits the signals.
 
-========= ============== ========================================================
-name      protocol       what the others use
-========= ============== ========================================================
-cache     CacheRole      ``.cache``: the :class:`ConfigCache` every part reads
-upstream  Upstream       where it is connected and the signals that say so, why no
-                         control server can be reached, per-type stats, ``demand``
-health    HealthRole     ``.table``: the endpoints' health and the verdicts served
-breakers  BreakersRole   ``.hub``: the node's circuit breakers as a service
-reporter  ReporterRole   ``.reporter``: registrations, and the reports it sends
-server    ServerRole     ``.addresses`` the agent serves on
-========= ============== ========================================================
+========== ============== ========================================================
+name       protocol       what the others use
+========== ============== ========================================================
+cache      CacheRole      ``.cache``: the :class:`ConfigCache` every part reads
+upstream   Upstream       where it is connected and the signals that say so, why no
+                          control server can be reached, per-type stats, ``demand``
+health     HealthRole     ``.table``: the endpoints' health and the verdicts served
+breakers   BreakersRole   ``.hub``: the node's circuit breakers as a service
+reporter   ReporterRole   ``.reporter``: registrations, and the reports it sends
+identities IdentitiesRole ``.keeper``: the service identities the node holds
+server     ServerRole     ``.addresses`` the agent serves on
+========== ============== ========================================================
 
 The protocols are checked at run time (``isinstance``), which looks at names only: a
 property or a plain attribute both do.
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from mesh_agent.daemon.breakers.service import BreakerHub
     from mesh_agent.daemon.cache import ConfigCache
     from mesh_agent.daemon.health.table import HealthTable
+    from mesh_agent.daemon.identities.keeper import IdentityKeeper
     from mesh_agent.daemon.reporter import Reporter
     from mesh_agent.daemon.upstream.interest import Interest
     from mesh_agent.daemon.upstream.stream import TypeStats
@@ -46,6 +48,7 @@ UPSTREAM: Final = "upstream"
 HEALTH: Final = "health"
 BREAKERS: Final = "breakers"
 REPORTER: Final = "reporter"
+IDENTITIES: Final = "identities"
 SERVER: Final = "server"
 
 
@@ -129,6 +132,14 @@ class ReporterRole(Protocol):
 
 
 @runtime_checkable
+class IdentitiesRole(Protocol):
+    @property
+    def keeper(self) -> IdentityKeeper:
+        """The service identities the node holds: their files, state and renewals."""
+        ...
+
+
+@runtime_checkable
 class ServerRole(Protocol):
     @property
     def addresses(self) -> Sequence[str]:
@@ -140,12 +151,14 @@ __all__ = [
     "BREAKERS",
     "CACHE",
     "HEALTH",
+    "IDENTITIES",
     "REPORTER",
     "SERVER",
     "UPSTREAM",
     "BreakersRole",
     "CacheRole",
     "HealthRole",
+    "IdentitiesRole",
     "ReporterRole",
     "ServerRole",
     "Upstream",

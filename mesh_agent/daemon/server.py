@@ -10,7 +10,8 @@ there, only the node's own identity and those in ``listen_allow`` may use it:
   control server's. What local processes subscribe to, and the services whose breakers they
   watch, are its demand on the upstream; their NACKs are reported.
 * ``mesh.v1.AgentService`` (:mod:`~mesh_agent.daemon.api`): registrations, breaker outcomes
-  and watches, the agent's status (:mod:`~mesh_agent.daemon.status`).
+  and watches, the agent's status (:mod:`~mesh_agent.daemon.status`), with the service
+  identities the node holds (:mod:`~mesh_agent.daemon.identities`).
 * CSDS, ``grpc.health.v1`` (the agent, and each component under its own name, following the
   supervisor) and reflection.
 
@@ -46,17 +47,19 @@ from mesh_agent.daemon.roles import (
     BREAKERS,
     CACHE,
     HEALTH,
+    IDENTITIES,
     REPORTER,
     SERVER,
     UPSTREAM,
     BreakersRole,
     CacheRole,
     HealthRole,
+    IdentitiesRole,
     ReporterRole,
     Upstream,
 )
 from mesh_agent.daemon.settings import NODE, SETTINGS, AgentSettings
-from mesh_agent.daemon.status import agent_status
+from mesh_agent.daemon.status import agent_status, identity_statuses
 from mesh_agent.daemon.unix_socket import (
     SocketId,
     bind_unix_socket,
@@ -169,7 +172,7 @@ class ServerComponent:
     the gRPC server and its health servicer are made at every start."""
 
     name = SERVER
-    requires = (CACHE, HEALTH, BREAKERS, UPSTREAM, REPORTER)
+    requires = (CACHE, HEALTH, BREAKERS, UPSTREAM, REPORTER, IDENTITIES)
 
     def __init__(self) -> None:
         self.sessions = SessionRegistry()
@@ -192,6 +195,7 @@ class ServerComponent:
         hub = ctx.require(BREAKERS, BreakersRole).hub
         upstream = ctx.require(UPSTREAM, Upstream)
         reporter = ctx.require(REPORTER, ReporterRole).reporter
+        keeper = ctx.require(IDENTITIES, IdentitiesRole).keeper
         self._grace = settings.grace
         source = local_source(ctx, cache, table, upstream)
         if node.locality.zone:
@@ -221,6 +225,7 @@ class ServerComponent:
             registrations = reporter.registrations
             response = agent_status(node.id, upstream, cache, components, table, hub, registrations)
             response.zone = node.locality.zone
+            response.identities.extend(identity_statuses(keeper.held()))
             if source.loaded:
                 for service, zone, priority in zone_priorities(source.snapshot_for(node)):
                     response.zone_priorities.add(service=service, zone=zone, priority=priority)

@@ -46,6 +46,10 @@ class AgentSettings:
     listen_allow: list[str] = field(default_factory=list)
     # Upstream xDS flavour: "auto" (delta where the server offers it), "delta" or "sotw".
     xds_protocol: str = "auto"
+    # Service identities to hold besides those of the services registered (--identity), and
+    # where their files go (None: identities/ in the state dir).
+    identities: list[str] = field(default_factory=list)
+    certs_dir: Path | None = None
 
 
 def node_of(settings: AgentSettings) -> base_pb2.Node:

@@ -1,6 +1,7 @@
 """What ``mesh.v1.AgentService/GetAgentStatus`` answers: the node's view from every part of
 the agent (the upstream connection and what it received, the cache, the components, endpoint
-health, the breakers, the registrations). A plain function of what the parts hold."""
+health, the breakers, the registrations, the service identities held). Plain functions of
+what the parts hold."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from mesh_agent.components import ComponentState
 from mesh_agent.daemon.breakers.service import BreakerHub
 from mesh_agent.daemon.cache import ConfigCache
 from mesh_agent.daemon.health.table import HealthTable
+from mesh_agent.daemon.identities.keeper import HeldIdentity
 from mesh_agent.daemon.roles import Upstream
 from mesh_xds.types import PUSH_ORDER
 
@@ -61,4 +63,27 @@ def agent_status(
     return response
 
 
-__all__ = ["agent_status"]
+def identity_statuses(held: Iterable[HeldIdentity]) -> list[agent_pb2.IdentityStatus]:
+    """One entry per identity the node holds or tries to, with the paths of its files."""
+    statuses = []
+    for identity in held:
+        status = agent_pb2.IdentityStatus(
+            service=identity.service,
+            spiffe_id=identity.spiffe_id,
+            source=",".join(sorted(identity.sources)),
+            certificate_file=str(identity.paths.cert),
+            private_key_file=str(identity.paths.key),
+            ca_certificate_file=str(identity.paths.ca),
+            last_error=identity.last_error,
+        )
+        if identity.not_after is not None:
+            status.not_after.FromDatetime(identity.not_after)
+        if identity.renew_at is not None:
+            status.renew_at.FromDatetime(identity.renew_at)
+        if identity.updated is not None:
+            status.updated.FromDatetime(identity.updated)
+        statuses.append(status)
+    return statuses
+
+
+__all__ = ["agent_status", "identity_statuses"]

@@ -1,9 +1,9 @@
 """The conformance table: every option of the service config, one row each (each load
 balancing policy and what ring_hash hashes on, retry code, outlier detection form,
 health-check and circuit-breaker field, the endpoint fields, the traffic rules: subsets,
-routes, splits, faults, and the zones). New config fields add rows here; grpcio's xDS client
-(:mod:`tests.e2e.test_conformance`) and Envoy (:mod:`tests.e2e.test_envoy_xds`) are both run
-against every row."""
+routes, splits, faults, the zones, and who may hold a service's identity). New config fields
+add rows here; grpcio's xDS client (:mod:`tests.e2e.test_conformance`) and Envoy
+(:mod:`tests.e2e.test_envoy_xds`) are both run against every row."""
 
 from __future__ import annotations
 
@@ -376,6 +376,15 @@ def traffic_rows(backend: str, spare: str) -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
+# Who may hold each service's identity (``security``): carried in our own policy resource,
+# nothing in the standard four changes yet (mode strict is enforced by the client/server side,
+# which adds its rows then).
+SECURITY_ROWS: list[tuple[str, dict[str, Any]]] = [
+    ("security-hosts", {"hosts": ["conformance", "web-*", "edge-[0-9]", "db-[!x]?"]}),
+    ("security-disabled", {"hosts": ["*"], "mode": "disabled"}),
+]
+
+
 def write_services(path: Path, backend: str, spare: str) -> list[str]:
     documents = [
         {"name": f"conf-{row}", "endpoints": [{"address": backend}], "policy": policy}
@@ -387,6 +396,10 @@ def write_services(path: Path, backend: str, spare: str) -> list[str]:
     ]
     documents += [{"name": f"conf-{row}", **fields} for row, fields in traffic_rows(backend, spare)]
     documents += [{"name": f"conf-{row}", **fields} for row, fields in zone_rows(backend, spare)]
+    documents += [
+        {"name": f"conf-{row}", "endpoints": [{"address": backend}], "security": security}
+        for row, security in SECURITY_ROWS
+    ]
     for document in documents:
         if not document.get("policy"):
             document.pop("policy", None)

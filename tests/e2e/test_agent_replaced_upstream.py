@@ -29,7 +29,15 @@ from tests.e2e.helpers import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
-BUILTIN_COMPONENTS = {"cache", "upstream", "health", "breakers", "reporter", "server"}
+BUILTIN_COMPONENTS = {
+    "cache",
+    "upstream",
+    "health",
+    "breakers",
+    "reporter",
+    "identities",
+    "server",
+}
 
 PLUGIN = """
 import asyncio, base64, json, os
