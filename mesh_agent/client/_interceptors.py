@@ -54,6 +54,7 @@ class MeshClientInterceptor(
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
+        self._link = link  # the process's link to the agent, as before the gate
         self._gate = Gate(
             link, service, tracer_provider=tracer_provider, meter_provider=meter_provider
         )
