@@ -238,7 +238,7 @@ class _MultiCallable:
     ) -> Any:
         gate = self._gate
         policy = gate.policy()
-        if policy == UNKNOWN:  # the first calls wait for the service's policy
+        if policy is UNKNOWN:  # the first calls wait for the service's policy
             starting = self._start_later(
                 request, timeout, metadata, credentials, wait_for_ready, compression
             )

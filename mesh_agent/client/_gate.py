@@ -38,6 +38,10 @@ from mesh_core.rpc_telemetry import CODE_NAMES, ClientRpcTelemetry, rpc_method, 
 log = structlog.get_logger(__name__)
 
 _OK = grpc.StatusCode.OK
+# Module constants, not Decision.X: an enum member looked up on its class costs ~70 ns.
+_PROBE = Decision.PROBE
+_REJECT = Decision.REJECT
+_LOOK_AGAIN = 1.0  # seconds between asking OpenTelemetry whether telemetry is installed
 _T = TypeVar("_T")
 
 
@@ -85,22 +89,23 @@ class Ticket:
         metadata: Any,
         decision: Decision,
         open_until: float,
+        started: float,
     ) -> None:
         self.gate = gate
         self.timeout = timeout
         self.metadata = metadata
-        self.rejected = decision is Decision.REJECT
-        self.probe = decision is Decision.PROBE
+        self.rejected = decision is _REJECT
+        self.probe = decision is _PROBE
         self.open_until = open_until
+        self.started = started  # time.perf_counter()
         self.method = ""  # set when there is telemetry to record
         self.span: trace.Span | None = None
-        self.started = 0.0
 
     def finish(self, code: str, details: str | None) -> None:
         """The call ended with ``code`` (a ``grpc.StatusCode`` name): reported to the agent if
         a backend answered it, and to telemetry."""
         gate = self.gate
-        if counts_for_breaker(code, details):
+        if code == "OK" or counts_for_breaker(code, details):
             latency = time.perf_counter() - self.started
             gate.link.record(gate.service, code, latency, probe=self.probe)
         if self.method:
@@ -172,6 +177,11 @@ class Gate:
         self.link = link
         self.service = service
         self.telemetry = ClientRpcTelemetry(service, tracer_provider, meter_provider)
+        # Whether telemetry is installed, asked again once a second (a provider installed
+        # later is noticed within a second): three calls into OpenTelemetry's globals per
+        # call would cost a third of the gate.
+        self._observing = False
+        self._look_at = 0.0  # time.perf_counter()
         link.watch(service)
 
     def policy(self) -> CallTimeout:
@@ -183,7 +193,7 @@ class Gate:
         """The ticket of a call being made now. While the agent has not told the service's
         policy (the first calls), waits for it: bounded, see :meth:`AgentLink.call_timeout`."""
         policy = self.link.timeouts.get(self.service, UNKNOWN)
-        if policy == UNKNOWN:
+        if policy is UNKNOWN:
             begun = time.monotonic()
             policy = self.link.call_timeout(self.service, remaining(timeout, begun))
             return self.ticket(policy, method, timeout, metadata, time.monotonic() - begun)
@@ -194,7 +204,7 @@ class Gate:
     ) -> Ticket:
         """:meth:`admit` for asyncio: waits for the policy without blocking the loop."""
         policy = self.link.timeouts.get(self.service, UNKNOWN)
-        if policy == UNKNOWN:
+        if policy is UNKNOWN:
             begun = time.monotonic()
             limit = remaining(timeout, begun)
             policy = await self.link.call_timeout_async(self.service, limit)
@@ -214,10 +224,14 @@ class Gate:
         if policy is not None:
             timeout = _deadline(timeout, _for_call(policy, method, metadata), elapsed)
         decision, open_until = self.link.decide(self.service)
-        ticket = Ticket(self, timeout, metadata, decision, open_until)
-        if self.telemetry.active():
+        now = time.perf_counter()
+        ticket = Ticket(self, timeout, metadata, decision, open_until, now)
+        if now >= self._look_at:
+            self._observing = self.telemetry.active()
+            self._look_at = now + _LOOK_AGAIN
+        if self._observing:
             self._observe(ticket, method, decision)
-        ticket.started = time.perf_counter()
+            ticket.started = time.perf_counter()
         return ticket
 
     def _observe(self, ticket: Ticket, method: str | bytes, decision: Decision) -> None:
