@@ -36,9 +36,10 @@ grpcio's interceptor machinery alone), ``envoy`` (plain channel to an Envoy list
 pass-through interceptor: grpc's interceptor machinery alone) and, given ``--envoy``,
 ``envoy``; ``aio_paired`` holds ``aio_direct``, ``aio_mesh`` (``aio_mesh_channel``),
 ``aio_xds``, ``aio_interceptor`` (``aio_mesh_interceptors``), ``aio_noop_interceptor`` and
-``aio_forward`` (a channel of ours whose multicallables only forward to grpc.aio's: the floor
-for any channel wrapper). Comparing channels of one process removes the process-to-process
-noise of comparing separate variants.
+``aio_forward`` (``aio_mesh_channel``'s own kind of xDS channel in a wrapper whose
+multicallables only forward to grpc.aio's: the floor for a mesh channel, the gate left out).
+Comparing channels of one process removes the process-to-process noise of comparing
+separate variants.
 """
 
 from __future__ import annotations
@@ -592,6 +593,7 @@ class AioClient:
     async def setup(self) -> None:
         from mesh.demo.v1 import echo_pb2, echo_pb2_grpc
         from mesh_agent.client import aio_mesh_channel, aio_mesh_interceptors
+        from mesh_core.names import client_listener_name
 
         args = self.args
         self.channels: list[Any] = []
@@ -609,7 +611,14 @@ class AioClient:
                 "aio_noop_interceptor": grpc.aio.insecure_channel(
                     args.backend, interceptors=[AioNoop()]
                 ),
-                "aio_forward": ForwardChannel(grpc.aio.insecure_channel(args.backend)),
+                # aio_mesh_channel's own kind of channel (its alias Listener through the
+                # agent) in a wrapper that only forwards: aio_mesh less the gate.
+                "aio_forward": ForwardChannel(
+                    grpc.aio.insecure_channel(
+                        f"xds:///{client_listener_name(args.service)}",
+                        options=[("grpc.default_authority", args.service)],
+                    )
+                ),
             }
             self.channels = [c for name, c in paired.items() if name != "aio_mesh"]
             self.stubs = {name: echo_pb2_grpc.EchoServiceStub(c) for name, c in paired.items()}

@@ -13,7 +13,8 @@ cluster on b1).
   (``interceptor``), a plain channel + a pass-through interceptor (``noop_interceptor``:
   grpc's interceptor machinery alone) and a plain channel to Envoy (``envoy``); another, for
   asyncio, ``aio_direct``, ``aio_mesh``, ``aio_xds``, ``aio_interceptor``,
-  ``aio_noop_interceptor`` and ``aio_forward`` (a channel wrapper that only forwards). Each
+  ``aio_noop_interceptor`` and ``aio_forward`` (the same xDS channel as ``aio_mesh`` in a
+  wrapper that only forwards: the mesh channel less the gate). Each
   warms up every channel, then alternates blocks of B calls, one block per channel per round,
   the order reversed every other round, the base in the middle and the mesh channel next to
   it. p50/p99 pooled per channel; the paired difference is the median over rounds of (block
@@ -95,7 +96,7 @@ PAIRED: dict[str, tuple[str, str]] = {
     "aio_xds": ("aio_direct", "aio xds:///echo under the same bootstrap, no gate"),
     "aio_interceptor": ("aio_direct", "aio plain channel + aio_mesh_interceptors('echo')"),
     "aio_noop_interceptor": ("aio_direct", "aio plain channel + a pass-through interceptor"),
-    "aio_forward": ("aio_direct", "aio plain channel in a wrapper that only forwards"),
+    "aio_forward": ("aio_direct", "aio_mesh_channel's xDS channel, a wrapper that only forwards"),
 }
 PAIRED_CLIENTS = ("paired", "aio_paired")
 # The goal (issue 16): mesh_channel at most 1.02 x direct at p50, sync and asyncio, tracing

@@ -28,7 +28,6 @@ import grpc
 import grpc.aio
 
 from mesh_agent.client._gate import Gate
-from mesh_agent.client._link import UNKNOWN
 from mesh_agent.client._rejection import aio_rejection
 
 # grpc.aio's own texts for a write to a call that is over (grpc/aio/_call.py).
@@ -237,13 +236,12 @@ class _MultiCallable:
         compression: grpc.Compression | None,
     ) -> Any:
         gate = self._gate
-        policy = gate.policy()
-        if policy is UNKNOWN:  # the first calls wait for the service's policy
+        ticket = gate.admit_now(self._method, timeout, metadata)
+        if ticket is None:  # the first calls wait for the service's policy
             starting = self._start_later(
                 request, timeout, metadata, credentials, wait_for_ready, compression
             )
             return self._pending(asyncio.get_running_loop().create_task(starting))
-        ticket = gate.ticket(policy, self._method, timeout, metadata)
         if ticket.rejected:
             failed = asyncio.get_running_loop().create_future()
             failed.set_exception(aio_rejection(gate.service, ticket.open_until))

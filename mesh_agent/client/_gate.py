@@ -184,11 +184,6 @@ class Gate:
         self._look_at = 0.0  # time.perf_counter()
         link.watch(service)
 
-    def policy(self) -> CallTimeout:
-        """The service's policy timeout as the link knows it now: :data:`UNKNOWN` until the
-        agent has told it."""
-        return self.link.timeouts.get(self.service, UNKNOWN)
-
     def admit(self, method: str | bytes, timeout: float | None, metadata: Any) -> Ticket:
         """The ticket of a call being made now. While the agent has not told the service's
         policy (the first calls), waits for it: bounded, see :meth:`AgentLink.call_timeout`."""
@@ -196,8 +191,18 @@ class Gate:
         if policy is UNKNOWN:
             begun = time.monotonic()
             policy = self.link.call_timeout(self.service, remaining(timeout, begun))
-            return self.ticket(policy, method, timeout, metadata, time.monotonic() - begun)
-        return self.ticket(policy, method, timeout, metadata)
+            return self._issue(policy, method, timeout, metadata, time.monotonic() - begun)
+        return self._issue(policy, method, timeout, metadata)
+
+    def admit_now(
+        self, method: str | bytes, timeout: float | None, metadata: Any
+    ) -> Ticket | None:
+        """:meth:`admit` if the agent has told the service's policy, else None (never waits:
+        the caller waits with :meth:`admit_async`)."""
+        policy = self.link.timeouts.get(self.service, UNKNOWN)
+        if policy is UNKNOWN:
+            return None
+        return self._issue(policy, method, timeout, metadata)
 
     async def admit_async(
         self, method: str | bytes, timeout: float | None, metadata: Any
@@ -208,10 +213,10 @@ class Gate:
             begun = time.monotonic()
             limit = remaining(timeout, begun)
             policy = await self.link.call_timeout_async(self.service, limit)
-            return self.ticket(policy, method, timeout, metadata, time.monotonic() - begun)
-        return self.ticket(policy, method, timeout, metadata)
+            return self._issue(policy, method, timeout, metadata, time.monotonic() - begun)
+        return self._issue(policy, method, timeout, metadata)
 
-    def ticket(
+    def _issue(
         self,
         policy: CallTimeout,
         method: str | bytes,
@@ -219,8 +224,8 @@ class Gate:
         metadata: Any,
         elapsed: float = 0.0,
     ) -> Ticket:
-        """:meth:`admit` with the policy in hand (never waits), for a call made ``elapsed``
-        seconds ago. The breaker is asked last, after any wait."""
+        """The ticket of a call made ``elapsed`` seconds ago, with the policy in hand. The
+        breaker is asked last, after any wait."""
         if policy is not None:
             timeout = _deadline(timeout, _for_call(policy, method, metadata), elapsed)
         decision, open_until = self.link.decide(self.service)
