@@ -5,9 +5,9 @@ around the call) that costs more than the gate (docs/benchmarks.md, section ``da
 
 Once the agent has told the service's policy (every call but the first few), the gate decides
 at once and the caller gets grpc.aio's own call object, its outcome recorded by the call's
-done-callback. Two cases need a call that is not one yet, and get a proxy built the way
-grpc.aio builds its intercepted calls (a future that gives the real call, everything
-forwarded to it through the public call API):
+done-callback. Two cases get a proxy instead, built the way grpc.aio builds its intercepted
+calls (a future that gives the real call, everything forwarded to it through the public call
+API), of the same ``grpc.aio`` call type:
 
 * the first calls to a service, which wait for its policy timeout (bounded, see
   :meth:`AgentLink.call_timeout_async`) before the call exists;
