@@ -194,9 +194,7 @@ class Gate:
             return self._issue(policy, method, timeout, metadata, time.monotonic() - begun)
         return self._issue(policy, method, timeout, metadata)
 
-    def admit_now(
-        self, method: str | bytes, timeout: float | None, metadata: Any
-    ) -> Ticket | None:
+    def admit_now(self, method: str | bytes, timeout: float | None, metadata: Any) -> Ticket | None:
         """:meth:`admit` if the agent has told the service's policy, else None (never waits:
         the caller waits with :meth:`admit_async`)."""
         policy = self.link.timeouts.get(self.service, UNKNOWN)
