@@ -12,8 +12,9 @@ command with one JSON line:
   each other one); ``{"lat_ns": {variant: [...]}, "block_p50_ns": {variant: [...]},
   "errors": {variant: k}}``;
 * ``admit N``: the in-process hot path timed with ``perf_counter_ns`` (``AgentLink.decide``
-  with the breaker CLOSED, ``AgentLink.record``, the sync interceptor around a stand-in
-  call);
+  with the breaker CLOSED, the gate's whole admission, ``AgentLink.record``, a ticket's
+  finish, and the sync and asyncio mesh channels' and the sync interceptor's logic around a
+  stand-in call that is already finished);
 * ``trip GATE`` (variant ``trip``): three calls to a failing backend, then creates GATE;
   ``{"t": time.time() at the end of the third call, "codes": [...]}``;
 * ``watch GATE`` (variant ``watch``): once GATE exists, calls in a tight loop until a call
@@ -28,11 +29,17 @@ agent, no interceptor), ``mesh`` (``mesh_channel``), ``interceptor`` (plain chan
 grpcio's interceptor machinery alone), ``envoy`` (plain channel to an Envoy listener), and
 ``aio_direct``, ``aio_xds``, ``aio_mesh``, ``aio_noop_interceptor`` for grpc.aio.
 
-``paired`` holds three channels in one process: ``mesh`` (``mesh_channel``), ``direct``
-(plain channel to the backend, which needs no xDS bootstrap) and ``interceptor`` (another
-plain channel + ``mesh_interceptor``); ``aio_paired`` holds ``aio_direct`` and ``aio_mesh``
-(``aio_mesh_channel``). Comparing channels of one process removes the process-to-process
-noise of comparing separate variants.
+``paired`` holds the sync channels that can share one process: ``mesh``
+(``mesh_channel``), ``direct`` (plain channel to the backend, which needs no xDS bootstrap),
+``xds`` (``xds:///SERVICE`` under the bootstrap ``mesh_channel`` set), ``interceptor``
+(another plain channel + ``mesh_interceptor``), ``noop_interceptor`` (a plain channel + a
+pass-through interceptor: grpc's interceptor machinery alone) and, given ``--envoy``,
+``envoy``; ``aio_paired`` holds ``aio_direct``, ``aio_mesh`` (``aio_mesh_channel``),
+``aio_xds``, ``aio_interceptor`` (``aio_mesh_interceptors``), ``aio_noop_interceptor`` and
+``aio_forward`` (``aio_mesh_channel``'s own kind of xDS channel in a wrapper whose
+multicallables only forward to grpc.aio's: the floor for a mesh channel, the gate left out).
+Comparing channels of one process removes the process-to-process noise of comparing
+separate variants.
 """
 
 from __future__ import annotations
@@ -47,6 +54,9 @@ import time
 import types
 from pathlib import Path
 from typing import Any
+
+import grpc
+import grpc.aio
 
 SYNC = (
     "direct",
@@ -63,9 +73,17 @@ SYNC = (
 # cProfile entries that are waits (time blocked in C), not Python work.
 WAITS = ("_blocking", "'poll' of", "selectors.py", "'acquire' of", "'wait' of")
 AIO = ("aio_direct", "aio_xds", "aio_mesh", "aio_noop_interceptor", "aio_paired")
-# The channels of the paired variants, base in the middle.
-PAIRED = ("mesh", "direct", "interceptor")
-AIO_PAIRED = ("aio_direct", "aio_mesh")
+# The channels of the paired variants, in block order (reversed every other round): the base
+# in the middle, the mesh channel next to it (and, asyncio, next to the forwarding floor).
+PAIRED = ("xds", "interceptor", "mesh", "direct", "noop_interceptor", "envoy")
+AIO_PAIRED = (
+    "aio_xds",
+    "aio_interceptor",
+    "aio_forward",
+    "aio_mesh",
+    "aio_direct",
+    "aio_noop_interceptor",
+)
 CALL_TIMEOUT = 5.0
 
 
@@ -80,12 +98,20 @@ def paired_result(
     """Gathers the measured blocks (``(variant, run result)`` in call order)."""
     lat: dict[str, list[int]] = {name: [] for name in names}
     block_p50: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     errors = dict.fromkeys(names, 0)
     for name, result in results:
         lat[name].extend(result["lat_ns"])
         block_p50[name].append(statistics.median(result["lat_ns"]))
+        cpu[name].append(result["cpu_ns"])
         errors[name] += result["errors"]
-    return {"lat_ns": lat, "block_p50_ns": block_p50, "errors": errors, "rounds": rounds}
+    return {
+        "lat_ns": lat,
+        "block_p50_ns": block_p50,
+        "cpu_ns": {name: statistics.median(values) for name, values in cpu.items()},
+        "errors": errors,
+        "rounds": rounds,
+    }
 
 
 def paired_order(names: tuple[str, ...], r: int) -> tuple[str, ...]:
@@ -118,8 +144,6 @@ def main() -> None:
 
 class SyncClient:
     def __init__(self, args: argparse.Namespace) -> None:
-        import grpc
-
         from mesh.demo.v1 import echo_pb2, echo_pb2_grpc
         from mesh_agent.client import mesh_channel, mesh_interceptor
 
@@ -130,16 +154,24 @@ class SyncClient:
         self.channels: list[Any] = []
         if variant == "paired":
             channel = mesh_channel(args.service, agent=args.agent, node_id=args.node_id)
-            direct = grpc.insecure_channel(args.backend)
             self.interceptor = mesh_interceptor(args.service, agent=args.agent)
-            plain = grpc.insecure_channel(args.backend)
-            intercepted = grpc.intercept_channel(plain, self.interceptor)
-            self.channels = [direct, plain]
-            self.stubs = {
-                "mesh": echo_pb2_grpc.EchoServiceStub(channel),
-                "direct": echo_pb2_grpc.EchoServiceStub(direct),
-                "interceptor": echo_pb2_grpc.EchoServiceStub(intercepted),
+            paired = {
+                "mesh": channel,
+                "direct": grpc.insecure_channel(args.backend),
+                # Under the bootstrap mesh_channel set: xDS alone, no gate.
+                "xds": grpc.insecure_channel(f"xds:///{args.service}"),
+                "interceptor": grpc.intercept_channel(
+                    grpc.insecure_channel(args.backend), self.interceptor
+                ),
+                "noop_interceptor": grpc.intercept_channel(
+                    grpc.insecure_channel(args.backend), Noop()
+                ),
             }
+            if args.envoy:
+                paired["envoy"] = grpc.insecure_channel(args.envoy)
+            self.channels = [c for name, c in paired.items() if name != "mesh"]
+            self.paired_names = tuple(name for name in PAIRED if name in paired)
+            self.stubs = {name: echo_pb2_grpc.EchoServiceStub(c) for name, c in paired.items()}
         elif variant in ("mesh", "trip", "watch"):
             channel = mesh_channel(args.service, agent=args.agent, node_id=args.node_id)
         elif variant == "xds":
@@ -151,13 +183,6 @@ class SyncClient:
                 self.interceptor._link.record = lambda *a, **k: None  # type: ignore[method-assign]
             channel = grpc.intercept_channel(grpc.insecure_channel(args.backend), self.interceptor)
         elif variant == "noop_interceptor":
-
-            class Noop(grpc.UnaryUnaryClientInterceptor):
-                def intercept_unary_unary(
-                    self, continuation: Any, details: Any, request: Any
-                ) -> Any:
-                    return continuation(details, request)
-
             channel = grpc.intercept_channel(grpc.insecure_channel(args.backend), Noop())
         elif variant == "envoy":
             if not args.envoy:
@@ -232,15 +257,15 @@ class SyncClient:
         return str(agent_pb2.BreakerState.Name(view.state)) + ("" if view.enabled else " (off)")
 
     def paired(self, rounds: int, block: int) -> dict[str, Any]:
-        stubs = self.stubs
-        for name in PAIRED:  # unmeasured
+        stubs, names = self.stubs, self.paired_names
+        for name in names:  # unmeasured
             self.calls(stubs[name].Echo, block)
         results = [
             (name, self.calls(stubs[name].Echo, block))
             for r in range(rounds)
-            for name in paired_order(PAIRED, r)
+            for name in paired_order(names, r)
         ]
-        return paired_result(rounds, PAIRED, results)
+        return paired_result(rounds, names, results)
 
     def run(self, n: int) -> dict[str, Any]:
         return self.calls(self.stub.Echo, n)
@@ -267,7 +292,10 @@ class SyncClient:
 
     def admit(self, n: int) -> dict[str, Any]:
         from mesh_agent.client import MeshClientInterceptor
+        from mesh_agent.client._aio_channel import _UnaryUnary as AioUnaryUnary
+        from mesh_agent.client._gate import Gate
         from mesh_agent.client._link import Decision
+        from mesh_agent.client._sync_channel import _UnaryUnary
 
         link, service, clock = self.link, self.args.service, time.perf_counter_ns
         assert link is not None, "admit needs a variant with an AgentLink"
@@ -283,6 +311,14 @@ class SyncClient:
         for _ in range(n):
             decide(service)
         decide_ns = (clock() - t0 - empty) / n
+        # The gate's whole admission: the policy looked up, decide(), the ticket, the
+        # telemetry check (none installed here).
+        gate = Gate(link, service)
+        admit, method = gate.admit, _DETAILS.method
+        t0 = clock()
+        for _ in range(n):
+            admit(method, None, None)
+        admit_ns = (clock() - t0 - empty) / n
         # Building the CallOutcome message alone (record() builds one per call).
         from mesh.v1 import agent_pb2
 
@@ -301,6 +337,36 @@ class SyncClient:
             record(service, "OK", 0.0002)
         record_ns = (clock() - t0) / m
         time.sleep(0.1)  # let the report thread send them
+        # A ticket's finish: classification and record().
+        ticket = admit(method, None, None)
+        t0 = clock()
+        for _ in range(m):
+            ticket.finish("OK", "")
+        finish_ns = (clock() - t0) / m
+        time.sleep(0.1)
+        # The mesh channels' whole logic (gate, call, outcome) around a stand-in for grpcio's
+        # multicallable whose call is already finished: sync (a blocking call) and asyncio
+        # (the call object returned, its done-callback run at once).
+        sync_call = _UnaryUnary(_answer, gate, method)
+        t0 = clock()
+        for _ in range(m):
+            sync_call(None)
+        channel_ns = (clock() - t0) / m
+        t0 = clock()
+        for _ in range(m):
+            _answer(None, timeout=None, metadata=None)
+        channel_ns -= (clock() - t0) / m
+        time.sleep(0.1)
+        aio_call = AioUnaryUnary(_aio_answer, gate, method)
+        t0 = clock()
+        for _ in range(m):
+            aio_call(None)
+        aio_channel_ns = (clock() - t0) / m
+        t0 = clock()
+        for _ in range(m):
+            _aio_answer(None, timeout=None).add_done_callback(_nothing)
+        aio_channel_ns -= (clock() - t0) / m
+        time.sleep(0.1)
         # The whole sync interceptor (decide, continuation, done-callback with record)
         # around a stand-in for grpcio's call, which finishes at once.
         interceptor = MeshClientInterceptor(link, service)
@@ -325,7 +391,11 @@ class SyncClient:
             "breaker_state": view.state if view is not None else None,
             "closed": decision is Decision.ADMIT,
             "decide_ns": round(decide_ns, 1),
+            "admit_ns": round(admit_ns, 1),
             "record_ns": round(record_ns, 1),
+            "finish_ns": round(finish_ns, 1),
+            "channel_ns": round(channel_ns, 1),
+            "aio_channel_ns": round(aio_channel_ns, 1),
             "outcome_proto_ns": round(outcome_ns, 1),
             "intercept_ns": round(intercept_ns - stand_in_ns, 1),
             "iterations": n,
@@ -424,6 +494,40 @@ def _nothing(call: Any) -> None:
     pass
 
 
+class Noop(grpc.UnaryUnaryClientInterceptor):
+    """A pass-through sync interceptor: grpc's interceptor machinery alone."""
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(details, request)
+
+
+def _answer(request: Any, **kwargs: Any) -> str:
+    """Stands in for grpcio's blocking call: answers at once."""
+    return "answer"
+
+
+class _DoneAioCall:
+    """Stands in for a finished grpc.aio call: the done-callback runs at once, the status is
+    there."""
+
+    async def code(self) -> Any:
+        return grpc.StatusCode.OK
+
+    async def details(self) -> str:
+        return ""
+
+    def add_done_callback(self, fn: Any) -> None:
+        fn(self)
+
+
+_DONE_AIO_CALL = _DoneAioCall()
+
+
+def _aio_answer(request: Any, **kwargs: Any) -> _DoneAioCall:
+    """Stands in for grpc.aio's multicallable: its call is already finished."""
+    return _DONE_AIO_CALL
+
+
 # What grpcio hands an interceptor for a unary call of the measured method.
 _DETAILS = types.SimpleNamespace(
     method="/mesh.demo.v1.EchoService/Echo",
@@ -439,8 +543,6 @@ class _DoneCall:
     """Stands in for a finished grpcio call: the done-callback runs at once."""
 
     def code(self) -> Any:
-        import grpc
-
         return grpc.StatusCode.OK
 
     def details(self) -> str:
@@ -489,34 +591,43 @@ class AioClient:
         loop.close()
 
     async def setup(self) -> None:
-        import grpc.aio
-
         from mesh.demo.v1 import echo_pb2, echo_pb2_grpc
-        from mesh_agent.client import aio_mesh_channel
+        from mesh_agent.client import aio_mesh_channel, aio_mesh_interceptors
+        from mesh_core.names import client_listener_name
 
         args = self.args
         self.channels: list[Any] = []
         if args.variant == "aio_paired":
             channel = aio_mesh_channel(args.service, agent=args.agent, node_id=args.node_id)
-            direct = grpc.aio.insecure_channel(args.backend)
-            self.channels = [direct]
-            self.stubs = {
-                "aio_direct": echo_pb2_grpc.EchoServiceStub(direct),
-                "aio_mesh": echo_pb2_grpc.EchoServiceStub(channel),
+            paired = {
+                "aio_mesh": channel,
+                "aio_direct": grpc.aio.insecure_channel(args.backend),
+                # Under the bootstrap aio_mesh_channel set: xDS alone, no gate.
+                "aio_xds": grpc.aio.insecure_channel(f"xds:///{args.service}"),
+                "aio_interceptor": grpc.aio.insecure_channel(
+                    args.backend,
+                    interceptors=aio_mesh_interceptors(args.service, agent=args.agent),
+                ),
+                "aio_noop_interceptor": grpc.aio.insecure_channel(
+                    args.backend, interceptors=[AioNoop()]
+                ),
+                # aio_mesh_channel's own kind of channel (its alias Listener through the
+                # agent) in a wrapper that only forwards: aio_mesh less the gate.
+                "aio_forward": ForwardChannel(
+                    grpc.aio.insecure_channel(
+                        f"xds:///{client_listener_name(args.service)}",
+                        options=[("grpc.default_authority", args.service)],
+                    )
+                ),
             }
+            self.channels = [c for name, c in paired.items() if name != "aio_mesh"]
+            self.stubs = {name: echo_pb2_grpc.EchoServiceStub(c) for name, c in paired.items()}
         elif args.variant == "aio_mesh":
             channel = aio_mesh_channel(args.service, agent=args.agent, node_id=args.node_id)
         elif args.variant == "aio_xds":
             channel = grpc.aio.insecure_channel(f"xds:///{args.service}")
         elif args.variant == "aio_noop_interceptor":
-
-            class Noop(grpc.aio.UnaryUnaryClientInterceptor):
-                async def intercept_unary_unary(
-                    self, continuation: Any, details: Any, request: Any
-                ) -> Any:
-                    return await continuation(details, request)
-
-            channel = grpc.aio.insecure_channel(args.backend, interceptors=[Noop()])
+            channel = grpc.aio.insecure_channel(args.backend, interceptors=[AioNoop()])
         else:
             channel = grpc.aio.insecure_channel(args.backend)
         self.channel = channel
@@ -562,6 +673,55 @@ class AioClient:
             "cpu_ns": (time.process_time_ns() - cpu0) / max(n, 1),
             "thread_cpu_ns": (time.thread_time_ns() - thread0) / max(n, 1),
         }
+
+
+class AioNoop(grpc.aio.UnaryUnaryClientInterceptor):
+    """A pass-through asyncio interceptor: grpc.aio's interceptor machinery alone."""
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(details, request)
+
+
+class Forward:
+    """A multicallable that only forwards to grpc.aio's."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __call__(
+        self,
+        request: Any,
+        *,
+        timeout: Any = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: Any = None,
+        compression: Any = None,
+    ) -> Any:
+        return self._inner(
+            request,
+            timeout=timeout,
+            metadata=metadata,
+            credentials=credentials,
+            wait_for_ready=wait_for_ready,
+            compression=compression,
+        )
+
+
+class ForwardChannel:
+    """A channel of ours around grpc.aio's whose unary multicallables only forward: what any
+    channel wrapper costs before it does anything."""
+
+    def __init__(self, channel: Any) -> None:
+        self._channel = channel
+
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Forward:
+        return Forward(self._channel.unary_unary(method, *args, **kwargs))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._channel, name)
 
 
 if __name__ == "__main__":

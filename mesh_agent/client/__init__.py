@@ -25,11 +25,8 @@ from mesh_agent.client._channel import (
     tls_files,
 )
 from mesh_agent.client._classify import is_mesh_rejection
-from mesh_agent.client._interceptors import (
-    OPEN_CIRCUIT_KEY,
-    CircuitOpenError,
-    MeshClientInterceptor,
-)
+from mesh_agent.client._interceptors import MeshClientInterceptor
+from mesh_agent.client._rejection import OPEN_CIRCUIT_KEY, CircuitOpenError
 from mesh_agent.client._server import AioMeshServerInterceptor, MeshServerInterceptor
 from mesh_core.errors import BootstrapConflictError
 from mesh_core.telemetry import setup as setup_telemetry

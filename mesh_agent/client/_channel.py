@@ -1,9 +1,12 @@
 """``mesh_channel()`` and ``aio_mesh_channel()``: an xDS channel fed by the node's agent, with
-the mesh interceptors on it.
+the service's :class:`~mesh_agent.client._gate.Gate` in front of every call
+(:class:`~mesh_agent.client._sync_channel.MeshChannel`,
+:class:`~mesh_agent.client._aio_channel.AioMeshChannel`); ``mesh_interceptor()`` and
+``aio_mesh_interceptors()``, the same gate as interceptors for channels of one's own.
 
 The channel dials ``xds:///mesh-client/SERVICE`` (:func:`mesh_core.names.client_listener_name`),
 an alias Listener with the service's routes minus the route timeout, with ``SERVICE`` as its
-authority; the interceptors apply the timeout to each call instead, since grpcio (1.85) fires
+authority; the gate applies the timeout to each call instead, since grpcio (1.85) fires
 a route timeout 1-2 s early (grpc/grpc#40633). The bootstrap is process-wide, so a plain
 ``xds:///SERVICE`` channel in the same process still gets the route timeout as xDS defines it.
 
@@ -26,9 +29,12 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from mesh_agent.client._aio_channel import AioMeshChannel
 from mesh_agent.client._bootstrap import bootstrap_config, is_unix
+from mesh_agent.client._gate import Gate
 from mesh_agent.client._interceptors import MeshClientInterceptor, aio_interceptors
 from mesh_agent.client._link import AgentLink, link_for
+from mesh_agent.client._sync_channel import MeshChannel
 from mesh_core.errors import BootstrapConflictError
 from mesh_core.names import client_listener_name
 from mesh_core.tls import TlsFiles, env_files
@@ -184,7 +190,7 @@ def mesh_channel(
     The service's policy timeout is each call's deadline, unless the caller's is earlier."""
     target, link = _setup(service, agent, fallback_control, node_id, tls)
     channel = grpc.insecure_channel(target, options=_options(service, options))
-    return grpc.intercept_channel(channel, MeshClientInterceptor(link, service))
+    return MeshChannel(channel, Gate(link, service))
 
 
 def aio_mesh_channel(
@@ -198,9 +204,8 @@ def aio_mesh_channel(
 ) -> grpc.aio.Channel:
     """The asyncio counterpart of :func:`mesh_channel`."""
     target, link = _setup(service, agent, fallback_control, node_id, tls)
-    return grpc.aio.insecure_channel(
-        target, options=_options(service, options), interceptors=aio_interceptors(link, service)
-    )
+    channel = grpc.aio.insecure_channel(target, options=_options(service, options))
+    return AioMeshChannel(channel, Gate(link, service))
 
 
 def mesh_interceptor(

@@ -1,6 +1,7 @@
 """The client and server interceptors' spans, trace propagation, duration histograms and log
 correlation, over real grpc servers and channels on loopback, for all four call types, sync
-and asyncio. The SDK providers are injected (the seam), so no global state is touched."""
+and asyncio, through the mesh channels and through the client interceptors alike. The SDK
+providers are injected (the seam), so no global state is touched."""
 
 from __future__ import annotations
 
@@ -24,8 +25,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from mesh_agent.client import AioMeshServerInterceptor, MeshClientInterceptor, MeshServerInterceptor
+from mesh_agent.client._aio_channel import AioMeshChannel
+from mesh_agent.client._gate import Gate
 from mesh_agent.client._interceptors import aio_interceptors
 from mesh_agent.client._link import OPEN, AgentLink, BreakerView
+from mesh_agent.client._sync_channel import MeshChannel
 from mesh_core.logs import add_trace_context
 
 pytestmark = pytest.mark.timeout(30)
@@ -33,6 +37,23 @@ pytestmark = pytest.mark.timeout(30)
 SERVICE = "test.v1.Probe"
 KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
 METHODS = {kind: f"/{SERVICE}/{kind.title().replace('_', '')}" for kind in KINDS}
+# How the client side is set up: the mesh channel (mesh_channel()'s kind) around a plain one,
+# or the client interceptors on a plain one (mesh_interceptor()'s kind).
+VIA = ("channel", "interceptor")
+
+
+def sync_client(raw: grpc.Channel, via: str, link: AgentLink, **providers: Any) -> grpc.Channel:
+    if via == "channel":
+        return MeshChannel(raw, Gate(link, "probe", **providers))
+    return grpc.intercept_channel(raw, MeshClientInterceptor(link, "probe", **providers))
+
+
+def aio_client(target: str, via: str, link: AgentLink, **providers: Any) -> grpc.aio.Channel:
+    if via == "channel":
+        return AioMeshChannel(grpc.aio.insecure_channel(target), Gate(link, "probe", **providers))
+    return grpc.aio.insecure_channel(
+        target, interceptors=aio_interceptors(link, "probe", **providers)
+    )
 
 
 class Telemetry:
@@ -219,8 +240,11 @@ def _call_sync(channel: grpc.Channel, kind: str, payload: bytes) -> list[bytes]:
     return list(stub(iter([payload, b"x"]), timeout=5))
 
 
+@pytest.mark.parametrize("via", VIA)
 @pytest.mark.parametrize("kind", KINDS)
-def test_sync_calls_are_traced_end_to_end(kind: str, link: AgentLink, logs: io.StringIO) -> None:
+def test_sync_calls_are_traced_end_to_end(
+    kind: str, via: str, link: AgentLink, logs: io.StringIO
+) -> None:
     telemetry = Telemetry()
     server = grpc.server(
         futures.ThreadPoolExecutor(4),
@@ -231,9 +255,7 @@ def test_sync_calls_are_traced_end_to_end(kind: str, link: AgentLink, logs: io.S
     server.start()
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as raw:
-            channel = grpc.intercept_channel(
-                raw, MeshClientInterceptor(link, "probe", **telemetry.providers())
-            )
+            channel = sync_client(raw, via, link, **telemetry.providers())
             assert _call_sync(channel, kind, b"hi")[0].startswith(b"hi")
             _check_pair(telemetry.finished(2), kind, "OK", logs.getvalue())
             telemetry.spans.clear()
@@ -261,9 +283,10 @@ async def _call_aio(channel: grpc.aio.Channel, kind: str, payload: bytes) -> lis
     return [item async for item in stub(iter([payload, b"x"]), timeout=5)]
 
 
+@pytest.mark.parametrize("via", VIA)
 @pytest.mark.parametrize("kind", KINDS)
 async def test_aio_calls_are_traced_end_to_end(
-    kind: str, link: AgentLink, logs: io.StringIO
+    kind: str, via: str, link: AgentLink, logs: io.StringIO
 ) -> None:
     telemetry = Telemetry()
     server = grpc.aio.server(
@@ -272,10 +295,7 @@ async def test_aio_calls_are_traced_end_to_end(
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
-        async with grpc.aio.insecure_channel(
-            f"127.0.0.1:{port}",
-            interceptors=aio_interceptors(link, "probe", **telemetry.providers()),
-        ) as channel:
+        async with aio_client(f"127.0.0.1:{port}", via, link, **telemetry.providers()) as channel:
             assert (await _call_aio(channel, kind, b"hi"))[0].startswith(b"hi")
             await asyncio.to_thread(telemetry.finished, 2)
             _check_pair(telemetry.finished(2), kind, "OK", logs.getvalue())
@@ -293,13 +313,12 @@ async def test_aio_calls_are_traced_end_to_end(
     assert points["OK"][1] == 1 and points["UNAVAILABLE"][1] == 1
 
 
-def test_open_breaker_is_a_span_event_and_nothing_is_sent(link: AgentLink) -> None:
+@pytest.mark.parametrize("via", VIA)
+def test_open_breaker_is_a_span_event_and_nothing_is_sent(link: AgentLink, via: str) -> None:
     telemetry = Telemetry()
     link.breakers["probe"] = BreakerView(state=OPEN, open_until=time.time() + 60, enabled=True)
     with grpc.insecure_channel("127.0.0.1:1") as raw:
-        channel = grpc.intercept_channel(
-            raw, MeshClientInterceptor(link, "probe", **telemetry.providers())
-        )
+        channel = sync_client(raw, via, link, **telemetry.providers())
         with pytest.raises(grpc.RpcError) as failed:
             channel.unary_unary(METHODS["unary_unary"])(b"hi", timeout=5)
     assert failed.value.code() is grpc.StatusCode.UNAVAILABLE
@@ -313,7 +332,8 @@ def test_open_breaker_is_a_span_event_and_nothing_is_sent(link: AgentLink) -> No
     assert telemetry.histogram("rpc.client.call.duration") == []
 
 
-def test_without_a_tracer_nothing_is_added_to_the_call(link: AgentLink) -> None:
+@pytest.mark.parametrize("via", VIA)
+def test_without_a_tracer_nothing_is_added_to_the_call(link: AgentLink, via: str) -> None:
     seen: list[tuple[tuple[str, str], ...]] = []
 
     def unary_unary(request: bytes, context: grpc.ServicerContext) -> bytes:
@@ -333,7 +353,7 @@ def test_without_a_tracer_nothing_is_added_to_the_call(link: AgentLink) -> None:
     server.start()
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as raw:
-            channel = grpc.intercept_channel(raw, MeshClientInterceptor(link, "probe"))
+            channel = sync_client(raw, via, link)
             assert channel.unary_unary(METHODS["unary_unary"])(b"hi", timeout=5) == b"hi"
     finally:
         server.stop(None)
