@@ -120,7 +120,7 @@ class Plan:
     @classmethod
     def of(cls, quick: bool) -> Plan:
         if quick:
-            return cls(3, 300, 100, 200_000, 4, 6, 100)
+            return cls(2, 150, 50, 50_000, 3, 4, 50)
         return cls(5, 1500, 300, 1_000_000, 12, 48, 200)
 
 
