@@ -562,6 +562,9 @@ def zones(demo: Demo, agent: str, pause: float, alpha: str, beta: str, gamma: st
     )
     for name in ("alpha", "beta"):
         demo.named[name].send_signal(signal.SIGUSR1)
+    # Both, not just the priorities: one of the two down spills over to the same priorities.
+    for address in (alpha, beta):
+        demo.wait_health(agent, address, "unhealthy")
     demo.wait_zone_priorities(agent, {ZONE: 0, "eu-1b": 0})
     zone_counts(demo, agent, f"{ZONE} down")
     time.sleep(pause / 2)
