@@ -17,6 +17,7 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -280,6 +281,63 @@ def load_ca(ca_dir: Path | str) -> CA:
 # -- leaf certificates ---------------------------------------------------------------------------
 
 
+def sign_leaf(
+    ca_cert: x509.Certificate,
+    ca_key: Any,
+    public: Any,
+    kind: str,
+    name: str,
+    now: datetime.datetime,
+    not_after: datetime.datetime,
+    usages: list[x509.ObjectIdentifier],
+    names: list[x509.GeneralName],
+    *,
+    key_encipherment: bool = False,
+) -> x509.Certificate:
+    """A leaf certificate of the mesh for ``public``, signed by ``ca_cert``/``ca_key``: subject
+    ``O=mesh, OU=kind, CN=name`` (no CN past 64 characters), valid from ``now`` (backdated a
+    little) to ``not_after``, not a CA, with ``usages`` and the SANs ``names``. Shared by
+    ``meshctl certs issue`` and the control server's signing of service identities."""
+    attributes = [
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "mesh"),
+        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, kind),
+    ]
+    if len(name) <= 64:
+        attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, name))
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name(attributes))
+        .issuer_name(ca_cert.subject)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=key_encipherment,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+
+
 def issue(
     ca_dir: Path | str,
     out: Path | str,
@@ -337,45 +395,7 @@ def issue(
     key = ec.generate_private_key(ec.SECP256R1())
     now = _now()
     not_after = min(now + datetime.timedelta(days=days), ca.cert.not_valid_after_utc)
-    attributes = [
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "mesh"),
-        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, kind),
-    ]
-    if len(name) <= 64:
-        attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, name))
-    ca_ski = ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name(attributes))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
-            critical=False,
-        )
-        .sign(ca.key, hashes.SHA256())
-    )
+    cert = sign_leaf(ca.cert, ca.key, key.public_key(), kind, name, now, not_after, usages, names)
     _mkdir(directory)
     _write(directory / KEY, _key_pem(key), 0o600)
     _write(directory / CERT, _cert_pem(cert), 0o644)

@@ -29,9 +29,9 @@ from pathlib import Path
 import structlog
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from control import certs
 from mesh_core.errors import CertError, ConfigError, PermissionDeniedError, PreconditionError
@@ -320,52 +320,18 @@ def _build(
 ) -> x509.Certificate:
     public = csr.public_key()
     assert isinstance(public, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)  # parse_csr
-    is_rsa = isinstance(public, rsa.RSAPublicKey)
-    attributes = [
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "mesh"),
-        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "service"),
-    ]
-    if len(service) <= 64:
-        attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, service))
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name(attributes))
-        .issuer_name(ca.cert.subject)
-        .public_key(public)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(min(_whole_second_up(now + lifetime), ca.cert.not_valid_after_utc))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=is_rsa,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=False
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
-            critical=False,
-        )
+    return certs.sign_leaf(
+        ca.cert,
+        ca.key,
+        public,
+        "service",
+        service,
+        now,
+        min(_whole_second_up(now + lifetime), ca.cert.not_valid_after_utc),
+        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+        [x509.UniformResourceIdentifier(uri)],
+        key_encipherment=isinstance(public, rsa.RSAPublicKey),
     )
-    return builder.sign(ca.key, hashes.SHA256())
 
 
 __all__ = [
