@@ -64,8 +64,10 @@ from google.protobuf.message import Message
 from mesh.v1 import config_pb2
 from mesh_core import policy
 from mesh_core.names import client_listener_name, subset_cluster_name
+from mesh_core.policy import SECURITY_STRICT
 from mesh_core.routing import matches_every_call, path_match
 from mesh_xds.addresses import split_address
+from mesh_xds.transport import upstream_tls
 from mesh_xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SERVICE_POLICY, ResourceName, TypeUrl
 
 Resources = dict[TypeUrl, dict[ResourceName, Message]]
@@ -400,10 +402,12 @@ def _ring_hash_config(hashed: config_pb2.HashPolicy) -> cluster_pb2.Cluster.Ring
     return ring
 
 
-def build_cluster(service: config_pb2.Service, subset: str = "") -> cluster_pb2.Cluster:
+def build_cluster(
+    service: config_pb2.Service, subset: str = "", trust_domain: str | None = None
+) -> cluster_pb2.Cluster:
     """The service's Cluster, or with ``subset`` that subset's (the same policy, its own
     endpoints)."""
-    cluster = _build_cluster(service)
+    cluster = _build_cluster(service, trust_domain)
     return _subset_cluster(cluster, service.name, subset) if subset else cluster
 
 
@@ -418,7 +422,9 @@ def _subset_cluster(cluster: cluster_pb2.Cluster, service: str, subset: str) -> 
     return copy
 
 
-def _build_cluster(service: config_pb2.Service) -> cluster_pb2.Cluster:
+def _build_cluster(
+    service: config_pb2.Service, trust_domain: str | None = None
+) -> cluster_pb2.Cluster:
     policy = service.policy
     name = service.name
     http2 = http_protocol_options_pb2.HttpProtocolOptions(
@@ -453,6 +459,8 @@ def _build_cluster(service: config_pb2.Service) -> cluster_pb2.Cluster:
         cluster.outlier_detection.CopyFrom(_outlier_detection(policy.outlier_detection))
     if policy.HasField("health_check"):
         cluster.health_checks.append(_health_check(policy.health_check))
+    if service.security.mode == SECURITY_STRICT:
+        cluster.transport_socket.CopyFrom(upstream_tls(name, trust_domain))
     return cluster
 
 
@@ -562,10 +570,13 @@ def build_policy(service: config_pb2.Service) -> config_pb2.ServicePolicy:
     return policy
 
 
-def build_resources(services: Iterable[config_pb2.Service], zone: str = "") -> Resources:
+def build_resources(
+    services: Iterable[config_pb2.Service], zone: str = "", trust_domain: str | None = None
+) -> Resources:
     """Every resource of every service, by type URL and name (two Listeners per service: its
     own and the client library's alias; a Cluster and an assignment per subset besides the
-    service's own), as a node of ``zone`` is served them (:func:`zone_key`)."""
+    service's own), as a node of ``zone`` is served them (:func:`zone_key`). The Clusters of
+    services in ``strict`` mode name the server's identity in ``trust_domain``."""
     resources: Resources = {t: {} for t in (LISTENER, ROUTE, CLUSTER, ENDPOINT, SERVICE_POLICY)}
     for service in services:
         route = build_route(service)
@@ -574,7 +585,7 @@ def build_resources(services: Iterable[config_pb2.Service], zone: str = "") -> R
             service, route
         )
         resources[ROUTE][service.name] = route
-        cluster = resources[CLUSTER][service.name] = _build_cluster(service)
+        cluster = resources[CLUSTER][service.name] = _build_cluster(service, trust_domain)
         members = _members(service)
         own = zone_key(service, zone)
         resources[ENDPOINT][service.name] = _assignment(service.name, members, None, own)

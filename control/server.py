@@ -10,6 +10,7 @@ store, each step bounded: a task or store that does not end is logged and left b
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
 import uuid
@@ -90,7 +91,9 @@ class ControlServer:
         self.store = open_store(store) if isinstance(store, str) else store
         self.listen = listen
         self.server_id = server_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
-        self.cache = SnapshotCache(build_resources, zone_key)
+        domain = (signing.trust_domain if signing is not None else None) or self.access.trust_domain
+        build = functools.partial(build_resources, trust_domain=domain)
+        self.cache = SnapshotCache(build, zone_key)
         self.registrations = Registrations(registration_grace)
         self.nodes = ConnectedNodes(self.registrations)
         # With a shared store, registrations and node status are shared through it too.

@@ -44,6 +44,10 @@ CURRENT: Final = "current"
 CERT_FILE: Final = "cert.pem"
 KEY_FILE: Final = "key.pem"
 CA_FILE: Final = "ca.pem"
+CERTIFICATE_PROVIDER: Final = "mesh-identity"
+"""The certificate-provider instance (gRFC A29) the client library's bootstrap defines on the
+process's identity files, and that the TLS contexts the mesh serves name: one instance gives
+both the process's certificate and the trust bundle."""
 DEFAULT_REFRESH_INTERVAL: Final = 60.0
 """Seconds between a file watcher's reads of the files: well under half the shortest
 lifetime the agent is given, so a renewed certificate is in use long before the old one
@@ -119,6 +123,7 @@ def identity_paths(service: str, directory: Path | str | None = None) -> Identit
 
 __all__ = [
     "CA_FILE",
+    "CERTIFICATE_PROVIDER",
     "CERTS_DIR_ENV",
     "CERTS_SUBDIR",
     "CERT_FILE",

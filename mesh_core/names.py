@@ -40,3 +40,22 @@ def service_of_cluster(name: str) -> str:
     """The service a Cluster or ClusterLoadAssignment belongs to: ``orders`` for ``orders``
     and for its subsets' ``orders/v2``."""
     return name.partition("/")[0]
+
+
+SERVER_LISTENER_PREFIX: Final = "mesh-server/"
+SERVER_LISTENER_TEMPLATE: Final = SERVER_LISTENER_PREFIX + "%s"
+"""The ``server_listener_resource_name_template`` of the bootstrap the client library writes:
+an xDS-enabled server (``mesh_server``) listening on ``IP:PORT`` asks for the Listener
+``mesh-server/IP:PORT``, which the node's agent builds from the service the process declared
+on that address (it is never asked of the control server)."""
+
+
+def server_listener_name(listening_address: str) -> str:
+    """The Listener an xDS-enabled server of the mesh listening on ``listening_address``
+    (``IP:PORT``, IPv6 in brackets, as grpc writes it) asks for."""
+    return SERVER_LISTENER_PREFIX + listening_address
+
+
+def is_server_listener(name: str) -> bool:
+    """Whether ``name`` is a server Listener's (:func:`server_listener_name`)."""
+    return name.startswith(SERVER_LISTENER_PREFIX)

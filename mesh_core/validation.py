@@ -139,7 +139,9 @@ def _check_name(p: _Problems, name: str) -> None:
         p.add("name", problem)
 
 
-def _address_problem(address: str) -> str | None:
+def address_problem(address: str) -> str | None:
+    """What is wrong with ``address`` as an endpoint's ``IP:PORT`` (IPv6 in brackets), or
+    None."""
     if not address:
         return "required"
     if address.startswith("["):
@@ -176,7 +178,7 @@ def _check_endpoints(p: _Problems, endpoints: Sequence[Any]) -> None:
     seen: dict[str, int] = {}
     for i, ep in enumerate(endpoints):
         path = f"endpoints[{i}]"
-        problem = _address_problem(ep.address)
+        problem = address_problem(ep.address)
         if problem:
             p.add(f"{path}.address", problem)
         else:

@@ -24,6 +24,40 @@ BREAKER_STATE_CLOSED: BreakerState
 BREAKER_STATE_OPEN: BreakerState
 BREAKER_STATE_HALF_OPEN: BreakerState
 
+class HoldIdentityRequest(_message.Message):
+    __slots__ = ("service", "wait")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    wait: _duration_pb2.Duration
+    def __init__(self, service: _Optional[str] = ..., wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class HoldIdentityResponse(_message.Message):
+    __slots__ = ("identity",)
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    identity: IdentityStatus
+    def __init__(self, identity: _Optional[_Union[IdentityStatus, _Mapping]] = ...) -> None: ...
+
+class DeclareServerRequest(_message.Message):
+    __slots__ = ("service", "listening_address", "wait")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    LISTENING_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    listening_address: str
+    wait: _duration_pb2.Duration
+    def __init__(self, service: _Optional[str] = ..., listening_address: _Optional[str] = ..., wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class DeclareServerResponse(_message.Message):
+    __slots__ = ("listener_name", "mode", "has_identity")
+    LISTENER_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    HAS_IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    listener_name: str
+    mode: str
+    has_identity: bool
+    def __init__(self, listener_name: _Optional[str] = ..., mode: _Optional[str] = ..., has_identity: _Optional[bool] = ...) -> None: ...
+
 class CallOutcome(_message.Message):
     __slots__ = ("service", "code", "latency_us", "end_unix_ms", "probe")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
@@ -171,7 +205,7 @@ class GetAgentStatusResponse(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., upstream: _Optional[str] = ..., connected: _Optional[bool] = ..., types: _Optional[_Iterable[_Union[UpstreamTypeStatus, _Mapping]]] = ..., registrations: _Optional[_Iterable[_Union[_node_pb2.Registration, _Mapping]]] = ..., components: _Optional[_Iterable[_Union[ComponentStatus, _Mapping]]] = ..., endpoint_health: _Optional[_Iterable[_Union[EndpointHealth, _Mapping]]] = ..., config_updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., breakers: _Optional[_Iterable[_Union[BreakerStatus, _Mapping]]] = ..., zone: _Optional[str] = ..., zone_priorities: _Optional[_Iterable[_Union[_node_pb2.ZonePriority, _Mapping]]] = ..., identities: _Optional[_Iterable[_Union[IdentityStatus, _Mapping]]] = ...) -> None: ...
 
 class IdentityStatus(_message.Message):
-    __slots__ = ("service", "spiffe_id", "source", "certificate_file", "private_key_file", "ca_certificate_file", "not_after", "renew_at", "last_error", "updated")
+    __slots__ = ("service", "spiffe_id", "source", "certificate_file", "private_key_file", "ca_certificate_file", "not_after", "renew_at", "last_error", "updated", "refused")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -182,6 +216,7 @@ class IdentityStatus(_message.Message):
     RENEW_AT_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     UPDATED_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
     service: str
     spiffe_id: str
     source: str
@@ -192,7 +227,8 @@ class IdentityStatus(_message.Message):
     renew_at: _timestamp_pb2.Timestamp
     last_error: str
     updated: _timestamp_pb2.Timestamp
-    def __init__(self, service: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., source: _Optional[str] = ..., certificate_file: _Optional[str] = ..., private_key_file: _Optional[str] = ..., ca_certificate_file: _Optional[str] = ..., not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., renew_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    refused: bool
+    def __init__(self, service: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., source: _Optional[str] = ..., certificate_file: _Optional[str] = ..., private_key_file: _Optional[str] = ..., ca_certificate_file: _Optional[str] = ..., not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., renew_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., refused: _Optional[bool] = ...) -> None: ...
 
 class UpstreamTypeStatus(_message.Message):
     __slots__ = ("type_url", "version_acked", "responses_received", "resources", "last_nack")

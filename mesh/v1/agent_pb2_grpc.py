@@ -66,6 +66,16 @@ class AgentServiceStub:
                 request_serializer=mesh_dot_v1_dot_agent__pb2.AcquirePermitRequest.SerializeToString,
                 response_deserializer=mesh_dot_v1_dot_agent__pb2.AcquirePermitResponse.FromString,
                 _registered_method=True)
+        self.HoldIdentity = channel.unary_unary(
+                '/mesh.v1.AgentService/HoldIdentity',
+                request_serializer=mesh_dot_v1_dot_agent__pb2.HoldIdentityRequest.SerializeToString,
+                response_deserializer=mesh_dot_v1_dot_agent__pb2.HoldIdentityResponse.FromString,
+                _registered_method=True)
+        self.DeclareServer = channel.unary_unary(
+                '/mesh.v1.AgentService/DeclareServer',
+                request_serializer=mesh_dot_v1_dot_agent__pb2.DeclareServerRequest.SerializeToString,
+                response_deserializer=mesh_dot_v1_dot_agent__pb2.DeclareServerResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -117,6 +127,24 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HoldIdentity(self, request, context):
+        """Asks the agent to keep the identity of a service for a process on the node (the control
+        server still signs only what the node may hold), and waits until its certificate is in
+        place, the attempt failed, or `wait` passed. Kept across restarts of the agent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeclareServer(self, request, context):
+        """Declares that a process serves a service on a listening address: the agent serves that
+        process's xDS-enabled server its Listener (mesh-server/ADDRESS), built from the service's
+        security policy. Kept across restarts of the agent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -149,6 +177,16 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.AcquirePermit,
                     request_deserializer=mesh_dot_v1_dot_agent__pb2.AcquirePermitRequest.FromString,
                     response_serializer=mesh_dot_v1_dot_agent__pb2.AcquirePermitResponse.SerializeToString,
+            ),
+            'HoldIdentity': grpc.unary_unary_rpc_method_handler(
+                    servicer.HoldIdentity,
+                    request_deserializer=mesh_dot_v1_dot_agent__pb2.HoldIdentityRequest.FromString,
+                    response_serializer=mesh_dot_v1_dot_agent__pb2.HoldIdentityResponse.SerializeToString,
+            ),
+            'DeclareServer': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeclareServer,
+                    request_deserializer=mesh_dot_v1_dot_agent__pb2.DeclareServerRequest.FromString,
+                    response_serializer=mesh_dot_v1_dot_agent__pb2.DeclareServerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -315,6 +353,60 @@ class AgentService:
             '/mesh.v1.AgentService/AcquirePermit',
             mesh_dot_v1_dot_agent__pb2.AcquirePermitRequest.SerializeToString,
             mesh_dot_v1_dot_agent__pb2.AcquirePermitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HoldIdentity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mesh.v1.AgentService/HoldIdentity',
+            mesh_dot_v1_dot_agent__pb2.HoldIdentityRequest.SerializeToString,
+            mesh_dot_v1_dot_agent__pb2.HoldIdentityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeclareServer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mesh.v1.AgentService/DeclareServer',
+            mesh_dot_v1_dot_agent__pb2.DeclareServerRequest.SerializeToString,
+            mesh_dot_v1_dot_agent__pb2.DeclareServerResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,6 +7,9 @@ use their node's agent.
 
     channel = aio_mesh_channel("orders")        # the same for grpc.aio
 
+    server = mesh_server("payments")            # grpc's xDS server: mTLS as the service's
+    port = server.add_port("0.0.0.0:50051")     # policy says (aio_mesh_server for grpc.aio)
+
     channel = grpc.intercept_channel(my_channel, mesh_interceptor("orders"))
 
     channel = mesh_channel("orders", agent="127.0.0.1:15011",   # mTLS to a TCP agent address
@@ -26,6 +29,7 @@ from mesh_agent.client._channel import (
 )
 from mesh_agent.client._classify import is_mesh_rejection
 from mesh_agent.client._interceptors import MeshClientInterceptor
+from mesh_agent.client._mesh_server import AioMeshServer, MeshServer, aio_mesh_server, mesh_server
 from mesh_agent.client._rejection import OPEN_CIRCUIT_KEY, CircuitOpenError
 from mesh_agent.client._server import AioMeshServerInterceptor, MeshServerInterceptor
 from mesh_core.errors import BootstrapConflictError
@@ -34,19 +38,23 @@ from mesh_core.tls import TlsFiles
 
 __all__ = [
     "OPEN_CIRCUIT_KEY",
+    "AioMeshServer",
     "AioMeshServerInterceptor",
     "BootstrapConflictError",
     "CircuitOpenError",
     "MeshClientInterceptor",
+    "MeshServer",
     "MeshServerInterceptor",
     "TlsFiles",
     "agent_address",
     "aio_mesh_channel",
     "aio_mesh_interceptors",
+    "aio_mesh_server",
     "configure_bootstrap",
     "is_mesh_rejection",
     "mesh_channel",
     "mesh_interceptor",
+    "mesh_server",
     "setup_telemetry",
     "tls_files",
 ]

@@ -47,10 +47,13 @@ def bootstrap_config(
     cluster: str = "",
     metadata: dict[str, str] | None = None,
     tls: TlsFiles | None = None,
+    certificate_providers: dict[str, Any] | None = None,
+    server_listener_template: str | None = None,
 ) -> dict[str, Any]:
     """A bootstrap naming ``servers`` (``HOST:PORT`` or ``unix:PATH``) in order of preference:
     the first is used, later ones are fallbacks (gRFC A71). With ``tls``, TCP servers are
-    reached with mTLS."""
+    reached with mTLS. ``certificate_providers`` (gRFC A29) and
+    ``server_listener_template`` (A36) are copied in as given."""
     node: dict[str, Any] = {"id": node_id}
     if cluster:
         node["cluster"] = cluster
@@ -58,7 +61,7 @@ def bootstrap_config(
         node["locality"] = {"zone": zone}
     if metadata:
         node["metadata"] = dict(metadata)
-    return {
+    config: dict[str, Any] = {
         "xds_servers": [
             {
                 "server_uri": uri,
@@ -69,6 +72,11 @@ def bootstrap_config(
         ],
         "node": node,
     }
+    if certificate_providers:
+        config["certificate_providers"] = dict(certificate_providers)
+    if server_listener_template:
+        config["server_listener_resource_name_template"] = server_listener_template
+    return config
 
 
 def bootstrap_json(servers: Sequence[str], node_id: str, **kwargs: Any) -> str:

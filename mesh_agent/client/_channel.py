@@ -28,15 +28,18 @@ from typing import Any
 
 import grpc
 import grpc.aio
+import grpc.experimental
 
 from mesh_agent.client._aio_channel import AioMeshChannel
 from mesh_agent.client._bootstrap import bootstrap_config, is_unix
 from mesh_agent.client._gate import Gate
+from mesh_agent.client._identity import IDENTITY, hold_identity
 from mesh_agent.client._interceptors import MeshClientInterceptor, aio_interceptors
 from mesh_agent.client._link import AgentLink, link_for
 from mesh_agent.client._sync_channel import MeshChannel
 from mesh_core.errors import BootstrapConflictError
-from mesh_core.names import client_listener_name
+from mesh_core.identity_files import CERTIFICATE_PROVIDER
+from mesh_core.names import SERVER_LISTENER_TEMPLATE, client_listener_name
 from mesh_core.tls import TlsFiles, env_files
 
 DEFAULT_AGENT = "unix:/run/mesh-agent/agent.sock"
@@ -115,7 +118,13 @@ def configure_bootstrap(
     raises :class:`BootstrapConflictError`, since grpcio would silently keep the first."""
     global _configured
     node = node_id or os.environ.get("MESH_CLIENT_ID") or f"{socket.gethostname()}-{os.getpid()}"
-    config = bootstrap_config(list(servers), node, tls=tls)
+    config = bootstrap_config(
+        list(servers),
+        node,
+        tls=tls,
+        certificate_providers={CERTIFICATE_PROVIDER: IDENTITY.provider()},
+        server_listener_template=SERVER_LISTENER_TEMPLATE,
+    )
     wanted: list[dict[str, Any]] = [
         {"server_uri": s["server_uri"], "channel_creds": s["channel_creds"]}
         for s in config["xds_servers"]
@@ -159,6 +168,13 @@ def _setup(
     return f"xds:///{client_listener_name(service)}", link_for(address, files)
 
 
+def _setup_link(
+    agent: str | None, fallback: str | None, node_id: str | None, tls: TlsFiles | None
+) -> AgentLink:
+    """The bootstrap configured as for a channel, and the link to the agent: for servers."""
+    return _setup("", agent, fallback, node_id, tls)[1]
+
+
 def _options(service: str, options: Sequence[tuple[str, Any]] | None) -> list[tuple[str, Any]]:
     """The caller's channel options, with the service as the default authority (the target
     names the alias Listener) unless they set one."""
@@ -166,6 +182,14 @@ def _options(service: str, options: Sequence[tuple[str, Any]] | None) -> list[tu
     if any(name == _AUTHORITY for name, _ in given):
         return given
     return [*given, (_AUTHORITY, service)]
+
+
+def _credentials() -> grpc.ChannelCredentials:
+    """xDS channel credentials: mTLS where the Cluster carries a TLS context, else
+    plaintext."""
+    return grpc.xds_channel_credentials(
+        fallback_credentials=grpc.experimental.insecure_channel_credentials()  # type: ignore[no-untyped-call]
+    )
 
 
 def _link(agent: str | None, tls: TlsFiles | None) -> AgentLink:
@@ -181,15 +205,24 @@ def mesh_channel(
     node_id: str | None = None,
     options: Sequence[tuple[str, Any]] | None = None,
     tls: TlsFiles | None = None,
+    identity: str | None = None,
 ) -> grpc.Channel:
     """A channel to mesh service ``service`` through the node's agent, with circuit breaking
     and outcome reporting. ``fallback_control`` (``HOST:PORT``) is used by grpcio when the
     agent cannot be reached at start. ``tls`` (default: ``$MESH_TLS_*``): mTLS to a TCP agent
     address and to the fallback.
 
+    Calls to a service in ``strict`` security mode use mTLS (``grpc.xds_channel_credentials``:
+    the service's Cluster says so, and names the server's identity, so a call reaches only
+    the real service); others are plaintext. ``identity`` (a service name) is the identity the
+    process calls with, if it serves none: the agent gets a certificate for it if the node
+    may hold it (PermissionDeniedError otherwise).
+
     The service's policy timeout is each call's deadline, unless the caller's is earlier."""
     target, link = _setup(service, agent, fallback_control, node_id, tls)
-    channel = grpc.insecure_channel(target, options=_options(service, options))
+    if identity is not None:
+        hold_identity(link, identity)
+    channel = grpc.secure_channel(target, _credentials(), options=_options(service, options))
     return MeshChannel(channel, Gate(link, service))
 
 
@@ -201,10 +234,14 @@ def aio_mesh_channel(
     node_id: str | None = None,
     options: Sequence[tuple[str, Any]] | None = None,
     tls: TlsFiles | None = None,
+    identity: str | None = None,
 ) -> grpc.aio.Channel:
-    """The asyncio counterpart of :func:`mesh_channel`."""
+    """The asyncio counterpart of :func:`mesh_channel` (``identity`` is asked of the agent
+    before it returns, blocking: make channels at start-up)."""
     target, link = _setup(service, agent, fallback_control, node_id, tls)
-    channel = grpc.aio.insecure_channel(target, options=_options(service, options))
+    if identity is not None:
+        hold_identity(link, identity)
+    channel = grpc.aio.secure_channel(target, _credentials(), options=_options(service, options))
     return AioMeshChannel(channel, Gate(link, service))
 
 

@@ -47,6 +47,7 @@ MAX_PENDING = 50_000  # outcomes kept while the agent is away; older ones are dr
 RECONNECT = Backoff(base=0.1, cap=5.0)
 POLICY_WAIT = 1.0  # seconds the first calls to a service wait for its call policy
 TLS_CHECK_INTERVAL = 2.0  # seconds between looks at the TLS files' stamp
+DECLARE_MARGIN = 5.0  # seconds a declaration's RPC may take beyond the wait it asks for
 RETIRE_GRACE = 3.0  # seconds an old channel stays open for calls on it (AcquirePermit: 1 s)
 UNKNOWN: Final = -1.0
 """``AgentLink.timeouts.get(service, UNKNOWN)``: the agent has not told the service's policy."""
@@ -465,6 +466,34 @@ class AgentLink:
                 self._closed.wait(next(delays))
             else:
                 delays = RECONNECT.delays()
+
+    # -- declarations (slow path: at set-up, never per call) ---------------------------------
+
+    def hold_identity(self, service: str, wait: float) -> agent_pb2.IdentityStatus:
+        """Asks the agent to keep ``service``'s identity for this process and waits (up to
+        ``wait`` seconds) for its certificate. Raises grpc.RpcError when the agent cannot be
+        asked."""
+        request = agent_pb2.HoldIdentityRequest(service=service)
+        request.wait.FromNanoseconds(int(wait * 1e9))
+        response: agent_pb2.HoldIdentityResponse = self._stub.HoldIdentity(
+            request, timeout=wait + DECLARE_MARGIN
+        )
+        return response.identity
+
+    def declare_server(
+        self, service: str, listening_address: str, wait: float
+    ) -> agent_pb2.DeclareServerResponse:
+        """Tells the agent this process serves ``service`` on ``listening_address``; the
+        answer has the service's security mode once the agent holds its policy. Raises
+        grpc.RpcError when the agent cannot be asked."""
+        request = agent_pb2.DeclareServerRequest(
+            service=service, listening_address=listening_address
+        )
+        request.wait.FromNanoseconds(int(wait * 1e9))
+        response: agent_pb2.DeclareServerResponse = self._stub.DeclareServer(
+            request, timeout=wait + DECLARE_MARGIN
+        )
+        return response
 
     def close(self) -> None:
         self._closed.set()

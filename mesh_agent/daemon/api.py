@@ -12,13 +12,15 @@ import structlog
 from envoy.admin.v3 import config_dump_shared_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
-from google.protobuf import timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from mesh.v1 import agent_pb2, agent_pb2_grpc, config_pb2, node_pb2
 from mesh_agent.daemon.breakers.service import BreakerHub
 from mesh_agent.daemon.cache import ConfigCache
 from mesh_agent.daemon.reporter import Reporter
 from mesh_agent.daemon.roles import Upstream
+from mesh_agent.daemon.servers import ProcessRequests
+from mesh_core.errors import ConfigError
 from mesh_core.validation import validate_service
 from mesh_xds.registry import SessionRegistry
 from mesh_xds.types import PUSH_ORDER
@@ -45,19 +47,31 @@ def registration_problems(registration: node_pb2.Registration) -> list[str]:
     return [p.replace("endpoints[0].", "").replace("name:", "service:", 1) for p in problems]
 
 
+HOLD_IDENTITY_WAIT = 10.0
+DECLARE_SERVER_WAIT = 5.0
+MAX_WAIT = 60.0
+
+
+def _wait(duration: duration_pb2.Duration, default: float) -> float:
+    seconds = duration.ToNanoseconds() / 1e9
+    return min(seconds, MAX_WAIT) if seconds > 0 else default
+
+
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
-    """Registrations go to the ``reporter``, outcomes and breaker watches to the ``hub``;
-    ``status`` answers GetAgentStatus."""
+    """Registrations go to the ``reporter``, outcomes and breaker watches to the ``hub``,
+    identities and servers declared to ``requests``; ``status`` answers GetAgentStatus."""
 
     def __init__(
         self,
         reporter: Reporter,
         hub: BreakerHub,
         status: Callable[[], agent_pb2.GetAgentStatusResponse],
+        requests: ProcessRequests,
     ) -> None:
         self._reporter = reporter
         self._hub = hub
         self._status = status
+        self._requests = requests
 
     async def Register(
         self, request: agent_pb2.RegisterRequest, context: Context
@@ -137,6 +151,29 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self, request: agent_pb2.GetAgentStatusRequest, context: Context
     ) -> agent_pb2.GetAgentStatusResponse:
         return self._status()
+
+    async def HoldIdentity(
+        self, request: agent_pb2.HoldIdentityRequest, context: Context
+    ) -> agent_pb2.HoldIdentityResponse:
+        try:
+            status = await self._requests.hold_identity(
+                request.service, _wait(request.wait, HOLD_IDENTITY_WAIT)
+            )
+        except ConfigError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        return agent_pb2.HoldIdentityResponse(identity=status)
+
+    async def DeclareServer(
+        self, request: agent_pb2.DeclareServerRequest, context: Context
+    ) -> agent_pb2.DeclareServerResponse:
+        try:
+            return await self._requests.declare_server(
+                request.service,
+                request.listening_address,
+                _wait(request.wait, DECLARE_SERVER_WAIT),
+            )
+        except ConfigError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
 
 
 class AgentCsdsServicer(csds_pb2_grpc.ClientStatusDiscoveryServiceServicer):  # type: ignore[misc]

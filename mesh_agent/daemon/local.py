@@ -10,11 +10,12 @@ health verdicts change).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from envoy.config.core.v3 import base_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 
 from mesh_agent.daemon.cache import ConfigCache
 from mesh_agent.daemon.health.table import NO_VERDICT, Verdict
@@ -22,7 +23,7 @@ from mesh_core.names import service_of_cluster
 from mesh_core.signals import Signal
 from mesh_xds.addresses import join_address
 from mesh_xds.snapshot import Snapshot
-from mesh_xds.types import ENDPOINT, ResourceName, TypeUrl
+from mesh_xds.types import ENDPOINT, LISTENER, ResourceName, TypeUrl
 
 Verdicts = Callable[[str], Verdict]
 """service -> what its endpoints' checks say (:meth:`HealthTable.verdict`); applied to the
@@ -73,6 +74,12 @@ def rewrite_health(packed: any_pb2.Any, verdict: Verdict) -> any_pb2.Any:
     )
 
 
+def _pack(message: Message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message, deterministic=True)
+    return packed
+
+
 def zone_priorities(snapshot: Snapshot) -> list[tuple[str, str, int]]:
     """``(service, zone, priority)`` as ``snapshot`` serves each service's own assignment,
     for the services whose endpoints span zones."""
@@ -96,12 +103,17 @@ class LocalSnapshotSource:
         cache: ConfigCache,
         verdicts: Verdicts = _no_verdicts,
         unreachable: Callable[[], str] = str,
+        local_listeners: Callable[[], Mapping[ResourceName, Message]] = dict,
     ) -> None:
         """``unreachable`` says why no control server can be reached ("" while one is, or
-        before the first attempt ended): while the cache is empty that ends local streams."""
+        before the first attempt ended): while the cache is empty that ends local streams.
+        ``local_listeners``: Listeners the agent builds itself (the servers processes
+        declared, :class:`~mesh_agent.daemon.servers.Declarations`), served beside the
+        cache's."""
         self._cache = cache
         self._verdicts = verdicts
         self._unreachable = unreachable
+        self._local_listeners = local_listeners
         self._snapshot: Snapshot | None = None
         self._revision = 0
         self.changed: Signal[[]] = Signal()
@@ -140,6 +152,11 @@ class LocalSnapshotSource:
                         if verdict.unhealthy or verdict.first_zones:
                             resources[name] = rewrite_health(resource, verdict)
                 packed[type_url] = resources
+            own = self._local_listeners()
+            if own and packed:
+                listeners = packed.setdefault(LISTENER, {})
+                for name, listener in own.items():
+                    listeners[name] = _pack(listener)
             self._snapshot = Snapshot.from_packed(self._revision, packed)
         return self._snapshot
 

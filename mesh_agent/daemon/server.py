@@ -40,6 +40,7 @@ from mesh_agent.daemon.api import AgentCsdsServicer, AgentServicer
 from mesh_agent.daemon.breakers.service import BreakerHub
 from mesh_agent.daemon.cache import ConfigCache
 from mesh_agent.daemon.health.table import HealthTable
+from mesh_agent.daemon.identities.keeper import PROCESS, IdentityKeeper
 from mesh_agent.daemon.listener_access import ListenerAccess, node_identity
 from mesh_agent.daemon.local import LocalSnapshotSource, zone_priorities
 from mesh_agent.daemon.reporter import Reporter
@@ -58,6 +59,7 @@ from mesh_agent.daemon.roles import (
     ReporterRole,
     Upstream,
 )
+from mesh_agent.daemon.servers import Declarations, ProcessRequests
 from mesh_agent.daemon.settings import NODE, SETTINGS, AgentSettings
 from mesh_agent.daemon.status import agent_status, identity_statuses
 from mesh_agent.daemon.unix_socket import (
@@ -87,6 +89,9 @@ SERVICE_NAMES = (
 )
 LOCAL_ADS = "local ADS sessions"
 """The server's demand on the upstream for what local processes subscribe to."""
+DECLARED = "declared servers and identities"
+"""The server's demand on the upstream for the policies of the services processes declared
+they serve or whose identity they use."""
 BREAKER_WATCHERS = "breaker watchers"
 """The server's demand on the upstream for the policies of the services watched."""
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -121,13 +126,24 @@ def watched_policies(upstream: Upstream, hub: BreakerHub) -> None:
 
 
 def local_source(
-    ctx: AgentContext, cache: ConfigCache, table: HealthTable, upstream: Upstream
+    ctx: AgentContext,
+    cache: ConfigCache,
+    table: HealthTable,
+    upstream: Upstream,
+    declarations: Declarations,
 ) -> LocalSnapshotSource:
-    """What local ADS serves: the cache, with the health table's overrides, rebuilt when
-    either changes, and ending local streams with the reason while there is no config and
-    no control server to get it from."""
-    source = LocalSnapshotSource(cache, table.verdict, lambda: upstream.unreachable)
+    """What local ADS serves: the cache, with the health table's overrides, and the Listeners
+    of the servers processes declared, rebuilt when any of them changes, and ending local
+    streams with the reason while there is no config and no control server to get it
+    from."""
+    source = LocalSnapshotSource(
+        cache,
+        table.verdict,
+        lambda: upstream.unreachable,
+        lambda: declarations.listeners(cache),
+    )
     ctx.connect(cache.changed, source.invalidate)
+    ctx.connect(declarations.changed, source.invalidate)
     ctx.connect(table.changed, lambda service: source.invalidate())
 
     def unreachable(reason: str) -> None:
@@ -136,6 +152,20 @@ def local_source(
 
     ctx.connect(upstream.on_unreachable, unreachable)
     return source
+
+
+def follow_declarations(
+    ctx: AgentContext, declarations: Declarations, keeper: IdentityKeeper, upstream: Upstream
+) -> None:
+    """Keeps the identities processes use wanted, and the policies of the services they
+    serve or use asked for upstream."""
+
+    def changed() -> None:
+        keeper.want(PROCESS, declarations.identities)
+        upstream.demand(DECLARED, {SERVICE_POLICY: frozenset(declarations.services())})
+
+    ctx.connect(declarations.changed, changed)
+    changed()
 
 
 def follow_zone_priorities(
@@ -182,6 +212,7 @@ class ServerComponent:
         self._health: health.aio.HealthServicer | None = None
         self._grace = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._declarations: Declarations | None = None
 
     @property
     def addresses(self) -> Sequence[str]:
@@ -197,7 +228,12 @@ class ServerComponent:
         reporter = ctx.require(REPORTER, ReporterRole).reporter
         keeper = ctx.require(IDENTITIES, IdentitiesRole).keeper
         self._grace = settings.grace
-        source = local_source(ctx, cache, table, upstream)
+        if self._declarations is None:
+            self._declarations = Declarations(settings.state_dir)
+            self._declarations.load()
+        declarations = self._declarations
+        follow_declarations(ctx, declarations, keeper, upstream)
+        source = local_source(ctx, cache, table, upstream, declarations)
         if node.locality.zone:
             follow_zone_priorities(ctx, source, node, reporter)
         demand = LocalDemand(self.sessions, upstream, reporter)
@@ -232,7 +268,8 @@ class ServerComponent:
             return response
 
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
-            AgentServicer(reporter, hub, status), server
+            AgentServicer(reporter, hub, status, ProcessRequests(declarations, keeper, cache)),
+            server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME), server)

@@ -75,6 +75,7 @@ def identity_statuses(held: Iterable[HeldIdentity]) -> list[agent_pb2.IdentitySt
             private_key_file=str(identity.paths.key),
             ca_certificate_file=str(identity.paths.ca),
             last_error=identity.last_error,
+            refused=identity.refused,
         )
         if identity.not_after is not None:
             status.not_after.FromDatetime(identity.not_after)

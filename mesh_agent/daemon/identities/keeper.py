@@ -41,7 +41,7 @@ from mesh_agent.daemon.identities.keys import (
 )
 from mesh_core.aio import end_tasks, wait_event
 from mesh_core.backoff import Backoff
-from mesh_core.errors import CertError, MeshError, PreconditionError
+from mesh_core.errors import CertError, MeshError, PermissionDeniedError, PreconditionError
 from mesh_core.identity import service_uri
 from mesh_core.identity_files import IdentityPaths, identity_paths
 from mesh_core.signals import Signal
@@ -52,6 +52,9 @@ REGISTRATION = "registration"
 """Source: the node registered endpoints of the service, which has ``security.hosts``."""
 CONFIGURED = "configured"
 """Source: ``--identity`` (``identities`` in the agent's config file)."""
+PROCESS = "process"
+"""Source: a process on the node asked for it (``HoldIdentity``: ``mesh_channel(...,
+identity=NAME)``, ``mesh_server``)."""
 RETRY_BACKOFF = Backoff(base=1.0, cap=60.0)
 MIN_RENEW_AFTER = 1.0
 """Seconds: the soonest a certificate is renewed after it was asked for."""
@@ -91,6 +94,7 @@ class HeldIdentity:
     renew_at: datetime.datetime | None = None
     updated: datetime.datetime | None = None
     last_error: str = ""
+    refused: bool = False
     renewals: int = 0
     timing: Timing | None = None
     next_attempt: float = 0.0  # wall time
@@ -209,6 +213,7 @@ class IdentityKeeper:
             except MeshError as error:
                 delay = next(delays)
                 held.last_error = str(error)
+                held.refused = isinstance(error, PermissionDeniedError)
                 held.next_attempt = self.clock() + delay
                 log.warning(
                     "identity certificate not renewed; retrying",
@@ -277,6 +282,7 @@ class IdentityKeeper:
         held.next_attempt = held.renew_at.timestamp()
         held.updated = _wall(self.clock())
         held.last_error = ""
+        held.refused = False
         held.renewals += 1
         log.info(
             "identity certificate written",
@@ -310,6 +316,7 @@ def _checked(material: files.Material, spiffe_id: str) -> datetime.datetime:
 
 __all__ = [
     "CONFIGURED",
+    "PROCESS",
     "REGISTRATION",
     "HeldIdentity",
     "IdentityKeeper",

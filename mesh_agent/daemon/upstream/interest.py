@@ -15,7 +15,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 
 from mesh_agent.daemon.cache import ConfigCache, decode
 from mesh_core.limits import Limits
-from mesh_core.names import service_of_cluster, service_of_listener
+from mesh_core.names import is_server_listener, service_of_cluster, service_of_listener
 from mesh_xds.session import Session
 from mesh_xds.types import (
     CLUSTER,
@@ -60,13 +60,17 @@ def _endpoint_names(cache: ConfigCache) -> set[str]:
 
 
 def local_demand(sessions: Iterable[Session]) -> dict[TypeUrl, Interest]:
-    """The union of what local sessions subscribe to, per type (None: someone wants all)."""
+    """The union of what local sessions subscribe to, per type (None: someone wants all),
+    less the server Listeners, which the agent builds itself."""
     demand: dict[TypeUrl, set[str] | None] = {}
     for session in sessions:
         for type_url, state in session.types.items():
             current = demand.get(type_url, set())
             if state.wildcard or current is None:
                 demand[type_url] = None
+            elif type_url == LISTENER:
+                own = {name for name in state.names if not is_server_listener(name)}
+                demand[type_url] = current | own
             else:
                 demand[type_url] = current | state.names
     return {t: None if n is None else frozenset(n) for t, n in demand.items()}

@@ -1,0 +1,292 @@
+"""mTLS between services with real processes: a control server signing with a ``meshctl certs``
+CA, an agent with its node certificate, servers from ``mesh_server`` (grpcio's xDS-enabled
+server) and ``aio_mesh_server``, and callers through ``mesh_channel`` (grpcio's xDS client
+with ``xds_channel_credentials``), each in its own process (:mod:`tests.e2e.mtls_peer`).
+
+Service ``web`` is ``strict``; ``client`` and ``other`` are identities the node may hold
+(``other``, strict too, is a real identity, just not web's); ``secret`` is one it
+may not."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from control import certs
+from tests.conftest import Proc, run_cli, wait_for
+from tests.e2e.commands import Commands
+from tests.e2e.conftest import MeshProcesses
+from tests.e2e.helpers import Pki, agent_status, log_lines, register
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
+
+TD = "mesh.test"
+SERVICES = """\
+name: web
+endpoints: []
+security: {hosts: ['node-*'], mode: %(mode)s}
+---
+name: client
+endpoints: []
+security: {hosts: ['node-*']}
+---
+name: other
+endpoints: []
+security: {hosts: ['node-*'], mode: strict}
+---
+name: secret
+endpoints: []
+security: {hosts: ['vault-*'], mode: strict}
+"""
+REFRESH = {"MESH_IDENTITY_REFRESH": "1"}
+
+
+class Mesh:
+    """A PKI, a TLS control server signing with the PKI's CA (``--cert-lifetime`` from
+    ``extra``), the services above, and agent ``node-1``."""
+
+    def __init__(
+        self,
+        procs: MeshProcesses,
+        tmp_path: Path,
+        *extra: str,
+        mode: str = "strict",
+        bundle: Path | None = None,
+    ) -> None:
+        self.procs, self.tmp_path = procs, tmp_path
+        self.pki = Pki(tmp_path / "pki", TD)
+        if bundle is not None:  # the trust bundle starts as the PKI's CA alone
+            _write(bundle, (self.pki.ca / "ca.pem").read_bytes())
+            extra = (*extra, "--trust-bundle", str(bundle))
+        self.signing = tmp_path / "signing"
+        self.signing.mkdir()
+        for name in ("ca.pem", "key.pem"):
+            (self.signing / name).write_bytes((self.pki.ca / name).read_bytes())
+        server = self.pki.issue("server", server="127.0.0.1")
+        _, self.control = procs.start_control(
+            "--signing-ca", str(self.signing), *extra, tls_dir=server
+        )
+        self.operator = self.pki.issue("operator", operator="alice")
+        self.apply(SERVICES % {"mode": mode})
+        tls_dir = self.pki.issue("node-1", node="node-1", ips=["127.0.0.1"])
+        self.agent_proc, self.agent = procs.start_agent(self.control, "node-1", tls_dir=tls_dir)
+        wait_for(lambda: agent_status(self.agent).upstream == self.control, 20, "agent on mTLS")
+        self.callers = 0
+
+    def apply(self, text: str) -> None:
+        path = self.tmp_path / "services.yaml"
+        path.write_text(text)
+        flags = Pki.flags(self.operator)
+        done = run_cli(
+            "control.meshctl", "--control", self.control, *flags, "apply", "-f", str(path)
+        )
+        assert done.returncode == 0, done.stderr
+
+    def server(self, service: str, flavour: str, register_as: str = "web") -> tuple[Proc, str]:
+        """A server of ``service`` from ``mesh_server`` / ``aio_mesh_server``, registered as an
+        endpoint of ``register_as``."""
+        name = f"{service}-{flavour}-server"
+        proc, address = self.procs.start_ready(
+            name,
+            "tests.e2e.mtls_peer",
+            "serve",
+            "--service",
+            service,
+            "--flavour",
+            flavour,
+            "--agent",
+            self.agent,
+            "--node-id",
+            name,
+            env=REFRESH,
+            timeout=40,
+        )
+        register(self.agent, register_as, address)
+        return proc, address
+
+    def caller(self, *extra: str) -> Commands:
+        self.callers += 1
+        name = f"caller-{self.callers}"
+        directory = self.tmp_path / name
+        directory.mkdir()
+        proc = self.procs.python(
+            name,
+            "tests.e2e.mtls_peer",
+            "call",
+            "--agent",
+            self.agent,
+            "--node-id",
+            name,
+            "--commands",
+            str(directory),
+            *extra,
+            env=REFRESH,
+        )
+        return Commands(directory, proc)
+
+
+def first_ok(caller: Commands, service: str = "web") -> dict[str, object]:
+    """Calls until one succeeds (the server serves once the agent's Listener reached it)."""
+    last: dict[str, object] = {}
+
+    def ok() -> bool:
+        nonlocal last
+        last = caller.run({"call": service}, 10, "a call")
+        return last["code"] == "OK"
+
+    wait_for(ok, 40, f"a call to {service} to succeed", every=0.2)
+    return last
+
+
+@pytest.mark.parametrize("flavour", ["sync", "aio"])
+def test_strict_service_takes_callers_with_an_identity_and_refuses_plaintext(
+    procs: MeshProcesses, tmp_path: Path, flavour: str
+) -> None:
+    mesh = Mesh(procs, tmp_path)
+    _, address = mesh.server("web", flavour)
+    caller = mesh.caller("--identity", "client")
+    answer = first_ok(caller)
+    assert answer["server"] == "web"
+    assert answer["peer"] == f"spiffe://{TD}/service/client"
+    plain = caller.run({"plain": address}, 15, "a plaintext call")
+    assert plain["code"] == "UNAVAILABLE", plain
+    # A caller without an identity has no client certificate to show.
+    anonymous = mesh.caller()
+    answer = anonymous.run({"call": "web"}, 15, "a call without an identity")
+    assert answer["code"] == "UNAVAILABLE", answer
+    assert agent_status(mesh.agent).identities
+
+
+def test_a_disabled_service_is_served_plaintext_by_both_servers(
+    procs: MeshProcesses, tmp_path: Path
+) -> None:
+    mesh = Mesh(procs, tmp_path, mode="disabled")
+    _, sync_address = mesh.server("web", "sync")
+    _, aio_address = mesh.server("web", "aio")
+    caller = mesh.caller()
+    assert first_ok(caller)["peer"] == ""
+    for address in (sync_address, aio_address):
+        answer = caller.run({"plain": address}, 15, "a plaintext call")
+        assert answer["code"] == "OK" and answer["peer"] == "", answer
+
+
+def test_a_server_holding_another_identity_is_refused_by_the_caller(
+    procs: MeshProcesses, tmp_path: Path
+) -> None:
+    mesh = Mesh(procs, tmp_path)
+    # "other" serves with its own valid certificate, registered as other and as web.
+    _, address = mesh.server("other", "sync", register_as="other")
+    register(mesh.agent, "web", address)
+    caller = mesh.caller("--identity", "client")
+    assert first_ok(caller, "other")["server"] == "other"  # the certificate is good
+    for _ in range(5):  # but it is not web's
+        answer = caller.run({"call": "web"}, 15, "a call to the impostor")
+        assert answer["code"] == "UNAVAILABLE", answer
+
+
+def test_a_node_asking_for_an_identity_it_may_not_hold_is_refused(
+    procs: MeshProcesses, tmp_path: Path
+) -> None:
+    mesh = Mesh(procs, tmp_path)
+    caller = mesh.caller()
+    answer = caller.run({"service": "web", "identity": "secret"}, 30, "the refusal")
+    assert answer["error"] == "PermissionDeniedError", answer
+    assert "secret" in answer["details"]
+    held = next(i for i in agent_status(mesh.agent).identities if i.service == "secret")
+    assert held.refused and held.source == "process"
+    warnings = [
+        e
+        for e in log_lines(mesh.agent_proc)
+        if e.get("event") == "identity certificate not renewed; retrying"
+        and e.get("service") == "secret"
+    ]
+    assert warnings
+
+
+def _renewals(mesh: Mesh, service: str) -> int:
+    held = next((i for i in agent_status(mesh.agent).identities if i.service == service), None)
+    return 0 if held is None else held.updated.ToNanoseconds()
+
+
+@pytest.mark.parametrize("flavour", ["sync", "aio"])
+def test_renewals_while_calls_run_fail_no_call(
+    procs: MeshProcesses, tmp_path: Path, flavour: str
+) -> None:
+    mesh = Mesh(procs, tmp_path, "--cert-lifetime", "4s")
+    mesh.server("web", flavour)
+    caller = mesh.caller("--identity", "client")
+    first_ok(caller)
+    caller.run({"start": "web", "fresh": 0.5}, 10, "the call loop")
+    seen = {s: {_renewals(mesh, s)} for s in ("web", "client")}
+
+    def renewed_thrice() -> bool:
+        for service, stamps in seen.items():
+            stamps.add(_renewals(mesh, service))
+        return all(len(stamps) >= 4 for stamps in seen.values())
+
+    wait_for(renewed_thrice, 40, "three renewals of both identities")
+    result = caller.run({"stop": True}, 20, "the loop's counts")
+    assert result["failures"] == [], result
+    assert result["ok"] > 50 and result["fresh_ok"] >= 5, result
+
+
+def _write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def test_a_ca_rotation_fails_no_call(procs: MeshProcesses, tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle.pem"
+    mesh = Mesh(procs, tmp_path, "--cert-lifetime", "4s", bundle=bundle)
+    new = tmp_path / "ca-new"
+    certs.init_ca(new, TD)
+    old_ca, new_ca = (mesh.pki.ca / "ca.pem").read_bytes(), (new / "ca.pem").read_bytes()
+    mesh.server("web", "sync")
+    caller = mesh.caller("--identity", "client")
+    first_ok(caller)
+    caller.run({"start": "web", "fresh": 0.5}, 10, "the call loop")
+
+    def everywhere(expected_bundle: bytes, issuer: Path) -> bool:
+        """Both identities' files in place have ``expected_bundle`` and a certificate of
+        the CA in ``issuer``."""
+        subject = x509.load_pem_x509_certificate((issuer / "ca.pem").read_bytes()).subject
+        for service in ("web", "client"):
+            held = next(i for i in agent_status(mesh.agent).identities if i.service == service)
+            version = Path(os.path.realpath(Path(held.certificate_file).parent))
+            leaf = x509.load_pem_x509_certificates((version / "cert.pem").read_bytes())[0]
+            if (version / "ca.pem").read_bytes() != expected_bundle or leaf.issuer != subject:
+                return False
+        return True
+
+    def settled() -> None:
+        """Both identities renewed twice more: every process's file watcher (1 s) has read
+        the files of the step."""
+        stamps = {s: {_renewals(mesh, s)} for s in ("web", "client")}
+
+        def renewed() -> bool:
+            for service, seen in stamps.items():
+                seen.add(_renewals(mesh, service))
+            return all(len(seen) >= 3 for seen in stamps.values())
+
+        wait_for(renewed, 30, "two renewals more")
+
+    steps = [
+        (bundle, old_ca + new_ca, old_ca + new_ca, mesh.pki.ca, "both CAs in the bundles"),
+        (None, b"", old_ca + new_ca, new, "certificates of the new CA"),
+        (bundle, new_ca, new_ca, new, "the new CA alone"),
+    ]
+    for path, data, expected, issuer, what in steps:
+        if path is not None:
+            _write(path, data)
+        else:  # the signing CA becomes the new one
+            for name in ("ca.pem", "key.pem"):
+                _write(mesh.signing / name, (new / name).read_bytes())
+        wait_for(lambda e=expected, i=issuer: everywhere(e, i), 30, what)  # type: ignore[misc]
+        settled()
+    result = caller.run({"stop": True}, 20, "the loop's counts")
+    assert result["failures"] == [], result
+    assert result["ok"] > 50 and result["fresh_ok"] >= 5, result
