@@ -11,7 +11,9 @@ service deleted and re-created, then a canary release: a third backend runs v2, 
 weighted route move the calls from v1 to v2 (90/10, 50/50, 0/100), each step's calls counted
 by version, and last the zones: the node is in zone eu-1a with alpha and beta, gamma is in
 eu-1b; calls stay in eu-1a, fail over to eu-1b when eu-1a's backends fail their health checks
-and come back when they pass again. The agent's breaker and endpoint-health transitions are
+and come back when they pass again, and, with mTLS, a strict service (vault) served by
+``mesh_server``, called over mTLS by a caller holding an identity, and refusing a plaintext
+call. The agent's breaker and endpoint-health transitions are
 read from its log and shown as they happen. Ctrl-C stops everything.
 """
 
@@ -585,6 +587,69 @@ def zone_counts(demo: Demo, agent: str, step: str) -> None:
     demo.out(line + (f", {failed} failed" if failed else ""))
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _secure(demo: Demo, *args: str) -> dict[str, Any]:
+    """Runs ``python -m mesh_demo.secure ARGS`` to its end; its JSON line."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mesh_demo.secure", *args],
+        capture_output=True,
+        text=True,
+        env=demo.env,
+        timeout=60,
+        check=False,
+    )
+    if result.returncode != 0:
+        return {"error": (result.stderr.strip().splitlines() or ["?"])[-1]}
+    answer: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return answer
+
+
+def identities(demo: Demo, agent: str, pause: float) -> None:
+    """mTLS between services: service vault in strict mode, served by ``mesh_server``, and a
+    caller holding the identity of service teller; then a plaintext call, refused."""
+    address = f"127.0.0.1:{_free_port()}"
+    path = demo.workdir / "vault.yaml"
+    path.write_text(
+        f"name: vault\nendpoints: [{{address: '{address}'}}]\n"
+        "security: {hosts: [demo-node], mode: strict}\n---\n"
+        "name: teller\nendpoints: []\nsecurity: {hosts: [demo-node]}\n"
+    )
+    demo.say(
+        "mTLS between services: service vault is strict (its callers must show a mesh "
+        "certificate, and it must show vault's); teller is an identity the node may hold"
+    )
+    demo.meshctl("apply", "-f", str(path))
+    demo.ready(
+        "vault",
+        ["mesh_demo.secure", "serve", "--service", "vault", "--listen", address, "--agent", agent],
+    )
+    demo.out(
+        f"vault's server (mesh_server) on {address}: its Listener and certificate come from "
+        "the agent"
+    )
+    called = _secure(demo, "call", "--service", "vault", "--identity", "teller", "--agent", agent)
+    if "error" in called:
+        demo.out(f"vault: calls failed: {called['error']}")
+    else:
+        seen = ", ".join(called["seen"]) or "nobody"
+        failed = f", failed: {', '.join(called['errors'])}" if called["errors"] else ""
+        demo.out(
+            f"vault: {called['ok']} of {called['calls']} calls over mTLS; the server saw the "
+            f"caller as {seen}{failed}"
+        )
+    plain = _secure(demo, "plain", "--address", address)
+    demo.out(f"vault: a plaintext call: {plain.get('code', plain.get('error'))}")
+    time.sleep(pause / 2)
+
+
 def run(demo: Demo, pause: float, duration: float, mtls: bool = True) -> None:
     store = demo.workdir / "store"
     control_tls, agent_tls = issue_certificates(demo) if mtls else ([], [])
@@ -597,6 +662,8 @@ def run(demo: Demo, pause: float, duration: float, mtls: bool = True) -> None:
         "--store",
         f"file:{store}",
         *control_tls,
+        # The development CA signs the services' identities too.
+        *(["--signing-ca", str(demo.workdir / "pki" / "ca")] if mtls else []),
     ]
     demo.control = demo.ready("control", control_args)
     demo.out(f"mesh-control serving on {demo.control}")
@@ -704,6 +771,8 @@ def run(demo: Demo, pause: float, duration: float, mtls: bool = True) -> None:
     time.sleep(pause)
     gamma = canary(demo, agent, pause, alpha, beta)
     zones(demo, agent, pause, alpha, beta, gamma)
+    if mtls:
+        identities(demo, agent, pause)
     demo.meshctl("status")
     if duration:
         return

@@ -138,6 +138,16 @@ def test_demo_shows_the_mesh_working(tmp_path: Path) -> None:
     assert by_step["down"] == (0, 0, 100), zones
     assert "demo-node  eu-1a  echo     eu-1a=0 eu-1b=1" in zones, zones  # meshctl status, last
 
+    # mTLS between services: the strict service's server takes the caller with an identity,
+    # which it sees as teller, and refuses a plaintext call.
+    secure = section(out, "==> mTLS between services", "==> stopping")
+    assert "service/vault configured" in secure and "service/teller configured" in secure, secure
+    assert (
+        "vault: 20 of 20 calls over mTLS; the server saw the caller as "
+        "spiffe://demo.mesh/service/teller\n" in secure
+    ), secure
+    assert "vault: a plaintext call: UNAVAILABLE" in secure, secure
+
 
 def test_make_demo_passes_its_args_through() -> None:
     result = subprocess.run(
