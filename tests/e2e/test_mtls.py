@@ -173,12 +173,30 @@ def test_a_disabled_service_is_served_plaintext_by_both_servers(
         assert answer["code"] == "OK" and answer["peer"] == "", answer
 
 
+def test_a_mode_change_reaches_a_running_sync_server(procs: MeshProcesses, tmp_path: Path) -> None:
+    mesh = Mesh(procs, tmp_path, mode="disabled")
+    _, address = mesh.server("web", "sync")
+    caller = mesh.caller("--identity", "client")
+    assert first_ok(caller)["peer"] == ""  # plaintext
+    assert caller.run({"plain": address}, 15, "a plaintext call")["code"] == "OK"
+    mesh.apply(SERVICES % {"mode": "strict"})
+
+    def strict() -> bool:
+        return caller.run({"plain": address}, 15, "a plaintext call")["code"] == "UNAVAILABLE"
+
+    wait_for(strict, 30, "the server to refuse plaintext", every=0.2)
+    # The same server, not restarted, now takes mTLS callers (and sees who they are).
+    answer = first_ok(caller)
+    assert answer["peer"] == f"spiffe://{TD}/service/client", answer
+
+
+@pytest.mark.parametrize("flavour", ["sync", "aio"])
 def test_a_server_holding_another_identity_is_refused_by_the_caller(
-    procs: MeshProcesses, tmp_path: Path
+    procs: MeshProcesses, tmp_path: Path, flavour: str
 ) -> None:
     mesh = Mesh(procs, tmp_path)
     # "other" serves with its own valid certificate, registered as other and as web.
-    _, address = mesh.server("other", "sync", register_as="other")
+    _, address = mesh.server("other", flavour, register_as="other")
     register(mesh.agent, "web", address)
     caller = mesh.caller("--identity", "client")
     assert first_ok(caller, "other")["server"] == "other"  # the certificate is good
@@ -239,13 +257,14 @@ def _write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def test_a_ca_rotation_fails_no_call(procs: MeshProcesses, tmp_path: Path) -> None:
+@pytest.mark.parametrize("flavour", ["sync", "aio"])
+def test_a_ca_rotation_fails_no_call(procs: MeshProcesses, tmp_path: Path, flavour: str) -> None:
     bundle = tmp_path / "bundle.pem"
     mesh = Mesh(procs, tmp_path, "--cert-lifetime", "4s", bundle=bundle)
     new = tmp_path / "ca-new"
     certs.init_ca(new, TD)
     old_ca, new_ca = (mesh.pki.ca / "ca.pem").read_bytes(), (new / "ca.pem").read_bytes()
-    mesh.server("web", "sync")
+    mesh.server("web", flavour)
     caller = mesh.caller("--identity", "client")
     first_ok(caller)
     caller.run({"start": "web", "fresh": 0.5}, 10, "the call loop")
