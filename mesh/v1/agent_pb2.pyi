@@ -177,7 +177,7 @@ class GetAgentStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetAgentStatusResponse(_message.Message):
-    __slots__ = ("node_id", "upstream", "connected", "types", "registrations", "components", "endpoint_health", "config_updated", "breakers", "zone", "zone_priorities", "identities")
+    __slots__ = ("node_id", "upstream", "connected", "types", "registrations", "components", "endpoint_health", "config_updated", "breakers", "zone", "zone_priorities", "identities", "servers")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     UPSTREAM_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
@@ -190,6 +190,7 @@ class GetAgentStatusResponse(_message.Message):
     ZONE_FIELD_NUMBER: _ClassVar[int]
     ZONE_PRIORITIES_FIELD_NUMBER: _ClassVar[int]
     IDENTITIES_FIELD_NUMBER: _ClassVar[int]
+    SERVERS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     upstream: str
     connected: bool
@@ -202,7 +203,20 @@ class GetAgentStatusResponse(_message.Message):
     zone: str
     zone_priorities: _containers.RepeatedCompositeFieldContainer[_node_pb2.ZonePriority]
     identities: _containers.RepeatedCompositeFieldContainer[IdentityStatus]
-    def __init__(self, node_id: _Optional[str] = ..., upstream: _Optional[str] = ..., connected: _Optional[bool] = ..., types: _Optional[_Iterable[_Union[UpstreamTypeStatus, _Mapping]]] = ..., registrations: _Optional[_Iterable[_Union[_node_pb2.Registration, _Mapping]]] = ..., components: _Optional[_Iterable[_Union[ComponentStatus, _Mapping]]] = ..., endpoint_health: _Optional[_Iterable[_Union[EndpointHealth, _Mapping]]] = ..., config_updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., breakers: _Optional[_Iterable[_Union[BreakerStatus, _Mapping]]] = ..., zone: _Optional[str] = ..., zone_priorities: _Optional[_Iterable[_Union[_node_pb2.ZonePriority, _Mapping]]] = ..., identities: _Optional[_Iterable[_Union[IdentityStatus, _Mapping]]] = ...) -> None: ...
+    servers: _containers.RepeatedCompositeFieldContainer[DeclaredServer]
+    def __init__(self, node_id: _Optional[str] = ..., upstream: _Optional[str] = ..., connected: _Optional[bool] = ..., types: _Optional[_Iterable[_Union[UpstreamTypeStatus, _Mapping]]] = ..., registrations: _Optional[_Iterable[_Union[_node_pb2.Registration, _Mapping]]] = ..., components: _Optional[_Iterable[_Union[ComponentStatus, _Mapping]]] = ..., endpoint_health: _Optional[_Iterable[_Union[EndpointHealth, _Mapping]]] = ..., config_updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., breakers: _Optional[_Iterable[_Union[BreakerStatus, _Mapping]]] = ..., zone: _Optional[str] = ..., zone_priorities: _Optional[_Iterable[_Union[_node_pb2.ZonePriority, _Mapping]]] = ..., identities: _Optional[_Iterable[_Union[IdentityStatus, _Mapping]]] = ..., servers: _Optional[_Iterable[_Union[DeclaredServer, _Mapping]]] = ...) -> None: ...
+
+class DeclaredServer(_message.Message):
+    __slots__ = ("service", "listening_address", "listener_name", "mode")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    LISTENING_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    LISTENER_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    listening_address: str
+    listener_name: str
+    mode: str
+    def __init__(self, service: _Optional[str] = ..., listening_address: _Optional[str] = ..., listener_name: _Optional[str] = ..., mode: _Optional[str] = ...) -> None: ...
 
 class IdentityStatus(_message.Message):
     __slots__ = ("service", "spiffe_id", "source", "certificate_file", "private_key_file", "ca_certificate_file", "not_after", "renew_at", "last_error", "updated", "refused")

@@ -262,6 +262,7 @@ class ServerComponent:
             response = agent_status(node.id, upstream, cache, components, table, hub, registrations)
             response.zone = node.locality.zone
             response.identities.extend(identity_statuses(keeper.held()))
+            response.servers.extend(declarations.statuses(cache))
             if source.loaded:
                 for service, zone, priority in zone_priorities(source.snapshot_for(node)):
                     response.zone_priorities.add(service=service, zone=zone, priority=priority)

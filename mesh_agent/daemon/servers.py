@@ -115,6 +115,21 @@ class Declarations:
             listeners[listener.name] = listener
         return listeners
 
+    def statuses(self, cache: ConfigCache) -> list[agent_pb2.DeclaredServer]:
+        """Every declared server, with the mode its Listener is served with."""
+        statuses = []
+        for address, service in self.servers.items():
+            facts = Declarations.policy_facts(cache, service)
+            statuses.append(
+                agent_pb2.DeclaredServer(
+                    service=service,
+                    listening_address=address,
+                    listener_name=server_listener_name(address),
+                    mode=facts[0] if facts is not None else "",
+                )
+            )
+        return statuses
+
     @staticmethod
     def policy_facts(cache: ConfigCache, service: str) -> tuple[str, bool] | None:
         """``(mode, has_identity)`` of ``service`` as the cache's policy says, or None while

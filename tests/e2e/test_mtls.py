@@ -157,7 +157,15 @@ def test_strict_service_takes_callers_with_an_identity_and_refuses_plaintext(
     anonymous = mesh.caller()
     answer = anonymous.run({"call": "web"}, 15, "a call without an identity")
     assert answer["code"] == "UNAVAILABLE", answer
-    assert agent_status(mesh.agent).identities
+    status = agent_status(mesh.agent)
+    assert {i.service for i in status.identities if i.HasField("not_after")} >= {"web", "client"}
+    (declared,) = status.servers
+    assert (declared.service, declared.listening_address, declared.mode) == (
+        "web",
+        address,
+        "strict",
+    )
+    assert declared.listener_name == f"mesh-server/{address}"
 
 
 def test_a_disabled_service_is_served_plaintext_by_both_servers(
