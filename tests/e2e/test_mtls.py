@@ -317,3 +317,19 @@ def test_a_ca_rotation_fails_no_call(procs: MeshProcesses, tmp_path: Path, flavo
     result = caller.run({"stop": True}, 20, "the loop's counts")
     assert result["failures"] == [], result
     assert result["ok"] > 50 and result["fresh_ok"] >= 5, result
+
+
+def test_a_restarted_agent_still_serves_the_declared_server(
+    procs: MeshProcesses, tmp_path: Path
+) -> None:
+    mesh = Mesh(procs, tmp_path)
+    _, address = mesh.server("web", "sync")
+    first_ok(mesh.caller("--identity", "client"))
+    mesh.agent_proc.stop()
+    tls_dir = mesh.pki.issue("node-1", node="node-1", ips=["127.0.0.1"])
+    mesh.agent_proc, _ = procs.start_agent(mesh.control, "node-1", tls_dir=tls_dir)
+    # Read back from its state dir: the Listener is served before anyone declares again.
+    (declared,) = agent_status(mesh.agent).servers
+    assert (declared.listening_address, declared.mode) == (address, "strict")
+    answer = first_ok(mesh.caller("--identity", "client"))
+    assert answer["peer"] == f"spiffe://{TD}/service/client"
