@@ -130,10 +130,36 @@ def _identity(link: AgentLink, service: str, mode: str, has_identity: bool) -> P
         return None
 
 
-class MeshServer(grpc.Server):
+class _ServerOfService:
+    """What the sync and asyncio servers share: handlers go to grpc's ``server``, and every
+    port is added with ``add_port``, secured as the mesh says."""
+
+    server: Any
+    service: str
+
+    def add_insecure_port(self, address: str) -> int:
+        raise ConfigError("a mesh server's ports are added with add_port (security by the mesh)")
+
+    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
+        raise ConfigError("a mesh server's ports are added with add_port (security by the mesh)")
+
+    def add_generic_rpc_handlers(
+        self, generic_rpc_handlers: Iterable[grpc.GenericRpcHandler]
+    ) -> None:
+        self.server.add_generic_rpc_handlers(generic_rpc_handlers)
+
+    def add_registered_method_handlers(
+        self, service_name: str, method_handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        self.server.add_registered_method_handlers(service_name, method_handlers)
+
+
+class MeshServer(_ServerOfService, grpc.Server):
     """A ``grpc.server(..., xds=True)`` serving one mesh service. Ports are added with
     :meth:`add_port`; ``add_insecure_port`` and ``add_secure_port`` refuse, since every port of
     an xDS-enabled server takes its security from the mesh."""
+
+    server: grpc.Server
 
     def __init__(self, server: grpc.Server, service: str, link: AgentLink) -> None:
         self.server = server
@@ -158,22 +184,6 @@ class MeshServer(grpc.Server):
         _identity(self._link, self.service, mode, has_identity)
         self.mode = mode
         return port
-
-    def add_insecure_port(self, address: str) -> int:
-        raise ConfigError("a mesh server's ports are added with add_port (security by the mesh)")
-
-    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
-        raise ConfigError("a mesh server's ports are added with add_port (security by the mesh)")
-
-    def add_generic_rpc_handlers(
-        self, generic_rpc_handlers: Iterable[grpc.GenericRpcHandler]
-    ) -> None:
-        self.server.add_generic_rpc_handlers(generic_rpc_handlers)
-
-    def add_registered_method_handlers(
-        self, service_name: str, method_handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]
-    ) -> None:
-        self.server.add_registered_method_handlers(service_name, method_handlers)
 
     def start(self) -> None:
         self.server.start()
@@ -216,9 +226,11 @@ class _Reloader:
             return configuration
 
 
-class AioMeshServer(grpc.aio.Server):
+class AioMeshServer(_ServerOfService, grpc.aio.Server):
     """A ``grpc.aio.server`` serving one mesh service; ports are added with
     :meth:`add_port`."""
+
+    server: grpc.aio.Server
 
     def __init__(self, server: grpc.aio.Server, service: str, link: AgentLink) -> None:
         self.server = server
@@ -245,22 +257,6 @@ class AioMeshServer(grpc.aio.Server):
         _declare(self._link, self.service, listening_addresses(address, port))
         self.mode = mode
         return port
-
-    def add_insecure_port(self, address: str) -> int:
-        raise ConfigError("a mesh server's ports are added with add_port (security by the mesh)")
-
-    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
-        raise ConfigError("a mesh server's ports are added with add_port (security by the mesh)")
-
-    def add_generic_rpc_handlers(
-        self, generic_rpc_handlers: Iterable[grpc.GenericRpcHandler]
-    ) -> None:
-        self.server.add_generic_rpc_handlers(generic_rpc_handlers)
-
-    def add_registered_method_handlers(
-        self, service_name: str, method_handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]
-    ) -> None:
-        self.server.add_registered_method_handlers(service_name, method_handlers)
 
     async def start(self) -> None:
         await self.server.start()
