@@ -104,7 +104,7 @@ class Plan:
     def of(cls, quick: bool) -> Plan:
         if quick:
             return cls(2, 3, 6, 40, 50, 0.2)
-        return cls(20, 8, 100, 100, 1000, 2.0)
+        return cls(40, 8, 200, 100, 1000, 2.0)
 
     def args(self) -> list[str]:
         return [
