@@ -7,7 +7,7 @@ PROTOS := $(shell find protos -name '*.proto')
 # must be installed last.
 OTEL_PROTO = $$($(BIN)/python -c "import importlib.metadata as m; print(m.version('opentelemetry-proto'))")
 
-.PHONY: install proto proto-check lint test test-unit test-e2e demo bench bench-datapath bench-tracing bench-mtls bench-identity bench-scale clean
+.PHONY: install proto proto-check lint test test-unit test-e2e demo bench bench-datapath bench-tracing bench-mtls bench-service-mtls bench-identity bench-scale clean
 
 install: $(BIN)/.installed
 
@@ -48,8 +48,12 @@ bench-datapath: install
 bench-tracing: install
 	$(BIN)/python -m bench --only tracing
 
+# mTLS on the agent link, then between services (both sections, side by side).
 bench-mtls: install
-	$(BIN)/python -m bench --only mtls
+	$(BIN)/python -m bench --only mtls --only service_mtls
+
+bench-service-mtls: install
+	$(BIN)/python -m bench --only service_mtls
 
 bench-identity: install
 	$(BIN)/python -m bench --only identity

@@ -28,6 +28,7 @@ SECTION_MODULES = (
     "bench.datapath",
     "bench.tracing",
     "bench.mtls",
+    "bench.service_mtls",
     "bench.identity",
     "bench.etcd",
     "bench.scale",

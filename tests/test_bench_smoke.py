@@ -1,8 +1,8 @@
 """``python -m bench`` runs end to end: a quick control section at N=1, a quick agent section,
-a quick datapath section, a quick tracing section, quick mtls and identity sections, a quick
-scale section and a quick etcd section (needs the ``etcd`` binary: skipped locally without
-it, failed with CI=true), each as a subprocess whose last line is the JSON summary with every
-table's rows."""
+a quick datapath section, a quick tracing section, quick mtls, service_mtls and identity
+sections, a quick scale section and a quick etcd section (needs the ``etcd`` binary: skipped
+locally without it, failed with CI=true), each as a subprocess whose last line is the JSON
+summary with every table's rows."""
 
 from __future__ import annotations
 
@@ -316,6 +316,37 @@ def test_bench_quick_mtls_prints_a_json_summary() -> None:
     assert final["call_mtls_vs_tcp_us"] == costs["mtls - tcp"]["call_us"]
     assert final["credentials_us"] > 0
     assert run.printed("== mtls: handshake")
+
+
+def test_bench_quick_service_mtls_prints_a_json_summary() -> None:
+    run = run_bench("service_mtls")
+    services = ["strict", "plain"]
+
+    shakes = {r["service"]: r for r in run.tables("handshake")}
+    assert list(shakes) == services
+    for row in shakes.values():
+        assert row["samples"] == 6 and row["errors"] == 0, row  # quick: 2 rounds of 3
+        assert 0 < row["second_call_p50_ms"] < row["p50_ms"] <= row["p99_ms"] < 10_000, row
+    calls = {r["service"]: r for r in run.tables("calls")}
+    assert list(calls) == services
+    for row in calls.values():
+        assert row["calls"] == 240 and row["errors"] == 0, row  # quick: 6 blocks of 40
+        assert 0 < row["p50_us"] <= row["p99_us"] < 1_000_000, row
+    assert shakes["plain"]["vs_plain_paired_ms"] is None
+    assert isinstance(calls["strict"]["vs_plain_paired_us"], float)
+
+    costs = {r["compare"]: r for r in run.tables("cost")}
+    assert list(costs) == ["call: strict - plain", "handshake: strict - plain"]
+    for row in costs.values():
+        assert isinstance(row["paired"], float) and row["paired_ratio"] > 0, row
+    final = run.table("summary")
+    # The strict server saw the caller's identity: the calls really were mTLS.
+    assert final["peer_seen_by_strict"] == "spiffe://bench.mesh/service/bench-caller"
+    assert final["errors"] == 0
+    assert final["call_strict_vs_plain_us"] == costs["call: strict - plain"]["paired"]
+    assert final["call_strict_vs_plain_ratio"] == costs["call: strict - plain"]["paired_ratio"]
+    assert final["handshake_strict_vs_plain_ms"] == costs["handshake: strict - plain"]["paired"]
+    assert run.printed("== service_mtls: calls")
 
 
 def test_bench_quick_identity_prints_a_json_summary() -> None:
