@@ -81,3 +81,4 @@ SECURITY_STRICT = "strict"
 SECURITY_MODES: tuple[str, ...] = ("", SECURITY_DISABLED, SECURITY_STRICT)
 """``security.mode``: unset means disabled."""
 MAX_SECURITY_HOSTS = 1000
+MAX_AUTHORIZATION_RULES = 100

@@ -13,6 +13,7 @@ from typing import Any
 from google.protobuf.duration_pb2 import Duration
 
 from mesh.v1 import config_pb2
+from mesh_core.authorization import ACTIONS, ANY_AUTHENTICATED, rule_name
 from mesh_core.durations import format_duration, nanos
 from mesh_core.errors import ConfigError
 from mesh_core.identity import host_pattern_problem
@@ -20,6 +21,7 @@ from mesh_core.policy import (
     DEFAULT_MIN_RING_SIZE,
     GRPC_STATUS_NAMES,
     LB_POLICIES,
+    MAX_AUTHORIZATION_RULES,
     MAX_DURATION,
     MAX_HALF_OPEN_PROBES,
     MAX_ROUTE_WEIGHT,
@@ -46,6 +48,7 @@ _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _SUBSET = re.compile(_LABEL)
 _LABEL_KEY = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._/-]{0,251}[A-Za-z0-9])?")
+_RULE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,63}")
 MAX_LABEL_VALUE = 253
 
 
@@ -111,6 +114,12 @@ def _warn_security(p: _Problems, svc: config_pb2.Service) -> None:
             "security.hosts",
             f"'*' lets every node of the mesh hold the identity of {svc.name!r}; name the "
             "nodes (or a pattern such as web-*) that run it",
+        )
+    if security.mode != SECURITY_STRICT and any(r.callers for r in security.authorization):
+        p.add(
+            "security.authorization",
+            "rules name callers but the mode is not strict: a plaintext caller shows no "
+            "identity, so it matches only rules without callers",
         )
     if security.mode == SECURITY_STRICT and not security.hosts:
         p.add(
@@ -498,12 +507,17 @@ def _check_match(p: _Problems, match: Any, path: str) -> None:
         problem = method_problem(match.method)
         if problem:
             p.add(f"{path}.method", problem)
-    for name in sorted(match.headers):
-        hpath = join_path(f"{path}.headers", name)
+    _check_headers(p, match.headers, f"{path}.headers")
+
+
+def _check_headers(p: _Problems, headers: Any, path: str) -> None:
+    """Header matches by name (a route's match, an authorization rule)."""
+    for name in sorted(headers):
+        hpath = join_path(path, name)
         problem = header_name_problem(name)
         if problem:
             p.add(hpath, problem)
-        header = match.headers[name]
+        header = headers[name]
         kinds = [k for k in ("exact", "prefix", "regex", "present") if header.HasField(k)]
         if len(kinds) != 1:
             got = f"got {', '.join(kinds)}" if kinds else "got none"
@@ -575,3 +589,40 @@ def _check_security(p: _Problems, security: config_pb2.ServiceSecurity, path: st
     if security.mode not in SECURITY_MODES:
         allowed = ", ".join(m for m in SECURITY_MODES if m)
         p.add(f"{path}.mode", f"unknown mode {security.mode!r}; expected one of {allowed}")
+    _check_authorization(p, security.authorization, f"{path}.authorization")
+
+
+def _check_authorization(p: _Problems, rules: Any, path: str) -> None:
+    """The rules' actions, names, callers (service names or ``*``), methods and headers."""
+    if len(rules) > MAX_AUTHORIZATION_RULES:
+        p.add(path, f"at most {MAX_AUTHORIZATION_RULES} rules, got {len(rules)}")
+    names: dict[str, int] = {}
+    for i, rule in enumerate(rules):
+        rpath = f"{path}[{i}]"
+        if rule.action not in ACTIONS:
+            got = f"got {rule.action!r}" if rule.action else "required"
+            p.add(f"{rpath}.action", f"must be allow or deny; {got}")
+        if rule.name and not _RULE_NAME.fullmatch(rule.name):
+            p.add(
+                f"{rpath}.name",
+                f"must be 1-63 letters, digits, '-', '_' or '.', got {rule.name!r}",
+            )
+        name = rule_name(rule, i)
+        if name in names:
+            p.add(f"{rpath}.name", f"duplicate rule name {name!r}, also {path}[{names[name]}]")
+        names[name] = i
+        if ANY_AUTHENTICATED in rule.callers and len(rule.callers) > 1:
+            p.add(
+                f"{rpath}.callers",
+                "'*' already admits every caller with a certificate of the mesh; give '*' "
+                "or service names, not both",
+            )
+        for j, caller in enumerate(rule.callers):
+            problem = None if caller == ANY_AUTHENTICATED else service_name_problem(caller)
+            if problem:
+                p.add(f"{rpath}.callers[{j}]", problem)
+        for j, method in enumerate(rule.methods):
+            problem = method_problem(method)
+            if problem:
+                p.add(f"{rpath}.methods[{j}]", problem)
+        _check_headers(p, rule.headers, f"{rpath}.headers")

@@ -117,14 +117,16 @@ class WatchBreakersResponse(_message.Message):
     def __init__(self, breakers: _Optional[_Iterable[_Union[BreakerStatus, _Mapping]]] = ..., call_policies: _Optional[_Iterable[_Union[CallPolicy, _Mapping]]] = ...) -> None: ...
 
 class CallPolicy(_message.Message):
-    __slots__ = ("service", "timeout", "routes")
+    __slots__ = ("service", "timeout", "routes", "authorization")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     ROUTES_FIELD_NUMBER: _ClassVar[int]
+    AUTHORIZATION_FIELD_NUMBER: _ClassVar[int]
     service: str
     timeout: _duration_pb2.Duration
     routes: _containers.RepeatedCompositeFieldContainer[RouteTimeout]
-    def __init__(self, service: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., routes: _Optional[_Iterable[_Union[RouteTimeout, _Mapping]]] = ...) -> None: ...
+    authorization: _containers.RepeatedCompositeFieldContainer[_config_pb2.AuthorizationRule]
+    def __init__(self, service: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., routes: _Optional[_Iterable[_Union[RouteTimeout, _Mapping]]] = ..., authorization: _Optional[_Iterable[_Union[_config_pb2.AuthorizationRule, _Mapping]]] = ...) -> None: ...
 
 class RouteTimeout(_message.Message):
     __slots__ = ("match", "timeout")

@@ -26,12 +26,35 @@ class Service(_message.Message):
     def __init__(self, name: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., subsets: _Optional[_Iterable[_Union[Subset, _Mapping]]] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., security: _Optional[_Union[ServiceSecurity, _Mapping]] = ...) -> None: ...
 
 class ServiceSecurity(_message.Message):
-    __slots__ = ("hosts", "mode")
+    __slots__ = ("hosts", "mode", "authorization")
     HOSTS_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    AUTHORIZATION_FIELD_NUMBER: _ClassVar[int]
     hosts: _containers.RepeatedScalarFieldContainer[str]
     mode: str
-    def __init__(self, hosts: _Optional[_Iterable[str]] = ..., mode: _Optional[str] = ...) -> None: ...
+    authorization: _containers.RepeatedCompositeFieldContainer[AuthorizationRule]
+    def __init__(self, hosts: _Optional[_Iterable[str]] = ..., mode: _Optional[str] = ..., authorization: _Optional[_Iterable[_Union[AuthorizationRule, _Mapping]]] = ...) -> None: ...
+
+class AuthorizationRule(_message.Message):
+    __slots__ = ("name", "action", "callers", "methods", "headers")
+    class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: HeaderMatch
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[HeaderMatch, _Mapping]] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    CALLERS_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    action: str
+    callers: _containers.RepeatedScalarFieldContainer[str]
+    methods: _containers.RepeatedScalarFieldContainer[str]
+    headers: _containers.MessageMap[str, HeaderMatch]
+    def __init__(self, name: _Optional[str] = ..., action: _Optional[str] = ..., callers: _Optional[_Iterable[str]] = ..., methods: _Optional[_Iterable[str]] = ..., headers: _Optional[_Mapping[str, HeaderMatch]] = ...) -> None: ...
 
 class Endpoint(_message.Message):
     __slots__ = ("address", "zone", "weight", "metadata", "node_id", "draining", "labels")

@@ -38,6 +38,7 @@ MESH_REJECTION_MARKERS: Final = (
 
 
 INJECTED_FAULT: Final = "Fault injected"
+NOT_ABOUT_THE_BACKEND: Final = frozenset({"CANCELLED", "PERMISSION_DENIED"})
 
 
 def is_mesh_rejection(code: str, details: str | None) -> bool:
@@ -56,9 +57,11 @@ def counts_for_breaker(code: str, details: str | None) -> bool:
     """Whether a finished call's outcome is evidence about the backend: successes and the
     backend's own failures are; the mesh's rejections are not, and neither is a call the
     caller cancelled (it says nothing about the service, and counting it as a success would
-    reset a run of consecutive failures)."""
+    reset a run of consecutive failures), nor a call the service's authorization refused
+    (PERMISSION_DENIED: a caller's rights say nothing about the backend's health, and must
+    never open its breaker)."""
     if code == "OK":
         return True
-    if code == "CANCELLED":
+    if code in NOT_ABOUT_THE_BACKEND:
         return False
     return not is_mesh_rejection(code, details)

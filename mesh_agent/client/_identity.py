@@ -72,6 +72,8 @@ class ProcessIdentity:
         self._lock = threading.Lock()
         self._dir: Path | None = None
         self.service: str | None = None
+        self.spiffe_id = ""
+        """The identity's SPIFFE id, once the agent told it."""
 
     def directory(self) -> Path:
         with self._lock:
@@ -146,6 +148,7 @@ def hold_identity(link: AgentLink, service: str, wait: float = HOLD_WAIT) -> Pat
         raise kind(f"identity {service!r} not held by the node's agent: {reason}")
     current = Path(status.certificate_file).parent
     IDENTITY.use(service, current)
+    IDENTITY.spiffe_id = status.spiffe_id
     return current
 
 

@@ -31,7 +31,7 @@ from typing import Any, Final
 import grpc
 import structlog
 
-from mesh.v1 import agent_pb2, agent_pb2_grpc
+from mesh.v1 import agent_pb2, agent_pb2_grpc, config_pb2
 from mesh_agent.client._bootstrap import is_unix
 from mesh_core.backoff import Backoff
 from mesh_core.errors import ConfigError, TlsError
@@ -136,6 +136,8 @@ class AgentLink:
         self.tls = None if is_unix(target) else tls
         self.breakers: dict[str, BreakerView] = {}
         self.timeouts: dict[str, CallTimeout] = {}
+        self.authorization: dict[str, tuple[config_pb2.AuthorizationRule, ...]] = {}
+        """Each watched service's authorization rules, as the agent last told them."""
         self._services: set[str] = set()
         self._restart_watch = threading.Event()  # more services, or a new channel
         # Calls waiting for a service's call policy: their wake-up functions, by service.
@@ -297,9 +299,12 @@ class AgentLink:
             self.breakers = merged
         if update.call_policies:
             timeouts = dict(self.timeouts)
+            rules = dict(self.authorization)
             for policy in update.call_policies:
                 timeouts[policy.service] = call_timeout_of(policy)
+                rules[policy.service] = tuple(policy.authorization)
             self.timeouts = timeouts
+            self.authorization = rules
             self._wake_policy_waiters([policy.service for policy in update.call_policies])
         if self._away:
             self._away = False

@@ -33,6 +33,7 @@ import ipaddress
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent import futures
 from pathlib import Path
@@ -42,10 +43,12 @@ import grpc
 import grpc.aio
 import structlog
 
+from mesh_agent.client._authorization import AuthorizationInterceptor
 from mesh_agent.client._channel import _setup_link
-from mesh_agent.client._identity import hold_identity
+from mesh_agent.client._identity import IDENTITY, hold_identity
 from mesh_agent.client._link import AgentLink
 from mesh_agent.client._server import AioMeshServerInterceptor, MeshServerInterceptor
+from mesh_core.authorization import service_of_id
 from mesh_core.errors import ConfigError, MeshError, UnavailableError
 from mesh_core.identity_files import CA_FILE, CERT_FILE, KEY_FILE
 from mesh_core.policy import SECURITY_STRICT
@@ -128,6 +131,43 @@ def _identity(link: AgentLink, service: str, mode: str, has_identity: bool) -> P
             "service identity not held; serving plaintext", service=service, error=str(error)
         )
         return None
+
+
+AUDIT_ENV = "GRPC_EXPERIMENTAL_XDS_RBAC_AUDIT_LOGGING"
+
+
+def _audit_denials() -> None:
+    """Turns on gRPC's RBAC audit logging (gRFC A59, still behind ``AUDIT_ENV`` in grpcio
+    1.85; ``false`` in the environment keeps it off), whose ``stdout_logger`` the agent's
+    server Listeners name: one JSON line (``grpc_audit_log``: method, caller, rule) on the
+    process's stdout per denied call. grpc writes it with C stdio, which buffers whole blocks
+    when stdout is a pipe or a file: the C stdout is made line-buffered, so each line is out
+    when the call is denied (where the C library allows; the lines are written either way)."""
+    os.environ.setdefault(AUDIT_ENV, "true")
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        stdout = ctypes.c_void_p.in_dll(libc, "stdout")
+        libc.setvbuf(stdout, None, 1, 0)  # _IOLBF
+    except (OSError, ValueError, AttributeError):
+        log.debug("C stdout left as it is: audit lines may come in blocks")
+
+
+RULES_WAIT = 10.0  # seconds an asyncio server waits for the service's rules at start
+
+
+def _wait_for_rules(link: AgentLink, service: str) -> None:
+    """Waits until the link holds the service's call policy (with its authorization rules):
+    a server must not serve, open, before it knows who may call it."""
+    deadline = time.monotonic() + RULES_WAIT
+    while service not in link.timeouts:
+        if time.monotonic() > deadline:
+            raise UnavailableError(
+                f"mesh server of {service!r}: the node's agent ({link.target}) did not send "
+                f"the service's policy (its authorization rules) within {RULES_WAIT:g} s"
+            )
+        time.sleep(0.02)
 
 
 class _ServerOfService:
@@ -232,10 +272,17 @@ class AioMeshServer(_ServerOfService, grpc.aio.Server):
 
     server: grpc.aio.Server
 
-    def __init__(self, server: grpc.aio.Server, service: str, link: AgentLink) -> None:
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        service: str,
+        link: AgentLink,
+        authorization: AuthorizationInterceptor,
+    ) -> None:
         self.server = server
         self.service = service
         self._link = link
+        self.authorization = authorization
         self.mode = ""
 
     def add_port(self, address: str) -> int:
@@ -243,6 +290,9 @@ class AioMeshServer(_ServerOfService, grpc.aio.Server):
         it at start-up); the port bound."""
         mode, has_identity = _declare(self._link, self.service, [""])
         current = _identity(self._link, self.service, mode, has_identity)
+        parsed = service_of_id(IDENTITY.spiffe_id) if current is not None else None
+        self.authorization.trust_domain = parsed[0] if parsed is not None else None
+        _wait_for_rules(self._link, self.service)
         if mode == SECURITY_STRICT:
             assert current is not None  # _identity raises otherwise
             reloader = _Reloader(current)
@@ -285,6 +335,7 @@ def mesh_server(
     ``interceptors``. ``agent``, ``fallback_control``, ``node_id``, ``tls``: as for
     :func:`~mesh_agent.client.mesh_channel` (one bootstrap per process)."""
     link = _setup_link(agent, fallback_control, node_id, tls)
+    _audit_denials()
     server = grpc.server(
         thread_pool or futures.ThreadPoolExecutor(max_workers=16),
         interceptors=[MeshServerInterceptor(), *interceptors],
@@ -311,10 +362,13 @@ def aio_mesh_server(
     mode needs a restart. With :class:`~mesh_agent.client.AioMeshServerInterceptor` before
     ``interceptors``."""
     link = _setup_link(agent, fallback_control, node_id, tls)
+    link.watch(service)  # its call policy carries the authorization rules
+    authorization = AuthorizationInterceptor(link, service, None)
     server = grpc.aio.server(
-        interceptors=[AioMeshServerInterceptor(), *interceptors], options=options
+        interceptors=[AioMeshServerInterceptor(), authorization, *interceptors],
+        options=options,
     )
-    return AioMeshServer(server, service, link)
+    return AioMeshServer(server, service, link, authorization)
 
 
 __all__ = ["AioMeshServer", "MeshServer", "aio_mesh_server", "listening_addresses", "mesh_server"]

@@ -229,7 +229,7 @@ class ServerComponent:
         keeper = ctx.require(IDENTITIES, IdentitiesRole).keeper
         self._grace = settings.grace
         if self._declarations is None:
-            self._declarations = Declarations(settings.state_dir)
+            self._declarations = Declarations(settings.state_dir, keeper.trust_domain)
             self._declarations.load()
         declarations = self._declarations
         follow_declarations(ctx, declarations, keeper, upstream)

@@ -26,6 +26,7 @@ from mesh_agent.daemon.cache import ConfigCache, atomic_write, decode
 from mesh_agent.daemon.identities.keeper import PROCESS, HeldIdentity, IdentityKeeper
 from mesh_agent.daemon.status import identity_statuses
 from mesh_core.aio import wait_event
+from mesh_core.authorization import compile_rules
 from mesh_core.errors import ConfigError
 from mesh_core.names import server_listener_name
 from mesh_core.policy import SECURITY_DISABLED
@@ -46,8 +47,11 @@ def _mode(policy: config_pb2.ServicePolicy) -> str:
 class Declarations:
     """Servers and identities declared by the node's processes. Event-loop owned."""
 
-    def __init__(self, state_dir: Path | None) -> None:
+    def __init__(self, state_dir: Path | None, trust_domain: str | None = None) -> None:
+        """``trust_domain``: the node's, which the callers named by authorization rules
+        are in."""
         self._path = state_dir / STATE_FILE if state_dir is not None else None
+        self.trust_domain = trust_domain
         self.servers: dict[str, str] = {}
         """listening address -> service, oldest first."""
         self.identities: dict[str, None] = {}
@@ -100,9 +104,9 @@ class Declarations:
     # -- what is served ------------------------------------------------------------------------
 
     def listeners(self, cache: ConfigCache) -> dict[str, listener_pb2.Listener]:
-        """The Listener of every declared server whose service's policy the cache holds (a
-        server whose policy is not known yet gets none: serving it plaintext could be
-        wrong)."""
+        """The Listener of every declared server whose service's policy the cache holds, with
+        its mode and authorization (a server whose policy is not known yet gets none:
+        serving it plaintext, or open, could be wrong)."""
         policies = cache.resources(SERVICE_POLICY)
         listeners: dict[str, listener_pb2.Listener] = {}
         for address, service in self.servers.items():
@@ -111,7 +115,8 @@ class Declarations:
                 continue
             policy = decode(packed, SERVICE_POLICY)
             assert isinstance(policy, config_pb2.ServicePolicy)
-            listener = server_listener(address, _mode(policy))
+            authorization = compile_rules(policy.security.authorization, self.trust_domain)
+            listener = server_listener(address, _mode(policy), authorization)
             listeners[listener.name] = listener
         return listeners
 

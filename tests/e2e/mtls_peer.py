@@ -6,9 +6,11 @@ per process, as grpcio reads it).
     python -m tests.e2e.mtls_peer call --agent unix:... --node-id N --commands DIR \\
         [--identity NAME]
 
-The server answers ``/test.v1.Peer/Who`` with JSON: the service it serves and the caller's
-SPIFFE id as its TLS auth context has it (empty over plaintext). The caller serves commands
-(:mod:`tests.e2e.commands`): ``{"call": SERVICE}`` one call through ``mesh_channel``;
+The server answers ``/test.v1.Peer/Who`` (and ``/test.v1.Peer/Admin``, the same) with JSON:
+the service it serves and the caller's SPIFFE id as its TLS auth context has it (empty over
+plaintext). The caller serves commands
+(:mod:`tests.e2e.commands`): ``{"call": SERVICE, "method": "Who" | "Admin", "metadata":
+[[KEY, VALUE], ...]}`` one call through ``mesh_channel``;
 ``{"service": S, "identity": NAME}`` asks for an identity (the error, if any);
 ``{"plain": ADDRESS}`` one call over a plaintext channel of its own; ``{"start": SERVICE}``
 calls in a loop from a thread, every call on the loop's channel, and every ``fresh`` seconds
@@ -67,9 +69,8 @@ def _handlers(service: str, aio: bool) -> grpc.GenericRpcHandler:
             return _answer(service, context)
 
         behaviour = who
-    return grpc.method_handlers_generic_handler(
-        "test.v1.Peer", {"Who": grpc.unary_unary_rpc_method_handler(behaviour)}
-    )
+    handler = grpc.unary_unary_rpc_method_handler(behaviour)
+    return grpc.method_handlers_generic_handler("test.v1.Peer", {"Who": handler, "Admin": handler})
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -97,9 +98,11 @@ def serve(args: argparse.Namespace) -> None:
     asyncio.run(main())
 
 
-def _call(channel: grpc.Channel) -> dict[str, Any]:
+def _call(
+    channel: grpc.Channel, method: str = METHOD, metadata: list[tuple[str, str]] | None = None
+) -> dict[str, Any]:
     try:
-        answer = channel.unary_unary(METHOD)(b"", timeout=5)
+        answer = channel.unary_unary(method)(b"", timeout=5, metadata=metadata)
     except grpc.RpcError as error:
         assert isinstance(error, grpc.Call)
         return {"code": error.code().name, "details": error.details()}
@@ -153,7 +156,9 @@ def call(args: argparse.Namespace) -> None:
             service = command["call"]
             if service not in channels:
                 channels[service] = mesh_channel(service, agent=args.agent)
-            return _call(channels[service])
+            method = f"/test.v1.Peer/{command.get('method', 'Who')}"
+            metadata = [tuple(pair) for pair in command.get("metadata", [])]
+            return _call(channels[service], method, metadata or None)  # type: ignore[arg-type]
         if "plain" in command:
             with grpc.insecure_channel(command["plain"]) as channel:
                 return _call(channel)

@@ -81,6 +81,7 @@ def call_policy(service: str, policy: config_pb2.ServicePolicy | None) -> agent_
         routes.append(entry)
     if any(_timeout_of(entry) != _timeout_of(message) for entry in routes):
         message.routes.extend(routes)
+    message.authorization.extend(policy.security.authorization)
     return message
 
 
