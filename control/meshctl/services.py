@@ -25,9 +25,16 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from control.meshctl.status import table_lines
 from mesh.v1 import admin_pb2, config_pb2, node_pb2
+from mesh_core.authorization import ALLOW, rule_name
 from mesh_core.durations import format_duration
 from mesh_core.names import subset_cluster_name
-from mesh_core.policy import DEFAULT_MIN_RING_SIZE, RING_HASH, RING_SIZE_CAP, SPILL_OVER_BELOW
+from mesh_core.policy import (
+    DEFAULT_MIN_RING_SIZE,
+    RING_HASH,
+    RING_SIZE_CAP,
+    SECURITY_DISABLED,
+    SPILL_OVER_BELOW,
+)
 from mesh_core.routing import matches_every_call
 
 DEFAULT_ROUTE = "default"
@@ -216,8 +223,9 @@ def traffic_lines(
 ) -> list[str]:
     """What ``meshctl get services NAME`` adds for ``service``, each part after a blank
     line: what ring_hash hashes on, its zones when its endpoints span several, the subsets
-    (counting the endpoints in ``registered`` too, and saying how many those added) and the
-    routes; nothing when it has none of them."""
+    (counting the endpoints in ``registered`` too, and saying how many those added), the
+    routes, and its security (mode, hosts, authorization rules); nothing when it has none of
+    them."""
     hashed = hash_text(service.policy)
     lines: list[str] = ["", hashed] if hashed else []
     endpoints = served_endpoints(service, registered)
@@ -230,7 +238,31 @@ def traffic_lines(
             lines.append(f"(the subsets count {added} endpoint(s) registered by nodes)")
     if service.subsets or service.routes:
         lines += ["", *table_lines(route_rows(service))]
+    if service.HasField("security"):
+        lines += ["", *security_lines(service.security)]
     return lines
+
+
+def security_lines(security: config_pb2.ServiceSecurity) -> list[str]:
+    """The service's mode, who may hold its identity, and its authorization rules in the
+    order they are listed (deny rules are checked first whatever their place)."""
+    hosts = ", ".join(security.hosts) or "no node"
+    lines = [f"security: {security.mode or SECURITY_DISABLED}{SEPARATOR}identity held by {hosts}"]
+    rules = security.authorization
+    if not rules:
+        return [*lines, "authorization: none (every caller may call every method)"]
+    rows: list[tuple[str, ...]] = [("RULE", "ACTION", "CALLERS", "METHODS", "HEADERS")]
+    for index, rule in enumerate(rules):
+        callers = ", ".join(rule.callers) or "anyone"
+        methods = ", ".join(rule.methods) or "every method"
+        headers = ", ".join(_header_text(n, rule.headers[n]) for n in sorted(rule.headers))
+        rows.append((rule_name(rule, index), rule.action, callers, methods, headers or "-"))
+    closing = (
+        "deny rules first; a call no allow rule matches is denied"
+        if any(rule.action == ALLOW for rule in rules)
+        else "deny rules only: every other call is allowed"
+    )
+    return [*lines, *table_lines(rows), closing]
 
 
 def locality_line(locality: config_pb2.LocalityPolicy) -> str:

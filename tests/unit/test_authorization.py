@@ -9,8 +9,10 @@ from envoy.config.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter_pb2
 
 from control.config import load_documents
+from control.meshctl.services import traffic_lines
 from mesh.v1 import config_pb2
 from mesh_core.authorization import NO_ALLOW_MATCHED, compile_rules, service_of_id
+from mesh_core.errors import ConfigError
 from mesh_core.validation import validate_service
 from mesh_xds.transport import RBAC_ALLOW_FILTER, RBAC_DENY_FILTER, rbac_filters
 
@@ -98,3 +100,38 @@ def test_service_ids() -> None:
     assert service_of_id("spiffe://td/service/web") == ("td", "web")
     assert service_of_id("spiffe://td/node/web") is None
     assert service_of_id("https://td/service/web") is None
+
+
+def test_meshctl_get_shows_the_security_and_the_rules() -> None:
+    lines = traffic_lines(service())
+    start = lines.index("security: strict · identity held by web-*")
+    assert lines[start + 1 :] == [
+        "RULE             ACTION  CALLERS   METHODS           HEADERS",
+        'no-test          deny    anyone    every method      header x-env exact "test"',
+        "checkout-charge  allow   checkout  /shop.Pay/Charge  -",
+        "rule-2           allow   *         /shop.Pay/*       header x-ro present",
+        "deny rules first; a call no allow rule matches is denied",
+    ]
+    plain = service("name: web\nendpoints: []\nsecurity: {hosts: [web-1]}\n")
+    assert traffic_lines(plain)[-2:] == [
+        "security: disabled · identity held by web-1",
+        "authorization: none (every caller may call every method)",
+    ]
+
+
+def test_validation_names_each_bad_field() -> None:
+    text = (
+        SERVICE
+        + "    - {name: no-test, action: maybe, callers: ['*', x], methods: [nope],"
+        + " headers: {grpc-x: {exact: a}}}\n"
+    )
+    with pytest.raises(ConfigError) as refused:
+        load_documents(text, "web.yaml")
+    fields = [p.split(": ")[2] for p in str(refused.value).split("; web.yaml")]
+    assert fields == [
+        "security.authorization[3].action",
+        "security.authorization[3].name",
+        "security.authorization[3].callers",
+        "security.authorization[3].methods[0]",
+        "security.authorization[3].headers.grpc-x",
+    ], refused.value
