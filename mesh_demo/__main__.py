@@ -12,9 +12,9 @@ weighted route move the calls from v1 to v2 (90/10, 50/50, 0/100), each step's c
 by version, and last the zones: the node is in zone eu-1a with alpha and beta, gamma is in
 eu-1b; calls stay in eu-1a, fail over to eu-1b when eu-1a's backends fail their health checks
 and come back when they pass again, and, with mTLS, a strict service (vault) served by
-``mesh_server``, called over mTLS by a caller holding an identity, and refusing a plaintext
-call. The agent's breaker and endpoint-health transitions are
-read from its log and shown as they happen. Ctrl-C stops everything.
+``mesh_server``, called over mTLS by a caller holding an identity its rules allow, refusing
+another identity (PERMISSION_DENIED) and a plaintext call. The agent's breaker and
+endpoint-health transitions are read from its log and shown as they happen. Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -619,12 +619,15 @@ def identities(demo: Demo, agent: str, pause: float) -> None:
     path = demo.workdir / "vault.yaml"
     path.write_text(
         f"name: vault\nendpoints: [{{address: '{address}'}}]\n"
-        "security: {hosts: [demo-node], mode: strict}\n---\n"
-        "name: teller\nendpoints: []\nsecurity: {hosts: [demo-node]}\n"
+        "security:\n  hosts: [demo-node]\n  mode: strict\n"
+        "  authorization: [{name: tellers-only, action: allow, callers: [teller]}]\n---\n"
+        "name: teller\nendpoints: []\nsecurity: {hosts: [demo-node]}\n---\n"
+        "name: visitor\nendpoints: []\nsecurity: {hosts: [demo-node]}\n"
     )
     demo.say(
         "mTLS between services: service vault is strict (its callers must show a mesh "
-        "certificate, and it must show vault's); teller is an identity the node may hold"
+        "certificate, and it must show vault's) and only teller may call it; teller and "
+        "visitor are identities the node may hold"
     )
     demo.meshctl("apply", "-f", str(path))
     demo.ready(
@@ -645,6 +648,22 @@ def identities(demo: Demo, agent: str, pause: float) -> None:
             f"vault: {called['ok']} of {called['calls']} calls over mTLS; the server saw the "
             f"caller as {seen}{failed}"
         )
+    visitor = _secure(
+        demo,
+        "call",
+        "--service",
+        "vault",
+        "--identity",
+        "visitor",
+        "--calls",
+        "1",
+        "--agent",
+        agent,
+    )
+    outcome = (
+        ", ".join(visitor.get("errors") or ["OK"]) if "error" not in visitor else visitor["error"]
+    )
+    demo.out(f"vault: a call from visitor: {outcome} (rule tellers-only)")
     plain = _secure(demo, "plain", "--address", address)
     demo.out(f"vault: a plaintext call: {plain.get('code', plain.get('error'))}")
     time.sleep(pause / 2)

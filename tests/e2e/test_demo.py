@@ -139,13 +139,14 @@ def test_demo_shows_the_mesh_working(tmp_path: Path) -> None:
     assert "demo-node  eu-1a  echo     eu-1a=0 eu-1b=1" in zones, zones  # meshctl status, last
 
     # mTLS between services: the strict service's server takes the caller with an identity,
-    # which it sees as teller, and refuses a plaintext call.
+    # which it sees as teller, denies visitor (its rules), and refuses a plaintext call.
     secure = section(out, "==> mTLS between services", "==> stopping")
     assert "service/vault configured" in secure and "service/teller configured" in secure, secure
     assert (
         "vault: 20 of 20 calls over mTLS; the server saw the caller as "
         "spiffe://demo.mesh/service/teller\n" in secure
     ), secure
+    assert "vault: a call from visitor: PERMISSION_DENIED (rule tellers-only)" in secure, secure
     assert "vault: a plaintext call: UNAVAILABLE" in secure, secure
 
 
