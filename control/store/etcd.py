@@ -4,13 +4,22 @@ server pointed at the same cluster (DESIGN.md, decision 6).
 Key layout (``prefix`` defaults to ``/mesh``)::
 
     <prefix>/services/<name>    one mesh.v1.Service, protobuf binary, deterministic serialization
+    <prefix>/history/<name>/<seq>   one mesh.v1.HistoryEntry per change of the service (seq:
+                                a counter per service, 12 digits); its revision is the key's
+                                ``mod_revision``, the revision of the change itself
+    <prefix>/audit/<time ns>-<random>   one mesh.v1.AuditEntry per admin write
 
-The store itself writes nothing else; :class:`EtcdKeys` gives other parts plain keys beside
-it (``<prefix>/nodes/``: :mod:`control.shared_nodes`). Revisions are etcd's own: a service's
-revision is the ``mod_revision`` of its key, and the store revision is the etcd revision the
-store has caught up with (the header revision of the last read, or the revision of the last
-change seen). So every control server on one etcd agrees on revisions, and they never go
-backwards.
+A history entry is written in the same transaction as the change it records, and pruned to
+the store's :class:`~control.store._history.HistoryLimits` in that transaction too, so writers
+on several control servers never lose one: the transaction's compare on the service's key
+also guards the counter. History and audit entries are read from etcd when asked for (they
+are not kept in memory), so every control server on one etcd shows the same. :class:`EtcdKeys`
+gives other parts plain keys beside them (``<prefix>/nodes/``: :mod:`control.shared_nodes`).
+
+Revisions are etcd's own: a service's revision is the ``mod_revision`` of its key, and the
+store revision is the etcd revision the store has caught up with (the header revision of the
+last read, or the revision of the last change seen). So every control server on one etcd
+agrees on revisions, and they never go backwards.
 
 The store keeps a copy of every service in memory (:class:`BaseStore`): it is loaded with one
 range read on :meth:`EtcdStore.start`, then kept current by a single etcd watch on
@@ -42,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -63,6 +73,16 @@ from control.store._base import (
     _Entry,
     copy_service,
 )
+from control.store._history import (
+    AuditEntry,
+    Change,
+    HistoryEntry,
+    HistoryLimits,
+    audit_matches,
+    entry,
+    keep_mask,
+    kept,
+)
 from mesh.v1 import admin_pb2, config_pb2
 from mesh_core.aio import wait_event
 from mesh_core.backoff import Backoff
@@ -73,6 +93,9 @@ log = structlog.get_logger(__name__)
 DEFAULT_PREFIX = "/mesh"
 DEFAULT_PORT = 2379
 SERVICES_DIR = "/services/"
+HISTORY_DIR = "/history/"
+AUDIT_DIR = "/audit/"
+_SEQ_DIGITS = 12
 
 _T = TypeVar("_T")
 
@@ -171,6 +194,17 @@ async def _prepend(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield item
 
 
+def _kept_key(key: bytes, value: bytes) -> _Kept:
+    """A history key's counter and time (0 for a value that does not decode: pruned first)."""
+    tail = key.rsplit(b"/", 1)[-1]
+    seq = int(tail) if tail.isdigit() else 0
+    try:
+        time_ns = admin_pb2.HistoryEntry.FromString(value).time.ToNanoseconds()
+    except Exception:  # protobuf DecodeError and friends
+        time_ns = 0
+    return _Kept(key, seq, time_ns)
+
+
 class _WatchEnded(Exception):
     """The watch stream ended or was canceled by etcd; start it again."""
 
@@ -181,6 +215,15 @@ class _Current:
 
     mod_revision: int
     service: Service | None  # None when the value does not decode
+
+
+@dataclass(frozen=True)
+class _Kept:
+    """A history key as read from etcd."""
+
+    key: bytes
+    seq: int
+    time_ns: int
 
 
 class EtcdStore(BaseStore):
@@ -203,8 +246,9 @@ class EtcdStore(BaseStore):
         write_retries: int = 10,
         backoff: Backoff = Backoff(base=0.1, cap=2.0),  # noqa: B008 (frozen, shared safely)
         max_log: int = DEFAULT_MAX_LOG,
+        history: HistoryLimits | None = None,
     ) -> None:
-        super().__init__(max_log=max_log)
+        super().__init__(max_log=max_log, history=history)
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e.strip()]
         if not endpoints:
@@ -216,6 +260,8 @@ class EtcdStore(BaseStore):
         self.url = url or f"etcd://{','.join(self.endpoints)}{self.prefix or '/'}"
         self._services_key = (self.prefix + SERVICES_DIR).encode("utf-8")
         self._services_end: bytes = prefix_range_end(self._services_key)
+        self._history_key = (self.prefix + HISTORY_DIR).encode("utf-8")
+        self._audit_key = (self.prefix + AUDIT_DIR).encode("utf-8")
         self._start_timeout = start_timeout
         self._op_timeout = op_timeout
         self._write_retries = max(1, write_retries)
@@ -278,7 +324,7 @@ class EtcdStore(BaseStore):
     # -- writes -----------------------------------------------------------------------------
 
     async def apply(
-        self, services: Sequence[Service], *, if_revision: int = 0
+        self, services: Sequence[Service], *, if_revision: int = 0, change: Change | None = None
     ) -> tuple[int, builtins.list[AppliedService]]:
         self._check_open()
         self._check_batch(services)
@@ -287,7 +333,7 @@ class EtcdStore(BaseStore):
         for attempt in range(self._write_retries):
             if attempt:
                 await asyncio.sleep(next(delays))
-            current = await self._read_keys(names)
+            current, history = await self._read_keys(names)
             self._check_read_conflicts(names, current, if_revision)
             changed = [
                 svc
@@ -305,13 +351,23 @@ class EtcdStore(BaseStore):
             txn = rpc.TxnRequest(
                 compare=[self._unchanged_since_read(name, current.get(name)) for name in names],
                 success=[
-                    rpc.RequestOp(
-                        request_put=rpc.PutRequest(
-                            key=self._key(svc.name),
-                            value=svc.SerializeToString(deterministic=True),
-                        )
-                    )
+                    op
                     for svc in changed
+                    for op in [
+                        rpc.RequestOp(
+                            request_put=rpc.PutRequest(
+                                key=self._key(svc.name),
+                                value=svc.SerializeToString(deterministic=True),
+                            )
+                        ),
+                        *self._history_ops(
+                            svc.name,
+                            svc,
+                            history[svc.name],
+                            change,
+                            created=svc.name not in current,
+                        ),
+                    ]
                 ],
             )
             revision = await self._commit_txn(txn)
@@ -333,20 +389,22 @@ class EtcdStore(BaseStore):
             f"applied ({self._write_retries} attempts); try again"
         )
 
-    async def delete(self, name: str, *, if_revision: int = 0) -> int:
+    async def delete(self, name: str, *, if_revision: int = 0, change: Change | None = None) -> int:
         self._check_open()
         delays = _RACE_BACKOFF.delays()
         for attempt in range(self._write_retries):
             if attempt:
                 await asyncio.sleep(next(delays))
-            current = (await self._read_keys([name])).get(name)
+            read, history = await self._read_keys([name])
+            current = read.get(name)
             if current is None:
                 raise NotFoundError(f"service {name!r} not found")
             self._check_read_conflicts([name], {name: current}, if_revision)
             txn = rpc.TxnRequest(
                 compare=[self._unchanged_since_read(name, current)],
                 success=[
-                    rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=self._key(name)))
+                    rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=self._key(name))),
+                    *self._history_ops(name, None, history[name], change, created=False),
                 ],
             )
             revision = await self._commit_txn(txn)
@@ -359,6 +417,118 @@ class EtcdStore(BaseStore):
             f"service {name!r} kept changing in etcd while being deleted "
             f"({self._write_retries} attempts); try again"
         )
+
+    # -- history and audit ------------------------------------------------------------------
+
+    def _history_prefix(self, name: str) -> bytes:
+        return self._history_key + name.encode("utf-8") + b"/"
+
+    def _history_ops(
+        self,
+        name: str,
+        service: Service | None,
+        existing: Sequence[_Kept],
+        change: Change | None,
+        *,
+        created: bool,
+    ) -> builtins.list[Any]:
+        """The operations of a write's transaction for ``name``'s history: its new entry,
+        and the deletion of those the new one pushes out of the limits."""
+        item = entry(name, 0, change, service, created=created)
+        seq = (existing[-1].seq if existing else 0) + 1
+        key = self._history_prefix(name) + f"{seq:0{_SEQ_DIGITS}d}".encode()
+        ops = [
+            rpc.RequestOp(
+                request_put=rpc.PutRequest(
+                    key=key, value=item.SerializeToString(deterministic=True)
+                )
+            )
+        ]
+        times = [k.time_ns for k in existing] + [item.time.ToNanoseconds()]
+        mask = keep_mask(times, self.history_limits)
+        ops += [
+            rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=k.key))
+            for k, keep in zip(existing, mask, strict=False)
+            if not keep
+        ]
+        return ops
+
+    async def history(self, name: str) -> builtins.list[HistoryEntry]:
+        self._check_open()
+        prefix = self._history_prefix(name)
+        request = rpc.RangeRequest(key=prefix, range_end=prefix_range_end(prefix))
+        response = await self._call(self._range_call(request))
+        out = []
+        for kv in response.kvs:
+            try:
+                item = admin_pb2.HistoryEntry.FromString(kv.value)
+            except Exception as exc:  # protobuf DecodeError and friends
+                self._logger.warning("etcd history key ignored", key=kv.key, error=str(exc))
+                continue
+            item.revision = int(kv.mod_revision)
+            out.append(item)
+        return kept(out, self.history_limits)
+
+    async def record_audit(self, item: AuditEntry) -> None:
+        self._check_open()
+        stamp = item.time.ToNanoseconds()
+        key = self._audit_key + f"{stamp:019d}-{uuid.uuid4().hex[:8]}".encode()
+        value = item.SerializeToString(deterministic=True)
+        await self._call(lambda client: client.put(key, value))
+        await self._prune_audit()
+
+    async def _prune_audit(self) -> None:
+        """Deletes audit keys older than the age limit, then the oldest beyond the count."""
+        start, end = self._audit_key, prefix_range_end(self._audit_key)
+        cutoff = start + f"{self.history_limits.cutoff_ns():019d}".encode()
+        await self._call(self._delete_call(rpc.DeleteRangeRequest(key=start, range_end=cutoff)))
+        counted = await self._call(
+            self._range_call(rpc.RangeRequest(key=start, range_end=end, count_only=True))
+        )
+        excess = int(counted.count) - self.history_limits.audit_count
+        if excess <= 0:
+            return
+        oldest = await self._call(
+            self._range_call(
+                rpc.RangeRequest(key=start, range_end=end, keys_only=True, limit=excess)
+            )
+        )
+        if oldest.kvs:
+            last = oldest.kvs[-1].key + b"\0"
+            await self._call(self._delete_call(rpc.DeleteRangeRequest(key=start, range_end=last)))
+
+    async def audit(self, since_ns: int = 0, service: str = "") -> builtins.list[AuditEntry]:
+        self._check_open()
+        since_ns = max(since_ns, self.history_limits.cutoff_ns())
+        start = self._audit_key + f"{since_ns:019d}".encode()
+        request = rpc.RangeRequest(key=start, range_end=prefix_range_end(self._audit_key))
+        response = await self._call(self._range_call(request))
+        out = []
+        for kv in response.kvs:
+            try:
+                item = admin_pb2.AuditEntry.FromString(kv.value)
+            except Exception as exc:  # protobuf DecodeError and friends
+                self._logger.warning("etcd audit key ignored", key=kv.key, error=str(exc))
+                continue
+            if audit_matches(item, since_ns, service):
+                out.append(item)
+        return out
+
+    def _range_call(self, request: Any) -> Callable[[Any], Awaitable[Any]]:
+        async def call(client: Any) -> Any:
+            return await client.kvstub.Range(
+                request, timeout=self._op_timeout, metadata=client.metadata
+            )
+
+        return call
+
+    def _delete_call(self, request: Any) -> Callable[[Any], Awaitable[Any]]:
+        async def call(client: Any) -> Any:
+            return await client.kvstub.DeleteRange(
+                request, timeout=self._op_timeout, metadata=client.metadata
+            )
+
+        return call
 
     def problems(self) -> builtins.list[StoreProblem]:
         out: builtins.list[StoreProblem] = []
@@ -446,24 +616,37 @@ class EtcdStore(BaseStore):
                 await self._drop(client, exc)
         raise StoreUnavailableError(f"etcd is unreachable ({'; '.join(errors)})")
 
-    async def _read_keys(self, names: Sequence[str]) -> dict[str, _Current]:
-        """The named services as etcd has them now (absent names left out), in one read."""
-        txn = rpc.TxnRequest(
-            success=[
-                rpc.RequestOp(request_range=rpc.RangeRequest(key=self._key(name))) for name in names
-            ]
-        )
+    async def _read_keys(
+        self, names: Sequence[str]
+    ) -> tuple[dict[str, _Current], dict[str, builtins.list[_Kept]]]:
+        """The named services as etcd has them now (absent names left out), and the keys of
+        each one's history, oldest first, in one read."""
+        ranges = [rpc.RangeRequest(key=self._key(name)) for name in names]
+        ranges += [
+            rpc.RangeRequest(
+                key=self._history_prefix(name),
+                range_end=prefix_range_end(self._history_prefix(name)),
+            )
+            for name in names
+        ]
+        txn = rpc.TxnRequest(success=[rpc.RequestOp(request_range=r) for r in ranges])
 
         async def call(client: Any) -> Any:
             return await client.kvstub.Txn(txn, timeout=self._op_timeout, metadata=client.metadata)
 
         response = await self._call(call)
         out: dict[str, _Current] = {}
-        for name, op in zip(names, response.responses, strict=True):
+        history: dict[str, builtins.list[_Kept]] = {}
+        services, kept_keys = response.responses[: len(names)], response.responses[len(names) :]
+        for name, op in zip(names, services, strict=True):
             for kv in op.response_range.kvs:
                 service, _ = self._decode(kv.key, kv.value)
                 out[name] = _Current(int(kv.mod_revision), service)
-        return out
+        for name, op in zip(names, kept_keys, strict=True):
+            history[name] = []
+            for kv in op.response_range.kvs:
+                history[name].append(_kept_key(kv.key, kv.value))
+        return out, history
 
     async def _commit_txn(self, txn: Any) -> int | None:
         """The revision of a transaction that succeeded, or None when a compare failed."""

@@ -80,8 +80,11 @@ async def test_key_layout_and_prefixes(etcd: EtcdServer) -> None:
         assert got is not None
         assert got.value == svc("orders").SerializeToString(deterministic=True)
         assert got.mod_revision == revision
+        history = await client.get(b"/team-a/history/orders/000000000001")
         keys = [kv.key for kv in await client.get_prefix(b"/")]
-    assert keys == [b"/team-a/services/orders"]
+    # the history entry was written in the same transaction as the service
+    assert history is not None and history.mod_revision == revision
+    assert keys == [b"/team-a/history/orders/000000000001", b"/team-a/services/orders"]
     assert await b.list() == (b.revision, [])  # another prefix is another store
     await a.close()
     await b.close()

@@ -116,7 +116,15 @@ async def test_file_store_writes_yaml_and_survives_restart(tmp_path: Path) -> No
     await store.apply([svc("orders", "10.0.0.2:1")])  # 2
     await store.apply([svc("gone")])  # 3
     await store.delete("gone")  # 4
-    assert sorted(os.listdir(directory)) == [".mesh-store.json", "billing.yaml", "orders.yaml"]
+    assert sorted(os.listdir(directory)) == [
+        ".mesh-history",
+        ".mesh-store.json",
+        "billing.yaml",
+        "orders.yaml",
+    ]
+    # the history of every service ever written, a deleted one's too
+    history = sorted(os.listdir(directory / ".mesh-history"))
+    assert history == ["billing.json", "gone.json", "orders.json"]
     assert load_documents((directory / "orders.yaml").read_text(), "orders.yaml") == [
         svc("orders", "10.0.0.2:1")
     ]
@@ -339,6 +347,7 @@ async def test_writes_leave_no_temporary_files(tmp_path: Path) -> None:
     await store.delete("s0")
     await store.close()
     assert sorted(os.listdir(tmp_path)) == [
+        ".mesh-history",
         ".mesh-store.json",
         "orders.yaml",
         "s1.yaml",
