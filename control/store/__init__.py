@@ -20,13 +20,15 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from control.store._base import Store, StoreEvent
-from control.store._history import Change, HistoryLimits
+from control.store._history import DEFAULT_AUDIT_COUNT, DEFAULT_HISTORY_COUNT, Change, HistoryLimits
 from control.store.etcd import EtcdStore, parse_etcd_url
 from control.store.file import FileStore
 from control.store.memory import MemoryStore
 from mesh_core.errors import ConfigError
 
 __all__ = [
+    "DEFAULT_AUDIT_COUNT",
+    "DEFAULT_HISTORY_COUNT",
     "Change",
     "EtcdStore",
     "FileStore",
