@@ -7,10 +7,15 @@ An entry says who (the operator, or for a refused caller what its certificate na
 where (the peer address), what (action, services, message), and how it ended: ``ok`` with the
 store revision, or ``refused`` with a reason (:data:`REASONS`) and the refusal's message.
 Nothing secret goes in: never a token, only that a token was used (``who`` ``token``).
+
+Writes refused by the rate limit are logged each, but kept in the store at most once per
+caller every :data:`LIMITED_EVERY` seconds: a caller flooding the server must not turn each
+refused call into a store write.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -41,6 +46,8 @@ ANONYMOUS = "anonymous"
 _MAX_NAMES = 20
 _MAX_NAME = 200
 _MAX_DETAIL = 2000
+LIMITED_EVERY = 5.0
+_MAX_LIMITED_CALLERS = 10_000
 
 REASONS: tuple[tuple[type[MeshError], str], ...] = (
     (RateLimited, "rate limited"),
@@ -83,6 +90,8 @@ class AuditTrail:
         self._store = store
         self._access = access
         self._server_id = server_id
+        # caller -> when its last rate-limited refusal was kept in the store (monotonic)
+        self._limited: dict[str, float] = {}
 
     def caller(self, context: Any) -> str:
         """Who a caller is before it is known to be an operator: its certificate's identity,
@@ -103,6 +112,18 @@ class AuditTrail:
             await self._keep(context, action, record, message, error)
             raise
         await self._keep(context, action, record, message, None)
+
+    def _keep_limited(self, who: str, peer: str) -> bool:
+        """Whether to keep this rate-limited refusal in the store (see the module's doc)."""
+        now = time.monotonic()
+        if len(self._limited) > _MAX_LIMITED_CALLERS:
+            self._limited = {k: t for k, t in self._limited.items() if now - t < LIMITED_EVERY}
+        caller = f"{who} {peer.rpartition(':')[0]}"
+        last = self._limited.get(caller)
+        if last is not None and now - last < LIMITED_EVERY:
+            return False
+        self._limited[caller] = now
+        return True
 
     async def _keep(
         self,
@@ -138,6 +159,8 @@ class AuditTrail:
             log.info("admin write", revision=record.revision, **fields)
         else:
             log.warning("admin write", reason=item.reason, detail=item.detail, **fields)
+        if isinstance(error, RateLimited) and not self._keep_limited(record.who, item.peer):
+            return
         try:
             await self._store.record_audit(item)
         except Exception as exc:  # the write's own outcome stands; the log line has it

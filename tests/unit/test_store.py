@@ -177,6 +177,35 @@ async def test_hand_edit_is_picked_up_by_watch(fstore: FileStore) -> None:
     (fstore.directory / "orders.yaml").write_text("# moved\n" + doc("orders", "10.0.0.2:50051"))
     await asyncio.sleep(0.3)
     assert fstore.revision == 4
+    # hand edits are in the history, by "file"
+    history = await fstore.history("billing")
+    assert [(e.revision, e.action, e.who, e.created) for e in history] == [
+        (2, "apply", "file", True),
+        (4, "delete", "file", False),
+    ]
+    assert [(e.who, e.message) for e in await fstore.history("orders")][-1] == (
+        "file",
+        "edited on disk",
+    )
+
+
+async def test_a_corrupt_history_file_is_set_aside(tmp_path: Path) -> None:
+    store = file_store(tmp_path)
+    await store.start()
+    await store.apply([svc("orders")])
+    await store.close()
+    (tmp_path / ".mesh-history" / "orders.json").write_text("{not json")
+    store = file_store(tmp_path)
+    await store.start()
+    try:
+        assert await store.history("orders") == []
+        assert [p.name.split(".corrupt-")[0] for p in (tmp_path / ".mesh-history").iterdir()] == [
+            "orders.json"
+        ]
+        await store.apply([svc("orders", "10.0.0.2:1")])
+        assert [e.revision for e in await store.history("orders")] == [2]
+    finally:
+        await store.close()
 
 
 async def test_broken_hand_edit_keeps_the_service_until_fixed(tmp_path: Path) -> None:
