@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import Proc, run_cli, wait_for
 from tests.e2e.conftest import EtcdServer, MeshProcesses
-from tests.e2e.helpers import meshctl
+from tests.e2e.helpers import Pki, meshctl
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -218,3 +218,24 @@ def test_refused_writes_are_audited_and_change_nothing(
     [entry] = as_json(control, "history", "orders")["history"]
     assert (entry["who"], entry["message"]) == ("token", "by token")
     assert live(control)["revision"] == revision
+
+
+def test_who_is_the_certificate_identity_with_mtls(procs: MeshProcesses, tmp_path: Path) -> None:
+    pki = Pki(tmp_path / "pki")
+    _, control = procs.start_control(tls_dir=pki.issue("server", server="127.0.0.1"))
+    alice = ("--control", control, *Pki.flags(pki.issue("alice", operator="alice")))
+    node = ("--control", control, *Pki.flags(pki.issue("n1", node="n1")))
+    path = orders(tmp_path / "orders.yaml", "2s")
+    done = run_cli("control.meshctl", *alice, "apply", "-f", str(path), "-m", "by alice")
+    assert done.returncode == 0, done.stderr
+    refused = run_cli("control.meshctl", *node, "delete", "service", "orders")
+    assert refused.returncode != 0 and "needs an operator" in refused.stderr
+    history = json.loads(
+        run_cli("control.meshctl", *node, "history", "orders", "-o", "json").stdout
+    )
+    assert [h["who"] for h in history["history"]] == ["spiffe://mesh.test/operator/alice"]
+    audit = json.loads(run_cli("control.meshctl", *alice, "audit", "-o", "json").stdout)["audit"]
+    assert [(e["who"], e["action"], e["outcome"]) for e in audit] == [
+        ("spiffe://mesh.test/operator/alice", "apply", "ok"),
+        ("spiffe://mesh.test/node/n1", "delete", "refused"),
+    ]
