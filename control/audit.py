@@ -10,7 +10,8 @@ Nothing secret goes in: never a token, only that a token was used (``who`` ``tok
 
 Writes refused by the rate limit are logged each, but kept in the store at most once per
 caller every :data:`LIMITED_EVERY` seconds: a caller flooding the server must not turn each
-refused call into a store write.
+refused call into a store write. A write refused because the store is unavailable is logged
+only.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from mesh_core.errors import (
     PermissionDeniedError,
     PreconditionError,
     RateLimited,
+    StoreUnavailableError,
     UnavailableError,
 )
 
@@ -161,6 +163,8 @@ class AuditTrail:
             log.warning("admin write", reason=item.reason, detail=item.detail, **fields)
         if isinstance(error, RateLimited) and not self._keep_limited(record.who, item.peer):
             return
+        if isinstance(error, StoreUnavailableError):
+            return  # it would not take the entry either (and would make the caller wait again)
         try:
             await self._store.record_audit(item)
         except Exception as exc:  # the write's own outcome stands; the log line has it

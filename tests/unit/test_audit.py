@@ -19,6 +19,7 @@ from mesh_core.errors import (
     NotFoundError,
     PermissionDeniedError,
     RateLimited,
+    StoreUnavailableError,
 )
 
 
@@ -76,6 +77,16 @@ async def test_a_rate_limited_flood_is_logged_but_kept_once() -> None:
                 raise RateLimited("admin_writes_per_second", "slow down", 1.0)
     assert len([x for x in logs if x["event"] == "admin write"]) == 6
     assert [e.peer for e in await store.audit()] == ["ipv4:10.0.0.9:0", "ipv4:10.0.0.8:1"]
+
+
+async def test_a_write_the_store_could_not_take_is_logged_only() -> None:
+    store = MemoryStore()
+    trail = AuditTrail(store, Access(), "server-1")
+    with structlog.testing.capture_logs() as logs, pytest.raises(StoreUnavailableError):
+        async with trail.write(Context(), "apply", ["orders"], ""):
+            raise StoreUnavailableError("etcd is unreachable")
+    assert [(x["event"], x["reason"]) for x in logs] == [("admin write", "store unavailable")]
+    assert await store.audit() == []
 
 
 def test_diff_paths_are_readable() -> None:
