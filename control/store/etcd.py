@@ -9,10 +9,11 @@ Key layout (``prefix`` defaults to ``/mesh``)::
                                 ``mod_revision``, the revision of the change itself
     <prefix>/audit/<time ns>-<random>   one mesh.v1.AuditEntry per admin write
 
-A history entry is written in the same transaction as the change it records, and pruned to
-the store's :class:`~control.store._history.HistoryLimits` in that transaction too, so writers
-on several control servers never lose one: the transaction's compare on the service's key
-also guards the counter. History and audit entries are read from etcd when asked for (they
+A history entry is written in the same transaction as the change it records, so writers on
+several control servers never lose one: the transaction's compare on the service's key also
+guards the counter. Entries pushed out of the store's
+:class:`~control.store._history.HistoryLimits` are deleted right after (reads leave them out
+meanwhile). History and audit entries are read from etcd when asked for (they
 are not kept in memory), so every control server on one etcd shows the same. :class:`EtcdKeys`
 gives other parts plain keys beside them (``<prefix>/nodes/``: :mod:`control.shared_nodes`).
 
@@ -96,6 +97,8 @@ SERVICES_DIR = "/services/"
 HISTORY_DIR = "/history/"
 AUDIT_DIR = "/audit/"
 _SEQ_DIGITS = 12
+DEFAULT_MAX_TXN_OPS = 128
+"""etcd's default ``--max-txn-ops``: compares, and operations, in one transaction."""
 
 _T = TypeVar("_T")
 
@@ -233,7 +236,9 @@ class EtcdStore(BaseStore):
     ``start`` gives up after ``start_timeout`` seconds without reaching any member
     (StoreUnavailableError). ``op_timeout`` bounds every etcd call and a write's wait for its
     own change to come back through the watch. ``write_retries`` is how often a write that
-    lost a race with another writer is tried again."""
+    lost a race with another writer is tried again. ``max_txn_ops``: etcd's ``--max-txn-ops``; an
+    apply writes two keys per changed service in one transaction (the service and its history
+    entry), so at most half as many services change in one apply (ConfigError beyond)."""
 
     def __init__(
         self,
@@ -247,8 +252,10 @@ class EtcdStore(BaseStore):
         backoff: Backoff = Backoff(base=0.1, cap=2.0),  # noqa: B008 (frozen, shared safely)
         max_log: int = DEFAULT_MAX_LOG,
         history: HistoryLimits | None = None,
+        max_txn_ops: int = DEFAULT_MAX_TXN_OPS,
     ) -> None:
         super().__init__(max_log=max_log, history=history)
+        self._max_txn_ops = max_txn_ops
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e.strip()]
         if not endpoints:
@@ -333,7 +340,7 @@ class EtcdStore(BaseStore):
         for attempt in range(self._write_retries):
             if attempt:
                 await asyncio.sleep(next(delays))
-            current, history = await self._read_keys(names)
+            current = await self._read_keys(names)
             self._check_read_conflicts(names, current, if_revision)
             changed = [
                 svc
@@ -348,32 +355,35 @@ class EtcdStore(BaseStore):
                     )
                     for name in names
                 ]
+            self._check_txn_size(len(names), len(changed))
+            history = await self._read_history([svc.name for svc in changed])
+            records = {
+                svc.name: self._history_record(
+                    svc.name, svc, history[svc.name], change, created=svc.name not in current
+                )
+                for svc in changed
+            }
             txn = rpc.TxnRequest(
                 compare=[self._unchanged_since_read(name, current.get(name)) for name in names],
                 success=[
                     op
                     for svc in changed
-                    for op in [
+                    for op in (
                         rpc.RequestOp(
                             request_put=rpc.PutRequest(
                                 key=self._key(svc.name),
                                 value=svc.SerializeToString(deterministic=True),
                             )
                         ),
-                        *self._history_ops(
-                            svc.name,
-                            svc,
-                            history[svc.name],
-                            change,
-                            created=svc.name not in current,
-                        ),
-                    ]
+                        records[svc.name][0],
+                    )
                 ],
             )
             revision = await self._commit_txn(txn)
             if revision is None:
                 self._logger.debug("apply raced another writer; reading again", services=names)
                 continue
+            await self._prune_history([prune for _, prune in records.values()])
             await self._wait_for(revision)
             written = {svc.name for svc in changed}
             return revision, [
@@ -395,22 +405,24 @@ class EtcdStore(BaseStore):
         for attempt in range(self._write_retries):
             if attempt:
                 await asyncio.sleep(next(delays))
-            read, history = await self._read_keys([name])
-            current = read.get(name)
+            current = (await self._read_keys([name])).get(name)
             if current is None:
                 raise NotFoundError(f"service {name!r} not found")
             self._check_read_conflicts([name], {name: current}, if_revision)
+            history = await self._read_history([name])
+            record, prune = self._history_record(name, None, history[name], change, created=False)
             txn = rpc.TxnRequest(
                 compare=[self._unchanged_since_read(name, current)],
                 success=[
                     rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=self._key(name))),
-                    *self._history_ops(name, None, history[name], change, created=False),
+                    record,
                 ],
             )
             revision = await self._commit_txn(txn)
             if revision is None:
                 self._logger.debug("delete raced another writer; reading again", service=name)
                 continue
+            await self._prune_history([prune])
             await self._wait_for(revision)
             return revision
         raise ConflictError(
@@ -423,7 +435,7 @@ class EtcdStore(BaseStore):
     def _history_prefix(self, name: str) -> bytes:
         return self._history_key + name.encode("utf-8") + b"/"
 
-    def _history_ops(
+    def _history_record(
         self,
         name: str,
         service: Service | None,
@@ -431,27 +443,50 @@ class EtcdStore(BaseStore):
         change: Change | None,
         *,
         created: bool,
-    ) -> builtins.list[Any]:
-        """The operations of a write's transaction for ``name``'s history: its new entry,
-        and the deletion of those the new one pushes out of the limits."""
+    ) -> tuple[Any, Any | None]:
+        """For a write of ``name``: the put of its history entry, for the write's own
+        transaction, and the deletion of the entries it pushes out of the limits (None: none),
+        for after it.
+
+        ``existing`` must be read after the service's key (whose ``mod_revision`` the
+        transaction compares): a writer that got in between changed that key too, so the
+        transaction fails and the counter is never taken twice. Pruning after the write is
+        safe: what is out of the limits stays out, and the newest entry is never pruned."""
         item = entry(name, 0, change, service, created=created)
         seq = (existing[-1].seq if existing else 0) + 1
         key = self._history_prefix(name) + f"{seq:0{_SEQ_DIGITS}d}".encode()
-        ops = [
-            rpc.RequestOp(
-                request_put=rpc.PutRequest(
-                    key=key, value=item.SerializeToString(deterministic=True)
-                )
-            )
-        ]
+        put = rpc.RequestOp(
+            request_put=rpc.PutRequest(key=key, value=item.SerializeToString(deterministic=True))
+        )
         times = [k.time_ns for k in existing] + [item.time.ToNanoseconds()]
-        mask = keep_mask(times, self.history_limits)
-        ops += [
-            rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=k.key))
-            for k, keep in zip(existing, mask, strict=False)
-            if not keep
-        ]
-        return ops
+        first = keep_mask(times, self.history_limits).index(True)
+        if first == 0:
+            return put, None
+        end = existing[first].key if first < len(existing) else key
+        return put, rpc.DeleteRangeRequest(key=self._history_prefix(name), range_end=end)
+
+    async def _prune_history(self, prunes: Sequence[Any | None]) -> None:
+        """Deletes history entries out of the limits (best effort: what is left now is left
+        out of reads, and pruned by the service's next write)."""
+        for request in prunes:
+            if request is None:
+                continue
+            try:
+                await self._call(self._delete_call(request))
+            except StoreUnavailableError as exc:
+                self._logger.warning("cannot prune the history in etcd", error=str(exc))
+                return
+
+    def _check_txn_size(self, names: int, changed: int) -> None:
+        """A write is one transaction: etcd refuses more than ``--max-txn-ops`` compares or
+        operations in one (128 by default)."""
+        needed = max(names, 2 * changed)
+        if needed > self._max_txn_ops:
+            raise ConfigError(
+                f"an apply of {names} services ({changed} changed) needs {needed} operations in "
+                f"one etcd transaction; this store allows {self._max_txn_ops} (etcd's "
+                "--max-txn-ops): apply them in smaller batches"
+            )
 
     async def history(self, name: str) -> builtins.list[HistoryEntry]:
         self._check_open()
@@ -616,37 +651,53 @@ class EtcdStore(BaseStore):
                 await self._drop(client, exc)
         raise StoreUnavailableError(f"etcd is unreachable ({'; '.join(errors)})")
 
-    async def _read_keys(
-        self, names: Sequence[str]
-    ) -> tuple[dict[str, _Current], dict[str, builtins.list[_Kept]]]:
-        """The named services as etcd has them now (absent names left out), and the keys of
-        each one's history, oldest first, in one read."""
-        ranges = [rpc.RangeRequest(key=self._key(name)) for name in names]
-        ranges += [
-            rpc.RangeRequest(
-                key=self._history_prefix(name),
-                range_end=prefix_range_end(self._history_prefix(name)),
-            )
-            for name in names
-        ]
-        txn = rpc.TxnRequest(success=[rpc.RequestOp(request_range=r) for r in ranges])
+    async def _read_keys(self, names: Sequence[str]) -> dict[str, _Current]:
+        """The named services as etcd has them now (absent names left out), in one read."""
+        txn = rpc.TxnRequest(
+            success=[
+                rpc.RequestOp(request_range=rpc.RangeRequest(key=self._key(name))) for name in names
+            ]
+        )
 
         async def call(client: Any) -> Any:
             return await client.kvstub.Txn(txn, timeout=self._op_timeout, metadata=client.metadata)
 
         response = await self._call(call)
         out: dict[str, _Current] = {}
-        history: dict[str, builtins.list[_Kept]] = {}
-        services, kept_keys = response.responses[: len(names)], response.responses[len(names) :]
-        for name, op in zip(names, services, strict=True):
+        for name, op in zip(names, response.responses, strict=True):
             for kv in op.response_range.kvs:
                 service, _ = self._decode(kv.key, kv.value)
                 out[name] = _Current(int(kv.mod_revision), service)
-        for name, op in zip(names, kept_keys, strict=True):
-            history[name] = []
-            for kv in op.response_range.kvs:
-                history[name].append(_kept_key(kv.key, kv.value))
-        return out, history
+        return out
+
+    async def _read_history(self, names: Sequence[str]) -> dict[str, builtins.list[_Kept]]:
+        """The keys of each named service's history, oldest first (in reads of at most
+        ``max_txn_ops`` ranges)."""
+        out: dict[str, builtins.list[_Kept]] = {}
+        step = self._max_txn_ops
+        for start in range(0, len(names), step):
+            chunk = names[start : start + step]
+            txn = rpc.TxnRequest(
+                success=[
+                    rpc.RequestOp(
+                        request_range=rpc.RangeRequest(
+                            key=self._history_prefix(name),
+                            range_end=prefix_range_end(self._history_prefix(name)),
+                        )
+                    )
+                    for name in chunk
+                ]
+            )
+
+            async def call(client: Any, txn: Any = txn) -> Any:
+                return await client.kvstub.Txn(
+                    txn, timeout=self._op_timeout, metadata=client.metadata
+                )
+
+            response = await self._call(call)
+            for name, op in zip(chunk, response.responses, strict=True):
+                out[name] = [_kept_key(kv.key, kv.value) for kv in op.response_range.kvs]
+        return out
 
     async def _commit_txn(self, txn: Any) -> int | None:
         """The revision of a transaction that succeeded, or None when a compare failed."""
