@@ -16,7 +16,7 @@ import structlog
 from control import __version__, limits
 from control.registry import DEFAULT_GRACE
 from control.security import Access
-from control.server import ControlServer, write_ready_file
+from control.server import DRAIN_GRACE, ControlServer, write_ready_file
 from control.signing import DEFAULT_LIFETIME, SigningAuthority, SigningFiles, load_signing_ca
 from mesh_core import telemetry, tls
 from mesh_core.durations import parse_duration
@@ -63,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_seconds,
         default=DEFAULT_GRACE,
         help="how long a node's registered endpoints outlive its last ADS stream (30s)",
+    )
+    serve.add_argument(
+        "--drain-grace",
+        type=_seconds,
+        default=DRAIN_GRACE,
+        help="on SIGTERM, how long open calls and streams may go on before they are "
+        f"cancelled ({DRAIN_GRACE:g}s)",
     )
     serve.add_argument("--server-id", help="identity shown to nodes (default host name + random)")
     serve.add_argument("--log-level", default=None, help="debug, info, warning or error")
@@ -184,6 +191,7 @@ async def _serve(args: argparse.Namespace) -> None:
         debounce=args.debounce,
         max_delay=args.max_delay,
         server_id=args.server_id,
+        grace=args.drain_grace,
         registration_grace=args.registration_grace,
         tls=files,
         access=access,
