@@ -10,8 +10,9 @@ the control server is pinned to core 0 and the generator to core 1 (every thread
 
 For each mode (``sotw``, ``delta``) and N (100 and 1000; ``--sizes`` overrides, ``--quick``
 uses 10 and 50): start both, connect the N nodes and wait until every node has ACKed all
-five types, then R config changes (10, 3 with ``--quick``), each an ``ApplyServices`` of
-service ``svc-0000`` with its endpoint ports changed (an EDS change). A change's latency
+five types, let them idle ``IDLE_SETTLE`` (2 s; 0.5 s with ``--quick``), then R config
+changes (10, 3 with ``--quick``), each an ``ApplyServices`` of service ``svc-0000`` with its
+endpoint ports changed (an EDS change). A change's latency
 runs from just before the RPC to the moment the last of the N nodes has written its ACK of
 the new EDS (both ``time.time()`` on this machine).
 
@@ -55,6 +56,7 @@ CHANGED = "svc-0000"
 SERVE_TIMEOUT = 320.0
 CHANGE_TIMEOUT = 60.0
 IDLE_SETTLE = 2.0  # seconds with every node connected and idle, before reading RSS
+QUICK_IDLE_SETTLE = 0.5  # the same with --quick (a smoke run: the figures are not kept)
 CPU_SETTLE = 0.3  # seconds after the last ACK, for the server to finish reading ACKs
 GOAL_P99_S = 1.0
 GOAL_RSS_KB = 20.0
@@ -159,7 +161,14 @@ def _goal(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
-def measure(procs: Processes, mode: str, nodes: int, changes: int, pinned: bool) -> Row:
+def measure(
+    procs: Processes,
+    mode: str,
+    nodes: int,
+    changes: int,
+    pinned: bool,
+    idle_settle: float = IDLE_SETTLE,
+) -> Row:
     """One control server and one generator with ``nodes`` nodes; one row."""
     control_name = f"control-{mode}-{nodes}"
     address = procs.start_ready(
@@ -195,7 +204,7 @@ def measure(procs: Processes, mode: str, nodes: int, changes: int, pinned: bool)
                 details = served.get("details", "")
                 row["result"] = f"{mode}: failed ({code}: {details})"[:200]
             return row
-        time.sleep(IDLE_SETTLE)
+        time.sleep(idle_settle)
         rss_idle = rss_kb(pid)
         gen.send("stats")
         gen_stats = gen.expect("stats", timeout=10)
@@ -288,6 +297,7 @@ def _print_lines(lines: list[str]) -> None:
 def run(options: Options) -> list[Row]:
     sizes = tuple(sorted(set(options.sizes or (QUICK_SIZES if options.quick else DEFAULT_SIZES))))
     changes = 3 if options.quick else 10
+    idle_settle = QUICK_IDLE_SETTLE if options.quick else IDLE_SETTLE
     cores = len(os.sched_getaffinity(0))
     pinned = cores >= 2
     rows: list[Row] = [
@@ -295,6 +305,7 @@ def run(options: Options) -> list[Row]:
             "table": "setup",
             "services": SERVICES,
             "changes_per_case": changes,
+            "idle_settle_s": idle_settle,
             "debounce": "default (100ms)",
             "pinning": "control core 0, generator core 1"
             if pinned
@@ -304,7 +315,7 @@ def run(options: Options) -> list[Row]:
     with Processes(options.workdir) as procs:
         for mode in MODES:
             for nodes in sizes:
-                row = measure(procs, mode, nodes, changes, pinned)
+                row = measure(procs, mode, nodes, changes, pinned, idle_settle)
                 rows.append(row)
                 if row.get("result") != "ok":
                     break  # the server does not serve this mode: no larger N either

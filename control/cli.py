@@ -16,7 +16,7 @@ import structlog
 from control import __version__, limits
 from control.registry import DEFAULT_GRACE
 from control.security import Access
-from control.server import ControlServer, write_ready_file
+from control.server import DRAIN_GRACE, ControlServer, write_ready_file
 from control.signing import DEFAULT_LIFETIME, SigningAuthority, SigningFiles, load_signing_ca
 from control.store import DEFAULT_AUDIT_COUNT, DEFAULT_HISTORY_COUNT, HistoryLimits
 from mesh_core import telemetry, tls
@@ -77,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_seconds,
         default=DEFAULT_GRACE,
         help="how long a node's registered endpoints outlive its last ADS stream (30s)",
+    )
+    serve.add_argument(
+        "--drain-grace",
+        type=_seconds,
+        default=DRAIN_GRACE,
+        help="on SIGTERM, how long open calls and streams may go on before they are "
+        f"cancelled ({DRAIN_GRACE:g}s)",
     )
     history = serve.add_argument_group("history and audit (meshctl history, rollback, audit)")
     history.add_argument(
@@ -217,6 +224,7 @@ async def _serve(args: argparse.Namespace) -> None:
         debounce=args.debounce,
         max_delay=args.max_delay,
         server_id=args.server_id,
+        grace=args.drain_grace,
         registration_grace=args.registration_grace,
         tls=files,
         access=access,

@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from mesh_agent.client._gate import Gate
+from mesh_agent.client._gate import Gate, Ticket
 from mesh_agent.client._rejection import aio_rejection
 
 # grpc.aio's own texts for a write to a call that is over (grpc/aio/_call.py).
@@ -235,17 +235,11 @@ class _MultiCallable:
         wait_for_ready: bool | None,
         compression: grpc.Compression | None,
     ) -> Any:
-        gate = self._gate
-        ticket = gate.admit_now(self._method, timeout, metadata)
-        if ticket is None:  # the first calls wait for the service's policy
-            starting = self._start_later(
-                request, timeout, metadata, credentials, wait_for_ready, compression
+        ticket = self._gate.admit_now(self._method, timeout, metadata)
+        if ticket is None or ticket.rejected:
+            return self._not_now(
+                ticket, request, timeout, metadata, credentials, wait_for_ready, compression
             )
-            return self._pending(asyncio.get_running_loop().create_task(starting))
-        if ticket.rejected:
-            failed = asyncio.get_running_loop().create_future()
-            failed.set_exception(aio_rejection(gate.service, ticket.open_until))
-            return self._pending(failed)
         call = self._inner(
             request,
             timeout=ticket.timeout,
@@ -256,6 +250,27 @@ class _MultiCallable:
         )
         call.add_done_callback(ticket.aio_done)
         return call
+
+    def _not_now(
+        self,
+        ticket: Ticket | None,
+        request: Any,
+        timeout: float | None,
+        metadata: Any,
+        credentials: grpc.CallCredentials | None,
+        wait_for_ready: bool | None,
+        compression: grpc.Compression | None,
+    ) -> _Pending:
+        """The proxy of a call that does not start now: refused (``ticket.rejected``), or one
+        of the first calls, which wait for the service's policy (no ticket yet)."""
+        if ticket is None:
+            starting = self._start_later(
+                request, timeout, metadata, credentials, wait_for_ready, compression
+            )
+            return self._pending(asyncio.get_running_loop().create_task(starting))
+        failed = asyncio.get_running_loop().create_future()
+        failed.set_exception(aio_rejection(self._gate.service, ticket.open_until))
+        return self._pending(failed)
 
     async def _start_later(
         self,
@@ -295,7 +310,22 @@ class _UnaryUnary(_MultiCallable, grpc.aio.UnaryUnaryMultiCallable[Any, Any]):
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> Any:
-        return self._call(request, timeout, metadata, credentials, wait_for_ready, compression)
+        # _call, inlined for the most common kind of call (a call frame less).
+        ticket = self._gate.admit_now(self._method, timeout, metadata)
+        if ticket is None or ticket.rejected:
+            return self._not_now(
+                ticket, request, timeout, metadata, credentials, wait_for_ready, compression
+            )
+        call = self._inner(
+            request,
+            timeout=ticket.timeout,
+            metadata=ticket.metadata,
+            credentials=credentials,
+            wait_for_ready=wait_for_ready,
+            compression=compression,
+        )
+        call.add_done_callback(ticket.aio_done)
+        return call
 
 
 class _UnaryStream(_MultiCallable, grpc.aio.UnaryStreamMultiCallable[Any, Any]):

@@ -150,7 +150,7 @@ class AioUnaryUnaryInterceptor(_AioBase, grpc.aio.UnaryUnaryClientInterceptor):
         except asyncio.CancelledError:
             ticket.finish("CANCELLED", "")
             raise
-        ticket.finish("OK", "")
+        ticket.ok()
         return call
 
 

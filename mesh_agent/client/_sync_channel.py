@@ -64,7 +64,7 @@ class _MultiCallable:
         except grpc.RpcError as error:
             ticket.done(error)
             raise
-        ticket.finish("OK", "")
+        ticket.ok()
         return result
 
     def _started(

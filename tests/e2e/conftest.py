@@ -292,6 +292,25 @@ def etcd(tmp_path: Path, procs: MeshProcesses) -> Iterator[EtcdServer]:
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def shared_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    """One running etcd for a whole test module, for tests that neither stop, pause nor
+    compact it and keep their keys under a prefix of their own (see :func:`etcd_prefix`):
+    it saves starting an etcd per test. A test that disturbs etcd takes ``etcd``."""
+    server = EtcdServer(require_tool("etcd"), tmp_path_factory.mktemp("shared-etcd"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def etcd_prefix(request: pytest.FixtureRequest) -> str:
+    """A key prefix of the test's own in :func:`shared_etcd`: ``/t-`` and the test's name."""
+    return "/t-" + "".join(c if c.isalnum() or c in "-_" else "_" for c in request.node.name)
+
+
 class EtcdRelay:
     """A TCP relay to etcd (threads: for processes and event loops alike) that can cut every
     connection and refuse new ones: a network partition between one etcd client (a control

@@ -65,7 +65,8 @@ def test_calls_through_the_agent_spread_over_both_backends(
 
 def test_control_restart_resends_nothing_unchanged(procs: MeshProcesses, tmp_path: Path) -> None:
     store = f"file:{tmp_path / 'store'}"
-    control_proc, control = procs.start_control(store=store)
+    # Restarted under its agent: no need to wait out the default drain of the agent's stream.
+    control_proc, control = procs.start_control("--drain-grace", "500ms", store=store)
     _, backend = procs.start_backend("backend-1")
     meshctl(control, "apply", "-f", str(write_service(tmp_path / "s.yaml", "echo", backend)))
     _, agent = procs.start_agent(control, "node-1")

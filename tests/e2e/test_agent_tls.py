@@ -128,17 +128,18 @@ def test_the_tcp_listener_refuses_clients_without_a_certificate(
         status = agent_pb2_grpc.AgentServiceStub(channel).GetAgentStatus(request, timeout=5)
         assert status.node_id == "n1"
 
-    # A mesh_channel process without certificates: grpcio's xDS client cannot connect.
+    # Three mesh_channel processes, independent of each other, started together: one without
+    # certificates (grpcio's xDS client cannot connect), one with them over the unix socket
+    # (plaintext there: the TLS files are ignored), one with them through the TCP listener.
     plain = mesh.client("plain", mesh.tcp, "echo", NO_TLS, "--count", "2", "--interval", "0.5")
+    unix = mesh.client("unix", mesh.unix, "echo", tls_env(mesh.app), "--count", "5")
+    tcp = mesh.client("tcp", mesh.tcp, "echo", tls_env(mesh.app), "--count", "5")
     wait_for(lambda: len(records(plain)) == 2, 30, "two calls without certificates")
     for record in records(plain):
         assert record["code"] == "UNAVAILABLE" and mesh.tcp in str(record["details"]), record
-    # With certificates, over the unix socket (plaintext there: the TLS files are ignored).
-    unix = mesh.client("unix", mesh.unix, "echo", tls_env(mesh.app), "--count", "5")
     wait_for(lambda: len(records(unix)) == 5, 30, "five calls over the unix socket")
     assert all(r["ok"] for r in records(unix)), records(unix)
     # Through the agent's TCP listener with them: the same calls work.
-    tcp = mesh.client("tcp", mesh.tcp, "echo", tls_env(mesh.app), "--count", "5")
     wait_for(lambda: len(records(tcp)) == 5, 30, "five calls over mTLS")
     assert all(r["ok"] for r in records(tcp)), records(tcp)
 

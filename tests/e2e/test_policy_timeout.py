@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,21 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 SERVICE = "slow"
 POLICY = "timeout: 3s"
+
+
+@pytest.fixture(scope="module")
+def slow_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str]]:
+    """A control server, a backend behind ``slow`` with the 3 s policy timeout, and agent
+    node-1, shared by the tests below that take it: each of them starts client processes of
+    its own (their own node ids), every call sets the backend's delay first, and a test that
+    changes ``slow`` puts it back. Returns the control server's, backend's and agent's
+    addresses."""
+    workdir = tmp_path_factory.mktemp("slow-mesh")
+    shared = MeshProcesses(workdir)
+    try:
+        yield breaker_setup(shared, workdir, SERVICE, POLICY)
+    finally:
+        shared.stop_all()
 
 
 def run_client(
@@ -87,9 +103,9 @@ def deadline_exceeded(record: dict[str, Any], low: float, high: float) -> None:
 
 @pytest.mark.parametrize("flavour", ["mesh", "aio"])
 def test_mesh_channels_apply_the_policy_timeout_themselves(
-    procs: MeshProcesses, tmp_path: Path, flavour: str
+    procs: MeshProcesses, slow_mesh: tuple[str, str, str], flavour: str
 ) -> None:
-    _, backend, agent = breaker_setup(procs, tmp_path, SERVICE, POLICY)
+    _, backend, agent = slow_mesh
     # The first call (before the process knows the policy) is a slow one: it must wait for
     # the policy and measure the timeout from when it was made. Then a warm-up, a call
     # within the timeout, one past it, and one whose caller's own deadline is shorter.
@@ -176,9 +192,9 @@ def _route_timeout(route: route_pb2.RouteConfiguration) -> float | None:
 
 
 def test_raw_xds_channels_keep_the_route_timeout_as_xds_defines_it(
-    procs: MeshProcesses, tmp_path: Path
+    procs: MeshProcesses, slow_mesh: tuple[str, str, str]
 ) -> None:
-    _, backend, agent = breaker_setup(procs, tmp_path, SERVICE, POLICY)
+    _, backend, agent = slow_mesh
     # A process with a raw channel alone, and then (the backend's delay is shared) one with a
     # mesh_channel and a raw xds:/// channel side by side, under one bootstrap.
     raw = run_client(procs, "raw", agent, backend, "raw", "0:20", linger=60)
@@ -225,9 +241,9 @@ def _until(link: AgentLink, service: str, timeout: float | None) -> None:
 
 
 def test_the_agent_tells_each_watched_service_its_call_policy(
-    procs: MeshProcesses, tmp_path: Path
+    slow_mesh: tuple[str, str, str], tmp_path: Path
 ) -> None:
-    control, backend, agent = breaker_setup(procs, tmp_path, SERVICE, POLICY)
+    control, backend, agent = slow_mesh
     # mesh_interceptor() on a plain channel of one's own applies the same deadline.
     channel = grpc.intercept_channel(
         grpc.insecure_channel(backend), mesh_interceptor(SERVICE, agent=agent)
@@ -242,9 +258,9 @@ def test_the_agent_tells_each_watched_service_its_call_policy(
     link_for(agent).close()  # the interceptor's link: its watch would hold the agent's stop
 
     link = AgentLink(agent)
+    document = tmp_path / "changed.yaml"
     try:
         assert link.call_timeout(SERVICE) == 3.0  # waited for, the agent fetched it
-        document = tmp_path / "changed.yaml"
         document.write_text(f"name: {SERVICE}\nendpoints: [{{address: '{backend}'}}]\n")
         meshctl(control, "apply", "-f", str(document))
         _until(link, SERVICE, None)  # no timeout any more
@@ -269,6 +285,12 @@ def test_the_agent_tells_each_watched_service_its_call_policy(
         _until(link, "later", None)
     finally:
         link.close()
+        # Back as the module's other tests have it: the policy's 3 s, no delay.
+        document.write_text(
+            f"name: {SERVICE}\nendpoints: [{{address: '{backend}'}}]\npolicy:\n  {POLICY}\n"
+        )
+        meshctl(control, "apply", "-f", str(document))
+        configure(backend)
 
 
 WARNED_PROGRAM = """

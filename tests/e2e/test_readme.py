@@ -4,6 +4,7 @@ grpcurl commands are run, and every flag its shell commands name exists."""
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 import subprocess
@@ -75,6 +76,14 @@ def service_blocks() -> list[tuple[int, str]]:
 # -- every flag named exists -------------------------------------------------------------------
 
 
+@functools.cache
+def _run_help(args: tuple[str, ...]) -> tuple[int, str]:
+    """The exit code and stdout of ``args`` (a ``--help`` command line); the README names the
+    same commands many times, and their help does not change within a run."""
+    result = subprocess.run(args, capture_output=True, text=True, timeout=30, check=False)
+    return result.returncode, result.stdout
+
+
 def _help_of(words: list[str]) -> str:
     """``--help`` of the longest prefix of ``words`` that is a command (program, then its
     subcommands), and how many words it took."""
@@ -90,11 +99,10 @@ def _help_of(words: list[str]) -> str:
     text = ""
     taken: list[str] = []
     for word in [None, *[w for w in rest if re.fullmatch(r"[a-z][a-z-]*", w)]]:
-        args = [*base, *taken, *([word] if word else []), "--help"]
-        result = subprocess.run(args, capture_output=True, text=True, timeout=30, check=False)
-        if result.returncode != 0:
+        code, stdout = _run_help((*base, *taken, *([word] if word else []), "--help"))
+        if code != 0:
             break
-        text = result.stdout
+        text = stdout
         if word:
             taken.append(word)
     return text

@@ -337,7 +337,8 @@ def test_status_right_after_a_control_server_restart(
     """The agent resumes with the versions it holds and is sent nothing: status shows every
     type ACKed at the current version, not waiting, and the node on the latest config."""
     store = f"file:{tmp_path / 'store'}"
-    first, control = procs.start_control(store=store)
+    # Restarted under its agent: no need to wait out the default drain of the agent's stream.
+    first, control = procs.start_control("--drain-grace", "500ms", store=store)
     _, backend = procs.start_backend("b1", proc_name="backend")
     path = tmp_path / "echo.yaml"
     path.write_text(f"name: echo\nendpoints: [{{address: '{backend}'}}]\n")

@@ -1,8 +1,9 @@
 """The config store contract, one suite run against every backend: ``memory:``, ``file:`` (a
-directory in the test's tmp dir) and ``etcd://`` (a real etcd on free loopback ports, from the
-``etcd`` fixture; only that case is e2e). Revisions are checked from the store's revision at the
-start: 0 for memory and file, etcd's own for etcd, and every write adds exactly one. The
-history of each service and the audit trail are part of the contract too.
+directory in the test's tmp dir) and ``etcd://`` (a real etcd on free loopback ports, one for
+the module from the ``shared_etcd`` fixture, a prefix of its own per test; only that case is
+e2e). Revisions are checked from the store's revision at the start: 0 for memory and file,
+etcd's own for etcd, and every write adds exactly one. The history of each service and the
+audit trail are part of the contract too.
 
 What only one backend has stays with it: the file store's directory in
 ``tests/unit/test_store.py``, the memory store's log in the same file, etcd's key layout,
@@ -44,7 +45,9 @@ def svc(name: str, address: str = "10.0.0.1:50051") -> config_pb2.Service:
     return service
 
 
-def open_backend(kind: str, tmp_path: Path, etcd: EtcdServer | None) -> Store:
+def open_backend(
+    kind: str, tmp_path: Path, etcd: EtcdServer | None, prefix: str = "/test"
+) -> Store:
     if kind == "memory":
         return MemoryStore()
     if kind == "file":
@@ -52,7 +55,7 @@ def open_backend(kind: str, tmp_path: Path, etcd: EtcdServer | None) -> Store:
     assert etcd is not None
     return EtcdStore(
         etcd.endpoint,
-        prefix="/test",
+        prefix=prefix,
         backoff=Backoff(base=0.05, cap=0.3),
         start_timeout=5.0,
         op_timeout=3.0,
@@ -74,8 +77,13 @@ async def backend(
 ) -> AsyncIterator[tuple[Store, Revision]]:
     """A started store, and a function giving the revision its backend is at: the store's
     own counter for memory and file, etcd's revision for etcd."""
-    etcd: EtcdServer | None = request.getfixturevalue("etcd") if request.param == "etcd" else None
-    store = open_backend(request.param, tmp_path, etcd)
+    # One etcd for the module (nothing here stops it), a prefix of its own per test.
+    etcd: EtcdServer | None = None
+    prefix = "/test"
+    if request.param == "etcd":
+        etcd = request.getfixturevalue("shared_etcd")
+        prefix = request.getfixturevalue("etcd_prefix")
+    store = open_backend(request.param, tmp_path, etcd, prefix)
     await store.start()
 
     async def revision() -> int:

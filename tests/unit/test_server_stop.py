@@ -48,3 +48,13 @@ async def test_a_clean_stop_leaves_nothing_running() -> None:
     await server.start()
     await server.stop()
     assert server.left_running == []
+
+
+def test_the_drain_grace_from_the_cli() -> None:
+    from control.cli import build_parser
+
+    assert build_parser().parse_args(["serve"]).drain_grace == server_module.DRAIN_GRACE
+    assert build_parser().parse_args(["serve", "--drain-grace", "500ms"]).drain_grace == 0.5
+    assert build_parser().parse_args(["serve", "--drain-grace", "0s"]).drain_grace == 0
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--drain-grace", "-1s"])
