@@ -18,8 +18,9 @@ from control.registry import DEFAULT_GRACE
 from control.security import Access
 from control.server import DRAIN_GRACE, ControlServer, write_ready_file
 from control.signing import DEFAULT_LIFETIME, SigningAuthority, SigningFiles, load_signing_ca
+from control.store import DEFAULT_AUDIT_COUNT, DEFAULT_HISTORY_COUNT, HistoryLimits
 from mesh_core import telemetry, tls
-from mesh_core.durations import parse_duration
+from mesh_core.durations import parse_duration, parse_period
 from mesh_core.errors import CertError, ConfigError, MeshError, TlsError
 from mesh_core.logs import configure
 from mesh_core.preflight import check_environment
@@ -33,6 +34,19 @@ def _seconds(text: str) -> float:
         return parse_duration(text).ToNanoseconds() / 1e9
     except ConfigError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _period(text: str) -> float:
+    try:
+        return parse_period(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +84,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=DRAIN_GRACE,
         help="on SIGTERM, how long open calls and streams may go on before they are "
         f"cancelled ({DRAIN_GRACE:g}s)",
+    )
+    history = serve.add_argument_group("history and audit (meshctl history, rollback, audit)")
+    history.add_argument(
+        "--history-count",
+        type=_positive,
+        default=DEFAULT_HISTORY_COUNT,
+        help="versions kept per service (default %(default)s; the newest is always kept)",
+    )
+    history.add_argument(
+        "--history-age",
+        type=_period,
+        default="30d",
+        help="how long versions and audit entries are kept (default %(default)s)",
+    )
+    history.add_argument(
+        "--audit-count",
+        type=_positive,
+        default=DEFAULT_AUDIT_COUNT,
+        help="audit entries kept in all (default %(default)s)",
     )
     serve.add_argument("--server-id", help="identity shown to nodes (default host name + random)")
     serve.add_argument("--log-level", default=None, help="debug, info, warning or error")
@@ -197,6 +230,7 @@ async def _serve(args: argparse.Namespace) -> None:
         access=access,
         limits=limits.from_args(args),
         signing=signing,
+        history=HistoryLimits(args.history_count, args.history_age, args.audit_count),
     )
     structlog.contextvars.bind_contextvars(server_id=server.server_id)
     stop = asyncio.Event()

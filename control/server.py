@@ -32,7 +32,7 @@ from control.resources import build_resources, zone_key
 from control.security import Access
 from control.shared_nodes import SharedNodes
 from control.signing import SigningAuthority
-from control.store import Store, open_store
+from control.store import HistoryLimits, Store, open_store
 from control.store.etcd import EtcdStore
 from mesh.v1 import admin_pb2, admin_pb2_grpc, node_pb2, node_pb2_grpc
 from mesh_core.aio import awaiting, end_tasks
@@ -76,19 +76,21 @@ class ControlServer:
         access: Access | None = None,
         limits: Limits | None = None,
         signing: SigningAuthority | None = None,
+        history: HistoryLimits | None = None,
     ) -> None:
         """``grace`` is how long calls may drain on stop; ``registration_grace`` how long a
         node's registrations outlive its last ADS stream (seconds). ``tls``: serve mTLS with
         these files (reloaded when they change); ``access``: who may do what (default: open
         without ``tls``, node and operator identities with it). ``limits``: what one call or
         node may take (default :class:`~control.limits.Limits`). ``signing``: the CA that
-        signs service identities for nodes (NodeService/SignCertificate; needs ``tls``)."""
+        signs service identities for nodes (NodeService/SignCertificate; needs ``tls``).
+        ``history``: how much history and audit a store opened from a URL keeps."""
         self.limits = limits or Limits()
         self.signing = signing
         self.streams = StreamCounter(self.limits.max_streams_per_node)
         self.tls = tls
         self.access = access or Access(mtls=tls is not None)
-        self.store = open_store(store) if isinstance(store, str) else store
+        self.store = open_store(store, history) if isinstance(store, str) else store
         self.listen = listen
         self.server_id = server_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
         domain = (signing.trust_domain if signing is not None else None) or self.access.trust_domain

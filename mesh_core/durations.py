@@ -110,3 +110,29 @@ def format_duration(d: Duration) -> str:
     if rest:
         parts.append(_decimal_text(Decimal(rest) / NANOS_PER_SECOND) + "s")
     return "".join(parts)
+
+
+_DAYS = re.compile(rf"({_NUMBER})d(.*)", re.S)
+
+
+def parse_period(text: str) -> float:
+    """Seconds in a span of time as an operator gives one on a command line: a duration
+    (``90m``, ``1h30m``) that may start with days (``30d``, ``1d12h``). Raises ConfigError
+    naming the text."""
+    original = text
+    text = text.strip()
+    days = Decimal(0)
+    match = _DAYS.fullmatch(text)
+    if match is not None:
+        days, text = Decimal(match.group(1)), match.group(2)
+    try:
+        rest = parse_duration(text).ToNanoseconds() / 1e9 if text else 0.0
+    except ConfigError:
+        raise ConfigError(
+            f"invalid period {original!r}: expected a number with a unit, like '30d', '12h', "
+            "'90m' or '1d12h' (units d, h, m, s)"
+        ) from None
+    seconds = float(days) * 86400 + rest
+    if not seconds > 0:
+        raise ConfigError(f"invalid period {original!r}: must be more than zero")
+    return seconds

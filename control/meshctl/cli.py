@@ -18,6 +18,7 @@ from control.meshctl.commands import (
     positive_seconds,
 )
 from control.meshctl.connection import DEFAULT_CONTROL
+from control.meshctl.history import cmd_audit, cmd_diff, cmd_history, cmd_rollback, period
 from mesh_core.preflight import check_environment
 
 
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="refuse if a service changed since this store revision",
     )
+    apply.add_argument("-m", "--message", help="why: kept in the history and the audit trail")
     apply.set_defaults(func=cmd_apply)
 
     get = sub.add_parser("get", help="show stored services")
@@ -72,7 +74,59 @@ def build_parser() -> argparse.ArgumentParser:
     delete = sub.add_parser("delete", help="delete a service")
     delete.add_argument("kind", choices=["service", "services", "svc"])
     delete.add_argument("name")
+    delete.add_argument(
+        "--if-revision", type=int, default=0, help="refuse if it changed since this store revision"
+    )
+    delete.add_argument("-m", "--message", help="why: kept in the history and the audit trail")
     delete.set_defaults(func=cmd_delete)
+
+    history = sub.add_parser(
+        "history",
+        help="a service's kept versions: revision, time, who, action, message, what changed",
+    )
+    history.add_argument("service")
+    history.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    history.set_defaults(func=cmd_history)
+
+    diff = sub.add_parser(
+        "diff",
+        help="what changed between two versions of a service, or what applying a file would do",
+        description=(
+            "Field by field. With SERVICE: from --from (default: the version before --to) to "
+            "--to (default: what is live), revisions from `meshctl history`. With -f FILE: "
+            "what is live against the file's services (nothing is written)."
+        ),
+    )
+    diff.add_argument("service", nargs="?")
+    diff.add_argument("--from", dest="from_revision", type=int, default=0, help="a revision")
+    diff.add_argument("--to", dest="to_revision", type=int, default=0, help="a revision")
+    diff.add_argument("-f", "--file", help="YAML/JSON file or directory to compare with live")
+    diff.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    diff.set_defaults(func=cmd_diff)
+
+    rollback = sub.add_parser(
+        "rollback",
+        help="apply a version from a service's history as a new revision (also a deleted one)",
+    )
+    rollback.add_argument("service")
+    rollback.add_argument(
+        "--to", dest="to_revision", type=int, required=True, help="the revision to bring back"
+    )
+    rollback.add_argument(
+        "--if-revision",
+        type=int,
+        default=0,
+        help="refuse if the service changed since this store revision",
+    )
+    rollback.add_argument("-m", "--message", help="why (default: rollback to revision N)")
+    rollback.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    rollback.set_defaults(func=cmd_rollback)
+
+    audit = sub.add_parser("audit", help="admin writes, done and refused, with who and from where")
+    audit.add_argument("--since", type=period, help="only the last period: 1h, 30m, 2d...")
+    audit.add_argument("--service", help="only writes naming this service")
+    audit.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    audit.set_defaults(func=cmd_audit)
 
     validate = sub.add_parser("validate", help="check files without a server")
     validate.add_argument("-f", "--file", required=True, action="append", help="file or directory")

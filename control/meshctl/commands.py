@@ -1,4 +1,5 @@
-"""The commands of ``meshctl``: ``apply``, ``get``, ``delete``, ``validate``, ``status``."""
+"""The commands of ``meshctl``: ``apply``, ``get``, ``delete``, ``validate``, ``status``
+(``history``, ``diff``, ``rollback`` and ``audit`` are in :mod:`control.meshctl.history`)."""
 
 from __future__ import annotations
 
@@ -63,7 +64,9 @@ def cmd_apply(args: argparse.Namespace) -> None:
     response = call(
         args,
         stub(args).ApplyServices,
-        admin_pb2.ApplyServicesRequest(services=services, if_revision=args.if_revision),
+        admin_pb2.ApplyServicesRequest(
+            services=services, if_revision=args.if_revision, message=args.message or ""
+        ),
     )
     for applied in response.services:
         state = "configured" if applied.changed else "unchanged"
@@ -125,7 +128,10 @@ def _traffic(args: argparse.Namespace, service: Any) -> None:
 
 
 def cmd_delete(args: argparse.Namespace) -> None:
-    response = call(args, stub(args).DeleteService, admin_pb2.DeleteServiceRequest(name=args.name))
+    request = admin_pb2.DeleteServiceRequest(
+        name=args.name, if_revision=args.if_revision, message=args.message or ""
+    )
+    response = call(args, stub(args).DeleteService, request)
     print(f"service/{args.name} deleted (revision {response.revision})")
 
 

@@ -10,6 +10,16 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeAlias, runtime_checkable
 
+from control.store._history import (
+    AuditEntry,
+    Change,
+    HistoryEntry,
+    HistoryLimits,
+    audit_kept,
+    audit_matches,
+    entry,
+    kept,
+)
 from mesh.v1 import admin_pb2, config_pb2
 from mesh_core.errors import ConfigError, ConflictError, NotFoundError, StoreUnavailableError
 
@@ -69,11 +79,13 @@ class Store(Protocol):
         ...
 
     async def apply(
-        self, services: Sequence[Service], *, if_revision: int = 0
+        self, services: Sequence[Service], *, if_revision: int = 0, change: Change | None = None
     ) -> tuple[int, builtins.list[AppliedService]]:
         """Stores ``services`` all or nothing, under one new revision; returns the store
         revision and one AppliedService per service, in order. A service identical to the
-        stored one is not rewritten and keeps its revision (``changed`` False).
+        stored one is not rewritten and keeps its revision (``changed`` False). Each service
+        written gets a history entry made from ``change`` (who, why, apply or rollback), in
+        the same write.
 
         With ``if_revision`` > 0, raises ConflictError naming the first service whose
         revision is greater than ``if_revision`` (services that do not exist pass). Names must
@@ -81,9 +93,25 @@ class Store(Protocol):
         caller's to validate (``mesh_core.validation.validate_service``)."""
         ...
 
-    async def delete(self, name: str, *, if_revision: int = 0) -> int:
+    async def delete(self, name: str, *, if_revision: int = 0, change: Change | None = None) -> int:
         """Deletes a service and returns the new store revision; raises NotFoundError, and
-        ConflictError when ``if_revision`` > 0 and the service changed after it."""
+        ConflictError when ``if_revision`` > 0 and the service changed after it. Leaves a
+        history entry (action ``delete``)."""
+        ...
+
+    async def history(self, name: str) -> builtins.list[HistoryEntry]:
+        """The kept history of ``name``, oldest first: one entry per write that changed it
+        (within the store's :class:`HistoryLimits`); [] when there is none. A deleted
+        service keeps its history."""
+        ...
+
+    async def record_audit(self, item: AuditEntry) -> None:
+        """Keeps one audit entry (bounded by the store's :class:`HistoryLimits`)."""
+        ...
+
+    async def audit(self, since_ns: int = 0, service: str = "") -> builtins.list[AuditEntry]:
+        """The kept audit entries, oldest first: from ``since_ns`` (ns since the epoch; 0:
+        all) and naming ``service`` (empty: all)."""
         ...
 
     def watch(self, after_revision: int) -> AsyncIterator[StoreEvent]:
@@ -106,6 +134,12 @@ class Store(Protocol):
         ...
 
 
+def _copy_entry(item: HistoryEntry) -> HistoryEntry:
+    out = admin_pb2.HistoryEntry()
+    out.CopyFrom(item)
+    return out
+
+
 def copy_service(svc: Service) -> Service:
     out = config_pb2.Service()
     out.CopyFrom(svc)
@@ -125,9 +159,16 @@ class BaseStore:
     Backends change state only through :meth:`_commit`, which assigns one new revision to a
     set of puts and deletes, logs the events and wakes the watchers."""
 
-    def __init__(self, *, max_log: int = DEFAULT_MAX_LOG) -> None:
+    def __init__(
+        self, *, max_log: int = DEFAULT_MAX_LOG, history: HistoryLimits | None = None
+    ) -> None:
         if max_log < 1:
             raise ValueError(f"max_log must be at least 1, got {max_log}")
+        self.history_limits = history or HistoryLimits()
+        # name -> its history, oldest first, within history_limits (pruned on each write).
+        self._history: dict[str, builtins.list[HistoryEntry]] = {}
+        self._audit: builtins.list[AuditEntry] = []
+        self._history_dirty: set[str] = set()  # names whose history changed, for saving
         self._services: dict[str, _Entry] = {}
         # name -> revision of its deletion; lets a resync report deletes it no longer logs.
         self._tombstones: dict[str, int] = {}
@@ -157,6 +198,32 @@ class BaseStore:
 
     def problems(self) -> builtins.list[StoreProblem]:
         return []
+
+    async def history(self, name: str) -> builtins.list[HistoryEntry]:
+        self._check_open()
+        entries = kept(self._history.get(name, []), self.history_limits)
+        return [_copy_entry(e) for e in entries]
+
+    async def record_audit(self, item: AuditEntry) -> None:
+        self._check_open()
+        copy = admin_pb2.AuditEntry()
+        copy.CopyFrom(item)
+        self._audit = audit_kept([*self._audit, copy], self.history_limits)
+        await self._audit_changed()
+
+    async def audit(self, since_ns: int = 0, service: str = "") -> builtins.list[AuditEntry]:
+        self._check_open()
+        self._audit = audit_kept(self._audit, self.history_limits)
+        out = []
+        for item in self._audit:
+            if audit_matches(item, since_ns, service):
+                copy = admin_pb2.AuditEntry()
+                copy.CopyFrom(item)
+                out.append(copy)
+        return out
+
+    async def _audit_changed(self) -> None:
+        """Hook: the audit trail changed (a persistent backend saves it)."""
 
     async def watch(self, after_revision: int) -> AsyncIterator[StoreEvent]:
         cursor = after_revision
@@ -233,15 +300,20 @@ class BaseStore:
             for svc in services
         ]
 
-    def _commit(self, puts: Sequence[Service], deletes: Sequence[str]) -> int:
-        """Applies ``puts`` and ``deletes`` under one new revision and wakes the watchers.
-        Returns the store revision (unchanged when there is nothing to do)."""
+    def _commit(
+        self, puts: Sequence[Service], deletes: Sequence[str], change: Change | None = None
+    ) -> int:
+        """Applies ``puts`` and ``deletes`` under one new revision, with a history entry
+        each (from ``change``), and wakes the watchers. Returns the store revision
+        (unchanged when there is nothing to do)."""
         if not puts and not deletes:
             return self._revision
         revision = self._revision + 1
         for svc in puts:
             stored = copy_service(svc)
             name: str = stored.name
+            created = name not in self._services
+            self._add_history(entry(name, revision, change, stored, created=created))
             self._services[name] = _Entry(stored, revision)
             self._tombstones.pop(name, None)
             self._log.append(StoreEvent(revision, name, stored))
@@ -249,10 +321,16 @@ class BaseStore:
             del self._services[name]
             self._tombstones[name] = revision
             self._log.append(StoreEvent(revision, name, None))
+            self._add_history(entry(name, revision, change, None, created=False))
         self._revision = revision
         self._trim_log()
         self._notify()
         return revision
+
+    def _add_history(self, item: HistoryEntry) -> None:
+        name: str = item.name
+        self._history[name] = kept([*self._history.get(name, []), item], self.history_limits)
+        self._history_dirty.add(name)
 
     def _notify(self) -> None:
         self._changed.set()

@@ -4,13 +4,23 @@ server pointed at the same cluster (DESIGN.md, decision 6).
 Key layout (``prefix`` defaults to ``/mesh``)::
 
     <prefix>/services/<name>    one mesh.v1.Service, protobuf binary, deterministic serialization
+    <prefix>/history/<name>/<seq>   one mesh.v1.HistoryEntry per change of the service (seq:
+                                a counter per service, 12 digits); its revision is the key's
+                                ``mod_revision``, the revision of the change itself
+    <prefix>/audit/<time ns>-<random>   one mesh.v1.AuditEntry per admin write
 
-The store itself writes nothing else; :class:`EtcdKeys` gives other parts plain keys beside
-it (``<prefix>/nodes/``: :mod:`control.shared_nodes`). Revisions are etcd's own: a service's
-revision is the ``mod_revision`` of its key, and the store revision is the etcd revision the
-store has caught up with (the header revision of the last read, or the revision of the last
-change seen). So every control server on one etcd agrees on revisions, and they never go
-backwards.
+A history entry is written in the same transaction as the change it records, so writers on
+several control servers never lose one: the transaction's compare on the service's key also
+guards the counter. Entries pushed out of the store's
+:class:`~control.store._history.HistoryLimits` are deleted right after (reads leave them out
+meanwhile). History and audit entries are read from etcd when asked for (they
+are not kept in memory), so every control server on one etcd shows the same. :class:`EtcdKeys`
+gives other parts plain keys beside them (``<prefix>/nodes/``: :mod:`control.shared_nodes`).
+
+Revisions are etcd's own: a service's revision is the ``mod_revision`` of its key, and the
+store revision is the etcd revision the store has caught up with (the header revision of the
+last read, or the revision of the last change seen). So every control server on one etcd
+agrees on revisions, and they never go backwards.
 
 The store keeps a copy of every service in memory (:class:`BaseStore`): it is loaded with one
 range read on :meth:`EtcdStore.start`, then kept current by a single etcd watch on
@@ -42,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -63,6 +74,16 @@ from control.store._base import (
     _Entry,
     copy_service,
 )
+from control.store._history import (
+    AuditEntry,
+    Change,
+    HistoryEntry,
+    HistoryLimits,
+    audit_matches,
+    entry,
+    keep_mask,
+    kept,
+)
 from mesh.v1 import admin_pb2, config_pb2
 from mesh_core.aio import wait_event
 from mesh_core.backoff import Backoff
@@ -73,6 +94,11 @@ log = structlog.get_logger(__name__)
 DEFAULT_PREFIX = "/mesh"
 DEFAULT_PORT = 2379
 SERVICES_DIR = "/services/"
+HISTORY_DIR = "/history/"
+AUDIT_DIR = "/audit/"
+_SEQ_DIGITS = 12
+DEFAULT_MAX_TXN_OPS = 128
+"""etcd's default ``--max-txn-ops``: compares, and operations, in one transaction."""
 
 _T = TypeVar("_T")
 
@@ -171,6 +197,17 @@ async def _prepend(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield item
 
 
+def _kept_key(key: bytes, value: bytes) -> _Kept:
+    """A history key's counter and time (0 for a value that does not decode: pruned first)."""
+    tail = key.rsplit(b"/", 1)[-1]
+    seq = int(tail) if tail.isdigit() else 0
+    try:
+        time_ns = admin_pb2.HistoryEntry.FromString(value).time.ToNanoseconds()
+    except Exception:  # protobuf DecodeError and friends
+        time_ns = 0
+    return _Kept(key, seq, time_ns)
+
+
 class _WatchEnded(Exception):
     """The watch stream ended or was canceled by etcd; start it again."""
 
@@ -183,6 +220,15 @@ class _Current:
     service: Service | None  # None when the value does not decode
 
 
+@dataclass(frozen=True)
+class _Kept:
+    """A history key as read from etcd."""
+
+    key: bytes
+    seq: int
+    time_ns: int
+
+
 class EtcdStore(BaseStore):
     """The services under ``prefix`` in the etcd cluster reached through ``endpoints``
     (``HOST:PORT`` each; the first one reachable is used, the next on failure).
@@ -190,7 +236,9 @@ class EtcdStore(BaseStore):
     ``start`` gives up after ``start_timeout`` seconds without reaching any member
     (StoreUnavailableError). ``op_timeout`` bounds every etcd call and a write's wait for its
     own change to come back through the watch. ``write_retries`` is how often a write that
-    lost a race with another writer is tried again."""
+    lost a race with another writer is tried again. ``max_txn_ops``: etcd's ``--max-txn-ops``; an
+    apply writes two keys per changed service in one transaction (the service and its history
+    entry), so at most half as many services change in one apply (ConfigError beyond)."""
 
     def __init__(
         self,
@@ -203,8 +251,11 @@ class EtcdStore(BaseStore):
         write_retries: int = 10,
         backoff: Backoff = Backoff(base=0.1, cap=2.0),  # noqa: B008 (frozen, shared safely)
         max_log: int = DEFAULT_MAX_LOG,
+        history: HistoryLimits | None = None,
+        max_txn_ops: int = DEFAULT_MAX_TXN_OPS,
     ) -> None:
-        super().__init__(max_log=max_log)
+        super().__init__(max_log=max_log, history=history)
+        self._max_txn_ops = max_txn_ops
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e.strip()]
         if not endpoints:
@@ -216,6 +267,8 @@ class EtcdStore(BaseStore):
         self.url = url or f"etcd://{','.join(self.endpoints)}{self.prefix or '/'}"
         self._services_key = (self.prefix + SERVICES_DIR).encode("utf-8")
         self._services_end: bytes = prefix_range_end(self._services_key)
+        self._history_key = (self.prefix + HISTORY_DIR).encode("utf-8")
+        self._audit_key = (self.prefix + AUDIT_DIR).encode("utf-8")
         self._start_timeout = start_timeout
         self._op_timeout = op_timeout
         self._write_retries = max(1, write_retries)
@@ -278,7 +331,7 @@ class EtcdStore(BaseStore):
     # -- writes -----------------------------------------------------------------------------
 
     async def apply(
-        self, services: Sequence[Service], *, if_revision: int = 0
+        self, services: Sequence[Service], *, if_revision: int = 0, change: Change | None = None
     ) -> tuple[int, builtins.list[AppliedService]]:
         self._check_open()
         self._check_batch(services)
@@ -302,22 +355,35 @@ class EtcdStore(BaseStore):
                     )
                     for name in names
                 ]
+            self._check_txn_size(len(names), len(changed))
+            history = await self._read_history([svc.name for svc in changed])
+            records = {
+                svc.name: self._history_record(
+                    svc.name, svc, history[svc.name], change, created=svc.name not in current
+                )
+                for svc in changed
+            }
             txn = rpc.TxnRequest(
                 compare=[self._unchanged_since_read(name, current.get(name)) for name in names],
                 success=[
-                    rpc.RequestOp(
-                        request_put=rpc.PutRequest(
-                            key=self._key(svc.name),
-                            value=svc.SerializeToString(deterministic=True),
-                        )
-                    )
+                    op
                     for svc in changed
+                    for op in (
+                        rpc.RequestOp(
+                            request_put=rpc.PutRequest(
+                                key=self._key(svc.name),
+                                value=svc.SerializeToString(deterministic=True),
+                            )
+                        ),
+                        records[svc.name][0],
+                    )
                 ],
             )
             revision = await self._commit_txn(txn)
             if revision is None:
                 self._logger.debug("apply raced another writer; reading again", services=names)
                 continue
+            await self._prune_history([prune for _, prune in records.values()])
             await self._wait_for(revision)
             written = {svc.name for svc in changed}
             return revision, [
@@ -333,7 +399,7 @@ class EtcdStore(BaseStore):
             f"applied ({self._write_retries} attempts); try again"
         )
 
-    async def delete(self, name: str, *, if_revision: int = 0) -> int:
+    async def delete(self, name: str, *, if_revision: int = 0, change: Change | None = None) -> int:
         self._check_open()
         delays = _RACE_BACKOFF.delays()
         for attempt in range(self._write_retries):
@@ -343,22 +409,161 @@ class EtcdStore(BaseStore):
             if current is None:
                 raise NotFoundError(f"service {name!r} not found")
             self._check_read_conflicts([name], {name: current}, if_revision)
+            history = await self._read_history([name])
+            record, prune = self._history_record(name, None, history[name], change, created=False)
             txn = rpc.TxnRequest(
                 compare=[self._unchanged_since_read(name, current)],
                 success=[
-                    rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=self._key(name)))
+                    rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=self._key(name))),
+                    record,
                 ],
             )
             revision = await self._commit_txn(txn)
             if revision is None:
                 self._logger.debug("delete raced another writer; reading again", service=name)
                 continue
+            await self._prune_history([prune])
             await self._wait_for(revision)
             return revision
         raise ConflictError(
             f"service {name!r} kept changing in etcd while being deleted "
             f"({self._write_retries} attempts); try again"
         )
+
+    # -- history and audit ------------------------------------------------------------------
+
+    def _history_prefix(self, name: str) -> bytes:
+        return self._history_key + name.encode("utf-8") + b"/"
+
+    def _history_record(
+        self,
+        name: str,
+        service: Service | None,
+        existing: Sequence[_Kept],
+        change: Change | None,
+        *,
+        created: bool,
+    ) -> tuple[Any, Any | None]:
+        """For a write of ``name``: the put of its history entry, for the write's own
+        transaction, and the deletion of the entries it pushes out of the limits (None: none),
+        for after it.
+
+        ``existing`` must be read after the service's key (whose ``mod_revision`` the
+        transaction compares): a writer that got in between changed that key too, so the
+        transaction fails and the counter is never taken twice. Pruning after the write is
+        safe: what is out of the limits stays out, and the newest entry is never pruned."""
+        item = entry(name, 0, change, service, created=created)
+        seq = (existing[-1].seq if existing else 0) + 1
+        key = self._history_prefix(name) + f"{seq:0{_SEQ_DIGITS}d}".encode()
+        put = rpc.RequestOp(
+            request_put=rpc.PutRequest(key=key, value=item.SerializeToString(deterministic=True))
+        )
+        times = [k.time_ns for k in existing] + [item.time.ToNanoseconds()]
+        first = keep_mask(times, self.history_limits).index(True)
+        if first == 0:
+            return put, None
+        end = existing[first].key if first < len(existing) else key
+        return put, rpc.DeleteRangeRequest(key=self._history_prefix(name), range_end=end)
+
+    async def _prune_history(self, prunes: Sequence[Any | None]) -> None:
+        """Deletes history entries out of the limits (best effort: what is left now is left
+        out of reads, and pruned by the service's next write)."""
+        for request in prunes:
+            if request is None:
+                continue
+            try:
+                await self._call(self._delete_call(request))
+            except StoreUnavailableError as exc:
+                self._logger.warning("cannot prune the history in etcd", error=str(exc))
+                return
+
+    def _check_txn_size(self, names: int, changed: int) -> None:
+        """A write is one transaction: etcd refuses more than ``--max-txn-ops`` compares or
+        operations in one (128 by default)."""
+        needed = max(names, 2 * changed)
+        if needed > self._max_txn_ops:
+            raise ConfigError(
+                f"an apply of {names} services ({changed} changed) needs {needed} operations in "
+                f"one etcd transaction; this store allows {self._max_txn_ops} (etcd's "
+                "--max-txn-ops): apply them in smaller batches"
+            )
+
+    async def history(self, name: str) -> builtins.list[HistoryEntry]:
+        self._check_open()
+        prefix = self._history_prefix(name)
+        request = rpc.RangeRequest(key=prefix, range_end=prefix_range_end(prefix))
+        response = await self._call(self._range_call(request))
+        out = []
+        for kv in response.kvs:
+            try:
+                item = admin_pb2.HistoryEntry.FromString(kv.value)
+            except Exception as exc:  # protobuf DecodeError and friends
+                self._logger.warning("etcd history key ignored", key=kv.key, error=str(exc))
+                continue
+            item.revision = int(kv.mod_revision)
+            out.append(item)
+        return kept(out, self.history_limits)
+
+    async def record_audit(self, item: AuditEntry) -> None:
+        self._check_open()
+        stamp = item.time.ToNanoseconds()
+        key = self._audit_key + f"{stamp:019d}-{uuid.uuid4().hex[:8]}".encode()
+        value = item.SerializeToString(deterministic=True)
+        await self._call(lambda client: client.put(key, value))
+        await self._prune_audit()
+
+    async def _prune_audit(self) -> None:
+        """Deletes audit keys older than the age limit, then the oldest beyond the count."""
+        start, end = self._audit_key, prefix_range_end(self._audit_key)
+        cutoff = start + f"{self.history_limits.cutoff_ns():019d}".encode()
+        await self._call(self._delete_call(rpc.DeleteRangeRequest(key=start, range_end=cutoff)))
+        counted = await self._call(
+            self._range_call(rpc.RangeRequest(key=start, range_end=end, count_only=True))
+        )
+        excess = int(counted.count) - self.history_limits.audit_count
+        if excess <= 0:
+            return
+        oldest = await self._call(
+            self._range_call(
+                rpc.RangeRequest(key=start, range_end=end, keys_only=True, limit=excess)
+            )
+        )
+        if oldest.kvs:
+            last = oldest.kvs[-1].key + b"\0"
+            await self._call(self._delete_call(rpc.DeleteRangeRequest(key=start, range_end=last)))
+
+    async def audit(self, since_ns: int = 0, service: str = "") -> builtins.list[AuditEntry]:
+        self._check_open()
+        since_ns = max(since_ns, self.history_limits.cutoff_ns())
+        start = self._audit_key + f"{since_ns:019d}".encode()
+        request = rpc.RangeRequest(key=start, range_end=prefix_range_end(self._audit_key))
+        response = await self._call(self._range_call(request))
+        out = []
+        for kv in response.kvs:
+            try:
+                item = admin_pb2.AuditEntry.FromString(kv.value)
+            except Exception as exc:  # protobuf DecodeError and friends
+                self._logger.warning("etcd audit key ignored", key=kv.key, error=str(exc))
+                continue
+            if audit_matches(item, since_ns, service):
+                out.append(item)
+        return out
+
+    def _range_call(self, request: Any) -> Callable[[Any], Awaitable[Any]]:
+        async def call(client: Any) -> Any:
+            return await client.kvstub.Range(
+                request, timeout=self._op_timeout, metadata=client.metadata
+            )
+
+        return call
+
+    def _delete_call(self, request: Any) -> Callable[[Any], Awaitable[Any]]:
+        async def call(client: Any) -> Any:
+            return await client.kvstub.DeleteRange(
+                request, timeout=self._op_timeout, metadata=client.metadata
+            )
+
+        return call
 
     def problems(self) -> builtins.list[StoreProblem]:
         out: builtins.list[StoreProblem] = []
@@ -463,6 +668,35 @@ class EtcdStore(BaseStore):
             for kv in op.response_range.kvs:
                 service, _ = self._decode(kv.key, kv.value)
                 out[name] = _Current(int(kv.mod_revision), service)
+        return out
+
+    async def _read_history(self, names: Sequence[str]) -> dict[str, builtins.list[_Kept]]:
+        """The keys of each named service's history, oldest first (in reads of at most
+        ``max_txn_ops`` ranges)."""
+        out: dict[str, builtins.list[_Kept]] = {}
+        step = self._max_txn_ops
+        for start in range(0, len(names), step):
+            chunk = names[start : start + step]
+            txn = rpc.TxnRequest(
+                success=[
+                    rpc.RequestOp(
+                        request_range=rpc.RangeRequest(
+                            key=self._history_prefix(name),
+                            range_end=prefix_range_end(self._history_prefix(name)),
+                        )
+                    )
+                    for name in chunk
+                ]
+            )
+
+            async def call(client: Any, txn: Any = txn) -> Any:
+                return await client.kvstub.Txn(
+                    txn, timeout=self._op_timeout, metadata=client.metadata
+                )
+
+            response = await self._call(call)
+            for name, op in zip(chunk, response.responses, strict=True):
+                out[name] = [_kept_key(kv.key, kv.value) for kv in op.response_range.kvs]
         return out
 
     async def _commit_txn(self, txn: Any) -> int | None:

@@ -7,6 +7,10 @@ Layout::
     DIR/.mesh-store.json     the index: store revision, per service its revision, a digest of
                              its deterministic serialization, that serialization (the last
                              good version) and the file that holds it, and deletion tombstones
+    DIR/.mesh-history/orders.json   the service's history (:mod:`control.store._history`):
+                             one entry per change, through the store or by hand (who
+                             ``file``), kept across restarts and after a delete
+    DIR/.mesh-audit.json     the audit trail of admin writes
 
 Every ``*.yaml``, ``*.yml`` and ``*.json`` file directly in DIR is loaded with
 :func:`control.config.load_documents`; hidden files are ignored. The directory is the truth and
@@ -26,7 +30,9 @@ held by a multi-document file rewrites that file with the document replaced (for
 comments of that file are not kept); ``delete`` removes the document, or the file when it held
 nothing else. Services in a file that currently has problems cannot be changed through the store
 until the file is fixed (ConflictError). A corrupt index is set aside as
-``.mesh-store.json.corrupt-<timestamp>`` and rebuilt from the directory.
+``.mesh-store.json.corrupt-<timestamp>`` and rebuilt from the directory. History and audit
+files are written atomically after the services' files (a crash between the two loses that
+history entry, never a service); a corrupt one is set aside the same way and started afresh.
 """
 
 from __future__ import annotations
@@ -59,12 +65,26 @@ from control.store._base import (
     StoreProblem,
     _Entry,
 )
+from control.store._history import (
+    HAND_EDIT,
+    AuditEntry,
+    Change,
+    HistoryEntry,
+    HistoryLimits,
+    decode,
+    encode,
+)
+from control.store._history import (
+    entry as history_entry,
+)
 from mesh.v1 import admin_pb2, config_pb2
 from mesh_core.errors import ConfigError, ConflictError, NotFoundError, StoreUnavailableError
 
 log = structlog.get_logger(__name__)
 
 INDEX_NAME = ".mesh-store.json"
+HISTORY_DIR = ".mesh-history"
+AUDIT_NAME = ".mesh-audit.json"
 TEMP_PREFIX = ".mesh-tmp-"
 SUFFIXES = (".yaml", ".yml", ".json")
 _INDEX_FORMAT = 1
@@ -357,6 +377,40 @@ def _open_directory(directory: Path) -> tuple[_Index | None, str, _Scan]:
     return index, status, _read_directory(directory, {}, 0)
 
 
+def _set_aside(path: Path, error: str, what: str) -> None:
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    os.replace(path, aside)
+    log.warning(f"{what} is corrupt; set aside", file=str(path), set_aside=str(aside), error=error)
+
+
+def _read_kept(directory: Path) -> tuple[dict[str, list[HistoryEntry]], list[AuditEntry]]:
+    """The history files and the audit file; corrupt ones are set aside (and start empty)."""
+    history: dict[str, list[HistoryEntry]] = {}
+    folder = directory / HISTORY_DIR
+    paths = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    for path in paths:
+        try:
+            history[path.stem] = decode(path.read_bytes(), admin_pb2.HistoryEntry)
+        except ValueError as exc:
+            _set_aside(path, str(exc), "history file")
+    audit: list[AuditEntry] = []
+    path = directory / AUDIT_NAME
+    try:
+        audit = decode(path.read_bytes(), admin_pb2.AuditEntry)
+    except FileNotFoundError:
+        pass
+    except ValueError as exc:
+        _set_aside(path, str(exc), "audit file")
+    return history, audit
+
+
+def _write_history(directory: Path, files: Mapping[str, bytes]) -> None:
+    folder = directory / HISTORY_DIR
+    folder.mkdir(exist_ok=True)
+    _write_files(folder, files, [], {})
+
+
 # -- the store ---------------------------------------------------------------------------------
 
 
@@ -371,8 +425,9 @@ class FileStore(BaseStore):
         poll_interval: float = 0.5,
         settle: float = 0.2,
         max_log: int = DEFAULT_MAX_LOG,
+        history: HistoryLimits | None = None,
     ) -> None:
-        super().__init__(max_log=max_log)
+        super().__init__(max_log=max_log, history=history)
         self.directory = Path(directory)
         self._poll_interval = poll_interval
         self._settle_ns = int(settle * 1e9)
@@ -411,8 +466,15 @@ class FileStore(BaseStore):
                     "store index is missing; rebuilt from the directory",
                     index=str(self.directory / INDEX_NAME),
                 )
+            try:
+                self._history, self._audit = await asyncio.to_thread(_read_kept, self.directory)
+            except OSError as exc:
+                raise StoreUnavailableError(
+                    f"cannot read the history in {self.directory}: {exc.strerror or exc}"
+                ) from exc
             self._load(index, scan)
             await self._save_index()
+            await self._save_history()
             self._started = True
         self._logger.info("store opened", revision=self._revision, services=len(self._services))
         if self._poll_interval > 0:
@@ -436,7 +498,7 @@ class FileStore(BaseStore):
     # -- writes ---------------------------------------------------------------------------------
 
     async def apply(
-        self, services: Sequence[Service], *, if_revision: int = 0
+        self, services: Sequence[Service], *, if_revision: int = 0, change: Change | None = None
     ) -> tuple[int, builtins.list[AppliedService]]:
         self._check_open()
         self._check_batch(services)
@@ -469,7 +531,7 @@ class FileStore(BaseStore):
             await self._write(plan, [])
             self._owner.update(new_owner)
             before = self._revision
-            revision = await self._reconcile()
+            revision = await self._reconcile(change or Change())
             changed = {
                 svc.name
                 for svc in services
@@ -477,7 +539,7 @@ class FileStore(BaseStore):
             }
             return revision, self._applied(services, changed)
 
-    async def delete(self, name: str, *, if_revision: int = 0) -> int:
+    async def delete(self, name: str, *, if_revision: int = 0, change: Change | None = None) -> int:
         self._check_open()
         async with self._lock:
             await self._rescan_locked()
@@ -498,7 +560,7 @@ class FileStore(BaseStore):
                 else:
                     removals.append(holder)
             await self._write(plan, removals)
-            return await self._reconcile()
+            return await self._reconcile(change or Change())
 
     def problems(self) -> builtins.list[StoreProblem]:
         out = []
@@ -672,8 +734,9 @@ class FileStore(BaseStore):
         self._duplicates = duplicates
         return desired
 
-    async def _reconcile(self) -> int:
-        """Brings the services in line with the files under one new revision."""
+    async def _reconcile(self, change: Change = HAND_EDIT) -> int:
+        """Brings the services in line with the files under one new revision; ``change``
+        says who made it (default: a hand edit)."""
         desired = self._merge()
         puts = [
             desired[name]
@@ -681,7 +744,7 @@ class FileStore(BaseStore):
             if name not in self._services or self._services[name].service != desired[name]
         ]
         deletes = sorted(set(self._services) - set(desired))
-        revision = self._commit(puts, deletes)
+        revision = self._commit(puts, deletes, change)
         if puts or deletes:
             self._logger.info(
                 "store changed",
@@ -690,7 +753,25 @@ class FileStore(BaseStore):
                 deleted=deletes,
             )
         await self._save_index()
+        await self._save_history()
         return revision
+
+    async def _save_history(self) -> None:
+        dirty, self._history_dirty = self._history_dirty, set()
+        files = {f"{name}.json": encode(self._history[name]) for name in sorted(dirty)}
+        if not files:
+            return
+        try:
+            await asyncio.to_thread(_write_history, self.directory, files)
+        except OSError as exc:
+            self._logger.error("cannot write the history", services=sorted(dirty), error=str(exc))
+
+    async def _audit_changed(self) -> None:
+        body = encode(self._audit)
+        try:
+            await asyncio.to_thread(_write_files, self.directory, {AUDIT_NAME: body}, [], {})
+        except OSError as exc:
+            self._logger.error("cannot write the audit trail", error=str(exc))
 
     def _load(self, index: _Index | None, scan: _Scan) -> None:
         """First state: the directory, with the revisions the index remembers."""
@@ -716,10 +797,14 @@ class FileStore(BaseStore):
             else:
                 self._services[name] = _Entry(svc, revision)
                 self._tombstones.pop(name, None)
+                self._add_history(
+                    history_entry(name, revision, HAND_EDIT, svc, created=known is None)
+                )
                 changed = True
         for name in remembered:
             if name not in desired:
                 self._tombstones[name] = revision
+                self._add_history(history_entry(name, revision, HAND_EDIT, None, created=False))
                 changed = True
         if changed:
             self._revision = revision

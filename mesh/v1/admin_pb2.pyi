@@ -12,12 +12,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ApplyServicesRequest(_message.Message):
-    __slots__ = ("services", "if_revision")
+    __slots__ = ("services", "if_revision", "message")
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     IF_REVISION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
     services: _containers.RepeatedCompositeFieldContainer[_config_pb2.Service]
     if_revision: int
-    def __init__(self, services: _Optional[_Iterable[_Union[_config_pb2.Service, _Mapping]]] = ..., if_revision: _Optional[int] = ...) -> None: ...
+    message: str
+    def __init__(self, services: _Optional[_Iterable[_Union[_config_pb2.Service, _Mapping]]] = ..., if_revision: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ApplyServicesResponse(_message.Message):
     __slots__ = ("services", "revision")
@@ -60,10 +62,14 @@ class StoredService(_message.Message):
     def __init__(self, service: _Optional[_Union[_config_pb2.Service, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class DeleteServiceRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "if_revision", "message")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    IF_REVISION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    if_revision: int
+    message: str
+    def __init__(self, name: _Optional[str] = ..., if_revision: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class DeleteServiceResponse(_message.Message):
     __slots__ = ("revision",)
@@ -152,3 +158,99 @@ class Nack(_message.Message):
     message: str
     time: _timestamp_pb2.Timestamp
     def __init__(self, version: _Optional[str] = ..., message: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class HistoryEntry(_message.Message):
+    __slots__ = ("name", "revision", "time", "who", "message", "action", "service", "created", "rollback_of")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    WHO_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_OF_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    revision: int
+    time: _timestamp_pb2.Timestamp
+    who: str
+    message: str
+    action: str
+    service: _config_pb2.Service
+    created: bool
+    rollback_of: int
+    def __init__(self, name: _Optional[str] = ..., revision: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., who: _Optional[str] = ..., message: _Optional[str] = ..., action: _Optional[str] = ..., service: _Optional[_Union[_config_pb2.Service, _Mapping]] = ..., created: _Optional[bool] = ..., rollback_of: _Optional[int] = ...) -> None: ...
+
+class GetHistoryRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class GetHistoryResponse(_message.Message):
+    __slots__ = ("entries", "revision")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[HistoryEntry]
+    revision: int
+    def __init__(self, entries: _Optional[_Iterable[_Union[HistoryEntry, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class RollbackServiceRequest(_message.Message):
+    __slots__ = ("name", "to_revision", "if_revision", "message")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TO_REVISION_FIELD_NUMBER: _ClassVar[int]
+    IF_REVISION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    to_revision: int
+    if_revision: int
+    message: str
+    def __init__(self, name: _Optional[str] = ..., to_revision: _Optional[int] = ..., if_revision: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class RollbackServiceResponse(_message.Message):
+    __slots__ = ("service", "revision")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    service: AppliedService
+    revision: int
+    def __init__(self, service: _Optional[_Union[AppliedService, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class AuditEntry(_message.Message):
+    __slots__ = ("time", "who", "peer", "action", "services", "outcome", "reason", "detail", "revision", "message", "server_id")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    WHO_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SERVER_ID_FIELD_NUMBER: _ClassVar[int]
+    time: _timestamp_pb2.Timestamp
+    who: str
+    peer: str
+    action: str
+    services: _containers.RepeatedScalarFieldContainer[str]
+    outcome: str
+    reason: str
+    detail: str
+    revision: int
+    message: str
+    server_id: str
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., who: _Optional[str] = ..., peer: _Optional[str] = ..., action: _Optional[str] = ..., services: _Optional[_Iterable[str]] = ..., outcome: _Optional[str] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., revision: _Optional[int] = ..., message: _Optional[str] = ..., server_id: _Optional[str] = ...) -> None: ...
+
+class GetAuditRequest(_message.Message):
+    __slots__ = ("since", "service")
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    since: _timestamp_pb2.Timestamp
+    service: str
+    def __init__(self, since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., service: _Optional[str] = ...) -> None: ...
+
+class GetAuditResponse(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ...) -> None: ...

@@ -55,6 +55,21 @@ class MeshAdminServiceStub:
                 request_serializer=mesh_dot_v1_dot_admin__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=mesh_dot_v1_dot_admin__pb2.GetStatusResponse.FromString,
                 _registered_method=True)
+        self.GetHistory = channel.unary_unary(
+                '/mesh.v1.MeshAdminService/GetHistory',
+                request_serializer=mesh_dot_v1_dot_admin__pb2.GetHistoryRequest.SerializeToString,
+                response_deserializer=mesh_dot_v1_dot_admin__pb2.GetHistoryResponse.FromString,
+                _registered_method=True)
+        self.RollbackService = channel.unary_unary(
+                '/mesh.v1.MeshAdminService/RollbackService',
+                request_serializer=mesh_dot_v1_dot_admin__pb2.RollbackServiceRequest.SerializeToString,
+                response_deserializer=mesh_dot_v1_dot_admin__pb2.RollbackServiceResponse.FromString,
+                _registered_method=True)
+        self.GetAudit = channel.unary_unary(
+                '/mesh.v1.MeshAdminService/GetAudit',
+                request_serializer=mesh_dot_v1_dot_admin__pb2.GetAuditRequest.SerializeToString,
+                response_deserializer=mesh_dot_v1_dot_admin__pb2.GetAuditResponse.FromString,
+                _registered_method=True)
 
 
 class MeshAdminServiceServicer:
@@ -87,6 +102,27 @@ class MeshAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetHistory(self, request, context):
+        """The kept versions of one service, oldest first (also of a deleted one).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackService(self, request, context):
+        """Applies a version from a service's history as a new revision.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAudit(self, request, context):
+        """Admin writes, done and refused, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeshAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +145,21 @@ def add_MeshAdminServiceServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=mesh_dot_v1_dot_admin__pb2.GetStatusRequest.FromString,
                     response_serializer=mesh_dot_v1_dot_admin__pb2.GetStatusResponse.SerializeToString,
+            ),
+            'GetHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHistory,
+                    request_deserializer=mesh_dot_v1_dot_admin__pb2.GetHistoryRequest.FromString,
+                    response_serializer=mesh_dot_v1_dot_admin__pb2.GetHistoryResponse.SerializeToString,
+            ),
+            'RollbackService': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackService,
+                    request_deserializer=mesh_dot_v1_dot_admin__pb2.RollbackServiceRequest.FromString,
+                    response_serializer=mesh_dot_v1_dot_admin__pb2.RollbackServiceResponse.SerializeToString,
+            ),
+            'GetAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAudit,
+                    request_deserializer=mesh_dot_v1_dot_admin__pb2.GetAuditRequest.FromString,
+                    response_serializer=mesh_dot_v1_dot_admin__pb2.GetAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +271,87 @@ class MeshAdminService:
             '/mesh.v1.MeshAdminService/GetStatus',
             mesh_dot_v1_dot_admin__pb2.GetStatusRequest.SerializeToString,
             mesh_dot_v1_dot_admin__pb2.GetStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mesh.v1.MeshAdminService/GetHistory',
+            mesh_dot_v1_dot_admin__pb2.GetHistoryRequest.SerializeToString,
+            mesh_dot_v1_dot_admin__pb2.GetHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackService(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mesh.v1.MeshAdminService/RollbackService',
+            mesh_dot_v1_dot_admin__pb2.RollbackServiceRequest.SerializeToString,
+            mesh_dot_v1_dot_admin__pb2.RollbackServiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mesh.v1.MeshAdminService/GetAudit',
+            mesh_dot_v1_dot_admin__pb2.GetAuditRequest.SerializeToString,
+            mesh_dot_v1_dot_admin__pb2.GetAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

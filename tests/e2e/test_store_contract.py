@@ -2,7 +2,8 @@
 directory in the test's tmp dir) and ``etcd://`` (a real etcd on free loopback ports, one for
 the module from the ``shared_etcd`` fixture, a prefix of its own per test; only that case is
 e2e). Revisions are checked from the store's revision at the start: 0 for memory and file,
-etcd's own for etcd, and every write adds exactly one.
+etcd's own for etcd, and every write adds exactly one. The history of each service and the
+audit trail are part of the contract too.
 
 What only one backend has stays with it: the file store's directory in
 ``tests/unit/test_store.py``, the memory store's log in the same file, etcd's key layout,
@@ -11,15 +12,26 @@ several writers, compaction and outages in ``tests/e2e/test_store_etcd.py``."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
-from control.store import EtcdStore, FileStore, MemoryStore, Store, StoreEvent
-from mesh.v1 import config_pb2
+from control.store import (
+    Change,
+    EtcdStore,
+    FileStore,
+    HistoryLimits,
+    MemoryStore,
+    Store,
+    StoreEvent,
+)
+from control.store._base import BaseStore
+from mesh.v1 import admin_pb2, config_pb2
 from mesh_core.backoff import Backoff
 from mesh_core.errors import ConfigError, ConflictError, NotFoundError, StoreUnavailableError
+from tests.conftest import eventually
 from tests.e2e.conftest import EtcdServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -48,6 +60,15 @@ def open_backend(
         start_timeout=5.0,
         op_timeout=3.0,
     )
+
+
+def reopen(store: Store) -> Store:
+    """Another store on the same data (a restarted control server): None for memory."""
+    if isinstance(store, FileStore):
+        return FileStore(store.directory, poll_interval=0.05, settle=0.05)
+    if isinstance(store, EtcdStore):
+        return EtcdStore(store.endpoints, prefix=store.prefix, start_timeout=5.0, op_timeout=3.0)
+    raise AssertionError(f"{store!r} keeps nothing")
 
 
 @pytest.fixture(params=["memory", "file", pytest.param("etcd", marks=pytest.mark.e2e)])
@@ -257,3 +278,115 @@ async def test_watch_ends_when_store_closes(store: Store) -> None:
     assert summary(events) == [(revision, "orders", "10.0.0.1:50051")]
     with pytest.raises(StoreUnavailableError):
         await store.list()
+
+
+# -- history and audit -------------------------------------------------------------------------
+
+
+def rows(entries: list[admin_pb2.HistoryEntry]) -> list[tuple[int, str, str, str, bool, str]]:
+    return [
+        (
+            e.revision,
+            e.action,
+            e.who,
+            e.message,
+            e.created,
+            e.service.endpoints[0].address if e.HasField("service") else "-",
+        )
+        for e in entries
+    ]
+
+
+async def test_history_keeps_every_change_with_who_and_why(store: Store) -> None:
+    base = store.revision
+    assert await store.history("orders") == []
+    r1, _ = await store.apply([svc("orders")], change=Change("alice", "first"))
+    r2, _ = await store.apply(
+        [svc("orders", "10.0.0.2:1"), svc("billing")], change=Change("bob", "move")
+    )
+    await store.apply([svc("orders", "10.0.0.2:1")], change=Change("bob", "again"))  # unchanged
+    r3 = await store.delete("orders", change=Change("carol", "gone"))
+    r4, _ = await store.apply(
+        [svc("orders", "10.0.0.2:1")], change=Change("dave", "back", "rollback", r2)
+    )
+    assert [r1, r2, r3, r4] == [base + n for n in range(1, 5)]
+    history = await store.history("orders")
+    assert rows(history) == [
+        (r1, "apply", "alice", "first", True, "10.0.0.1:50051"),
+        (r2, "apply", "bob", "move", False, "10.0.0.2:1"),
+        (r3, "delete", "carol", "gone", False, "-"),
+        (r4, "rollback", "dave", "back", True, "10.0.0.2:1"),
+    ]
+    assert history[-1].rollback_of == r2
+    times = [e.time.ToNanoseconds() for e in history]
+    assert times == sorted(times) and times[0] > 0
+    assert rows(await store.history("billing")) == [
+        (r2, "apply", "bob", "move", True, "10.0.0.1:50051")
+    ]
+    history[0].service.name = "changed"  # copies
+    assert (await store.history("orders"))[0].service.name == "orders"
+
+
+async def test_history_limits_keep_the_newest(store: Store) -> None:
+    assert isinstance(store, BaseStore)
+    store.history_limits = HistoryLimits(count=3)
+    revisions = []
+    for n in range(5):
+        revision, _ = await store.apply([svc("orders", f"10.0.0.{n}:1")])
+        revisions.append(revision)
+    assert [e.revision for e in await store.history("orders")] == revisions[-3:]
+    # by age: everything but the newest entry goes
+    store.history_limits = HistoryLimits(count=3, age=0.3)
+    last = await store.delete("orders")
+
+    async def pruned() -> bool:
+        return [e.revision for e in await store.history("orders")] == [last]
+
+    await eventually(pruned, 10, "the history to age out but its newest entry")
+
+
+async def test_history_and_audit_outlive_a_restart(backend: tuple[Store, Revision]) -> None:
+    store, _ = backend
+    if isinstance(store, MemoryStore):
+        pytest.skip("the memory store keeps nothing")
+    r1, _ = await store.apply([svc("orders")], change=Change("alice", "first"))
+    r2 = await store.delete("orders", change=Change("bob", "gone"))
+    item = admin_pb2.AuditEntry(who="bob", action="delete", services=["orders"], outcome="ok")
+    item.time.GetCurrentTime()
+    await store.record_audit(item)
+    await store.close()
+    again = reopen(store)
+    await again.start()
+    try:
+        assert [(e.revision, e.action, e.who) for e in await again.history("orders")] == [
+            (r1, "apply", "alice"),
+            (r2, "delete", "bob"),
+        ]
+        assert await again.audit() == [item]
+    finally:
+        await again.close()
+
+
+async def test_audit_is_kept_and_queried(store: Store) -> None:
+    assert await store.audit() == []
+
+    def audit(at_ns: int, services: list[str], outcome: str) -> admin_pb2.AuditEntry:
+        item = admin_pb2.AuditEntry(who="alice", services=services, outcome=outcome)
+        item.time.FromNanoseconds(at_ns)
+        return item
+
+    now = time.time_ns()
+    old, mid, new = (
+        audit(now - 60_000_000_000, ["orders"], "ok"),
+        audit(now - 30_000_000_000, ["billing"], "refused"),
+        audit(now, ["orders", "billing"], "ok"),
+    )
+    for item in (old, mid, new):
+        await store.record_audit(item)
+    assert await store.audit() == [old, mid, new]
+    assert await store.audit(since_ns=now - 40_000_000_000) == [mid, new]
+    assert await store.audit(service="orders") == [old, new]
+    assert isinstance(store, BaseStore)
+    store.history_limits = HistoryLimits(audit_count=2)
+    await store.record_audit(audit(now + 1, ["shipping"], "ok"))
+    assert [list(e.services) for e in await store.audit()] == [["orders", "billing"], ["shipping"]]

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from control.store import EtcdStore, StoreEvent, open_store
+from control.store import EtcdStore, HistoryLimits, StoreEvent, open_store
 from control.store.etcd import parse_etcd_url
 from mesh.v1 import config_pb2
 from mesh_core.backoff import Backoff
@@ -80,11 +80,45 @@ async def test_key_layout_and_prefixes(etcd: EtcdServer) -> None:
         assert got is not None
         assert got.value == svc("orders").SerializeToString(deterministic=True)
         assert got.mod_revision == revision
+        history = await client.get(b"/team-a/history/orders/000000000001")
         keys = [kv.key for kv in await client.get_prefix(b"/")]
-    assert keys == [b"/team-a/services/orders"]
+    # the history entry was written in the same transaction as the service
+    assert history is not None and history.mod_revision == revision
+    assert keys == [b"/team-a/history/orders/000000000001", b"/team-a/services/orders"]
     assert await b.list() == (b.revision, [])  # another prefix is another store
     await a.close()
     await b.close()
+
+
+async def test_history_keys_are_pruned_and_a_write_fits_one_transaction(
+    etcd: EtcdServer,
+) -> None:
+    s = EtcdStore(
+        etcd.endpoint,
+        prefix="/test",
+        history=HistoryLimits(count=2),
+        max_txn_ops=4,
+        backoff=Backoff(base=0.05, cap=0.3),
+        **FAST,
+    )
+    await s.start()
+    try:
+        for n in range(4):
+            await s.apply([svc("orders", f"10.0.0.{n}:1"), svc("billing", f"10.0.0.{n}:2")])
+        async with etcd.client() as client:
+            keys = [kv.key for kv in await client.get_prefix(b"/test/history/orders/")]
+        assert keys == [b"/test/history/orders/000000000003", b"/test/history/orders/000000000004"]
+        assert [e.service.endpoints[0].address for e in await s.history("orders")] == [
+            "10.0.0.2:1",
+            "10.0.0.3:1",
+        ]
+        # two keys per changed service in one transaction: three services need 6 operations
+        before = s.revision
+        with pytest.raises(ConfigError, match=r"needs 6 operations .* allows 4 .*smaller batches"):
+            await s.apply([svc("orders"), svc("billing"), svc("shipping")])
+        assert s.revision == before and await s.history("shipping") == []
+    finally:
+        await s.close()
 
 
 def test_open_store_etcd_urls() -> None:

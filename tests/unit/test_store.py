@@ -116,7 +116,15 @@ async def test_file_store_writes_yaml_and_survives_restart(tmp_path: Path) -> No
     await store.apply([svc("orders", "10.0.0.2:1")])  # 2
     await store.apply([svc("gone")])  # 3
     await store.delete("gone")  # 4
-    assert sorted(os.listdir(directory)) == [".mesh-store.json", "billing.yaml", "orders.yaml"]
+    assert sorted(os.listdir(directory)) == [
+        ".mesh-history",
+        ".mesh-store.json",
+        "billing.yaml",
+        "orders.yaml",
+    ]
+    # the history of every service ever written, a deleted one's too
+    history = sorted(os.listdir(directory / ".mesh-history"))
+    assert history == ["billing.json", "gone.json", "orders.json"]
     assert load_documents((directory / "orders.yaml").read_text(), "orders.yaml") == [
         svc("orders", "10.0.0.2:1")
     ]
@@ -169,6 +177,35 @@ async def test_hand_edit_is_picked_up_by_watch(fstore: FileStore) -> None:
     (fstore.directory / "orders.yaml").write_text("# moved\n" + doc("orders", "10.0.0.2:50051"))
     await asyncio.sleep(0.3)
     assert fstore.revision == 4
+    # hand edits are in the history, by "file"
+    history = await fstore.history("billing")
+    assert [(e.revision, e.action, e.who, e.created) for e in history] == [
+        (2, "apply", "file", True),
+        (4, "delete", "file", False),
+    ]
+    assert [(e.who, e.message) for e in await fstore.history("orders")][-1] == (
+        "file",
+        "edited on disk",
+    )
+
+
+async def test_a_corrupt_history_file_is_set_aside(tmp_path: Path) -> None:
+    store = file_store(tmp_path)
+    await store.start()
+    await store.apply([svc("orders")])
+    await store.close()
+    (tmp_path / ".mesh-history" / "orders.json").write_text("{not json")
+    store = file_store(tmp_path)
+    await store.start()
+    try:
+        assert await store.history("orders") == []
+        assert [p.name.split(".corrupt-")[0] for p in (tmp_path / ".mesh-history").iterdir()] == [
+            "orders.json"
+        ]
+        await store.apply([svc("orders", "10.0.0.2:1")])
+        assert [e.revision for e in await store.history("orders")] == [2]
+    finally:
+        await store.close()
 
 
 async def test_broken_hand_edit_keeps_the_service_until_fixed(tmp_path: Path) -> None:
@@ -339,6 +376,7 @@ async def test_writes_leave_no_temporary_files(tmp_path: Path) -> None:
     await store.delete("s0")
     await store.close()
     assert sorted(os.listdir(tmp_path)) == [
+        ".mesh-history",
         ".mesh-store.json",
         "orders.yaml",
         "s1.yaml",
