@@ -248,15 +248,15 @@ def test_renewals_while_calls_run_fail_no_call(
     caller.run({"start": "web", "fresh": 0.5}, 10, "the call loop")
     seen = {s: {_renewals(mesh, s)} for s in ("web", "client")}
 
-    def renewed_thrice() -> bool:
+    def renewed_twice() -> bool:
         for service, stamps in seen.items():
             stamps.add(_renewals(mesh, service))
-        return all(len(stamps) >= 4 for stamps in seen.values())
+        return all(len(stamps) >= 3 for stamps in seen.values())
 
-    wait_for(renewed_thrice, 40, "three renewals of both identities")
+    wait_for(renewed_twice, 40, "two renewals of both identities")
     result = caller.run({"stop": True}, 20, "the loop's counts")
     assert result["failures"] == [], result
-    assert result["ok"] > 50 and result["fresh_ok"] >= 5, result
+    assert result["ok"] > 30 and result["fresh_ok"] >= 4, result
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -290,16 +290,16 @@ def test_a_ca_rotation_fails_no_call(procs: MeshProcesses, tmp_path: Path, flavo
         return True
 
     def settled() -> None:
-        """Both identities renewed twice more: every process's file watcher (1 s) has read
-        the files of the step."""
+        """Both identities renewed once more (2 s): every process's file watcher (every 1 s)
+        has read the files of the step."""
         stamps = {s: {_renewals(mesh, s)} for s in ("web", "client")}
 
         def renewed() -> bool:
             for service, seen in stamps.items():
                 seen.add(_renewals(mesh, service))
-            return all(len(seen) >= 3 for seen in stamps.values())
+            return all(len(seen) >= 2 for seen in stamps.values())
 
-        wait_for(renewed, 30, "two renewals more")
+        wait_for(renewed, 30, "a renewal more")
 
     steps = [
         (bundle, old_ca + new_ca, old_ca + new_ca, mesh.pki.ca, "both CAs in the bundles"),
