@@ -22,16 +22,8 @@ from pathlib import Path
 import grpc
 
 from mesh.demo.v1 import echo_pb2, echo_pb2_grpc
-from mesh_agent.client import mesh_channel, mesh_server
+from mesh_agent.client import mesh_channel, mesh_server, peer_identity
 from mesh_core.logs import configure
-
-
-def _caller_id(context: grpc.ServicerContext) -> str:
-    for value in context.auth_context().get("x509_subject_alternative_name", []):
-        text = value.decode() if isinstance(value, bytes) else str(value)
-        if text.startswith("spiffe://"):
-            return text
-    return "(plaintext)"
 
 
 class Vault(echo_pb2_grpc.EchoServiceServicer):
@@ -41,7 +33,9 @@ class Vault(echo_pb2_grpc.EchoServiceServicer):
     def Echo(
         self, request: echo_pb2.EchoRequest, context: grpc.ServicerContext
     ) -> echo_pb2.EchoResponse:
-        return echo_pb2.EchoResponse(message=_caller_id(context), backend=self.name)
+        return echo_pb2.EchoResponse(
+            message=peer_identity(context) or "(plaintext)", backend=self.name
+        )
 
 
 def serve(args: argparse.Namespace) -> None:

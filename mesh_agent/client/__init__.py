@@ -18,6 +18,7 @@ use their node's agent.
     setup_telemetry("orders")                   # OTLP / Prometheus from the OTEL_* settings
 """
 
+from mesh_agent.client._authorization import peer_identity
 from mesh_agent.client._channel import (
     agent_address,
     aio_mesh_channel,
@@ -55,6 +56,7 @@ __all__ = [
     "mesh_channel",
     "mesh_interceptor",
     "mesh_server",
+    "peer_identity",
     "setup_telemetry",
     "tls_files",
 ]

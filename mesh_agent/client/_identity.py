@@ -36,11 +36,9 @@ import structlog
 from mesh_agent.client._link import AgentLink
 from mesh_core.errors import ConfigError, PermissionDeniedError, UnavailableError
 from mesh_core.identity_files import (
-    CA_FILE,
-    CERT_FILE,
     CURRENT,
     DEFAULT_REFRESH_INTERVAL,
-    KEY_FILE,
+    IdentityPaths,
     certs_dir,
     identity_paths,
 )
@@ -83,17 +81,9 @@ class ProcessIdentity:
             return self._dir
 
     def provider(self) -> dict[str, Any]:
-        """The bootstrap's ``certificate_providers`` entry."""
-        current = self.directory() / CURRENT
-        return {
-            "plugin_name": "file_watcher",
-            "config": {
-                "certificate_file": str(current / CERT_FILE),
-                "private_key_file": str(current / KEY_FILE),
-                "ca_certificate_file": str(current / CA_FILE),
-                "refresh_interval": f"{refresh_interval():g}s",
-            },
-        }
+        """The bootstrap's ``certificate_providers`` entry: a ``file_watcher`` on the files
+        through the process directory's ``current`` link."""
+        return IdentityPaths("process", self.directory()).file_watcher(refresh_interval())
 
     def use(self, service: str, current: Path) -> None:
         """Points the process's identity at ``current`` (the agent's ``current`` link of

@@ -74,12 +74,6 @@ def rewrite_health(packed: any_pb2.Any, verdict: Verdict) -> any_pb2.Any:
     )
 
 
-def _pack(message: Message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message, deterministic=True)
-    return packed
-
-
 def zone_priorities(snapshot: Snapshot) -> list[tuple[str, str, int]]:
     """``(service, zone, priority)`` as ``snapshot`` serves each service's own assignment,
     for the services whose endpoints span zones."""
@@ -156,7 +150,8 @@ class LocalSnapshotSource:
             if own and packed:
                 listeners = packed.setdefault(LISTENER, {})
                 for name, listener in own.items():
-                    listeners[name] = _pack(listener)
+                    value = listener.SerializeToString(deterministic=True)
+                    listeners[name] = any_pb2.Any(type_url=LISTENER, value=value)
             self._snapshot = Snapshot.from_packed(self._revision, packed)
         return self._snapshot
 

@@ -44,6 +44,16 @@ def _mode(policy: config_pb2.ServicePolicy) -> str:
     return policy.security.mode or SECURITY_DISABLED
 
 
+def _policy(cache: ConfigCache, service: str) -> config_pb2.ServicePolicy | None:
+    """The service's policy as the cache holds it, or None while it does not."""
+    packed = cache.resources(SERVICE_POLICY).get(service)
+    if packed is None:
+        return None
+    policy = decode(packed, SERVICE_POLICY)
+    assert isinstance(policy, config_pb2.ServicePolicy)
+    return policy
+
+
 class Declarations:
     """Servers and identities declared by the node's processes. Event-loop owned."""
 
@@ -91,7 +101,10 @@ class Declarations:
 
     def hold_policy(self, service: str) -> None:
         """Asks for the policy of ``service`` (whose mode a process wants to know) for as
-        long as the agent runs."""
+        long as the agent runs. ConfigError names a bad service name."""
+        problem = service_name_problem(service)
+        if problem:
+            raise ConfigError(f"service: {problem}")
         if service not in self.asked:
             self.asked.add(service)
             self.changed.emit()
@@ -107,14 +120,11 @@ class Declarations:
         """The Listener of every declared server whose service's policy the cache holds, with
         its mode and authorization (a server whose policy is not known yet gets none:
         serving it plaintext, or open, could be wrong)."""
-        policies = cache.resources(SERVICE_POLICY)
         listeners: dict[str, listener_pb2.Listener] = {}
         for address, service in self.servers.items():
-            packed = policies.get(service)
-            if packed is None:
+            policy = _policy(cache, service)
+            if policy is None:
                 continue
-            policy = decode(packed, SERVICE_POLICY)
-            assert isinstance(policy, config_pb2.ServicePolicy)
             authorization = compile_rules(policy.security.authorization, self.trust_domain)
             listener = server_listener(address, _mode(policy), authorization)
             listeners[listener.name] = listener
@@ -139,11 +149,9 @@ class Declarations:
     def policy_facts(cache: ConfigCache, service: str) -> tuple[str, bool] | None:
         """``(mode, has_identity)`` of ``service`` as the cache's policy says, or None while
         the cache does not hold it."""
-        packed = cache.resources(SERVICE_POLICY).get(service)
-        if packed is None:
+        policy = _policy(cache, service)
+        if policy is None:
             return None
-        policy = decode(packed, SERVICE_POLICY)
-        assert isinstance(policy, config_pb2.ServicePolicy)
         return _mode(policy), bool(policy.security.hosts)
 
     # -- persistence ---------------------------------------------------------------------------
@@ -247,9 +255,6 @@ class ProcessRequests:
         if listening_address:
             name = self.declarations.declare_server(service, listening_address)
         else:
-            problem = service_name_problem(service)
-            if problem:
-                raise ConfigError(f"service: {problem}")
             name = ""
             self.declarations.hold_policy(service)
         facts = Declarations.policy_facts(self.cache, service)

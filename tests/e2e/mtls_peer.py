@@ -32,7 +32,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from mesh_agent.client import aio_mesh_server, mesh_channel, mesh_server
+from mesh_agent.client import aio_mesh_server, mesh_channel, mesh_server, peer_identity
 from mesh_core.errors import MeshError
 from mesh_core.logs import configure
 from tests.conftest import free_port
@@ -42,18 +42,8 @@ METHOD = "/test.v1.Peer/Who"
 FRESH_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
 
 
-def _peer_id(context: Any) -> str:
-    auth = context.auth_context()
-    for key in ("peer_spiffe_id", "x509_subject_alternative_name"):
-        for value in auth.get(key, []):
-            text = value.decode() if isinstance(value, bytes) else str(value)
-            if text.startswith("spiffe://"):
-                return text
-    return ""
-
-
 def _answer(service: str, context: Any) -> bytes:
-    return json.dumps({"server": service, "peer": _peer_id(context)}).encode()
+    return json.dumps({"server": service, "peer": peer_identity(context) or ""}).encode()
 
 
 def _handlers(service: str, aio: bool) -> grpc.GenericRpcHandler:
