@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12mesh/v1/node.proto\x12\x07mesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaa\x02\n\x0cRegistration\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04zone\x18\x03 \x01(\t\x12\x0e\n\x06weight\x18\x04 \x01(\r\x12\x35\n\x08metadata\x18\x05 \x03(\x0b\x32#.mesh.v1.Registration.MetadataEntry\x12\x10\n\x08\x64raining\x18\x06 \x01(\x08\x12\x31\n\x06labels\x18\x07 \x03(\x0b\x32!.mesh.v1.Registration.LabelsEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"X\n\x17SetRegistrationsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12,\n\rregistrations\x18\x02 \x03(\x0b\x32\x15.mesh.v1.Registration\",\n\x18SetRegistrationsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\"\xaa\x01\n\x11LocalClientStatus\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x10\n\x08type_url\x18\x02 \x01(\t\x12\x15\n\rversion_acked\x18\x03 \x01(\t\x12\x14\n\x0cnack_version\x18\x04 \x01(\t\x12\x14\n\x0cnack_message\x18\x05 \x01(\t\x12-\n\tnack_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"~\n\x19ReportClientStatusRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12+\n\x07\x63lients\x18\x02 \x03(\x0b\x32\x1a.mesh.v1.LocalClientStatus\x12#\n\x06health\x18\x03 \x01(\x0b\x32\x13.mesh.v1.NodeHealth\"\xa2\x01\n\nNodeHealth\x12\x0e\n\x06status\x18\x01 \x01(\t\x12,\n\ncomponents\x18\x02 \x03(\x0b\x32\x18.mesh.v1.ComponentHealth\x12&\n\x08\x62reakers\x18\x03 \x03(\x0b\x32\x14.mesh.v1.OpenBreaker\x12.\n\x0fzone_priorities\x18\x04 \x03(\x0b\x32\x15.mesh.v1.ZonePriority\"?\n\x0cZonePriority\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0c\n\x04zone\x18\x02 \x01(\t\x12\x10\n\x08priority\x18\x03 \x01(\r\"T\n\x0f\x43omponentHealth\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x12\n\nlast_error\x18\x03 \x01(\t\x12\x10\n\x08restarts\x18\x04 \x01(\x05\"\xad\x01\n\x0bOpenBreaker\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12.\n\nopen_until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btransitions\x18\x06 \x01(\x03\"\x1c\n\x1aReportClientStatusResponse\"6\n\x16SignCertificateRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0b\n\x03\x63sr\x18\x02 \x01(\t\"\xbc\x01\n\x17SignCertificateResponse\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x19\n\x11\x63\x65rtificate_chain\x18\x02 \x01(\t\x12\x14\n\x0ctrust_bundle\x18\x03 \x01(\t\x12.\n\nnot_before\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tnot_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\x9b\x02\n\x0bNodeService\x12W\n\x10SetRegistrations\x12 .mesh.v1.SetRegistrationsRequest\x1a!.mesh.v1.SetRegistrationsResponse\x12]\n\x12ReportClientStatus\x12\".mesh.v1.ReportClientStatusRequest\x1a#.mesh.v1.ReportClientStatusResponse\x12T\n\x0fSignCertificate\x12\x1f.mesh.v1.SignCertificateRequest\x1a .mesh.v1.SignCertificateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12mesh/v1/node.proto\x12\x07mesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaa\x02\n\x0cRegistration\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04zone\x18\x03 \x01(\t\x12\x0e\n\x06weight\x18\x04 \x01(\r\x12\x35\n\x08metadata\x18\x05 \x03(\x0b\x32#.mesh.v1.Registration.MetadataEntry\x12\x10\n\x08\x64raining\x18\x06 \x01(\x08\x12\x31\n\x06labels\x18\x07 \x03(\x0b\x32!.mesh.v1.Registration.LabelsEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"X\n\x17SetRegistrationsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12,\n\rregistrations\x18\x02 \x03(\x0b\x32\x15.mesh.v1.Registration\",\n\x18SetRegistrationsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\"\xaa\x01\n\x11LocalClientStatus\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x10\n\x08type_url\x18\x02 \x01(\t\x12\x15\n\rversion_acked\x18\x03 \x01(\t\x12\x14\n\x0cnack_version\x18\x04 \x01(\t\x12\x14\n\x0cnack_message\x18\x05 \x01(\t\x12-\n\tnack_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"~\n\x19ReportClientStatusRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12+\n\x07\x63lients\x18\x02 \x03(\x0b\x32\x1a.mesh.v1.LocalClientStatus\x12#\n\x06health\x18\x03 \x01(\x0b\x32\x13.mesh.v1.NodeHealth\"\xcd\x01\n\nNodeHealth\x12\x0e\n\x06status\x18\x01 \x01(\t\x12,\n\ncomponents\x18\x02 \x03(\x0b\x32\x18.mesh.v1.ComponentHealth\x12&\n\x08\x62reakers\x18\x03 \x03(\x0b\x32\x14.mesh.v1.OpenBreaker\x12.\n\x0fzone_priorities\x18\x04 \x03(\x0b\x32\x15.mesh.v1.ZonePriority\x12)\n\x08warnings\x18\x05 \x03(\x0b\x32\x17.mesh.v1.ServiceWarning\"\x92\x01\n\x0eServiceWarning\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nburn_short\x18\x04 \x01(\x01\x12\x11\n\tburn_long\x18\x05 \x01(\x01\x12)\n\x05since\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x0cZonePriority\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0c\n\x04zone\x18\x02 \x01(\t\x12\x10\n\x08priority\x18\x03 \x01(\r\"T\n\x0f\x43omponentHealth\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x12\n\nlast_error\x18\x03 \x01(\t\x12\x10\n\x08restarts\x18\x04 \x01(\x05\"\xad\x01\n\x0bOpenBreaker\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12.\n\nopen_until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btransitions\x18\x06 \x01(\x03\"\x1c\n\x1aReportClientStatusResponse\"6\n\x16SignCertificateRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0b\n\x03\x63sr\x18\x02 \x01(\t\"\xbc\x01\n\x17SignCertificateResponse\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x19\n\x11\x63\x65rtificate_chain\x18\x02 \x01(\t\x12\x14\n\x0ctrust_bundle\x18\x03 \x01(\t\x12.\n\nnot_before\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tnot_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\x9b\x02\n\x0bNodeService\x12W\n\x10SetRegistrations\x12 .mesh.v1.SetRegistrationsRequest\x1a!.mesh.v1.SetRegistrationsResponse\x12]\n\x12ReportClientStatus\x12\".mesh.v1.ReportClientStatusRequest\x1a#.mesh.v1.ReportClientStatusResponse\x12T\n\x0fSignCertificate\x12\x1f.mesh.v1.SignCertificateRequest\x1a .mesh.v1.SignCertificateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,19 +51,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPORTCLIENTSTATUSREQUEST']._serialized_start=674
   _globals['_REPORTCLIENTSTATUSREQUEST']._serialized_end=800
   _globals['_NODEHEALTH']._serialized_start=803
-  _globals['_NODEHEALTH']._serialized_end=965
-  _globals['_ZONEPRIORITY']._serialized_start=967
-  _globals['_ZONEPRIORITY']._serialized_end=1030
-  _globals['_COMPONENTHEALTH']._serialized_start=1032
-  _globals['_COMPONENTHEALTH']._serialized_end=1116
-  _globals['_OPENBREAKER']._serialized_start=1119
-  _globals['_OPENBREAKER']._serialized_end=1292
-  _globals['_REPORTCLIENTSTATUSRESPONSE']._serialized_start=1294
-  _globals['_REPORTCLIENTSTATUSRESPONSE']._serialized_end=1322
-  _globals['_SIGNCERTIFICATEREQUEST']._serialized_start=1324
-  _globals['_SIGNCERTIFICATEREQUEST']._serialized_end=1378
-  _globals['_SIGNCERTIFICATERESPONSE']._serialized_start=1381
-  _globals['_SIGNCERTIFICATERESPONSE']._serialized_end=1569
-  _globals['_NODESERVICE']._serialized_start=1572
-  _globals['_NODESERVICE']._serialized_end=1855
+  _globals['_NODEHEALTH']._serialized_end=1008
+  _globals['_SERVICEWARNING']._serialized_start=1011
+  _globals['_SERVICEWARNING']._serialized_end=1157
+  _globals['_ZONEPRIORITY']._serialized_start=1159
+  _globals['_ZONEPRIORITY']._serialized_end=1222
+  _globals['_COMPONENTHEALTH']._serialized_start=1224
+  _globals['_COMPONENTHEALTH']._serialized_end=1308
+  _globals['_OPENBREAKER']._serialized_start=1311
+  _globals['_OPENBREAKER']._serialized_end=1484
+  _globals['_REPORTCLIENTSTATUSRESPONSE']._serialized_start=1486
+  _globals['_REPORTCLIENTSTATUSRESPONSE']._serialized_end=1514
+  _globals['_SIGNCERTIFICATEREQUEST']._serialized_start=1516
+  _globals['_SIGNCERTIFICATEREQUEST']._serialized_end=1570
+  _globals['_SIGNCERTIFICATERESPONSE']._serialized_start=1573
+  _globals['_SIGNCERTIFICATERESPONSE']._serialized_end=1761
+  _globals['_NODESERVICE']._serialized_start=1764
+  _globals['_NODESERVICE']._serialized_end=2047
 # @@protoc_insertion_point(module_scope)

@@ -82,16 +82,34 @@ class ReportClientStatusRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., clients: _Optional[_Iterable[_Union[LocalClientStatus, _Mapping]]] = ..., health: _Optional[_Union[NodeHealth, _Mapping]] = ...) -> None: ...
 
 class NodeHealth(_message.Message):
-    __slots__ = ("status", "components", "breakers", "zone_priorities")
+    __slots__ = ("status", "components", "breakers", "zone_priorities", "warnings")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     COMPONENTS_FIELD_NUMBER: _ClassVar[int]
     BREAKERS_FIELD_NUMBER: _ClassVar[int]
     ZONE_PRIORITIES_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     status: str
     components: _containers.RepeatedCompositeFieldContainer[ComponentHealth]
     breakers: _containers.RepeatedCompositeFieldContainer[OpenBreaker]
     zone_priorities: _containers.RepeatedCompositeFieldContainer[ZonePriority]
-    def __init__(self, status: _Optional[str] = ..., components: _Optional[_Iterable[_Union[ComponentHealth, _Mapping]]] = ..., breakers: _Optional[_Iterable[_Union[OpenBreaker, _Mapping]]] = ..., zone_priorities: _Optional[_Iterable[_Union[ZonePriority, _Mapping]]] = ...) -> None: ...
+    warnings: _containers.RepeatedCompositeFieldContainer[ServiceWarning]
+    def __init__(self, status: _Optional[str] = ..., components: _Optional[_Iterable[_Union[ComponentHealth, _Mapping]]] = ..., breakers: _Optional[_Iterable[_Union[OpenBreaker, _Mapping]]] = ..., zone_priorities: _Optional[_Iterable[_Union[ZonePriority, _Mapping]]] = ..., warnings: _Optional[_Iterable[_Union[ServiceWarning, _Mapping]]] = ...) -> None: ...
+
+class ServiceWarning(_message.Message):
+    __slots__ = ("service", "state", "reason", "burn_short", "burn_long", "since")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    BURN_SHORT_FIELD_NUMBER: _ClassVar[int]
+    BURN_LONG_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    state: str
+    reason: str
+    burn_short: float
+    burn_long: float
+    since: _timestamp_pb2.Timestamp
+    def __init__(self, service: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., burn_short: _Optional[float] = ..., burn_long: _Optional[float] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ZonePriority(_message.Message):
     __slots__ = ("service", "zone", "priority")
