@@ -137,6 +137,16 @@ def threads(pid: int) -> int:
     return int(_status_field(pid, "Threads"))
 
 
+def cpu_ns(pid: int) -> int:
+    """CPU time of every thread of the process, in ns (``/proc/PID/task/*/schedstat``: ns
+    resolution, where ``/proc/PID/stat`` counts clock ticks of 10 ms)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of the process (all its threads), in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -410,15 +420,28 @@ async def arrival(client: AdsClient, start: int, port: int) -> float:
     return next(t for t, ports in eds_ports(client, start) if port in ports)
 
 
-RELAY_PATHS = ("via agent holding echo only", "via agent holding 101 services", "direct to control")
+LARGE = 1000
+RELAY_PATHS = (
+    "via agent holding echo only",
+    "via agent holding 101 services",
+    "direct to control",
+    f"via agent holding {LARGE + 1} services",
+)
+HELD = {  # relay path -> services its agent holds (its local stream subscribes to them all)
+    RELAY_PATHS[0]: 1,
+    RELAY_PATHS[1]: SERVICES + 1,
+    RELAY_PATHS[3]: LARGE + 1,
+}
+CPU_GOALS_MS = {SERVICES + 1: 1.5, LARGE + 1: 2.0}
 
 
 async def push_latency(procs: Processes, control_address: str, plan: Plan) -> list[Row]:
-    """Each push timed on three streams at once: through an agent that holds only echo's EDS,
-    through an agent that holds all 101 services (every accepted push rewrites its whole
-    state file), and straight from the control server."""
+    """Each push timed on four streams at once: through an agent that holds only echo's EDS,
+    through agents that hold 101 and 1001 services, and straight from the control server;
+    and the CPU time each agent spent over the pushes (``/proc/PID/stat``), per push."""
     workdir = procs.workdir
-    (small, small_target), (full, full_target) = await asyncio.gather(
+    kinds = ("small", "full", "large")
+    agents = await asyncio.gather(
         *(
             start_ready(
                 procs,
@@ -430,11 +453,13 @@ async def push_latency(procs: Processes, control_address: str, plan: Plan) -> li
                     workdir / f"state-relay-{kind}",
                 ),
             )
-            for kind in ("small", "full")
+            for kind in kinds
         )
     )
+    (small, small_target), (full, full_target), (large, large_target) = agents
     samples: dict[str, list[float]] = {path: [] for path in RELAY_PATHS}
     rpc_ms: list[float] = []
+    cpu_ms: dict[str, float] = {}
     try:
         async with grpc.aio.insecure_channel(control_address) as channel:
             stub = admin_pb2_grpc.MeshAdminServiceStub(channel)
@@ -444,14 +469,25 @@ async def push_latency(procs: Processes, control_address: str, plan: Plan) -> li
                 ads_client(small_target, "bench-relay-small") as via_small,
                 ads_client(full_target, "bench-relay-full") as via_full,
                 ads_client(control_address, "bench-direct") as direct,
+                ads_client(large_target, "bench-relay-large") as via_large,
             ):
-                clients = dict(zip(RELAY_PATHS, (via_small, via_full, direct), strict=True))
+                clients = dict(
+                    zip(RELAY_PATHS, (via_small, via_full, direct, via_large), strict=True)
+                )
+                pids = {
+                    RELAY_PATHS[0]: small.popen.pid,
+                    RELAY_PATHS[1]: full.popen.pid,
+                    RELAY_PATHS[3]: large.popen.pid,
+                }
                 via_small.subscribe(ENDPOINT, ["echo"])
                 direct.subscribe(ENDPOINT, ["echo"])
                 subscribe_all(via_full, [*service_names(), "echo"])
+                subscribe_all(via_large, [*service_names(LARGE), "echo"])
                 await wait_held(full_target, SERVICES + 1)
+                await wait_held(large_target, LARGE + 1, timeout=HOLD_TIMEOUT * 2)
                 await asyncio.gather(*(arrival(c, 0, base_port) for c in clients.values()))
-                await asyncio.sleep(SETTLE)
+                await asyncio.sleep(SETTLE * 10)
+                cpu0 = {path: cpu_ns(pid) for path, pid in pids.items()}
                 for i in range(1, plan.pushes + 1):
                     port = base_port + i
                     starts = {path: len(c.received) for path, c in clients.items()}
@@ -463,12 +499,16 @@ async def push_latency(procs: Processes, control_address: str, plan: Plan) -> li
                     for path, t in zip(RELAY_PATHS, arrivals, strict=True):
                         samples[path].append((t - t0) * 1000)
                     await asyncio.sleep(SETTLE)
-        for agent in (small, full):
+                cpu_ms = {
+                    path: (cpu_ns(pid) - cpu0[path]) / 1e6 / plan.pushes
+                    for path, pid in pids.items()
+                }
+        for agent in (small, full, large):
             if not agent.alive:
                 raise BenchError(f"{agent.name} died:\n{agent.errors()}")
     finally:
-        procs.stop(full)
-        procs.stop(small)
+        for agent in (large, full, small):
+            procs.stop(agent)
     table = "push to client (ApplyServices RPC start -> new EDS on the stream), --debounce 0s"
     rpc = round(statistics.median(rpc_ms), 2)
     rows: list[Row] = [
@@ -482,14 +522,30 @@ async def push_latency(procs: Processes, control_address: str, plan: Plan) -> li
         for path in RELAY_PATHS
     ]
     direct_ms = samples["direct to control"]
-    for path, label in zip(RELAY_PATHS[:2], ("echo only", "101 services"), strict=True):
+    for path in (RELAY_PATHS[0], RELAY_PATHS[1], RELAY_PATHS[3]):
         own = [v - d for v, d in zip(samples[path], direct_ms, strict=True)]
+        label = "echo only" if HELD[path] == 1 else f"{HELD[path]} services"
         rows.append(
             {
                 "table": table,
                 "path": f"agent's own cost, {label} (via - direct, per push)",
                 "pushes": plan.pushes,
                 **summary(own),
+            }
+        )
+    floor = cpu_ms[RELAY_PATHS[0]]
+    for path, ms in cpu_ms.items():
+        held = HELD[path]
+        rows.append(
+            {
+                "table": "agent CPU per push (CPU time of its threads over the pushes / pushes)",
+                "agent": "echo only (floor)" if held == 1 else f"{held} services",
+                "services_held": held,
+                "pushes": plan.pushes,
+                "cpu_ms_per_push": round(ms, 3),
+                "over_floor_ms": round(ms - floor, 3),
+                "ratio_to_floor": ratio(ms, floor),
+                "goal_ms": CPU_GOALS_MS.get(held),
             }
         )
     return rows
@@ -551,10 +607,24 @@ async def _run(options: Options) -> list[Row]:
             procs.stop(backend)
 
         starts = await start_times(procs, control_address, control_hc_address, warm_state, plan)
+        # The pushes' control server holds LARGE services (the 100 and 900 more).
+        more = service_names(LARGE)[SERVICES:]
+        async with grpc.aio.insecure_channel(control_address) as channel:
+            await apply(
+                admin_pb2_grpc.MeshAdminServiceStub(channel),
+                build_services(
+                    more,
+                    lambda i: [
+                        _idle_address(2 * (i + SERVICES)),
+                        _idle_address(2 * (i + SERVICES) + 1),
+                    ],
+                    False,
+                ),
+            )
         pushes = await push_latency(procs, control_address, plan)
 
     warm, cold = starts
-    via_small, via_full, direct = pushes[:3]
+    via_small, via_full, direct, via_large = pushes[:4]
     return [
         plain,
         checked,
@@ -563,6 +633,9 @@ async def _run(options: Options) -> list[Row]:
         _compare("start to first LDS, cold / warm", cold, warm),
         _compare("push to client, via agent holding echo only / direct", via_small, direct),
         _compare("push to client, via agent holding 101 services / direct", via_full, direct),
+        _compare(
+            f"push to client, via agent holding {LARGE + 1} services / direct", via_large, direct
+        ),
     ]
 
 
