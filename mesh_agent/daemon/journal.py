@@ -128,7 +128,7 @@ def _torn(data: bytes, at: int) -> bool:
     magic, _kind, length, _crc = HEADER.unpack_from(data, at)
     if magic != MAGIC:
         return not any(data[at:])
-    return at + HEADER.size + length >= len(data)
+    return bool(at + HEADER.size + int(length) >= len(data))
 
 
 def parse(data: bytes, node_id: str) -> Restored:

@@ -142,9 +142,9 @@ def local_source(
         lambda: upstream.unreachable,
         lambda: declarations.listeners(cache),
     )
-    ctx.connect(cache.changed, source.invalidate)
-    ctx.connect(declarations.changed, source.invalidate)
-    ctx.connect(table.changed, lambda service: source.invalidate())
+    ctx.connect(cache.changed, source.cache_changed)
+    ctx.connect(declarations.changed, source.listeners_changed)
+    ctx.connect(table.changed, source.verdict_changed)
 
     def unreachable(reason: str) -> None:
         if not source.loaded:
