@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from envoy.service.discovery.v3 import discovery_pb2
 
 from mesh_xds.session import WILDCARD, BaseSession, TypeState
-from mesh_xds.snapshot import Resource
+from mesh_xds.snapshot import Resource, Snapshot
 from mesh_xds.types import (
     ALL_TYPES,
     FULL_STATE,
@@ -46,6 +46,10 @@ class SotwTypeState(TypeState):
     client has ever named a resource of it (after that, no names means none)."""
 
     named_before: bool = False
+    frozen_names: frozenset[ResourceName] = frozenset()  # ``names``, made once per subscription
+    requested: list[ResourceName] | None = None  # the names of the latest request, as sent
+    sent_from: tuple[Snapshot, frozenset[ResourceName]] | None = None
+    """The snapshot and subscription what the client holds (``sent``) was selected from."""
 
     def subscribe(self, names: list[str]) -> None:
         requested = set(names)
@@ -60,6 +64,8 @@ class SotwTypeState(TypeState):
         if names:
             self.named_before = True
         self.names = requested
+        if requested != self.frozen_names:
+            self.frozen_names = frozenset(requested)
 
 
 class SotwSession(BaseSession[discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse]):
@@ -86,11 +92,14 @@ class SotwSession(BaseSession[discovery_pb2.DiscoveryRequest, discovery_pb2.Disc
                 self._nacked(state, request)
             else:
                 self._acked(state, request.version_info)
-        before = (state.wildcard, set(state.names))
-        state.subscribe(list(request.resource_names))
-        if (state.wildcard, state.names) != before:
-            self.callbacks.on_subscribe(self, state)
-            _forget_unsubscribed(state)
+        names = list(request.resource_names)
+        if names != state.requested:  # an ACK repeats the names: nothing to work out again
+            state.requested = names
+            before = (state.wildcard, set(state.names))
+            state.subscribe(names)
+            if (state.wildcard, state.names) != before:
+                self.callbacks.on_subscribe(self, state)
+                _forget_unsubscribed(state)
         resume = request.version_info if not request.response_nonce else ""
         await self._respond(state, resume_version=resume)
 
@@ -113,24 +122,27 @@ class SotwSession(BaseSession[discovery_pb2.DiscoveryRequest, discovery_pb2.Disc
             state.sent = {} if state.sent is not None else None
             return
         selected, digests, version = snapshot.selection(
-            state.type_url, state.wildcard, frozenset(state.names)
+            state.type_url, state.wildcard, state.frozen_names
         )
         if state.sent is None and resume_version and resume_version == version:
             # Reconnect: the client already holds exactly this.
             state.sent, state.sent_version, state.acked_version = digests, version, version
+            state.sent_from = (snapshot, state.frozen_names)
             self.log.debug("resumed without resend", type=short_name(state.type_url))
             return
         if digests is state.sent:
+            state.sent_from = (snapshot, state.frozen_names)
             return
         if state.type_url in FULL_STATE:
             if state.sent is not None and digests == state.sent:
                 return
             sending = list(selected.values())
         else:
-            sending = _changed(selected, digests, state.sent)
+            sending = _changed(state, snapshot, selected, digests)
             if not sending:
                 return
         state.sent, state.sent_version = digests, version
+        state.sent_from = (snapshot, state.frozen_names)
         nonce = self._sending(state, snapshot, pushed=pushed)
         response = discovery_pb2.DiscoveryResponse(
             version_info=version,
@@ -143,14 +155,21 @@ class SotwSession(BaseSession[discovery_pb2.DiscoveryRequest, discovery_pb2.Disc
 
 
 def _changed(
+    state: SotwTypeState,
+    snapshot: Snapshot,
     selected: dict[ResourceName, Resource],
     digests: dict[ResourceName, str],
-    sent: dict[ResourceName, str] | None,
 ) -> list[Resource]:
     """For RDS and EDS, which need not be sent whole: the selected resources the client was
-    not sent as they are now (all of them in a first response)."""
+    not sent as they are now (all of them in a first response). Found from what changed
+    since the snapshot it was sent from, when its subscription is the same since."""
+    sent = state.sent
     if sent is None:
         return list(selected.values())
+    basis = state.sent_from
+    if basis is not None and basis[1] is state.frozen_names:
+        names = snapshot.changed_since(basis[0], state.type_url)
+        return [selected[n] for n in names if n in selected and sent.get(n) != digests[n]]
     return [selected[name] for name, digest in digests.items() if sent.get(name) != digest]
 
 
