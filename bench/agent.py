@@ -15,10 +15,12 @@ each response with ``time.time()`` on arrival.
   listener on a local ADS stream (opened as soon as the socket file exists). Warm: the state
   dir of the footprint run, the agent's control server killed. Cold: an empty state dir, the
   control server up. Interleaved.
-* ``push to client``: control server with ``--debounce 0s``; one ADS stream subscribed to
-  EDS ``echo`` through the agent, one straight to the control server. Each repetition changes
-  echo's endpoint with ``ApplyServices`` and times from just before the RPC to each stream's
-  new EDS, so both paths see the same push.
+* ``push to client``: control server with ``--debounce 0s`` holding echo and 1000 services
+  (300 with ``--quick``); ADS streams through three agents (holding echo only, 101 services,
+  1001) and one straight to the control server. Each repetition changes echo's endpoint with
+  ``ApplyServices`` and times from just before the RPC to each stream's new EDS, so all paths
+  see the same push; each agent's CPU time over the pushes (``/proc/PID/task/*/schedstat``),
+  per push, with the echo-only agent as the floor.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from mesh_xds.testing import AdsClient
 from mesh_xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 SERVICES = 100
+LARGE = 1000  # services the largest relay agent holds (besides echo) in a full run
 HELD_TYPES = (LISTENER, ROUTE, CLUSTER, ENDPOINT)
 NODE_ID = "n1"
 HC_INTERVAL_S = 5.0
@@ -61,10 +64,11 @@ class Plan:
     settle: float  # seconds after the agent holds everything, before measuring
     starts: int  # warm and cold starts each
     pushes: int
+    large: int  # services the largest relay agent holds, besides echo
 
     @classmethod
     def of(cls, quick: bool) -> Plan:
-        return cls(2.0, 0.5, 2, 5) if quick else cls(10.0, 1.5, 5, 30)
+        return cls(2.0, 0.5, 2, 5, 300) if quick else cls(10.0, 1.5, 5, 30, LARGE)
 
 
 # ------------------------------------------------------------------------------------------
@@ -420,19 +424,12 @@ async def arrival(client: AdsClient, start: int, port: int) -> float:
     return next(t for t, ports in eds_ports(client, start) if port in ports)
 
 
-LARGE = 1000
-RELAY_PATHS = (
-    "via agent holding echo only",
-    "via agent holding 101 services",
-    "direct to control",
-    f"via agent holding {LARGE + 1} services",
-)
-HELD = {  # relay path -> services its agent holds (its local stream subscribes to them all)
-    RELAY_PATHS[0]: 1,
-    RELAY_PATHS[1]: SERVICES + 1,
-    RELAY_PATHS[3]: LARGE + 1,
-}
+RELAY_PATHS = ("via agent holding echo only", "via agent holding 101 services", "direct to control")
 CPU_GOALS_MS = {SERVICES + 1: 1.5, LARGE + 1: 2.0}
+
+
+def large_path(plan: Plan) -> str:
+    return f"via agent holding {plan.large + 1} services"
 
 
 async def push_latency(procs: Processes, control_address: str, plan: Plan) -> list[Row]:
@@ -457,7 +454,9 @@ async def push_latency(procs: Processes, control_address: str, plan: Plan) -> li
         )
     )
     (small, small_target), (full, full_target), (large, large_target) = agents
-    samples: dict[str, list[float]] = {path: [] for path in RELAY_PATHS}
+    paths = (*RELAY_PATHS, large_path(plan))
+    held = {paths[0]: 1, paths[1]: SERVICES + 1, paths[3]: plan.large + 1}
+    samples: dict[str, list[float]] = {path: [] for path in paths}
     rpc_ms: list[float] = []
     cpu_ms: dict[str, float] = {}
     try:
@@ -471,20 +470,18 @@ async def push_latency(procs: Processes, control_address: str, plan: Plan) -> li
                 ads_client(control_address, "bench-direct") as direct,
                 ads_client(large_target, "bench-relay-large") as via_large,
             ):
-                clients = dict(
-                    zip(RELAY_PATHS, (via_small, via_full, direct, via_large), strict=True)
-                )
+                clients = dict(zip(paths, (via_small, via_full, direct, via_large), strict=True))
                 pids = {
-                    RELAY_PATHS[0]: small.popen.pid,
-                    RELAY_PATHS[1]: full.popen.pid,
-                    RELAY_PATHS[3]: large.popen.pid,
+                    paths[0]: small.popen.pid,
+                    paths[1]: full.popen.pid,
+                    paths[3]: large.popen.pid,
                 }
                 via_small.subscribe(ENDPOINT, ["echo"])
                 direct.subscribe(ENDPOINT, ["echo"])
                 subscribe_all(via_full, [*service_names(), "echo"])
-                subscribe_all(via_large, [*service_names(LARGE), "echo"])
+                subscribe_all(via_large, [*service_names(plan.large), "echo"])
                 await wait_held(full_target, SERVICES + 1)
-                await wait_held(large_target, LARGE + 1, timeout=HOLD_TIMEOUT * 2)
+                await wait_held(large_target, plan.large + 1, timeout=HOLD_TIMEOUT * 2)
                 await asyncio.gather(*(arrival(c, 0, base_port) for c in clients.values()))
                 await asyncio.sleep(SETTLE * 10)
                 cpu0 = {path: cpu_ns(pid) for path, pid in pids.items()}
@@ -496,7 +493,7 @@ async def push_latency(procs: Processes, control_address: str, plan: Plan) -> li
                     arrivals = await asyncio.gather(
                         *(arrival(c, starts[path], port) for path, c in clients.items())
                     )
-                    for path, t in zip(RELAY_PATHS, arrivals, strict=True):
+                    for path, t in zip(paths, arrivals, strict=True):
                         samples[path].append((t - t0) * 1000)
                     await asyncio.sleep(SETTLE)
                 cpu_ms = {
@@ -519,12 +516,12 @@ async def push_latency(procs: Processes, control_address: str, plan: Plan) -> li
             **summary(samples[path]),
             "apply_rpc_median_ms": rpc,
         }
-        for path in RELAY_PATHS
+        for path in paths
     ]
     direct_ms = samples["direct to control"]
-    for path in (RELAY_PATHS[0], RELAY_PATHS[1], RELAY_PATHS[3]):
+    for path in (paths[0], paths[1], paths[3]):
         own = [v - d for v, d in zip(samples[path], direct_ms, strict=True)]
-        label = "echo only" if HELD[path] == 1 else f"{HELD[path]} services"
+        label = "echo only" if held[path] == 1 else f"{held[path]} services"
         rows.append(
             {
                 "table": table,
@@ -533,19 +530,19 @@ async def push_latency(procs: Processes, control_address: str, plan: Plan) -> li
                 **summary(own),
             }
         )
-    floor = cpu_ms[RELAY_PATHS[0]]
+    floor = cpu_ms[paths[0]]
     for path, ms in cpu_ms.items():
-        held = HELD[path]
+        count = held[path]
         rows.append(
             {
                 "table": "agent CPU per push (CPU time of its threads over the pushes / pushes)",
-                "agent": "echo only (floor)" if held == 1 else f"{held} services",
-                "services_held": held,
+                "agent": "echo only (floor)" if count == 1 else f"{count} services",
+                "services_held": count,
                 "pushes": plan.pushes,
                 "cpu_ms_per_push": round(ms, 3),
                 "over_floor_ms": round(ms - floor, 3),
                 "ratio_to_floor": ratio(ms, floor),
-                "goal_ms": CPU_GOALS_MS.get(held),
+                "goal_ms": CPU_GOALS_MS.get(count),
             }
         )
     return rows
@@ -607,8 +604,8 @@ async def _run(options: Options) -> list[Row]:
             procs.stop(backend)
 
         starts = await start_times(procs, control_address, control_hc_address, warm_state, plan)
-        # The pushes' control server holds LARGE services (the 100 and 900 more).
-        more = service_names(LARGE)[SERVICES:]
+        # The pushes' control server holds plan.large services (the 100 and more).
+        more = service_names(plan.large)[SERVICES:]
         async with grpc.aio.insecure_channel(control_address) as channel:
             await apply(
                 admin_pb2_grpc.MeshAdminServiceStub(channel),
@@ -633,9 +630,7 @@ async def _run(options: Options) -> list[Row]:
         _compare("start to first LDS, cold / warm", cold, warm),
         _compare("push to client, via agent holding echo only / direct", via_small, direct),
         _compare("push to client, via agent holding 101 services / direct", via_full, direct),
-        _compare(
-            f"push to client, via agent holding {LARGE + 1} services / direct", via_large, direct
-        ),
+        _compare(f"push to client, {large_path(plan)} / direct", via_large, direct),
     ]
 
 

@@ -49,7 +49,8 @@ class SotwTypeState(TypeState):
     frozen_names: frozenset[ResourceName] = frozenset()  # ``names``, made once per subscription
     requested: list[ResourceName] | None = None  # the names of the latest request, as sent
     sent_from: tuple[Snapshot, frozenset[ResourceName]] | None = None
-    """The snapshot and subscription what the client holds (``sent``) was selected from."""
+    """The snapshot and subscription ``sent`` was last checked against: what the client holds
+    of the subscription is ``sent`` as of this snapshot (for RDS and EDS)."""
 
     def subscribe(self, names: list[str]) -> None:
         requested = set(names)
@@ -120,29 +121,28 @@ class SotwSession(BaseSession[discovery_pb2.DiscoveryRequest, discovery_pb2.Disc
         if not state.wildcard and not state.names:
             # Unsubscribed from everything of this type: nothing to send until it asks again.
             state.sent = {} if state.sent is not None else None
+            state.sent_from = None
             return
         selected, digests, version = snapshot.selection(
             state.type_url, state.wildcard, state.frozen_names
         )
+        basis, state.sent_from = state.sent_from, (snapshot, state.frozen_names)
         if state.sent is None and resume_version and resume_version == version:
             # Reconnect: the client already holds exactly this.
             state.sent, state.sent_version, state.acked_version = digests, version, version
-            state.sent_from = (snapshot, state.frozen_names)
             self.log.debug("resumed without resend", type=short_name(state.type_url))
             return
         if digests is state.sent:
-            state.sent_from = (snapshot, state.frozen_names)
             return
         if state.type_url in FULL_STATE:
             if state.sent is not None and digests == state.sent:
                 return
             sending = list(selected.values())
         else:
-            sending = _changed(state, snapshot, selected, digests)
+            sending = _changed(state, basis, snapshot, selected, digests)
             if not sending:
                 return
         state.sent, state.sent_version = digests, version
-        state.sent_from = (snapshot, state.frozen_names)
         nonce = self._sending(state, snapshot, pushed=pushed)
         response = discovery_pb2.DiscoveryResponse(
             version_info=version,
@@ -156,17 +156,18 @@ class SotwSession(BaseSession[discovery_pb2.DiscoveryRequest, discovery_pb2.Disc
 
 def _changed(
     state: SotwTypeState,
+    basis: tuple[Snapshot, frozenset[ResourceName]] | None,
     snapshot: Snapshot,
     selected: dict[ResourceName, Resource],
     digests: dict[ResourceName, str],
 ) -> list[Resource]:
     """For RDS and EDS, which need not be sent whole: the selected resources the client was
     not sent as they are now (all of them in a first response). Found from what changed
-    since the snapshot it was sent from, when its subscription is the same since."""
+    since ``basis``, the snapshot and subscription ``state.sent`` was last brought up to
+    date with, when the subscription is the same since."""
     sent = state.sent
     if sent is None:
         return list(selected.values())
-    basis = state.sent_from
     if basis is not None and basis[1] is state.frozen_names:
         names = snapshot.changed_since(basis[0], state.type_url)
         return [selected[n] for n in names if n in selected and sent.get(n) != digests[n]]
