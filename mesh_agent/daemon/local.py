@@ -77,19 +77,47 @@ def rewrite_health(packed: any_pb2.Any, verdict: Verdict) -> any_pb2.Any:
     )
 
 
+def _zones_of(name: str, packed: any_pb2.Any) -> list[tuple[str, str, int]]:
+    assignment = endpoint_pb2.ClusterLoadAssignment()
+    packed.Unpack(assignment)
+    if len({locality.locality.zone for locality in assignment.endpoints}) < 2:
+        return []
+    return [(name, loc.locality.zone, loc.priority) for loc in assignment.endpoints]
+
+
 def zone_priorities(snapshot: Snapshot) -> list[tuple[str, str, int]]:
     """``(service, zone, priority)`` as ``snapshot`` serves each service's own assignment,
     for the services whose endpoints span zones."""
     out: list[tuple[str, str, int]] = []
     for name, resource in snapshot.resources.get(ENDPOINT, {}).items():
-        if service_of_cluster(name) != name:
-            continue
-        assignment = endpoint_pb2.ClusterLoadAssignment()
-        resource.packed.Unpack(assignment)
-        if len({locality.locality.zone for locality in assignment.endpoints}) < 2:
-            continue
-        out += [(name, loc.locality.zone, loc.priority) for loc in assignment.endpoints]
+        if service_of_cluster(name) == name:
+            out += _zones_of(name, resource.packed)
     return out
+
+
+class ZonePriorities:
+    """:func:`zone_priorities` followed from snapshot to snapshot: only the assignments that
+    changed since the last one are read again."""
+
+    def __init__(self) -> None:
+        self._by_service: dict[str, list[tuple[str, str, int]]] = {}
+        self._seen: Snapshot | None = None
+
+    def update(self, snapshot: Snapshot) -> list[tuple[str, str, int]]:
+        available = snapshot.resources.get(ENDPOINT, {})
+        seen = self._seen
+        names = available.keys() if seen is None else snapshot.changed_since(seen, ENDPOINT)
+        for name in names:
+            resource = available.get(name)
+            if service_of_cluster(name) != name:
+                continue
+            zones = _zones_of(name, resource.packed) if resource is not None else []
+            if zones:
+                self._by_service[name] = zones
+            else:
+                self._by_service.pop(name, None)
+        self._seen = snapshot
+        return [entry for name in sorted(self._by_service) for entry in self._by_service[name]]
 
 
 _MASK = (1 << 64) - 1

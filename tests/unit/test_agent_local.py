@@ -13,9 +13,15 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from google.protobuf import any_pb2
 
 from control.resources import build_resources
+from mesh.v1 import config_pb2
 from mesh_agent.daemon.cache import ConfigCache
 from mesh_agent.daemon.health.table import NO_VERDICT, Verdict
-from mesh_agent.daemon.local import LocalSnapshot, LocalSnapshotSource
+from mesh_agent.daemon.local import (
+    LocalSnapshot,
+    LocalSnapshotSource,
+    ZonePriorities,
+    zone_priorities,
+)
 from mesh_agent.daemon.upstream.interest import References, compute_interest
 from mesh_xds.testing import names_in
 from mesh_xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE
@@ -175,3 +181,34 @@ def test_references_decode_only_what_changed_and_tell_when_a_reference_moved() -
     assert "s1" not in references.routes()
     interest = compute_interest(cache, {}, references)
     assert interest[ROUTE] == compute_interest(cache, {})[ROUTE]
+
+
+def test_zone_priorities_follow_the_changed_assignments() -> None:
+    def zoned(*zones: str) -> config_pb2.Service:
+        endpoints = [
+            config_pb2.Endpoint(address=f"10.0.1.{i + 1}:80", zone=zone)
+            for i, zone in enumerate(zones)
+        ]
+        return config_pb2.Service(name="z", endpoints=endpoints)
+
+    def accept(version: str, *services: config_pb2.Service) -> None:
+        boxes = []
+        for message in build_resources(list(services), "eu-a")[ENDPOINT].values():
+            box = any_pb2.Any()
+            box.Pack(message)
+            boxes.append(box)
+        assert cache.accept_delta(ENDPOINT, version, boxes, []) is None
+
+    cache = ConfigCache(None, "node-1")
+    accept("v1", zoned("eu-a", "eu-b"), service("s0", "10.0.0.1:80"))
+    source = source_of(cache)
+    priorities = ZonePriorities()
+    first = priorities.update(source.snapshot_for(NODE))
+    assert first == zone_priorities(source.snapshot_for(NODE))
+    assert {(zone, priority) for _, zone, priority in first} == {("eu-a", 0), ("eu-b", 1)}
+    accept("v2", zoned("eu-a", "eu-a"))
+    assert (
+        priorities.update(source.snapshot_for(NODE))
+        == []
+        == zone_priorities(source.snapshot_for(NODE))
+    )
