@@ -260,7 +260,11 @@ async def footprint(
         cpu_pct = (cpu1 - cpu0) / window * 100
         checks = window * health_targets / HC_INTERVAL_S
         healthy = sum(1 for e in status.endpoint_health if e.state == "healthy")
-        state_file = state_dir / "config.json"
+        # The journal; an agent of before it kept one file rewritten whole.
+        state_file = next(
+            (f for f in (state_dir / "config.journal", state_dir / "config.json") if f.exists()),
+            state_dir / "config.journal",
+        )
         row: Row = {
             "table": f"footprint ({SERVICES} services held, idle)",
             "variant": variant,
