@@ -1,11 +1,14 @@
-"""mesh-agent killed (SIGKILL) at random moments of a stream of pushes: each time, an agent
-restarted on its state dir with no control server to reach serves grpcio's xDS client a whole
-config, the last one the killed agent served or one it received after that, never a damaged or
-older one (:mod:`mesh_agent.daemon.journal`)."""
+"""What the agent's state dir promises (:mod:`mesh_agent.daemon.journal`): an agent killed
+(SIGKILL) at random moments of a stream of pushes is restarted, each time, with no control
+server to reach, and serves grpcio's xDS client a whole config, the last one the killed agent
+served or one it received after that, never a damaged or older one; and an agent upgraded in
+place serves the single state file its earlier version left, then keeps the journal."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import random
 import threading
 import time
@@ -15,6 +18,7 @@ import grpc
 import pytest
 from envoy.config.endpoint.v3 import endpoint_pb2
 
+from control.resources import build_resources
 from mesh.v1 import admin_pb2, admin_pb2_grpc, config_pb2
 from mesh_agent.daemon.journal import JOURNAL_FILE, parse
 from mesh_xds.testing import AdsClient
@@ -129,3 +133,37 @@ def test_an_agent_killed_during_pushes_restarts_on_the_last_config_it_served(
     assert pusher.applied > KILLS, "the pushes did not go on"
     journal = procs.agent_state_dir("node-1") / JOURNAL_FILE
     assert parse(journal.read_bytes(), "node-1").types
+
+
+def test_an_upgraded_agent_serves_the_state_file_of_its_earlier_version(
+    procs: MeshProcesses,
+) -> None:
+    _, backend = procs.start_backend("backend-0")
+    state = procs.agent_state_dir("node-1")
+    state.mkdir()
+    # What an agent before the journal left: one JSON file of every resource, base64.
+    types = {
+        type_url: {
+            "version": "v1",
+            "resources": {
+                name: base64.b64encode(message.SerializeToString(deterministic=True)).decode()
+                for name, message in by_name.items()
+            },
+        }
+        for type_url, by_name in build_resources([echo_at(0, [backend])], "").items()
+    }
+    document = {"format": 1, "node_id": "node-1", "saved_at": time.time(), "types": types}
+    (state / "config.json").write_text(json.dumps(document))
+
+    proc, agent = procs.start_agent(UNREACHABLE, "node-1")
+    client = procs.start_client(agent, "echo")
+    wait_for(lambda: any(c["ok"] for c in records(client)), 30, "a call on the old state file")
+    assert not (state / "config.json").exists()
+    journal = parse((state / JOURNAL_FILE).read_bytes(), "node-1")
+    assert journal.types[ENDPOINT].resources.keys() == {"echo"}
+    assert "rejected" not in proc.errors()
+    # Restarted again (the control plane still away), it serves from the journal.
+    client.stop()
+    proc.stop()
+    _, agent = procs.start_agent(UNREACHABLE, "node-1")
+    assert served_generation(agent) == 0
