@@ -21,6 +21,7 @@ import json
 import os
 import time
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,7 @@ class ConfigCache:
         type_url: TypeUrl,
         version: Version,
         resources: Iterable[any_pb2.Any],
-        requested: set[ResourceName] | None,
+        requested: AbstractSet[ResourceName] | None,
     ) -> str | None:
         """Takes an upstream response; returns None when accepted, else the NACK text (and
         keeps what it had). ``requested`` is the subscription (None for wildcard): for full
