@@ -262,6 +262,7 @@ class ConfigCache:
         if self._journal is None or self.state_dir is None:
             return False
         legacy = self.state_dir / LEGACY_STATE_FILE
+        self._journal.remove_leftovers()
         if self._journal.exists():
             restored = self._read_journal()
             if restored is None:

@@ -206,6 +206,12 @@ class Journal:
     def exists(self) -> bool:
         return self.path.exists()
 
+    def remove_leftovers(self) -> None:
+        """Removes the temporary files of compactions a kill cut short (the journal they
+        were to replace is whole)."""
+        for leftover in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            leftover.unlink(missing_ok=True)
+
     def read(self) -> Restored:
         """The state in the journal (raises :class:`JournalError`, or OSError); a torn tail is
         cut off the file so that appends follow the last whole record."""

@@ -175,6 +175,18 @@ def test_compaction_rewrites_the_state_and_keeps_it(
     assert not list(tmp_path.glob(".*tmp"))
 
 
+def test_a_compaction_cut_short_leaves_the_journal_whole_and_its_file_is_removed(
+    tmp_path: Path,
+) -> None:
+    filled(tmp_path)
+    # Killed after writing the new journal's temporary file, before the rename.
+    leftover = tmp_path / f".{JOURNAL_FILE}.12345.tmp"
+    leftover.write_bytes(b"half a compaction")
+    back = restored(tmp_path)
+    assert back.version(CLUSTER) == "v1" and not back.problems
+    assert not leftover.exists()
+
+
 def test_the_single_state_file_of_earlier_agents_is_read_once_and_replaced(
     tmp_path: Path,
 ) -> None:
