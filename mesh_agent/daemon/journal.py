@@ -26,8 +26,9 @@ the next append, so the state read back is the one after the last whole record, 
 accepted or the one before. A bad record with records after it is damage no kill can cause:
 the file is set aside (renamed ``config.journal.rejected-<time>``) and said so, never trusted
 in part. Compaction writes the whole state as a new journal to a temporary file and renames it
-over the old one: a reader sees the old journal or the new, both of the same state. The
-journal is fsynced once at a clean shutdown.
+over the old one: a reader sees the old journal or the new, both of the same state (a
+temporary file a kill leaves behind is removed at the next start). The journal is fsynced once
+at a clean shutdown.
 
 Compaction runs when the journal has grown past ``COMPACT_RATIO`` times the size of its last
 full write (and at least ``COMPACT_MIN`` bytes): each push appends its change, and the cost of
