@@ -21,8 +21,9 @@ An edge is read by adding its slots' counts and histograms:
 
 Bounds. At most :data:`MAX_EDGES` edges are kept; a report's edges past that are dropped
 (counted in ``GetTrafficResponse.dropped_edges``, logged once a minute) until old edges leave
-the window. Edges go with their last slot, so a node that left is forgotten one window
-after its last report.
+the window. Calls an agent could not count (its own cap) are summed in ``dropped_calls``.
+Edges go with their last slot, so a node that left is forgotten one window after its last
+report.
 
 Several control servers on one etcd (:mod:`control.shared_traffic`): each server's window is
 exported summed per edge (:meth:`TrafficGraph.export`) and the others' are merged in on read
@@ -148,6 +149,7 @@ class TrafficGraph:
         self.max_edges = max_edges
         self.clock = clock
         self.dropped_edges = 0
+        self.dropped_calls = 0
         self._edges: dict[EdgeKey, dict[int, Counts]] = {}
         self._remote: dict[str, list[tuple[EdgeKey, Counts]]] = {}
         self._last_drop_log = -math.inf
@@ -164,6 +166,13 @@ class TrafficGraph:
         start = request.start.ToNanoseconds() / 1e9 if request.HasField("start") else now
         start = min(start, now)
         node = request.node_id
+        if request.dropped_calls > 0:
+            self.dropped_calls += request.dropped_calls
+            log.warning(
+                "node could not count all its calls: too many caller and service pairs",
+                node=node,
+                dropped_calls=request.dropped_calls,
+            )
         kept = dropped = 0
         for edge in request.edges:
             key = (node, edge.caller, edge.service)
@@ -324,6 +333,7 @@ class TrafficGraph:
             server_id=server_id,
             latency_bounds_ms=LATENCY_BOUNDS_MS,
             dropped_edges=self.dropped_edges,
+            dropped_calls=self.dropped_calls,
         )
         response.time.FromNanoseconds(int(self.clock() * 1e9))
         return response

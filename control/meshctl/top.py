@@ -72,6 +72,8 @@ def top_lines(response: admin_pb2.GetTrafficResponse) -> list[str]:
     summary = f"{len(response.edges)} edge(s) {window}, from server {response.server_id}"
     if response.dropped_edges:
         summary += f"; {response.dropped_edges} edge(s) dropped over its cap"
+    if response.dropped_calls:
+        summary += f"; {response.dropped_calls} call(s) not counted by agents over theirs"
     return [*lines, "", summary]
 
 

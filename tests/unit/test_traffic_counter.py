@@ -4,15 +4,27 @@ requests; and the process's caller name (``mesh_agent.client._caller``)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import grpc
 import pytest
 
+from control.node_api import NodeServicer
+from control.registry import Registrations
 from control.traffic import TrafficGraph
-from mesh.v1 import agent_pb2
+from mesh.v1 import admin_pb2, agent_pb2, node_pb2, node_pb2_grpc
 from mesh_agent.client._caller import CALLER_ENV, CallerName
 from mesh_agent.daemon.breakers.service import BreakerHub
-from mesh_agent.daemon.traffic import TrafficCounter, breaker_name, requests
+from mesh_agent.daemon.traffic import (
+    KEEP_UNSENT,
+    TrafficCounter,
+    TrafficReporter,
+    breaker_name,
+    requests,
+)
 from mesh_core.errors import ConfigError
-from mesh_core.traffic import BUCKETS, MAX_REPORT_EDGES, bucket_of_us
+from mesh_core.traffic import BUCKETS, LATENCY_BOUNDS_MS, MAX_REPORT_EDGES, bucket_of_us
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -113,3 +125,89 @@ def test_malformed_caller_names_are_refused_by_name(monkeypatch: pytest.MonkeyPa
         name.check_env()
     name.client_id = "host-42"
     assert name.current() == "host-42"  # never reported under a malformed name
+
+
+# -- sending: a real NodeService on loopback ------------------------------------------------
+
+
+@pytest.fixture
+async def control() -> AsyncIterator[tuple[str, TrafficGraph]]:
+    """A gRPC server on 127.0.0.1:0 with the control server's NodeService over a graph."""
+    graph = TrafficGraph()
+    server = grpc.aio.server()
+    node_pb2_grpc.add_NodeServiceServicer_to_server(
+        NodeServicer(Registrations(), traffic=graph), server
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield f"127.0.0.1:{port}", graph
+    finally:
+        await server.stop(None)
+
+
+async def test_the_reporter_sends_deltas_and_keeps_what_it_could_not_send(
+    control: tuple[str, TrafficGraph],
+) -> None:
+    address, graph = control
+    counter = TrafficCounter()
+    reporter = TrafficReporter("n1", counter, BreakerHub(None))
+    assert not await reporter.send_once()  # nothing counted: nothing sent
+    counter.record("web", [outcome("orders"), outcome("orders", "INTERNAL")])
+    assert not await reporter.send_once()  # not connected: kept
+    reporter.server = f"127.0.0.1:{free_port()}"  # nobody listens there
+    assert not await reporter.send_once()
+    assert counter.pending  # put back
+    reporter.server = address
+    assert await reporter.send_once()
+    counter.record("web", [outcome("orders")])
+    assert await reporter.send_once()
+    [edge] = graph.edges()
+    assert (edge.caller, edge.service, edge.node_id) == ("web", "orders", "n1")
+    assert edge.codes == {"OK": 2, "INTERNAL": 1}  # deltas, each counted once
+    assert reporter.sent == 2
+
+
+async def test_counts_older_than_the_window_are_dropped_rather_than_sent_as_a_burst(
+    control: tuple[str, TrafficGraph],
+) -> None:
+    address, graph = control
+    counter = TrafficCounter()
+    old = TrafficCounter()
+    old.record("web", [outcome("orders")] * 100)
+    span = old.take()
+    assert span is not None
+    span.start -= KEEP_UNSENT + 1
+    counter.put_back(span)
+    reporter = TrafficReporter("n1", counter, BreakerHub(None))
+    reporter.server = address
+    assert not await reporter.send_once()
+    assert not counter.pending and graph.edges() == []
+
+
+async def test_a_control_server_refuses_a_report_past_its_size_limit(
+    control: tuple[str, TrafficGraph],
+) -> None:
+    address, graph = control
+    request = node_pb2.ReportTrafficRequest(node_id="n1", latency_bounds_ms=LATENCY_BOUNDS_MS)
+    for index in range(MAX_REPORT_EDGES + 1):
+        request.edges.add(caller="c", service=f"s{index}", latency_buckets=[0] * BUCKETS)
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = node_pb2_grpc.NodeServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await stub.ReportTraffic(request, timeout=5)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "501 edges in one request; the limit is 500" in (error.value.details() or "")
+        del request.edges[0].latency_buckets[0]
+        del request.edges[1:]
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await stub.ReportTraffic(request, timeout=5)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "edges[0].latency_buckets" in (error.value.details() or "")
+        request.dropped_calls = 7
+        request.edges[0].latency_buckets.append(0)
+        reply = await stub.ReportTraffic(request, timeout=5)
+        assert reply.accepted == 1
+    assert graph.dropped_calls == 7  # what the agent could not count is told
+    response = graph.response(admin_pb2.GetTrafficRequest(), None, "s1")
+    assert response.dropped_calls == 7
