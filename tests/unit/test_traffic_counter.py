@@ -5,6 +5,7 @@ requests; and the process's caller name (``mesh_agent.client._caller``)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -13,7 +14,8 @@ from control.node_api import NodeServicer
 from control.registry import Registrations
 from control.traffic import TrafficGraph
 from mesh.v1 import admin_pb2, agent_pb2, node_pb2, node_pb2_grpc
-from mesh_agent.client._caller import CALLER_ENV, CallerName
+from mesh_agent.client._caller import CALLER, CALLER_ENV, CallerName
+from mesh_agent.client._identity import ProcessIdentity
 from mesh_agent.daemon.breakers.service import BreakerHub
 from mesh_agent.daemon.traffic import (
     KEEP_UNSENT,
@@ -211,3 +213,12 @@ async def test_a_control_server_refuses_a_report_past_its_size_limit(
     assert graph.dropped_calls == 7  # what the agent could not count is told
     response = graph.response(admin_pb2.GetTrafficRequest(), None, "s1")
     assert response.dropped_calls == 7
+
+
+def test_using_a_service_identity_names_the_process_after_it(tmp_path: Path) -> None:
+    before = CALLER.identity
+    try:
+        ProcessIdentity().use("orders", tmp_path)
+        assert CALLER.current() == "orders"
+    finally:
+        CALLER.identity = before
