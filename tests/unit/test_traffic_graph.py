@@ -263,3 +263,23 @@ def test_top_renders_a_row_per_edge_and_says_what_it_covers() -> None:
     empty = admin_pb2.GetTrafficResponse(window_seconds=60)
     assert top_lines(empty) == ["no calls reported over the last 60s"]
     assert json.loads(top_json(empty)) == []
+
+
+def test_slots_leave_one_by_one_and_take_their_calls_with_them() -> None:
+    clock = Clock(1_000_000.0)  # a slot boundary
+    graph = TrafficGraph(window=60, slot=5, clock=clock)
+    graph.add(report("n1", ("web", "orders", {"OK": 10}, histogram(*[1.0] * 10)), start=clock.now))
+    clock.now += 30
+    graph.add(
+        report("n1", ("web", "orders", {"INTERNAL": 5}, histogram(*[100.0] * 5)), start=clock.now)
+    )
+    [both] = graph.edges()
+    assert both.codes == {"OK": 10, "INTERNAL": 5}
+    clock.now += 31  # the first slot left the window, the second is still in
+    [edge] = graph.edges()
+    assert edge.codes == {"INTERNAL": 5} and edge.calls == 5
+    assert edge.error_rate == 1.0
+    assert sum(edge.latency_buckets) == 5 and edge.p50_ms > 70  # the fast calls are gone
+    assert edge.seconds == pytest.approx(31.0)  # from the start of what is left
+    clock.now += 30
+    assert graph.edges() == []
