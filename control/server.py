@@ -31,9 +31,11 @@ from control.registry import DEFAULT_GRACE, Registrations
 from control.resources import build_resources, zone_key
 from control.security import Access
 from control.shared_nodes import SharedNodes
+from control.shared_traffic import SharedTraffic
 from control.signing import SigningAuthority
 from control.store import HistoryLimits, Store, open_store
 from control.store.etcd import EtcdStore
+from control.traffic import TrafficGraph
 from mesh.v1 import admin_pb2, admin_pb2_grpc, node_pb2, node_pb2_grpc
 from mesh_core.aio import awaiting, end_tasks
 from mesh_core.limits import Limits, StreamCounter
@@ -106,6 +108,13 @@ class ControlServer:
             if isinstance(self.store, EtcdStore)
             else None
         )
+        self.traffic = TrafficGraph()
+        # With a shared store, each server's window of its agents' traffic is shared too.
+        self.shared_traffic = (
+            SharedTraffic(self.store, self.traffic, self.server_id)
+            if isinstance(self.store, EtcdStore)
+            else None
+        )
         self.publisher = Publisher(
             self.store,
             self.cache,
@@ -129,6 +138,10 @@ class ControlServer:
         self._tasks.append(asyncio.create_task(self._watch_store(), name="store-health"))
         if self.shared is not None:
             self._tasks.append(asyncio.create_task(self.shared.run(), name="shared-nodes"))
+        if self.shared_traffic is not None:
+            self._tasks.append(
+                asyncio.create_task(self.shared_traffic.run(), name="shared-traffic")
+            )
         server = grpc.aio.server(
             options=[
                 ("grpc.keepalive_time_ms", 30_000),
@@ -160,6 +173,7 @@ class ControlServer:
                 remote_nodes=self.shared.remote_statuses if self.shared is not None else None,
                 access=self.access,
                 limits=self.limits,
+                traffic=self.traffic,
             ),
             server,
         )
@@ -170,6 +184,7 @@ class ControlServer:
                 limits=self.limits,
                 store=self.store,
                 signing=self.signing,
+                traffic=self.traffic,
             ),
             server,
         )
