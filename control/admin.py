@@ -219,6 +219,11 @@ class AdminServicer(admin_pb2_grpc.MeshAdminServiceServicer):
     async def GetStatus(
         self, request: admin_pb2.GetStatusRequest, context: Context
     ) -> admin_pb2.GetStatusResponse:
+        return self.status()
+
+    def status(self) -> admin_pb2.GetStatusResponse:
+        """What ``GetStatus`` answers: the nodes (this server's, then, with a shared store,
+        the other servers'), each with its agent's health, and the store's state."""
         nodes = self._nodes.node_statuses()
         for node in nodes:
             node.server_id = node.server_id or self._server_id
