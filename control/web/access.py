@@ -6,9 +6,10 @@ How a caller shows the token:
 
 - ``Authorization: Bearer TOKEN`` on any request (scripts, curl);
 - a browser opens ``/?token=TOKEN`` once (or types it into the form of the 401 page): the
-  server answers with a redirect to ``/`` that sets the cookie :data:`COOKIE` (HttpOnly,
-  SameSite=Strict), whose value is an HMAC of the token, not the token itself: the cookie
-  opens the page, never the admin API's writes. It stops working when the token changes.
+  server answers with a redirect to ``/`` that sets the cookie ``mesh_page_PORT`` (HttpOnly,
+  SameSite=Strict; named after the port, as browsers share cookies between the ports of a
+  host), whose value is an HMAC of the token, not the token itself: the cookie opens the
+  page, never the admin API's writes. It stops working when the token changes.
 
 Tokens and cookies are compared in constant time. Without a token, a request's ``Host``
 must name this server by address (an IP literal, ``localhost``, the ``--http-host`` or the
@@ -45,6 +46,11 @@ class PageAccess:
     def __init__(self, access: Access, host: str) -> None:
         self._access = access
         self._names = {"localhost", host.lower(), socket.gethostname().lower()}
+        self.cookie = COOKIE
+        """The cookie's name: :data:`COOKIE` and the page's port, once bound (:meth:`bound`)."""
+
+    def bound(self, port: int) -> None:
+        self.cookie = f"{COOKIE}_{port}"
 
     @property
     def token_required(self) -> bool:
@@ -65,7 +71,7 @@ class PageAccess:
             given.strip().encode("latin-1"), token
         ):
             return True
-        cookie = request.cookie(COOKIE)
+        cookie = request.cookie(self.cookie)
         return cookie is not None and hmac.compare_digest(
             cookie.encode("latin-1"), cookie_value(token).encode()
         )

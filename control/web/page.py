@@ -20,7 +20,7 @@ from importlib import resources
 import structlog
 
 from control.web._http import NO_STORE, HttpServer, Request, Response
-from control.web.access import COOKIE, PageAccess
+from control.web.access import PageAccess
 from control.web.view import MeshView
 
 log = structlog.get_logger(__name__)
@@ -73,6 +73,7 @@ class WebPage:
 
     async def start(self) -> str:
         port = await self._http.start()
+        self._access.bound(port)
         host = self._http.host
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{port}/"
@@ -122,7 +123,10 @@ class WebPage:
             303,
             headers=[
                 ("Location", "/"),
-                ("Set-Cookie", f"{COOKIE}={cookie}; Path=/; HttpOnly; SameSite=Strict"),
+                (
+                    "Set-Cookie",
+                    f"{self._access.cookie}={cookie}; Path=/; HttpOnly; SameSite=Strict",
+                ),
                 NO_STORE,
             ],
         )

@@ -19,6 +19,8 @@
     node_away: "node away",
   };
 
+  const SHORT_STATE = { half_open: "half-open", node_away: "away" };
+
   function el(tag, attrs, ...children) {
     const node = document.createElement(tag);
     for (const [key, value] of Object.entries(attrs || {})) {
@@ -138,7 +140,7 @@
         svg("circle", { cx: x, cy: y, r: NODE_R }),
         svg("text", { x: x, y: y + NODE_R + 14 }, name),
       );
-      if (state !== "ok") group.append(svg("text", { class: "sub", x: x, y: y + 4 }, STATE_TEXT[state] || state));
+      if (state !== "ok") group.append(svg("text", { class: "sub", x: x, y: y + 4 }, SHORT_STATE[state] || state));
       return group;
     });
     nodeGroup.replaceChildren(...drawnNodes);
