@@ -34,6 +34,7 @@ from control.shared_nodes import SharedNodes
 from control.signing import SigningAuthority
 from control.store import HistoryLimits, Store, open_store
 from control.store.etcd import EtcdStore
+from control.traffic import TrafficGraph
 from control.web import DEFAULT_HOST, MeshView, PageAccess, WebPage
 from mesh.v1 import admin_pb2, admin_pb2_grpc, node_pb2, node_pb2_grpc
 from mesh_core.aio import awaiting, end_tasks
@@ -111,6 +112,7 @@ class ControlServer:
             if isinstance(self.store, EtcdStore)
             else None
         )
+        self.traffic = TrafficGraph()
         self.publisher = Publisher(
             self.store,
             self.cache,
@@ -169,6 +171,7 @@ class ControlServer:
             remote_nodes=self.shared.remote_statuses if self.shared is not None else None,
             access=self.access,
             limits=self.limits,
+            traffic=self.traffic,
         )
         admin_pb2_grpc.add_MeshAdminServiceServicer_to_server(admin, server)
         node_pb2_grpc.add_NodeServiceServicer_to_server(
@@ -178,6 +181,7 @@ class ControlServer:
                 limits=self.limits,
                 store=self.store,
                 signing=self.signing,
+                traffic=self.traffic,
             ),
             server,
         )

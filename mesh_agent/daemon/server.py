@@ -51,12 +51,14 @@ from mesh_agent.daemon.roles import (
     IDENTITIES,
     REPORTER,
     SERVER,
+    TRAFFIC,
     UPSTREAM,
     BreakersRole,
     CacheRole,
     HealthRole,
     IdentitiesRole,
     ReporterRole,
+    TrafficRole,
     Upstream,
 )
 from mesh_agent.daemon.servers import Declarations, ProcessRequests
@@ -202,7 +204,7 @@ class ServerComponent:
     the gRPC server and its health servicer are made at every start."""
 
     name = SERVER
-    requires = (CACHE, HEALTH, BREAKERS, UPSTREAM, REPORTER, IDENTITIES)
+    requires = (CACHE, HEALTH, BREAKERS, UPSTREAM, REPORTER, IDENTITIES, TRAFFIC)
 
     def __init__(self) -> None:
         self.sessions = SessionRegistry()
@@ -227,6 +229,7 @@ class ServerComponent:
         upstream = ctx.require(UPSTREAM, Upstream)
         reporter = ctx.require(REPORTER, ReporterRole).reporter
         keeper = ctx.require(IDENTITIES, IdentitiesRole).keeper
+        traffic = ctx.require(TRAFFIC, TrafficRole).counter
         self._grace = settings.grace
         if self._declarations is None:
             self._declarations = Declarations(settings.state_dir, keeper.trust_domain)
@@ -269,7 +272,13 @@ class ServerComponent:
             return response
 
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
-            AgentServicer(reporter, hub, status, ProcessRequests(declarations, keeper, cache)),
+            AgentServicer(
+                reporter,
+                hub,
+                status,
+                ProcessRequests(declarations, keeper, cache),
+                traffic=traffic,
+            ),
             server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
