@@ -228,6 +228,13 @@ class AdminServicer(admin_pb2_grpc.MeshAdminServiceServicer):
         and warning from its health as this server knows it (shared: every server's)."""
         self._limits.check_name("service", request.service)
         self._limits.check_name("caller", request.caller)
+        return self.traffic(request)
+
+    def traffic(
+        self, request: admin_pb2.GetTrafficRequest | None = None
+    ) -> admin_pb2.GetTrafficResponse:
+        """What ``GetTraffic`` answers for ``request`` (None: every edge)."""
+        request = request if request is not None else admin_pb2.GetTrafficRequest()
         remote = (
             {s.node_id: s for s in self._remote_nodes(set())}
             if self._remote_nodes is not None

@@ -220,7 +220,7 @@ class ControlServer:
         cannot bind."""
         assert self.http_port is not None
         registered = self.shared if self.shared is not None else self.registrations
-        view = MeshView(self.store, admin.status, registered.by_service)
+        view = MeshView(self.store, admin.status, registered.by_service, admin.traffic)
         page = WebPage(
             view, PageAccess(self.access, self.http_host), self.http_host, self.http_port
         )

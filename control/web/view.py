@@ -19,8 +19,10 @@ The document (every time RFC 3339 UTC, every list sorted so equal state gives eq
                       time}], newest first
     changes         [{time, who, action, services, outcome, reason, detail, revision,
                       message, server_id}]: the audit trail's newest entries, newest first
-    traffic         {available, edges [{caller, service, rps, error_rate, p50_ms, p99_ms,
-                      breaker, warning}]}
+    traffic         {available, edges [{caller, service, nodes, calls, rps, error_rate,
+                      p50_ms, p99_ms, breaker (the worst of the nodes': closed, half_open,
+                      open; empty: no breaker), warning}]}: GetTraffic's edges over its
+                      window, one per caller and service (summed over the callers' nodes)
     errors          [text]: parts that could not be read this time (e.g. the store is down)
 
 A document is kept for :data:`FRESH_FOR` seconds, so many open pages cost one build.
@@ -31,15 +33,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from control.registry import merge_registered
 from control.store import Store
-from mesh.v1 import admin_pb2, config_pb2, node_pb2
+from mesh.v1 import admin_pb2, config_pb2, node_pb2, traffic_pb2
 from mesh_core.errors import MeshError
+from mesh_core.traffic import BUCKETS, merge_into, quantile_ms
 
 FRESH_FOR = 1.0
 """Seconds a built document is served again."""
@@ -48,7 +51,7 @@ MAX_NACKS = 100
 Json = dict[str, Any]
 StatusSource = Callable[[], admin_pb2.GetStatusResponse]
 RegisteredSource = Callable[[], Mapping[str, Sequence[config_pb2.Endpoint]]]
-TrafficSource = Callable[[], Awaitable[list[Json]]]
+TrafficSource = Callable[[], admin_pb2.GetTrafficResponse]
 
 _RANK = {"ok": 0, "degrading": 1, "half_open": 2, "open": 3}
 
@@ -71,7 +74,7 @@ class MeshView:
     ) -> None:
         """``status``: what GetStatus answers; ``registered``: the endpoints nodes
         registered, per service; ``traffic``: the calls between services, as the document's
-        ``traffic.edges`` (None: not known to this server)."""
+        ``traffic.edges``, summed over the callers' nodes (None: not known)."""
         self._store = store
         self._status = status
         self._registered = registered
@@ -99,12 +102,7 @@ class MeshView:
             audit = (await self._store.audit())[-MAX_CHANGES:]
         except MeshError as error:
             audit, errors = [], [*errors, f"changes: {error}"]
-        edges: list[Json] = []
-        if self._traffic is not None:
-            try:
-                edges = await self._traffic()
-            except MeshError as error:
-                errors.append(f"traffic: {error}")
+        edges = _edges(self._traffic().edges) if self._traffic is not None else []
         now = Timestamp()
         now.GetCurrentTime()
         return {
@@ -160,6 +158,42 @@ class MeshView:
                         {"node": node.node_id, "zone": zone.zone, "priority": zone.priority}
                     )
         return [out[name] for name in sorted(out)]
+
+
+_BREAKER_RANK = {"": 0, "closed": 1, "half_open": 2, "open": 3}
+
+
+def _edges(edges: Sequence[traffic_pb2.TrafficEdge]) -> list[Json]:
+    """One edge per (caller, service): the nodes' rates added, the error rate over all their
+    calls, the quantiles of their merged latency histograms, the worst breaker."""
+    groups: dict[tuple[str, str], list[traffic_pb2.TrafficEdge]] = {}
+    for edge in edges:
+        groups.setdefault((edge.caller, edge.service), []).append(edge)
+    out = []
+    for (caller, service), parts in sorted(groups.items()):
+        calls = sum(p.calls for p in parts)
+        buckets = [0] * BUCKETS
+        for part in parts:
+            if len(part.latency_buckets) == BUCKETS:
+                merge_into(buckets, part.latency_buckets)
+        failed = sum(p.error_rate * p.calls for p in parts)
+        out.append(
+            {
+                "caller": caller,
+                "service": service,
+                "nodes": sorted({p.node_id for p in parts}),
+                "calls": calls,
+                "rps": round(sum(p.rps for p in parts), 3),
+                "error_rate": round(failed / calls, 4) if calls else 0.0,
+                "p50_ms": round(quantile_ms(buckets, 0.5), 3),
+                "p99_ms": round(quantile_ms(buckets, 0.99), 3),
+                "breaker": max((p.breaker for p in parts), key=lambda b: _BREAKER_RANK.get(b, 0)),
+                "warning": next(
+                    (p.warning for p in sorted(parts, key=lambda p: p.node_id) if p.warning), ""
+                ),
+            }
+        )
+    return out
 
 
 def _worsen(entry: Json, state: str) -> None:

@@ -131,7 +131,7 @@ def test_the_data(guarded: str) -> None:
     assert change["action"] == "apply" and change["who"] == "token"
     assert change["outcome"] == "ok" and change["message"] == "first echo"
     assert change["services"] == ["echo"]
-    assert document["traffic"] == {"available": False, "edges": []}
+    assert document["traffic"] == {"available": True, "edges": []}
     assert document["nodes"] == [] and document["nacks"] == [] and document["errors"] == []
 
 

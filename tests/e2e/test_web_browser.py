@@ -92,8 +92,9 @@ def test_the_page_shows_the_services_and_an_open_breaker(
     meshctl(control, "apply", "-f", str(services), "-m", "two services")
     _, agent = procs.start_agent(control, "node-1")
     configure(flaky_backend, fail="UNAVAILABLE")
-    procs.mesh_client("caller-flaky", agent, "flaky", "--interval", "0.05")
-    procs.mesh_client("caller-steady", agent, "steady", "--interval", "0.2")
+    caller = {"MESH_CALLER": "frontend"}  # both processes' name in the service graph
+    procs.mesh_client("caller-flaky", agent, "flaky", "--interval", "0.05", env=caller)
+    procs.mesh_client("caller-steady", agent, "steady", "--interval", "0.05", env=caller)
 
     console_errors(browser)  # what earlier tests left
     browser.get(url)
@@ -105,6 +106,15 @@ def test_the_page_shows_the_services_and_an_open_breaker(
     # The graph: a circle per service, the open breaker's in red.
     shown(browser, '#graph-nodes g.svc.open[data-service="flaky"] circle')
     shown(browser, '#graph-nodes g.svc.ok[data-service="steady"] circle')
+    # The calls, as the agent reports them (every 5 s): frontend -> steady is healthy,
+    # frontend -> flaky failed and its breaker is open.
+    shown(browser, '#graph-edges g.edge.ok[data-caller="frontend"][data-service="steady"] line')
+    shown(browser, '#graph-edges g.edge.bad[data-caller="frontend"][data-service="flaky"] line')
+    shown(browser, '#graph-nodes g.svc.caller[data-service="frontend"] circle')
+    [calls] = shown(browser, '#calls tr[data-caller="frontend"][data-service="flaky"]')
+    assert "100.0%" in calls.text and "breaker open" in calls.text, calls.text
+    [label] = shown(browser, '#graph-edges g[data-service="steady"] text')
+    assert label.text.endswith(" rps · 0.0%"), label.text
     [endpoint] = shown(browser, '#services tr[data-service="steady"] li[data-state="serving"]')
     assert endpoint.text.startswith(f"{steady_backend} serving")
     [node] = shown(browser, '#nodes tr[data-node="node-1"]')

@@ -153,7 +153,7 @@
       "calls",
       edges.map((edge) =>
         el("tr", { "data-caller": edge.caller, "data-service": edge.service, class: edgeClass(edge) },
-          el("td", {}, edge.caller),
+          el("td", { title: edge.nodes ? `on ${edge.nodes.join(", ")}` : "" }, edge.caller),
           el("td", {}, edge.service),
           el("td", { class: "num" }, (Number(edge.rps) || 0).toFixed(1)),
           el("td", { class: "num" }, percent(edge.error_rate)),
