@@ -37,6 +37,10 @@ WRITE_TIMEOUT = 10.0
 """Seconds a client has to take a response."""
 MAX_CONNECTIONS = 64
 STOP_TIMEOUT = 2.0
+LINGER_SECONDS = 0.5
+LINGER_BYTES = 64 * 1024
+"""After a response, how long and how much of what the client still sends is read and
+dropped before the connection is closed (see ``HttpServer._linger``)."""
 METHODS = ("GET", "HEAD")
 
 CSP = (
@@ -158,12 +162,23 @@ def encode(response: Response, method: str) -> bytes:
 
 
 class HttpServer:
-    """Serves ``handler`` on ``host:port`` (:meth:`start`, :meth:`stop`)."""
+    """Serves ``handler`` on ``host:port`` (:meth:`start`, :meth:`stop`); ``head_timeout``
+    and ``max_connections`` as :data:`HEAD_TIMEOUT` and :data:`MAX_CONNECTIONS`."""
 
-    def __init__(self, handler: Handler, host: str, port: int) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        host: str,
+        port: int,
+        *,
+        head_timeout: float = HEAD_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self._handler = handler
         self.host = host
         self.port = port
+        self.head_timeout = head_timeout
+        self.max_connections = max_connections
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[object]] = set()
 
@@ -190,12 +205,12 @@ class HttpServer:
         peer = writer.get_extra_info("peername")
         peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         try:
-            if len(self._connections) > MAX_CONNECTIONS:
+            if len(self._connections) > self.max_connections:
                 await self._send(writer, Response.text(503, "too many connections"), "GET")
                 return
             method = "GET"
             try:
-                request = await self._read(reader, peer_text)
+                request = await self._read(reader, peer_text, self.head_timeout)
                 method = request.method
                 response = await self._handler(request)
             except HttpError as error:
@@ -207,6 +222,9 @@ class HttpServer:
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
             pass  # the client went away or would not take the response
         finally:
+            if task is None or not task.cancelling():  # not when the server stops
+                with contextlib.suppress(Exception):
+                    await self._linger(reader, writer)
             writer.close()
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1.0):
@@ -215,12 +233,25 @@ class HttpServer:
                 self._connections.discard(task)
 
     @staticmethod
-    async def _read(reader: asyncio.StreamReader, peer: str) -> Request:
+    async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Ends the response (FIN), then reads what the client still sends for a moment:
+        closing with unread input (a refused request's body, a head past the limit) makes
+        the kernel send RST, which can destroy the response before the client reads it."""
+        if writer.is_closing() or not writer.can_write_eof():
+            return
+        writer.write_eof()
+        left = LINGER_BYTES
+        async with asyncio.timeout(LINGER_SECONDS):
+            while left > 0 and (data := await reader.read(min(left, 65536))):
+                left -= len(data)
+
+    @staticmethod
+    async def _read(reader: asyncio.StreamReader, peer: str, timeout: float) -> Request:
         try:
-            async with asyncio.timeout(HEAD_TIMEOUT):
+            async with asyncio.timeout(timeout):
                 head = await reader.readuntil(b"\r\n\r\n")
         except TimeoutError:
-            raise HttpError(408, f"the request's head took longer than {HEAD_TIMEOUT:g}s") from None
+            raise HttpError(408, f"the request's head took longer than {timeout:g}s") from None
         except asyncio.LimitOverrunError:
             raise HttpError(431, f"the request's head is over {MAX_HEAD} bytes") from None
         return parse_head(head[:-4], peer)
