@@ -25,6 +25,7 @@ SectionFn = Callable[["Options"], list[Row]]
 SECTION_MODULES = (
     "bench.control",
     "bench.agent",
+    "bench.graph",
     "bench.datapath",
     "bench.tracing",
     "bench.mtls",

@@ -14,8 +14,8 @@ logged as ``certificate refused``.
 
 ``ReportTraffic`` adds a node's call counts to the :class:`~control.traffic.TrafficGraph`
 (the service graph's window); a report with bounds or counts that do not fit is
-INVALID_ARGUMENT naming the field, one with more than
-:data:`~mesh_core.traffic.MAX_REPORT_EDGES` edges RESOURCE_EXHAUSTED.
+INVALID_ARGUMENT naming the field, and so is one with more than
+:data:`~mesh_core.traffic.MAX_REPORT_EDGES` edges (limit ``max_edges_per_report``).
 """
 
 from __future__ import annotations

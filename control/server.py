@@ -31,6 +31,7 @@ from control.registry import DEFAULT_GRACE, Registrations
 from control.resources import build_resources, zone_key
 from control.security import Access
 from control.shared_nodes import SharedNodes
+from control.shared_traffic import SharedTraffic
 from control.signing import SigningAuthority
 from control.store import HistoryLimits, Store, open_store
 from control.store.etcd import EtcdStore
@@ -113,6 +114,12 @@ class ControlServer:
             else None
         )
         self.traffic = TrafficGraph()
+        # With a shared store, each server's window of its agents' traffic is shared too.
+        self.shared_traffic = (
+            SharedTraffic(self.store, self.traffic, self.server_id)
+            if isinstance(self.store, EtcdStore)
+            else None
+        )
         self.publisher = Publisher(
             self.store,
             self.cache,
@@ -141,6 +148,10 @@ class ControlServer:
         self._tasks.append(asyncio.create_task(self._watch_store(), name="store-health"))
         if self.shared is not None:
             self._tasks.append(asyncio.create_task(self.shared.run(), name="shared-nodes"))
+        if self.shared_traffic is not None:
+            self._tasks.append(
+                asyncio.create_task(self.shared_traffic.run(), name="shared-traffic")
+            )
         server = grpc.aio.server(
             options=[
                 ("grpc.keepalive_time_ms", 30_000),

@@ -21,8 +21,9 @@ An edge is read by adding its slots' counts and histograms:
 
 Bounds. At most :data:`MAX_EDGES` edges are kept; a report's edges past that are dropped
 (counted in ``GetTrafficResponse.dropped_edges``, logged once a minute) until old edges leave
-the window. Edges go with their last slot, so a node that left is forgotten one window
-after its last report.
+the window. Calls an agent could not count (its own cap) are summed in ``dropped_calls``.
+Edges go with their last slot, so a node that left is forgotten one window after its last
+report.
 
 Several control servers on one etcd (:mod:`control.shared_traffic`): each server's window is
 exported summed per edge (:meth:`TrafficGraph.export`) and the others' are merged in on read
@@ -99,6 +100,27 @@ class Counts:
             self.last = other.last
             self.breaker = other.breaker
 
+    def subtract(self, other: Counts) -> None:
+        """Takes ``other``'s calls out (a slot leaving the window); start, last and breaker
+        are the caller's to set again."""
+        codes = self.codes
+        for code, n in other.codes.items():
+            left = codes.get(code, 0) - n
+            if left > 0:
+                codes[code] = left
+            else:
+                codes.pop(code, None)
+        buckets = self.buckets
+        for index, count in enumerate(other.buckets):
+            if count:
+                buckets[index] -= count
+        self.sum_ms -= other.sum_ms
+
+    def copy(self) -> Counts:
+        return Counts(
+            dict(self.codes), list(self.buckets), self.sum_ms, self.start, self.last, self.breaker
+        )
+
     @property
     def calls(self) -> int:
         return sum(self.codes.values())
@@ -112,6 +134,25 @@ class Counts:
             latency_sum_ms=self.sum_ms,
             breaker=self.breaker,
         )
+
+
+@dataclass(slots=True)
+class _Edge:
+    """An edge of this server's window: its slots, and their sum kept up to date (so reading
+    the window costs one look per edge, not one per slot)."""
+
+    slots: dict[int, Counts] = field(default_factory=dict)
+    total: Counts = field(default_factory=Counts)
+
+    def drop_before(self, oldest: int) -> None:
+        gone = [index for index in self.slots if index < oldest]
+        if not gone:
+            return
+        for index in gone:
+            self.total.subtract(self.slots.pop(index))
+        total = self.total
+        total.start = min((c.start for c in self.slots.values()), default=math.inf)
+        total.last = max((c.last for c in self.slots.values()), default=0.0)
 
 
 def check_report(request: node_pb2.ReportTrafficRequest) -> None:
@@ -148,7 +189,9 @@ class TrafficGraph:
         self.max_edges = max_edges
         self.clock = clock
         self.dropped_edges = 0
-        self._edges: dict[EdgeKey, dict[int, Counts]] = {}
+        self.dropped_calls = 0
+        self._edges: dict[EdgeKey, _Edge] = {}
+        self._pruned_slot: int | None = None
         self._remote: dict[str, list[tuple[EdgeKey, Counts]]] = {}
         self._last_drop_log = -math.inf
 
@@ -164,19 +207,27 @@ class TrafficGraph:
         start = request.start.ToNanoseconds() / 1e9 if request.HasField("start") else now
         start = min(start, now)
         node = request.node_id
+        if request.dropped_calls > 0:
+            self.dropped_calls += request.dropped_calls
+            log.warning(
+                "node could not count all its calls: too many caller and service pairs",
+                node=node,
+                dropped_calls=request.dropped_calls,
+            )
         kept = dropped = 0
         for edge in request.edges:
             key = (node, edge.caller, edge.service)
-            slots = self._edges.get(key)
-            if slots is None:
+            known = self._edges.get(key)
+            if known is None:
                 if len(self._edges) >= self.max_edges:
                     dropped += 1
                     continue
-                slots = self._edges[key] = {}
-            counts = slots.get(slot)
+                known = self._edges[key] = _Edge()
+            counts = known.slots.get(slot)
             if counts is None:
-                counts = slots[slot] = Counts()
+                counts = known.slots[slot] = Counts()
             counts.add(edge, start, now)
+            known.total.add(edge, start, now)
             kept += 1
         if dropped:
             self.dropped_edges += dropped
@@ -191,23 +242,22 @@ class TrafficGraph:
         return kept
 
     def _prune(self, now: float) -> None:
-        oldest = int(now // self.slot) - self.slots + 1
+        """Drops the slots that left the window (once per slot of time)."""
+        current = int(now // self.slot)
+        if current == self._pruned_slot:
+            return
+        self._pruned_slot = current
+        oldest = current - self.slots + 1
         for key in list(self._edges):
-            slots = self._edges[key]
-            for index in [s for s in slots if s < oldest]:
-                del slots[index]
-            if not slots:
+            edge = self._edges[key]
+            edge.drop_before(oldest)
+            if not edge.slots:
                 del self._edges[key]
 
     def _local(self, now: float) -> dict[EdgeKey, Counts]:
+        """Each edge's sum over the window: this server's own objects, not to be changed."""
         self._prune(now)
-        result: dict[EdgeKey, Counts] = {}
-        for key, slots in self._edges.items():
-            total = Counts()
-            for counts in slots.values():
-                total.merge(counts)
-            result[key] = total
-        return result
+        return {key: edge.total for key, edge in self._edges.items()}
 
     # -- sharing -------------------------------------------------------------------------------
 
@@ -255,17 +305,23 @@ class TrafficGraph:
     # -- reading -------------------------------------------------------------------------------
 
     def merged(self) -> dict[EdgeKey, Counts]:
-        """Every edge of the window, this server's and the others' (as last set), added up."""
+        """Every edge of the window, this server's and the others' (as last set), added up.
+        The counts returned may be the window's own: read them, do not change them."""
         now = self.clock()
         edges = self._local(now)
         horizon = now - self.window - self.slot
+        copied: set[EdgeKey] = set()
         for spans in self._remote.values():
             for key, counts in spans:
                 if counts.last < horizon:
                     continue
                 mine = edges.get(key)
                 if mine is None:
-                    edges[key] = mine = Counts()
+                    edges[key] = counts
+                    continue
+                if key not in copied:  # never change this server's totals or a record's
+                    copied.add(key)
+                    mine = edges[key] = mine.copy()
                 mine.merge(counts)
         return edges
 
@@ -324,6 +380,7 @@ class TrafficGraph:
             server_id=server_id,
             latency_bounds_ms=LATENCY_BOUNDS_MS,
             dropped_edges=self.dropped_edges,
+            dropped_calls=self.dropped_calls,
         )
         response.time.FromNanoseconds(int(self.clock() * 1e9))
         return response

@@ -1,8 +1,8 @@
 """``python -m bench`` runs end to end: a quick control section at N=1, a quick agent section,
-a quick datapath section, a quick tracing section, quick mtls, service_mtls and identity
-sections, a quick scale section and a quick etcd section (needs the ``etcd`` binary: skipped
-locally without it, failed with CI=true), each as a subprocess whose last line is the JSON
-summary with every table's rows."""
+a quick graph section, a quick datapath section, a quick tracing section, quick mtls,
+service_mtls and identity sections, a quick scale section and a quick etcd section (needs the
+``etcd`` binary: skipped locally without it, failed with CI=true), each as a subprocess whose
+last line is the JSON summary with every table's rows."""
 
 from __future__ import annotations
 
@@ -149,6 +149,16 @@ def test_bench_quick_agent_prints_a_json_summary() -> None:
     }
     assert all(r["ratio"] > 0 for r in compared.values())
     assert run.printed("== agent: footprint")
+
+
+def test_bench_quick_graph_prints_a_json_summary() -> None:
+    run = run_bench("graph")
+    record = run.table("agent record path (ns per outcome, medians over rounds)")
+    assert record["breakers_ns"] > 0 and record["breakers_and_graph_ns"] > 0
+    assert record["x_breakers"] is not None
+    window = run.table("control window (µs per call)")
+    assert window["edges"] == 2000 and window["add_500_edges_us"] > 0 and window["edges_us"] > 0
+    assert run.printed("== graph: agent record path")
 
 
 def test_bench_quick_datapath_prints_a_json_summary() -> None:

@@ -265,17 +265,19 @@ class GetTrafficRequest(_message.Message):
     def __init__(self, service: _Optional[str] = ..., caller: _Optional[str] = ...) -> None: ...
 
 class GetTrafficResponse(_message.Message):
-    __slots__ = ("edges", "window_seconds", "time", "server_id", "latency_bounds_ms", "dropped_edges")
+    __slots__ = ("edges", "window_seconds", "time", "server_id", "latency_bounds_ms", "dropped_edges", "dropped_calls")
     EDGES_FIELD_NUMBER: _ClassVar[int]
     WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     SERVER_ID_FIELD_NUMBER: _ClassVar[int]
     LATENCY_BOUNDS_MS_FIELD_NUMBER: _ClassVar[int]
     DROPPED_EDGES_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_CALLS_FIELD_NUMBER: _ClassVar[int]
     edges: _containers.RepeatedCompositeFieldContainer[_traffic_pb2.TrafficEdge]
     window_seconds: float
     time: _timestamp_pb2.Timestamp
     server_id: str
     latency_bounds_ms: _containers.RepeatedScalarFieldContainer[float]
     dropped_edges: int
-    def __init__(self, edges: _Optional[_Iterable[_Union[_traffic_pb2.TrafficEdge, _Mapping]]] = ..., window_seconds: _Optional[float] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., server_id: _Optional[str] = ..., latency_bounds_ms: _Optional[_Iterable[float]] = ..., dropped_edges: _Optional[int] = ...) -> None: ...
+    dropped_calls: int
+    def __init__(self, edges: _Optional[_Iterable[_Union[_traffic_pb2.TrafficEdge, _Mapping]]] = ..., window_seconds: _Optional[float] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., server_id: _Optional[str] = ..., latency_bounds_ms: _Optional[_Iterable[float]] = ..., dropped_edges: _Optional[int] = ..., dropped_calls: _Optional[int] = ...) -> None: ...

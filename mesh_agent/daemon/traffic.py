@@ -15,8 +15,10 @@ any (an idle node sends nothing) and sends them as deltas, in requests of at mos
 :data:`~mesh_core.traffic.MAX_REPORT_EDGES` edges, to the control server the upstream is
 connected to, each edge with the node's breaker state for the service. While no control server
 is connected, or a send fails, the counts stay (added back) and go with the next report, whose
-span then covers the whole time. This is apart from ``ReportClientStatus`` (the reporter's
-full-set report sent on change), which it leaves as it is.
+span then covers the whole time; but counts whose span began more than :data:`KEEP_UNSENT`
+seconds ago are dropped (logged): the control server's window is one minute, and calls from
+long ago, reported at once, would read as a burst. This is apart from ``ReportClientStatus``
+(the reporter's full-set report sent on change), which it leaves as it is.
 
 :class:`TrafficComponent` is the agent's ``traffic`` component. Event-loop owned.
 """
@@ -47,6 +49,7 @@ REPORT_INTERVAL = 5.0
 MAX_EDGES = 2000
 """(caller, service) pairs counted per span; the outcomes of more are dropped and counted."""
 SEND_TIMEOUT = 5.0
+KEEP_UNSENT = 60.0
 STOP_SEND_TIMEOUT = 1.0  # on stop, the last counts' send waits no longer
 BREAKER_NAMES = {
     agent_pb2.BREAKER_STATE_CLOSED: "closed",
@@ -129,6 +132,11 @@ class TrafficCounter:
         self._edges += 1
         edge = services[service] = EdgeCounts()
         return edge
+
+    @property
+    def started(self) -> float | None:
+        """When the current span began (Unix seconds), None when nothing was counted."""
+        return self._start
 
     @property
     def pending(self) -> bool:
@@ -230,6 +238,11 @@ class TrafficReporter:
         """Sends what was counted, if anything and if connected; True when it was sent. On
         failure the counts are put back for the next time."""
         server = self.server
+        started = self.counter.started
+        if started is None:
+            return False
+        if time.time() - started > KEEP_UNSENT:
+            self._discard(self.counter.take())
         if not server or not self.counter.pending:
             return False
         span = self.counter.take()
@@ -242,7 +255,10 @@ class TrafficReporter:
                     await stub.ReportTraffic(request, timeout=SEND_TIMEOUT)
                     self.sent += 1
         except grpc.aio.AioRpcError as error:
-            self.counter.put_back(span)
+            if time.time() - span.start <= KEEP_UNSENT:
+                self.counter.put_back(span)
+            else:
+                self._discard(span)
             if not self._failing:
                 self._failing = True
                 log.warning(
@@ -256,6 +272,17 @@ class TrafficReporter:
             self._failing = False
             log.info("traffic reports sent again", server=server)
         return True
+
+    def _discard(self, span: Span | None) -> None:
+        if span is None:
+            return
+        calls = sum(sum(c.codes.values()) for c in span.edges.values())
+        log.warning(
+            "traffic counts dropped: not sent within the window",
+            calls=calls,
+            edges=len(span.edges),
+            since_s=round(time.time() - span.start, 1),
+        )
 
 
 class TrafficComponent:

@@ -6,9 +6,11 @@ the window."""
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 
+from control.meshctl.top import top_json, top_lines
 from control.traffic import TrafficGraph, breaker_state, health_lookup, warning_state
 from mesh.v1 import admin_pb2, node_pb2, traffic_pb2
 from mesh_core.errors import ConfigError
@@ -241,3 +243,43 @@ def test_health_lookup_prefers_this_servers_report_then_the_shared_record() -> N
     found = lookup("n2")
     assert found is not None and found.status == "NOT_SERVING"
     assert lookup("n3") is None
+
+
+# -- meshctl top's rendering -------------------------------------------------------------------
+
+
+def test_top_renders_a_row_per_edge_and_says_what_it_covers() -> None:
+    graph = TrafficGraph()
+    graph.add(
+        report("n1", ("web", "orders", {"OK": 3, "INTERNAL": 1}, histogram(1.0, 1.0, 2.0, 60.0)))
+    )
+    response = graph.response(admin_pb2.GetTrafficRequest(), None, "s1")
+    lines = top_lines(response)
+    assert lines[0].split()[:3] == ["CALLER", "→", "SERVICE"]
+    assert lines[1].startswith("web → orders") and "25.0" in lines[1].split()
+    assert lines[-1] == "1 edge(s) over the last 60s, from server s1"
+    [document] = json.loads(top_json(response))
+    assert document["error_rate"] == 0.25 and document["codes"] == {"INTERNAL": 1, "OK": 3}
+    empty = admin_pb2.GetTrafficResponse(window_seconds=60)
+    assert top_lines(empty) == ["no calls reported over the last 60s"]
+    assert json.loads(top_json(empty)) == []
+
+
+def test_slots_leave_one_by_one_and_take_their_calls_with_them() -> None:
+    clock = Clock(1_000_000.0)  # a slot boundary
+    graph = TrafficGraph(window=60, slot=5, clock=clock)
+    graph.add(report("n1", ("web", "orders", {"OK": 10}, histogram(*[1.0] * 10)), start=clock.now))
+    clock.now += 30
+    graph.add(
+        report("n1", ("web", "orders", {"INTERNAL": 5}, histogram(*[100.0] * 5)), start=clock.now)
+    )
+    [both] = graph.edges()
+    assert both.codes == {"OK": 10, "INTERNAL": 5}
+    clock.now += 31  # the first slot left the window, the second is still in
+    [edge] = graph.edges()
+    assert edge.codes == {"INTERNAL": 5} and edge.calls == 5
+    assert edge.error_rate == 1.0
+    assert sum(edge.latency_buckets) == 5 and edge.p50_ms > 70  # the fast calls are gone
+    assert edge.seconds == pytest.approx(31.0)  # from the start of what is left
+    clock.now += 30
+    assert graph.edges() == []
