@@ -122,9 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     page.add_argument(
         "--http-host",
-        default=DEFAULT_HOST,
         metavar="HOST",
-        help="the address the web page binds to (default %(default)s: this machine only)",
+        help=f"the address the web page binds to (default {DEFAULT_HOST}: this machine only)",
     )
     serve.add_argument("--server-id", help="identity shown to nodes (default host name + random)")
     serve.add_argument("--log-level", default=None, help="debug, info, warning or error")
@@ -238,6 +237,8 @@ def access_from(args: argparse.Namespace) -> tuple[tls.TlsFiles | None, Access]:
 
 
 async def _serve(args: argparse.Namespace) -> None:
+    if args.http_host is not None and args.http_port is None:
+        raise ConfigError("--http-host needs --http-port: without it there is no web page")
     files, access = access_from(args)
     signing = signing_from(args, files, access)
     server = ControlServer(
@@ -254,7 +255,7 @@ async def _serve(args: argparse.Namespace) -> None:
         signing=signing,
         history=HistoryLimits(args.history_count, args.history_age, args.audit_count),
         http_port=args.http_port,
-        http_host=args.http_host,
+        http_host=args.http_host or DEFAULT_HOST,
     )
     structlog.contextvars.bind_contextvars(server_id=server.server_id)
     stop = asyncio.Event()

@@ -189,3 +189,6 @@ def test_without_a_token_it_binds_to_localhost_and_checks_the_host(
     )
     assert result.returncode == 1
     assert f"--http-host 127.0.0.1 --http-port {port}: cannot serve the web page" in result.stderr
+    result = run_cli("control", "serve", "--store", "memory:", "--http-host", "0.0.0.0")
+    assert result.returncode == 1
+    assert "--http-host needs --http-port" in result.stderr
