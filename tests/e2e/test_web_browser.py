@@ -10,8 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
+from mesh.v1 import node_pb2, node_pb2_grpc
 from tests.conftest import IN_CI, require_tool
 from tests.e2e.conftest import MeshProcesses
 from tests.e2e.helpers import breaker, configure, meshctl, page_url
@@ -160,3 +162,39 @@ def _service(tmp_path: Path, name: str) -> str:
     path = tmp_path / f"{name}.yaml"
     path.write_text(f"name: {name}\nendpoints: [{{address: '127.0.0.1:1'}}]\n")
     return str(path)
+
+
+def test_the_page_shows_warnings_and_nacks_as_text(
+    browser: Any, procs: MeshProcesses, tmp_path: Path
+) -> None:
+    control_proc, control = procs.start_control("--http-port", "0")
+    url = page_url(control_proc)
+    meshctl(control, "apply", "-f", _service(tmp_path, "users"))
+    # A node's report, as its agent sends it: a process's NACK (whose text must stay text)
+    # and an early warning for the service.
+    nacked = node_pb2.LocalClientStatus(
+        client_id="app-1",
+        type_url="type.googleapis.com/envoy.config.listener.v3.Listener",
+        nack_version="7",
+        nack_message="bad <b>listener</b> <img src=x>",
+    )
+    nacked.nack_time.GetCurrentTime()
+    health = node_pb2.NodeHealth(status="SERVING")
+    health.warnings.add(
+        service="users", state="degrading", reason="error_budget_burn", burn_short=14.4
+    )
+    with grpc.insecure_channel(control) as channel:
+        node_pb2_grpc.NodeServiceStub(channel).ReportClientStatus(
+            node_pb2.ReportClientStatusRequest(node_id="node-x", clients=[nacked], health=health),
+            timeout=5,
+        )
+    console_errors(browser)
+    browser.get(url)
+    shown(browser, '#graph-nodes g.svc.degrading[data-service="users"] circle')
+    [warning] = shown(browser, '#services tr[data-service="users"] li[data-warning="degrading"]')
+    assert warning.text.startswith("degrading on node-x (error_budget_burn), burn 14.4/0.0")
+    [row] = shown(browser, '#nacks tr[data-node="node-x"]')
+    cells = [td.text for td in row.find_elements("tag name", "td")]
+    assert cells[1:] == ["node-x", "app-1", "Listener", "7", "bad <b>listener</b> <img src=x>"]
+    assert row.find_elements("tag name", "img") == [] and row.find_elements("tag name", "b") == []
+    assert console_errors(browser) == []

@@ -183,6 +183,7 @@
         for (const w of service.warnings) {
           notes.append(el("li", { "data-warning": w.state, "data-node": w.node },
             stateSpan("degrading", w.state), ` on ${w.node}` + (w.reason ? ` (${w.reason})` : "") +
+            (w.detail ? `: ${w.detail}` : "") +
             (w.burn_short || w.burn_long ? `, burn ${Number(w.burn_short).toFixed(1)}/${Number(w.burn_long).toFixed(1)}` : "")));
         }
         const endpoints = el("ul", { class: "plain" });
