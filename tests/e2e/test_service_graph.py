@@ -98,7 +98,7 @@ def test_top_shows_rate_errors_and_latency_of_each_caller(mesh: Mesh) -> None:
     assert 0.35 <= found["error_rate"] <= 0.65, found
     assert set(found["codes"]) == {"OK", "INTERNAL"}
     # Both endpoints answer after 30 ms: the quantiles sit above it, within reason.
-    assert DELAY * 1000 <= found["p50_ms"] <= 150, found
+    assert DELAY * 1000 <= found["p50_ms"] <= 250, found
     assert found["p50_ms"] <= found["p99_ms"] <= 2000, found
     assert (found["breaker"], found["warning"]) == ("", "")  # orders has no breaker policy
 
@@ -175,6 +175,6 @@ def test_top_of_another_control_server_on_the_same_etcd_shows_the_edge(
     assert found["node"] == "node-9"
     assert found["rps"] > 0
     assert found["error_rate"] == 0.0
-    assert DELAY * 1000 <= found["p50_ms"] <= 150, found
+    assert DELAY * 1000 <= found["p50_ms"] <= 250, found
     mine = edge(first, "web", "echo")
     assert mine is not None and mine["node"] == "node-9"
