@@ -111,8 +111,8 @@ def test_the_page_shows_the_services_and_an_open_breaker(
     [note] = shown(browser, '#services tr[data-service="flaky"] li[data-breaker="open"]')
     assert note.text.startswith("breaker open on node-1 (consecutive_failures), until ")
     # The graph: a circle per service, the open breaker's in red.
-    shown(browser, '#graph-nodes g.svc.open[data-service="flaky"] circle')
-    shown(browser, '#graph-nodes g.svc.ok[data-service="steady"] circle')
+    shown(browser, '#graph-nodes g.svc.open.lvl-bad[data-service="flaky"] circle')
+    shown(browser, '#graph-nodes g.svc.ok.lvl-ok[data-service="steady"] circle')
     # The calls, as the agent reports them (every 5 s): frontend -> steady is healthy,
     # frontend -> flaky failed and its breaker is open.
     shown(browser, '#graph-edges g.edge.ok[data-caller="frontend"][data-service="steady"] line')
@@ -195,7 +195,7 @@ def test_the_page_shows_warnings_and_nacks_as_text(
         )
     console_errors(browser)
     browser.get(url)
-    shown(browser, '#graph-nodes g.svc.degrading[data-service="users"] circle')
+    shown(browser, '#graph-nodes g.svc.degrading.lvl-warn[data-service="users"] circle')
     [warning] = shown(browser, '#services tr[data-service="users"] li[data-warning="degrading"]')
     assert warning.text.startswith("degrading on node-x (error_budget_burn), burn 14.4/0.0")
     [row] = shown(browser, '#nacks tr[data-node="node-x"]')

@@ -20,6 +20,9 @@
   };
 
   const SHORT_STATE = { half_open: "half-open", node_away: "away" };
+  const LEVELS = ["ok", "warn", "bad"];
+  const STATE_LEVEL = { ok: 0, degrading: 1, half_open: 1, open: 2, caller: 0 };
+  const LEVEL_OF_EDGE = { ok: 0, warn: 1, bad: 2 };
 
   function el(tag, attrs, ...children) {
     const node = document.createElement(tag);
@@ -130,11 +133,18 @@
     }
     edgeGroup.replaceChildren(...drawnEdges);
 
+    // A service's colour: the worst of its breakers and warnings and of its callers' errors.
+    const level = new Map(names.map((name) => [name, STATE_LEVEL[states.get(name)] || 0]));
+    for (const edge of edges) {
+      const worse = Math.max(level.get(edge.service) || 0, LEVEL_OF_EDGE[edgeClass(edge)]);
+      level.set(edge.service, worse);
+    }
     const nodeGroup = document.getElementById("graph-nodes");
     const drawnNodes = names.map((name) => {
       const state = states.get(name);
       const { x, y } = at.get(name);
-      const group = svg("g", { class: "svc " + state, "data-service": name, "data-state": state });
+      const shade = state === "caller" && level.get(name) === 0 ? "" : " lvl-" + LEVELS[level.get(name)];
+      const group = svg("g", { class: `svc ${state}${shade}`, "data-service": name, "data-state": state });
       group.append(
         svg("title", {}, `${name}: ${STATE_TEXT[state] || state}`),
         svg("circle", { cx: x, cy: y, r: NODE_R }),
