@@ -31,6 +31,7 @@ log = structlog.get_logger(__name__)
 MAX_HEAD = 16 * 1024
 """Bytes of a request line and headers, at most."""
 MAX_HEADERS = 100
+MAX_QUERY_FIELDS = 20
 HEAD_TIMEOUT = 10.0
 """Seconds a client has to send its request's head."""
 WRITE_TIMEOUT = 10.0
@@ -144,7 +145,11 @@ def parse_head(head: bytes, peer: str) -> Request:
     if "transfer-encoding" in headers or headers.get("content-length", "0").strip() != "0":
         raise HttpError(400, f"a {method} request carries no body")
     path, _, query = target.partition("?")
-    return Request(method, path, parse_qs(query, max_num_fields=20), headers, peer)
+    try:
+        parameters = parse_qs(query, max_num_fields=MAX_QUERY_FIELDS)
+    except ValueError:
+        raise HttpError(400, f"at most {MAX_QUERY_FIELDS} query parameters") from None
+    return Request(method, path, parameters, headers, peer)
 
 
 def encode(response: Response, method: str) -> bytes:
@@ -219,6 +224,7 @@ class HttpServer:
                 log.exception("web request failed", peer=peer_text)
                 response = Response.text(500, "internal error; see the server's log")
             await self._send(writer, response, method)
+            log.debug("web request", method=method, status=response.status, peer=peer_text)
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
             pass  # the client went away or would not take the response
         finally:

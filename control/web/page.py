@@ -14,6 +14,7 @@ Paths (any other is 404; any method but GET and HEAD is 405):
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from importlib import resources
 
@@ -59,6 +60,13 @@ def static_files() -> dict[str, tuple[bytes, str]]:
     return files
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class WebPage:
     """The page's HTTP server: :meth:`start` binds ``host:port`` (port 0 picks one) and
     returns the page's URL; :meth:`stop` closes it."""
@@ -82,7 +90,7 @@ class WebPage:
             url=self.url,
             token="operator token" if self._access.token_required else "none",
         )
-        if not self._access.token_required and host not in ("127.0.0.1", "::1", "localhost"):
+        if not self._access.token_required and not _loopback(host):
             log.warning(
                 "the web page is open to anyone who reaches it: no --operator-token-file",
                 url=self.url,

@@ -165,6 +165,8 @@ def test_malformed_requests_are_refused(guarded: str) -> None:
     assert status_of(raw(guarded, b"GET /api/mesh HTTP/1.1\r\n\r\n")) == 400  # no Host
     body = b"GET /api/mesh HTTP/1.1\r\nHost: %s\r\nContent-Length: 3\r\n\r\nabc" % host.encode()
     assert status_of(raw(guarded, body)) == 400
+    many = "&".join(f"a{i}=1" for i in range(30)).encode()
+    assert status_of(raw(guarded, b"GET /?%s HTTP/1.1\r\nHost: x\r\n\r\n" % many)) == 400
     huge = b"GET / HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 20_000 + b"\r\n\r\n"
     assert status_of(raw(guarded, huge)) == 431
 
