@@ -206,6 +206,15 @@
             (e.weight !== 1 ? `, weight ${e.weight}` : "")));
         }
         if (service.endpoints.length === 0) endpoints.append(el("li", { class: "empty" }, "no endpoints"));
+        // Where a node's agent serves each zone (0 first; 1 once 0 has no usable endpoint).
+        const byNode = new Map();
+        for (const z of service.zone_priorities) {
+          byNode.set(z.node, [...(byNode.get(z.node) || []), `${z.zone || "(no zone)"} ${z.priority}`]);
+        }
+        for (const [node, zones] of byNode) {
+          endpoints.append(el("li", { class: "note", "data-zones": node },
+            `zone priorities on ${node}: ${zones.join(", ")}`));
+        }
         return el("tr", { "data-service": service.name, "data-state": service.state },
           el("th", { scope: "row" }, service.name),
           el("td", {}, stateSpan(service.state)),
