@@ -215,14 +215,18 @@ class HttpServer:
                 return
             method = "GET"
             try:
+                # A client that closes or resets before its head ends (a browser's spare
+                # connection) ends here, in the outer except, without a word.
                 request = await self._read(reader, peer_text, self.head_timeout)
-                method = request.method
-                response = await self._handler(request)
             except HttpError as error:
                 response = Response.text(error.status, str(error), *error.headers)
-            except Exception:
-                log.exception("web request failed", peer=peer_text)
-                response = Response.text(500, "internal error; see the server's log")
+            else:
+                method = request.method
+                try:
+                    response = await self._handler(request)
+                except Exception:
+                    log.exception("web request failed", peer=peer_text, path=request.path)
+                    response = Response.text(500, "internal error; see the server's log")
             await self._send(writer, response, method)
             log.debug("web request", method=method, status=response.status, peer=peer_text)
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):

@@ -8,6 +8,7 @@ import asyncio
 import time
 
 import pytest
+import structlog
 
 from control.web._http import HttpServer, Request, Response
 
@@ -57,3 +58,21 @@ async def test_connections_over_the_cap_get_503_and_stop_ends_the_rest() -> None
         writer.close()
     with pytest.raises(OSError):
         await asyncio.open_connection("127.0.0.1", port)
+
+
+async def test_a_client_that_leaves_early_is_no_error() -> None:
+    server = HttpServer(_hello, "127.0.0.1", 0)
+    port = await server.start()
+    try:
+        with structlog.testing.capture_logs() as logs:
+            for data in (b"", b"GET / HTTP/1.1\r\nHo"):
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(data)
+                await writer.drain()
+                writer.close()
+            answer = await _answer(port, b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+    finally:
+        await server.stop()
+    assert answer.endswith(b"hello /after\n")
+    assert [e for e in logs if e["log_level"] != "debug"] == []
+    assert [e["status"] for e in logs if e["event"] == "web request"] == [200]
