@@ -55,7 +55,6 @@ SECURITY_HEADERS = (
     ("X-Frame-Options", "DENY"),
     ("Referrer-Policy", "no-referrer"),
     ("Cross-Origin-Resource-Policy", "same-origin"),
-    ("Cross-Origin-Opener-Policy", "same-origin"),
 )
 """Headers on every response: the page runs only its own files, is never framed, and its
 URL (which may hold ``?token=``) is never sent on."""
