@@ -72,18 +72,23 @@
 
   // -- the graph ----------------------------------------------------------------------------
 
+  // Services on a circle, in name order (the same state always draws the same picture),
+  // the circle grown so that neighbours keep apart; the view box follows it.
   function layout(names) {
     const positions = new Map();
     const n = names.length;
-    const radius = n <= 1 ? 0 : Math.min(HEIGHT / 2 - NODE_R - 30, 40 + 28 * n);
+    const spaced = (n * (2 * NODE_R + 40)) / (2 * Math.PI);
+    const radius = n <= 1 ? 0 : Math.max(HEIGHT / 2 - NODE_R - 30, spaced);
+    const width = Math.max(WIDTH, 2 * (radius + NODE_R + 70));
+    const height = Math.max(HEIGHT, 2 * (radius + NODE_R + 30));
     names.forEach((name, i) => {
       const angle = -Math.PI / 2 + (2 * Math.PI * i) / n;
       positions.set(name, {
-        x: WIDTH / 2 + radius * Math.cos(angle),
-        y: HEIGHT / 2 + radius * Math.sin(angle),
+        x: width / 2 + radius * Math.cos(angle),
+        y: height / 2 + radius * Math.sin(angle),
       });
     });
-    return positions;
+    return { positions, width, height };
   }
 
   function drawGraph(doc) {
@@ -95,7 +100,8 @@
       }
     }
     const names = [...states.keys()].sort();
-    const at = layout(names);
+    const { positions: at, width, height } = layout(names);
+    document.getElementById("graph").setAttribute("viewBox", `0 0 ${width} ${height}`);
 
     const edgeGroup = document.getElementById("graph-edges");
     const drawnEdges = [];
