@@ -110,7 +110,7 @@ class WebPage:
         refusal = self._access.host_refusal(request)
         if refusal is not None:
             return Response.text(403, refusal)
-        if request.path == "/" and "token" in request.query:
+        if request.path == "/" and "token" in request.query and self._access.token_required:
             return self._exchange(request)
         if not self._access.admitted(request):
             return self._unauthorized(request, "This page needs the operator token.")
