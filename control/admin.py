@@ -228,6 +228,13 @@ class AdminServicer(admin_pb2_grpc.MeshAdminServiceServicer):
         and warning from its health as this server knows it (shared: every server's)."""
         self._limits.check_name("service", request.service)
         self._limits.check_name("caller", request.caller)
+        return self.traffic(request)
+
+    def traffic(
+        self, request: admin_pb2.GetTrafficRequest | None = None
+    ) -> admin_pb2.GetTrafficResponse:
+        """What ``GetTraffic`` answers for ``request`` (None: every edge)."""
+        request = request if request is not None else admin_pb2.GetTrafficRequest()
         remote = (
             {s.node_id: s for s in self._remote_nodes(set())}
             if self._remote_nodes is not None
@@ -239,6 +246,11 @@ class AdminServicer(admin_pb2_grpc.MeshAdminServiceServicer):
     async def GetStatus(
         self, request: admin_pb2.GetStatusRequest, context: Context
     ) -> admin_pb2.GetStatusResponse:
+        return self.status()
+
+    def status(self) -> admin_pb2.GetStatusResponse:
+        """What ``GetStatus`` answers: the nodes (this server's, then, with a shared store,
+        the other servers'), each with its agent's health, and the store's state."""
         nodes = self._nodes.node_statuses()
         for node in nodes:
             node.server_id = node.server_id or self._server_id
