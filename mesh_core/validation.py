@@ -38,18 +38,18 @@ from mesh_core.policy import (
     UINT32_MAX,
     UNSUPPORTED_LB_POLICIES,
 )
+from mesh_core.routing import (
+    compile_regex,
+    header_name_problem,
+    matches_every_call,
+    method_problem,
+)
 from mesh_core.slo import (
     MAX_LONG_WINDOW,
     alert_burn,
     burn_threshold,
     burn_windows,
     success_budget,
-)
-from mesh_core.routing import (
-    compile_regex,
-    header_name_problem,
-    matches_every_call,
-    method_problem,
 )
 
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"

@@ -197,7 +197,6 @@ class Converter:
         self.fail(path, f"{prefix}unsupported field type {kind}")
         return None
 
-
     def percent(self, value: Any, path: str, prefix: str) -> float | None:
         text = value.strip() if isinstance(value, str) else ""
         if text.endswith("%"):
