@@ -26,6 +26,7 @@ SECTION_MODULES = (
     "bench.control",
     "bench.agent",
     "bench.datapath",
+    "bench.outcomes",
     "bench.tracing",
     "bench.mtls",
     "bench.service_mtls",

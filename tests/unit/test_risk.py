@@ -156,13 +156,24 @@ def test_slots_count_windows_drop_the_old_and_reuse_the_ring() -> None:
 
 
 def test_trend_is_the_weighted_least_squares_slope() -> None:
-    points = [(float(x), 100, 10 + 2 * x) for x in range(-9, 1)]  # 2 % more per second
-    calls, rate, slope = trend(points)
+    times = [float(x) for x in range(-9, 1)]
+    calls, rate, slope = trend(times, [100] * 10, [10 + 2 * int(x) + 18 for x in times])
     assert calls == 1000
-    assert rate == pytest.approx(0.01)
-    assert slope == pytest.approx(0.02)
-    assert trend([]) == (0, 0.0, 0.0)
-    assert trend([(0.0, 10, 5)])[2] == 0.0  # one point: no slope
+    assert rate == pytest.approx(0.19)
+    assert slope == pytest.approx(0.02)  # 2 % more per second
+    # Weighted: a slot with more calls pulls the fit; empty slots count for nothing.
+    assert trend(times, [0] * 9 + [50], [0] * 9 + [5])[1:] == (pytest.approx(0.1), 0.0)
+    assert trend([], [], []) == (0, 0.0, 0.0)
+    counts = SlotCounts(1.0, 10.0, [], frozenset({"UNAVAILABLE"}))
+    for second in range(10):  # 1 % more failing each second, 100 calls a second
+        counts.add(
+            [
+                Outcome("UNAVAILABLE" if i < second else "OK", 0.0, 500.0 + second)
+                for i in range(100)
+            ]
+        )
+    assert counts.trend(509.5, 10.0) == (1000, pytest.approx(0.045), pytest.approx(0.01))
+    assert counts.trend(512.5, 10.0)[0] == 700  # three seconds on: three slots left the window
 
 
 # -- the signals against a real breaker ----------------------------------------------------------

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import operator
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -205,9 +206,25 @@ class RiskPolicy:
 class SlotCounts:
     """A ring of time slots, each counting calls, failures and calls over each of
     ``targets`` (seconds) that ended in it. Slots are reused as time moves on; an outcome
-    older than the ring is dropped."""
+    older than the ring is dropped.
 
-    __slots__ = ("calls", "codes", "epochs", "failed", "size", "slow", "targets", "width")
+    :meth:`add` resets a slot when the first outcome of a new slot lands in it; the readers
+    first :meth:`sweep` the slots time has reached with no outcome, so that the ring then
+    holds exactly the last ``size`` slots and a window is one or two list slices, summed in
+    C."""
+
+    __slots__ = (
+        "_swept",
+        "_xs",
+        "calls",
+        "codes",
+        "epochs",
+        "failed",
+        "size",
+        "slow",
+        "targets",
+        "width",
+    )
 
     def __init__(
         self, width: float, span: float, targets: Sequence[float], codes: frozenset[str]
@@ -220,6 +237,8 @@ class SlotCounts:
         self.calls = [0] * self.size
         self.failed = [0] * self.size
         self.slow = [[0] * self.size for _ in self.targets]
+        self._swept = -1
+        self._xs: dict[int, tuple[list[float], list[float]]] = {}
 
     def add(self, outcomes: Iterable[Outcome]) -> None:
         """Counts ``outcomes``: O(1) each (the hot path; keep it lean)."""
@@ -231,17 +250,20 @@ class SlotCounts:
             self.failed,
         )
         codes, targets, slow = self.codes, self.targets, self.slow
+        last = pos = -1
         for outcome in outcomes:
             index = int(outcome.at / width)
-            pos = index % size
-            held = epochs[pos]
-            if held != index:
-                if held > index:
-                    continue  # older than the ring holds
-                epochs[pos] = index
-                calls[pos] = failed[pos] = 0
-                for counts in slow:
-                    counts[pos] = 0
+            if index != last:  # a batch's outcomes mostly share a slot
+                pos = index % size
+                held = epochs[pos]
+                if held != index:
+                    if held > index:
+                        continue  # older than the ring holds
+                    epochs[pos] = index
+                    calls[pos] = failed[pos] = 0
+                    for counts in slow:
+                        counts[pos] = 0
+                last = index
             calls[pos] += 1
             if outcome.code in codes:
                 failed[pos] += 1
@@ -251,52 +273,70 @@ class SlotCounts:
                     if latency >= target:
                         slow[k][pos] += 1
 
-    def _slots(self, now: float, seconds: float) -> Iterable[tuple[int, int]]:
-        """``(slots before now, ring position)`` of each live slot of the last ``seconds``."""
+    def sweep(self, now: float) -> int:
+        """Empties the slots time reached with no outcome, up to ``now``; returns the slot
+        index of ``now``."""
         current = int(now / self.width)
-        count = max(1, round(seconds / self.width))
-        for back in range(min(count, self.size - 1)):
-            index = current - back
+        first = max(self._swept + 1, current - self.size + 1)
+        for index in range(first, current + 1):
             pos = index % self.size
-            if self.epochs[pos] == index:
-                yield back, pos
+            if self.epochs[pos] != index:
+                self.epochs[pos] = index
+                self.calls[pos] = self.failed[pos] = 0
+                for counts in self.slow:
+                    counts[pos] = 0
+        self._swept = max(self._swept, current)
+        return current
+
+    def _slice(self, values: list[int], current: int, count: int) -> list[int]:
+        start = (current - count + 1) % self.size
+        stop = start + count
+        return (
+            values[start:stop] if stop <= self.size else values[start:] + values[: stop - self.size]
+        )
+
+    def _series(self, current: int, seconds: float, series: int) -> tuple[list[int], list[int]]:
+        """The calls and bad counts of the window's slots, oldest first."""
+        count = min(max(1, round(seconds / self.width)), self.size - 1)
+        bad_of = self.failed if series < 0 else self.slow[series]
+        return self._slice(self.calls, current, count), self._slice(bad_of, current, count)
 
     def window(self, now: float, seconds: float, series: int = -1) -> tuple[int, int]:
         """``(calls, bad)`` over the last ``seconds``: bad are failures (``series`` -1) or
         calls over ``targets[series]``."""
-        bad_of = self.failed if series < 0 else self.slow[series]
-        calls = bad = 0
-        for _, pos in self._slots(now, seconds):
-            calls += self.calls[pos]
-            bad += bad_of[pos]
-        return calls, bad
+        calls, bad = self._series(self.sweep(now), seconds, series)
+        return sum(calls), sum(bad)
 
     def trend(self, now: float, seconds: float, series: int = -1) -> tuple[int, float, float]:
         """``(calls, rate, slope per second)`` of the bad share over the last ``seconds``."""
-        bad_of = self.failed if series < 0 else self.slow[series]
-        points = [
-            (-back * self.width, self.calls[pos], bad_of[pos])
-            for back, pos in self._slots(now, seconds)
-        ]
-        return trend(points)
+        calls, bad = self._series(self.sweep(now), seconds, series)
+        xs = self._xs.get(len(calls))
+        if xs is None:
+            times = [(j - len(calls) + 1) * self.width for j in range(len(calls))]
+            xs = self._xs[len(calls)] = (times, [x * x for x in times])
+        return trend(xs[0], calls, bad, xs[1])
 
 
-def trend(points: Iterable[tuple[float, int, int]]) -> tuple[int, float, float]:
-    """``(calls, rate, slope)`` of ``(time, calls, bad)`` points: the overall bad share and
-    the weighted least-squares slope of each point's share against time (weights: calls;
-    0 when the points do not span time)."""
-    n = sx = sxx = sy = sxy = 0.0
-    for x, calls, bad in points:
-        n += calls
-        sx += calls * x
-        sxx += calls * x * x
-        sy += bad
-        sxy += bad * x
+def trend(
+    times: Sequence[float],
+    calls: Sequence[int],
+    bad: Sequence[int],
+    squares: Sequence[float] | None = None,
+) -> tuple[int, float, float]:
+    """``(calls, rate, slope)`` of slots at ``times`` with ``calls`` of which ``bad``: the
+    overall bad share and the weighted least-squares slope of each slot's share against time
+    (weights: the slots' calls; 0 when the slots with calls do not span time). ``squares``
+    are the times squared, if the caller has them."""
+    n = sum(calls)
     if n == 0:
         return 0, 0.0, 0.0
+    sy = sum(bad)
+    sx = sum(map(operator.mul, calls, times))
+    sxx = sum(map(operator.mul, calls, squares if squares is not None else [t * t for t in times]))
+    sxy = sum(map(operator.mul, bad, times))
     spread = n * sxx - sx * sx
-    slope = (n * sxy - sx * sy) / spread if spread > 1e-12 * n * n else 0.0
-    return int(n), sy / n, slope
+    slope = (n * sxy - sx * sy) / spread if spread > 1e-9 * n * n else 0.0
+    return n, sy / n, slope
 
 
 @dataclass(frozen=True, slots=True)

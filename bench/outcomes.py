@@ -1,0 +1,130 @@
+"""Section ``outcomes``: what the node agent spends on each reported call outcome, in
+process: ``BreakerHub.record`` (what ``ReportOutcomes`` calls with every batch a local
+process sends), and what the early warnings add to it.
+
+Batches of 64 ``mesh.v1.CallOutcome`` (3 % failing, latencies 1-250 ms) for one service
+whose breaker judges the failure rate, recorded by three hubs, interleaved, each repeat
+timing every variant once:
+
+* ``no_warnings``: the hub's risk board never told of the service (its ``record`` looks the
+  service up and finds nothing), the cost before early warnings;
+* ``breaker_trend``: the service judged on its breaker's trend only;
+* ``slo``: also an objective with success and two latency quantiles (three latency targets
+  counted per outcome).
+
+``evaluate_us`` is one evaluation of the risk board holding 100 such services (the timer
+runs it every 0.5 s). Figures are ns per outcome, medians of the repeats; compare the ratios.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+
+from bench import Options, Row, ratio, section
+from mesh.v1 import agent_pb2, config_pb2
+from mesh_agent.daemon.breakers.service import BreakerHub
+from mesh_agent.daemon.metrics import AgentMetrics
+
+BATCH = 64
+SERVICE = "orders"
+
+
+def _policy(slo: bool) -> config_pb2.Policy:
+    policy = config_pb2.Policy()
+    breaker = policy.circuit_breaker
+    breaker.failure_rate = 0.5
+    breaker.window.FromSeconds(10)
+    breaker.min_requests = 20
+    if slo:
+        policy.slo.success = 99.0
+        policy.slo.latency.p99.FromMilliseconds(300)
+        policy.slo.latency.p50.FromMilliseconds(200)
+        breaker.slow_call.threshold.FromSeconds(1)
+        breaker.slow_call.rate = 0.8
+    return policy
+
+
+def _hub(judged: bool, slo: bool) -> BreakerHub:
+    hub = BreakerHub(None, metrics=AgentMetrics())
+    policy = _policy(slo)
+    hub.board.set_policy(SERVICE, policy.circuit_breaker)
+    if judged:
+        hub.risk.set_policies({SERVICE: policy})
+    return hub
+
+
+def _batches(count: int, rng: random.Random) -> list[list[agent_pb2.CallOutcome]]:
+    batches = []
+    for _ in range(count):
+        now_ms = int(time.time() * 1000)
+        batches.append(
+            [
+                agent_pb2.CallOutcome(
+                    service=SERVICE,
+                    code="UNAVAILABLE" if rng.random() < 0.03 else "OK",
+                    latency_us=rng.randint(1_000, 250_000),
+                    end_unix_ms=now_ms,
+                )
+                for _ in range(BATCH)
+            ]
+        )
+    return batches
+
+
+def _time_record(hub: BreakerHub, batches: list[list[agent_pb2.CallOutcome]]) -> float:
+    """ns per outcome over ``batches``."""
+    t0 = time.perf_counter_ns()
+    for batch in batches:
+        hub.record(batch)
+    return (time.perf_counter_ns() - t0) / (len(batches) * BATCH)
+
+
+def _evaluate_us(repeats: int) -> float:
+    hub = BreakerHub(None, metrics=AgentMetrics())
+    names = [f"svc-{i}" for i in range(100)]
+    hub.risk.set_policies({name: _policy(slo=True) for name in names})
+    rng = random.Random(1)
+    for name in names:
+        for batch in _batches(10, rng):
+            for outcome in batch:
+                outcome.service = name
+            hub.record(batch)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter_ns()
+        hub.risk.evaluate()
+        times.append((time.perf_counter_ns() - t0) / 1000)
+    return statistics.median(times)
+
+
+@section("outcomes")
+def run(options: Options) -> list[Row]:
+    repeats, per_repeat = (5, 20) if options.quick else (30, 100)
+    rng = random.Random(7)
+    variants = {
+        "no_warnings": _hub(judged=False, slo=False),
+        "breaker_trend": _hub(judged=True, slo=False),
+        "slo": _hub(judged=True, slo=True),
+    }
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        batches = _batches(per_repeat, rng)
+        for name, hub in variants.items():
+            times[name].append(_time_record(hub, batches))
+    base = statistics.median(times["no_warnings"])
+    rows: list[Row] = []
+    for name, values in times.items():
+        median = statistics.median(values)
+        rows.append(
+            {
+                "variant": name,
+                "record_ns_per_outcome": round(median),
+                "vs_no_warnings": ratio(median, base),
+            }
+        )
+    rows.append(
+        {"variant": "evaluate_100_services", "evaluate_us": round(_evaluate_us(repeats), 1)}
+    )
+    return rows
