@@ -628,6 +628,7 @@ class RiskBoard:
                 burn_long=round(warning.burn_long, 3),
                 detail=warning.detail,
                 since=warning.since,
+                **({"previous_reason": change.old.reason} if change.old is not None else {}),
             )
         elif change.old is not None:
             log.info(
