@@ -14,7 +14,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from control.config.convert import Converter
 from mesh.v1 import config_pb2
-from mesh_agent.daemon.breakers.breaker import BreakerState, CircuitBreaker
+from mesh_agent.daemon.breakers.breaker import BreakerState, CircuitBreaker, Transition
 from mesh_agent.daemon.breakers.policy import BreakerPolicy, Outcome
 from mesh_agent.daemon.breakers.risk import (
     EVALUATE_EVERY,
@@ -71,6 +71,7 @@ class Feed:
         self.owed = 0.0
         self.changes: list[tuple[float, Change]] = []
         self.opened: float | None = None
+        self.closed: float | None = None
         self._next_evaluation = START + EVALUATE_EVERY
 
     def run(self, seconds: float, share: Any, latency: Any = lambda t: 0.001) -> None:
@@ -88,6 +89,18 @@ class Feed:
                 self.risk.counts.add([outcome])
             if self.opened is None and self.breaker.state() is BreakerState.OPEN:
                 self.opened = t
+            if (
+                self.closed is None
+                and self.opened is not None
+                and self.breaker.state() is BreakerState.CLOSED
+            ):
+                self.closed = t
+                self.risk.counts = SlotCounts(  # as RiskBoard.breaker_closed does
+                    self.risk.policy.slot,
+                    self.risk.policy.span,
+                    self.risk.policy.targets,
+                    self.risk.policy.failure_codes,
+                )
             if self.now >= self._next_evaluation:
                 self._next_evaluation += EVALUATE_EVERY
                 change = self.risk.evaluate(self.now, self.breaker.state())
@@ -259,9 +272,10 @@ def test_kept_while_the_breaker_is_open() -> None:
     feed.run(12, lambda t: 0.0)  # the breaker is still open: calls rejected, nothing counted
     assert feed.breaker.state() is BreakerState.OPEN
     assert feed.cleared() == [] and feed.risk.warning is not None
-    feed.run(30, lambda t: 0.0)  # closed again after its probes, then well for 5 s
-    assert feed.breaker.state() is BreakerState.CLOSED
-    assert len(feed.cleared()) == 1
+    feed.run(30, lambda t: 0.0)  # closed again after its probes: cleared a short window later
+    assert feed.breaker.state() is BreakerState.CLOSED and feed.closed is not None
+    (cleared,) = feed.cleared()
+    assert 5 <= cleared - feed.closed <= 6.5, (feed.closed, cleared)
 
 
 # -- the board -------------------------------------------------------------------------------------
@@ -285,6 +299,23 @@ def points(memory: InMemoryMetricReader, name: str) -> dict[frozenset[tuple[str,
                     for p in metric.data.data_points:  # type: ignore[union-attr]
                         found[frozenset((p.attributes or {}).items())] = p.value
     return found
+
+
+def test_a_breaker_closing_starts_the_counts_afresh() -> None:
+    board = RiskBoard(clock=lambda: START + 1)
+    board.set_policies({"orders": policy(circuit_breaker=BREAKER)})
+    risk = board.get("orders")
+    assert risk is not None
+    board.record("orders", [Outcome("UNAVAILABLE", 0.01, START + 0.5)] * 30)
+    assert risk.counts.window(START + 1, 10.0) == (30, 30)
+    board.on_transition(
+        Transition("orders", BreakerState.OPEN, BreakerState.HALF_OPEN, "open_elapsed", START)
+    )
+    assert risk.counts.window(START + 1, 10.0) == (30, 30)
+    board.on_transition(
+        Transition("orders", BreakerState.HALF_OPEN, BreakerState.CLOSED, "probes", START)
+    )
+    assert risk.counts.window(START + 1, 10.0) == (0, 0)
 
 
 def test_board_logs_counts_and_signals_raise_and_clear(

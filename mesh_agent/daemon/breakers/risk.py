@@ -46,7 +46,9 @@ Hysteresis. A warning is raised when a signal holds at ``RAISE_AFTER`` evaluatio
 row (1 s). While it is raised every level is multiplied by ``CLEAR_FACTOR`` (0.8; the
 trend's horizon divided by it), and it is cleared once no signal has held for the short
 window. While the service's breaker is open or half-open the warning is kept as it is: the
-breaker says more, and the calls it rejects say nothing of the backend.
+breaker says more, and the calls it rejects say nothing of the backend. When the breaker
+closes again the counts start afresh (as the breaker's window does), so the warning clears a
+short window later unless the calls since then raise it again.
 
 Ownership: the agent's event loop. :meth:`RiskBoard.record` is called from
 ``BreakerHub.record``; gauges read :meth:`RiskBoard.degrading` and
@@ -66,7 +68,7 @@ from typing import TYPE_CHECKING, Final
 import structlog
 
 from mesh.v1 import node_pb2
-from mesh_agent.daemon.breakers.breaker import BreakerState, Clock
+from mesh_agent.daemon.breakers.breaker import BreakerState, Clock, Transition
 from mesh_agent.daemon.breakers.policy import DEFAULT_MIN_REQUESTS, BreakerPolicy, Outcome
 from mesh_core import slo as objectives
 from mesh_core.errors import ConfigError
@@ -573,6 +575,20 @@ class RiskBoard:
                 fresh.warning = current.warning
             self._services[service] = fresh
         self._publish()
+
+    def breaker_closed(self, service: str) -> None:
+        """The service's breaker closed again: like the breaker's window, the counts start
+        afresh, so that calls from before it opened do not keep (or raise) a warning."""
+        risk = self._services.get(service)
+        if risk is not None:
+            risk.counts = SlotCounts(
+                risk.policy.slot, risk.policy.span, risk.policy.targets, risk.policy.failure_codes
+            )
+
+    def on_transition(self, transition: Transition) -> None:
+        """For a breaker board's ``transitions`` signal."""
+        if transition.new is BreakerState.CLOSED and transition.old is not BreakerState.CLOSED:
+            self.breaker_closed(transition.service)
 
     def record(self, service: str, outcomes: Sequence[Outcome]) -> None:
         """Counts one service's outcomes (the hot path: a lookup and O(1) per outcome)."""
