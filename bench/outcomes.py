@@ -29,8 +29,9 @@ import time
 from bench import Options, Row, ratio, section
 from mesh.v1 import agent_pb2, config_pb2
 from mesh_agent.daemon.breakers.policy import Outcome
-from mesh_agent.daemon.breakers.risk import RiskPolicy, SlotCounts
+from mesh_agent.daemon.breakers.risk import RiskPolicy
 from mesh_agent.daemon.breakers.service import BreakerHub
+from mesh_agent.daemon.breakers.slots import SlotCounts
 from mesh_agent.daemon.metrics import AgentMetrics
 
 BATCH = 64

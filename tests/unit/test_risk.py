@@ -26,9 +26,8 @@ from mesh_agent.daemon.breakers.risk import (
     RiskBoard,
     RiskPolicy,
     ServiceRisk,
-    SlotCounts,
-    trend,
 )
+from mesh_agent.daemon.breakers.slots import SlotCounts, trend
 from mesh_agent.daemon.metrics import AgentMetrics
 
 pytestmark = pytest.mark.timeout(30)
