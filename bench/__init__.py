@@ -27,6 +27,7 @@ SECTION_MODULES = (
     "bench.agent",
     "bench.graph",
     "bench.datapath",
+    "bench.outcomes",
     "bench.tracing",
     "bench.mtls",
     "bench.service_mtls",

@@ -405,3 +405,23 @@ def test_bench_quick_scale_prints_a_json_summary() -> None:
         assert 0 < record["p50_s"] <= record["p99_s"] < 30
         assert record["rss_per_node_kb"] > 0
     assert run.printed("== scale: apply -> every node ACKed")
+
+
+def test_bench_quick_outcomes_prints_a_json_summary() -> None:
+    run = run_bench("outcomes")
+    rows = {r["variant"]: r for r in run.rows}
+    assert list(rows) == [
+        "no_warnings",
+        "breaker_trend",
+        "slo",
+        "counts_add",
+        "evaluate_100_services",
+    ]
+    for name in ("no_warnings", "breaker_trend", "slo", "counts_add"):
+        row = rows[name]
+        assert 0 < row["best_ns"] <= row["ns_per_outcome"] < 1_000_000, row
+        assert row["vs_no_warnings"] > 0 and row["best_vs_no_warnings"] > 0
+    assert rows["no_warnings"]["vs_no_warnings"] == 1.0
+    evaluation = rows["evaluate_100_services"]
+    assert 0 < evaluation["best_us"] <= evaluation["evaluate_us"] < 10_000_000
+    assert run.printed("== outcomes")

@@ -11,7 +11,7 @@ The document (every time RFC 3339 UTC, every list sorted so equal state gives eq
                       zone, weight, node, source (config, registered), state (serving,
                       draining, node_away)}], breakers [{node, state (open, half_open),
                       reason, since, open_until, transitions}], warnings [{node, state,
-                      reason, burn_short, burn_long, since}], zone_priorities [{node, zone,
+                      reason, burn_short, burn_long, detail, since}], zone_priorities [{node, zone,
                       priority}]}]
     nodes           [{node_id, zone, server_id, peer, connected, connected_since, health,
                       components [{name, state, last_error, restarts}], breakers (count)}]
@@ -236,6 +236,7 @@ def _warning(node: str, warning: node_pb2.ServiceWarning) -> Json:
         "reason": warning.reason,
         "burn_short": warning.burn_short,
         "burn_long": warning.burn_long,
+        "detail": warning.detail,
         "since": _time(warning.since),
     }
 

@@ -191,13 +191,21 @@ def plugin_env(procs: MeshProcesses, plugin: Path) -> dict[str, str]:
 # -- the demo backend --------------------------------------------------------------------------
 
 
-def configure(backend: str, fail: str = "", delay: float = 0.0, read_only: bool = False) -> int:
-    """Tells the demo backend how to answer (``fail``: a status code name; ``delay``:
-    seconds); returns the calls it answered so far."""
+def configure(
+    backend: str,
+    fail: str = "",
+    delay: float = 0.0,
+    read_only: bool = False,
+    fail_share: float = 0.0,
+) -> int:
+    """Tells the demo backend how to answer (``fail``: a status code name, for
+    ``fail_share`` of the calls when given; ``delay``: seconds); returns the calls it answered
+    so far."""
+    request = echo_pb2.ConfigureRequest(
+        fail=fail, delay=delay, read_only=read_only, fail_share=fail_share
+    )
     with grpc.insecure_channel(backend) as channel:
-        reply = echo_pb2_grpc.EchoServiceStub(channel).Configure(
-            echo_pb2.ConfigureRequest(fail=fail, delay=delay, read_only=read_only), timeout=5
-        )
+        reply = echo_pb2_grpc.EchoServiceStub(channel).Configure(request, timeout=5)
     return int(reply.calls)
 
 
