@@ -73,8 +73,6 @@ DEFAULT_CHANNEL_OPTIONS: Final[tuple[tuple[str, int], ...]] = (
 
 TargetKey = tuple[str, str]
 """What one check loop checks: (address, health service name)."""
-Subscription = tuple[str, str]
-"""Who takes a target's results: (service, address)."""
 
 
 @dataclass(eq=False, slots=True)
@@ -91,9 +89,10 @@ class _Target:
 
     key: TargetKey
     subscribers: dict[str, _Subscriber] = field(default_factory=dict)  # by service
-    interval: float = 0.0
-    timeout: float = 0.0
     task: asyncio.Task[None] | None = None
+    retimed: bool = False  # False: a subscriber came, went or changed its policy
+    _interval: float = 0.0
+    _timeout: float = 0.0
 
     @property
     def address(self) -> str:
@@ -103,12 +102,27 @@ class _Target:
     def service_name(self) -> str:
         return self.key[1]
 
-    def retime(self) -> None:
-        """Shortest interval, longest timeout of the subscribers (read by the loop at its
-        next round)."""
+    @property
+    def interval(self) -> float:
+        """The shortest interval of the subscribers."""
+        self._retime()
+        return self._interval
+
+    @property
+    def timeout(self) -> float:
+        """The longest timeout of the subscribers."""
+        self._retime()
+        return self._timeout
+
+    def _retime(self) -> None:
+        # Computed when the loop next reads it, not at every change: a config change
+        # touches every service sharing the target.
+        if self.retimed:
+            return
         policies = [s.policy for s in self.subscribers.values()]
-        self.interval = min(p.interval for p in policies)
-        self.timeout = max(p.timeout for p in policies)
+        self._interval = min(p.interval for p in policies)
+        self._timeout = max(p.timeout for p in policies)
+        self.retimed = True
 
 
 @dataclass(eq=False)
@@ -144,7 +158,8 @@ class HealthChecker:
         self._metrics.observe_endpoints(self.table)
         self._channel_options = list(channel_options)
         self._rng = rng if rng is not None else random.Random()
-        self._subscribed: dict[Subscription, TargetKey] = {}
+        self._subscribed: dict[str, dict[str, TargetKey]] = {}
+        """service -> address -> the target whose results it takes."""
         self._targets: dict[TargetKey, _Target] = {}
         self._channels: dict[str, _ChannelRef] = {}
         self._closing: set[asyncio.Task[None]] = set()
@@ -173,37 +188,36 @@ class HealthChecker:
         empty list is :meth:`remove_service`."""
         pol = policy if isinstance(policy, HealthPolicy) else HealthPolicy.from_proto(policy)
         wanted = list(dict.fromkeys(addresses))
-        for sub in [s for s in self._subscribed if s[0] == service and s[1] not in wanted]:
-            self._unsubscribe(sub)
+        held = self._subscribed.get(service, {})
+        for address in [a for a in held if a not in wanted]:
+            self._unsubscribe(service, address)
         self.table.update_targets(service, wanted, pol, placement, spill_over_below)
         for address in wanted:
-            sub = (service, address)
             key = (address, pol.service_name)
-            old = self._subscribed.get(sub)
+            old = held.get(address)
             if old is not None and old != key:  # the health service name changed
-                self._unsubscribe(sub)
+                self._unsubscribe(service, address)
                 old = None
-            if old is not None:
-                target = self._targets[key]
-                target.subscribers[service].policy = pol
-                target.retime()
+            if old is None:
+                self._subscribe(service, address, key, pol)
                 continue
-            self._subscribe(service, address, key, pol)
+            target = self._targets[key]
+            subscriber = target.subscribers[service]
+            if subscriber.policy != pol:
+                subscriber.policy = pol
+                target.retimed = False
 
     def remove_service(self, service: str) -> None:
         """Stops checking every endpoint of ``service`` and forgets their state; targets that
         other services share go on."""
-        for sub in [s for s in self._subscribed if s[0] == service]:
-            self._unsubscribe(sub)
+        for address in list(self._subscribed.get(service, {})):
+            self._unsubscribe(service, address)
         self.table.remove_service(service)
         self._panic.pop(service, None)
 
     def targets(self) -> dict[str, list[str]]:
         """The addresses checked, per service."""
-        out: dict[str, list[str]] = {}
-        for service, address in self._subscribed:
-            out.setdefault(service, []).append(address)
-        return out
+        return {service: list(held) for service, held in self._subscribed.items()}
 
     def shared_targets(self) -> dict[TargetKey, list[str]]:
         """The check loops: (address, health service name) -> the services taking its
@@ -224,7 +238,9 @@ class HealthChecker:
         for target in self._targets.values():
             self._launch(target)
         log.info(
-            "health checker started", endpoints=len(self._subscribed), targets=len(self._targets)
+            "health checker started",
+            endpoints=sum(len(held) for held in self._subscribed.values()),
+            targets=len(self._targets),
         )
 
     async def stop(self) -> None:
@@ -249,22 +265,25 @@ class HealthChecker:
     # -- internals: subscriptions ----------------------------------------------------------
 
     def _subscribe(self, service: str, address: str, key: TargetKey, pol: HealthPolicy) -> None:
-        self._subscribed[(service, address)] = key
+        self._subscribed.setdefault(service, {})[address] = key
         target = self._targets.get(key)
         new = target is None
         if target is None:
             target = self._targets[key] = _Target(key)
         target.subscribers[service] = _Subscriber(service, address, pol)
-        target.retime()
+        target.retimed = False
         if new and self._started:
             self._launch(target)
 
-    def _unsubscribe(self, sub: Subscription) -> None:
-        key = self._subscribed.pop(sub)
+    def _unsubscribe(self, service: str, address: str) -> None:
+        held = self._subscribed[service]
+        key = held.pop(address)
+        if not held:
+            del self._subscribed[service]
         target = self._targets[key]
-        del target.subscribers[sub[0]]
+        del target.subscribers[service]
         if target.subscribers:
-            target.retime()
+            target.retimed = False
             return
         del self._targets[key]
         if target.task is not None:
