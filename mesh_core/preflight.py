@@ -32,22 +32,8 @@ def otel_proto_problem() -> str | None:
     return None
 
 
-def _otlp_wanted() -> bool:
-    from mesh_core.errors import TelemetryConfigError
-    from mesh_core.telemetry import exporter_for
-
-    try:
-        return any(exporter_for(signal) == "otlp" for signal in ("traces", "metrics"))
-    except TelemetryConfigError:
-        return False  # telemetry set-up names the bad setting
-
-
 def check_environment(prog: str) -> None:
-    """When an OTLP exporter is asked for (``OTEL_*``), warns about the clash on stderr, and
-    exits when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set. A process that exports nothing does
-    not load the OTLP protos to check them."""
-    if not _otlp_wanted():
-        return
+    """Warns about the clash on stderr; exits when OTLP export is asked for and cannot work."""
     problem = otel_proto_problem()
     if problem is None:
         return
