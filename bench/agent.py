@@ -8,8 +8,9 @@ each response with ``time.time()`` on arrival.
   stream on the agent's socket subscribes to the 100 names of each type, the agent subscribes
   upstream to match; once ``GetAgentStatus`` shows 100 of each type, the agent's RSS
   (``/proc/PID/status`` VmRSS) and idle CPU (``/proc/PID/stat`` utime+stime over a window, %
-  of one core) are read, with the control server's RSS for reference, and the RSS of a
-  process that only imports grpc (``bench._grpc_only``), read at the same moment.
+  of one core) are read, with the control server's RSS for reference, and beside them, read
+  at the same moment, the RSS of a process that only imports grpc and of one that also serves
+  and calls grpc.aio (``bench._grpc_only``, the floors).
 * ``health checks``: what idle agents' active health checks cost, 1,000 services on 2 shared
   backends and 200 distinct targets, next to a bare grpc.aio client making the same checks,
   in one window (``bench/_health_checks.py``).
@@ -201,7 +202,7 @@ async def footprint(
     control: Proc,
     control_address: str,
     variant: str,
-    grpc_only: Proc,
+    floors: tuple[Proc, Proc],
     plan: Plan,
 ) -> tuple[Row, Path]:
     """Agent holding SERVICES services, idle; returns the row and the agent's state dir."""
@@ -240,7 +241,7 @@ async def footprint(
             )
             window = m1 - m0
             rss_after = rss_mib(pid)
-            rss_grpc_only = rss_mib(grpc_only.popen.pid)
+            rss_grpc_only, rss_grpc_serving = (rss_mib(p.popen.pid) for p in floors)
             pushes = len(client.received) - pushes_before
             status = await agent_status(target)
             if not agent.alive:
@@ -254,6 +255,8 @@ async def footprint(
             "agent_rss_mib": rss_after,
             "grpc_only_rss_mib": rss_grpc_only,
             "agent_over_grpc_only_mib": round(rss_after - rss_grpc_only, 1),
+            "grpc_serving_rss_mib": rss_grpc_serving,
+            "agent_over_grpc_serving_mib": round(rss_after - rss_grpc_serving, 1),
             "agent_rss_empty_mib": rss_empty,
             "agent_rss_growth_mib": round(rss_after - rss_before, 1),
             "agent_idle_cpu_pct": round(cpu_pct, 2),
@@ -522,10 +525,12 @@ async def _run(options: Options) -> list[Row]:
                 (control, control_address),
                 (control_hc, control_hc_address),
                 (grpc_only, _),
+                (grpc_serving, _),
             ) = await asyncio.gather(
                 start_ready(procs, "control", "control", *serve),
                 start_ready(procs, "control-hc", "control", *serve),
                 start_ready(procs, "grpc-only", "bench._grpc_only"),
+                start_ready(procs, "grpc-serving", "bench._grpc_only", "--serve"),
             )
             async with (
                 grpc.aio.insecure_channel(control_address) as channel,
@@ -546,9 +551,10 @@ async def _run(options: Options) -> list[Row]:
                     )
 
             plain, warm_state = await footprint(
-                procs, control, control_address, "no health checks", grpc_only, plan
+                procs, control, control_address, "no health checks", (grpc_only, grpc_serving), plan
             )
             procs.stop(grpc_only)
+            procs.stop(grpc_serving)
 
             async def start_agent(name: str) -> tuple[Proc, str]:
                 args = agent_args(

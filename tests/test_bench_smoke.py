@@ -125,7 +125,7 @@ def test_bench_quick_agent_prints_a_json_summary() -> None:
             "hold_all_ms",
         } <= set(row)
         assert 0 < row["agent_rss_mib"] < 1024 and 0 < row["control_rss_mib"] < 1024
-        assert 0 < row["grpc_only_rss_mib"] < row["agent_rss_mib"]
+        assert 0 < row["grpc_only_rss_mib"] < row["grpc_serving_rss_mib"] < row["agent_rss_mib"]
         assert row["agent_idle_cpu_pct"] >= 0 and row["window_s"] > 0
 
     shared, distinct, bare, free = run.tables("health checks")
