@@ -18,9 +18,10 @@ When the services sharing a target ask for different parameters:
   a faster neighbour's).
 
 Adding or removing a service that shares a target never restarts the target's loop; a new
-subscriber takes the next result. A target's loop ends only when its last subscriber goes.
+subscriber takes the next result, and a changed interval or timeout applies from the next
+round. A target's loop ends only when its last subscriber goes.
 
-Wake-ups are rounded up to a tick (at most :data:`TICK`, a tenth of the interval at most):
+Wake-ups are rounded up to a tick (:data:`TICK`, or a tenth of the interval if shorter):
 the loops whose checks fall in one tick wake together, in one turn of the event loop,
 which costs a fraction of waking once per check (the jitter still spreads checks over the
 interval, at the tick's granularity).
