@@ -430,3 +430,43 @@ class CountingMetrics(AgentMetrics):
     def health_check(self, service: str, address: str, ok: bool) -> None:
         self.taken[service] = self.taken.get(service, 0) + 1
         super().health_check(service, address, ok)
+
+
+@pytest.mark.timeout(30)
+async def test_a_service_changing_its_health_service_name_moves_to_that_target() -> None:
+    a = await Backend().start()
+    await a.set(health_pb2.HealthCheckResponse.SERVING, service="orders.v1.Orders")
+    checker = HealthChecker()
+    table = checker.table
+    unknown = config_pb2.HealthCheckPolicy()
+    unknown.CopyFrom(POLICY)
+    unknown.service_name = "nope.v1.Nope"
+    named = config_pb2.HealthCheckPolicy()
+    named.CopyFrom(POLICY)
+    named.service_name = "orders.v1.Orders"
+    try:
+        checker.set_targets("orders", [a.address], unknown)
+        checker.set_targets("billing", [a.address], unknown)
+        await checker.start()
+        await eventually(
+            lambda: table.status("orders", a.address) == "unhealthy",
+            VERDICT_WITHIN + 1.0,
+            "an unknown health service name fails",
+        )
+        checker.set_targets("orders", [a.address], named)
+        assert checker.shared_targets() == {
+            (a.address, "nope.v1.Nope"): ["billing"],
+            (a.address, "orders.v1.Orders"): ["orders"],
+        }
+        await eventually(
+            lambda: table.status("orders", a.address) == "healthy",
+            VERDICT_WITHIN,
+            "orders healthy once it checks its own name",
+        )
+        assert table.status("billing", a.address) == "unhealthy"
+        checker.remove_service("billing")
+        assert checker.shared_targets() == {(a.address, "orders.v1.Orders"): ["orders"]}
+        assert checker.channels() == [a.address]
+    finally:
+        await checker.stop()
+        await a.stop()
