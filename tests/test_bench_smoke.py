@@ -132,8 +132,10 @@ def test_bench_quick_agent_prints_a_json_summary() -> None:
     assert [r["targets"] for r in (shared, distinct, bare, free)] == [2, 200, 200, 200]
     # 1000 services on 2 backends: one check per backend per 5 s interval, not 2000.
     assert shared["results_per_interval"] == 2000
-    assert 1 <= shared["checks_in_window"] <= 2 * 3, shared
-    assert 100 <= distinct["checks_in_window"] <= 2 * 200, distinct
+    # (At most 2 per round, 2 rounds in the window: a loaded machine may delay a round out of
+    # it, so only the upper bound is firm, and that checks ran at all.)
+    assert shared["checks_in_window"] <= 2 * 2, shared
+    assert 1 <= distinct["checks_in_window"] <= 2 * 200, distinct
     assert distinct["cpu_ms_per_check"] > 0 and distinct["cpu_pct"] >= 0
     assert all(r["window_s"] > 5 for r in run.tables("health checks"))
 
