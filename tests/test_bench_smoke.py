@@ -111,20 +111,33 @@ def test_bench_quick_agent_prints_a_json_summary() -> None:
     run = run_bench("agent")
 
     footprint = run.tables("footprint")
-    assert [r["variant"] for r in footprint] == ["no health checks", "health checks 5s"]
+    assert [r["variant"] for r in footprint] == ["no health checks"]
     for row in footprint:
         assert {
             "agent_rss_mib",
             "agent_rss_empty_mib",
             "agent_idle_cpu_pct",
+            "grpc_only_rss_mib",
+            "agent_over_grpc_only_mib",
             "control_rss_mib",
             "window_s",
             "local_pushes_in_window",
             "hold_all_ms",
         } <= set(row)
         assert 0 < row["agent_rss_mib"] < 1024 and 0 < row["control_rss_mib"] < 1024
+        assert 0 < row["grpc_only_rss_mib"] < row["grpc_serving_rss_mib"] < row["agent_rss_mib"]
         assert row["agent_idle_cpu_pct"] >= 0 and row["window_s"] > 0
-    assert footprint[1]["health_checks_per_s"] == 40
+
+    shared, distinct, bare, free = run.tables("health checks")
+    assert [r["targets"] for r in (shared, distinct, bare, free)] == [2, 200, 200, 200]
+    # 1000 services on 2 backends: one check per backend per 5 s interval, not 2000.
+    assert shared["results_per_interval"] == 2000
+    # (At most 2 per round, 2 rounds in the window: a loaded machine may delay a round out of
+    # it, so only the upper bound is firm, and that checks ran at all.)
+    assert shared["checks_in_window"] <= 2 * 2, shared
+    assert 1 <= distinct["checks_in_window"] <= 2 * 200, distinct
+    assert distinct["cpu_ms_per_check"] > 0 and distinct["cpu_pct"] >= 0
+    assert all(r["window_s"] > 5 for r in run.tables("health checks"))
 
     starts = run.tables("start to first LDS")
     assert [r["start"].split(":")[0] for r in starts] == ["warm", "cold"]
@@ -143,6 +156,7 @@ def test_bench_quick_agent_prints_a_json_summary() -> None:
 
     compared = {r["compare"]: r for r in run.tables("side by side")}
     assert set(compared) == {
+        "CPU per check, agent (distinct targets) / bare client on the tick",
         "start to first LDS, cold / warm",
         "push to client, via agent holding echo only / direct",
         "push to client, via agent holding 101 services / direct",

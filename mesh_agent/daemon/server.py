@@ -41,7 +41,6 @@ from mesh_agent.daemon.breakers.service import BreakerHub
 from mesh_agent.daemon.cache import ConfigCache
 from mesh_agent.daemon.health.table import HealthTable
 from mesh_agent.daemon.identities.keeper import PROCESS, IdentityKeeper
-from mesh_agent.daemon.listener_access import ListenerAccess, node_identity
 from mesh_agent.daemon.local import LocalSnapshotSource, zone_priorities
 from mesh_agent.daemon.reporter import Reporter
 from mesh_agent.daemon.roles import (
@@ -248,6 +247,9 @@ class ServerComponent:
 
         interceptors: list[grpc.aio.ServerInterceptor] = []
         if settings.listen and settings.tls is not None:
+            # Only a TLS listener checks its callers (and loads the server interceptors).
+            from mesh_agent.daemon.listener_access import ListenerAccess, node_identity
+
             own = node_identity(settings.tls, node.id)
             interceptors.append(ListenerAccess(own, settings.listen_allow))
         server = grpc.aio.server(interceptors=interceptors, options=Limits().server_options())
