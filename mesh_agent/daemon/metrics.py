@@ -1,5 +1,6 @@
-"""OpenTelemetry instruments of the node agent: circuit breakers, active health checks and
-the age of the config it serves. (Its local ADS server uses :class:`mesh_xds.metrics.XdsMetrics`.)
+"""OpenTelemetry instruments of the node agent: circuit breakers, active health checks, its
+stream to the control plane and the age of the config it serves. (Its local ADS server uses
+:class:`mesh_xds.metrics.XdsMetrics`.)
 
 Only the OpenTelemetry API is used here. Instruments come from ``metrics.get_meter`` unless a
 ``Meter`` is given, so they record into whatever ``MeterProvider`` the process installs,
@@ -13,10 +14,19 @@ metric                              unit         attributes
 (counter)                                        ``mesh.breaker.previous_state``
 ``mesh.health_check.results``       {check}      ``mesh.service``, ``server.address``,
 (counter)                                        ``mesh.health_check.result``
+``mesh.health_check.duration``      s            ``mesh.service``, ``mesh.health_check.result``
+(histogram)
 ``mesh.endpoint.health`` (gauge)    {endpoint}   ``mesh.service``, ``server.address``; 1 usable,
                                                  0 marked unhealthy
+``mesh.agent.upstream.connected``   {stream}     (none); 1 while a stream to a control server
+(gauge)                                          is up, else 0
+``mesh.agent.upstream.connects``    {stream}     ``server.address`` (the control server)
+(counter)
 ``mesh.agent.cache.age`` (gauge)    s            (none)
 =================================== ============ ===============================================
+
+``mesh.agent.upstream.connects`` starts at zero for every control server the agent is given,
+so a first reconnect is a step ``increase()`` sees.
 
 The gauges read the objects registered with ``observe_*`` when a metric reader collects,
 possibly on the reader's thread: those objects answer from copies of their state, and are
@@ -36,12 +46,16 @@ from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS
 
 from mesh_agent import __version__
 from mesh_agent.daemon.breakers.breaker import BreakerState, Transition
+from mesh_core.rpc_telemetry import DURATION_BUCKETS
 
 METER_NAME: Final = "mesh.agent"
 
 BREAKER_STATE: Final = "mesh.breaker.state"
 BREAKER_TRANSITIONS: Final = "mesh.breaker.transitions"
 HEALTH_CHECK_RESULTS: Final = "mesh.health_check.results"
+HEALTH_CHECK_DURATION: Final = "mesh.health_check.duration"
+UPSTREAM_CONNECTED: Final = "mesh.agent.upstream.connected"
+UPSTREAM_CONNECTS: Final = "mesh.agent.upstream.connects"
 ENDPOINT_HEALTH: Final = "mesh.endpoint.health"
 CACHE_AGE: Final = "mesh.agent.cache.age"
 
@@ -66,6 +80,12 @@ class BreakerSource(Protocol):
 class EndpointSource(Protocol):
     def endpoint_usability(self) -> Iterable[tuple[str, str, bool]]:
         """``(service, address, usable)`` of every checked endpoint; callable from any thread."""
+        ...
+
+
+class UpstreamSource(Protocol):
+    def upstream_connected(self) -> bool:
+        """Whether a stream to a control server is up; callable from any thread."""
         ...
 
 
@@ -110,6 +130,7 @@ class AgentMetrics:
         self._breakers: _Sources[BreakerSource] = _Sources()
         self._endpoints: _Sources[EndpointSource] = _Sources()
         self._caches: _Sources[ConfigAgeSource] = _Sources()
+        self._upstreams: _Sources[UpstreamSource] = _Sources()
         self.breaker_transitions = m.create_counter(
             BREAKER_TRANSITIONS,
             unit="{transition}",
@@ -119,6 +140,23 @@ class AgentMetrics:
             HEALTH_CHECK_RESULTS,
             unit="{check}",
             description="Active health checks run, by result.",
+        )
+        self.health_check_duration = m.create_histogram(
+            HEALTH_CHECK_DURATION,
+            unit="s",
+            description="Time an active health check took, by result (a timeout: the timeout).",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.upstream_connects = m.create_counter(
+            UPSTREAM_CONNECTS,
+            unit="{stream}",
+            description="Streams established to a control server (the first and every reconnect).",
+        )
+        m.create_observable_gauge(
+            UPSTREAM_CONNECTED,
+            callbacks=[self._observe_upstreams],
+            unit="{stream}",
+            description="1 while the agent's stream to a control server is up, else 0.",
         )
         m.create_observable_gauge(
             BREAKER_STATE,
@@ -152,6 +190,13 @@ class AgentMetrics:
     def observe_config_age(self, source: ConfigAgeSource) -> None:
         self._caches.add(source)
 
+    def observe_upstream(self, source: UpstreamSource, servers: Iterable[str]) -> None:
+        """Reports ``source``'s connection, and starts the connect counter of each of its
+        ``servers`` at zero."""
+        self._upstreams.add(source)
+        for server in servers:
+            self.upstream_connects.add(0, {SERVER_ADDRESS: server})
+
     # -- events ----------------------------------------------------------------------------
 
     def breaker_transition(self, transition: Transition) -> None:
@@ -164,15 +209,13 @@ class AgentMetrics:
             },
         )
 
-    def health_check(self, service: str, address: str, ok: bool) -> None:
-        self.health_checks.add(
-            1,
-            {
-                SERVICE: service,
-                SERVER_ADDRESS: address,
-                RESULT: "healthy" if ok else "unhealthy",
-            },
-        )
+    def health_check(self, service: str, address: str, ok: bool, duration: float) -> None:
+        result = "healthy" if ok else "unhealthy"
+        self.health_checks.add(1, {SERVICE: service, SERVER_ADDRESS: address, RESULT: result})
+        self.health_check_duration.record(duration, {SERVICE: service, RESULT: result})
+
+    def upstream_connect(self, server: str) -> None:
+        self.upstream_connects.add(1, {SERVER_ADDRESS: server})
 
     # -- callbacks -------------------------------------------------------------------------
 
@@ -194,6 +237,12 @@ class AgentMetrics:
                 )
         return observations
 
+    def _observe_upstreams(self, options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+        return [
+            metrics.Observation(1 if source.upstream_connected() else 0)
+            for source in self._upstreams
+        ]
+
     def _observe_cache_age(self, options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
         observations: list[metrics.Observation] = []
         for source in self._caches:
@@ -214,6 +263,7 @@ __all__ = [
     "BreakerSource",
     "ConfigAgeSource",
     "EndpointSource",
+    "UpstreamSource",
     "agent_meter",
     "agent_metrics",
 ]

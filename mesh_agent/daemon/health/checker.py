@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -68,8 +69,8 @@ class HealthChecker:
     verdicts from :attr:`table`. A check counts as a success only when the endpoint answers
     SERVING; NOT_SERVING, UNKNOWN, SERVICE_UNKNOWN, any RPC error and a timeout are failures.
     A check loop never dies of an error: it logs it and checks again at the next interval.
-    ``metrics`` (default: the agent's, on the global meter) counts every check by result and
-    reports the table's endpoint health.
+    ``metrics`` (default: the agent's, on the global meter) counts and times every check by
+    result and reports the table's endpoint health.
     """
 
     def __init__(
@@ -214,8 +215,10 @@ class HealthChecker:
         await asyncio.sleep(self._rng.uniform(0.0, first))
         while True:
             try:
+                started = time.perf_counter()
                 ok, reason = await self._check(target)
-                self._metrics.health_check(target.service, target.address, ok)
+                took = time.perf_counter() - started
+                self._metrics.health_check(target.service, target.address, ok, took)
                 transition = self.table.record(target.service, target.address, ok)
                 if transition is not None:
                     log.info(
