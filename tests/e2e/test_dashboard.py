@@ -192,6 +192,10 @@ def test_the_dashboard_is_a_grafana_dashboard() -> None:
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     source = variables["datasource"]
     assert source["type"] == "datasource" and source["query"] == "prometheus"
+    # Both daemons export rpc_server_call_duration: "All" control servers must mean those
+    # found (a regex of their instances), not ".*", which would take the agents in too.
+    for name in ("control", "node"):
+        assert variables[name]["includeAll"] and not variables[name].get("allValue"), name
 
     panels = list(all_panels(dashboard))
     ids = [p["id"] for p in panels]
