@@ -96,20 +96,22 @@ class NodeHealth(_message.Message):
     def __init__(self, status: _Optional[str] = ..., components: _Optional[_Iterable[_Union[ComponentHealth, _Mapping]]] = ..., breakers: _Optional[_Iterable[_Union[OpenBreaker, _Mapping]]] = ..., zone_priorities: _Optional[_Iterable[_Union[ZonePriority, _Mapping]]] = ..., warnings: _Optional[_Iterable[_Union[ServiceWarning, _Mapping]]] = ...) -> None: ...
 
 class ServiceWarning(_message.Message):
-    __slots__ = ("service", "state", "reason", "burn_short", "burn_long", "since")
+    __slots__ = ("service", "state", "reason", "burn_short", "burn_long", "since", "detail")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     BURN_SHORT_FIELD_NUMBER: _ClassVar[int]
     BURN_LONG_FIELD_NUMBER: _ClassVar[int]
     SINCE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
     service: str
     state: str
     reason: str
     burn_short: float
     burn_long: float
     since: _timestamp_pb2.Timestamp
-    def __init__(self, service: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., burn_short: _Optional[float] = ..., burn_long: _Optional[float] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    detail: str
+    def __init__(self, service: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., burn_short: _Optional[float] = ..., burn_long: _Optional[float] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class ZonePriority(_message.Message):
     __slots__ = ("service", "zone", "priority")

@@ -23,6 +23,13 @@ metric                              unit         attributes
 ``mesh.agent.upstream.connects``    {stream}     ``server.address`` (the control server)
 (counter)
 ``mesh.agent.cache.age`` (gauge)    s            (none)
+``mesh.service.degrading`` (gauge)  {service}    ``mesh.service``; 1 degrading (an early warning
+                                                 is raised), 0 judged and well
+``mesh.service.warnings`` (counter) {warning}    ``mesh.service``, ``mesh.warning.reason``;
+                                                 warnings raised
+``mesh.slo.burn_rate`` (gauge)      1            ``mesh.service``, ``mesh.slo.objective``
+                                                 (``success``, ``p99``...), ``mesh.slo.window``
+                                                 (``short``, ``long``)
 =================================== ============ ===============================================
 
 ``mesh.agent.upstream.connects`` starts at zero for every control server the agent is given,
@@ -58,11 +65,17 @@ UPSTREAM_CONNECTED: Final = "mesh.agent.upstream.connected"
 UPSTREAM_CONNECTS: Final = "mesh.agent.upstream.connects"
 ENDPOINT_HEALTH: Final = "mesh.endpoint.health"
 CACHE_AGE: Final = "mesh.agent.cache.age"
+SERVICE_DEGRADING: Final = "mesh.service.degrading"
+SERVICE_WARNINGS: Final = "mesh.service.warnings"
+SLO_BURN_RATE: Final = "mesh.slo.burn_rate"
 
 SERVICE: Final = "mesh.service"
 STATE: Final = "mesh.breaker.state"
 PREVIOUS_STATE: Final = "mesh.breaker.previous_state"
 RESULT: Final = "mesh.health_check.result"
+WARNING_REASON: Final = "mesh.warning.reason"
+OBJECTIVE: Final = "mesh.slo.objective"
+WINDOW: Final = "mesh.slo.window"
 
 STATE_VALUES: Final[Mapping[BreakerState, int]] = {
     BreakerState.CLOSED: 0,
@@ -99,6 +112,16 @@ class ConfigAgeSource(Protocol):
 _T = TypeVar("_T")
 
 
+class RiskSource(Protocol):
+    def degrading(self) -> Mapping[str, bool]:
+        """Whether each judged service is degrading; callable from any thread."""
+        ...
+
+    def burn_rates(self) -> Iterable[tuple[str, str, str, float]]:
+        """``(service, objective, window, burn rate)``; callable from any thread."""
+        ...
+
+
 class _Sources(Generic[_T]):
     """A thread-safe set of weakly held objects."""
 
@@ -131,6 +154,7 @@ class AgentMetrics:
         self._endpoints: _Sources[EndpointSource] = _Sources()
         self._caches: _Sources[ConfigAgeSource] = _Sources()
         self._upstreams: _Sources[UpstreamSource] = _Sources()
+        self._risks: _Sources[RiskSource] = _Sources()
         self.breaker_transitions = m.create_counter(
             BREAKER_TRANSITIONS,
             unit="{transition}",
@@ -170,6 +194,26 @@ class AgentMetrics:
             unit="{endpoint}",
             description="1 when the endpoint may get traffic, 0 when checks marked it unhealthy.",
         )
+        self.service_warnings = m.create_counter(
+            SERVICE_WARNINGS,
+            unit="{warning}",
+            description="Early warnings raised: a service seen degrading before its breaker opens.",
+        )
+        m.create_observable_gauge(
+            SERVICE_DEGRADING,
+            callbacks=[self._observe_degrading],
+            unit="{service}",
+            description="1 while the service is degrading (an early warning is raised), else 0.",
+        )
+        m.create_observable_gauge(
+            SLO_BURN_RATE,
+            callbacks=[self._observe_burn_rates],
+            unit="1",
+            description=(
+                "Error-budget burn rate of the service's objective over the alert's short and "
+                "long window (1: the budget spent exactly as fast as the objective allows)."
+            ),
+        )
         m.create_observable_gauge(
             CACHE_AGE,
             callbacks=[self._observe_cache_age],
@@ -197,6 +241,9 @@ class AgentMetrics:
         for server in servers:
             self.upstream_connects.add(0, {SERVER_ADDRESS: server})
 
+    def observe_risk(self, source: RiskSource) -> None:
+        self._risks.add(source)
+
     # -- events ----------------------------------------------------------------------------
 
     def breaker_transition(self, transition: Transition) -> None:
@@ -208,6 +255,9 @@ class AgentMetrics:
                 PREVIOUS_STATE: transition.old.value,
             },
         )
+
+    def service_warning(self, service: str, reason: str) -> None:
+        self.service_warnings.add(1, {SERVICE: service, WARNING_REASON: reason})
 
     def health_check(self, service: str, address: str, ok: bool, duration: float) -> None:
         result = "healthy" if ok else "unhealthy"
@@ -243,6 +293,22 @@ class AgentMetrics:
             for source in self._upstreams
         ]
 
+    def _observe_degrading(self, options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+        return [
+            metrics.Observation(1 if degrading else 0, {SERVICE: service})
+            for source in self._risks
+            for service, degrading in source.degrading().items()
+        ]
+
+    def _observe_burn_rates(
+        self, options: metrics.CallbackOptions
+    ) -> Iterable[metrics.Observation]:
+        return [
+            metrics.Observation(burn, {SERVICE: service, OBJECTIVE: objective, WINDOW: window})
+            for source in self._risks
+            for service, objective, window, burn in source.burn_rates()
+        ]
+
     def _observe_cache_age(self, options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
         observations: list[metrics.Observation] = []
         for source in self._caches:
@@ -263,6 +329,7 @@ __all__ = [
     "BreakerSource",
     "ConfigAgeSource",
     "EndpointSource",
+    "RiskSource",
     "UpstreamSource",
     "agent_meter",
     "agent_metrics",
