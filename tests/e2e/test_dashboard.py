@@ -1,8 +1,8 @@
 """The Grafana dashboard (``deploy/grafana/mesh.json``) against the metrics the daemons really
-export: one mesh (a control server, an agent, a backend) runs for the module, the events
-behind every series happen (a pushed change ACKed, a NACK, health checks, a breaker trip,
-RPCs), both ``/metrics`` pages are scraped, and every query of the dashboard must name
-series, and labels, that are in them."""
+export: one mesh (a control server, an agent, two backends) runs for the module, the events
+behind every series happen (a pushed change ACKed, a NACK, health checks, an early warning,
+a breaker trip, RPCs), both ``/metrics`` pages are scraped, and every query of the dashboard
+must name series, and labels, that are in them."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 import pytest
 
+from mesh.demo.v1 import echo_pb2, echo_pb2_grpc
 from mesh_xds.testing import AdsClient
 from mesh_xds.types import CLUSTER, LISTENER
 from tests.conftest import ROOT, Proc, wait_for
@@ -252,6 +254,14 @@ policy:
 """
 
 
+SLO_SERVICE = """\
+name: orders
+endpoints: [{{address: '{backend}'}}]
+policy:
+  slo: {{success: 99, burn: {{short_window: 1s, long_window: 2s}}}}
+"""
+
+
 @dataclass
 class Scrapes:
     control: str
@@ -309,23 +319,40 @@ def scrapes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrapes]:
     try:
         control_proc, control = procs.start_control("--metrics-port", "0")
         _, backend = procs.start_backend("b1", proc_name="backend")
-        service = procs.workdir / "echo.yaml"
-        service.write_text(SERVICE.format(backend=backend, timeout="2s"))
-        meshctl(control, "apply", "-f", str(service))  # an admin RPC
+        # A second service with an objective, whose backend fails half its calls: the node's
+        # agent judges it degrading (an early warning), with its burn rates.
+        _, slo_backend = procs.start_backend("b2", proc_name="slo-backend")
+        with grpc.insecure_channel(slo_backend) as channel:
+            echo_pb2_grpc.EchoServiceStub(channel).Configure(
+                echo_pb2.ConfigureRequest(fail="UNAVAILABLE", fail_share=0.5), timeout=5
+            )
+        services = procs.workdir / "services.yaml"
+
+        def write_services(timeout: str) -> None:
+            services.write_text(
+                SERVICE.format(backend=backend, timeout=timeout)
+                + "---\n"
+                + SLO_SERVICE.format(backend=slo_backend)
+            )
+
+        write_services("2s")
+        meshctl(control, "apply", "-f", str(services))  # an admin RPC
         agent_proc, agent = procs.start_agent(control, "node-1", "--metrics-port", "0")
         control_url, agent_url = _metrics_url(control_proc), _metrics_url(agent_proc)
 
-        # A local client makes the agent subscribe upstream; its calls are reported.
+        # Local clients make the agent subscribe upstream; their calls are reported.
         client = procs.mesh_client("client", agent, "echo", "--count", "3", "--interval", "0.05")
-        assert client.popen.wait(30) == 0, client.errors()[-2000:]
+        slo_client = procs.mesh_client(
+            "slo-client", agent, "orders", "--count", "300", "--interval", "0.02"
+        )
         wait_for(
             lambda: value(scrape(control_url), "mesh_xds_acks_total", mesh_xds_type="Listener"),
             10,
             "the agent's Listener ACK at the control server",
         )
         # A change pushed to a node already subscribed, and ACKed: a convergence time.
-        service.write_text(SERVICE.format(backend=backend, timeout="3s"))
-        meshctl(control, "apply", "-f", str(service))
+        write_services("3s")
+        meshctl(control, "apply", "-f", str(services))
         wait_for(
             lambda: value(scrape(control_url), "mesh_xds_convergence_duration_seconds_count"),
             10,
@@ -351,6 +378,20 @@ def scrapes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrapes]:
             "the NACK at the control server",
         )
 
+        # The burn rates are there while there are calls to judge: this scrape is kept.
+        judged = wait_for(
+            lambda: (
+                (text := scrape(agent_url))
+                and value(text, "mesh_service_warnings_total", mesh_service="orders")
+                and "mesh_slo_burn_rate{" in text
+                and text
+            ),
+            30,
+            "an early warning for orders, and its burn rates, at the agent",
+        )
+        slo_client.stop()
+        assert client.popen.wait(30) == 0, client.errors()[-2000:]
+
         # The backend fails every call: the node's breaker opens.
         configure(backend, fail="UNAVAILABLE")
         failing = procs.mesh_client("failing", agent, "echo", "--count", "6", "--interval", "0.05")
@@ -367,7 +408,7 @@ def scrapes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrapes]:
             10,
             "health checks timed at the agent",
         )
-        yield Scrapes(control=scrape(control_url), agent=scrape(agent_url))
+        yield Scrapes(control=scrape(control_url), agent=scrape(agent_url) + judged)
     finally:
         procs.stop_all()
 
@@ -393,6 +434,12 @@ def test_every_series_the_dashboard_queries_is_exported(scrapes: Scrapes) -> Non
     ]:
         query = parse(expr)
         is_label_values = "label_values" in query.functions
+        if is_label_values and len(query.selectors) == 1:
+            # label_values(LABEL): the label's values on any series.
+            label = query.selectors[0][0]
+            if not any(label in labels for d in exported.values() for labels in d.values()):
+                problems.append(f"{title}: no series has the label {label}")
+            continue
         selectors = query.selectors[:1] if is_label_values else query.selectors
         found_labels: set[str] = set()
         for name, labels in selectors:
