@@ -529,7 +529,7 @@ class Demo:
             "  timeout: 5s",
             "  retry: {attempts: 3, retry_on: [UNAVAILABLE], backoff: {base: 25ms, max: 250ms}}",
             "  outlier_detection: {failure_percentage: {threshold: 50, minimum_hosts: 2}}",
-            "  health_check: {interval: 500ms, timeout: 250ms, unhealthy_threshold: 2,"
+            "  health_check: {interval: 500ms, timeout: 500ms, unhealthy_threshold: 2,"
             " healthy_threshold: 2}",
             "  circuit_breaker: {consecutive_failures: 4, open_for: 2s, half_open_probes: 1}",
         ]
