@@ -168,30 +168,37 @@ WAIT = 30.0
 
 
 class Transcript:
-    """Every line the demo has shown, so that a step can wait for what it narrates (a
-    client's call, an agent's transition) instead of for a fixed time. Written by the
-    demo's output threads, read by the script's thread."""
+    """The lines the demo has shown lately (the last :attr:`KEEP`), so that a step can wait
+    for what it narrates (a client's call, an agent's transition) instead of for a fixed
+    time. Written by the demo's output threads, read by the script's thread."""
+
+    KEEP = 5000
 
     def __init__(self) -> None:
         self._lines: list[str] = []
+        self._dropped = 0  # lines shown before self._lines[0]
         self._changed = threading.Condition()
 
     def add(self, text: str) -> None:
         with self._changed:
             self._lines.extend(text.splitlines())
+            if len(self._lines) > self.KEEP:  # a demo left running must not grow forever
+                cut = len(self._lines) - self.KEEP // 2
+                del self._lines[:cut]
+                self._dropped += cut
             self._changed.notify_all()
 
     def mark(self) -> int:
         """Where the transcript is now: :meth:`wait` looks at the lines shown after it."""
         with self._changed:
-            return len(self._lines)
+            return self._dropped + len(self._lines)
 
     def wait(self, found: Callable[[list[str]], bool], since: int, timeout: float = WAIT) -> bool:
         """Waits (at most ``timeout`` seconds) until ``found`` says yes to the lines shown
         since the mark ``since``; whether it did."""
         deadline = time.monotonic() + timeout
         with self._changed:
-            while not found(self._lines[since:]):
+            while not found(self._lines[max(0, since - self._dropped) :]):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
