@@ -8,9 +8,12 @@ each response with ``time.time()`` on arrival.
   stream on the agent's socket subscribes to the 100 names of each type, the agent subscribes
   upstream to match; once ``GetAgentStatus`` shows 100 of each type, the agent's RSS
   (``/proc/PID/status`` VmRSS) and idle CPU (``/proc/PID/stat`` utime+stime over a window, %
-  of one core) are read, with the control server's RSS for reference. Two variants: no
-  health checks, and ``health_check`` (interval 5s) on all 100 services whose two endpoints
-  are two real backends (``mesh_demo.backend``), so 200 checks run every 5 s.
+  of one core) are read, with the control server's RSS for reference, and beside them, read
+  at the same moment, the RSS of a process that only imports grpc and of one that also serves
+  and calls grpc.aio (``bench._grpc_only``, the floors).
+* ``health checks``: what idle agents' active health checks cost, 1,000 services on 2 shared
+  backends and 200 distinct targets, next to a bare grpc.aio client making the same checks,
+  in one window (``bench/_health_checks.py``).
 * ``start to first LDS``: from ``Popen`` of the agent to the first LDS response holding a
   listener on a local ADS stream (opened as soon as the socket file exists). Warm: the state
   dir of the footprint run, the agent's control server killed. Cold: an empty state dir, the
@@ -37,6 +40,7 @@ import grpc
 from envoy.config.endpoint.v3 import endpoint_pb2
 
 from bench import Options, Row, _procs, ratio, section, summary
+from bench import _health_checks as health_checks
 from bench._ads_client import ads_client
 from bench._procs import BenchError, Proc, Processes
 from control.config import load_documents
@@ -47,7 +51,6 @@ from mesh_xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE
 SERVICES = 100
 HELD_TYPES = (LISTENER, ROUTE, CLUSTER, ENDPOINT)
 NODE_ID = "n1"
-HC_INTERVAL_S = 5.0
 START_TIMEOUT = 30.0
 HOLD_TIMEOUT = 30.0
 PUSH_TIMEOUT = 10.0
@@ -61,10 +64,14 @@ class Plan:
     settle: float  # seconds after the agent holds everything, before measuring
     starts: int  # warm and cold starts each
     pushes: int
+    health_window: float  # seconds of health checks measured: a round of every target at least
 
     @classmethod
     def of(cls, quick: bool) -> Plan:
-        return cls(2.0, 0.5, 2, 5) if quick else cls(10.0, 1.5, 5, 30)
+        interval = health_checks.INTERVAL_S
+        if quick:
+            return cls(2.0, 0.5, 2, 5, interval * 1.1 + 0.3)
+        return cls(10.0, 1.5, 5, 30, interval * 3)
 
 
 # ------------------------------------------------------------------------------------------
@@ -82,24 +89,19 @@ def _idle_address(k: int) -> str:
 
 
 def build_services(
-    names: Sequence[str], endpoints: Callable[[int], list[str]], health_check: bool
+    names: Sequence[str], endpoints: Callable[[int], list[str]]
 ) -> list[config_pb2.Service]:
     documents = []
     for i, name in enumerate(names):
         lines = [f"name: {name}", "endpoints:"]
         lines += [f"  - address: {address}" for address in endpoints(i)]
         lines += ["policy:", "  timeout: 5s"]
-        if health_check:
-            lines.append(
-                f"  health_check: {{interval: {HC_INTERVAL_S:g}s, timeout: 1s,"
-                " unhealthy_threshold: 3, healthy_threshold: 2}"
-            )
         documents.append("\n".join(lines))
     return load_documents("\n---\n".join(documents), "bench agent services")
 
 
 def echo_service(port: int) -> config_pb2.Service:
-    return build_services(["echo"], lambda _: [f"127.0.0.1:{port}"], health_check=False)[0]
+    return build_services(["echo"], lambda _: [f"127.0.0.1:{port}"])[0]
 
 
 async def start_ready(
@@ -200,12 +202,12 @@ async def footprint(
     control: Proc,
     control_address: str,
     variant: str,
-    health_targets: int,
+    floors: tuple[Proc, Proc],
     plan: Plan,
 ) -> tuple[Row, Path]:
     """Agent holding SERVICES services, idle; returns the row and the agent's state dir."""
     workdir = procs.workdir
-    slug = "hc" if health_targets else "plain"
+    slug = "plain"
     socket = workdir / f"agent-{slug}.sock"
     state_dir = workdir / f"state-{slug}"
     names = service_names()
@@ -239,23 +241,25 @@ async def footprint(
             )
             window = m1 - m0
             rss_after = rss_mib(pid)
+            rss_grpc_only, rss_grpc_serving = (rss_mib(p.popen.pid) for p in floors)
             pushes = len(client.received) - pushes_before
             status = await agent_status(target)
             if not agent.alive:
                 raise BenchError(f"agent-{slug} died:\n{agent.errors()}")
         cpu_pct = (cpu1 - cpu0) / window * 100
-        checks = window * health_targets / HC_INTERVAL_S
         healthy = sum(1 for e in status.endpoint_health if e.state == "healthy")
         state_file = state_dir / "config.json"
         row: Row = {
             "table": f"footprint ({SERVICES} services held, idle)",
             "variant": variant,
-            "health_checks_per_s": round(health_targets / HC_INTERVAL_S, 1),
             "agent_rss_mib": rss_after,
+            "grpc_only_rss_mib": rss_grpc_only,
+            "agent_over_grpc_only_mib": round(rss_after - rss_grpc_only, 1),
+            "grpc_serving_rss_mib": rss_grpc_serving,
+            "agent_over_grpc_serving_mib": round(rss_after - rss_grpc_serving, 1),
             "agent_rss_empty_mib": rss_empty,
             "agent_rss_growth_mib": round(rss_after - rss_before, 1),
             "agent_idle_cpu_pct": round(cpu_pct, 2),
-            "cpu_ms_per_check": round((cpu1 - cpu0) * 1000 / checks, 2) if checks else None,
             "agent_threads": threads(pid),
             "control_rss_mib": rss_mib(control.popen.pid),
             "control_idle_cpu_pct": round((control_cpu1 - control_cpu0) / window * 100, 2),
@@ -516,39 +520,63 @@ async def _run(options: Options) -> list[Row]:
     names = service_names()
     with Processes(options.workdir) as procs:
         serve = ["serve", "--listen", "127.0.0.1:0", "--store", "memory:", "--debounce", "0s"]
-        (control, control_address), (control_hc, control_hc_address), b1, b2 = await asyncio.gather(
-            start_ready(procs, "control", "control", *serve),
-            start_ready(procs, "control-hc", "control", *serve),
-            start_ready(procs, "b1", "mesh_demo.backend", "--name", "b1"),
-            start_ready(procs, "b2", "mesh_demo.backend", "--name", "b2"),
-        )
-        backends = [b1[1], b2[1]]
-        async with (
-            grpc.aio.insecure_channel(control_address) as channel,
-            grpc.aio.insecure_channel(control_hc_address) as channel_hc,
-        ):
-            await apply(
-                admin_pb2_grpc.MeshAdminServiceStub(channel),
-                build_services(
-                    names, lambda i: [_idle_address(2 * i), _idle_address(2 * i + 1)], False
-                ),
+        async with health_checks.backends() as backend:
+            (
+                (control, control_address),
+                (control_hc, control_hc_address),
+                (grpc_only, _),
+                (grpc_serving, _),
+            ) = await asyncio.gather(
+                start_ready(procs, "control", "control", *serve),
+                start_ready(procs, "control-hc", "control", *serve),
+                start_ready(procs, "grpc-only", "bench._grpc_only"),
+                start_ready(procs, "grpc-serving", "bench._grpc_only", "--serve"),
             )
-            await apply(
-                admin_pb2_grpc.MeshAdminServiceStub(channel_hc),
-                build_services(names, lambda i: list(backends), True),
-            )
+            async with (
+                grpc.aio.insecure_channel(control_address) as channel,
+                grpc.aio.insecure_channel(control_hc_address) as channel_hc,
+            ):
+                await apply(
+                    admin_pb2_grpc.MeshAdminServiceStub(channel),
+                    build_services(
+                        names, lambda i: [_idle_address(2 * i), _idle_address(2 * i + 1)]
+                    ),
+                )
+                checked = load_documents(
+                    health_checks.health_documents(backend.addresses), "bench health checks"
+                )
+                for at in range(0, len(checked), 500):  # the control server's per-request limit
+                    await apply(
+                        admin_pb2_grpc.MeshAdminServiceStub(channel_hc), checked[at : at + 500]
+                    )
 
-        plain, warm_state = await footprint(
-            procs, control, control_address, "no health checks", 0, plan
-        )
-        checked, _ = await footprint(
-            procs, control_hc, control_hc_address, "health checks 5s", 2 * SERVICES, plan
-        )
-        # The health-check variant's control server, killed: the warm starts' --control.
+            plain, warm_state = await footprint(
+                procs, control, control_address, "no health checks", (grpc_only, grpc_serving), plan
+            )
+            procs.stop(grpc_only)
+            procs.stop(grpc_serving)
+
+            async def start_agent(name: str) -> tuple[Proc, str]:
+                args = agent_args(
+                    control_hc_address,
+                    procs.workdir / f"{name}.sock",
+                    procs.workdir / f"state-{name}",
+                )
+                return await start_ready(procs, name, "mesh_agent", *args)
+
+            checks = await health_checks.health_table(
+                procs,
+                backend,
+                start_agent,
+                cpu_seconds,
+                rss_mib,
+                agent_status,
+                window=plan.health_window,
+                settle=plan.settle,
+            )
+        # The health checks' control server, killed: the warm starts' --control.
         control_hc.popen.kill()
         procs.stop(control_hc)
-        for backend in (b1[0], b2[0]):
-            procs.stop(backend)
 
         starts = await start_times(procs, control_address, control_hc_address, warm_state, plan)
         pushes = await push_latency(procs, control_address, plan)
@@ -557,7 +585,7 @@ async def _run(options: Options) -> list[Row]:
     via_small, via_full, direct = pushes[:3]
     return [
         plain,
-        checked,
+        *checks,
         *starts,
         *pushes,
         _compare("start to first LDS, cold / warm", cold, warm),

@@ -14,7 +14,9 @@ eu-1b; calls stay in eu-1a, fail over to eu-1b when eu-1a's backends fail their 
 and come back when they pass again, and, with mTLS, a strict service (vault) served by
 ``mesh_server``, called over mTLS by a caller holding an identity its rules allow, refusing
 another identity (PERMISSION_DENIED) and a plaintext call. The agent's breaker and
-endpoint-health transitions are read from its log and shown as they happen. Ctrl-C stops everything.
+endpoint-health transitions are read from its log and shown as they happen. mesh-control
+serves its web page (``--http-port``) all along; the demo prints its URL. Ctrl-C stops
+everything.
 """
 
 from __future__ import annotations
@@ -766,9 +768,16 @@ def run(demo: Demo, pause: float, duration: float, mtls: bool = True) -> None:
         *control_tls,
         # The development CA signs the services' identities too.
         *(["--signing-ca", str(demo.workdir / "pki" / "ca")] if mtls else []),
+        # The web page, on a port kept across the control server's restart below.
+        "--http-port",
+        str(_free_port()),
     ]
     demo.control = demo.ready("control", control_args)
     demo.out(f"mesh-control serving on {demo.control}")
+    demo.out(
+        f"the mesh's web page: http://127.0.0.1:{control_args[-1]}/ (the service graph, "
+        "breakers, endpoints, NACKs and config changes, live)"
+    )
     socket_path = demo.workdir / "agent.sock"
     agent = demo.ready(
         "agent",

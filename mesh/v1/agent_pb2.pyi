@@ -73,12 +73,14 @@ class CallOutcome(_message.Message):
     def __init__(self, service: _Optional[str] = ..., code: _Optional[str] = ..., latency_us: _Optional[int] = ..., end_unix_ms: _Optional[int] = ..., probe: _Optional[bool] = ...) -> None: ...
 
 class ReportOutcomesRequest(_message.Message):
-    __slots__ = ("client_id", "outcomes")
+    __slots__ = ("client_id", "outcomes", "caller")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     outcomes: _containers.RepeatedCompositeFieldContainer[CallOutcome]
-    def __init__(self, client_id: _Optional[str] = ..., outcomes: _Optional[_Iterable[_Union[CallOutcome, _Mapping]]] = ...) -> None: ...
+    caller: str
+    def __init__(self, client_id: _Optional[str] = ..., outcomes: _Optional[_Iterable[_Union[CallOutcome, _Mapping]]] = ..., caller: _Optional[str] = ...) -> None: ...
 
 class ReportOutcomesResponse(_message.Message):
     __slots__ = ("accepted",)

@@ -15,6 +15,10 @@ use their node's agent.
     channel = mesh_channel("orders", agent="127.0.0.1:15011",   # mTLS to a TCP agent address
                            tls=TlsFiles(cert, key, ca))        # (default: $MESH_TLS_*)
 
+    channel = mesh_channel("orders", caller="frontend")  # the process's name in the
+                                                # service graph (meshctl top); or $MESH_CALLER;
+                                                # a service identity in use names it first
+
     setup_telemetry("orders")                   # OTLP / Prometheus from the OTEL_* settings
 """
 

@@ -163,7 +163,10 @@ class AgentMetrics:
         self.health_checks = m.create_counter(
             HEALTH_CHECK_RESULTS,
             unit="{check}",
-            description="Active health checks run, by result.",
+            description=(
+                "Active health check results taken by each endpoint of a service, by result "
+                "(services that share a target take the results of one check)."
+            ),
         )
         self.health_check_duration = m.create_histogram(
             HEALTH_CHECK_DURATION,

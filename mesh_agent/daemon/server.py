@@ -41,7 +41,6 @@ from mesh_agent.daemon.breakers.service import BreakerHub
 from mesh_agent.daemon.cache import ConfigCache
 from mesh_agent.daemon.health.table import HealthTable
 from mesh_agent.daemon.identities.keeper import PROCESS, IdentityKeeper
-from mesh_agent.daemon.listener_access import ListenerAccess, node_identity
 from mesh_agent.daemon.local import LocalSnapshotSource, zone_priorities
 from mesh_agent.daemon.reporter import Reporter
 from mesh_agent.daemon.roles import (
@@ -51,12 +50,14 @@ from mesh_agent.daemon.roles import (
     IDENTITIES,
     REPORTER,
     SERVER,
+    TRAFFIC,
     UPSTREAM,
     BreakersRole,
     CacheRole,
     HealthRole,
     IdentitiesRole,
     ReporterRole,
+    TrafficRole,
     Upstream,
 )
 from mesh_agent.daemon.servers import Declarations, ProcessRequests
@@ -203,7 +204,7 @@ class ServerComponent:
     the gRPC server and its health servicer are made at every start."""
 
     name = SERVER
-    requires = (CACHE, HEALTH, BREAKERS, UPSTREAM, REPORTER, IDENTITIES)
+    requires = (CACHE, HEALTH, BREAKERS, UPSTREAM, REPORTER, IDENTITIES, TRAFFIC)
 
     def __init__(self) -> None:
         self.sessions = SessionRegistry()
@@ -228,6 +229,7 @@ class ServerComponent:
         upstream = ctx.require(UPSTREAM, Upstream)
         reporter = ctx.require(REPORTER, ReporterRole).reporter
         keeper = ctx.require(IDENTITIES, IdentitiesRole).keeper
+        traffic = ctx.require(TRAFFIC, TrafficRole).counter
         self._grace = settings.grace
         if self._declarations is None:
             self._declarations = Declarations(settings.state_dir, keeper.trust_domain)
@@ -247,6 +249,9 @@ class ServerComponent:
         # Outermost, the calls' durations (rpc.server.call.duration), refusals included.
         interceptors: list[grpc.aio.ServerInterceptor] = [AioMeshServerInterceptor()]
         if settings.listen and settings.tls is not None:
+            # Only a TLS listener checks its callers (and loads the server interceptors).
+            from mesh_agent.daemon.listener_access import ListenerAccess, node_identity
+
             own = node_identity(settings.tls, node.id)
             interceptors.append(ListenerAccess(own, settings.listen_allow))
         server = grpc.aio.server(interceptors=interceptors, options=Limits().server_options())
@@ -271,7 +276,13 @@ class ServerComponent:
             return response
 
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
-            AgentServicer(reporter, hub, status, ProcessRequests(declarations, keeper, cache)),
+            AgentServicer(
+                reporter,
+                hub,
+                status,
+                ProcessRequests(declarations, keeper, cache),
+                traffic=traffic,
+            ),
             server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

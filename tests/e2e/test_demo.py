@@ -40,6 +40,7 @@ def test_demo_shows_the_mesh_working(tmp_path: Path) -> None:
     # mTLS on: the node's certificate names it, and meshctl writes as an operator.
     assert "SANs: URI:spiffe://demo.mesh/node/demo-node, IP:127.0.0.1" in out, out
     assert "service/echo configured (revision 1)" in out, out
+    assert re.search(r"^the mesh's web page: http://127\.0\.0\.1:\d+/ ", out, re.M), out
     ok_line = rf"\[client\] {CLOCK}  call +\d+  ok    %s +\d+\.\d\d ms"
     assert re.search(ok_line % "alpha", out), out
     assert re.search(ok_line % "beta", out), out

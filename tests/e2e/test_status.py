@@ -36,6 +36,7 @@ BUILTIN_COMPONENTS = {
     "breakers",
     "reporter",
     "identities",
+    "traffic",
     "server",
 }
 SUMMARY = re.compile(
@@ -238,7 +239,7 @@ def test_summary_counts_nacked_and_streamless_nodes(procs: MeshProcesses) -> Non
     assert json_node(control, "node-a")["health"]["components"]
     wait_for(lambda: not json_node(control, "node-a"), 10, "node-a dropped after the grace")
     assert time.monotonic() - stopped >= grace * 0.8
-    assert summary(meshctl(control, "status")) == (0, 0, 0, 0, 0, 0)
+    assert summary(meshctl(control, "status")) == (0, 0, 0, 0, 0, 0, 0)
 
 
 def separators(proc: Proc) -> list[int]:

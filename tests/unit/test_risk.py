@@ -14,7 +14,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from control.config.convert import Converter
 from mesh.v1 import config_pb2
-from mesh_agent.daemon.breakers.breaker import BreakerState, CircuitBreaker
+from mesh_agent.daemon.breakers.breaker import BreakerState, CircuitBreaker, Transition
 from mesh_agent.daemon.breakers.policy import BreakerPolicy, Outcome
 from mesh_agent.daemon.breakers.risk import (
     EVALUATE_EVERY,
@@ -26,9 +26,8 @@ from mesh_agent.daemon.breakers.risk import (
     RiskBoard,
     RiskPolicy,
     ServiceRisk,
-    SlotCounts,
-    trend,
 )
+from mesh_agent.daemon.breakers.slots import SlotCounts, trend
 from mesh_agent.daemon.metrics import AgentMetrics
 
 pytestmark = pytest.mark.timeout(30)
@@ -71,6 +70,7 @@ class Feed:
         self.owed = 0.0
         self.changes: list[tuple[float, Change]] = []
         self.opened: float | None = None
+        self.closed: float | None = None
         self._next_evaluation = START + EVALUATE_EVERY
 
     def run(self, seconds: float, share: Any, latency: Any = lambda t: 0.001) -> None:
@@ -88,6 +88,18 @@ class Feed:
                 self.risk.counts.add([outcome])
             if self.opened is None and self.breaker.state() is BreakerState.OPEN:
                 self.opened = t
+            if (
+                self.closed is None
+                and self.opened is not None
+                and self.breaker.state() is BreakerState.CLOSED
+            ):
+                self.closed = t
+                self.risk.counts = SlotCounts(  # as RiskBoard.breaker_closed does
+                    self.risk.policy.slot,
+                    self.risk.policy.span,
+                    self.risk.policy.targets,
+                    self.risk.policy.failure_codes,
+                )
             if self.now >= self._next_evaluation:
                 self._next_evaluation += EVALUATE_EVERY
                 change = self.risk.evaluate(self.now, self.breaker.state())
@@ -156,13 +168,24 @@ def test_slots_count_windows_drop_the_old_and_reuse_the_ring() -> None:
 
 
 def test_trend_is_the_weighted_least_squares_slope() -> None:
-    points = [(float(x), 100, 10 + 2 * x) for x in range(-9, 1)]  # 2 % more per second
-    calls, rate, slope = trend(points)
+    times = [float(x) for x in range(-9, 1)]
+    calls, rate, slope = trend(times, [100] * 10, [10 + 2 * int(x) + 18 for x in times])
     assert calls == 1000
-    assert rate == pytest.approx(0.01)
-    assert slope == pytest.approx(0.02)
-    assert trend([]) == (0, 0.0, 0.0)
-    assert trend([(0.0, 10, 5)])[2] == 0.0  # one point: no slope
+    assert rate == pytest.approx(0.19)
+    assert slope == pytest.approx(0.02)  # 2 % more per second
+    # Weighted: a slot with more calls pulls the fit; empty slots count for nothing.
+    assert trend(times, [0] * 9 + [50], [0] * 9 + [5])[1:] == (pytest.approx(0.1), 0.0)
+    assert trend([], [], []) == (0, 0.0, 0.0)
+    counts = SlotCounts(1.0, 10.0, [], frozenset({"UNAVAILABLE"}))
+    for second in range(10):  # 1 % more failing each second, 100 calls a second
+        counts.add(
+            [
+                Outcome("UNAVAILABLE" if i < second else "OK", 0.0, 500.0 + second)
+                for i in range(100)
+            ]
+        )
+    assert counts.trend(509.5, 10.0) == (1000, pytest.approx(0.045), pytest.approx(0.01))
+    assert counts.trend(512.5, 10.0)[0] == 700  # three seconds on: three slots left the window
 
 
 # -- the signals against a real breaker ----------------------------------------------------------
@@ -248,9 +271,10 @@ def test_kept_while_the_breaker_is_open() -> None:
     feed.run(12, lambda t: 0.0)  # the breaker is still open: calls rejected, nothing counted
     assert feed.breaker.state() is BreakerState.OPEN
     assert feed.cleared() == [] and feed.risk.warning is not None
-    feed.run(30, lambda t: 0.0)  # closed again after its probes, then well for 5 s
-    assert feed.breaker.state() is BreakerState.CLOSED
-    assert len(feed.cleared()) == 1
+    feed.run(30, lambda t: 0.0)  # closed again after its probes: cleared a short window later
+    assert feed.breaker.state() is BreakerState.CLOSED and feed.closed is not None
+    (cleared,) = feed.cleared()
+    assert 5 <= cleared - feed.closed <= 6.5, (feed.closed, cleared)
 
 
 # -- the board -------------------------------------------------------------------------------------
@@ -274,6 +298,23 @@ def points(memory: InMemoryMetricReader, name: str) -> dict[frozenset[tuple[str,
                     for p in metric.data.data_points:  # type: ignore[union-attr]
                         found[frozenset((p.attributes or {}).items())] = p.value
     return found
+
+
+def test_a_breaker_closing_starts_the_counts_afresh() -> None:
+    board = RiskBoard(clock=lambda: START + 1)
+    board.set_policies({"orders": policy(circuit_breaker=BREAKER)})
+    risk = board.get("orders")
+    assert risk is not None
+    board.record("orders", [Outcome("UNAVAILABLE", 0.01, START + 0.5)] * 30)
+    assert risk.counts.window(START + 1, 10.0) == (30, 30)
+    board.on_transition(
+        Transition("orders", BreakerState.OPEN, BreakerState.HALF_OPEN, "open_elapsed", START)
+    )
+    assert risk.counts.window(START + 1, 10.0) == (30, 30)
+    board.on_transition(
+        Transition("orders", BreakerState.HALF_OPEN, BreakerState.CLOSED, "probes", START)
+    )
+    assert risk.counts.window(START + 1, 10.0) == (0, 0)
 
 
 def test_board_logs_counts_and_signals_raise_and_clear(

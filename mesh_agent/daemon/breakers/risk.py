@@ -6,10 +6,11 @@ only shown (GetAgentStatus, ``NodeHealth.warnings`` to mesh-control, the metrics
 lines ``service degrading`` / ``service recovered``): it never changes routing.
 
 Counting, on the hot path. Each outcome goes into a ring of fixed time slots of its service
-(by the outcome's end time; slot width ``max(short window / 10, span / 120, 0.1 s)``, the span
-being the longest window judged): per outcome, an index, three integer additions and one
-comparison per latency target. Nothing is judged per call: :meth:`RiskBoard.run` evaluates
-every service every ``EVALUATE_EVERY`` (0.5 s) from the slots' sums.
+(:mod:`~mesh_agent.daemon.breakers.slots`, by the outcome's end time; slot width
+``max(short window / 10, span / 120, 0.1 s)``, the span being the longest window judged):
+per outcome, an index, two integer additions and one comparison per latency target. Nothing
+is judged per call: :meth:`RiskBoard.run` evaluates every service every ``EVALUATE_EVERY``
+(0.5 s) from the slots' sums.
 
 The signals, each from the calls of a window (a window with fewer than the breaker's
 ``min_requests`` calls, 20 without a breaker, is not judged):
@@ -46,7 +47,9 @@ Hysteresis. A warning is raised when a signal holds at ``RAISE_AFTER`` evaluatio
 row (1 s). While it is raised every level is multiplied by ``CLEAR_FACTOR`` (0.8; the
 trend's horizon divided by it), and it is cleared once no signal has held for the short
 window. While the service's breaker is open or half-open the warning is kept as it is: the
-breaker says more, and the calls it rejects say nothing of the backend.
+breaker says more, and the calls it rejects say nothing of the backend. When the breaker
+closes again the counts start afresh (as the breaker's window does), so the warning clears a
+short window later unless the calls since then raise it again.
 
 Ownership: the agent's event loop. :meth:`RiskBoard.record` is called from
 ``BreakerHub.record``; gauges read :meth:`RiskBoard.degrading` and
@@ -56,17 +59,17 @@ Ownership: the agent's event loop. :meth:`RiskBoard.record` is called from
 from __future__ import annotations
 
 import asyncio
-import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Final
 
 import structlog
 
 from mesh.v1 import node_pb2
-from mesh_agent.daemon.breakers.breaker import BreakerState, Clock
+from mesh_agent.daemon.breakers.breaker import BreakerState, Clock, Transition
 from mesh_agent.daemon.breakers.policy import DEFAULT_MIN_REQUESTS, BreakerPolicy, Outcome
+from mesh_agent.daemon.breakers.slots import SlotCounts
 from mesh_core import slo as objectives
 from mesh_core.errors import ConfigError
 from mesh_core.signals import GuardedSignal
@@ -82,8 +85,6 @@ __all__ = [
     "RiskPolicy",
     "RiskWarning",
     "ServiceRisk",
-    "SlotCounts",
-    "trend",
 ]
 
 log = structlog.get_logger(__name__)
@@ -200,103 +201,6 @@ class RiskPolicy:
     @property
     def slot(self) -> float:
         return max(self.short_window / SLOTS_PER_SHORT_WINDOW, self.span / MAX_SLOTS, MIN_SLOT)
-
-
-class SlotCounts:
-    """A ring of time slots, each counting calls, failures and calls over each of
-    ``targets`` (seconds) that ended in it. Slots are reused as time moves on; an outcome
-    older than the ring is dropped."""
-
-    __slots__ = ("calls", "codes", "epochs", "failed", "size", "slow", "targets", "width")
-
-    def __init__(
-        self, width: float, span: float, targets: Sequence[float], codes: frozenset[str]
-    ) -> None:
-        self.width = width
-        self.size = math.ceil(span / width) + 2
-        self.targets = tuple(targets)
-        self.codes = codes
-        self.epochs = [-1] * self.size
-        self.calls = [0] * self.size
-        self.failed = [0] * self.size
-        self.slow = [[0] * self.size for _ in self.targets]
-
-    def add(self, outcomes: Iterable[Outcome]) -> None:
-        """Counts ``outcomes``: O(1) each (the hot path; keep it lean)."""
-        width, size, epochs, calls, failed = (
-            self.width,
-            self.size,
-            self.epochs,
-            self.calls,
-            self.failed,
-        )
-        codes, targets, slow = self.codes, self.targets, self.slow
-        for outcome in outcomes:
-            index = int(outcome.at / width)
-            pos = index % size
-            held = epochs[pos]
-            if held != index:
-                if held > index:
-                    continue  # older than the ring holds
-                epochs[pos] = index
-                calls[pos] = failed[pos] = 0
-                for counts in slow:
-                    counts[pos] = 0
-            calls[pos] += 1
-            if outcome.code in codes:
-                failed[pos] += 1
-            if targets:
-                latency = outcome.latency
-                for k, target in enumerate(targets):
-                    if latency >= target:
-                        slow[k][pos] += 1
-
-    def _slots(self, now: float, seconds: float) -> Iterable[tuple[int, int]]:
-        """``(slots before now, ring position)`` of each live slot of the last ``seconds``."""
-        current = int(now / self.width)
-        count = max(1, round(seconds / self.width))
-        for back in range(min(count, self.size - 1)):
-            index = current - back
-            pos = index % self.size
-            if self.epochs[pos] == index:
-                yield back, pos
-
-    def window(self, now: float, seconds: float, series: int = -1) -> tuple[int, int]:
-        """``(calls, bad)`` over the last ``seconds``: bad are failures (``series`` -1) or
-        calls over ``targets[series]``."""
-        bad_of = self.failed if series < 0 else self.slow[series]
-        calls = bad = 0
-        for _, pos in self._slots(now, seconds):
-            calls += self.calls[pos]
-            bad += bad_of[pos]
-        return calls, bad
-
-    def trend(self, now: float, seconds: float, series: int = -1) -> tuple[int, float, float]:
-        """``(calls, rate, slope per second)`` of the bad share over the last ``seconds``."""
-        bad_of = self.failed if series < 0 else self.slow[series]
-        points = [
-            (-back * self.width, self.calls[pos], bad_of[pos])
-            for back, pos in self._slots(now, seconds)
-        ]
-        return trend(points)
-
-
-def trend(points: Iterable[tuple[float, int, int]]) -> tuple[int, float, float]:
-    """``(calls, rate, slope)`` of ``(time, calls, bad)`` points: the overall bad share and
-    the weighted least-squares slope of each point's share against time (weights: calls;
-    0 when the points do not span time)."""
-    n = sx = sxx = sy = sxy = 0.0
-    for x, calls, bad in points:
-        n += calls
-        sx += calls * x
-        sxx += calls * x * x
-        sy += bad
-        sxy += bad * x
-    if n == 0:
-        return 0, 0.0, 0.0
-    spread = n * sxx - sx * sx
-    slope = (n * sxy - sx * sy) / spread if spread > 1e-12 * n * n else 0.0
-    return int(n), sy / n, slope
 
 
 @dataclass(frozen=True, slots=True)
@@ -534,6 +438,20 @@ class RiskBoard:
             self._services[service] = fresh
         self._publish()
 
+    def breaker_closed(self, service: str) -> None:
+        """The service's breaker closed again: like the breaker's window, the counts start
+        afresh, so that calls from before it opened do not keep (or raise) a warning."""
+        risk = self._services.get(service)
+        if risk is not None:
+            risk.counts = SlotCounts(
+                risk.policy.slot, risk.policy.span, risk.policy.targets, risk.policy.failure_codes
+            )
+
+    def on_transition(self, transition: Transition) -> None:
+        """For a breaker board's ``transitions`` signal."""
+        if transition.new is BreakerState.CLOSED and transition.old is not BreakerState.CLOSED:
+            self.breaker_closed(transition.service)
+
     def record(self, service: str, outcomes: Sequence[Outcome]) -> None:
         """Counts one service's outcomes (the hot path: a lookup and O(1) per outcome)."""
         risk = self._services.get(service)
@@ -588,6 +506,7 @@ class RiskBoard:
                 burn_long=round(warning.burn_long, 3),
                 detail=warning.detail,
                 since=warning.since,
+                **({"previous_reason": change.old.reason} if change.old is not None else {}),
             )
         elif change.old is not None:
             log.info(

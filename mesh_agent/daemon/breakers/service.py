@@ -119,6 +119,7 @@ class BreakerHub:
         self.board.transitions.connect(self._on_transition)
         self.metrics.observe_breakers(self)
         self.risk = RiskBoard(breaker_state=self.board.state, metrics=self.metrics)
+        self.board.transitions.connect(self.risk.on_transition)
 
     # -- policy --------------------------------------------------------------------------------
 
