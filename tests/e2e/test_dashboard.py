@@ -258,7 +258,7 @@ SLO_SERVICE = """\
 name: orders
 endpoints: [{{address: '{backend}'}}]
 policy:
-  slo: {{success: 99, burn: {{short_window: 1s, long_window: 2s}}}}
+  slo: {{success: 99, burn: {{short_window: 2s, long_window: 4s}}}}
 """
 
 
@@ -320,7 +320,9 @@ def scrapes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrapes]:
         control_proc, control = procs.start_control("--metrics-port", "0")
         _, backend = procs.start_backend("b1", proc_name="backend")
         # A second service with an objective, whose backend fails half its calls: the node's
-        # agent judges it degrading (an early warning), with its burn rates.
+        # agent judges it degrading (an early warning), with its burn rates. Windows of 2 s
+        # and 4 s hold the 20 calls a window needs to be judged even if calls slow down
+        # fivefold on a loaded machine.
         _, slo_backend = procs.start_backend("b2", proc_name="slo-backend")
         with grpc.insecure_channel(slo_backend) as channel:
             echo_pb2_grpc.EchoServiceStub(channel).Configure(
@@ -343,7 +345,7 @@ def scrapes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrapes]:
         # Local clients make the agent subscribe upstream; their calls are reported.
         client = procs.mesh_client("client", agent, "echo", "--count", "3", "--interval", "0.05")
         slo_client = procs.mesh_client(
-            "slo-client", agent, "orders", "--count", "300", "--interval", "0.02"
+            "slo-client", agent, "orders", "--count", "1000", "--interval", "0.01"
         )
         wait_for(
             lambda: value(scrape(control_url), "mesh_xds_acks_total", mesh_xds_type="Listener"),
