@@ -40,6 +40,7 @@ from control.web import DEFAULT_HOST, MeshView, PageAccess, WebPage
 from mesh.v1 import admin_pb2, admin_pb2_grpc, node_pb2, node_pb2_grpc
 from mesh_core.aio import awaiting, end_tasks
 from mesh_core.limits import Limits, StreamCounter
+from mesh_core.rpc_server import AioMeshServerInterceptor
 from mesh_core.tls import TlsFiles, server_credentials
 from mesh_xds.cache import SnapshotCache
 from mesh_xds.callbacks import Callbacks
@@ -153,11 +154,13 @@ class ControlServer:
                 asyncio.create_task(self.shared_traffic.run(), name="shared-traffic")
             )
         server = grpc.aio.server(
+            # Times (and traces) every call, once telemetry is set up: rpc.server.call.duration.
+            interceptors=[AioMeshServerInterceptor()],
             options=[
                 ("grpc.keepalive_time_ms", 30_000),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
                 *self.limits.server_options(),
-            ]
+            ],
         )
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
             AdsServicer(

@@ -36,8 +36,8 @@ from mesh_agent.client._classify import is_mesh_rejection
 from mesh_agent.client._interceptors import MeshClientInterceptor
 from mesh_agent.client._mesh_server import AioMeshServer, MeshServer, aio_mesh_server, mesh_server
 from mesh_agent.client._rejection import OPEN_CIRCUIT_KEY, CircuitOpenError
-from mesh_agent.client._server import AioMeshServerInterceptor, MeshServerInterceptor
 from mesh_core.errors import BootstrapConflictError
+from mesh_core.rpc_server import AioMeshServerInterceptor, MeshServerInterceptor
 from mesh_core.telemetry import setup as setup_telemetry
 from mesh_core.tls import TlsFiles
 

@@ -1,5 +1,6 @@
-"""OpenTelemetry instruments of the node agent: circuit breakers, active health checks and
-the age of the config it serves. (Its local ADS server uses :class:`mesh_xds.metrics.XdsMetrics`.)
+"""OpenTelemetry instruments of the node agent: circuit breakers, active health checks, its
+stream to the control plane and the age of the config it serves. (Its local ADS server uses
+:class:`mesh_xds.metrics.XdsMetrics`.)
 
 Only the OpenTelemetry API is used here. Instruments come from ``metrics.get_meter`` unless a
 ``Meter`` is given, so they record into whatever ``MeterProvider`` the process installs,
@@ -13,8 +14,14 @@ metric                              unit         attributes
 (counter)                                        ``mesh.breaker.previous_state``
 ``mesh.health_check.results``       {check}      ``mesh.service``, ``server.address``,
 (counter)                                        ``mesh.health_check.result``
+``mesh.health_check.duration``      s            ``mesh.service``, ``mesh.health_check.result``
+(histogram)
 ``mesh.endpoint.health`` (gauge)    {endpoint}   ``mesh.service``, ``server.address``; 1 usable,
                                                  0 marked unhealthy
+``mesh.agent.upstream.connected``   {stream}     (none); 1 while a stream to a control server
+(gauge)                                          is up, else 0
+``mesh.agent.upstream.connects``    {stream}     ``server.address`` (the control server)
+(counter)
 ``mesh.agent.cache.age`` (gauge)    s            (none)
 ``mesh.service.degrading`` (gauge)  {service}    ``mesh.service``; 1 degrading (an early warning
                                                  is raised), 0 judged and well
@@ -24,6 +31,9 @@ metric                              unit         attributes
                                                  (``success``, ``p99``...), ``mesh.slo.window``
                                                  (``short``, ``long``)
 =================================== ============ ===============================================
+
+``mesh.agent.upstream.connects`` starts at zero for every control server the agent is given,
+so a first reconnect is a step ``increase()`` sees.
 
 The gauges read the objects registered with ``observe_*`` when a metric reader collects,
 possibly on the reader's thread: those objects answer from copies of their state, and are
@@ -43,12 +53,16 @@ from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS
 
 from mesh_agent import __version__
 from mesh_agent.daemon.breakers.breaker import BreakerState, Transition
+from mesh_core.rpc_telemetry import DURATION_BUCKETS
 
 METER_NAME: Final = "mesh.agent"
 
 BREAKER_STATE: Final = "mesh.breaker.state"
 BREAKER_TRANSITIONS: Final = "mesh.breaker.transitions"
 HEALTH_CHECK_RESULTS: Final = "mesh.health_check.results"
+HEALTH_CHECK_DURATION: Final = "mesh.health_check.duration"
+UPSTREAM_CONNECTED: Final = "mesh.agent.upstream.connected"
+UPSTREAM_CONNECTS: Final = "mesh.agent.upstream.connects"
 ENDPOINT_HEALTH: Final = "mesh.endpoint.health"
 CACHE_AGE: Final = "mesh.agent.cache.age"
 SERVICE_DEGRADING: Final = "mesh.service.degrading"
@@ -79,6 +93,12 @@ class BreakerSource(Protocol):
 class EndpointSource(Protocol):
     def endpoint_usability(self) -> Iterable[tuple[str, str, bool]]:
         """``(service, address, usable)`` of every checked endpoint; callable from any thread."""
+        ...
+
+
+class UpstreamSource(Protocol):
+    def upstream_connected(self) -> bool:
+        """Whether a stream to a control server is up; callable from any thread."""
         ...
 
 
@@ -133,6 +153,7 @@ class AgentMetrics:
         self._breakers: _Sources[BreakerSource] = _Sources()
         self._endpoints: _Sources[EndpointSource] = _Sources()
         self._caches: _Sources[ConfigAgeSource] = _Sources()
+        self._upstreams: _Sources[UpstreamSource] = _Sources()
         self._risks: _Sources[RiskSource] = _Sources()
         self.breaker_transitions = m.create_counter(
             BREAKER_TRANSITIONS,
@@ -146,6 +167,23 @@ class AgentMetrics:
                 "Active health check results taken by each endpoint of a service, by result "
                 "(services that share a target take the results of one check)."
             ),
+        )
+        self.health_check_duration = m.create_histogram(
+            HEALTH_CHECK_DURATION,
+            unit="s",
+            description="Time an active health check took, by result (a timeout: the timeout).",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.upstream_connects = m.create_counter(
+            UPSTREAM_CONNECTS,
+            unit="{stream}",
+            description="Streams established to a control server (the first and every reconnect).",
+        )
+        m.create_observable_gauge(
+            UPSTREAM_CONNECTED,
+            callbacks=[self._observe_upstreams],
+            unit="{stream}",
+            description="1 while the agent's stream to a control server is up, else 0.",
         )
         m.create_observable_gauge(
             BREAKER_STATE,
@@ -199,6 +237,13 @@ class AgentMetrics:
     def observe_config_age(self, source: ConfigAgeSource) -> None:
         self._caches.add(source)
 
+    def observe_upstream(self, source: UpstreamSource, servers: Iterable[str]) -> None:
+        """Reports ``source``'s connection, and starts the connect counter of each of its
+        ``servers`` at zero."""
+        self._upstreams.add(source)
+        for server in servers:
+            self.upstream_connects.add(0, {SERVER_ADDRESS: server})
+
     def observe_risk(self, source: RiskSource) -> None:
         self._risks.add(source)
 
@@ -217,15 +262,13 @@ class AgentMetrics:
     def service_warning(self, service: str, reason: str) -> None:
         self.service_warnings.add(1, {SERVICE: service, WARNING_REASON: reason})
 
-    def health_check(self, service: str, address: str, ok: bool) -> None:
-        self.health_checks.add(
-            1,
-            {
-                SERVICE: service,
-                SERVER_ADDRESS: address,
-                RESULT: "healthy" if ok else "unhealthy",
-            },
-        )
+    def health_check(self, service: str, address: str, ok: bool, duration: float) -> None:
+        result = "healthy" if ok else "unhealthy"
+        self.health_checks.add(1, {SERVICE: service, SERVER_ADDRESS: address, RESULT: result})
+        self.health_check_duration.record(duration, {SERVICE: service, RESULT: result})
+
+    def upstream_connect(self, server: str) -> None:
+        self.upstream_connects.add(1, {SERVER_ADDRESS: server})
 
     # -- callbacks -------------------------------------------------------------------------
 
@@ -246,6 +289,12 @@ class AgentMetrics:
                     )
                 )
         return observations
+
+    def _observe_upstreams(self, options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+        return [
+            metrics.Observation(1 if source.upstream_connected() else 0)
+            for source in self._upstreams
+        ]
 
     def _observe_degrading(self, options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
         return [
@@ -284,6 +333,7 @@ __all__ = [
     "ConfigAgeSource",
     "EndpointSource",
     "RiskSource",
+    "UpstreamSource",
     "agent_meter",
     "agent_metrics",
 ]

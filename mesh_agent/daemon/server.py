@@ -72,6 +72,7 @@ from mesh_agent.daemon.unix_socket import (
 from mesh_agent.daemon.upstream.interest import local_demand
 from mesh_core.errors import ComponentFatalError, SocketSetupError, UnavailableError
 from mesh_core.limits import Limits
+from mesh_core.rpc_server import AioMeshServerInterceptor
 from mesh_core.tls import server_credentials
 from mesh_xds.callbacks import Callbacks, SessionCallbacks
 from mesh_xds.metrics import AGENT, XdsMetrics
@@ -247,7 +248,8 @@ class ServerComponent:
         reporter.report_local(self.sessions)
         self._health = await self._component_health(ctx)
 
-        interceptors: list[grpc.aio.ServerInterceptor] = []
+        # Outermost, the calls' durations (rpc.server.call.duration), refusals included.
+        interceptors: list[grpc.aio.ServerInterceptor] = [AioMeshServerInterceptor()]
         if settings.listen and settings.tls is not None:
             # Only a TLS listener checks its callers (and loads the server interceptors).
             from mesh_agent.daemon.listener_access import ListenerAccess, node_identity

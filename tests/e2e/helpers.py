@@ -134,6 +134,14 @@ def register(agent: str, service: str, address: str) -> None:
         )
 
 
+def deregister(agent: str, service: str, address: str) -> None:
+    """Removes ``address`` from ``service`` at once, through the agent at ``agent``."""
+    with grpc.insecure_channel(agent) as channel:
+        agent_pb2_grpc.AgentServiceStub(channel).Deregister(
+            agent_pb2.DeregisterRequest(service=service, address=address), timeout=5
+        )
+
+
 PLUGIN = """
 import asyncio, os
 from pathlib import Path

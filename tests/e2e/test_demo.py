@@ -25,9 +25,10 @@ def client_calls(text: str) -> list[str]:
 
 
 def test_demo_shows_the_mesh_working(tmp_path: Path) -> None:
-    # Through make, as the README says, with the demo's options passed in ARGS.
+    # Through make, as the README says, with the demo's options passed in ARGS. --pause 0:
+    # each step still waits until it has shown what it is about, but lingers no longer.
     result = subprocess.run(
-        ["make", "-s", "demo", f"ARGS=--once --pause 2 --workdir {tmp_path / 'demo'}"],
+        ["make", "-s", "demo", f"ARGS=--once --pause 0 --workdir {tmp_path / 'demo'}"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -322,11 +322,11 @@ class FailingMetrics(AgentMetrics):
         super().__init__(NoOpMeterProvider().get_meter("test"))
         self.failures = failures
 
-    def health_check(self, service: str, address: str, ok: bool) -> None:
+    def health_check(self, service: str, address: str, ok: bool, duration: float) -> None:
         if self.failures > 0:
             self.failures -= 1
             raise RuntimeError("bug in a check")
-        super().health_check(service, address, ok)
+        super().health_check(service, address, ok, duration)
 
 
 @pytest.mark.timeout(30)
@@ -427,9 +427,9 @@ class CountingMetrics(AgentMetrics):
         super().__init__(NoOpMeterProvider().get_meter("test"))
         self.taken: dict[str, int] = {}
 
-    def health_check(self, service: str, address: str, ok: bool) -> None:
+    def health_check(self, service: str, address: str, ok: bool, duration: float) -> None:
         self.taken[service] = self.taken.get(service, 0) + 1
-        super().health_check(service, address, ok)
+        super().health_check(service, address, ok, duration)
 
 
 @pytest.mark.timeout(30)

@@ -142,8 +142,8 @@ class HealthChecker:
     SERVING within the service's timeout; NOT_SERVING, UNKNOWN, SERVICE_UNKNOWN, any RPC
     error and a timeout are failures. A check loop never dies of an error: it logs it and
     checks again at the next interval. ``metrics`` (default: the agent's, on the global
-    meter) counts every result a (service, endpoint) takes and reports the table's endpoint
-    health.
+    meter) counts and times every result a (service, endpoint) takes and reports the table's
+    endpoint health.
     """
 
     def __init__(
@@ -413,7 +413,7 @@ class HealthChecker:
                 f"DEADLINE_EXCEEDED: answered in {took:.3f}s,"
                 f" over the {sub.policy.timeout:g}s timeout"
             )
-        self._metrics.health_check(sub.service, sub.address, ok)
+        self._metrics.health_check(sub.service, sub.address, ok, took)
         transition = self.table.record(sub.service, sub.address, ok)
         if transition is not None:
             log.info(
