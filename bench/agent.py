@@ -18,10 +18,12 @@ each response with ``time.time()`` on arrival.
   listener on a local ADS stream (opened as soon as the socket file exists). Warm: the state
   dir of the footprint run, the agent's control server killed. Cold: an empty state dir, the
   control server up. Interleaved.
-* ``push to client``: control server with ``--debounce 0s``; one ADS stream subscribed to
-  EDS ``echo`` through the agent, one straight to the control server. Each repetition changes
-  echo's endpoint with ``ApplyServices`` and times from just before the RPC to each stream's
-  new EDS, so both paths see the same push.
+* ``push to client``: control server with ``--debounce 0s`` holding echo and 1000 services
+  (300 with ``--quick``); ADS streams through three agents (holding echo only, 101 services,
+  1001) and one straight to the control server. Each repetition changes echo's endpoint with
+  ``ApplyServices`` and times from just before the RPC to each stream's new EDS, so all paths
+  see the same push; each agent's CPU time over the pushes (``/proc/PID/task/*/schedstat``),
+  per push, with the echo-only agent as the floor.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from mesh_xds.testing import AdsClient
 from mesh_xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 SERVICES = 100
+LARGE = 1000  # services the largest relay agent holds (besides echo) in a full run
 HELD_TYPES = (LISTENER, ROUTE, CLUSTER, ENDPOINT)
 NODE_ID = "n1"
 START_TIMEOUT = 30.0
@@ -64,14 +67,15 @@ class Plan:
     settle: float  # seconds after the agent holds everything, before measuring
     starts: int  # warm and cold starts each
     pushes: int
+    large: int  # services the largest relay agent holds, besides echo
     health_window: float  # seconds of health checks measured: a round of every target at least
 
     @classmethod
     def of(cls, quick: bool) -> Plan:
         interval = health_checks.INTERVAL_S
         if quick:
-            return cls(2.0, 0.5, 2, 5, interval * 1.1 + 0.3)
-        return cls(10.0, 1.5, 5, 30, interval * 3)
+            return cls(2.0, 0.5, 2, 5, 300, interval * 1.1 + 0.3)
+        return cls(10.0, 1.5, 5, 30, LARGE, interval * 3)
 
 
 # ------------------------------------------------------------------------------------------
@@ -137,6 +141,16 @@ def rss_mib(pid: int) -> float:
 
 def threads(pid: int) -> int:
     return int(_status_field(pid, "Threads"))
+
+
+def cpu_ns(pid: int) -> int:
+    """CPU time of every thread of the process, in ns (``/proc/PID/task/*/schedstat``: ns
+    resolution, where ``/proc/PID/stat`` counts clock ticks of 10 ms)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
 
 
 def cpu_seconds(pid: int) -> float:
@@ -248,7 +262,11 @@ async def footprint(
                 raise BenchError(f"agent-{slug} died:\n{agent.errors()}")
         cpu_pct = (cpu1 - cpu0) / window * 100
         healthy = sum(1 for e in status.endpoint_health if e.state == "healthy")
-        state_file = state_dir / "config.json"
+        # The journal; an agent of before it kept one file rewritten whole.
+        state_file = next(
+            (f for f in (state_dir / "config.journal", state_dir / "config.json") if f.exists()),
+            state_dir / "config.journal",
+        )
         row: Row = {
             "table": f"footprint ({SERVICES} services held, idle)",
             "variant": variant,
@@ -415,14 +433,20 @@ async def arrival(client: AdsClient, start: int, port: int) -> float:
 
 
 RELAY_PATHS = ("via agent holding echo only", "via agent holding 101 services", "direct to control")
+CPU_GOALS_MS = {SERVICES + 1: 1.5, LARGE + 1: 2.0}
+
+
+def large_path(plan: Plan) -> str:
+    return f"via agent holding {plan.large + 1} services"
 
 
 async def push_latency(procs: Processes, control_address: str, plan: Plan) -> list[Row]:
-    """Each push timed on three streams at once: through an agent that holds only echo's EDS,
-    through an agent that holds all 101 services (every accepted push rewrites its whole
-    state file), and straight from the control server."""
+    """Each push timed on four streams at once: through an agent that holds only echo's EDS,
+    through agents that hold 101 and 1001 services, and straight from the control server;
+    and the CPU time each agent spent over the pushes (``/proc/PID/stat``), per push."""
     workdir = procs.workdir
-    (small, small_target), (full, full_target) = await asyncio.gather(
+    kinds = ("small", "full", "large")
+    agents = await asyncio.gather(
         *(
             start_ready(
                 procs,
@@ -434,11 +458,15 @@ async def push_latency(procs: Processes, control_address: str, plan: Plan) -> li
                     workdir / f"state-relay-{kind}",
                 ),
             )
-            for kind in ("small", "full")
+            for kind in kinds
         )
     )
-    samples: dict[str, list[float]] = {path: [] for path in RELAY_PATHS}
+    (small, small_target), (full, full_target), (large, large_target) = agents
+    paths = (*RELAY_PATHS, large_path(plan))
+    held = {paths[0]: 1, paths[1]: SERVICES + 1, paths[3]: plan.large + 1}
+    samples: dict[str, list[float]] = {path: [] for path in paths}
     rpc_ms: list[float] = []
+    cpu_ms: dict[str, float] = {}
     try:
         async with grpc.aio.insecure_channel(control_address) as channel:
             stub = admin_pb2_grpc.MeshAdminServiceStub(channel)
@@ -448,14 +476,23 @@ async def push_latency(procs: Processes, control_address: str, plan: Plan) -> li
                 ads_client(small_target, "bench-relay-small") as via_small,
                 ads_client(full_target, "bench-relay-full") as via_full,
                 ads_client(control_address, "bench-direct") as direct,
+                ads_client(large_target, "bench-relay-large") as via_large,
             ):
-                clients = dict(zip(RELAY_PATHS, (via_small, via_full, direct), strict=True))
+                clients = dict(zip(paths, (via_small, via_full, direct, via_large), strict=True))
+                pids = {
+                    paths[0]: small.popen.pid,
+                    paths[1]: full.popen.pid,
+                    paths[3]: large.popen.pid,
+                }
                 via_small.subscribe(ENDPOINT, ["echo"])
                 direct.subscribe(ENDPOINT, ["echo"])
                 subscribe_all(via_full, [*service_names(), "echo"])
+                subscribe_all(via_large, [*service_names(plan.large), "echo"])
                 await wait_held(full_target, SERVICES + 1)
+                await wait_held(large_target, plan.large + 1, timeout=HOLD_TIMEOUT * 2)
                 await asyncio.gather(*(arrival(c, 0, base_port) for c in clients.values()))
-                await asyncio.sleep(SETTLE)
+                await asyncio.sleep(SETTLE * 10)
+                cpu0 = {path: cpu_ns(pid) for path, pid in pids.items()}
                 for i in range(1, plan.pushes + 1):
                     port = base_port + i
                     starts = {path: len(c.received) for path, c in clients.items()}
@@ -464,15 +501,19 @@ async def push_latency(procs: Processes, control_address: str, plan: Plan) -> li
                     arrivals = await asyncio.gather(
                         *(arrival(c, starts[path], port) for path, c in clients.items())
                     )
-                    for path, t in zip(RELAY_PATHS, arrivals, strict=True):
+                    for path, t in zip(paths, arrivals, strict=True):
                         samples[path].append((t - t0) * 1000)
                     await asyncio.sleep(SETTLE)
-        for agent in (small, full):
+                cpu_ms = {
+                    path: (cpu_ns(pid) - cpu0[path]) / 1e6 / plan.pushes
+                    for path, pid in pids.items()
+                }
+        for agent in (small, full, large):
             if not agent.alive:
                 raise BenchError(f"{agent.name} died:\n{agent.errors()}")
     finally:
-        procs.stop(full)
-        procs.stop(small)
+        for agent in (large, full, small):
+            procs.stop(agent)
     table = "push to client (ApplyServices RPC start -> new EDS on the stream), --debounce 0s"
     rpc = round(statistics.median(rpc_ms), 2)
     rows: list[Row] = [
@@ -483,17 +524,33 @@ async def push_latency(procs: Processes, control_address: str, plan: Plan) -> li
             **summary(samples[path]),
             "apply_rpc_median_ms": rpc,
         }
-        for path in RELAY_PATHS
+        for path in paths
     ]
     direct_ms = samples["direct to control"]
-    for path, label in zip(RELAY_PATHS[:2], ("echo only", "101 services"), strict=True):
+    for path in (paths[0], paths[1], paths[3]):
         own = [v - d for v, d in zip(samples[path], direct_ms, strict=True)]
+        label = "echo only" if held[path] == 1 else f"{held[path]} services"
         rows.append(
             {
                 "table": table,
                 "path": f"agent's own cost, {label} (via - direct, per push)",
                 "pushes": plan.pushes,
                 **summary(own),
+            }
+        )
+    floor = cpu_ms[paths[0]]
+    for path, ms in cpu_ms.items():
+        count = held[path]
+        rows.append(
+            {
+                "table": "agent CPU per push (CPU time of its threads over the pushes / pushes)",
+                "agent": "echo only (floor)" if count == 1 else f"{count} services",
+                "services_held": count,
+                "pushes": plan.pushes,
+                "cpu_ms_per_push": round(ms, 3),
+                "over_floor_ms": round(ms - floor, 3),
+                "ratio_to_floor": ratio(ms, floor),
+                "goal_ms": CPU_GOALS_MS.get(count),
             }
         )
     return rows
@@ -579,10 +636,23 @@ async def _run(options: Options) -> list[Row]:
         procs.stop(control_hc)
 
         starts = await start_times(procs, control_address, control_hc_address, warm_state, plan)
+        # The pushes' control server holds plan.large services (the 100 and more).
+        more = service_names(plan.large)[SERVICES:]
+        async with grpc.aio.insecure_channel(control_address) as channel:
+            await apply(
+                admin_pb2_grpc.MeshAdminServiceStub(channel),
+                build_services(
+                    more,
+                    lambda i: [
+                        _idle_address(2 * (i + SERVICES)),
+                        _idle_address(2 * (i + SERVICES) + 1),
+                    ],
+                ),
+            )
         pushes = await push_latency(procs, control_address, plan)
 
     warm, cold = starts
-    via_small, via_full, direct = pushes[:3]
+    via_small, via_full, direct, via_large = pushes[:4]
     return [
         plain,
         *checks,
@@ -591,6 +661,7 @@ async def _run(options: Options) -> list[Row]:
         _compare("start to first LDS, cold / warm", cold, warm),
         _compare("push to client, via agent holding echo only / direct", via_small, direct),
         _compare("push to client, via agent holding 101 services / direct", via_full, direct),
+        _compare(f"push to client, {large_path(plan)} / direct", via_large, direct),
     ]
 
 

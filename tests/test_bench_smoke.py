@@ -151,8 +151,15 @@ def test_bench_quick_agent_prints_a_json_summary() -> None:
         "via agent holding 101 services",
         "direct to control",
     ]
-    for row in pushes[:3]:
+    assert pushes[3]["path"] == "via agent holding 301 services"
+    for row in pushes[:4]:
         assert row["pushes"] == 5 and 0 < row["median_ms"] <= row["p99_ms"] < 10_000
+
+    cpu = run.tables("agent CPU per push")
+    assert [r["services_held"] for r in cpu] == [1, 101, 301]
+    assert [r["goal_ms"] for r in cpu] == [None, 1.5, None]
+    for row in cpu:
+        assert 0 < row["cpu_ms_per_push"] < 1000 and row["ratio_to_floor"] > 0
 
     compared = {r["compare"]: r for r in run.tables("side by side")}
     assert set(compared) == {
@@ -160,6 +167,7 @@ def test_bench_quick_agent_prints_a_json_summary() -> None:
         "start to first LDS, cold / warm",
         "push to client, via agent holding echo only / direct",
         "push to client, via agent holding 101 services / direct",
+        "push to client, via agent holding 301 services / direct",
     }
     assert all(r["ratio"] > 0 for r in compared.values())
     assert run.printed("== agent: footprint")

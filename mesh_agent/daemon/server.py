@@ -41,7 +41,7 @@ from mesh_agent.daemon.breakers.service import BreakerHub
 from mesh_agent.daemon.cache import ConfigCache
 from mesh_agent.daemon.health.table import HealthTable
 from mesh_agent.daemon.identities.keeper import PROCESS, IdentityKeeper
-from mesh_agent.daemon.local import LocalSnapshotSource, zone_priorities
+from mesh_agent.daemon.local import LocalSnapshotSource, ZonePriorities, zone_priorities
 from mesh_agent.daemon.reporter import Reporter
 from mesh_agent.daemon.roles import (
     BREAKERS,
@@ -144,9 +144,9 @@ def local_source(
         lambda: upstream.unreachable,
         lambda: declarations.listeners(cache),
     )
-    ctx.connect(cache.changed, source.invalidate)
-    ctx.connect(declarations.changed, source.invalidate)
-    ctx.connect(table.changed, lambda service: source.invalidate())
+    ctx.connect(cache.changed, source.cache_changed)
+    ctx.connect(declarations.changed, source.listeners_changed)
+    ctx.connect(table.changed, source.verdict_changed)
 
     def unreachable(reason: str) -> None:
         if not source.loaded:
@@ -175,16 +175,18 @@ def follow_zone_priorities(
 ) -> None:
     """Keeps the reporter's ``zone_priorities`` (sent to the control server with the agent's
     health, shown by ``meshctl status``) as the node is served, and reports a change: a zone
-    that spills over or fails over shows at once. Worked out once per burst of changes."""
+    that spills over or fails over shows at once. Worked out once per burst of changes, from
+    the assignments that changed."""
     loop = asyncio.get_running_loop()
     pending = False
+    priorities = ZonePriorities()
 
     def refresh() -> None:
         nonlocal pending
         pending = False
         if not source.loaded:
             return
-        now = zone_priorities(source.snapshot_for(node))
+        now = priorities.update(source.snapshot_for(node))
         if now != reporter.zone_priorities:
             reporter.zone_priorities = now
             reporter.status_changed()

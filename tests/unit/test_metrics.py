@@ -28,6 +28,7 @@ from control.publisher import Publisher
 from control.resources import build_resources
 from control.store import MemoryStore
 from mesh.v1 import agent_pb2, config_pb2
+from mesh_agent.daemon import journal
 from mesh_agent.daemon.breakers.service import BreakerHub
 from mesh_agent.daemon.cache import ConfigCache
 from mesh_agent.daemon.health.checker import HealthChecker
@@ -462,13 +463,15 @@ def cache_age(otel: Metrics) -> float | None:
 
 
 async def test_cache_age_from_the_state_file(otel: Metrics, tmp_path: Path) -> None:
-    writer = ConfigCache(tmp_path, "node-1")
     message = config_pb2.ServicePolicy(name="orders")
-    packed = any_pb2.Any(type_url=SERVICE_POLICY, value=message.SerializeToString())
-    assert writer.accept(SERVICE_POLICY, "v1", [packed], None) is None
-    document = json.loads((tmp_path / "config.json").read_text())
-    document["saved_at"] = time.time() - 100
-    (tmp_path / "config.json").write_text(json.dumps(document))
+    record = journal.change_record(
+        SERVICE_POLICY,
+        "v1",
+        {"orders": any_pb2.Any(type_url=SERVICE_POLICY, value=message.SerializeToString())},
+        (),
+        time.time() - 100,
+    )
+    (tmp_path / journal.JOURNAL_FILE).write_bytes(journal.header_record("node-1") + record)
 
     cache = ConfigCache(tmp_path, "node-1")
     client = UpstreamClient(

@@ -10,9 +10,11 @@ import asyncio
 
 from mesh_agent.components import AgentContext
 from mesh_agent.daemon.breakers.service import BreakerHub
+from mesh_agent.daemon.cache import ConfigCache
 from mesh_agent.daemon.roles import BREAKERS, CACHE, CacheRole
 from mesh_agent.daemon.settings import SETTINGS, AgentSettings
 from mesh_core.errors import ComponentError
+from mesh_xds.types import SERVICE_POLICY
 
 
 class BreakersComponent:
@@ -38,7 +40,12 @@ class BreakersComponent:
         hub = self._hub
         hub.load()
         hub.apply_policies(cache)
-        ctx.connect(cache.changed, lambda: hub.apply_policies(cache))
+        ctx.connect(cache.changed, lambda: self._cache_changed(cache))
+
+    def _cache_changed(self, cache: ConfigCache) -> None:
+        """Breakers and call policies follow the policies alone."""
+        if SERVICE_POLICY in cache.last_change:
+            self.hub.apply_policies(cache)
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as group:
