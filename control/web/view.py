@@ -9,7 +9,9 @@ The document (every time RFC 3339 UTC, every list sorted so equal state gives eq
     services        [{name, revision (0: only registered), state (ok, degrading, half_open,
                       open: the worst of its breakers and warnings), endpoints [{address,
                       zone, weight, node, source (config, registered), state (serving,
-                      draining, node_away)}], breakers [{node, state (open, half_open),
+                      draining, node_away), checks [{node, state (healthy, unhealthy,
+                      unknown), applied (false: ignored in panic)}]: the nodes' active
+                      health checks}], breakers [{node, state (open, half_open),
                       reason, since, open_until, transitions}], warnings [{node, state,
                       reason, burn_short, burn_long, detail, since}], zone_priorities [{node, zone,
                       priority}]}]
@@ -139,8 +141,17 @@ class MeshView:
             }
             for s in services
         }
+        endpoints = {
+            (name, e["address"]): e for name, entry in out.items() for e in entry["endpoints"]
+        }
         for node in sorted(nodes, key=lambda n: n.node_id):
             health = node.health
+            for check in health.endpoint_checks:
+                endpoint = endpoints.get((check.service, check.address))
+                if endpoint is not None:
+                    endpoint["checks"].append(
+                        {"node": node.node_id, "state": check.state, "applied": check.applied}
+                    )
             for breaker in health.breakers:
                 entry = out.get(breaker.service)
                 if entry is not None:
@@ -215,6 +226,7 @@ def _endpoint(endpoint: config_pb2.Endpoint, away: set[str]) -> Json:
         "node": endpoint.node_id,
         "source": "registered" if endpoint.node_id else "config",
         "state": state,
+        "checks": [],
     }
 
 

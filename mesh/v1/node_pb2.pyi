@@ -83,18 +83,32 @@ class ReportClientStatusRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., clients: _Optional[_Iterable[_Union[LocalClientStatus, _Mapping]]] = ..., health: _Optional[_Union[NodeHealth, _Mapping]] = ...) -> None: ...
 
 class NodeHealth(_message.Message):
-    __slots__ = ("status", "components", "breakers", "zone_priorities", "warnings")
+    __slots__ = ("status", "components", "breakers", "zone_priorities", "warnings", "endpoint_checks")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     COMPONENTS_FIELD_NUMBER: _ClassVar[int]
     BREAKERS_FIELD_NUMBER: _ClassVar[int]
     ZONE_PRIORITIES_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_CHECKS_FIELD_NUMBER: _ClassVar[int]
     status: str
     components: _containers.RepeatedCompositeFieldContainer[ComponentHealth]
     breakers: _containers.RepeatedCompositeFieldContainer[OpenBreaker]
     zone_priorities: _containers.RepeatedCompositeFieldContainer[ZonePriority]
     warnings: _containers.RepeatedCompositeFieldContainer[ServiceWarning]
-    def __init__(self, status: _Optional[str] = ..., components: _Optional[_Iterable[_Union[ComponentHealth, _Mapping]]] = ..., breakers: _Optional[_Iterable[_Union[OpenBreaker, _Mapping]]] = ..., zone_priorities: _Optional[_Iterable[_Union[ZonePriority, _Mapping]]] = ..., warnings: _Optional[_Iterable[_Union[ServiceWarning, _Mapping]]] = ...) -> None: ...
+    endpoint_checks: _containers.RepeatedCompositeFieldContainer[EndpointCheck]
+    def __init__(self, status: _Optional[str] = ..., components: _Optional[_Iterable[_Union[ComponentHealth, _Mapping]]] = ..., breakers: _Optional[_Iterable[_Union[OpenBreaker, _Mapping]]] = ..., zone_priorities: _Optional[_Iterable[_Union[ZonePriority, _Mapping]]] = ..., warnings: _Optional[_Iterable[_Union[ServiceWarning, _Mapping]]] = ..., endpoint_checks: _Optional[_Iterable[_Union[EndpointCheck, _Mapping]]] = ...) -> None: ...
+
+class EndpointCheck(_message.Message):
+    __slots__ = ("service", "address", "state", "applied")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    address: str
+    state: str
+    applied: bool
+    def __init__(self, service: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., applied: _Optional[bool] = ...) -> None: ...
 
 class ServiceWarning(_message.Message):
     __slots__ = ("service", "state", "reason", "burn_short", "burn_long", "since", "detail")

@@ -46,6 +46,8 @@ BREAKER_STATES = {
     agent_pb2.BREAKER_STATE_HALF_OPEN: "half_open",
 }
 HealthSource = Callable[[], node_pb2.NodeHealth]
+MAX_REPORTED_ENDPOINTS = 2000
+"""Checked endpoints sent with the agent's health at most (the first by service, address)."""
 
 
 def node_health(components: Iterable[ComponentState], breakers: BreakerHub) -> node_pb2.NodeHealth:
@@ -112,6 +114,9 @@ class Reporter:
         self.health_source = health
         self.zone_priorities: list[tuple[str, str, int]] = []
         """``(service, zone, priority)`` as the node is served, sent with its health."""
+        self.endpoint_checks: list[tuple[str, str, str, bool]] = []
+        """``(service, address, state, applied)`` of the endpoints the node checks, sent with
+        its health (at most :data:`MAX_REPORTED_ENDPOINTS`)."""
         self.local: SessionRegistry | None = None
         self.state_dir = state_dir
         self.backoff = backoff
@@ -223,6 +228,10 @@ class Reporter:
             request.health.CopyFrom(self.health_source())
             for service, zone, priority in self.zone_priorities:
                 request.health.zone_priorities.add(service=service, zone=zone, priority=priority)
+            for service, address, state, applied in self.endpoint_checks:
+                request.health.endpoint_checks.add(
+                    service=service, address=address, state=state, applied=applied
+                )
         return request
 
     def changed(self) -> None:

@@ -42,7 +42,7 @@ from mesh_agent.daemon.cache import ConfigCache
 from mesh_agent.daemon.health.table import HealthTable
 from mesh_agent.daemon.identities.keeper import PROCESS, IdentityKeeper
 from mesh_agent.daemon.local import LocalSnapshotSource, ZonePriorities, zone_priorities
-from mesh_agent.daemon.reporter import Reporter
+from mesh_agent.daemon.reporter import MAX_REPORTED_ENDPOINTS, Reporter
 from mesh_agent.daemon.roles import (
     BREAKERS,
     CACHE,
@@ -201,6 +201,37 @@ def follow_zone_priorities(
     refresh()
 
 
+def follow_endpoint_checks(ctx: AgentContext, table: HealthTable, reporter: Reporter) -> None:
+    """Keeps the reporter's ``endpoint_checks`` (each checked endpoint's state, sent to the
+    control server with the agent's health: the web page shows them) as the checks judge,
+    and reports a change. Worked out once per burst of verdicts."""
+    loop = asyncio.get_running_loop()
+    pending = False
+
+    def refresh() -> None:
+        nonlocal pending
+        pending = False
+        now: list[tuple[str, str, str, bool]] = []
+        for service in sorted(table.services()):
+            applied = not table.in_panic(service)
+            for address, state in sorted(table.statuses(service).items()):
+                now.append((service, address, state, applied))
+        del now[MAX_REPORTED_ENDPOINTS:]
+        if now != reporter.endpoint_checks:
+            reporter.endpoint_checks = now
+            reporter.status_changed()
+
+    def changed(service: str) -> None:
+        nonlocal pending
+        if not pending:
+            pending = True
+            loop.call_soon(refresh)
+
+    ctx.connect(table.statuses_changed, changed)
+    ctx.connect(table.changed, changed)  # panic
+    refresh()
+
+
 class ServerComponent:
     """The built-in server. The local sessions are kept across restarts of the component;
     the gRPC server and its health servicer are made at every start."""
@@ -241,6 +272,7 @@ class ServerComponent:
         source = local_source(ctx, cache, table, upstream, declarations)
         if node.locality.zone:
             follow_zone_priorities(ctx, source, node, reporter)
+        follow_endpoint_checks(ctx, table, reporter)
         demand = LocalDemand(self.sessions, upstream, reporter)
         demand.ask()
         watched_policies(upstream, hub)

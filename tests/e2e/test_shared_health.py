@@ -12,6 +12,7 @@ import json
 import math
 import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ from mesh_xds.testing import AdsClient
 from mesh_xds.types import CLUSTER, ENDPOINT
 from tests.conftest import Proc, wait_for
 from tests.e2e.conftest import MeshProcesses
-from tests.e2e.helpers import agent_status, apply
+from tests.e2e.helpers import agent_status, apply, page_url
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
@@ -57,6 +58,20 @@ class Mesh:
     agent: str
     backend: Proc
     address: str
+    page: str
+
+    def page_checks(self, names: set[str]) -> dict[str, list[tuple[str, str, bool]]]:
+        """service -> ``(node, state, applied)`` of its endpoint's checks, as mesh-control's
+        web page data shows them, for the services ``names``."""
+        with urllib.request.urlopen(self.page + "api/mesh", timeout=10) as answer:
+            document = json.load(answer)
+        return {
+            s["name"]: [
+                (c["node"], c["state"], c["applied"]) for e in s["endpoints"] for c in e["checks"]
+            ]
+            for s in document["services"]
+            if s["name"] in names
+        }
 
     def checks(self) -> list[str]:
         """The health service name of every Check the backend answered, in order."""
@@ -88,14 +103,14 @@ class Mesh:
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     procs = MeshProcesses(tmp_path_factory.mktemp("shared-health"))
     try:
-        _, control = procs.start_control("--debounce", "0s")
+        control_proc, control = procs.start_control("--debounce", "0s", "--http-port", "0")
         backend, address = procs.start_ready(
             "backend", "tests.e2e.health_backend", "--serve", NAMED_CHECK
         )
         services = [service(name, address) for name in SHARING]
         asyncio.run(apply(control, *services, service(NAMED, address, NAMED_CHECK)))
         _, agent = procs.start_agent(control, "node-1")
-        mesh = Mesh(procs, control, agent, backend, address)
+        mesh = Mesh(procs, control, agent, backend, address, page_url(control_proc))
         mesh.hold(*SHARING, NAMED)
         wanted = {name: "healthy" for name in [*SHARING, NAMED]}
         wait_for(lambda: mesh.states() == wanted, 20, lambda: f"all healthy: {mesh.states()}")
@@ -164,6 +179,13 @@ def test_a_failing_backend_fails_every_sharing_service_and_its_recovery_reaches_
         )
         # One endpoint each, all failing: panic, so the checks are not applied.
         assert not any(e.applied for e in agent_status(mesh.agent).endpoint_health)
+        # The agent reports it; mesh-control's page shows each endpoint's check.
+        failing = {name: [("node-1", "unhealthy", False)] for name in names}
+        wait_for(
+            lambda: mesh.page_checks(names) == failing,
+            10,
+            lambda: f"the page shows every endpoint unhealthy: {mesh.page_checks(names)}",
+        )
     finally:
         mesh.backend.popen.send_signal(signal.SIGUSR2)
     wait_for(
@@ -172,3 +194,9 @@ def test_a_failing_backend_fails_every_sharing_service_and_its_recovery_reaches_
         lambda: f"every service's endpoint healthy again: {mesh.states()}",
     )
     assert set(mesh.states()) == names
+    healthy = {name: [("node-1", "healthy", True)] for name in names}
+    wait_for(
+        lambda: mesh.page_checks(names) == healthy,
+        10,
+        lambda: f"the page shows every endpoint healthy: {mesh.page_checks(names)}",
+    )

@@ -169,14 +169,15 @@ def _service(tmp_path: Path, name: str) -> str:
     return str(path)
 
 
-def test_the_page_shows_warnings_zones_and_nacks_as_text(
+def test_the_page_shows_warnings_zones_checks_and_nacks_as_text(
     browser: Any, procs: MeshProcesses, tmp_path: Path
 ) -> None:
     control_proc, control = procs.start_control("--http-port", "0")
     url = page_url(control_proc)
     meshctl(control, "apply", "-f", _service(tmp_path, "users"))
     # A node's report, as its agent sends it: a process's NACK (whose text must stay text),
-    # an early warning for the service and the zones' priorities its agent serves.
+    # an early warning for the service, the zones' priorities its agent serves and what its
+    # health checks see of the service's endpoint.
     nacked = node_pb2.LocalClientStatus(
         client_id="app-1",
         type_url="type.googleapis.com/envoy.config.listener.v3.Listener",
@@ -190,6 +191,9 @@ def test_the_page_shows_warnings_zones_and_nacks_as_text(
     )
     health.zone_priorities.add(service="users", zone="eu-1a", priority=0)
     health.zone_priorities.add(service="users", zone="eu-1b", priority=1)
+    health.endpoint_checks.add(
+        service="users", address="127.0.0.1:1", state="unhealthy", applied=False
+    )
     with grpc.insecure_channel(control) as channel:
         node_pb2_grpc.NodeServiceStub(channel).ReportClientStatus(
             node_pb2.ReportClientStatusRequest(node_id="node-x", clients=[nacked], health=health),
@@ -202,6 +206,12 @@ def test_the_page_shows_warnings_zones_and_nacks_as_text(
     assert warning.text.startswith("degrading on node-x (error_budget_burn), burn 14.4/0.0")
     [zones] = shown(browser, '#services tr[data-service="users"] li[data-zones="node-x"]')
     assert zones.text == "zone priorities on node-x: eu-1a 0, eu-1b 1"
+    [check] = shown(
+        browser,
+        '#services tr[data-service="users"] li[data-address="127.0.0.1:1"] '
+        'span[data-check="unhealthy"][data-node="node-x"]',
+    )
+    assert check.text == "; checked by node-x unhealthy (ignored: panic)"
     [row] = shown(browser, '#nacks tr[data-node="node-x"]')
     cells = [td.text for td in row.find_elements("tag name", "td")]
     assert cells[1:] == ["node-x", "app-1", "Listener", "7", "bad <b>listener</b> <img src=x>"]

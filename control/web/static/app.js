@@ -209,7 +209,10 @@
             stateSpan(e.state),
             (e.zone ? ` zone ${e.zone}` : "") +
             (e.source === "registered" ? `, registered by ${e.node}` : ", configured") +
-            (e.weight !== 1 ? `, weight ${e.weight}` : "")));
+            (e.weight !== 1 ? `, weight ${e.weight}` : ""),
+            ...(e.checks || []).map((c) => el("span", { "data-check": c.state, "data-node": c.node },
+              "; checked by ", c.node, " ", stateSpan(c.state),
+              c.applied ? "" : " (ignored: panic)"))));
         }
         if (service.endpoints.length === 0) endpoints.append(el("li", { class: "empty" }, "no endpoints"));
         // Where a node's agent serves each zone (0 first; 1 once 0 has no usable endpoint).

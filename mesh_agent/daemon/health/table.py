@@ -210,6 +210,9 @@ class HealthTable:
         self.changed: GuardedSignal[[str]] = GuardedSignal("health subscriber failed")
         """Emitted with a service name whenever that service's overrides or panic flag
         change. An observer that raises is logged; the others are still called."""
+        self.statuses_changed: GuardedSignal[[str]] = GuardedSignal("health subscriber failed")
+        """Emitted with a service name whenever an endpoint of it changes state, or its
+        endpoints change (what the node reports to the control server)."""
         self._generation = 0
 
     # -- feeding -------------------------------------------------------------------------
@@ -253,6 +256,7 @@ class HealthTable:
             self._policies[service] = pol
         self._verdicts.pop(service, None)
         self._changed(service, before)
+        self.statuses_changed.emit(service)
 
     def remove_service(self, service: str) -> None:
         """Forgets every endpoint of ``service``."""
@@ -269,6 +273,7 @@ class HealthTable:
             self._transitions.append(transition)
             self._verdicts.pop(service, None)
             self._changed(service, before)
+            self.statuses_changed.emit(service)
         return transition
 
     # -- reading -------------------------------------------------------------------------
