@@ -18,7 +18,7 @@ from pathlib import Path
 
 import grpc
 import structlog
-from envoy.service.discovery.v3 import ads_pb2, ads_pb2_grpc
+from envoy.service.discovery.v3 import ads_pb2
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -41,7 +41,7 @@ from mesh_core.tls import TlsFiles, server_credentials
 from mesh_xds.cache import SnapshotCache
 from mesh_xds.callbacks import Callbacks
 from mesh_xds.metrics import CONTROL, XdsMetrics
-from mesh_xds.servicer import AdsServicer, CsdsServicer
+from mesh_xds.servicer import AdsServicer, CsdsServicer, add_ads_servicer
 
 log = structlog.get_logger(__name__)
 
@@ -136,7 +136,7 @@ class ControlServer:
                 *self.limits.server_options(),
             ]
         )
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
+        add_ads_servicer(
             AdsServicer(
                 self.cache,
                 self.nodes.registry,

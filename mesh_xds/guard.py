@@ -39,20 +39,27 @@ class AdsStreamGuard(SessionCallbacks):
     async def delta_requests(
         self, source: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest]
     ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryRequest]:
-        """``source``, each request checked against the same limits as a state-of-the-world
-        one: the node id, the type URL, and each of its lists of names (subscribed,
-        unsubscribed, initially held)."""
+        """``source``, each request checked first (:meth:`check_delta`)."""
         async for request in source:
-            self.check_parts(
-                request.node.id if request.HasField("node") else "",
-                request.type_url,
-                (
-                    request.resource_names_subscribe,
-                    request.resource_names_unsubscribe,
-                    request.initial_resource_versions.keys(),
-                ),
-            )
+            self.check_delta(request)
             yield request
+
+    def check_delta(self, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
+        """The checks of :meth:`check` on a delta request: the node id, the type URL, and
+        each of its lists of names (subscribed, unsubscribed, initially held)."""
+        subscribe = request.resource_names_subscribe
+        unsubscribe = request.resource_names_unsubscribe
+        initial = request.initial_resource_versions
+        if not (subscribe or unsubscribe or initial or request.HasField("node")):
+            # An ACK or a NACK, most requests: only the type URL to check.
+            if len(request.type_url) > self._limits.max_name_length > 0:
+                self.check_parts("", request.type_url, ())
+            return
+        self.check_parts(
+            request.node.id if request.HasField("node") else "",
+            request.type_url,
+            (subscribe, unsubscribe, initial.keys()),
+        )
 
     def check(self, request: discovery_pb2.DiscoveryRequest) -> None:
         """Raises :class:`LimitExceeded` for a request over a limit."""

@@ -23,6 +23,7 @@ from mesh_xds.registry import SessionRegistry
 from mesh_xds.session import BaseSession
 from mesh_xds.snapshot import SnapshotSource
 from mesh_xds.sotw import SotwSession
+from mesh_xds.wire import ADS_SERVICE, ads_method_handlers
 
 log = structlog.get_logger(__name__)
 
@@ -65,7 +66,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         """A state-of-the-world or delta session for one stream, with the server's hooks."""
         return kind(
             self._source,
-            context.write,
+            context.write,  # bytes: the ADS methods pass responses through (add_ads_servicer)
             peer=context.peer(),
             server_id=self._server_id,
             callbacks=Callbacks(self._stream_callbacks(context), guard, self._callbacks),
@@ -114,6 +115,16 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             session.callbacks.on_close(session)
             if session.node is not None:
                 session.log.info("node disconnected")
+
+
+def add_ads_servicer(servicer: AdsServicer, server: grpc.aio.Server) -> None:
+    """Registers ``servicer``'s ADS methods on ``server``, in place of the generated
+    ``add_AggregatedDiscoveryServiceServicer_to_server``: its sessions write responses
+    serialised already, shared by the streams that are sent the same (:mod:`mesh_xds.wire`),
+    which gRPC must pass through rather than serialise."""
+    handlers = ads_method_handlers(servicer)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),))
+    server.add_registered_method_handlers(ADS_SERVICE, handlers)
 
 
 class CsdsServicer(csds_pb2_grpc.ClientStatusDiscoveryServiceServicer):  # type: ignore[misc]

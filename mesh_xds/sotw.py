@@ -15,16 +15,18 @@ what the client ACKed or NACKed, following ``xds_protocol.rst``:
   response until something changes.
 
 What a subscription selects of a snapshot (and its version) is computed once per snapshot and
-shared by every stream with that subscription (:meth:`~mesh_xds.snapshot.Snapshot.selection`).
+shared by every stream with that subscription (:meth:`~mesh_xds.snapshot.Snapshot.selection`),
+and so is the response, serialised once without its nonce (:mod:`mesh_xds.wire`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from mesh_xds.session import WILDCARD, BaseSession, TypeState
+from mesh_xds.session import WILDCARD, BaseSession, TypeState, shared_names
 from mesh_xds.types import (
     ALL_TYPES,
     FULL_STATE,
@@ -34,6 +36,7 @@ from mesh_xds.types import (
     Version,
     short_name,
 )
+from mesh_xds.wire import sotw_body, with_nonce
 
 
 @dataclass(slots=True)
@@ -43,11 +46,11 @@ class SotwTypeState(TypeState):
 
     named_before: bool = False
 
-    def subscribe(self, names: list[str]) -> None:
-        requested = set(names)
+    def subscribe(self, names: Sequence[str]) -> None:
+        requested = frozenset(names)
         if WILDCARD in requested:
             self.wildcard = True
-            requested.discard(WILDCARD)
+            requested = requested - {WILDCARD}
         else:
             # Legacy wildcard: only before the client has ever named a resource.
             self.wildcard = (
@@ -55,11 +58,14 @@ class SotwTypeState(TypeState):
             )
         if names:
             self.named_before = True
-        self.names = requested
+        if requested != self.names:
+            self.names = shared_names(requested)
 
 
 class SotwSession(BaseSession[discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse]):
     """Serves one state-of-the-world ADS stream."""
+
+    __slots__ = ()
 
     def _state(self, type_url: TypeUrl) -> SotwTypeState:
         state = self.types.get(type_url)
@@ -82,8 +88,8 @@ class SotwSession(BaseSession[discovery_pb2.DiscoveryRequest, discovery_pb2.Disc
                 self._nacked(state, request)
             else:
                 self._acked(state, request.version_info)
-        before = (state.wildcard, set(state.names))
-        state.subscribe(list(request.resource_names))
+        before = (state.wildcard, state.names)
+        state.subscribe(request.resource_names)
         if (state.wildcard, state.names) != before:
             self.callbacks.on_subscribe(self, state)
         resume = request.version_info if not request.response_nonce else ""
@@ -107,16 +113,17 @@ class SotwSession(BaseSession[discovery_pb2.DiscoveryRequest, discovery_pb2.Disc
             # Unsubscribed from everything of this type: nothing to send until it asks again.
             state.sent = {} if state.sent is not None else None
             return
-        selected, digests, version = snapshot.selection(
-            state.type_url, state.wildcard, frozenset(state.names)
-        )
+        names = frozenset() if state.wildcard else state.names
+        selected, digests, version = snapshot.selection(state.type_url, state.wildcard, names)
         if state.sent is None and resume_version and resume_version == version:
             # Reconnect: the client already holds exactly this.
             state.sent, state.sent_version, state.acked_version = digests, version, version
             self.log.debug("resumed without resend", type=short_name(state.type_url))
             return
+        if digests is state.sent:
+            return  # what was sent, from this very snapshot
         if state.type_url in FULL_STATE:
-            if state.sent is not None and (digests is state.sent or digests == state.sent):
+            if state.sent is not None and digests == state.sent:
                 return
         else:
             previous = state.sent or {}
@@ -124,11 +131,8 @@ class SotwSession(BaseSession[discovery_pb2.DiscoveryRequest, discovery_pb2.Disc
                 return
         state.sent, state.sent_version = digests, version
         nonce = self._sending(state, snapshot, pushed=pushed)
-        response = discovery_pb2.DiscoveryResponse(
-            version_info=version,
-            type_url=state.type_url,
-            nonce=nonce,
-            resources=[resource.packed for resource in selected.values()],
+        body = snapshot.encoded(
+            ("sotw", state.type_url, state.wildcard, names, self._server_id),
+            lambda: sotw_body(state.type_url, version, selected.values(), self._server_id),
         )
-        response.control_plane.identifier = self._server_id
-        await self._send(response)
+        await self._send(with_nonce(body, nonce))

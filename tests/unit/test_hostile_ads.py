@@ -266,7 +266,8 @@ class HostileClient:
         view.named_before = view.named_before or bool(names)
         view.names = names - {"*"}
 
-    async def send(self, response: discovery_pb2.DiscoveryResponse) -> None:
+    async def send(self, data: bytes) -> None:
+        response = discovery_pb2.DiscoveryResponse.FromString(data)
         request = self.current
         assert request is not None, "a response before any request"
         assert not self.answered, "two responses to one request"
@@ -366,8 +367,8 @@ class FakeContext:
     def __init__(self) -> None:
         self.written: list[discovery_pb2.DiscoveryResponse] = []
 
-    async def write(self, response: discovery_pb2.DiscoveryResponse) -> None:
-        self.written.append(response)
+    async def write(self, data: bytes) -> None:
+        self.written.append(discovery_pb2.DiscoveryResponse.FromString(data))
 
     def peer(self) -> str:
         return "ipv4:127.0.0.1:1"
