@@ -43,7 +43,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from mesh_xds.session import NO_NAMES, WILDCARD, BaseSession, TypeState, shared_names
 from mesh_xds.snapshot import Resource, Snapshot
-from mesh_xds.types import ALL_TYPES, LEGACY_WILDCARD, PUSH_ORDER, ResourceName, TypeUrl
+from mesh_xds.types import KNOWN_TYPES, LEGACY_WILDCARD, PUSH_ORDER, ResourceName, TypeUrl
 from mesh_xds.wire import delta_body, with_nonce
 
 
@@ -149,9 +149,9 @@ class DeltaSession(
 
     async def _handle(self, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
         self._know_node(request)
-        type_url = request.type_url
-        if type_url not in ALL_TYPES:
-            self.log.warning("unknown type requested; ignored", type_url=type_url)
+        type_url = KNOWN_TYPES.get(request.type_url)  # the module's string, not a copy per stream
+        if type_url is None:
+            self.log.warning("unknown type requested; ignored", type_url=request.type_url)
             return
         state = self._state(type_url)
         if request.response_nonce and self._fresh(state, request):
@@ -167,27 +167,39 @@ class DeltaSession(
             if (state.wildcard, state.names) != before:
                 self.callbacks.on_subscribe(self, state)
             full = first or (state.wildcard and not before[0])
-            await self._respond_delta(state, full=full)
+            await self._respond_delta(state, self._current(), full=full)
 
     async def _push_all(self) -> None:
+        snapshot = self._current()
+        if snapshot is None:
+            return
         for type_url in PUSH_ORDER:
             state = self.types.get(type_url)
             if isinstance(state, DeltaTypeState) and state.started:
-                await self._respond_delta(state, pushed=True)
+                await self._respond_delta(state, snapshot, pushed=True)
 
     async def _respond_delta(
-        self, state: DeltaTypeState, *, full: bool = False, pushed: bool = False
+        self,
+        state: DeltaTypeState,
+        snapshot: Snapshot | None,
+        *,
+        full: bool = False,
+        pushed: bool = False,
     ) -> None:
-        """Sends what changed for ``state`` since it was last brought up to date; ``full``:
-        compares its whole subscription instead. ``pushed``: because the config changed."""
-        snapshot = self._current()
+        """Sends what changed for ``state`` since it was last brought up to date with a
+        snapshot, up to ``snapshot``; ``full``: compares its whole subscription instead.
+        ``pushed``: because the config changed."""
         if snapshot is None:
             return
         available = snapshot.resources.get(state.type_url, {})
         if full or state.synced is None:
             names: Iterable[ResourceName] = state.candidates(snapshot)
         else:
-            names = snapshot.changed_since(state.synced, state.type_url) | state.resend
+            names = snapshot.changed_since(state.synced, state.type_url)
+            if not names and not state.resend:
+                state.synced = snapshot
+                return  # nothing of this type changed: most types of most pushes
+            names = names | state.resend
         updates, removed = state.changes(names, available)
         state.synced = snapshot
         state.resend = NO_NAMES

@@ -74,6 +74,17 @@ class AdsStreamGuard(SessionCallbacks):
         limits = self._limits
         if node_id and not self.node_id:
             self.node_id = node_id[: limits.max_node_id_length or None]
+        most, name_max = limits.max_names_per_request, limits.max_name_length
+        if (
+            len(node_id) <= (limits.max_node_id_length or len(node_id))
+            and len(type_url) <= (name_max or len(type_url))
+            and all(
+                len(names) <= (most or len(names))
+                and (not name_max or max(map(len, names), default=0) <= name_max)
+                for names in name_lists
+            )
+        ):
+            return  # within every limit: most requests, checked without building errors
         errors = [
             too_long("node.id", node_id, limits.max_node_id_length, "max_node_id_length"),
             too_long("type_url", type_url, limits.max_name_length, "max_name_length"),

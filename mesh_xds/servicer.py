@@ -35,6 +35,29 @@ def _no_stream_callbacks(context: Any) -> SessionCallbacks:
     return NO_CALLBACKS
 
 
+class Requests:
+    """The requests of one stream, read with ``context.read()`` and each checked by ``check``
+    (which raises to refuse it). The servicer reads this way rather than through the request
+    iterator gRPC also hands it: no async generator per stream, and none that would hold the
+    stream's last request while it waits, idle, for the next."""
+
+    __slots__ = ("_check", "_read")
+
+    def __init__(self, context: Any, check: Callable[[Any], None]) -> None:
+        self._read = context.read
+        self._check = check
+
+    def __aiter__(self) -> Requests:
+        return self
+
+    async def __anext__(self) -> Any:
+        request = await self._read()
+        if request is grpc.aio.EOF:
+            raise StopAsyncIteration
+        self._check(request)
+        return request
+
+
 class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
     def __init__(
         self,
@@ -81,7 +104,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
     ) -> None:
         guard = AdsStreamGuard(self._limits, self._streams)
         session = self._session(SotwSession, guard, context)
-        await self._serve(session, guard, guard.requests(request_iterator), context)
+        await self._serve(session, guard, Requests(context, guard.check), context)
 
     async def DeltaAggregatedResources(
         self,
@@ -92,7 +115,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
     ) -> None:
         guard = AdsStreamGuard(self._limits, self._streams)
         session = self._session(DeltaSession, guard, context)
-        await self._serve(session, guard, guard.delta_requests(request_iterator), context)
+        await self._serve(session, guard, Requests(context, guard.check_delta), context)
 
     async def _serve(
         self,

@@ -91,7 +91,7 @@ class TypeState:
     type_url: TypeUrl
     wildcard: bool = False
     names: frozenset[ResourceName] = NO_NAMES  # shared between streams (shared_names)
-    nonce: str = ""
+    nonce: int = 0  # of the last response sent; 0: none yet
     sent: dict[ResourceName, str] | None = None  # name -> digest last sent; None: nothing yet
     sent_version: Version = ""
     acked_version: Version = ""
@@ -113,6 +113,7 @@ class BaseSession(Generic[RequestT, ResponseT]):
         "_busy",
         "_change_pending",
         "_failure",
+        "_node_id",
         "_nonce",
         "_pusher",
         "_send",
@@ -151,6 +152,7 @@ class BaseSession(Generic[RequestT, ResponseT]):
         self.stream_id = f"{server_id or 'ads'}-{next(_stream_ids)}{self.kind}"
         self.peer = peer
         self.node: base_pb2.Node | None = None
+        self._node_id = ""
         self.connected_at = time.time()
         self.types: dict[TypeUrl, TypeState] = {}
         self.snapshot: Snapshot | None = None
@@ -161,11 +163,11 @@ class BaseSession(Generic[RequestT, ResponseT]):
         used: a stream logs rarely, and an idle one should not hold a logger."""
         if self.node is None:
             return log.bind(stream=self.stream_id, peer=self.peer)
-        return log.bind(stream=self.stream_id, peer=self.peer, node=self.node.id)
+        return log.bind(stream=self.stream_id, peer=self.peer, node=self._node_id)
 
     @property
     def node_id(self) -> str:
-        return self.node.id if self.node is not None else ""
+        return self._node_id
 
     async def run(self, requests: AsyncIterator[RequestT]) -> None:
         """Serves until the client half-closes the stream or an error ends it.
@@ -186,6 +188,7 @@ class BaseSession(Generic[RequestT, ResponseT]):
                 try:
                     await self._handle(request)
                     self.callbacks.on_handled(self, request)
+                    del request  # not kept while the stream waits for the next
                     while self._change_pending:
                         self._change_pending = False
                         await self._push_all()
@@ -246,8 +249,15 @@ class BaseSession(Generic[RequestT, ResponseT]):
         node = base_pb2.Node()
         node.CopyFrom(request.node)  # not a view that would keep the whole request alive
         self.node = node
+        self._node_id = node.id  # one string, however often it is asked for
         self.callbacks.on_node(self)
-        self.log.info("node connected", zone=self.node.locality.zone)
+        log.info(
+            "node connected",
+            stream=self.stream_id,
+            peer=self.peer,
+            node=self._node_id,
+            zone=node.locality.zone,
+        )
 
     def _current(self) -> Snapshot | None:
         """The snapshot to serve from (kept in :attr:`snapshot`), or None while there is
@@ -265,7 +275,7 @@ class BaseSession(Generic[RequestT, ResponseT]):
     def _fresh(self, state: TypeState, request: RequestT) -> bool:
         """Whether ``request`` answers the latest response of its type: its nonce is the one
         last sent. A request with any other nonce is stale and its ACK or NACK is ignored."""
-        if request.response_nonce == state.nonce:
+        if state.nonce and request.response_nonce == str(state.nonce):
             return True
         self.log.debug(
             "stale nonce ignored", type=short_name(state.type_url), nonce=request.response_nonce
@@ -284,7 +294,8 @@ class BaseSession(Generic[RequestT, ResponseT]):
         self.callbacks.on_nack(self, state)
 
     def _acked(self, state: TypeState, version: Version) -> None:
-        state.acked_version = version
+        # The string sent rather than the request's copy of it, which would live per stream.
+        state.acked_version = state.sent_version if version == state.sent_version else version
         state.converged_in = None
         if state.change_at is not None and version == state.sent_version:
             state.converged_in = time.monotonic() - state.change_at
@@ -295,7 +306,8 @@ class BaseSession(Generic[RequestT, ResponseT]):
         """Book-keeping of a response about to go out; returns its nonce. ``pushed``: sent
         because the config changed, not because the client asked."""
         self._nonce += 1
-        nonce = state.nonce = str(self._nonce)
+        state.nonce = self._nonce
+        nonce = str(self._nonce)
         state.change_at = snapshot.changed_at if pushed else None
         state.responses += 1
         self.callbacks.on_send(self, state)

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from envoy.service.discovery.v3 import discovery_pb2
 
 from mesh_xds.session import WILDCARD, BaseSession, TypeState, shared_names
+from mesh_xds.snapshot import Snapshot
 from mesh_xds.types import (
-    ALL_TYPES,
     FULL_STATE,
+    KNOWN_TYPES,
     LEGACY_WILDCARD,
     PUSH_ORDER,
     TypeUrl,
@@ -45,21 +46,22 @@ class SotwTypeState(TypeState):
     client has ever named a resource of it (after that, no names means none)."""
 
     named_before: bool = False
+    synced: Snapshot | None = None  # the snapshot last compared with, for this subscription
 
     def subscribe(self, names: Sequence[str]) -> None:
         requested = frozenset(names)
         if WILDCARD in requested:
-            self.wildcard = True
+            wildcard = True
             requested = requested - {WILDCARD}
         else:
             # Legacy wildcard: only before the client has ever named a resource.
-            self.wildcard = (
-                not requested and not self.named_before and self.type_url in LEGACY_WILDCARD
-            )
+            wildcard = not requested and not self.named_before and self.type_url in LEGACY_WILDCARD
         if names:
             self.named_before = True
-        if requested != self.names:
+        if wildcard != self.wildcard or requested != self.names:
+            self.wildcard = wildcard
             self.names = shared_names(requested)
+            self.synced = None
 
 
 class SotwSession(BaseSession[discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse]):
@@ -76,9 +78,9 @@ class SotwSession(BaseSession[discovery_pb2.DiscoveryRequest, discovery_pb2.Disc
 
     async def _handle(self, request: discovery_pb2.DiscoveryRequest) -> None:
         self._know_node(request)
-        type_url = request.type_url
-        if type_url not in ALL_TYPES:
-            self.log.warning("unknown type requested; ignored", type_url=type_url)
+        type_url = KNOWN_TYPES.get(request.type_url)  # the module's string, not a copy per stream
+        if type_url is None:
+            self.log.warning("unknown type requested; ignored", type_url=request.type_url)
             return
         state = self._state(type_url)
         if request.response_nonce:
@@ -93,21 +95,37 @@ class SotwSession(BaseSession[discovery_pb2.DiscoveryRequest, discovery_pb2.Disc
         if (state.wildcard, state.names) != before:
             self.callbacks.on_subscribe(self, state)
         resume = request.version_info if not request.response_nonce else ""
-        await self._respond(state, resume_version=resume)
+        await self._respond(state, self._current(), resume_version=resume)
 
     async def _push_all(self) -> None:
+        snapshot = self._current()
+        if snapshot is None:
+            return
         for type_url in PUSH_ORDER:
             state = self.types.get(type_url)
             if isinstance(state, SotwTypeState):
-                await self._respond(state, pushed=True)
+                await self._respond(state, snapshot, pushed=True)
 
     async def _respond(
-        self, state: SotwTypeState, resume_version: Version = "", *, pushed: bool = False
+        self,
+        state: SotwTypeState,
+        snapshot: Snapshot | None,
+        resume_version: Version = "",
+        *,
+        pushed: bool = False,
     ) -> None:
-        """Sends what ``state`` is missing, if anything. ``pushed``: because the config
-        changed, not because the client asked."""
-        snapshot = self._current()
+        """Sends what ``state`` is missing of ``snapshot``, if anything. ``pushed``: because
+        the config changed, not because the client asked."""
         if snapshot is None:
+            return
+        synced, state.synced = state.synced, snapshot
+        if (
+            synced is not None
+            and state.sent is not None
+            and (synced is snapshot or not snapshot.changed_since(synced, state.type_url))
+        ):
+            # Up to date with a snapshot whose resources of this type are these, for the
+            # same subscription: nothing to send (an ACK; a push of another type's change).
             return
         if not state.wildcard and not state.names:
             # Unsubscribed from everything of this type: nothing to send until it asks again.

@@ -220,8 +220,16 @@ async def test_convergence_counts_pushed_changes_once_and_not_late_joiners(
 class FakeContext:
     """What AdsServicer uses of a grpc.aio ServicerContext."""
 
-    def __init__(self, sent: asyncio.Queue[discovery_pb2.DiscoveryResponse]) -> None:
+    def __init__(
+        self,
+        sent: asyncio.Queue[discovery_pb2.DiscoveryResponse],
+        requests: AsyncIterator[discovery_pb2.DiscoveryRequest],
+    ) -> None:
         self._sent = sent
+        self._requests = requests
+
+    async def read(self) -> Any:
+        return await anext(self._requests, grpc.aio.EOF)
 
     async def write(self, data: bytes) -> None:
         await self._sent.put(discovery_pb2.DiscoveryResponse.FromString(data))
@@ -265,8 +273,8 @@ async def test_servicer_counts_open_streams_and_tags_the_server(otel: Metrics) -
             yield request
 
     streams = [
-        asyncio.create_task(servicer.StreamAggregatedResources(iterate(), FakeContext(sent)))
-        for _ in range(2)
+        asyncio.create_task(servicer.StreamAggregatedResources(it, FakeContext(sent, it)))
+        for it in (iterate(), iterate())
     ]
     await asyncio.sleep(0.05)
     assert otel.points("mesh.xds.connected_nodes") == {attrs(mesh_xds_server=AGENT): 2}
