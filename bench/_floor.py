@@ -12,7 +12,8 @@ it is (a pass-through serializer), the same for every stream. One task per strea
 until the stream has been answered and has ACKed all five types, then waits for a push,
 writes it and reads until its ACK. What it costs per stream is what ``grpc.aio`` costs to
 hold a stream, write a message and read a request on it: the floor that mesh-control's own
-figures are read against, measured in the same run.
+figures are read against, measured in the same run. Its garbage collector is set as
+mesh-control sets its own (``control.server.tune_collector``), so that only the code differs.
 
 Driven line by line on stdin; answers one JSON line each on stdout: first
 ``{"event": "ready", "address": ..., "pid": ...}``; ``push K``: ``{"event": "pushed", "id":
@@ -35,6 +36,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from bench._loadgen import emit, pin
 from bench.control import filler_services, make_service
 from control.resources import build_resources
+from control.server import tune_collector
 from mesh_xds.cache import SnapshotCache
 from mesh_xds.snapshot import Snapshot
 from mesh_xds.types import ENDPOINT, PUSH_ORDER
@@ -173,6 +175,7 @@ async def _main(args: argparse.Namespace) -> None:
     server.add_generic_rpc_handlers((_handlers(floor),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
+    tune_collector()  # the garbage collector as mesh-control sets it: only the code differs
     loop = asyncio.get_running_loop()
     commands: asyncio.Queue[str | None] = asyncio.Queue()
 

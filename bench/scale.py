@@ -71,6 +71,7 @@ CHANGE_TIMEOUT = 60.0
 IDLE_SETTLE = 2.0  # seconds with every node connected and idle, before reading RSS
 QUICK_IDLE_SETTLE = 0.5  # the same with --quick (a smoke run: the figures are not kept)
 CPU_SETTLE = 0.3  # seconds after the last ACK, for the server to finish reading ACKs
+QUICK_CPU_SETTLE = 0.1  # the same with --quick
 GOAL_P99_S = 1.0
 GOAL_AT = 1000
 GOAL_10K_P99_S = 2.0
@@ -324,7 +325,7 @@ class FloorServer(Server):
         self.child = Child(proc)
         ready = self.child.expect("ready", timeout=30)
         self.pid = proc.popen.pid
-        time.sleep(0.5)
+        time.sleep(0.2)
         return str(ready["address"])
 
     def change(self, change: int) -> None:
@@ -353,6 +354,7 @@ def serve_nodes(
     changes: int,
     pinned: bool,
     idle_settle: float = IDLE_SETTLE,
+    cpu_settle: float = CPU_SETTLE,
 ) -> dict[str, Any]:
     """``nodes`` nodes on ``server``, idle, then ``changes`` changes: its figures."""
     address = server.start(procs, mode, nodes, pinned)
@@ -383,7 +385,7 @@ def serve_nodes(
             t0 = time.time()
             server.change(change)
             acked = gens.acked(f"{server.name} {mode} N={nodes}: change {change}")
-            time.sleep(CPU_SETTLE)
+            time.sleep(cpu_settle)
             cpu.append(cpu_s(server.pid) - cpu0)
             gen_cpu.append(gens.cpu_s() - gen_cpu0)
             latencies.append(acked["t_last"] - t0)
@@ -417,14 +419,16 @@ def measure(
     changes: int,
     pinned: bool,
     idle_settle: float = IDLE_SETTLE,
+    cpu_settle: float = CPU_SETTLE,
 ) -> Row:
     """mesh-control with ``nodes`` nodes, then the floor with as many; one row."""
     row: Row = {"table": TABLE, "mode": mode, "nodes": nodes}
-    mine = serve_nodes(procs, ControlServer(), mode, nodes, changes, pinned, idle_settle)
+    settles = (idle_settle, cpu_settle)
+    mine = serve_nodes(procs, ControlServer(), mode, nodes, changes, pinned, *settles)
     if mine["result"] != "ok":
         row["result"] = mine["result"]
         return row
-    floor = serve_nodes(procs, FloorServer(changes), mode, nodes, changes, pinned, idle_settle)
+    floor = serve_nodes(procs, FloorServer(changes), mode, nodes, changes, pinned, *settles)
     if floor["result"] != "ok":
         raise BenchError(f"the floor failed at {mode} N={nodes}: {floor['result']}")
     latencies = mine["latencies"]
@@ -513,6 +517,7 @@ def run(options: Options) -> list[Row]:
     sizes = tuple(sorted(set(options.sizes or (QUICK_SIZES if options.quick else DEFAULT_SIZES))))
     changes = 3 if options.quick else 10
     idle_settle = QUICK_IDLE_SETTLE if options.quick else IDLE_SETTLE
+    cpu_settle = QUICK_CPU_SETTLE if options.quick else CPU_SETTLE
     cores = len(os.sched_getaffinity(0))
     pinned = cores >= 2
     open_files = raise_open_files()
@@ -522,6 +527,7 @@ def run(options: Options) -> list[Row]:
             "services": SERVICES,
             "changes_per_case": changes,
             "idle_settle_s": idle_settle,
+            "cpu_settle_s": cpu_settle,
             "debounce": "default (100ms)",
             "pinning": "server (control or floor) core 0, every generator core 1"
             if pinned
@@ -533,7 +539,7 @@ def run(options: Options) -> list[Row]:
     with Processes(options.workdir) as procs:
         for mode in MODES:
             for nodes in sizes:
-                row = measure(procs, mode, nodes, changes, pinned, idle_settle)
+                row = measure(procs, mode, nodes, changes, pinned, idle_settle, cpu_settle)
                 rows.append(row)
                 if row.get("result") != "ok":
                     break  # the server does not serve this mode: no larger N either
