@@ -14,7 +14,7 @@ the floor) is pinned to core 0 and every generator to core 1 (every thread); the
 of open files is raised to the hard one (each stream is a socket on both sides).
 
 For each mode (``sotw``, ``delta``) and N (100 and 1000; ``--sizes`` overrides, ``--quick``
-uses 10 and 50), for mesh-control then the floor: start the server and the generators,
+uses 10 and 50 and measures the floor at its largest N only), for mesh-control then the floor: start the server and the generators,
 connect the N nodes and wait until every node has ACKed all five types, let them idle
 ``IDLE_SETTLE`` (2 s; 0.5 s with ``--quick``), then R config changes (10, 3 with
 ``--quick``), each an ``ApplyServices`` of service ``svc-0000`` with its endpoint ports
@@ -81,6 +81,17 @@ GOAL_CPU_VS_FLOOR = 1.5
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LAST_ENV = "MESH_BENCH_SCALE_LAST"
 TABLE = "apply -> every node ACKed (per mode and N)"
+FLOOR_KEYS = (
+    "floor_p50_s",
+    "floor_p99_s",
+    "floor_rss_per_node_kb",
+    "rss_above_floor_kb",
+    "floor_cpu_ms_per_node_push",
+    "cpu_vs_floor",
+    "floor_loadgen_cpu_s_per_change",
+    "goal_rss",
+    "goal_cpu",
+)
 JSON_KEYS = (
     "mode",
     "nodes",
@@ -420,30 +431,47 @@ def measure(
     pinned: bool,
     idle_settle: float = IDLE_SETTLE,
     cpu_settle: float = CPU_SETTLE,
+    with_floor: bool = True,
 ) -> Row:
-    """mesh-control with ``nodes`` nodes, then the floor with as many; one row."""
+    """mesh-control with ``nodes`` nodes, then (``with_floor``) the floor with as many; one
+    row. Without the floor its columns and the goals read against it are None."""
     row: Row = {"table": TABLE, "mode": mode, "nodes": nodes}
     settles = (idle_settle, cpu_settle)
     mine = serve_nodes(procs, ControlServer(), mode, nodes, changes, pinned, *settles)
     if mine["result"] != "ok":
         row["result"] = mine["result"]
         return row
-    floor = serve_nodes(procs, FloorServer(changes), mode, nodes, changes, pinned, *settles)
-    if floor["result"] != "ok":
-        raise BenchError(f"the floor failed at {mode} N={nodes}: {floor['result']}")
+    floor: dict[str, Any] | None = None
+    if with_floor:
+        floor = serve_nodes(procs, FloorServer(changes), mode, nodes, changes, pinned, *settles)
+        if floor["result"] != "ok":
+            raise BenchError(f"the floor failed at {mode} N={nodes}: {floor['result']}")
     latencies = mine["latencies"]
     p50, p99 = statistics.median(latencies), percentile(latencies, 99)
     rss_per_node = (mine["rss_idle_kb"] - mine["rss_before_kb"]) / nodes
-    floor_rss = (floor["rss_idle_kb"] - floor["rss_before_kb"]) / nodes
     cpu_node = mine["cpu_s_per_change"] * 1000 / nodes
-    floor_cpu_node = floor["cpu_s_per_change"] * 1000 / nodes
-    cpu_ratio = cpu_node / floor_cpu_node if floor_cpu_node > 0 else None
-    above = rss_per_node - floor_rss
     goal_p99 = None
     if nodes >= GOAL_10K_AT:
         goal_p99 = _goal(p99 <= GOAL_10K_P99_S)
     elif nodes >= GOAL_AT:
         goal_p99 = _goal(p99 < GOAL_P99_S)
+    beside: dict[str, Any] = dict.fromkeys(FLOOR_KEYS)
+    if floor is not None:
+        floor_rss = (floor["rss_idle_kb"] - floor["rss_before_kb"]) / nodes
+        floor_cpu_node = floor["cpu_s_per_change"] * 1000 / nodes
+        cpu_ratio = cpu_node / floor_cpu_node if floor_cpu_node > 0 else None
+        above = rss_per_node - floor_rss
+        beside = {
+            "floor_p50_s": round(statistics.median(floor["latencies"]), 3),
+            "floor_p99_s": round(percentile(floor["latencies"], 99), 3),
+            "floor_rss_per_node_kb": round(floor_rss, 1),
+            "rss_above_floor_kb": round(above, 1),
+            "floor_cpu_ms_per_node_push": round(floor_cpu_node, 3),
+            "cpu_vs_floor": round(cpu_ratio, 2) if cpu_ratio is not None else None,
+            "floor_loadgen_cpu_s_per_change": round(floor["loadgen_cpu_s_per_change"], 4),
+            "goal_rss": _goal(above <= GOAL_RSS_ABOVE_FLOOR_KB),
+            "goal_cpu": _goal(cpu_ratio is not None and cpu_ratio <= GOAL_CPU_VS_FLOOR),
+        }
     row.update(
         {
             "result": "ok",
@@ -454,24 +482,24 @@ def measure(
             "p99_s": round(p99, 3),
             "min_s": round(min(latencies), 3),
             "first_node_p50_s": round(statistics.median(mine["first"]), 3),
-            "floor_p50_s": round(statistics.median(floor["latencies"]), 3),
-            "floor_p99_s": round(percentile(floor["latencies"], 99), 3),
+            "floor_p50_s": beside["floor_p50_s"],
+            "floor_p99_s": beside["floor_p99_s"],
             "rss_before_mib": round(mine["rss_before_kb"] / 1024, 1),
             "rss_idle_mib": round(mine["rss_idle_kb"] / 1024, 1),
             "rss_per_node_kb": round(rss_per_node, 1),
-            "floor_rss_per_node_kb": round(floor_rss, 1),
-            "rss_above_floor_kb": round(above, 1),
+            "floor_rss_per_node_kb": beside["floor_rss_per_node_kb"],
+            "rss_above_floor_kb": beside["rss_above_floor_kb"],
             "cpu_s_per_change": round(mine["cpu_s_per_change"], 4),
             "cpu_ms_per_node_push": round(cpu_node, 3),
-            "floor_cpu_ms_per_node_push": round(floor_cpu_node, 3),
-            "cpu_vs_floor": round(cpu_ratio, 2) if cpu_ratio is not None else None,
+            "floor_cpu_ms_per_node_push": beside["floor_cpu_ms_per_node_push"],
+            "cpu_vs_floor": beside["cpu_vs_floor"],
             "loadgen_rss_mib": round(mine["loadgen_rss_kb"] / 1024, 1),
             "loadgen_cpu_s_per_change": round(mine["loadgen_cpu_s_per_change"], 4),
-            "floor_loadgen_cpu_s_per_change": round(floor["loadgen_cpu_s_per_change"], 4),
+            "floor_loadgen_cpu_s_per_change": beside["floor_loadgen_cpu_s_per_change"],
             "eds_versions": mine["versions"],
             "goal_p99": goal_p99,
-            "goal_rss": _goal(above <= GOAL_RSS_ABOVE_FLOOR_KB),
-            "goal_cpu": _goal(cpu_ratio is not None and cpu_ratio <= GOAL_CPU_VS_FLOOR),
+            "goal_rss": beside["goal_rss"],
+            "goal_cpu": beside["goal_cpu"],
         }
     )
     return row
@@ -533,13 +561,18 @@ def run(options: Options) -> list[Row]:
             if pinned
             else f"none ({cores} core: server and generators share it)",
             "nodes_per_generator": NODES_PER_GENERATOR,
+            "floor": "at the largest N only" if options.quick else "at every N",
             "open_files": open_files,
         }
     ]
     with Processes(options.workdir) as procs:
         for mode in MODES:
             for nodes in sizes:
-                row = measure(procs, mode, nodes, changes, pinned, idle_settle, cpu_settle)
+                # --quick (a smoke run) measures the floor at its largest N only.
+                with_floor = not options.quick or nodes == sizes[-1]
+                row = measure(
+                    procs, mode, nodes, changes, pinned, idle_settle, cpu_settle, with_floor
+                )
                 rows.append(row)
                 if row.get("result") != "ok":
                     break  # the server does not serve this mode: no larger N either

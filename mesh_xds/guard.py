@@ -22,6 +22,8 @@ class AdsStreamGuard(SessionCallbacks):
     once the node is known (:meth:`on_node`). The owner calls :meth:`release` when the stream
     ends."""
 
+    __slots__ = ("_held", "_limits", "_streams", "node_id")  # one per stream
+
     def __init__(self, limits: Limits, streams: StreamCounter | None = None) -> None:
         self._limits = limits
         self._streams = streams

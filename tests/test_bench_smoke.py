@@ -381,7 +381,11 @@ def test_bench_quick_scale_prints_a_json_summary() -> None:
         assert row["result"] == "ok" and row["changes"] == 3, row
         assert 0 < row["p50_s"] <= row["p99_s"] < 30, row
         assert isinstance(row["rss_per_node_kb"], float) and row["cpu_s_per_change"] >= 0, row
-        assert row["eds_versions"] == 1 and row["goal_rss"] in ("PASS", "FAIL"), row
+        assert row["eds_versions"] == 1, row
+        if row["nodes"] == 5:
+            # A quick run measures the floor at its largest N only.
+            assert row["floor_rss_per_node_kb"] is None and row["goal_cpu"] is None, row
+            continue
         # The bare grpc.aio floor served as many nodes the same changes, beside it.
         assert 0 < row["floor_p50_s"] <= row["floor_p99_s"] < 30, row
         assert isinstance(row["floor_rss_per_node_kb"], float), row
@@ -389,6 +393,7 @@ def test_bench_quick_scale_prints_a_json_summary() -> None:
         above = row["rss_per_node_kb"] - row["floor_rss_per_node_kb"]
         assert row["rss_above_floor_kb"] == pytest.approx(above, abs=0.11), row
         assert row["goal_cpu"] in ("PASS", "FAIL") and row["loadgen_cpu_s_per_change"] >= 0, row
+        assert row["goal_rss"] in ("PASS", "FAIL"), row
 
     # The per-mode JSON lines (largest N) stand just before the tables.
     per_mode = [json.loads(line) for line in run.lines if line.startswith('{"mode"')]
