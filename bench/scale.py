@@ -14,13 +14,14 @@ the floor) is pinned to core 0 and every generator to core 1 (every thread); the
 of open files is raised to the hard one (each stream is a socket on both sides).
 
 For each mode (``sotw``, ``delta``) and N (100 and 1000; ``--sizes`` overrides, ``--quick``
-uses 10 and 50 and measures the floor at its largest N only), for mesh-control then the floor: start the server and the generators,
-connect the N nodes and wait until every node has ACKed all five types, let them idle
-``IDLE_SETTLE`` (2 s; 0.5 s with ``--quick``), then R config changes (10, 3 with
-``--quick``), each an ``ApplyServices`` of service ``svc-0000`` with its endpoint ports
-changed (an EDS change; the floor's ``push`` of the same EDS response). A change's latency
-runs from just before the RPC (the push) to the moment the last of the N nodes has written
-its ACK of the new EDS (both ``time.time()`` on this machine).
+uses 10 and 50 and measures the floor at its largest N only), for mesh-control then the
+floor: start the server and the generators, connect the N nodes and wait until every node
+has ACKed all five types, let them idle ``IDLE_SETTLE`` (2 s; 0.5 s with ``--quick``), then
+R config changes (10, 3 with ``--quick``), each an ``ApplyServices`` of service ``svc-0000``
+with its endpoint ports changed (an EDS change; the floor's ``push`` of the same EDS
+response). A change's latency runs from just before the RPC (the push) to the moment the
+last of the N nodes has written its ACK of the new EDS (both ``time.time()`` on this
+machine).
 
 * ``rss_per_node_kb``: (server VmRSS with N idle connected nodes - VmRSS before any node
   connected) / N, from ``/proc/PID/status``; ``floor_rss_per_node_kb`` the same for the floor;
