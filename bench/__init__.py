@@ -25,7 +25,9 @@ SectionFn = Callable[["Options"], list[Row]]
 SECTION_MODULES = (
     "bench.control",
     "bench.agent",
+    "bench.graph",
     "bench.datapath",
+    "bench.outcomes",
     "bench.tracing",
     "bench.mtls",
     "bench.service_mtls",

@@ -8,17 +8,22 @@ each response with ``time.time()`` on arrival.
   stream on the agent's socket subscribes to the 100 names of each type, the agent subscribes
   upstream to match; once ``GetAgentStatus`` shows 100 of each type, the agent's RSS
   (``/proc/PID/status`` VmRSS) and idle CPU (``/proc/PID/stat`` utime+stime over a window, %
-  of one core) are read, with the control server's RSS for reference. Two variants: no
-  health checks, and ``health_check`` (interval 5s) on all 100 services whose two endpoints
-  are two real backends (``mesh_demo.backend``), so 200 checks run every 5 s.
+  of one core) are read, with the control server's RSS for reference, and beside them, read
+  at the same moment, the RSS of a process that only imports grpc and of one that also serves
+  and calls grpc.aio (``bench._grpc_only``, the floors).
+* ``health checks``: what idle agents' active health checks cost, 1,000 services on 2 shared
+  backends and 200 distinct targets, next to a bare grpc.aio client making the same checks,
+  in one window (``bench/_health_checks.py``).
 * ``start to first LDS``: from ``Popen`` of the agent to the first LDS response holding a
   listener on a local ADS stream (opened as soon as the socket file exists). Warm: the state
   dir of the footprint run, the agent's control server killed. Cold: an empty state dir, the
   control server up. Interleaved.
-* ``push to client``: control server with ``--debounce 0s``; one ADS stream subscribed to
-  EDS ``echo`` through the agent, one straight to the control server. Each repetition changes
-  echo's endpoint with ``ApplyServices`` and times from just before the RPC to each stream's
-  new EDS, so both paths see the same push.
+* ``push to client``: control server with ``--debounce 0s`` holding echo and 1000 services
+  (300 with ``--quick``); ADS streams through three agents (holding echo only, 101 services,
+  1001) and one straight to the control server. Each repetition changes echo's endpoint with
+  ``ApplyServices`` and times from just before the RPC to each stream's new EDS, so all paths
+  see the same push; each agent's CPU time over the pushes (``/proc/PID/task/*/schedstat``),
+  per push, with the echo-only agent as the floor.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import grpc
 from envoy.config.endpoint.v3 import endpoint_pb2
 
 from bench import Options, Row, _procs, ratio, section, summary
+from bench import _health_checks as health_checks
 from bench._ads_client import ads_client
 from bench._procs import BenchError, Proc, Processes
 from control.config import load_documents
@@ -45,9 +51,9 @@ from mesh_xds.testing import AdsClient
 from mesh_xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 SERVICES = 100
+LARGE = 1000  # services the largest relay agent holds (besides echo) in a full run
 HELD_TYPES = (LISTENER, ROUTE, CLUSTER, ENDPOINT)
 NODE_ID = "n1"
-HC_INTERVAL_S = 5.0
 START_TIMEOUT = 30.0
 HOLD_TIMEOUT = 30.0
 PUSH_TIMEOUT = 10.0
@@ -61,10 +67,15 @@ class Plan:
     settle: float  # seconds after the agent holds everything, before measuring
     starts: int  # warm and cold starts each
     pushes: int
+    large: int  # services the largest relay agent holds, besides echo
+    health_window: float  # seconds of health checks measured: a round of every target at least
 
     @classmethod
     def of(cls, quick: bool) -> Plan:
-        return cls(2.0, 0.5, 2, 5) if quick else cls(10.0, 1.5, 5, 30)
+        interval = health_checks.INTERVAL_S
+        if quick:
+            return cls(2.0, 0.5, 2, 5, 300, interval * 1.1 + 0.3)
+        return cls(10.0, 1.5, 5, 30, LARGE, interval * 3)
 
 
 # ------------------------------------------------------------------------------------------
@@ -82,24 +93,19 @@ def _idle_address(k: int) -> str:
 
 
 def build_services(
-    names: Sequence[str], endpoints: Callable[[int], list[str]], health_check: bool
+    names: Sequence[str], endpoints: Callable[[int], list[str]]
 ) -> list[config_pb2.Service]:
     documents = []
     for i, name in enumerate(names):
         lines = [f"name: {name}", "endpoints:"]
         lines += [f"  - address: {address}" for address in endpoints(i)]
         lines += ["policy:", "  timeout: 5s"]
-        if health_check:
-            lines.append(
-                f"  health_check: {{interval: {HC_INTERVAL_S:g}s, timeout: 1s,"
-                " unhealthy_threshold: 3, healthy_threshold: 2}"
-            )
         documents.append("\n".join(lines))
     return load_documents("\n---\n".join(documents), "bench agent services")
 
 
 def echo_service(port: int) -> config_pb2.Service:
-    return build_services(["echo"], lambda _: [f"127.0.0.1:{port}"], health_check=False)[0]
+    return build_services(["echo"], lambda _: [f"127.0.0.1:{port}"])[0]
 
 
 async def start_ready(
@@ -135,6 +141,16 @@ def rss_mib(pid: int) -> float:
 
 def threads(pid: int) -> int:
     return int(_status_field(pid, "Threads"))
+
+
+def cpu_ns(pid: int) -> int:
+    """CPU time of every thread of the process, in ns (``/proc/PID/task/*/schedstat``: ns
+    resolution, where ``/proc/PID/stat`` counts clock ticks of 10 ms)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
 
 
 def cpu_seconds(pid: int) -> float:
@@ -200,12 +216,12 @@ async def footprint(
     control: Proc,
     control_address: str,
     variant: str,
-    health_targets: int,
+    floors: tuple[Proc, Proc],
     plan: Plan,
 ) -> tuple[Row, Path]:
     """Agent holding SERVICES services, idle; returns the row and the agent's state dir."""
     workdir = procs.workdir
-    slug = "hc" if health_targets else "plain"
+    slug = "plain"
     socket = workdir / f"agent-{slug}.sock"
     state_dir = workdir / f"state-{slug}"
     names = service_names()
@@ -239,23 +255,29 @@ async def footprint(
             )
             window = m1 - m0
             rss_after = rss_mib(pid)
+            rss_grpc_only, rss_grpc_serving = (rss_mib(p.popen.pid) for p in floors)
             pushes = len(client.received) - pushes_before
             status = await agent_status(target)
             if not agent.alive:
                 raise BenchError(f"agent-{slug} died:\n{agent.errors()}")
         cpu_pct = (cpu1 - cpu0) / window * 100
-        checks = window * health_targets / HC_INTERVAL_S
         healthy = sum(1 for e in status.endpoint_health if e.state == "healthy")
-        state_file = state_dir / "config.json"
+        # The journal; an agent of before it kept one file rewritten whole.
+        state_file = next(
+            (f for f in (state_dir / "config.journal", state_dir / "config.json") if f.exists()),
+            state_dir / "config.journal",
+        )
         row: Row = {
             "table": f"footprint ({SERVICES} services held, idle)",
             "variant": variant,
-            "health_checks_per_s": round(health_targets / HC_INTERVAL_S, 1),
             "agent_rss_mib": rss_after,
+            "grpc_only_rss_mib": rss_grpc_only,
+            "agent_over_grpc_only_mib": round(rss_after - rss_grpc_only, 1),
+            "grpc_serving_rss_mib": rss_grpc_serving,
+            "agent_over_grpc_serving_mib": round(rss_after - rss_grpc_serving, 1),
             "agent_rss_empty_mib": rss_empty,
             "agent_rss_growth_mib": round(rss_after - rss_before, 1),
             "agent_idle_cpu_pct": round(cpu_pct, 2),
-            "cpu_ms_per_check": round((cpu1 - cpu0) * 1000 / checks, 2) if checks else None,
             "agent_threads": threads(pid),
             "control_rss_mib": rss_mib(control.popen.pid),
             "control_idle_cpu_pct": round((control_cpu1 - control_cpu0) / window * 100, 2),
@@ -411,14 +433,20 @@ async def arrival(client: AdsClient, start: int, port: int) -> float:
 
 
 RELAY_PATHS = ("via agent holding echo only", "via agent holding 101 services", "direct to control")
+CPU_GOALS_MS = {SERVICES + 1: 1.5, LARGE + 1: 2.0}
+
+
+def large_path(plan: Plan) -> str:
+    return f"via agent holding {plan.large + 1} services"
 
 
 async def push_latency(procs: Processes, control_address: str, plan: Plan) -> list[Row]:
-    """Each push timed on three streams at once: through an agent that holds only echo's EDS,
-    through an agent that holds all 101 services (every accepted push rewrites its whole
-    state file), and straight from the control server."""
+    """Each push timed on four streams at once: through an agent that holds only echo's EDS,
+    through agents that hold 101 and 1001 services, and straight from the control server;
+    and the CPU time each agent spent over the pushes (``/proc/PID/stat``), per push."""
     workdir = procs.workdir
-    (small, small_target), (full, full_target) = await asyncio.gather(
+    kinds = ("small", "full", "large")
+    agents = await asyncio.gather(
         *(
             start_ready(
                 procs,
@@ -430,11 +458,15 @@ async def push_latency(procs: Processes, control_address: str, plan: Plan) -> li
                     workdir / f"state-relay-{kind}",
                 ),
             )
-            for kind in ("small", "full")
+            for kind in kinds
         )
     )
-    samples: dict[str, list[float]] = {path: [] for path in RELAY_PATHS}
+    (small, small_target), (full, full_target), (large, large_target) = agents
+    paths = (*RELAY_PATHS, large_path(plan))
+    held = {paths[0]: 1, paths[1]: SERVICES + 1, paths[3]: plan.large + 1}
+    samples: dict[str, list[float]] = {path: [] for path in paths}
     rpc_ms: list[float] = []
+    cpu_ms: dict[str, float] = {}
     try:
         async with grpc.aio.insecure_channel(control_address) as channel:
             stub = admin_pb2_grpc.MeshAdminServiceStub(channel)
@@ -444,14 +476,23 @@ async def push_latency(procs: Processes, control_address: str, plan: Plan) -> li
                 ads_client(small_target, "bench-relay-small") as via_small,
                 ads_client(full_target, "bench-relay-full") as via_full,
                 ads_client(control_address, "bench-direct") as direct,
+                ads_client(large_target, "bench-relay-large") as via_large,
             ):
-                clients = dict(zip(RELAY_PATHS, (via_small, via_full, direct), strict=True))
+                clients = dict(zip(paths, (via_small, via_full, direct, via_large), strict=True))
+                pids = {
+                    paths[0]: small.popen.pid,
+                    paths[1]: full.popen.pid,
+                    paths[3]: large.popen.pid,
+                }
                 via_small.subscribe(ENDPOINT, ["echo"])
                 direct.subscribe(ENDPOINT, ["echo"])
                 subscribe_all(via_full, [*service_names(), "echo"])
+                subscribe_all(via_large, [*service_names(plan.large), "echo"])
                 await wait_held(full_target, SERVICES + 1)
+                await wait_held(large_target, plan.large + 1, timeout=HOLD_TIMEOUT * 2)
                 await asyncio.gather(*(arrival(c, 0, base_port) for c in clients.values()))
-                await asyncio.sleep(SETTLE)
+                await asyncio.sleep(SETTLE * 10)
+                cpu0 = {path: cpu_ns(pid) for path, pid in pids.items()}
                 for i in range(1, plan.pushes + 1):
                     port = base_port + i
                     starts = {path: len(c.received) for path, c in clients.items()}
@@ -460,15 +501,19 @@ async def push_latency(procs: Processes, control_address: str, plan: Plan) -> li
                     arrivals = await asyncio.gather(
                         *(arrival(c, starts[path], port) for path, c in clients.items())
                     )
-                    for path, t in zip(RELAY_PATHS, arrivals, strict=True):
+                    for path, t in zip(paths, arrivals, strict=True):
                         samples[path].append((t - t0) * 1000)
                     await asyncio.sleep(SETTLE)
-        for agent in (small, full):
+                cpu_ms = {
+                    path: (cpu_ns(pid) - cpu0[path]) / 1e6 / plan.pushes
+                    for path, pid in pids.items()
+                }
+        for agent in (small, full, large):
             if not agent.alive:
                 raise BenchError(f"{agent.name} died:\n{agent.errors()}")
     finally:
-        procs.stop(full)
-        procs.stop(small)
+        for agent in (large, full, small):
+            procs.stop(agent)
     table = "push to client (ApplyServices RPC start -> new EDS on the stream), --debounce 0s"
     rpc = round(statistics.median(rpc_ms), 2)
     rows: list[Row] = [
@@ -479,17 +524,33 @@ async def push_latency(procs: Processes, control_address: str, plan: Plan) -> li
             **summary(samples[path]),
             "apply_rpc_median_ms": rpc,
         }
-        for path in RELAY_PATHS
+        for path in paths
     ]
     direct_ms = samples["direct to control"]
-    for path, label in zip(RELAY_PATHS[:2], ("echo only", "101 services"), strict=True):
+    for path in (paths[0], paths[1], paths[3]):
         own = [v - d for v, d in zip(samples[path], direct_ms, strict=True)]
+        label = "echo only" if held[path] == 1 else f"{held[path]} services"
         rows.append(
             {
                 "table": table,
                 "path": f"agent's own cost, {label} (via - direct, per push)",
                 "pushes": plan.pushes,
                 **summary(own),
+            }
+        )
+    floor = cpu_ms[paths[0]]
+    for path, ms in cpu_ms.items():
+        count = held[path]
+        rows.append(
+            {
+                "table": "agent CPU per push (CPU time of its threads over the pushes / pushes)",
+                "agent": "echo only (floor)" if count == 1 else f"{count} services",
+                "services_held": count,
+                "pushes": plan.pushes,
+                "cpu_ms_per_push": round(ms, 3),
+                "over_floor_ms": round(ms - floor, 3),
+                "ratio_to_floor": ratio(ms, floor),
+                "goal_ms": CPU_GOALS_MS.get(count),
             }
         )
     return rows
@@ -516,53 +577,91 @@ async def _run(options: Options) -> list[Row]:
     names = service_names()
     with Processes(options.workdir) as procs:
         serve = ["serve", "--listen", "127.0.0.1:0", "--store", "memory:", "--debounce", "0s"]
-        (control, control_address), (control_hc, control_hc_address), b1, b2 = await asyncio.gather(
-            start_ready(procs, "control", "control", *serve),
-            start_ready(procs, "control-hc", "control", *serve),
-            start_ready(procs, "b1", "mesh_demo.backend", "--name", "b1"),
-            start_ready(procs, "b2", "mesh_demo.backend", "--name", "b2"),
-        )
-        backends = [b1[1], b2[1]]
-        async with (
-            grpc.aio.insecure_channel(control_address) as channel,
-            grpc.aio.insecure_channel(control_hc_address) as channel_hc,
-        ):
+        async with health_checks.backends() as backend:
+            (
+                (control, control_address),
+                (control_hc, control_hc_address),
+                (grpc_only, _),
+                (grpc_serving, _),
+            ) = await asyncio.gather(
+                start_ready(procs, "control", "control", *serve),
+                start_ready(procs, "control-hc", "control", *serve),
+                start_ready(procs, "grpc-only", "bench._grpc_only"),
+                start_ready(procs, "grpc-serving", "bench._grpc_only", "--serve"),
+            )
+            async with (
+                grpc.aio.insecure_channel(control_address) as channel,
+                grpc.aio.insecure_channel(control_hc_address) as channel_hc,
+            ):
+                await apply(
+                    admin_pb2_grpc.MeshAdminServiceStub(channel),
+                    build_services(
+                        names, lambda i: [_idle_address(2 * i), _idle_address(2 * i + 1)]
+                    ),
+                )
+                checked = load_documents(
+                    health_checks.health_documents(backend.addresses), "bench health checks"
+                )
+                for at in range(0, len(checked), 500):  # the control server's per-request limit
+                    await apply(
+                        admin_pb2_grpc.MeshAdminServiceStub(channel_hc), checked[at : at + 500]
+                    )
+
+            plain, warm_state = await footprint(
+                procs, control, control_address, "no health checks", (grpc_only, grpc_serving), plan
+            )
+            procs.stop(grpc_only)
+            procs.stop(grpc_serving)
+
+            async def start_agent(name: str) -> tuple[Proc, str]:
+                args = agent_args(
+                    control_hc_address,
+                    procs.workdir / f"{name}.sock",
+                    procs.workdir / f"state-{name}",
+                )
+                return await start_ready(procs, name, "mesh_agent", *args)
+
+            checks = await health_checks.health_table(
+                procs,
+                backend,
+                start_agent,
+                cpu_seconds,
+                rss_mib,
+                agent_status,
+                window=plan.health_window,
+                settle=plan.settle,
+            )
+        # The health checks' control server, killed: the warm starts' --control.
+        control_hc.popen.kill()
+        procs.stop(control_hc)
+
+        starts = await start_times(procs, control_address, control_hc_address, warm_state, plan)
+        # The pushes' control server holds plan.large services (the 100 and more).
+        more = service_names(plan.large)[SERVICES:]
+        async with grpc.aio.insecure_channel(control_address) as channel:
             await apply(
                 admin_pb2_grpc.MeshAdminServiceStub(channel),
                 build_services(
-                    names, lambda i: [_idle_address(2 * i), _idle_address(2 * i + 1)], False
+                    more,
+                    lambda i: [
+                        _idle_address(2 * (i + SERVICES)),
+                        _idle_address(2 * (i + SERVICES) + 1),
+                    ],
                 ),
             )
-            await apply(
-                admin_pb2_grpc.MeshAdminServiceStub(channel_hc),
-                build_services(names, lambda i: list(backends), True),
-            )
-
-        plain, warm_state = await footprint(
-            procs, control, control_address, "no health checks", 0, plan
-        )
-        checked, _ = await footprint(
-            procs, control_hc, control_hc_address, "health checks 5s", 2 * SERVICES, plan
-        )
-        # The health-check variant's control server, killed: the warm starts' --control.
-        control_hc.popen.kill()
-        procs.stop(control_hc)
-        for backend in (b1[0], b2[0]):
-            procs.stop(backend)
-
-        starts = await start_times(procs, control_address, control_hc_address, warm_state, plan)
         pushes = await push_latency(procs, control_address, plan)
 
     warm, cold = starts
-    via_small, via_full, direct = pushes[:3]
+    via_small, via_full, direct, via_large = pushes[:4]
     return [
         plain,
-        checked,
+        *checks,
         *starts,
         *pushes,
         _compare("start to first LDS, cold / warm", cold, warm),
         _compare("push to client, via agent holding echo only / direct", via_small, direct),
         _compare("push to client, via agent holding 101 services / direct", via_full, direct),
+        _compare(f"push to client, {large_path(plan)} / direct", via_large, direct),
     ]
 
 

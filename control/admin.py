@@ -13,6 +13,7 @@ from control.config import validate_service
 from control.nodes import ConnectedNodes
 from control.security import Access
 from control.store import Change, Store
+from control.traffic import TrafficGraph, health_lookup
 from mesh.v1 import admin_pb2, admin_pb2_grpc
 from mesh_core.errors import ConfigError, NotFoundError, PreconditionError, RateLimited
 from mesh_core.limits import Limits, peer_host
@@ -41,9 +42,12 @@ class AdminServicer(admin_pb2_grpc.MeshAdminServiceServicer):
         remote_nodes: Callable[[set[str]], list[admin_pb2.NodeStatus]] | None = None,
         access: Access | None = None,
         limits: Limits | None = None,
+        traffic: TrafficGraph | None = None,
     ) -> None:
         """``access``: who may write (default: anyone, a development set-up); ``limits``:
-        request sizes and the rate of writes per caller."""
+        request sizes and the rate of writes per caller; ``traffic``: the service graph's
+        window (GetTraffic; default: an empty one)."""
+        self._traffic = traffic if traffic is not None else TrafficGraph()
         self._limits = limits or Limits()
         self._writes = self._limits.write_limiter()
         self._access = access or Access()
@@ -216,9 +220,37 @@ class AdminServicer(admin_pb2_grpc.MeshAdminServiceServicer):
         entries = await self._store.audit(since_ns=since, service=request.service)
         return admin_pb2.GetAuditResponse(entries=entries)
 
+    @grpc_errors
+    async def GetTraffic(
+        self, request: admin_pb2.GetTrafficRequest, context: Context
+    ) -> admin_pb2.GetTrafficResponse:
+        """The service graph's edges (see :mod:`control.traffic`), with each node's breaker
+        and warning from its health as this server knows it (shared: every server's)."""
+        self._limits.check_name("service", request.service)
+        self._limits.check_name("caller", request.caller)
+        return self.traffic(request)
+
+    def traffic(
+        self, request: admin_pb2.GetTrafficRequest | None = None
+    ) -> admin_pb2.GetTrafficResponse:
+        """What ``GetTraffic`` answers for ``request`` (None: every edge)."""
+        request = request if request is not None else admin_pb2.GetTrafficRequest()
+        remote = (
+            {s.node_id: s for s in self._remote_nodes(set())}
+            if self._remote_nodes is not None
+            else None
+        )
+        health = health_lookup(self._nodes.registrations.health, remote)
+        return self._traffic.response(request, health, self._server_id)
+
     async def GetStatus(
         self, request: admin_pb2.GetStatusRequest, context: Context
     ) -> admin_pb2.GetStatusResponse:
+        return self.status()
+
+    def status(self) -> admin_pb2.GetStatusResponse:
+        """What ``GetStatus`` answers: the nodes (this server's, then, with a shared store,
+        the other servers'), each with its agent's health, and the store's state."""
         nodes = self._nodes.node_statuses()
         for node in nodes:
             node.server_id = node.server_id or self._server_id

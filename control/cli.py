@@ -19,6 +19,7 @@ from control.security import Access
 from control.server import DRAIN_GRACE, ControlServer, tune_collector, write_ready_file
 from control.signing import DEFAULT_LIFETIME, SigningAuthority, SigningFiles, load_signing_ca
 from control.store import DEFAULT_AUDIT_COUNT, DEFAULT_HISTORY_COUNT, HistoryLimits
+from control.web import DEFAULT_HOST
 from mesh_core import telemetry, tls
 from mesh_core.durations import parse_duration, parse_period
 from mesh_core.errors import CertError, ConfigError, MeshError, TlsError
@@ -46,6 +47,12 @@ def _period(text: str) -> float:
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535, got {text!r}")
     return int(text)
 
 
@@ -103,6 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=DEFAULT_AUDIT_COUNT,
         help="audit entries kept in all (default %(default)s)",
+    )
+    page = serve.add_argument_group(
+        "web page (read-only; behind the operator token when the server has one)"
+    )
+    page.add_argument(
+        "--http-port",
+        type=_port,
+        metavar="PORT",
+        help="serve the mesh's web page on this port (0 picks one; default: no page)",
+    )
+    page.add_argument(
+        "--http-host",
+        metavar="HOST",
+        help=f"the address the web page binds to (default {DEFAULT_HOST}: this machine only)",
     )
     serve.add_argument("--server-id", help="identity shown to nodes (default host name + random)")
     serve.add_argument("--log-level", default=None, help="debug, info, warning or error")
@@ -216,6 +237,8 @@ def access_from(args: argparse.Namespace) -> tuple[tls.TlsFiles | None, Access]:
 
 
 async def _serve(args: argparse.Namespace) -> None:
+    if args.http_host is not None and args.http_port is None:
+        raise ConfigError("--http-host needs --http-port: without it there is no web page")
     files, access = access_from(args)
     signing = signing_from(args, files, access)
     server = ControlServer(
@@ -231,6 +254,8 @@ async def _serve(args: argparse.Namespace) -> None:
         limits=limits.from_args(args),
         signing=signing,
         history=HistoryLimits(args.history_count, args.history_age, args.audit_count),
+        http_port=args.http_port,
+        http_host=args.http_host or DEFAULT_HOST,
     )
     structlog.contextvars.bind_contextvars(server_id=server.server_id)
     stop = asyncio.Event()

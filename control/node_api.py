@@ -11,6 +11,11 @@ when the service's ``security.hosts`` match the node its certificate names
 (:func:`mesh_core.identity.host_matching`): a registration grants nothing, since a node
 asserts its own. A refusal is PERMISSION_DENIED naming the node, the identity and why, and is
 logged as ``certificate refused``.
+
+``ReportTraffic`` adds a node's call counts to the :class:`~control.traffic.TrafficGraph`
+(the service graph's window); a report with bounds or counts that do not fit is
+INVALID_ARGUMENT naming the field, and so is one with more than
+:data:`~mesh_core.traffic.MAX_REPORT_EDGES` edges (limit ``max_edges_per_report``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from control.registry import Registrations
 from control.security import Access
 from control.signing import SignedCertificate, SigningAuthority
 from control.store import Store
+from control.traffic import TrafficGraph
 from mesh.v1 import node_pb2, node_pb2_grpc
 from mesh_core.errors import (
     ConfigError,
@@ -30,8 +36,9 @@ from mesh_core.errors import (
     PreconditionError,
 )
 from mesh_core.identity import host_matching, service_uri
-from mesh_core.limits import Limits
+from mesh_core.limits import Limits, too_many
 from mesh_core.status import abort, grpc_errors
+from mesh_core.traffic import MAX_REPORT_EDGES
 
 SIGNING_NOT_ENABLED = (
     "certificate signing is not enabled on this control server: start mesh-control serve "
@@ -65,9 +72,12 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         limits: Limits | None = None,
         store: Store | None = None,
         signing: SigningAuthority | None = None,
+        traffic: TrafficGraph | None = None,
     ) -> None:
         """``store`` and ``signing``: where services' ``security`` is read, and the CA that
-        signs what it allows (without either, SignCertificate is FAILED_PRECONDITION)."""
+        signs what it allows (without either, SignCertificate is FAILED_PRECONDITION).
+        ``traffic``: the window ReportTraffic adds to (default: one of its own)."""
+        self._traffic = traffic if traffic is not None else TrafficGraph()
         self._registrations = registrations
         self._limits = limits or Limits()
         self._access = access or Access()
@@ -103,6 +113,18 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             request.health if request.HasField("health") else None,
         )
         return node_pb2.ReportClientStatusResponse()
+
+    @grpc_errors
+    async def ReportTraffic(
+        self, request: node_pb2.ReportTrafficRequest, context: Context
+    ) -> node_pb2.ReportTrafficResponse:
+        self._limits.check_client_report(request.node_id, 0)
+        error = too_many("edges", len(request.edges), MAX_REPORT_EDGES, "max_edges_per_report")
+        if error is not None:
+            error.who["node"] = request.node_id[:64]
+            raise error
+        self._access.require_node(context, request.node_id, "ReportTraffic")
+        return node_pb2.ReportTrafficResponse(accepted=self._traffic.add(request))
 
     @grpc_errors
     async def SignCertificate(

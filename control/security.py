@@ -133,6 +133,11 @@ class Access:
             return None
         return self._token
 
+    def operator_token(self) -> bytes | None:
+        """The operator token as the token file holds it now (None: no token, or the file
+        cannot be read, which is logged); read again when the file changes."""
+        return self._current_token()
+
     def operator(self, context: Any) -> str | None:
         """The operator making this call, or None."""
         if self.open:

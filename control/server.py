@@ -33,12 +33,16 @@ from control.registry import DEFAULT_GRACE, Registrations
 from control.resources import build_resources, zone_key
 from control.security import Access
 from control.shared_nodes import SharedNodes
+from control.shared_traffic import SharedTraffic
 from control.signing import SigningAuthority
 from control.store import HistoryLimits, Store, open_store
 from control.store.etcd import EtcdStore
+from control.traffic import TrafficGraph
+from control.web import DEFAULT_HOST, MeshView, PageAccess, WebPage
 from mesh.v1 import admin_pb2, admin_pb2_grpc, node_pb2, node_pb2_grpc
 from mesh_core.aio import awaiting, end_tasks
 from mesh_core.limits import Limits, StreamCounter
+from mesh_core.rpc_server import AioMeshServerInterceptor
 from mesh_core.tls import TlsFiles, server_credentials
 from mesh_xds.cache import SnapshotCache
 from mesh_xds.callbacks import Callbacks
@@ -97,6 +101,8 @@ class ControlServer:
         limits: Limits | None = None,
         signing: SigningAuthority | None = None,
         history: HistoryLimits | None = None,
+        http_port: int | None = None,
+        http_host: str = DEFAULT_HOST,
     ) -> None:
         """``grace`` is how long calls may drain on stop; ``registration_grace`` how long a
         node's registrations outlive its last ADS stream (seconds). ``tls``: serve mTLS with
@@ -104,7 +110,9 @@ class ControlServer:
         without ``tls``, node and operator identities with it). ``limits``: what one call or
         node may take (default :class:`~control.limits.Limits`). ``signing``: the CA that
         signs service identities for nodes (NodeService/SignCertificate; needs ``tls``).
-        ``history``: how much history and audit a store opened from a URL keeps."""
+        ``history``: how much history and audit a store opened from a URL keeps.
+        ``http_port``: serve the read-only web page there (:mod:`control.web`; None: no
+        page, 0: a free port), on ``http_host``."""
         self.limits = limits or Limits()
         self.signing = signing
         self.streams = StreamCounter(self.limits.max_streams_per_node)
@@ -126,6 +134,13 @@ class ControlServer:
             if isinstance(self.store, EtcdStore)
             else None
         )
+        self.traffic = TrafficGraph()
+        # With a shared store, each server's window of its agents' traffic is shared too.
+        self.shared_traffic = (
+            SharedTraffic(self.store, self.traffic, self.server_id)
+            if isinstance(self.store, EtcdStore)
+            else None
+        )
         self.publisher = Publisher(
             self.store,
             self.cache,
@@ -136,6 +151,11 @@ class ControlServer:
         self.health = health.aio.HealthServicer()
         self.grace = grace
         self.address = ""
+        self.http_port = http_port
+        self.http_host = http_host
+        self.page: WebPage | None = None
+        self.page_url = ""
+        """The web page's URL once serving (empty: no page)."""
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.left_running: list[asyncio.Task[None]] = []
@@ -149,12 +169,18 @@ class ControlServer:
         self._tasks.append(asyncio.create_task(self._watch_store(), name="store-health"))
         if self.shared is not None:
             self._tasks.append(asyncio.create_task(self.shared.run(), name="shared-nodes"))
+        if self.shared_traffic is not None:
+            self._tasks.append(
+                asyncio.create_task(self.shared_traffic.run(), name="shared-traffic")
+            )
         server = grpc.aio.server(
+            # Times (and traces) every call, once telemetry is set up: rpc.server.call.duration.
+            interceptors=[AioMeshServerInterceptor()],
             options=[
                 ("grpc.keepalive_time_ms", 30_000),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
                 *self.limits.server_options(),
-            ]
+            ],
         )
         add_ads_servicer(
             AdsServicer(
@@ -171,18 +197,17 @@ class ControlServer:
         csds_pb2_grpc.add_ClientStatusDiscoveryServiceServicer_to_server(
             CsdsServicer(self.nodes.registry), server
         )
-        admin_pb2_grpc.add_MeshAdminServiceServicer_to_server(
-            AdminServicer(
-                self.store,
-                self.cache,
-                self.nodes,
-                self.server_id,
-                remote_nodes=self.shared.remote_statuses if self.shared is not None else None,
-                access=self.access,
-                limits=self.limits,
-            ),
-            server,
+        admin = AdminServicer(
+            self.store,
+            self.cache,
+            self.nodes,
+            self.server_id,
+            remote_nodes=self.shared.remote_statuses if self.shared is not None else None,
+            access=self.access,
+            limits=self.limits,
+            traffic=self.traffic,
         )
+        admin_pb2_grpc.add_MeshAdminServiceServicer_to_server(admin, server)
         node_pb2_grpc.add_NodeServiceServicer_to_server(
             NodeServicer(
                 self.registrations,
@@ -190,6 +215,7 @@ class ControlServer:
                 limits=self.limits,
                 store=self.store,
                 signing=self.signing,
+                traffic=self.traffic,
             ),
             server,
         )
@@ -205,6 +231,8 @@ class ControlServer:
         await server.start()
         self._server = server
         self.address = f"{host}:{port}"
+        if self.http_port is not None:
+            await self._start_page(admin)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         for name in SERVICE_NAMES:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -220,6 +248,24 @@ class ControlServer:
         if self.access.open:
             log.warning("admin writes are open to anyone: no mTLS and no operator token")
         return self.address
+
+    async def _start_page(self, admin: AdminServicer) -> None:
+        """Serves the web page on ``http_host:http_port``; OSError naming the flags when it
+        cannot bind."""
+        assert self.http_port is not None
+        registered = self.shared if self.shared is not None else self.registrations
+        view = MeshView(self.store, admin.status, registered.by_service, admin.traffic)
+        page = WebPage(
+            view, PageAccess(self.access, self.http_host), self.http_host, self.http_port
+        )
+        try:
+            self.page_url = await page.start()
+        except OSError as error:
+            raise OSError(
+                f"--http-host {self.http_host} --http-port {self.http_port}: cannot serve the "
+                f"web page there: {error.strerror or error}"
+            ) from error
+        self.page = page
 
     async def _watch_store(self) -> None:
         """Health service ``store`` follows the store: NOT_SERVING while it reports a problem
@@ -261,6 +307,8 @@ class ControlServer:
         with where it is stuck and left behind in :attr:`left_running` (the process should
         exit anyway: nothing ends them)."""
         await self.health.enter_graceful_shutdown()
+        if self.page is not None:
+            await self.page.stop()
         if self._server is not None:
             await self._server.stop(self.grace)
         self.registrations.close()

@@ -36,10 +36,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import heapq
-import importlib.metadata
 import inspect
+import os
+import sys
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from importlib.machinery import PathFinder as _PathFinder
 from pathlib import Path
 from typing import Any, Literal, ParamSpec, Protocol, TypeVar, cast
 
@@ -576,6 +578,36 @@ class Supervisor:
                 )
 
 
+def _may_declare(group: str) -> bool:
+    """False only when no distribution on ``sys.path`` can declare entry points of ``group``:
+    no ``entry_points.txt`` of a ``*.dist-info`` or ``*.egg-info`` directory names the group,
+    every path entry is a directory, and no import hook adds distributions of its own. What
+    the standard finder would read, read as plain text, so that a run without plugins does not
+    load :mod:`importlib.metadata` and what it imports."""
+    if any(
+        hasattr(finder, "find_distributions") and finder is not _PathFinder
+        for finder in sys.meta_path
+    ):
+        return True
+    section = f"[{group}]"
+    for entry in sys.path:
+        try:
+            with os.scandir(entry or ".") as found:
+                names = [e.name for e in found if e.name.endswith((".dist-info", ".egg-info"))]
+        except NotADirectoryError:
+            return True  # a zip file: let importlib.metadata read it
+        except OSError:
+            continue  # a path entry that does not exist adds nothing
+        for name in names:
+            try:
+                text = Path(entry or ".", name, "entry_points.txt").read_text(errors="replace")
+            except OSError:
+                continue
+            if section in text:
+                return True
+    return False
+
+
 def load_components(
     builtin: Sequence[Component], group: str = ENTRY_POINT_GROUP
 ) -> list[Component]:
@@ -589,6 +621,10 @@ def load_components(
     name, the first (by entry point name) wins and the other is logged and skipped.
     """
     result: dict[str, Component] = {c.name: c for c in builtin}
+    if not _may_declare(group):
+        return list(result.values())
+    import importlib.metadata  # with email, zipfile, csv: only when a distribution may declare
+
     builtin_names = set(result)
     from_entry_point: dict[str, str] = {}
     for ep in sorted(importlib.metadata.entry_points(group=group), key=lambda e: (e.name, e.value)):

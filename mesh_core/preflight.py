@@ -7,7 +7,6 @@ with ``cannot import name 'InstrumentationScope'``.
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import sys
 
@@ -21,6 +20,8 @@ def otel_proto_problem() -> str | None:
 
         common_pb2.InstrumentationScope  # noqa: B018 - the attribute the stale copy lacks
     except (ImportError, AttributeError) as error:
+        import importlib.metadata  # only to name the version in the fix
+
         try:
             version = importlib.metadata.version("opentelemetry-proto")
         except importlib.metadata.PackageNotFoundError:

@@ -16,16 +16,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import re2
-
 from mesh.v1 import config_pb2
 from mesh_core.errors import ConfigError
 
 SERVICE_WILDCARD = "/*"
 _METHOD = re.compile(r"/([A-Za-z_][A-Za-z0-9_.]*)/([A-Za-z_][A-Za-z0-9_]*|\*)")
 _HEADER_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
-_RE2_OPTIONS = re2.Options()
-_RE2_OPTIONS.log_errors = False
 
 Metadata = Iterable[tuple[str, Any]]
 
@@ -54,8 +50,12 @@ def header_name_problem(name: str) -> str | None:
 def compile_regex(pattern: str) -> Any:
     """``pattern`` compiled with RE2 (what C-core matches with); ConfigError names what RE2
     refuses in it."""
+    import re2  # loaded by the first regex: a process with none does not map RE2
+
+    options = re2.Options()
+    options.log_errors = False
     try:
-        return re2.compile(pattern, _RE2_OPTIONS)
+        return re2.compile(pattern, options)
     except re2.error as error:
         reason = error.args[0] if error.args else error
         if isinstance(reason, bytes):

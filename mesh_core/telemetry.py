@@ -147,7 +147,20 @@ def setup(
     global _installed
     if _installed is not None:
         return _installed
-    # The SDK is imported only here: a process that never sets telemetry up does not load it.
+    env = os.environ
+    telemetry = Telemetry(traces=exporter_for("traces", env), metrics=exporter_for("metrics", env))
+    if telemetry.traces == telemetry.metrics == "none" and metrics_port is None:
+        # Nothing to export: the API's no-op providers stay, and the SDK is not even loaded.
+        log.info(
+            "telemetry",
+            traces="none",
+            metrics="none",
+            prometheus=None,
+            service=env.get("OTEL_SERVICE_NAME") or service_name,
+        )
+        _installed = telemetry
+        return telemetry
+    # The SDK is imported only here: a process that exports nothing does not load it.
     from opentelemetry import metrics, trace
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import (
@@ -163,8 +176,6 @@ def setup(
         SimpleSpanProcessor,
     )
 
-    env = os.environ
-    telemetry = Telemetry(traces=exporter_for("traces", env), metrics=exporter_for("metrics", env))
     resource = resource_for(service_name)
 
     if telemetry.traces != "none":

@@ -6,6 +6,7 @@ Nothing a rule accepts may produce a resource gRPC's xDS clients reject."""
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -42,6 +43,13 @@ from mesh_core.routing import (
     header_name_problem,
     matches_every_call,
     method_problem,
+)
+from mesh_core.slo import (
+    MAX_LONG_WINDOW,
+    alert_burn,
+    burn_threshold,
+    burn_windows,
+    success_budget,
 )
 
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
@@ -104,7 +112,23 @@ def validate_warnings(svc: config_pb2.Service) -> list[tuple[str, str]]:
                     "them on one endpoint within each)",
                 )
     _warn_security(p, svc)
+    _warn_slo(p, svc.policy)
     return p.items
+
+
+def _warn_slo(p: _Problems, policy: config_pb2.Policy) -> None:
+    budget = success_budget(policy.slo)
+    failure_rate = policy.circuit_breaker.failure_rate
+    if budget is None or not 0 < budget < 1 or failure_rate <= 0:
+        return
+    warns_at = alert_burn(burn_threshold(policy.slo), budget) * budget
+    if warns_at >= failure_rate:
+        p.add(
+            "policy.slo.success",
+            f"the error-budget alert needs {warns_at:.0%} of calls failing, the breaker opens "
+            f"at {failure_rate:.0%}: the breaker's own trend still warns, but the objective "
+            "will not; lower the burn threshold or raise the objective",
+        )
 
 
 def _warn_security(p: _Problems, svc: config_pb2.Service) -> None:
@@ -282,6 +306,48 @@ def _check_policy(p: _Problems, policy: Any) -> None:
         _check_rate(p, policy.locality.spill_over_below, "policy.locality.spill_over_below")
     if policy.HasField("hash"):
         _check_hash(p, policy, "policy.hash")
+    if policy.HasField("slo"):
+        _check_slo(p, policy, "policy.slo")
+
+
+def _check_slo(p: _Problems, policy: config_pb2.Policy, path: str) -> None:
+    slo = policy.slo
+    if not slo.success and not slo.HasField("latency"):
+        p.add(path, "needs an objective: success (like 99.9%) or latency (like {p99: 300ms})")
+    if slo.success and not (math.isfinite(slo.success) and 0 < slo.success < 100):
+        p.add(f"{path}.success", f"must be above 0% and below 100%, got {slo.success!r}%")
+    if slo.HasField("latency"):
+        lpath = f"{path}.latency"
+        fields = [fd.name for fd in slo.latency.DESCRIPTOR.fields]
+        if not any(slo.latency.HasField(name) for name in fields):
+            p.add(lpath, f"needs at least one quantile: {', '.join(fields)}")
+        for name in fields:
+            _check_duration(p, slo.latency, name, lpath)
+    if not slo.HasField("burn"):
+        return
+    bpath = f"{path}.burn"
+    threshold = slo.burn.threshold
+    if threshold and not (math.isfinite(threshold) and 1 < threshold <= 1000):
+        p.add(f"{bpath}.threshold", f"must be above 1 and at most 1000, got {threshold!r}")
+    short_ns = _check_duration(p, slo.burn, "short_window", bpath)
+    long_ns = _check_duration(p, slo.burn, "long_window", bpath)
+    if (short_ns is not None and short_ns <= 0) or (long_ns is not None and long_ns <= 0):
+        return
+    short, long = burn_windows(policy)
+    if long > MAX_LONG_WINDOW:
+        p.add(
+            f"{bpath}.long_window",
+            f"must be at most {MAX_LONG_WINDOW:g}s, got {long:g}s"
+            + ("" if long_ns is not None else " (three times the breaker's window)"),
+        )
+    if long <= short:
+        own = long_ns is not None
+        p.add(
+            f"{bpath}.{'long_window' if own else 'short_window'}",
+            f"the long window ({long:g}s{'' if own else ', three times the breaker window'}) "
+            f"must be longer than the short window ({short:g}s"
+            f"{'' if short_ns is not None else ', half the breaker window'})",
+        )
 
 
 def _check_retry(p: _Problems, retry: Any, path: str) -> None:

@@ -14,7 +14,9 @@ eu-1b; calls stay in eu-1a, fail over to eu-1b when eu-1a's backends fail their 
 and come back when they pass again, and, with mTLS, a strict service (vault) served by
 ``mesh_server``, called over mTLS by a caller holding an identity its rules allow, refusing
 another identity (PERMISSION_DENIED) and a plaintext call. The agent's breaker and
-endpoint-health transitions are read from its log and shown as they happen. Ctrl-C stops everything.
+endpoint-health transitions are read from its log and shown as they happen. mesh-control
+serves its web page (``--http-port``) all along; the demo prints its URL. Ctrl-C stops
+everything.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -30,7 +33,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -160,6 +163,76 @@ def narrate(line: str) -> str | None:
     return f"{clock(_log_time(entry))}  {text}"
 
 
+CLIENT_OK = r"^\[client\] \S+  call +\d+  ok    "
+CLIENT_FAIL = r"^\[client\] \S+  call +\d+  FAIL  "
+WAIT = 30.0
+"""Seconds a step waits for what it shows before the demo goes on without it."""
+
+
+class Transcript:
+    """The lines the demo has shown lately (the last :attr:`KEEP`), so that a step can wait
+    for what it narrates (a client's call, an agent's transition) instead of for a fixed
+    time. Written by the demo's output threads, read by the script's thread."""
+
+    KEEP = 5000
+
+    def __init__(self) -> None:
+        self._lines: list[str] = []
+        self._dropped = 0  # lines shown before self._lines[0]
+        self._changed = threading.Condition()
+
+    def add(self, text: str) -> None:
+        with self._changed:
+            self._lines.extend(text.splitlines())
+            if len(self._lines) > self.KEEP:  # a demo left running must not grow forever
+                cut = len(self._lines) - self.KEEP // 2
+                del self._lines[:cut]
+                self._dropped += cut
+            self._changed.notify_all()
+
+    def mark(self) -> int:
+        """Where the transcript is now: :meth:`wait` looks at the lines shown after it."""
+        with self._changed:
+            return self._dropped + len(self._lines)
+
+    def wait(self, found: Callable[[list[str]], bool], since: int, timeout: float = WAIT) -> bool:
+        """Waits (at most ``timeout`` seconds) until ``found`` says yes to the lines shown
+        since the mark ``since``; whether it did."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not found(self._lines[max(0, since - self._dropped) :]):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+            return True
+
+
+def shown(pattern: str, count: int = 1) -> Callable[[list[str]], bool]:
+    """At least ``count`` lines match ``pattern``."""
+    regex = re.compile(pattern)
+    return lambda lines: sum(1 for line in lines if regex.search(line)) >= count
+
+
+def last_calls(pattern: str, count: int) -> Callable[[list[str]], bool]:
+    """The client's last ``count`` calls all match ``pattern`` (say, answered by beta)."""
+    regex = re.compile(pattern)
+
+    def found(lines: list[str]) -> bool:
+        calls = [line for line in lines if line.startswith("[client] ")][-count:]
+        return len(calls) == count and all(regex.search(line) for line in calls)
+
+    return found
+
+
+AGENT_AWAY = r"^\[agent\] +\S+  (lost|cannot reach) mesh-control at "
+
+
+def _health_change(address: str, old: str, new: str) -> str:
+    """The pattern of the agent's narration of ``address`` going from ``old`` to ``new``."""
+    return re.escape(f"endpoint echo {address}: {old} -> {new} (")
+
+
 class Demo:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -179,6 +252,7 @@ class Demo:
         self.meshctl_flags: list[str] = []
         self.stopping = False
         self._out = threading.Lock()
+        self.transcript = Transcript()
 
     def out(self, text: str, *, narration: bool = False) -> None:
         """Writes whole lines to stdout, never interleaved with another thread's; narration
@@ -190,9 +264,27 @@ class Demo:
                 return
             sys.stdout.write(text)
             sys.stdout.flush()
+            self.transcript.add(text)
 
-    def say(self, text: str) -> None:
+    def say(self, text: str) -> int:
+        """Announces a step; returns the transcript's mark for waiting on what it shows."""
         self.out(f"\n==> {text}")
+        return self.transcript.mark()
+
+    def until(
+        self, what: str, found: Callable[[list[str]], bool], since: int, timeout: float = WAIT
+    ) -> None:
+        """Waits until the lines shown since ``since`` show ``what`` (``found`` says when);
+        says so and goes on if they do not within ``timeout`` seconds."""
+        if not self.transcript.wait(found, since, timeout):
+            self.out(f"(no {what} after {timeout:g}s; going on)")
+
+    @staticmethod
+    def linger(started: float, pause: float) -> None:
+        """Leaves a step on screen until ``pause`` seconds after it ``started`` (monotonic)
+        for a person watching; ``--pause 0`` goes on as soon as the step has shown what it
+        shows."""
+        time.sleep(max(0.0, started + pause - time.monotonic()))
 
     def _pipe(self, name: str, stream: IO[bytes]) -> None:
         for raw in iter(stream.readline, b""):
@@ -314,20 +406,6 @@ class Demo:
             )
         )
 
-    def wait_connected(self, agent: str, timeout: float = 15) -> None:
-        """Waits (at most ``timeout`` seconds) until the agent is connected to mesh-control."""
-        import grpc
-
-        from mesh.v1 import agent_pb2, agent_pb2_grpc
-
-        deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(agent) as channel:
-            stub = agent_pb2_grpc.AgentServiceStub(channel)
-            while time.monotonic() < deadline:
-                if stub.GetAgentStatus(agent_pb2.GetAgentStatusRequest(), timeout=5).connected:
-                    return
-                time.sleep(0.1)
-
     def wait_health(self, agent: str, address: str, state: str, timeout: float = 15) -> None:
         """Waits (at most ``timeout`` seconds) until the agent reports ``address`` in ``state``."""
         deadline = time.monotonic() + timeout
@@ -359,12 +437,16 @@ class Demo:
         result = self._meshctl(*args)
         self.out(result.stdout + result.stderr)
 
-    def wait_store_clear(self, timeout: float = 10) -> None:
-        """Waits (at most ``timeout`` seconds) until mesh-control reports no store problem."""
+    def wait_store(self, *, problems: bool, timeout: float = 10) -> None:
+        """Waits (at most ``timeout`` seconds) until mesh-control reports a store problem
+        (``problems``), or none."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             result = self._meshctl("status", "-o", "json")
-            if result.returncode == 0 and not json.loads(result.stdout)["store_problems"]:
+            if (
+                result.returncode == 0
+                and bool(json.loads(result.stdout)["store_problems"]) is problems
+            ):
                 return
             time.sleep(0.2)
 
@@ -456,7 +538,7 @@ class Demo:
             "  timeout: 5s",
             "  retry: {attempts: 3, retry_on: [UNAVAILABLE], backoff: {base: 25ms, max: 250ms}}",
             "  outlier_detection: {failure_percentage: {threshold: 50, minimum_hosts: 2}}",
-            "  health_check: {interval: 500ms, timeout: 250ms, unhealthy_threshold: 2,"
+            "  health_check: {interval: 500ms, timeout: 500ms, unhealthy_threshold: 2,"
             " healthy_threshold: 2}",
             "  circuit_breaker: {consecutive_failures: 4, open_for: 2s, half_open_probes: 1}",
         ]
@@ -535,7 +617,10 @@ def canary(demo: Demo, agent: str, pause: float, alpha: str, beta: str) -> str:
                 failed += n
         line = f"canary {v1}/{v2}: v1 {by_version['v1']}, v2 {by_version['v2']}"
         line += f" of {CANARY_CALLS} calls" + (f", {failed} failed" if failed else "")
+        mark = demo.transcript.mark()
         demo.out(line)
+        if v1 == 0:  # the demo's own client, on v2 alone now
+            demo.until("call answered by gamma", shown(CLIENT_OK + "gamma "), mark)
         time.sleep(pause / 2)
     return gamma
 
@@ -683,9 +768,16 @@ def run(demo: Demo, pause: float, duration: float, mtls: bool = True) -> None:
         *control_tls,
         # The development CA signs the services' identities too.
         *(["--signing-ca", str(demo.workdir / "pki" / "ca")] if mtls else []),
+        # The web page, on a port kept across the control server's restart below.
+        "--http-port",
+        str(_free_port()),
     ]
     demo.control = demo.ready("control", control_args)
     demo.out(f"mesh-control serving on {demo.control}")
+    demo.out(
+        f"the mesh's web page: http://127.0.0.1:{control_args[-1]}/ (the service graph, "
+        "breakers, endpoints, NACKs and config changes, live)"
+    )
     socket_path = demo.workdir / "agent.sock"
     agent = demo.ready(
         "agent",
@@ -713,7 +805,10 @@ def run(demo: Demo, pause: float, duration: float, mtls: bool = True) -> None:
 
     demo.say("describing service 'echo' with one endpoint (alpha)")
     demo.meshctl("apply", "-f", str(demo.write_service(alpha)))
-    demo.say(
+    # Each step waits until it has shown what it is about (a call, a transition from the
+    # agent's log), then stays on screen until --pause seconds have passed since it began.
+    started = time.monotonic()
+    mark = demo.say(
         "a client calls mesh_channel('echo'): xds:///echo through grpcio's own xDS client, "
         "fed by the agent, with the node's circuit breaker"
     )
@@ -733,61 +828,98 @@ def run(demo: Demo, pause: float, duration: float, mtls: bool = True) -> None:
         ],
         show=True,
     )
-    time.sleep(pause)
-    demo.say("adding beta, with active health checks: traffic spreads over both endpoints")
+    demo.until("call answered by alpha", shown(CLIENT_OK + "alpha "), mark)
+    demo.linger(started, pause)
+    started = time.monotonic()
+    mark = demo.say("adding beta, with active health checks: traffic spreads over both endpoints")
     demo.meshctl("apply", "-f", str(demo.write_service(alpha, beta)))
-    time.sleep(pause)
-    demo.say("alpha reports NOT_SERVING: the agent's checks mark it, traffic leaves it")
+    for address in (alpha, beta):  # checked, so that the next step shows a change
+        demo.wait_health(agent, address, "healthy")
+    demo.until("call answered by beta", shown(CLIENT_OK + "beta "), mark)
+    demo.linger(started, pause)
+    started = time.monotonic()
+    mark = demo.say("alpha reports NOT_SERVING: the agent's checks mark it, traffic leaves it")
     alpha_proc.send_signal(signal.SIGUSR1)
-    time.sleep(pause)
+    demo.until("check marking alpha", shown(_health_change(alpha, "healthy", "unhealthy")), mark)
+    demo.until("calls answered by beta alone", last_calls(CLIENT_OK + "beta ", 4), mark)
+    demo.linger(started, pause)
     demo.agent_health(agent)
-    demo.say("alpha is healthy again: traffic returns")
+    started = time.monotonic()
+    mark = demo.say("alpha is healthy again: traffic returns")
     alpha_proc.send_signal(signal.SIGUSR2)
-    time.sleep(pause)
-    demo.say("beta is stopped (SIGTERM): its health checks fail, traffic moves to alpha")
+    demo.until("call answered by alpha", shown(CLIENT_OK + "alpha "), mark)
+    demo.linger(started, pause)
+    started = time.monotonic()
+    mark = demo.say("beta is stopped (SIGTERM): its health checks fail, traffic moves to alpha")
     demo.terminate("beta")
-    demo.wait_health(agent, beta, "unhealthy")
-    time.sleep(pause)
-    demo.say(f"beta starts again on {beta}: the checks mark it healthy, traffic spreads again")
+    demo.until("check marking beta", shown(_health_change(beta, "healthy", "unhealthy")), mark)
+    demo.until(
+        "calls answered by alpha alone",
+        last_calls(CLIENT_OK + "alpha ", 4),
+        demo.transcript.mark(),
+    )
+    demo.linger(started, pause)
+    started = time.monotonic()
+    mark = demo.say(
+        f"beta starts again on {beta}: the checks mark it healthy, traffic spreads again"
+    )
     demo.backend("beta", listen=beta)
-    demo.wait_health(agent, beta, "healthy")
-    time.sleep(pause)
-    demo.say("both backends fail every call: the node's breaker opens, calls fail fast")
+    demo.until("check marking beta", shown(_health_change(beta, "unhealthy", "healthy")), mark)
+    demo.until("call answered by beta", shown(CLIENT_OK + "beta "), demo.transcript.mark())
+    demo.linger(started, pause)
+    started = time.monotonic()
+    mark = demo.say("both backends fail every call: the node's breaker opens, calls fail fast")
     for address in (alpha, beta):
         demo.configure(address, fail="UNAVAILABLE")
-    time.sleep(pause)
-    demo.say("the backends recover: after the open time a probe gets through, the breaker closes")
+    demo.until("call failed fast", shown(CLIENT_FAIL + "UNAVAILABLE: circuit open"), mark)
+    demo.linger(started, pause)
+    started = time.monotonic()
+    mark = demo.say(
+        "the backends recover: after the open time a probe gets through, the breaker closes"
+    )
     for address in (alpha, beta):
         demo.configure(address)
-    time.sleep(max(pause, 3.0))
-    demo.say(
+    demo.until("breaker closing", shown(r"breaker echo: half-open -> closed"), mark)
+    demo.until("call answered", shown(CLIENT_OK), demo.transcript.mark())
+    demo.linger(started, pause)
+    started = time.monotonic()
+    mark = demo.say(
         "the control server dies (SIGKILL): the agent says so, and the node keeps working on "
         "the config the agent holds"
     )
     demo.kill("control")
-    time.sleep(pause)
-    demo.say("the control server comes back on the same address; the agent reconnects")
+    demo.until("word from the agent", shown(AGENT_AWAY), mark)
+    demo.until("call answered", shown(CLIENT_OK), demo.transcript.mark())
+    demo.linger(started, pause)
+    started = time.monotonic()
+    mark = demo.say("the control server comes back on the same address; the agent reconnects")
     control_args[3] = demo.control
     demo.ready("control", control_args)
-    demo.wait_connected(agent)
-    time.sleep(pause / 2)
+    demo.until("reconnection", shown("reconnected to mesh-control at "), mark)
+    demo.linger(started, pause / 2)
+    started = time.monotonic()
     demo.say("a broken hand edit in the store directory is reported and ignored")
     good = (store / "echo.yaml").read_text()
     (store / "echo.yaml").write_text("name: echo\nendpoints: [{address: 'not an address'}]\n")
-    time.sleep(pause / 2)
+    demo.wait_store(problems=True)
+    demo.linger(started, pause / 2)
     demo.meshctl("status")
     time.sleep(pause / 2)
     demo.say("the operator puts the good file back: the problem clears")
     (store / "echo.yaml").write_text(good)
-    demo.wait_store_clear()
+    demo.wait_store(problems=False)
     demo.meshctl("status")
     time.sleep(pause / 2)
-    demo.say("deleting the service: calls fail with UNAVAILABLE")
+    started = time.monotonic()
+    mark = demo.say("deleting the service: calls fail with UNAVAILABLE")
     demo.meshctl("delete", "service", "echo")
-    time.sleep(pause / 2)
-    demo.say("applying it again: calls succeed again")
+    demo.until("call failing", shown(CLIENT_FAIL + "UNAVAILABLE: "), mark)
+    demo.linger(started, pause / 2)
+    started = time.monotonic()
+    mark = demo.say("applying it again: calls succeed again")
     demo.meshctl("apply", "-f", str(demo.write_service(alpha, beta)))
-    time.sleep(pause)
+    demo.until("call answered", shown(CLIENT_OK), mark)
+    demo.linger(started, pause)
     gamma = canary(demo, agent, pause, alpha, beta)
     zones(demo, agent, pause, alpha, beta, gamma)
     if mtls:
@@ -803,7 +935,13 @@ def run(demo: Demo, pause: float, duration: float, mtls: bool = True) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="mesh-demo", description=__doc__)
     parser.add_argument("--workdir", type=Path, default=ROOT / ".demo")
-    parser.add_argument("--pause", type=float, default=4.0, help="seconds between steps")
+    parser.add_argument(
+        "--pause",
+        type=float,
+        default=4.0,
+        help="seconds each step stays on screen at least (each waits anyway until it has "
+        "shown what it is about: 0 goes straight on)",
+    )
     parser.add_argument("--once", action="store_true", help="stop after the scripted steps")
     parser.add_argument(
         "--no-tls", action="store_true", help="run without mTLS (plaintext, open admin API)"

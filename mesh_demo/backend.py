@@ -1,5 +1,6 @@
 """A demo backend: ``mesh.demo.v1.EchoService`` answering with its own name, with
-grpc.health.v1 and reflection. ``--fail CODE`` makes every call fail with that status."""
+grpc.health.v1 and reflection. ``--fail CODE`` makes every call fail with that status;
+``Configure`` changes it while the backend runs, for a share of the calls if asked."""
 
 from __future__ import annotations
 
@@ -30,15 +31,29 @@ class Echo(echo_pb2_grpc.EchoServiceServicer):
         self.fail = fail
         self.delay = delay
         self.calls = 0
+        self.fail_share = 1.0
+        self._failed_share = 0.0  # failures owed so far: a share's failures spread evenly
+
+    def _fails(self) -> bool:
+        if not self.fail:
+            return False
+        if self.fail_share >= 1.0:
+            return True
+        self._failed_share += self.fail_share
+        if self._failed_share >= 1.0:
+            self._failed_share -= 1.0
+            return True
+        return False
 
     async def Echo(
         self, request: echo_pb2.EchoRequest, context: grpc.aio.ServicerContext
     ) -> echo_pb2.EchoResponse:
         self.calls += 1
         log.info("echo", name=self.name, fail=self.fail or None)
+        fails = self._fails()
         if self.delay:
             await asyncio.sleep(self.delay)
-        if self.fail:
+        if fails:
             await context.abort(grpc.StatusCode[self.fail], f"{self.name} told to fail")
         return echo_pb2.EchoResponse(message=request.message, backend=self.name)
 
@@ -50,8 +65,20 @@ class Echo(echo_pb2_grpc.EchoServiceServicer):
                 await context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT, f"unknown status {request.fail!r}"
                 )
+            if not 0.0 <= request.fail_share <= 1.0:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"fail_share must be between 0 and 1, got {request.fail_share}",
+                )
             self.fail, self.delay = request.fail, request.delay
-            log.info("backend configured", name=self.name, fail=self.fail, delay=self.delay)
+            self.fail_share = request.fail_share or 1.0
+            log.info(
+                "backend configured",
+                name=self.name,
+                fail=self.fail,
+                fail_share=self.fail_share,
+                delay=self.delay,
+            )
         return echo_pb2.ConfigureResponse(calls=self.calls)
 
     async def EchoStream(

@@ -26,7 +26,7 @@ from opentelemetry.util.types import Attributes
 from mesh_xds import __version__
 from mesh_xds.callbacks import SessionCallbacks
 from mesh_xds.session import Session, TypeState
-from mesh_xds.types import TypeUrl
+from mesh_xds.types import PUSH_ORDER, TypeUrl
 
 METER_NAME: Final = "mesh.control"
 CONTROL: Final = "control"
@@ -59,6 +59,11 @@ class XdsMetrics(SessionCallbacks):
     """The instruments of one ADS server. ``server`` is the ``mesh.xds.server`` attribute:
     ``control`` or ``agent``. ``convergence`` (default: on the control server only) says
     whether ACKs record ``mesh.xds.convergence.duration``.
+
+    The counters start at zero for every type, and ``mesh.xds.connected_nodes`` at zero, as
+    soon as a real ``MeterProvider`` is installed: a scrape shows every series from the
+    start, so the first NACK is a step from 0 that ``rate()`` and ``increase()`` see, not a
+    series that appears with its first value.
 
     As the sessions' :class:`~mesh_xds.callbacks.SessionCallbacks` it counts every response
     sent, ACK and NACK, records the convergence time an ACK carries
@@ -106,6 +111,10 @@ class XdsMetrics(SessionCallbacks):
         self._server_attributes: Attributes = {XDS_SERVER: server}
         self._attributes: dict[TypeUrl, Attributes] = {}
         self._type_attributes: dict[TypeUrl, Attributes] = {}
+        for type_url in PUSH_ORDER:
+            for counter in (self.pushes, self.acks, self.nacks):
+                counter.add(0, self._for(type_url))
+        self.connected_nodes.add(0, self._server_attributes)
 
     def _for(self, type_url: TypeUrl) -> Attributes:
         attributes = self._attributes.get(type_url)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Final, Generic, Protocol, TypeVar
 
@@ -38,23 +38,33 @@ log = structlog.get_logger(__name__)
 
 WILDCARD: Final = "*"
 _stream_ids = itertools.count(1)
-_SHARED_NAMES_LIMIT: Final = 4096
-_shared_names: dict[frozenset[ResourceName], frozenset[ResourceName]] = {}
+_SHARED_LIMIT: Final = 4096
+_shared: dict[Hashable, Hashable] = {}
 NO_NAMES: Final[frozenset[ResourceName]] = frozenset()
+H = TypeVar("H", bound=Hashable)
+
+
+def _one_of(value: H) -> H:
+    """One object for equal values, process-wide, on the event loop; forgotten when it grows
+    past a bound, which only costs sharing."""
+    found = _shared.get(value)
+    if found is None:
+        if len(_shared) >= _SHARED_LIMIT:
+            _shared.clear()
+        found = _shared[value] = value
+    return found  # type: ignore[return-value]
 
 
 def shared_names(names: frozenset[ResourceName]) -> frozenset[ResourceName]:
     """One object for equal sets of names, so that the many streams subscribed alike hold one
-    set (and one copy of each name) between them. Process-wide, on the event loop; forgotten
-    when it grows past a bound, which only costs sharing."""
-    if not names:
-        return NO_NAMES
-    found = _shared_names.get(names)
-    if found is None:
-        if len(_shared_names) >= _SHARED_NAMES_LIMIT:
-            _shared_names.clear()
-        found = _shared_names[names] = names
-    return found
+    set (and one copy of each name) between them."""
+    return _one_of(names) if names else NO_NAMES
+
+
+def shared_request(names: tuple[ResourceName, ...]) -> tuple[ResourceName, ...]:
+    """One object for equal lists of names as requested (state of the world keeps the latest
+    to tell an ACK that repeats them at once), shared like :func:`shared_names`."""
+    return _one_of(names) if names else ()
 
 
 class Request(Protocol):

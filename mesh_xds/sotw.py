@@ -9,30 +9,39 @@ what the client ACKed or NACKed, following ``xds_protocol.rst``:
 - A request whose ``response_nonce`` is not the latest sent for its type is stale and ignored.
 - LDS, CDS and our policy type are full state (a response carries every subscribed resource)
   and take wildcard subscriptions: the name ``*``, or (LDS and CDS only) a first request
-  with no names. For RDS and EDS only new or changed resources trigger a response.
+  with no names. For RDS and EDS only new or changed resources trigger a response, and it
+  carries only those (a client keeps the others: for these types absence is not deletion);
+  a name unsubscribed and subscribed again is sent again.
 - Names requested before they exist are remembered and pushed when they appear.
 - A first request that carries the version the client already holds (a reconnect) gets no
   response until something changes.
 
 What a subscription selects of a snapshot (and its version) is computed once per snapshot and
 shared by every stream with that subscription (:meth:`~mesh_xds.snapshot.Snapshot.selection`),
-and so is the response, serialised once without its nonce (:mod:`mesh_xds.wire`).
+and so is the response, serialised once without its nonce (:mod:`mesh_xds.wire`): per
+subscription for a whole selection (LDS, CDS, policies; a first RDS or EDS response), per
+version and names sent for an RDS or EDS response by change, whose content depends on what the
+stream held. What changed for a stream is found from the snapshot it was last brought up to
+date with (:meth:`~mesh_xds.snapshot.Snapshot.changed_since`, shared too), so a push costs each
+stream in proportion to the change, and an ACK that repeats its request's names costs no
+subscription work.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from mesh_xds.session import WILDCARD, BaseSession, TypeState, shared_names
-from mesh_xds.snapshot import Snapshot
+from mesh_xds.session import WILDCARD, BaseSession, TypeState, shared_names, shared_request
+from mesh_xds.snapshot import Resource, Snapshot
 from mesh_xds.types import (
     FULL_STATE,
     KNOWN_TYPES,
     LEGACY_WILDCARD,
     PUSH_ORDER,
+    ResourceName,
     TypeUrl,
     Version,
     short_name,
@@ -46,9 +55,13 @@ class SotwTypeState(TypeState):
     client has ever named a resource of it (after that, no names means none)."""
 
     named_before: bool = False
-    synced: Snapshot | None = None  # the snapshot last compared with, for this subscription
+    requested: tuple[ResourceName, ...] | None = None  # the latest request's names (shared)
+    synced: Snapshot | None = None
+    """The snapshot ``sent`` was last brought up to date with, for this subscription (None
+    once it changes): what the client holds of it is ``sent`` as of this snapshot."""
 
-    def subscribe(self, names: Sequence[str]) -> None:
+    def subscribe(self, names: Sequence[str]) -> bool:
+        """Takes the names of a request; True when the subscription changed."""
         requested = frozenset(names)
         if WILDCARD in requested:
             wildcard = True
@@ -58,10 +71,12 @@ class SotwTypeState(TypeState):
             wildcard = not requested and not self.named_before and self.type_url in LEGACY_WILDCARD
         if names:
             self.named_before = True
-        if wildcard != self.wildcard or requested != self.names:
-            self.wildcard = wildcard
-            self.names = shared_names(requested)
-            self.synced = None
+        if wildcard == self.wildcard and requested == self.names:
+            return False
+        self.wildcard = wildcard
+        self.names = shared_names(requested)
+        self.synced = None
+        return True
 
 
 class SotwSession(BaseSession[discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse]):
@@ -90,10 +105,12 @@ class SotwSession(BaseSession[discovery_pb2.DiscoveryRequest, discovery_pb2.Disc
                 self._nacked(state, request)
             else:
                 self._acked(state, request.version_info)
-        before = (state.wildcard, state.names)
-        state.subscribe(request.resource_names)
-        if (state.wildcard, state.names) != before:
-            self.callbacks.on_subscribe(self, state)
+        names = tuple(request.resource_names)
+        if names != state.requested:  # an ACK repeats the names: nothing to work out again
+            state.requested = shared_request(names)
+            if state.subscribe(names):
+                self.callbacks.on_subscribe(self, state)
+                _forget_unsubscribed(state)
         resume = request.version_info if not request.response_nonce else ""
         await self._respond(state, self._current(), resume_version=resume)
 
@@ -139,18 +156,64 @@ class SotwSession(BaseSession[discovery_pb2.DiscoveryRequest, discovery_pb2.Disc
             self.log.debug("resumed without resend", type=short_name(state.type_url))
             return
         if digests is state.sent:
-            return  # what was sent, from this very snapshot
-        if state.type_url in FULL_STATE:
+            return  # the very selection last sent (the agent's snapshots carry it over)
+        key: tuple[object, ...]
+        sending: Iterable[Resource]
+        if state.type_url in FULL_STATE or state.sent is None:
+            # The whole selection: full state, or a first RDS or EDS response (none while
+            # nothing subscribed exists). The same for every stream with this subscription.
             if state.sent is not None and digests == state.sent:
                 return
-        else:
-            previous = state.sent or {}
-            if not any(previous.get(name) != digest for name, digest in digests.items()):
+            if not selected and state.type_url not in FULL_STATE:
                 return
+            sending = selected.values()
+            key = ("sotw", state.type_url, state.wildcard, names, self._server_id)
+        else:
+            # RDS and EDS: only what this client was not sent as it is now. The body is keyed
+            # by exactly what it holds (its version and the names sent), so it is shared by
+            # every stream that is sent the same, and by no other.
+            changed = _changed(state, synced, snapshot, selected, digests)
+            if not changed:
+                return
+            sending = changed
+            key = (
+                "sotw-changed",
+                state.type_url,
+                version,
+                tuple(resource.name for resource in changed),
+                self._server_id,
+            )
         state.sent, state.sent_version = digests, version
         nonce = self._sending(state, snapshot, pushed=pushed)
         body = snapshot.encoded(
-            ("sotw", state.type_url, state.wildcard, names, self._server_id),
-            lambda: sotw_body(state.type_url, version, selected.values(), self._server_id),
+            key, lambda: sotw_body(state.type_url, version, sending, self._server_id)
         )
         await self._send(with_nonce(body, nonce))
+
+
+def _changed(
+    state: SotwTypeState,
+    synced: Snapshot | None,
+    snapshot: Snapshot,
+    selected: dict[ResourceName, Resource],
+    digests: dict[ResourceName, str],
+) -> list[Resource]:
+    """For RDS and EDS, which need not be sent whole: the selected resources the client was
+    not sent as they are now. Found from what changed since ``synced``, the snapshot
+    ``state.sent`` was last brought up to date with for this subscription; by comparing the
+    whole selection when the subscription changed since (``synced`` is None)."""
+    sent = state.sent
+    assert sent is not None
+    if synced is not None:
+        names = snapshot.changed_since(synced, state.type_url)
+        return [selected[n] for n in names if n in selected and sent.get(n) != digests[n]]
+    return [selected[name] for name, digest in digests.items() if sent.get(name) != digest]
+
+
+def _forget_unsubscribed(state: SotwTypeState) -> None:
+    """After a subscription shrank: the client drops what it unsubscribed, so a name it
+    subscribes to again must be sent again, changed or not (RDS and EDS are sent by change)."""
+    if state.sent is None or state.wildcard or state.type_url in FULL_STATE:
+        return
+    if any(name not in state.names for name in state.sent):
+        state.sent = {n: d for n, d in state.sent.items() if n in state.names}

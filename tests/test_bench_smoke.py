@@ -1,8 +1,8 @@
 """``python -m bench`` runs end to end: a quick control section at N=1, a quick agent section,
-a quick datapath section, a quick tracing section, quick mtls, service_mtls and identity
-sections, a quick scale section and a quick etcd section (needs the ``etcd`` binary: skipped
-locally without it, failed with CI=true), each as a subprocess whose last line is the JSON
-summary with every table's rows."""
+a quick graph section, a quick datapath section, a quick tracing section, quick mtls,
+service_mtls and identity sections, a quick scale section and a quick etcd section (needs the
+``etcd`` binary: skipped locally without it, failed with CI=true), each as a subprocess whose
+last line is the JSON summary with every table's rows."""
 
 from __future__ import annotations
 
@@ -111,20 +111,33 @@ def test_bench_quick_agent_prints_a_json_summary() -> None:
     run = run_bench("agent")
 
     footprint = run.tables("footprint")
-    assert [r["variant"] for r in footprint] == ["no health checks", "health checks 5s"]
+    assert [r["variant"] for r in footprint] == ["no health checks"]
     for row in footprint:
         assert {
             "agent_rss_mib",
             "agent_rss_empty_mib",
             "agent_idle_cpu_pct",
+            "grpc_only_rss_mib",
+            "agent_over_grpc_only_mib",
             "control_rss_mib",
             "window_s",
             "local_pushes_in_window",
             "hold_all_ms",
         } <= set(row)
         assert 0 < row["agent_rss_mib"] < 1024 and 0 < row["control_rss_mib"] < 1024
+        assert 0 < row["grpc_only_rss_mib"] < row["grpc_serving_rss_mib"] < row["agent_rss_mib"]
         assert row["agent_idle_cpu_pct"] >= 0 and row["window_s"] > 0
-    assert footprint[1]["health_checks_per_s"] == 40
+
+    shared, distinct, bare, free = run.tables("health checks")
+    assert [r["targets"] for r in (shared, distinct, bare, free)] == [2, 200, 200, 200]
+    # 1000 services on 2 backends: one check per backend per 5 s interval, not 2000.
+    assert shared["results_per_interval"] == 2000
+    # (At most 2 per round, 2 rounds in the window: a loaded machine may delay a round out of
+    # it, so only the upper bound is firm, and that checks ran at all.)
+    assert shared["checks_in_window"] <= 2 * 2, shared
+    assert 1 <= distinct["checks_in_window"] <= 2 * 200, distinct
+    assert distinct["cpu_ms_per_check"] > 0 and distinct["cpu_pct"] >= 0
+    assert all(r["window_s"] > 5 for r in run.tables("health checks"))
 
     starts = run.tables("start to first LDS")
     assert [r["start"].split(":")[0] for r in starts] == ["warm", "cold"]
@@ -138,17 +151,36 @@ def test_bench_quick_agent_prints_a_json_summary() -> None:
         "via agent holding 101 services",
         "direct to control",
     ]
-    for row in pushes[:3]:
+    assert pushes[3]["path"] == "via agent holding 301 services"
+    for row in pushes[:4]:
         assert row["pushes"] == 5 and 0 < row["median_ms"] <= row["p99_ms"] < 10_000
+
+    cpu = run.tables("agent CPU per push")
+    assert [r["services_held"] for r in cpu] == [1, 101, 301]
+    assert [r["goal_ms"] for r in cpu] == [None, 1.5, None]
+    for row in cpu:
+        assert 0 < row["cpu_ms_per_push"] < 1000 and row["ratio_to_floor"] > 0
 
     compared = {r["compare"]: r for r in run.tables("side by side")}
     assert set(compared) == {
+        "CPU per check, agent (distinct targets) / bare client on the tick",
         "start to first LDS, cold / warm",
         "push to client, via agent holding echo only / direct",
         "push to client, via agent holding 101 services / direct",
+        "push to client, via agent holding 301 services / direct",
     }
     assert all(r["ratio"] > 0 for r in compared.values())
     assert run.printed("== agent: footprint")
+
+
+def test_bench_quick_graph_prints_a_json_summary() -> None:
+    run = run_bench("graph")
+    record = run.table("agent record path (ns per outcome, medians over rounds)")
+    assert record["breakers_ns"] > 0 and record["breakers_and_graph_ns"] > 0
+    assert record["x_breakers"] is not None
+    window = run.table("control window (µs per call)")
+    assert window["edges"] == 2000 and window["add_500_edges_us"] > 0 and window["edges_us"] > 0
+    assert run.printed("== graph: agent record path")
 
 
 def test_bench_quick_datapath_prints_a_json_summary() -> None:
@@ -409,3 +441,23 @@ def test_bench_quick_scale_prints_a_json_summary() -> None:
         assert 0 < record["p50_s"] <= record["p99_s"] < 30
         assert record["rss_per_node_kb"] > 0
     assert run.printed("== scale: apply -> every node ACKed")
+
+
+def test_bench_quick_outcomes_prints_a_json_summary() -> None:
+    run = run_bench("outcomes")
+    rows = {r["variant"]: r for r in run.rows}
+    assert list(rows) == [
+        "no_warnings",
+        "breaker_trend",
+        "slo",
+        "counts_add",
+        "evaluate_100_services",
+    ]
+    for name in ("no_warnings", "breaker_trend", "slo", "counts_add"):
+        row = rows[name]
+        assert 0 < row["best_ns"] <= row["ns_per_outcome"] < 1_000_000, row
+        assert row["vs_no_warnings"] > 0 and row["best_vs_no_warnings"] > 0
+    assert rows["no_warnings"]["vs_no_warnings"] == 1.0
+    evaluation = rows["evaluate_100_services"]
+    assert 0 < evaluation["best_us"] <= evaluation["evaluate_us"] < 10_000_000
+    assert run.printed("== outcomes")

@@ -8,6 +8,7 @@ durations read naturally (``250ms``, ``1m30s``) and every problem names its fiel
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,10 @@ from google.protobuf.message import Message
 from mesh_core.durations import format_duration, parse_duration
 from mesh_core.errors import ConfigError
 from mesh_core.policy import UINT32_MAX
+
+PERCENT_FIELDS = frozenset({"mesh.v1.SloPolicy.success"})
+"""Number fields in percent, which also take a string with a ``%`` sign (``99.9%``) and are
+written back that way."""
 
 MERGE_KEY = "<<"
 """A YAML merge key, read as a plain key so that it is refused at its field path."""
@@ -173,6 +178,8 @@ class Converter:
         if kind in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
             if isinstance(value, int | float) and not isinstance(value, bool):
                 return float(value)
+            if fd.full_name in PERCENT_FIELDS:
+                return self.percent(value, path, prefix)
             self.fail(path, f"{prefix}expected a number, got {type_name(value)}")
             return None
         if kind in _INT_RANGES:
@@ -188,6 +195,20 @@ class Converter:
                 return None
             return value
         self.fail(path, f"{prefix}unsupported field type {kind}")
+        return None
+
+    def percent(self, value: Any, path: str, prefix: str) -> float | None:
+        text = value.strip() if isinstance(value, str) else ""
+        if text.endswith("%"):
+            try:
+                number = float(text[:-1])
+            except ValueError:
+                number = math.nan
+            if math.isfinite(number):
+                return number
+        self.fail(
+            path, f"{prefix}expected a percentage like 99.9 or '99.9%', got {type_name(value)}"
+        )
         return None
 
 
@@ -266,11 +287,13 @@ def _message_to_dict(msg: Message) -> dict[str, Any]:
             if msg.HasField(fd.name):
                 out[fd.name] = _value_to_plain(fd, value)
         elif value != fd.default_value:
-            out[fd.name] = value
+            out[fd.name] = _value_to_plain(fd, value)
     return out
 
 
 def _value_to_plain(fd: Any, value: Any) -> Any:
+    if fd.full_name in PERCENT_FIELDS:
+        return f"{value!r}%"  # repr: the shortest text that reads back as the same float
     if fd.type != FieldDescriptor.TYPE_MESSAGE:
         return value
     if fd.message_type.full_name == Duration.DESCRIPTOR.full_name:

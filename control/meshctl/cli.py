@@ -19,6 +19,7 @@ from control.meshctl.commands import (
 )
 from control.meshctl.connection import DEFAULT_CONTROL
 from control.meshctl.history import cmd_audit, cmd_diff, cmd_history, cmd_rollback, period
+from control.meshctl.top import cmd_top
 from mesh_core.preflight import check_environment
 
 
@@ -154,6 +155,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between refreshes with --watch (default %(default)s)",
     )
     status.set_defaults(func=cmd_status)
+
+    top = sub.add_parser(
+        "top",
+        help="the service graph: calls per caller and service, rate, errors, latency",
+        description=(
+            "Per caller (a process on a node: its service identity, else the name it gave "
+            "itself, else its client id) and service it called: calls a second, the share "
+            "that failed, p50/p99 latency (ms) over the last minute as the callers' agents "
+            "reported them, the node's breaker of the service and its early warning. Only "
+            "calls a backend answered are counted."
+        ),
+    )
+    top.add_argument("--service", help="only calls to this service")
+    top.add_argument("--caller", help="only calls from this caller")
+    top.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    top.add_argument(
+        "-w", "--watch", action="store_true", help="redraw until Ctrl-C (-o json: one per line)"
+    )
+    top.add_argument(
+        "--interval",
+        type=positive_seconds,
+        default=2.0,
+        help="seconds between refreshes with --watch (default %(default)s)",
+    )
+    top.set_defaults(func=cmd_top)
     certs_cli.add_parser(sub)
     return parser
 

@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -168,10 +168,26 @@ def cmd_status(args: argparse.Namespace) -> None:
 
 
 def _watch_status(args: argparse.Namespace) -> None:
-    """Redraws the status every ``args.interval`` seconds until Ctrl-C. On a terminal the
-    screen is cleared first; otherwise each refresh starts with a separator line. With
-    ``-o json``, one compact document per line. An unreachable server is an error line (on
-    stderr with ``-o json``), and the next refresh tries again."""
+    watch(
+        args,
+        lambda stub: stub.GetStatus(
+            admin_pb2.GetStatusRequest(), timeout=args.timeout, metadata=metadata(args)
+        ),
+        lambda response: status_json(response, indent=None),
+        status_lines,
+    )
+
+
+def watch(
+    args: argparse.Namespace,
+    fetch: Callable[[admin_pb2_grpc.MeshAdminServiceStub], Any],
+    as_json: Callable[[Any], str],
+    as_lines: Callable[[Any], list[str]],
+) -> None:
+    """Redraws what ``fetch`` gets every ``args.interval`` seconds until Ctrl-C. On a
+    terminal the screen is cleared first; otherwise each refresh starts with a separator
+    line. With ``-o json``, one compact document per line (``as_json``). An unreachable server
+    is an error line (on stderr with ``-o json``), and the next refresh tries again."""
     terminal = sys.stdout.isatty()
     channel: grpc.Channel | None = None
     try:
@@ -179,10 +195,10 @@ def _watch_status(args: argparse.Namespace) -> None:
             if channel is None:
                 channel = open_channel(args)
             stub = admin_pb2_grpc.MeshAdminServiceStub(channel)
-            response: admin_pb2.GetStatusResponse | None = None
+            response: Any = None
             message = ""
             try:
-                response = stub.GetStatus(admin_pb2.GetStatusRequest(), timeout=args.timeout)
+                response = fetch(stub)
             except grpc.RpcError as error:
                 message = f"meshctl: {error_message(args, error)}"
                 channel.close()  # a new channel reconnects at once, without grpc's backoff
@@ -192,11 +208,11 @@ def _watch_status(args: argparse.Namespace) -> None:
                     sys.stderr.write(f"{message}\n")
                     sys.stderr.flush()
                 else:
-                    sys.stdout.write(f"{status_json(response, indent=None)}\n")
+                    sys.stdout.write(f"{as_json(response)}\n")
             else:
                 stamp = time.strftime("%Y-%m-%d %H:%M:%S")
                 lines = [f"--- {stamp}, every {args.interval:g}s (Ctrl-C to stop) ---"]
-                lines += [message] if response is None else status_lines(response)
+                lines += [message] if response is None else as_lines(response)
                 clear = "\x1b[H\x1b[2J" if terminal else ""
                 sys.stdout.write(clear + "\n".join(lines) + "\n")
             sys.stdout.flush()

@@ -36,6 +36,7 @@ from mesh_core.policy import (
     SPILL_OVER_BELOW,
 )
 from mesh_core.routing import matches_every_call
+from mesh_core.slo import alert_burn, burn_threshold, burn_windows, latency_objectives
 
 DEFAULT_ROUTE = "default"
 SEPARATOR = " · "
@@ -224,8 +225,8 @@ def traffic_lines(
     """What ``meshctl get services NAME`` adds for ``service``, each part after a blank
     line: what ring_hash hashes on, its zones when its endpoints span several, the subsets
     (counting the endpoints in ``registered`` too, and saying how many those added), the
-    routes, and its security (mode, hosts, authorization rules); nothing when it has none of
-    them."""
+    routes, its security (mode, hosts, authorization rules) and its objective; nothing when
+    it has none of them."""
     hashed = hash_text(service.policy)
     lines: list[str] = ["", hashed] if hashed else []
     endpoints = served_endpoints(service, registered)
@@ -240,7 +241,27 @@ def traffic_lines(
         lines += ["", *table_lines(route_rows(service))]
     if service.HasField("security"):
         lines += ["", *security_lines(service.security)]
+    if service.policy.HasField("slo"):
+        lines += ["", slo_line(service.policy)]
     return lines
+
+
+def slo_line(policy: config_pb2.Policy) -> str:
+    """The objective and when node agents warn that it is at risk: ``slo: success 99.9%,
+    p99 300ms · degrading at a burn rate of 10x over 5s and 30s``."""
+    slo = policy.slo
+    parts = [f"success {slo.success!r}%"] if slo.success else []
+    parts += [f"{name} {target * 1000:g}ms" for name, target, _ in latency_objectives(slo)]
+    short, long = burn_windows(policy)
+    threshold = burn_threshold(slo)
+    budgets = [1 - slo.success / 100] if 0 < slo.success < 100 else []
+    budgets += [budget for _, _, budget in latency_objectives(slo)]
+    capped = sorted({alert_burn(threshold, b) for b in budgets if 0 < b < 1} - {threshold})
+    extra = f" ({', '.join(f'{c:g}x' for c in capped)} for the looser budgets)" if capped else ""
+    return (
+        f"slo: {', '.join(parts) or 'none'}{SEPARATOR}degrading at a burn rate of "
+        f"{threshold:g}x{extra} over {short:g}s and {long:g}s"
+    )
 
 
 def security_lines(security: config_pb2.ServiceSecurity) -> list[str]:

@@ -115,10 +115,11 @@ def status_lines(response: admin_pb2.GetStatusResponse) -> list[str]:
 
 def _health_tables(response: admin_pb2.GetStatusResponse) -> list[str]:
     """Per node: config state and agent health; the components not running; the breakers
-    not closed."""
+    not closed; the services degrading (early warnings)."""
     nodes = [("NODE", "CONFIG", "HEALTH")]
     components = [("NODE", "COMPONENT", "STATE", "RESTARTS", "LAST ERROR")]
     breakers = [("NODE", "SERVICE", "STATE", "OPEN UNTIL", "LEFT", "SINCE", "REASON")]
+    warnings = [("NODE", "DEGRADING", "REASON", "BURN SHORT", "BURN LONG", "SINCE")]
     now = time.time()
     for node_id, entries in _by_node(response.nodes).items():
         health = _health_of(entries)
@@ -142,8 +143,19 @@ def _health_tables(response: admin_pb2.GetStatusResponse) -> list[str]:
                     b.reason or "-",
                 )
             )
+        for w in health.warnings:
+            warnings.append(
+                (
+                    node_id,
+                    w.service,
+                    w.reason or "-",
+                    f"{w.burn_short:.1f}x",
+                    f"{w.burn_long:.1f}x",
+                    _age(w.since.seconds) if w.HasField("since") else "-",
+                )
+            )
     lines: list[str] = []
-    for rows in (nodes, components, breakers):
+    for rows in (nodes, components, breakers, warnings):
         if len(rows) > 1:
             lines += ["", *table_lines(rows)]
     return lines
@@ -178,9 +190,11 @@ def _summary(response: admin_pb2.GetStatusResponse) -> str:
     streamless = sum(1 for s in states.values() if s == "no stream")
     not_serving = sum(1 for h in healths if h is not None and h.status != "SERVING")
     breakers = sum(1 for h in healths if h is not None and h.breakers)
+    degrading = sum(1 for h in healths if h is not None and h.warnings)
     return (
         f"{len(grouped)} node(s): {latest} on the latest config, {nacked} NACKed, "
-        f"{not_serving} not serving, {breakers} with open breakers, {streamless} without a stream"
+        f"{not_serving} not serving, {breakers} with open breakers, "
+        f"{degrading} with degrading services, {streamless} without a stream"
     )
 
 

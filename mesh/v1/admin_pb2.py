@@ -25,59 +25,64 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from mesh.v1 import config_pb2 as mesh_dot_v1_dot_config__pb2
 from mesh.v1 import node_pb2 as mesh_dot_v1_dot_node__pb2
+from mesh.v1 import traffic_pb2 as mesh_dot_v1_dot_traffic__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13mesh/v1/admin.proto\x12\x07mesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14mesh/v1/config.proto\x1a\x12mesh/v1/node.proto\"`\n\x14\x41pplyServicesRequest\x12\"\n\x08services\x18\x01 \x03(\x0b\x32\x10.mesh.v1.Service\x12\x13\n\x0bif_revision\x18\x02 \x01(\x03\x12\x0f\n\x07message\x18\x03 \x01(\t\"T\n\x15\x41pplyServicesResponse\x12)\n\x08services\x18\x01 \x03(\x0b\x32\x17.mesh.v1.AppliedService\x12\x10\n\x08revision\x18\x02 \x01(\x03\"A\n\x0e\x41ppliedService\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x0f\n\x07\x63hanged\x18\x03 \x01(\x08\"\"\n\x12GetServicesRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"Q\n\x13GetServicesResponse\x12(\n\x08services\x18\x01 \x03(\x0b\x32\x16.mesh.v1.StoredService\x12\x10\n\x08revision\x18\x02 \x01(\x03\"D\n\rStoredService\x12!\n\x07service\x18\x01 \x01(\x0b\x32\x10.mesh.v1.Service\x12\x10\n\x08revision\x18\x02 \x01(\x03\"J\n\x14\x44\x65leteServiceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bif_revision\x18\x02 \x01(\x03\x12\x0f\n\x07message\x18\x03 \x01(\t\")\n\x15\x44\x65leteServiceResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\"\x12\n\x10GetStatusRequest\"\xac\x01\n\x11GetStatusResponse\x12\"\n\x05nodes\x18\x01 \x03(\x0b\x32\x13.mesh.v1.NodeStatus\x12\x16\n\x0estore_revision\x18\x02 \x01(\x03\x12\x19\n\x11snapshot_revision\x18\x03 \x01(\x03\x12-\n\x0estore_problems\x18\x04 \x03(\x0b\x32\x15.mesh.v1.StoreProblem\x12\x11\n\tserver_id\x18\x05 \x01(\t\"/\n\x0cStoreProblem\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xe7\x02\n\nNodeStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04zone\x18\x02 \x01(\t\x12\x12\n\nuser_agent\x18\x03 \x01(\t\x12\x0c\n\x04peer\x18\x04 \x01(\t\x12\x33\n\x0f\x63onnected_since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\"\n\x05types\x18\x06 \x03(\x0b\x32\x13.mesh.v1.TypeStatus\x12\x13\n\x0bsnapshot_id\x18\x07 \x01(\t\x12\x11\n\tstream_id\x18\x08 \x01(\t\x12\x31\n\rlocal_clients\x18\t \x03(\x0b\x32\x1a.mesh.v1.LocalClientStatus\x12,\n\rregistrations\x18\n \x03(\x0b\x32\x15.mesh.v1.Registration\x12\x11\n\tserver_id\x18\x0b \x01(\t\x12#\n\x06health\x18\x0c \x01(\x0b\x32\x13.mesh.v1.NodeHealth\"\xaf\x01\n\nTypeStatus\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x14\n\x0cversion_sent\x18\x02 \x01(\t\x12\x15\n\rversion_acked\x18\x03 \x01(\t\x12\x16\n\x0eresponses_sent\x18\x04 \x01(\x03\x12 \n\tlast_nack\x18\x05 \x01(\x0b\x32\r.mesh.v1.Nack\x12\x16\n\x0eresource_names\x18\x06 \x03(\t\x12\x10\n\x08wildcard\x18\x07 \x01(\x08\"R\n\x04Nack\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xcf\x01\n\x0cHistoryEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03who\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12!\n\x07service\x18\x07 \x01(\x0b\x32\x10.mesh.v1.Service\x12\x0f\n\x07\x63reated\x18\x08 \x01(\x08\x12\x13\n\x0brollback_of\x18\t \x01(\x03\"!\n\x11GetHistoryRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"N\n\x12GetHistoryResponse\x12&\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x15.mesh.v1.HistoryEntry\x12\x10\n\x08revision\x18\x02 \x01(\x03\"a\n\x16RollbackServiceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bto_revision\x18\x02 \x01(\x03\x12\x13\n\x0bif_revision\x18\x03 \x01(\x03\x12\x0f\n\x07message\x18\x04 \x01(\t\"U\n\x17RollbackServiceResponse\x12(\n\x07service\x18\x01 \x01(\x0b\x32\x17.mesh.v1.AppliedService\x12\x10\n\x08revision\x18\x02 \x01(\x03\"\xda\x01\n\nAuditEntry\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03who\x18\x02 \x01(\t\x12\x0c\n\x04peer\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x10\n\x08services\x18\x05 \x03(\t\x12\x0f\n\x07outcome\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\x12\x10\n\x08revision\x18\t \x01(\x03\x12\x0f\n\x07message\x18\n \x01(\t\x12\x11\n\tserver_id\x18\x0b \x01(\t\"M\n\x0fGetAuditRequest\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07service\x18\x02 \x01(\t\"8\n\x10GetAuditResponse\x12$\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x13.mesh.v1.AuditEntry2\x9e\x04\n\x10MeshAdminService\x12N\n\rApplyServices\x12\x1d.mesh.v1.ApplyServicesRequest\x1a\x1e.mesh.v1.ApplyServicesResponse\x12H\n\x0bGetServices\x12\x1b.mesh.v1.GetServicesRequest\x1a\x1c.mesh.v1.GetServicesResponse\x12N\n\rDeleteService\x12\x1d.mesh.v1.DeleteServiceRequest\x1a\x1e.mesh.v1.DeleteServiceResponse\x12\x42\n\tGetStatus\x12\x19.mesh.v1.GetStatusRequest\x1a\x1a.mesh.v1.GetStatusResponse\x12\x45\n\nGetHistory\x12\x1a.mesh.v1.GetHistoryRequest\x1a\x1b.mesh.v1.GetHistoryResponse\x12T\n\x0fRollbackService\x12\x1f.mesh.v1.RollbackServiceRequest\x1a .mesh.v1.RollbackServiceResponse\x12?\n\x08GetAudit\x12\x18.mesh.v1.GetAuditRequest\x1a\x19.mesh.v1.GetAuditResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13mesh/v1/admin.proto\x12\x07mesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14mesh/v1/config.proto\x1a\x12mesh/v1/node.proto\x1a\x15mesh/v1/traffic.proto\"`\n\x14\x41pplyServicesRequest\x12\"\n\x08services\x18\x01 \x03(\x0b\x32\x10.mesh.v1.Service\x12\x13\n\x0bif_revision\x18\x02 \x01(\x03\x12\x0f\n\x07message\x18\x03 \x01(\t\"T\n\x15\x41pplyServicesResponse\x12)\n\x08services\x18\x01 \x03(\x0b\x32\x17.mesh.v1.AppliedService\x12\x10\n\x08revision\x18\x02 \x01(\x03\"A\n\x0e\x41ppliedService\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x0f\n\x07\x63hanged\x18\x03 \x01(\x08\"\"\n\x12GetServicesRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"Q\n\x13GetServicesResponse\x12(\n\x08services\x18\x01 \x03(\x0b\x32\x16.mesh.v1.StoredService\x12\x10\n\x08revision\x18\x02 \x01(\x03\"D\n\rStoredService\x12!\n\x07service\x18\x01 \x01(\x0b\x32\x10.mesh.v1.Service\x12\x10\n\x08revision\x18\x02 \x01(\x03\"J\n\x14\x44\x65leteServiceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bif_revision\x18\x02 \x01(\x03\x12\x0f\n\x07message\x18\x03 \x01(\t\")\n\x15\x44\x65leteServiceResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\"\x12\n\x10GetStatusRequest\"\xac\x01\n\x11GetStatusResponse\x12\"\n\x05nodes\x18\x01 \x03(\x0b\x32\x13.mesh.v1.NodeStatus\x12\x16\n\x0estore_revision\x18\x02 \x01(\x03\x12\x19\n\x11snapshot_revision\x18\x03 \x01(\x03\x12-\n\x0estore_problems\x18\x04 \x03(\x0b\x32\x15.mesh.v1.StoreProblem\x12\x11\n\tserver_id\x18\x05 \x01(\t\"/\n\x0cStoreProblem\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xe7\x02\n\nNodeStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04zone\x18\x02 \x01(\t\x12\x12\n\nuser_agent\x18\x03 \x01(\t\x12\x0c\n\x04peer\x18\x04 \x01(\t\x12\x33\n\x0f\x63onnected_since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\"\n\x05types\x18\x06 \x03(\x0b\x32\x13.mesh.v1.TypeStatus\x12\x13\n\x0bsnapshot_id\x18\x07 \x01(\t\x12\x11\n\tstream_id\x18\x08 \x01(\t\x12\x31\n\rlocal_clients\x18\t \x03(\x0b\x32\x1a.mesh.v1.LocalClientStatus\x12,\n\rregistrations\x18\n \x03(\x0b\x32\x15.mesh.v1.Registration\x12\x11\n\tserver_id\x18\x0b \x01(\t\x12#\n\x06health\x18\x0c \x01(\x0b\x32\x13.mesh.v1.NodeHealth\"\xaf\x01\n\nTypeStatus\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x14\n\x0cversion_sent\x18\x02 \x01(\t\x12\x15\n\rversion_acked\x18\x03 \x01(\t\x12\x16\n\x0eresponses_sent\x18\x04 \x01(\x03\x12 \n\tlast_nack\x18\x05 \x01(\x0b\x32\r.mesh.v1.Nack\x12\x16\n\x0eresource_names\x18\x06 \x03(\t\x12\x10\n\x08wildcard\x18\x07 \x01(\x08\"R\n\x04Nack\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xcf\x01\n\x0cHistoryEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03who\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12!\n\x07service\x18\x07 \x01(\x0b\x32\x10.mesh.v1.Service\x12\x0f\n\x07\x63reated\x18\x08 \x01(\x08\x12\x13\n\x0brollback_of\x18\t \x01(\x03\"!\n\x11GetHistoryRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"N\n\x12GetHistoryResponse\x12&\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x15.mesh.v1.HistoryEntry\x12\x10\n\x08revision\x18\x02 \x01(\x03\"a\n\x16RollbackServiceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bto_revision\x18\x02 \x01(\x03\x12\x13\n\x0bif_revision\x18\x03 \x01(\x03\x12\x0f\n\x07message\x18\x04 \x01(\t\"U\n\x17RollbackServiceResponse\x12(\n\x07service\x18\x01 \x01(\x0b\x32\x17.mesh.v1.AppliedService\x12\x10\n\x08revision\x18\x02 \x01(\x03\"\xda\x01\n\nAuditEntry\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03who\x18\x02 \x01(\t\x12\x0c\n\x04peer\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x10\n\x08services\x18\x05 \x03(\t\x12\x0f\n\x07outcome\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\x12\x10\n\x08revision\x18\t \x01(\x03\x12\x0f\n\x07message\x18\n \x01(\t\x12\x11\n\tserver_id\x18\x0b \x01(\t\"M\n\x0fGetAuditRequest\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07service\x18\x02 \x01(\t\"8\n\x10GetAuditResponse\x12$\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x13.mesh.v1.AuditEntry\"4\n\x11GetTrafficRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x02 \x01(\t\"\xd7\x01\n\x12GetTrafficResponse\x12#\n\x05\x65\x64ges\x18\x01 \x03(\x0b\x32\x14.mesh.v1.TrafficEdge\x12\x16\n\x0ewindow_seconds\x18\x02 \x01(\x01\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tserver_id\x18\x04 \x01(\t\x12\x19\n\x11latency_bounds_ms\x18\x05 \x03(\x01\x12\x15\n\rdropped_edges\x18\x06 \x01(\x03\x12\x15\n\rdropped_calls\x18\x07 \x01(\x03\x32\xe5\x04\n\x10MeshAdminService\x12N\n\rApplyServices\x12\x1d.mesh.v1.ApplyServicesRequest\x1a\x1e.mesh.v1.ApplyServicesResponse\x12H\n\x0bGetServices\x12\x1b.mesh.v1.GetServicesRequest\x1a\x1c.mesh.v1.GetServicesResponse\x12N\n\rDeleteService\x12\x1d.mesh.v1.DeleteServiceRequest\x1a\x1e.mesh.v1.DeleteServiceResponse\x12\x42\n\tGetStatus\x12\x19.mesh.v1.GetStatusRequest\x1a\x1a.mesh.v1.GetStatusResponse\x12\x45\n\nGetHistory\x12\x1a.mesh.v1.GetHistoryRequest\x1a\x1b.mesh.v1.GetHistoryResponse\x12T\n\x0fRollbackService\x12\x1f.mesh.v1.RollbackServiceRequest\x1a .mesh.v1.RollbackServiceResponse\x12?\n\x08GetAudit\x12\x18.mesh.v1.GetAuditRequest\x1a\x19.mesh.v1.GetAuditResponse\x12\x45\n\nGetTraffic\x12\x1a.mesh.v1.GetTrafficRequest\x1a\x1b.mesh.v1.GetTrafficResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mesh.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_APPLYSERVICESREQUEST']._serialized_start=107
-  _globals['_APPLYSERVICESREQUEST']._serialized_end=203
-  _globals['_APPLYSERVICESRESPONSE']._serialized_start=205
-  _globals['_APPLYSERVICESRESPONSE']._serialized_end=289
-  _globals['_APPLIEDSERVICE']._serialized_start=291
-  _globals['_APPLIEDSERVICE']._serialized_end=356
-  _globals['_GETSERVICESREQUEST']._serialized_start=358
-  _globals['_GETSERVICESREQUEST']._serialized_end=392
-  _globals['_GETSERVICESRESPONSE']._serialized_start=394
-  _globals['_GETSERVICESRESPONSE']._serialized_end=475
-  _globals['_STOREDSERVICE']._serialized_start=477
-  _globals['_STOREDSERVICE']._serialized_end=545
-  _globals['_DELETESERVICEREQUEST']._serialized_start=547
-  _globals['_DELETESERVICEREQUEST']._serialized_end=621
-  _globals['_DELETESERVICERESPONSE']._serialized_start=623
-  _globals['_DELETESERVICERESPONSE']._serialized_end=664
-  _globals['_GETSTATUSREQUEST']._serialized_start=666
-  _globals['_GETSTATUSREQUEST']._serialized_end=684
-  _globals['_GETSTATUSRESPONSE']._serialized_start=687
-  _globals['_GETSTATUSRESPONSE']._serialized_end=859
-  _globals['_STOREPROBLEM']._serialized_start=861
-  _globals['_STOREPROBLEM']._serialized_end=908
-  _globals['_NODESTATUS']._serialized_start=911
-  _globals['_NODESTATUS']._serialized_end=1270
-  _globals['_TYPESTATUS']._serialized_start=1273
-  _globals['_TYPESTATUS']._serialized_end=1448
-  _globals['_NACK']._serialized_start=1450
-  _globals['_NACK']._serialized_end=1532
-  _globals['_HISTORYENTRY']._serialized_start=1535
-  _globals['_HISTORYENTRY']._serialized_end=1742
-  _globals['_GETHISTORYREQUEST']._serialized_start=1744
-  _globals['_GETHISTORYREQUEST']._serialized_end=1777
-  _globals['_GETHISTORYRESPONSE']._serialized_start=1779
-  _globals['_GETHISTORYRESPONSE']._serialized_end=1857
-  _globals['_ROLLBACKSERVICEREQUEST']._serialized_start=1859
-  _globals['_ROLLBACKSERVICEREQUEST']._serialized_end=1956
-  _globals['_ROLLBACKSERVICERESPONSE']._serialized_start=1958
-  _globals['_ROLLBACKSERVICERESPONSE']._serialized_end=2043
-  _globals['_AUDITENTRY']._serialized_start=2046
-  _globals['_AUDITENTRY']._serialized_end=2264
-  _globals['_GETAUDITREQUEST']._serialized_start=2266
-  _globals['_GETAUDITREQUEST']._serialized_end=2343
-  _globals['_GETAUDITRESPONSE']._serialized_start=2345
-  _globals['_GETAUDITRESPONSE']._serialized_end=2401
-  _globals['_MESHADMINSERVICE']._serialized_start=2404
-  _globals['_MESHADMINSERVICE']._serialized_end=2946
+  _globals['_APPLYSERVICESREQUEST']._serialized_start=130
+  _globals['_APPLYSERVICESREQUEST']._serialized_end=226
+  _globals['_APPLYSERVICESRESPONSE']._serialized_start=228
+  _globals['_APPLYSERVICESRESPONSE']._serialized_end=312
+  _globals['_APPLIEDSERVICE']._serialized_start=314
+  _globals['_APPLIEDSERVICE']._serialized_end=379
+  _globals['_GETSERVICESREQUEST']._serialized_start=381
+  _globals['_GETSERVICESREQUEST']._serialized_end=415
+  _globals['_GETSERVICESRESPONSE']._serialized_start=417
+  _globals['_GETSERVICESRESPONSE']._serialized_end=498
+  _globals['_STOREDSERVICE']._serialized_start=500
+  _globals['_STOREDSERVICE']._serialized_end=568
+  _globals['_DELETESERVICEREQUEST']._serialized_start=570
+  _globals['_DELETESERVICEREQUEST']._serialized_end=644
+  _globals['_DELETESERVICERESPONSE']._serialized_start=646
+  _globals['_DELETESERVICERESPONSE']._serialized_end=687
+  _globals['_GETSTATUSREQUEST']._serialized_start=689
+  _globals['_GETSTATUSREQUEST']._serialized_end=707
+  _globals['_GETSTATUSRESPONSE']._serialized_start=710
+  _globals['_GETSTATUSRESPONSE']._serialized_end=882
+  _globals['_STOREPROBLEM']._serialized_start=884
+  _globals['_STOREPROBLEM']._serialized_end=931
+  _globals['_NODESTATUS']._serialized_start=934
+  _globals['_NODESTATUS']._serialized_end=1293
+  _globals['_TYPESTATUS']._serialized_start=1296
+  _globals['_TYPESTATUS']._serialized_end=1471
+  _globals['_NACK']._serialized_start=1473
+  _globals['_NACK']._serialized_end=1555
+  _globals['_HISTORYENTRY']._serialized_start=1558
+  _globals['_HISTORYENTRY']._serialized_end=1765
+  _globals['_GETHISTORYREQUEST']._serialized_start=1767
+  _globals['_GETHISTORYREQUEST']._serialized_end=1800
+  _globals['_GETHISTORYRESPONSE']._serialized_start=1802
+  _globals['_GETHISTORYRESPONSE']._serialized_end=1880
+  _globals['_ROLLBACKSERVICEREQUEST']._serialized_start=1882
+  _globals['_ROLLBACKSERVICEREQUEST']._serialized_end=1979
+  _globals['_ROLLBACKSERVICERESPONSE']._serialized_start=1981
+  _globals['_ROLLBACKSERVICERESPONSE']._serialized_end=2066
+  _globals['_AUDITENTRY']._serialized_start=2069
+  _globals['_AUDITENTRY']._serialized_end=2287
+  _globals['_GETAUDITREQUEST']._serialized_start=2289
+  _globals['_GETAUDITREQUEST']._serialized_end=2366
+  _globals['_GETAUDITRESPONSE']._serialized_start=2368
+  _globals['_GETAUDITRESPONSE']._serialized_end=2424
+  _globals['_GETTRAFFICREQUEST']._serialized_start=2426
+  _globals['_GETTRAFFICREQUEST']._serialized_end=2478
+  _globals['_GETTRAFFICRESPONSE']._serialized_start=2481
+  _globals['_GETTRAFFICRESPONSE']._serialized_end=2696
+  _globals['_MESHADMINSERVICE']._serialized_start=2699
+  _globals['_MESHADMINSERVICE']._serialized_end=3312
 # @@protoc_insertion_point(module_scope)

@@ -3,6 +3,7 @@ import datetime
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from mesh.v1 import config_pb2 as _config_pb2
 from mesh.v1 import node_pb2 as _node_pb2
+from mesh.v1 import traffic_pb2 as _traffic_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -254,3 +255,29 @@ class GetAuditResponse(_message.Message):
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
     def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ...) -> None: ...
+
+class GetTrafficRequest(_message.Message):
+    __slots__ = ("service", "caller")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    caller: str
+    def __init__(self, service: _Optional[str] = ..., caller: _Optional[str] = ...) -> None: ...
+
+class GetTrafficResponse(_message.Message):
+    __slots__ = ("edges", "window_seconds", "time", "server_id", "latency_bounds_ms", "dropped_edges", "dropped_calls")
+    EDGES_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    SERVER_ID_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_BOUNDS_MS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_EDGES_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_CALLS_FIELD_NUMBER: _ClassVar[int]
+    edges: _containers.RepeatedCompositeFieldContainer[_traffic_pb2.TrafficEdge]
+    window_seconds: float
+    time: _timestamp_pb2.Timestamp
+    server_id: str
+    latency_bounds_ms: _containers.RepeatedScalarFieldContainer[float]
+    dropped_edges: int
+    dropped_calls: int
+    def __init__(self, edges: _Optional[_Iterable[_Union[_traffic_pb2.TrafficEdge, _Mapping]]] = ..., window_seconds: _Optional[float] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., server_id: _Optional[str] = ..., latency_bounds_ms: _Optional[_Iterable[float]] = ..., dropped_edges: _Optional[int] = ..., dropped_calls: _Optional[int] = ...) -> None: ...

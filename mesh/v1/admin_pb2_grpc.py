@@ -70,6 +70,11 @@ class MeshAdminServiceStub:
                 request_serializer=mesh_dot_v1_dot_admin__pb2.GetAuditRequest.SerializeToString,
                 response_deserializer=mesh_dot_v1_dot_admin__pb2.GetAuditResponse.FromString,
                 _registered_method=True)
+        self.GetTraffic = channel.unary_unary(
+                '/mesh.v1.MeshAdminService/GetTraffic',
+                request_serializer=mesh_dot_v1_dot_admin__pb2.GetTrafficRequest.SerializeToString,
+                response_deserializer=mesh_dot_v1_dot_admin__pb2.GetTrafficResponse.FromString,
+                _registered_method=True)
 
 
 class MeshAdminServiceServicer:
@@ -123,6 +128,15 @@ class MeshAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTraffic(self, request, context):
+        """The service graph: for each caller (a process on a node) and each service it called in
+        the last window (60 s), its rate, error rate, latency quantiles, the node's breaker
+        and early warning for the service. With a shared store, every control server's agents.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeshAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -160,6 +174,11 @@ def add_MeshAdminServiceServicer_to_server(servicer, server):
                     servicer.GetAudit,
                     request_deserializer=mesh_dot_v1_dot_admin__pb2.GetAuditRequest.FromString,
                     response_serializer=mesh_dot_v1_dot_admin__pb2.GetAuditResponse.SerializeToString,
+            ),
+            'GetTraffic': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTraffic,
+                    request_deserializer=mesh_dot_v1_dot_admin__pb2.GetTrafficRequest.FromString,
+                    response_serializer=mesh_dot_v1_dot_admin__pb2.GetTrafficResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -352,6 +371,33 @@ class MeshAdminService:
             '/mesh.v1.MeshAdminService/GetAudit',
             mesh_dot_v1_dot_admin__pb2.GetAuditRequest.SerializeToString,
             mesh_dot_v1_dot_admin__pb2.GetAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTraffic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mesh.v1.MeshAdminService/GetTraffic',
+            mesh_dot_v1_dot_admin__pb2.GetTrafficRequest.SerializeToString,
+            mesh_dot_v1_dot_admin__pb2.GetTrafficResponse.FromString,
             options,
             channel_credentials,
             insecure,

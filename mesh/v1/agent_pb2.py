@@ -28,15 +28,15 @@ from mesh.v1 import config_pb2 as mesh_dot_v1_dot_config__pb2
 from mesh.v1 import node_pb2 as mesh_dot_v1_dot_node__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13mesh/v1/agent.proto\x12\x07mesh.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14mesh/v1/config.proto\x1a\x12mesh/v1/node.proto\"O\n\x13HoldIdentityRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\'\n\x04wait\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"A\n\x14HoldIdentityResponse\x12)\n\x08identity\x18\x01 \x01(\x0b\x32\x17.mesh.v1.IdentityStatus\"k\n\x14\x44\x65\x63lareServerRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x19\n\x11listening_address\x18\x02 \x01(\t\x12\'\n\x04wait\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"R\n\x15\x44\x65\x63lareServerResponse\x12\x15\n\rlistener_name\x18\x01 \x01(\t\x12\x0c\n\x04mode\x18\x02 \x01(\t\x12\x14\n\x0chas_identity\x18\x03 \x01(\x08\"d\n\x0b\x43\x61llOutcome\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x12\n\nlatency_us\x18\x03 \x01(\x03\x12\x13\n\x0b\x65nd_unix_ms\x18\x04 \x01(\x03\x12\r\n\x05probe\x18\x05 \x01(\x08\"R\n\x15ReportOutcomesRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12&\n\x08outcomes\x18\x02 \x03(\x0b\x32\x14.mesh.v1.CallOutcome\"*\n\x16ReportOutcomesResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\"\xac\x01\n\rBreakerStatus\x12\x0f\n\x07service\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.mesh.v1.BreakerState\x12.\n\nopen_until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x05 \x01(\x08\x12\x13\n\x0btransitions\x18\x06 \x01(\x03\"(\n\x14WatchBreakersRequest\x12\x10\n\x08services\x18\x01 \x03(\t\"m\n\x15WatchBreakersResponse\x12(\n\x08\x62reakers\x18\x01 \x03(\x0b\x32\x16.mesh.v1.BreakerStatus\x12*\n\rcall_policies\x18\x02 \x03(\x0b\x32\x13.mesh.v1.CallPolicy\"\xa3\x01\n\nCallPolicy\x12\x0f\n\x07service\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12%\n\x06routes\x18\x03 \x03(\x0b\x32\x15.mesh.v1.RouteTimeout\x12\x31\n\rauthorization\x18\x04 \x03(\x0b\x32\x1a.mesh.v1.AuthorizationRule\"^\n\x0cRouteTimeout\x12\"\n\x05match\x18\x01 \x01(\x0b\x32\x13.mesh.v1.RouteMatch\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\'\n\x14\x41\x63quirePermitRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"P\n\x15\x41\x63quirePermitResponse\x12\x0f\n\x07granted\x18\x01 \x01(\x08\x12&\n\x06status\x18\x02 \x01(\x0b\x32\x16.mesh.v1.BreakerStatus\">\n\x0fRegisterRequest\x12+\n\x0cregistration\x18\x01 \x01(\x0b\x32\x15.mesh.v1.Registration\"\x12\n\x10RegisterResponse\"_\n\x11\x44\x65registerRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12(\n\x05\x64rain\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x14\n\x12\x44\x65registerResponse\"\x17\n\x15GetAgentStatusRequest\"\xfb\x03\n\x16GetAgentStatusResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08upstream\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12*\n\x05types\x18\x04 \x03(\x0b\x32\x1b.mesh.v1.UpstreamTypeStatus\x12,\n\rregistrations\x18\x05 \x03(\x0b\x32\x15.mesh.v1.Registration\x12,\n\ncomponents\x18\x06 \x03(\x0b\x32\x18.mesh.v1.ComponentStatus\x12\x30\n\x0f\x65ndpoint_health\x18\x07 \x03(\x0b\x32\x17.mesh.v1.EndpointHealth\x12\x32\n\x0e\x63onfig_updated\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x08\x62reakers\x18\t \x03(\x0b\x32\x16.mesh.v1.BreakerStatus\x12\x0c\n\x04zone\x18\n \x01(\t\x12.\n\x0fzone_priorities\x18\x0b \x03(\x0b\x32\x15.mesh.v1.ZonePriority\x12+\n\nidentities\x18\x0c \x03(\x0b\x32\x17.mesh.v1.IdentityStatus\x12(\n\x07servers\x18\r \x03(\x0b\x32\x17.mesh.v1.DeclaredServer\"a\n\x0e\x44\x65\x63laredServer\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x19\n\x11listening_address\x18\x02 \x01(\t\x12\x15\n\rlistener_name\x18\x03 \x01(\t\x12\x0c\n\x04mode\x18\x04 \x01(\t\"\xc4\x02\n\x0eIdentityStatus\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x18\n\x10\x63\x65rtificate_file\x18\x04 \x01(\t\x12\x18\n\x10private_key_file\x18\x05 \x01(\t\x12\x1b\n\x13\x63\x61_certificate_file\x18\x06 \x01(\t\x12-\n\tnot_after\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08renew_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\t \x01(\t\x12+\n\x07updated\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07refused\x18\x0b \x01(\x08\"\x7f\n\x12UpstreamTypeStatus\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x15\n\rversion_acked\x18\x02 \x01(\t\x12\x1a\n\x12responses_received\x18\x03 \x01(\x03\x12\x11\n\tresources\x18\x04 \x01(\x05\x12\x11\n\tlast_nack\x18\x05 \x01(\t\"T\n\x0f\x43omponentStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x12\n\nlast_error\x18\x03 \x01(\t\x12\x10\n\x08restarts\x18\x04 \x01(\x05\"R\n\x0e\x45ndpointHealth\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0f\n\x07\x61pplied\x18\x04 \x01(\x08*|\n\x0c\x42reakerState\x12\x1d\n\x19\x42REAKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42REAKER_STATE_CLOSED\x10\x01\x12\x16\n\x12\x42REAKER_STATE_OPEN\x10\x02\x12\x1b\n\x17\x42REAKER_STATE_HALF_OPEN\x10\x03\x32\xfd\x04\n\x0c\x41gentService\x12?\n\x08Register\x12\x18.mesh.v1.RegisterRequest\x1a\x19.mesh.v1.RegisterResponse\x12\x45\n\nDeregister\x12\x1a.mesh.v1.DeregisterRequest\x1a\x1b.mesh.v1.DeregisterResponse\x12Q\n\x0eGetAgentStatus\x12\x1e.mesh.v1.GetAgentStatusRequest\x1a\x1f.mesh.v1.GetAgentStatusResponse\x12S\n\x0eReportOutcomes\x12\x1e.mesh.v1.ReportOutcomesRequest\x1a\x1f.mesh.v1.ReportOutcomesResponse(\x01\x12P\n\rWatchBreakers\x12\x1d.mesh.v1.WatchBreakersRequest\x1a\x1e.mesh.v1.WatchBreakersResponse0\x01\x12N\n\rAcquirePermit\x12\x1d.mesh.v1.AcquirePermitRequest\x1a\x1e.mesh.v1.AcquirePermitResponse\x12K\n\x0cHoldIdentity\x12\x1c.mesh.v1.HoldIdentityRequest\x1a\x1d.mesh.v1.HoldIdentityResponse\x12N\n\rDeclareServer\x12\x1d.mesh.v1.DeclareServerRequest\x1a\x1e.mesh.v1.DeclareServerResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13mesh/v1/agent.proto\x12\x07mesh.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14mesh/v1/config.proto\x1a\x12mesh/v1/node.proto\"O\n\x13HoldIdentityRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\'\n\x04wait\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"A\n\x14HoldIdentityResponse\x12)\n\x08identity\x18\x01 \x01(\x0b\x32\x17.mesh.v1.IdentityStatus\"k\n\x14\x44\x65\x63lareServerRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x19\n\x11listening_address\x18\x02 \x01(\t\x12\'\n\x04wait\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"R\n\x15\x44\x65\x63lareServerResponse\x12\x15\n\rlistener_name\x18\x01 \x01(\t\x12\x0c\n\x04mode\x18\x02 \x01(\t\x12\x14\n\x0chas_identity\x18\x03 \x01(\x08\"d\n\x0b\x43\x61llOutcome\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x12\n\nlatency_us\x18\x03 \x01(\x03\x12\x13\n\x0b\x65nd_unix_ms\x18\x04 \x01(\x03\x12\r\n\x05probe\x18\x05 \x01(\x08\"b\n\x15ReportOutcomesRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12&\n\x08outcomes\x18\x02 \x03(\x0b\x32\x14.mesh.v1.CallOutcome\x12\x0e\n\x06\x63\x61ller\x18\x03 \x01(\t\"*\n\x16ReportOutcomesResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\"\xac\x01\n\rBreakerStatus\x12\x0f\n\x07service\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.mesh.v1.BreakerState\x12.\n\nopen_until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x05 \x01(\x08\x12\x13\n\x0btransitions\x18\x06 \x01(\x03\"(\n\x14WatchBreakersRequest\x12\x10\n\x08services\x18\x01 \x03(\t\"m\n\x15WatchBreakersResponse\x12(\n\x08\x62reakers\x18\x01 \x03(\x0b\x32\x16.mesh.v1.BreakerStatus\x12*\n\rcall_policies\x18\x02 \x03(\x0b\x32\x13.mesh.v1.CallPolicy\"\xa3\x01\n\nCallPolicy\x12\x0f\n\x07service\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12%\n\x06routes\x18\x03 \x03(\x0b\x32\x15.mesh.v1.RouteTimeout\x12\x31\n\rauthorization\x18\x04 \x03(\x0b\x32\x1a.mesh.v1.AuthorizationRule\"^\n\x0cRouteTimeout\x12\"\n\x05match\x18\x01 \x01(\x0b\x32\x13.mesh.v1.RouteMatch\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\'\n\x14\x41\x63quirePermitRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"P\n\x15\x41\x63quirePermitResponse\x12\x0f\n\x07granted\x18\x01 \x01(\x08\x12&\n\x06status\x18\x02 \x01(\x0b\x32\x16.mesh.v1.BreakerStatus\">\n\x0fRegisterRequest\x12+\n\x0cregistration\x18\x01 \x01(\x0b\x32\x15.mesh.v1.Registration\"\x12\n\x10RegisterResponse\"_\n\x11\x44\x65registerRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12(\n\x05\x64rain\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x14\n\x12\x44\x65registerResponse\"\x17\n\x15GetAgentStatusRequest\"\xa6\x04\n\x16GetAgentStatusResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08upstream\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12*\n\x05types\x18\x04 \x03(\x0b\x32\x1b.mesh.v1.UpstreamTypeStatus\x12,\n\rregistrations\x18\x05 \x03(\x0b\x32\x15.mesh.v1.Registration\x12,\n\ncomponents\x18\x06 \x03(\x0b\x32\x18.mesh.v1.ComponentStatus\x12\x30\n\x0f\x65ndpoint_health\x18\x07 \x03(\x0b\x32\x17.mesh.v1.EndpointHealth\x12\x32\n\x0e\x63onfig_updated\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x08\x62reakers\x18\t \x03(\x0b\x32\x16.mesh.v1.BreakerStatus\x12\x0c\n\x04zone\x18\n \x01(\t\x12.\n\x0fzone_priorities\x18\x0b \x03(\x0b\x32\x15.mesh.v1.ZonePriority\x12+\n\nidentities\x18\x0c \x03(\x0b\x32\x17.mesh.v1.IdentityStatus\x12(\n\x07servers\x18\r \x03(\x0b\x32\x17.mesh.v1.DeclaredServer\x12)\n\x08warnings\x18\x0e \x03(\x0b\x32\x17.mesh.v1.ServiceWarning\"a\n\x0e\x44\x65\x63laredServer\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x19\n\x11listening_address\x18\x02 \x01(\t\x12\x15\n\rlistener_name\x18\x03 \x01(\t\x12\x0c\n\x04mode\x18\x04 \x01(\t\"\xc4\x02\n\x0eIdentityStatus\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x18\n\x10\x63\x65rtificate_file\x18\x04 \x01(\t\x12\x18\n\x10private_key_file\x18\x05 \x01(\t\x12\x1b\n\x13\x63\x61_certificate_file\x18\x06 \x01(\t\x12-\n\tnot_after\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08renew_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\t \x01(\t\x12+\n\x07updated\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07refused\x18\x0b \x01(\x08\"\x7f\n\x12UpstreamTypeStatus\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x15\n\rversion_acked\x18\x02 \x01(\t\x12\x1a\n\x12responses_received\x18\x03 \x01(\x03\x12\x11\n\tresources\x18\x04 \x01(\x05\x12\x11\n\tlast_nack\x18\x05 \x01(\t\"T\n\x0f\x43omponentStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x12\n\nlast_error\x18\x03 \x01(\t\x12\x10\n\x08restarts\x18\x04 \x01(\x05\"R\n\x0e\x45ndpointHealth\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0f\n\x07\x61pplied\x18\x04 \x01(\x08*|\n\x0c\x42reakerState\x12\x1d\n\x19\x42REAKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42REAKER_STATE_CLOSED\x10\x01\x12\x16\n\x12\x42REAKER_STATE_OPEN\x10\x02\x12\x1b\n\x17\x42REAKER_STATE_HALF_OPEN\x10\x03\x32\xfd\x04\n\x0c\x41gentService\x12?\n\x08Register\x12\x18.mesh.v1.RegisterRequest\x1a\x19.mesh.v1.RegisterResponse\x12\x45\n\nDeregister\x12\x1a.mesh.v1.DeregisterRequest\x1a\x1b.mesh.v1.DeregisterResponse\x12Q\n\x0eGetAgentStatus\x12\x1e.mesh.v1.GetAgentStatusRequest\x1a\x1f.mesh.v1.GetAgentStatusResponse\x12S\n\x0eReportOutcomes\x12\x1e.mesh.v1.ReportOutcomesRequest\x1a\x1f.mesh.v1.ReportOutcomesResponse(\x01\x12P\n\rWatchBreakers\x12\x1d.mesh.v1.WatchBreakersRequest\x1a\x1e.mesh.v1.WatchBreakersResponse0\x01\x12N\n\rAcquirePermit\x12\x1d.mesh.v1.AcquirePermitRequest\x1a\x1e.mesh.v1.AcquirePermitResponse\x12K\n\x0cHoldIdentity\x12\x1c.mesh.v1.HoldIdentityRequest\x1a\x1d.mesh.v1.HoldIdentityResponse\x12N\n\rDeclareServer\x12\x1d.mesh.v1.DeclareServerRequest\x1a\x1e.mesh.v1.DeclareServerResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mesh.v1.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BREAKERSTATE']._serialized_start=2886
-  _globals['_BREAKERSTATE']._serialized_end=3010
+  _globals['_BREAKERSTATE']._serialized_start=2945
+  _globals['_BREAKERSTATE']._serialized_end=3069
   _globals['_HOLDIDENTITYREQUEST']._serialized_start=139
   _globals['_HOLDIDENTITYREQUEST']._serialized_end=218
   _globals['_HOLDIDENTITYRESPONSE']._serialized_start=220
@@ -48,45 +48,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CALLOUTCOME']._serialized_start=480
   _globals['_CALLOUTCOME']._serialized_end=580
   _globals['_REPORTOUTCOMESREQUEST']._serialized_start=582
-  _globals['_REPORTOUTCOMESREQUEST']._serialized_end=664
-  _globals['_REPORTOUTCOMESRESPONSE']._serialized_start=666
-  _globals['_REPORTOUTCOMESRESPONSE']._serialized_end=708
-  _globals['_BREAKERSTATUS']._serialized_start=711
-  _globals['_BREAKERSTATUS']._serialized_end=883
-  _globals['_WATCHBREAKERSREQUEST']._serialized_start=885
-  _globals['_WATCHBREAKERSREQUEST']._serialized_end=925
-  _globals['_WATCHBREAKERSRESPONSE']._serialized_start=927
-  _globals['_WATCHBREAKERSRESPONSE']._serialized_end=1036
-  _globals['_CALLPOLICY']._serialized_start=1039
-  _globals['_CALLPOLICY']._serialized_end=1202
-  _globals['_ROUTETIMEOUT']._serialized_start=1204
-  _globals['_ROUTETIMEOUT']._serialized_end=1298
-  _globals['_ACQUIREPERMITREQUEST']._serialized_start=1300
-  _globals['_ACQUIREPERMITREQUEST']._serialized_end=1339
-  _globals['_ACQUIREPERMITRESPONSE']._serialized_start=1341
-  _globals['_ACQUIREPERMITRESPONSE']._serialized_end=1421
-  _globals['_REGISTERREQUEST']._serialized_start=1423
-  _globals['_REGISTERREQUEST']._serialized_end=1485
-  _globals['_REGISTERRESPONSE']._serialized_start=1487
-  _globals['_REGISTERRESPONSE']._serialized_end=1505
-  _globals['_DEREGISTERREQUEST']._serialized_start=1507
-  _globals['_DEREGISTERREQUEST']._serialized_end=1602
-  _globals['_DEREGISTERRESPONSE']._serialized_start=1604
-  _globals['_DEREGISTERRESPONSE']._serialized_end=1624
-  _globals['_GETAGENTSTATUSREQUEST']._serialized_start=1626
-  _globals['_GETAGENTSTATUSREQUEST']._serialized_end=1649
-  _globals['_GETAGENTSTATUSRESPONSE']._serialized_start=1652
-  _globals['_GETAGENTSTATUSRESPONSE']._serialized_end=2159
-  _globals['_DECLAREDSERVER']._serialized_start=2161
-  _globals['_DECLAREDSERVER']._serialized_end=2258
-  _globals['_IDENTITYSTATUS']._serialized_start=2261
-  _globals['_IDENTITYSTATUS']._serialized_end=2585
-  _globals['_UPSTREAMTYPESTATUS']._serialized_start=2587
-  _globals['_UPSTREAMTYPESTATUS']._serialized_end=2714
-  _globals['_COMPONENTSTATUS']._serialized_start=2716
-  _globals['_COMPONENTSTATUS']._serialized_end=2800
-  _globals['_ENDPOINTHEALTH']._serialized_start=2802
-  _globals['_ENDPOINTHEALTH']._serialized_end=2884
-  _globals['_AGENTSERVICE']._serialized_start=3013
-  _globals['_AGENTSERVICE']._serialized_end=3650
+  _globals['_REPORTOUTCOMESREQUEST']._serialized_end=680
+  _globals['_REPORTOUTCOMESRESPONSE']._serialized_start=682
+  _globals['_REPORTOUTCOMESRESPONSE']._serialized_end=724
+  _globals['_BREAKERSTATUS']._serialized_start=727
+  _globals['_BREAKERSTATUS']._serialized_end=899
+  _globals['_WATCHBREAKERSREQUEST']._serialized_start=901
+  _globals['_WATCHBREAKERSREQUEST']._serialized_end=941
+  _globals['_WATCHBREAKERSRESPONSE']._serialized_start=943
+  _globals['_WATCHBREAKERSRESPONSE']._serialized_end=1052
+  _globals['_CALLPOLICY']._serialized_start=1055
+  _globals['_CALLPOLICY']._serialized_end=1218
+  _globals['_ROUTETIMEOUT']._serialized_start=1220
+  _globals['_ROUTETIMEOUT']._serialized_end=1314
+  _globals['_ACQUIREPERMITREQUEST']._serialized_start=1316
+  _globals['_ACQUIREPERMITREQUEST']._serialized_end=1355
+  _globals['_ACQUIREPERMITRESPONSE']._serialized_start=1357
+  _globals['_ACQUIREPERMITRESPONSE']._serialized_end=1437
+  _globals['_REGISTERREQUEST']._serialized_start=1439
+  _globals['_REGISTERREQUEST']._serialized_end=1501
+  _globals['_REGISTERRESPONSE']._serialized_start=1503
+  _globals['_REGISTERRESPONSE']._serialized_end=1521
+  _globals['_DEREGISTERREQUEST']._serialized_start=1523
+  _globals['_DEREGISTERREQUEST']._serialized_end=1618
+  _globals['_DEREGISTERRESPONSE']._serialized_start=1620
+  _globals['_DEREGISTERRESPONSE']._serialized_end=1640
+  _globals['_GETAGENTSTATUSREQUEST']._serialized_start=1642
+  _globals['_GETAGENTSTATUSREQUEST']._serialized_end=1665
+  _globals['_GETAGENTSTATUSRESPONSE']._serialized_start=1668
+  _globals['_GETAGENTSTATUSRESPONSE']._serialized_end=2218
+  _globals['_DECLAREDSERVER']._serialized_start=2220
+  _globals['_DECLAREDSERVER']._serialized_end=2317
+  _globals['_IDENTITYSTATUS']._serialized_start=2320
+  _globals['_IDENTITYSTATUS']._serialized_end=2644
+  _globals['_UPSTREAMTYPESTATUS']._serialized_start=2646
+  _globals['_UPSTREAMTYPESTATUS']._serialized_end=2773
+  _globals['_COMPONENTSTATUS']._serialized_start=2775
+  _globals['_COMPONENTSTATUS']._serialized_end=2859
+  _globals['_ENDPOINTHEALTH']._serialized_start=2861
+  _globals['_ENDPOINTHEALTH']._serialized_end=2943
+  _globals['_AGENTSERVICE']._serialized_start=3072
+  _globals['_AGENTSERVICE']._serialized_end=3709
 # @@protoc_insertion_point(module_scope)

@@ -73,12 +73,14 @@ class CallOutcome(_message.Message):
     def __init__(self, service: _Optional[str] = ..., code: _Optional[str] = ..., latency_us: _Optional[int] = ..., end_unix_ms: _Optional[int] = ..., probe: _Optional[bool] = ...) -> None: ...
 
 class ReportOutcomesRequest(_message.Message):
-    __slots__ = ("client_id", "outcomes")
+    __slots__ = ("client_id", "outcomes", "caller")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     outcomes: _containers.RepeatedCompositeFieldContainer[CallOutcome]
-    def __init__(self, client_id: _Optional[str] = ..., outcomes: _Optional[_Iterable[_Union[CallOutcome, _Mapping]]] = ...) -> None: ...
+    caller: str
+    def __init__(self, client_id: _Optional[str] = ..., outcomes: _Optional[_Iterable[_Union[CallOutcome, _Mapping]]] = ..., caller: _Optional[str] = ...) -> None: ...
 
 class ReportOutcomesResponse(_message.Message):
     __slots__ = ("accepted",)
@@ -179,7 +181,7 @@ class GetAgentStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetAgentStatusResponse(_message.Message):
-    __slots__ = ("node_id", "upstream", "connected", "types", "registrations", "components", "endpoint_health", "config_updated", "breakers", "zone", "zone_priorities", "identities", "servers")
+    __slots__ = ("node_id", "upstream", "connected", "types", "registrations", "components", "endpoint_health", "config_updated", "breakers", "zone", "zone_priorities", "identities", "servers", "warnings")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     UPSTREAM_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +195,7 @@ class GetAgentStatusResponse(_message.Message):
     ZONE_PRIORITIES_FIELD_NUMBER: _ClassVar[int]
     IDENTITIES_FIELD_NUMBER: _ClassVar[int]
     SERVERS_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     upstream: str
     connected: bool
@@ -206,7 +209,8 @@ class GetAgentStatusResponse(_message.Message):
     zone_priorities: _containers.RepeatedCompositeFieldContainer[_node_pb2.ZonePriority]
     identities: _containers.RepeatedCompositeFieldContainer[IdentityStatus]
     servers: _containers.RepeatedCompositeFieldContainer[DeclaredServer]
-    def __init__(self, node_id: _Optional[str] = ..., upstream: _Optional[str] = ..., connected: _Optional[bool] = ..., types: _Optional[_Iterable[_Union[UpstreamTypeStatus, _Mapping]]] = ..., registrations: _Optional[_Iterable[_Union[_node_pb2.Registration, _Mapping]]] = ..., components: _Optional[_Iterable[_Union[ComponentStatus, _Mapping]]] = ..., endpoint_health: _Optional[_Iterable[_Union[EndpointHealth, _Mapping]]] = ..., config_updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., breakers: _Optional[_Iterable[_Union[BreakerStatus, _Mapping]]] = ..., zone: _Optional[str] = ..., zone_priorities: _Optional[_Iterable[_Union[_node_pb2.ZonePriority, _Mapping]]] = ..., identities: _Optional[_Iterable[_Union[IdentityStatus, _Mapping]]] = ..., servers: _Optional[_Iterable[_Union[DeclaredServer, _Mapping]]] = ...) -> None: ...
+    warnings: _containers.RepeatedCompositeFieldContainer[_node_pb2.ServiceWarning]
+    def __init__(self, node_id: _Optional[str] = ..., upstream: _Optional[str] = ..., connected: _Optional[bool] = ..., types: _Optional[_Iterable[_Union[UpstreamTypeStatus, _Mapping]]] = ..., registrations: _Optional[_Iterable[_Union[_node_pb2.Registration, _Mapping]]] = ..., components: _Optional[_Iterable[_Union[ComponentStatus, _Mapping]]] = ..., endpoint_health: _Optional[_Iterable[_Union[EndpointHealth, _Mapping]]] = ..., config_updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., breakers: _Optional[_Iterable[_Union[BreakerStatus, _Mapping]]] = ..., zone: _Optional[str] = ..., zone_priorities: _Optional[_Iterable[_Union[_node_pb2.ZonePriority, _Mapping]]] = ..., identities: _Optional[_Iterable[_Union[IdentityStatus, _Mapping]]] = ..., servers: _Optional[_Iterable[_Union[DeclaredServer, _Mapping]]] = ..., warnings: _Optional[_Iterable[_Union[_node_pb2.ServiceWarning, _Mapping]]] = ...) -> None: ...
 
 class DeclaredServer(_message.Message):
     __slots__ = ("service", "listening_address", "listener_name", "mode")

@@ -188,7 +188,7 @@ class FaultAbort(_message.Message):
     def __init__(self, status: _Optional[str] = ..., percent: _Optional[float] = ...) -> None: ...
 
 class Policy(_message.Message):
-    __slots__ = ("timeout", "retry", "circuit_breaker", "outlier_detection", "health_check", "lb", "hash", "locality")
+    __slots__ = ("timeout", "retry", "circuit_breaker", "outlier_detection", "health_check", "lb", "hash", "locality", "slo")
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     RETRY_FIELD_NUMBER: _ClassVar[int]
     CIRCUIT_BREAKER_FIELD_NUMBER: _ClassVar[int]
@@ -197,6 +197,7 @@ class Policy(_message.Message):
     LB_FIELD_NUMBER: _ClassVar[int]
     HASH_FIELD_NUMBER: _ClassVar[int]
     LOCALITY_FIELD_NUMBER: _ClassVar[int]
+    SLO_FIELD_NUMBER: _ClassVar[int]
     timeout: _duration_pb2.Duration
     retry: RetryPolicy
     circuit_breaker: CircuitBreakerPolicy
@@ -205,7 +206,42 @@ class Policy(_message.Message):
     lb: str
     hash: HashPolicy
     locality: LocalityPolicy
-    def __init__(self, timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., circuit_breaker: _Optional[_Union[CircuitBreakerPolicy, _Mapping]] = ..., outlier_detection: _Optional[_Union[OutlierDetectionPolicy, _Mapping]] = ..., health_check: _Optional[_Union[HealthCheckPolicy, _Mapping]] = ..., lb: _Optional[str] = ..., hash: _Optional[_Union[HashPolicy, _Mapping]] = ..., locality: _Optional[_Union[LocalityPolicy, _Mapping]] = ...) -> None: ...
+    slo: SloPolicy
+    def __init__(self, timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., circuit_breaker: _Optional[_Union[CircuitBreakerPolicy, _Mapping]] = ..., outlier_detection: _Optional[_Union[OutlierDetectionPolicy, _Mapping]] = ..., health_check: _Optional[_Union[HealthCheckPolicy, _Mapping]] = ..., lb: _Optional[str] = ..., hash: _Optional[_Union[HashPolicy, _Mapping]] = ..., locality: _Optional[_Union[LocalityPolicy, _Mapping]] = ..., slo: _Optional[_Union[SloPolicy, _Mapping]] = ...) -> None: ...
+
+class SloPolicy(_message.Message):
+    __slots__ = ("success", "latency", "burn")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_FIELD_NUMBER: _ClassVar[int]
+    BURN_FIELD_NUMBER: _ClassVar[int]
+    success: float
+    latency: LatencyObjective
+    burn: BurnRateAlert
+    def __init__(self, success: _Optional[float] = ..., latency: _Optional[_Union[LatencyObjective, _Mapping]] = ..., burn: _Optional[_Union[BurnRateAlert, _Mapping]] = ...) -> None: ...
+
+class LatencyObjective(_message.Message):
+    __slots__ = ("p50", "p90", "p95", "p99", "p999")
+    P50_FIELD_NUMBER: _ClassVar[int]
+    P90_FIELD_NUMBER: _ClassVar[int]
+    P95_FIELD_NUMBER: _ClassVar[int]
+    P99_FIELD_NUMBER: _ClassVar[int]
+    P999_FIELD_NUMBER: _ClassVar[int]
+    p50: _duration_pb2.Duration
+    p90: _duration_pb2.Duration
+    p95: _duration_pb2.Duration
+    p99: _duration_pb2.Duration
+    p999: _duration_pb2.Duration
+    def __init__(self, p50: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., p90: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., p95: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., p99: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., p999: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class BurnRateAlert(_message.Message):
+    __slots__ = ("short_window", "long_window", "threshold")
+    SHORT_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    LONG_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    short_window: _duration_pb2.Duration
+    long_window: _duration_pb2.Duration
+    threshold: float
+    def __init__(self, short_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., long_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., threshold: _Optional[float] = ...) -> None: ...
 
 class HashPolicy(_message.Message):
     __slots__ = ("header", "channel", "min_ring_size", "max_ring_size")

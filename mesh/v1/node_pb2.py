@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from mesh.v1 import traffic_pb2 as mesh_dot_v1_dot_traffic__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12mesh/v1/node.proto\x12\x07mesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaa\x02\n\x0cRegistration\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04zone\x18\x03 \x01(\t\x12\x0e\n\x06weight\x18\x04 \x01(\r\x12\x35\n\x08metadata\x18\x05 \x03(\x0b\x32#.mesh.v1.Registration.MetadataEntry\x12\x10\n\x08\x64raining\x18\x06 \x01(\x08\x12\x31\n\x06labels\x18\x07 \x03(\x0b\x32!.mesh.v1.Registration.LabelsEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"X\n\x17SetRegistrationsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12,\n\rregistrations\x18\x02 \x03(\x0b\x32\x15.mesh.v1.Registration\",\n\x18SetRegistrationsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\"\xaa\x01\n\x11LocalClientStatus\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x10\n\x08type_url\x18\x02 \x01(\t\x12\x15\n\rversion_acked\x18\x03 \x01(\t\x12\x14\n\x0cnack_version\x18\x04 \x01(\t\x12\x14\n\x0cnack_message\x18\x05 \x01(\t\x12-\n\tnack_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"~\n\x19ReportClientStatusRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12+\n\x07\x63lients\x18\x02 \x03(\x0b\x32\x1a.mesh.v1.LocalClientStatus\x12#\n\x06health\x18\x03 \x01(\x0b\x32\x13.mesh.v1.NodeHealth\"\xcd\x01\n\nNodeHealth\x12\x0e\n\x06status\x18\x01 \x01(\t\x12,\n\ncomponents\x18\x02 \x03(\x0b\x32\x18.mesh.v1.ComponentHealth\x12&\n\x08\x62reakers\x18\x03 \x03(\x0b\x32\x14.mesh.v1.OpenBreaker\x12.\n\x0fzone_priorities\x18\x04 \x03(\x0b\x32\x15.mesh.v1.ZonePriority\x12)\n\x08warnings\x18\x05 \x03(\x0b\x32\x17.mesh.v1.ServiceWarning\"\x92\x01\n\x0eServiceWarning\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nburn_short\x18\x04 \x01(\x01\x12\x11\n\tburn_long\x18\x05 \x01(\x01\x12)\n\x05since\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x0cZonePriority\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0c\n\x04zone\x18\x02 \x01(\t\x12\x10\n\x08priority\x18\x03 \x01(\r\"T\n\x0f\x43omponentHealth\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x12\n\nlast_error\x18\x03 \x01(\t\x12\x10\n\x08restarts\x18\x04 \x01(\x05\"\xad\x01\n\x0bOpenBreaker\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12.\n\nopen_until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btransitions\x18\x06 \x01(\x03\"\x1c\n\x1aReportClientStatusResponse\"6\n\x16SignCertificateRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0b\n\x03\x63sr\x18\x02 \x01(\t\"\xbc\x01\n\x17SignCertificateResponse\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x19\n\x11\x63\x65rtificate_chain\x18\x02 \x01(\t\x12\x14\n\x0ctrust_bundle\x18\x03 \x01(\t\x12.\n\nnot_before\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tnot_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\x9b\x02\n\x0bNodeService\x12W\n\x10SetRegistrations\x12 .mesh.v1.SetRegistrationsRequest\x1a!.mesh.v1.SetRegistrationsResponse\x12]\n\x12ReportClientStatus\x12\".mesh.v1.ReportClientStatusRequest\x1a#.mesh.v1.ReportClientStatusResponse\x12T\n\x0fSignCertificate\x12\x1f.mesh.v1.SignCertificateRequest\x1a .mesh.v1.SignCertificateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12mesh/v1/node.proto\x12\x07mesh.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15mesh/v1/traffic.proto\"\xaa\x02\n\x0cRegistration\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04zone\x18\x03 \x01(\t\x12\x0e\n\x06weight\x18\x04 \x01(\r\x12\x35\n\x08metadata\x18\x05 \x03(\x0b\x32#.mesh.v1.Registration.MetadataEntry\x12\x10\n\x08\x64raining\x18\x06 \x01(\x08\x12\x31\n\x06labels\x18\x07 \x03(\x0b\x32!.mesh.v1.Registration.LabelsEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"X\n\x17SetRegistrationsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12,\n\rregistrations\x18\x02 \x03(\x0b\x32\x15.mesh.v1.Registration\",\n\x18SetRegistrationsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\"\xaa\x01\n\x11LocalClientStatus\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x10\n\x08type_url\x18\x02 \x01(\t\x12\x15\n\rversion_acked\x18\x03 \x01(\t\x12\x14\n\x0cnack_version\x18\x04 \x01(\t\x12\x14\n\x0cnack_message\x18\x05 \x01(\t\x12-\n\tnack_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"~\n\x19ReportClientStatusRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12+\n\x07\x63lients\x18\x02 \x03(\x0b\x32\x1a.mesh.v1.LocalClientStatus\x12#\n\x06health\x18\x03 \x01(\x0b\x32\x13.mesh.v1.NodeHealth\"\xcd\x01\n\nNodeHealth\x12\x0e\n\x06status\x18\x01 \x01(\t\x12,\n\ncomponents\x18\x02 \x03(\x0b\x32\x18.mesh.v1.ComponentHealth\x12&\n\x08\x62reakers\x18\x03 \x03(\x0b\x32\x14.mesh.v1.OpenBreaker\x12.\n\x0fzone_priorities\x18\x04 \x03(\x0b\x32\x15.mesh.v1.ZonePriority\x12)\n\x08warnings\x18\x05 \x03(\x0b\x32\x17.mesh.v1.ServiceWarning\"\xa2\x01\n\x0eServiceWarning\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nburn_short\x18\x04 \x01(\x01\x12\x11\n\tburn_long\x18\x05 \x01(\x01\x12)\n\x05since\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\"?\n\x0cZonePriority\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0c\n\x04zone\x18\x02 \x01(\t\x12\x10\n\x08priority\x18\x03 \x01(\r\"T\n\x0f\x43omponentHealth\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x12\n\nlast_error\x18\x03 \x01(\t\x12\x10\n\x08restarts\x18\x04 \x01(\x05\"\xad\x01\n\x0bOpenBreaker\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12.\n\nopen_until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btransitions\x18\x06 \x01(\x03\"\x1c\n\x1aReportClientStatusResponse\"\xd4\x01\n\x14ReportTrafficRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12)\n\x05start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11latency_bounds_ms\x18\x04 \x03(\x01\x12%\n\x05\x65\x64ges\x18\x05 \x03(\x0b\x32\x16.mesh.v1.TrafficCounts\x12\x15\n\rdropped_calls\x18\x06 \x01(\x03\")\n\x15ReportTrafficResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\"6\n\x16SignCertificateRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0b\n\x03\x63sr\x18\x02 \x01(\t\"\xbc\x01\n\x17SignCertificateResponse\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x19\n\x11\x63\x65rtificate_chain\x18\x02 \x01(\t\x12\x14\n\x0ctrust_bundle\x18\x03 \x01(\t\x12.\n\nnot_before\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tnot_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xeb\x02\n\x0bNodeService\x12W\n\x10SetRegistrations\x12 .mesh.v1.SetRegistrationsRequest\x1a!.mesh.v1.SetRegistrationsResponse\x12]\n\x12ReportClientStatus\x12\".mesh.v1.ReportClientStatusRequest\x1a#.mesh.v1.ReportClientStatusResponse\x12T\n\x0fSignCertificate\x12\x1f.mesh.v1.SignCertificateRequest\x1a .mesh.v1.SignCertificateResponse\x12N\n\rReportTraffic\x12\x1d.mesh.v1.ReportTrafficRequest\x1a\x1e.mesh.v1.ReportTrafficResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,36 +37,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTRATION_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_REGISTRATION_LABELSENTRY']._loaded_options = None
   _globals['_REGISTRATION_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_REGISTRATION']._serialized_start=65
-  _globals['_REGISTRATION']._serialized_end=363
-  _globals['_REGISTRATION_METADATAENTRY']._serialized_start=269
-  _globals['_REGISTRATION_METADATAENTRY']._serialized_end=316
-  _globals['_REGISTRATION_LABELSENTRY']._serialized_start=318
-  _globals['_REGISTRATION_LABELSENTRY']._serialized_end=363
-  _globals['_SETREGISTRATIONSREQUEST']._serialized_start=365
-  _globals['_SETREGISTRATIONSREQUEST']._serialized_end=453
-  _globals['_SETREGISTRATIONSRESPONSE']._serialized_start=455
-  _globals['_SETREGISTRATIONSRESPONSE']._serialized_end=499
-  _globals['_LOCALCLIENTSTATUS']._serialized_start=502
-  _globals['_LOCALCLIENTSTATUS']._serialized_end=672
-  _globals['_REPORTCLIENTSTATUSREQUEST']._serialized_start=674
-  _globals['_REPORTCLIENTSTATUSREQUEST']._serialized_end=800
-  _globals['_NODEHEALTH']._serialized_start=803
-  _globals['_NODEHEALTH']._serialized_end=1008
-  _globals['_SERVICEWARNING']._serialized_start=1011
-  _globals['_SERVICEWARNING']._serialized_end=1157
-  _globals['_ZONEPRIORITY']._serialized_start=1159
-  _globals['_ZONEPRIORITY']._serialized_end=1222
-  _globals['_COMPONENTHEALTH']._serialized_start=1224
-  _globals['_COMPONENTHEALTH']._serialized_end=1308
-  _globals['_OPENBREAKER']._serialized_start=1311
-  _globals['_OPENBREAKER']._serialized_end=1484
-  _globals['_REPORTCLIENTSTATUSRESPONSE']._serialized_start=1486
-  _globals['_REPORTCLIENTSTATUSRESPONSE']._serialized_end=1514
-  _globals['_SIGNCERTIFICATEREQUEST']._serialized_start=1516
-  _globals['_SIGNCERTIFICATEREQUEST']._serialized_end=1570
-  _globals['_SIGNCERTIFICATERESPONSE']._serialized_start=1573
-  _globals['_SIGNCERTIFICATERESPONSE']._serialized_end=1761
-  _globals['_NODESERVICE']._serialized_start=1764
-  _globals['_NODESERVICE']._serialized_end=2047
+  _globals['_REGISTRATION']._serialized_start=88
+  _globals['_REGISTRATION']._serialized_end=386
+  _globals['_REGISTRATION_METADATAENTRY']._serialized_start=292
+  _globals['_REGISTRATION_METADATAENTRY']._serialized_end=339
+  _globals['_REGISTRATION_LABELSENTRY']._serialized_start=341
+  _globals['_REGISTRATION_LABELSENTRY']._serialized_end=386
+  _globals['_SETREGISTRATIONSREQUEST']._serialized_start=388
+  _globals['_SETREGISTRATIONSREQUEST']._serialized_end=476
+  _globals['_SETREGISTRATIONSRESPONSE']._serialized_start=478
+  _globals['_SETREGISTRATIONSRESPONSE']._serialized_end=522
+  _globals['_LOCALCLIENTSTATUS']._serialized_start=525
+  _globals['_LOCALCLIENTSTATUS']._serialized_end=695
+  _globals['_REPORTCLIENTSTATUSREQUEST']._serialized_start=697
+  _globals['_REPORTCLIENTSTATUSREQUEST']._serialized_end=823
+  _globals['_NODEHEALTH']._serialized_start=826
+  _globals['_NODEHEALTH']._serialized_end=1031
+  _globals['_SERVICEWARNING']._serialized_start=1034
+  _globals['_SERVICEWARNING']._serialized_end=1196
+  _globals['_ZONEPRIORITY']._serialized_start=1198
+  _globals['_ZONEPRIORITY']._serialized_end=1261
+  _globals['_COMPONENTHEALTH']._serialized_start=1263
+  _globals['_COMPONENTHEALTH']._serialized_end=1347
+  _globals['_OPENBREAKER']._serialized_start=1350
+  _globals['_OPENBREAKER']._serialized_end=1523
+  _globals['_REPORTCLIENTSTATUSRESPONSE']._serialized_start=1525
+  _globals['_REPORTCLIENTSTATUSRESPONSE']._serialized_end=1553
+  _globals['_REPORTTRAFFICREQUEST']._serialized_start=1556
+  _globals['_REPORTTRAFFICREQUEST']._serialized_end=1768
+  _globals['_REPORTTRAFFICRESPONSE']._serialized_start=1770
+  _globals['_REPORTTRAFFICRESPONSE']._serialized_end=1811
+  _globals['_SIGNCERTIFICATEREQUEST']._serialized_start=1813
+  _globals['_SIGNCERTIFICATEREQUEST']._serialized_end=1867
+  _globals['_SIGNCERTIFICATERESPONSE']._serialized_start=1870
+  _globals['_SIGNCERTIFICATERESPONSE']._serialized_end=2058
+  _globals['_NODESERVICE']._serialized_start=2061
+  _globals['_NODESERVICE']._serialized_end=2424
 # @@protoc_insertion_point(module_scope)

@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from mesh.v1 import traffic_pb2 as _traffic_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -96,20 +97,22 @@ class NodeHealth(_message.Message):
     def __init__(self, status: _Optional[str] = ..., components: _Optional[_Iterable[_Union[ComponentHealth, _Mapping]]] = ..., breakers: _Optional[_Iterable[_Union[OpenBreaker, _Mapping]]] = ..., zone_priorities: _Optional[_Iterable[_Union[ZonePriority, _Mapping]]] = ..., warnings: _Optional[_Iterable[_Union[ServiceWarning, _Mapping]]] = ...) -> None: ...
 
 class ServiceWarning(_message.Message):
-    __slots__ = ("service", "state", "reason", "burn_short", "burn_long", "since")
+    __slots__ = ("service", "state", "reason", "burn_short", "burn_long", "since", "detail")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     BURN_SHORT_FIELD_NUMBER: _ClassVar[int]
     BURN_LONG_FIELD_NUMBER: _ClassVar[int]
     SINCE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
     service: str
     state: str
     reason: str
     burn_short: float
     burn_long: float
     since: _timestamp_pb2.Timestamp
-    def __init__(self, service: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., burn_short: _Optional[float] = ..., burn_long: _Optional[float] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    detail: str
+    def __init__(self, service: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., burn_short: _Optional[float] = ..., burn_long: _Optional[float] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class ZonePriority(_message.Message):
     __slots__ = ("service", "zone", "priority")
@@ -152,6 +155,28 @@ class OpenBreaker(_message.Message):
 class ReportClientStatusResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class ReportTrafficRequest(_message.Message):
+    __slots__ = ("node_id", "start", "end", "latency_bounds_ms", "edges", "dropped_calls")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_BOUNDS_MS_FIELD_NUMBER: _ClassVar[int]
+    EDGES_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_CALLS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    start: _timestamp_pb2.Timestamp
+    end: _timestamp_pb2.Timestamp
+    latency_bounds_ms: _containers.RepeatedScalarFieldContainer[float]
+    edges: _containers.RepeatedCompositeFieldContainer[_traffic_pb2.TrafficCounts]
+    dropped_calls: int
+    def __init__(self, node_id: _Optional[str] = ..., start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., latency_bounds_ms: _Optional[_Iterable[float]] = ..., edges: _Optional[_Iterable[_Union[_traffic_pb2.TrafficCounts, _Mapping]]] = ..., dropped_calls: _Optional[int] = ...) -> None: ...
+
+class ReportTrafficResponse(_message.Message):
+    __slots__ = ("accepted",)
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    def __init__(self, accepted: _Optional[int] = ...) -> None: ...
 
 class SignCertificateRequest(_message.Message):
     __slots__ = ("node_id", "csr")

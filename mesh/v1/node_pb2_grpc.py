@@ -51,6 +51,11 @@ class NodeServiceStub:
                 request_serializer=mesh_dot_v1_dot_node__pb2.SignCertificateRequest.SerializeToString,
                 response_deserializer=mesh_dot_v1_dot_node__pb2.SignCertificateResponse.FromString,
                 _registered_method=True)
+        self.ReportTraffic = channel.unary_unary(
+                '/mesh.v1.NodeService/ReportTraffic',
+                request_serializer=mesh_dot_v1_dot_node__pb2.ReportTrafficRequest.SerializeToString,
+                response_deserializer=mesh_dot_v1_dot_node__pb2.ReportTrafficResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -85,6 +90,16 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportTraffic(self, request, context):
+        """The calls the node's local processes made since the previous report, per caller and
+        service (deltas, not totals). Agents send it every few seconds while there are calls,
+        in requests of at most 500 edges; the control server keeps a short rolling window of
+        them for the service graph (MeshAdminService.GetTraffic).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -102,6 +117,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.SignCertificate,
                     request_deserializer=mesh_dot_v1_dot_node__pb2.SignCertificateRequest.FromString,
                     response_serializer=mesh_dot_v1_dot_node__pb2.SignCertificateResponse.SerializeToString,
+            ),
+            'ReportTraffic': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportTraffic,
+                    request_deserializer=mesh_dot_v1_dot_node__pb2.ReportTrafficRequest.FromString,
+                    response_serializer=mesh_dot_v1_dot_node__pb2.ReportTrafficResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -187,6 +207,33 @@ class NodeService:
             '/mesh.v1.NodeService/SignCertificate',
             mesh_dot_v1_dot_node__pb2.SignCertificateRequest.SerializeToString,
             mesh_dot_v1_dot_node__pb2.SignCertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportTraffic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mesh.v1.NodeService/ReportTraffic',
+            mesh_dot_v1_dot_node__pb2.ReportTrafficRequest.SerializeToString,
+            mesh_dot_v1_dot_node__pb2.ReportTrafficResponse.FromString,
             options,
             channel_credentials,
             insecure,

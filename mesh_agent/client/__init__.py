@@ -15,6 +15,10 @@ use their node's agent.
     channel = mesh_channel("orders", agent="127.0.0.1:15011",   # mTLS to a TCP agent address
                            tls=TlsFiles(cert, key, ca))        # (default: $MESH_TLS_*)
 
+    channel = mesh_channel("orders", caller="frontend")  # the process's name in the
+                                                # service graph (meshctl top); or $MESH_CALLER;
+                                                # a service identity in use names it first
+
     setup_telemetry("orders")                   # OTLP / Prometheus from the OTEL_* settings
 """
 
@@ -32,8 +36,8 @@ from mesh_agent.client._classify import is_mesh_rejection
 from mesh_agent.client._interceptors import MeshClientInterceptor
 from mesh_agent.client._mesh_server import AioMeshServer, MeshServer, aio_mesh_server, mesh_server
 from mesh_agent.client._rejection import OPEN_CIRCUIT_KEY, CircuitOpenError
-from mesh_agent.client._server import AioMeshServerInterceptor, MeshServerInterceptor
 from mesh_core.errors import BootstrapConflictError
+from mesh_core.rpc_server import AioMeshServerInterceptor, MeshServerInterceptor
 from mesh_core.telemetry import setup as setup_telemetry
 from mesh_core.tls import TlsFiles
 

@@ -23,8 +23,8 @@ import structlog
 from opentelemetry import metrics
 
 from mesh_agent.client._link import AgentLink
-from mesh_agent.client._server import _kind, _rebuild
 from mesh_core.authorization import OPEN, Authorization, compile_rules
+from mesh_core.rpc_server import handler_kind, rebuild_handler
 
 log = structlog.get_logger(__name__)
 DENIED_DETAILS: Final = "Unauthorized RPC request rejected."
@@ -102,8 +102,8 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
             return handler
         method = handler_call_details.method
         method = method.decode() if isinstance(method, bytes) else method
-        kind = _kind(handler)
-        return _rebuild(handler, kind, self._guard(kind, method, getattr(handler, kind)))
+        kind = handler_kind(handler)
+        return rebuild_handler(handler, kind, self._guard(kind, method, getattr(handler, kind)))
 
     def _guard(self, kind: str, method: str, behavior: Any) -> Any:
         check = self.check

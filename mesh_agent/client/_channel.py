@@ -32,6 +32,7 @@ import grpc.experimental
 
 from mesh_agent.client._aio_channel import AioMeshChannel
 from mesh_agent.client._bootstrap import bootstrap_config, is_unix
+from mesh_agent.client._caller import CALLER
 from mesh_agent.client._gate import Gate
 from mesh_agent.client._identity import IDENTITY, hold_identity
 from mesh_agent.client._interceptors import MeshClientInterceptor, aio_interceptors
@@ -143,6 +144,7 @@ def configure_bootstrap(
             return
         os.environ[_BOOTSTRAP_ENV] = json.dumps(config)
         _configured = wanted
+        CALLER.client_id = node
 
 
 def forget_bootstrap() -> None:
@@ -160,7 +162,11 @@ def _setup(
     fallback: str | None,
     node_id: str | None,
     tls: TlsFiles | None,
+    caller: str | None = None,
 ) -> tuple[str, AgentLink]:
+    CALLER.check_env()
+    if caller is not None:
+        CALLER.give(caller)
     address = agent_address(agent)
     servers = [address, *([fallback] if fallback else [])]
     files = tls_files(tls) if not all(is_unix(server) for server in servers) else None
@@ -206,6 +212,7 @@ def mesh_channel(
     options: Sequence[tuple[str, Any]] | None = None,
     tls: TlsFiles | None = None,
     identity: str | None = None,
+    caller: str | None = None,
 ) -> grpc.Channel:
     """A channel to mesh service ``service`` through the node's agent, with circuit breaking
     and outcome reporting. ``fallback_control`` (``HOST:PORT``) is used by grpcio when the
@@ -218,8 +225,12 @@ def mesh_channel(
     process calls with, if it serves none: the agent gets a certificate for it if the node
     may hold it (PermissionDeniedError otherwise).
 
+    ``caller`` names the process in the service graph (``meshctl top``) when it uses no
+    service identity (default: ``$MESH_CALLER``, else its xDS client id; see
+    :mod:`mesh_agent.client._caller`); one name per process (ConfigError for a second).
+
     The service's policy timeout is each call's deadline, unless the caller's is earlier."""
-    target, link = _setup(service, agent, fallback_control, node_id, tls)
+    target, link = _setup(service, agent, fallback_control, node_id, tls, caller)
     if identity is not None:
         hold_identity(link, identity)
     channel = grpc.secure_channel(target, _credentials(), options=_options(service, options))
@@ -235,10 +246,11 @@ def aio_mesh_channel(
     options: Sequence[tuple[str, Any]] | None = None,
     tls: TlsFiles | None = None,
     identity: str | None = None,
+    caller: str | None = None,
 ) -> grpc.aio.Channel:
     """The asyncio counterpart of :func:`mesh_channel` (``identity`` is asked of the agent
     before it returns, blocking: make channels at start-up)."""
-    target, link = _setup(service, agent, fallback_control, node_id, tls)
+    target, link = _setup(service, agent, fallback_control, node_id, tls, caller)
     if identity is not None:
         hold_identity(link, identity)
     channel = grpc.aio.secure_channel(target, _credentials(), options=_options(service, options))

@@ -33,6 +33,7 @@ from typing import Any
 import grpc
 import structlog
 
+from mesh_agent.client._caller import CALLER
 from mesh_agent.client._link import AgentLink
 from mesh_core.errors import ConfigError, PermissionDeniedError, UnavailableError
 from mesh_core.identity_files import (
@@ -103,6 +104,7 @@ class ProcessIdentity:
             tmp.symlink_to(current)
             tmp.replace(link)
             self.service = service
+            CALLER.identity = service  # the process's name in the service graph too
         log.info("process identity in use", service=service, files=str(current))
 
 

@@ -33,6 +33,7 @@ import structlog
 
 from mesh.v1 import agent_pb2, agent_pb2_grpc, config_pb2
 from mesh_agent.client._bootstrap import is_unix
+from mesh_agent.client._caller import CALLER
 from mesh_core.backoff import Backoff
 from mesh_core.errors import ConfigError, TlsError
 from mesh_core.routing import RouteMatcher, RouteTimeouts
@@ -448,7 +449,9 @@ class AgentLink:
         """Up to :data:`MAX_BATCH` outcomes off the front of ``outcomes``, as one request. Each
         outcome is built in place in the request (``add``): a message built apart and then
         put in the request would be built twice."""
-        request = agent_pb2.ReportOutcomesRequest(client_id=self.client_id)
+        request = agent_pb2.ReportOutcomesRequest(
+            client_id=self.client_id, caller=CALLER.current(self.client_id)
+        )
         add = request.outcomes.add
         popleft = outcomes.popleft
         for _ in range(min(len(outcomes), MAX_BATCH)):

@@ -47,11 +47,11 @@ from mesh_agent.client._authorization import AuthorizationInterceptor
 from mesh_agent.client._channel import _setup_link
 from mesh_agent.client._identity import IDENTITY, hold_identity
 from mesh_agent.client._link import AgentLink
-from mesh_agent.client._server import AioMeshServerInterceptor, MeshServerInterceptor
 from mesh_core.authorization import service_of_id
 from mesh_core.errors import ConfigError, MeshError, UnavailableError
 from mesh_core.identity_files import CA_FILE, CERT_FILE, KEY_FILE
 from mesh_core.policy import SECURITY_STRICT
+from mesh_core.rpc_server import AioMeshServerInterceptor, MeshServerInterceptor
 from mesh_core.tls import TlsFiles
 
 log = structlog.get_logger(__name__)

@@ -31,9 +31,13 @@ identities cache, upstream, reporter    certificates of the service identities t
                                         security.hosts, and --identity), signed by the
                                         control server, renewed at half-life
                                         (:mod:`~mesh_agent.daemon.identities`)
+traffic    upstream, breakers           the calls of local processes per caller and service,
+                                        sent every few seconds to the control server the
+                                        upstream is connected to, for the service graph
+                                        (:mod:`~mesh_agent.daemon.traffic`)
 server     cache, health, breakers,     local ADS, agent API, CSDS, health, reflection on
            upstream, reporter,          the unix socket and the TCP listener
-           identities                   (:mod:`~mesh_agent.daemon.server`)
+           identities, traffic          (:mod:`~mesh_agent.daemon.server`)
 ========== ============================ ==================================================
 """
 
@@ -53,6 +57,7 @@ from mesh_agent.daemon.reporter import ReporterComponent
 from mesh_agent.daemon.roles import SERVER, ServerRole
 from mesh_agent.daemon.server import ServerComponent
 from mesh_agent.daemon.settings import NODE, SETTINGS, AgentSettings, node_of
+from mesh_agent.daemon.traffic import TrafficComponent
 from mesh_agent.daemon.unix_socket import SocketLock, make_socket_dir
 from mesh_agent.daemon.upstream.component import UpstreamComponent
 from mesh_core.errors import ComponentFatalError
@@ -69,6 +74,7 @@ def builtin_components() -> list[Component]:
         BreakersComponent(),
         ReporterComponent(),
         IdentitiesComponent(),
+        TrafficComponent(),
         ServerComponent(),
     ]
 

@@ -20,6 +20,7 @@ from mesh_agent.daemon.cache import ConfigCache
 from mesh_agent.daemon.reporter import Reporter
 from mesh_agent.daemon.roles import Upstream
 from mesh_agent.daemon.servers import ProcessRequests
+from mesh_agent.daemon.traffic import TrafficCounter
 from mesh_core.errors import ConfigError
 from mesh_core.validation import validate_service
 from mesh_xds.registry import SessionRegistry
@@ -58,8 +59,9 @@ def _wait(duration: duration_pb2.Duration, default: float) -> float:
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
-    """Registrations go to the ``reporter``, outcomes and breaker watches to the ``hub``,
-    identities and servers declared to ``requests``; ``status`` answers GetAgentStatus."""
+    """Registrations go to the ``reporter``, outcomes and breaker watches to the ``hub``
+    (outcomes also to ``traffic``, the service graph's counts, when given), identities and
+    servers declared to ``requests``; ``status`` answers GetAgentStatus."""
 
     def __init__(
         self,
@@ -67,7 +69,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         hub: BreakerHub,
         status: Callable[[], agent_pb2.GetAgentStatusResponse],
         requests: ProcessRequests,
+        *,
+        traffic: TrafficCounter | None = None,
     ) -> None:
+        self._traffic = traffic
         self._reporter = reporter
         self._hub = hub
         self._status = status
@@ -114,8 +119,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self, request_iterator: AsyncIterator[agent_pb2.ReportOutcomesRequest], context: Context
     ) -> agent_pb2.ReportOutcomesResponse:
         accepted = 0
+        traffic = self._traffic
         async for batch in request_iterator:
             self._hub.record(batch.outcomes)
+            if traffic is not None:
+                traffic.record(batch.caller or batch.client_id, batch.outcomes)
             accepted += len(batch.outcomes)
         return agent_pb2.ReportOutcomesResponse(accepted=accepted)
 

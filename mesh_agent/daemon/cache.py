@@ -3,9 +3,13 @@ their persistence in the state dir.
 
 Owned by the agent's event loop. Upstream responses are checked before they replace anything
 (:meth:`ConfigCache.accept` returns the NACK text instead), so what the cache holds is always
-usable; it is written to ``STATE_DIR/config.json`` atomically after every accepted change and
-read back, checked, at start. A state file that is corrupt, of another format or of another
-node is set aside (renamed ``*.rejected-<time>``) and reported, never fatal.
+usable. Each accepted change is appended to the journal in the state dir
+(:mod:`~mesh_agent.daemon.journal`: only what changed, readable after a kill at any moment)
+and the whole is read back, checked, at start. A state file that is corrupt, of another format
+or of another node is set aside (renamed ``*.rejected-<time>``) and reported, never fatal.
+
+Observers of :attr:`ConfigCache.changed` learn what changed from
+:attr:`ConfigCache.last_change`, so each can do work in proportion to the change.
 
 :class:`CacheComponent` is the agent's ``cache`` component, the owner of its one cache.
 """
@@ -17,6 +21,7 @@ import json
 import os
 import time
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +39,8 @@ from google.protobuf.message import DecodeError, Message
 
 from mesh.v1 import config_pb2
 from mesh_agent.components import AgentContext
+from mesh_agent.daemon.journal import Journal
+from mesh_agent.daemon.journal import TypeState as JournalType
 from mesh_agent.daemon.roles import CACHE
 from mesh_agent.daemon.settings import SETTINGS, AgentSettings
 from mesh_core.errors import ComponentError, ConfigError
@@ -54,7 +61,8 @@ from mesh_xds.types import (
 log = structlog.get_logger(__name__)
 
 STATE_FORMAT = 1
-STATE_FILE = "config.json"
+LEGACY_STATE_FILE = "config.json"
+"""The single state file of earlier agents (format 1), read once and replaced by the journal."""
 MESSAGE_TYPES: Mapping[TypeUrl, type[Message]] = {
     LISTENER: listener_pb2.Listener,
     ROUTE: route_pb2.RouteConfiguration,
@@ -121,6 +129,12 @@ class ConfigCache:
         self.loaded_from_disk = False
         self.problems: list[str] = []
         self.changed: Signal[[]] = Signal()
+        self.last_change: Mapping[TypeUrl, frozenset[ResourceName]] = {}
+        """What the change being announced touched: per type, the names set, changed or
+        removed (every name held, after a restore). Read it from a :attr:`changed` observer;
+        it holds until the next change."""
+        self._journal = Journal(state_dir, node_id) if state_dir is not None else None
+        self._saved_at = 0.0
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -146,7 +160,7 @@ class ConfigCache:
         type_url: TypeUrl,
         version: Version,
         resources: Iterable[any_pb2.Any],
-        requested: set[ResourceName] | None,
+        requested: AbstractSet[ResourceName] | None,
     ) -> str | None:
         """Takes an upstream response; returns None when accepted, else the NACK text (and
         keeps what it had). ``requested`` is the subscription (None for wildcard): for full
@@ -155,16 +169,14 @@ class ConfigCache:
         if problems:
             return "; ".join(problems)
         entry = self.types.setdefault(type_url, TypeEntry())
+        removed: list[ResourceName] = []
         if type_url in FULL_STATE:
-            if requested is None:
-                entry.resources = received
-            else:
-                kept = {n: r for n, r in entry.resources.items() if n not in requested}
-                entry.resources = {**kept, **received}
-        else:
-            entry.resources.update(received)
-        entry.version = version
-        self._changed()
+            removed = [
+                name
+                for name in entry.resources
+                if name not in received and (requested is None or name in requested)
+            ]
+        self._update(type_url, entry, version, received, removed)
         return None
 
     def accept_delta(
@@ -184,11 +196,7 @@ class ConfigCache:
         if problems:
             return "; ".join(problems)
         entry = self.types.setdefault(type_url, TypeEntry())
-        for name in gone:
-            entry.resources.pop(name, None)
-        entry.resources.update(received)
-        entry.version = version
-        self._changed()
+        self._update(type_url, entry, version, received, [n for n in gone if n in entry.resources])
         return None
 
     def forget(self, type_url: TypeUrl, names: Iterable[ResourceName]) -> None:
@@ -196,65 +204,118 @@ class ConfigCache:
         entry = self.types.get(type_url)
         if entry is None:
             return
-        dropped = [n for n in names if entry.resources.pop(n, None) is not None]
+        dropped = [n for n in names if n in entry.resources]
         if dropped:
-            self._changed()
+            self._update(type_url, entry, entry.version, {}, dropped)
 
-    def _changed(self) -> None:
+    def _update(
+        self,
+        type_url: TypeUrl,
+        entry: TypeEntry,
+        version: Version,
+        received: Mapping[ResourceName, any_pb2.Any],
+        removed: Iterable[ResourceName],
+    ) -> None:
+        """Applies one accepted change to ``entry``, journals what differs and announces it
+        (also when only the version moved: the journal keeps the version for a resume)."""
+        held = entry.resources
+        updated = {
+            name: packed
+            for name, packed in received.items()
+            if (old := held.get(name)) is None or old.value != packed.value
+        }
+        gone = [name for name in removed if held.pop(name, None) is not None]
+        held.update(updated)
+        entry.version = version
         self.updated_at = time.time()
-        self.save()
+        if self._journal is not None:
+            self._journal.append(type_url, version, updated, gone)
+            if self._journal.due:
+                self.save()
+        self.last_change = {type_url: frozenset([*updated, *gone])}
         self.changed.emit()
 
     # -- persistence -------------------------------------------------------------------------
 
     @property
     def path(self) -> Path | None:
-        return self.state_dir / STATE_FILE if self.state_dir else None
+        """The journal (:mod:`~mesh_agent.daemon.journal`), when there is a state dir."""
+        return self._journal.path if self._journal is not None else None
 
     def save(self) -> None:
-        path = self.path
-        if path is None:
+        """Writes the whole state anew (the journal compacted to it)."""
+        if self._journal is None:
             return
-        document = {
-            "format": STATE_FORMAT,
-            "node_id": self.node_id,
-            "saved_at": time.time(),
-            "types": {
-                type_url: {
-                    "version": entry.version,
-                    "resources": {
-                        name: base64.b64encode(packed.value).decode()
-                        for name, packed in sorted(entry.resources.items())
-                    },
-                }
-                for type_url, entry in sorted(self.types.items())
-            },
-        }
-        atomic_write(path, json.dumps(document).encode())
+        states = {t: JournalType(e.version, e.resources) for t, e in self.types.items()}
+        self._journal.rewrite(states, self.updated_at or time.time())
+
+    def flush(self) -> None:
+        """Syncs the journal to the disk and closes it (at shutdown)."""
+        if self._journal is not None:
+            self._journal.sync()
+            self._journal.close()
 
     def load(self) -> bool:
-        """Reads the state file; returns True when config was restored from it."""
-        path = self.path
-        if path is None or not path.exists():
+        """Reads the journal (or, once, the single state file of earlier agents, which it
+        then replaces); returns True when config was restored from it. A file that cannot be
+        trusted is set aside and reported."""
+        if self._journal is None or self.state_dir is None:
             return False
+        legacy = self.state_dir / LEGACY_STATE_FILE
+        self._journal.remove_leftovers()
+        if self._journal.exists():
+            restored = self._read_journal()
+            if restored is None:
+                return False
+            types, saved_at, source = restored, self._saved_at, self._journal.path
+        elif legacy.exists():
+            migrated = self._read_legacy(legacy)
+            if migrated is None:
+                return False
+            types, saved_at = migrated
+            source = legacy
+        else:
+            return False
+        self.types = types
+        self.updated_at = saved_at
+        self.loaded_from_disk = True
+        if source == legacy:
+            self.save()
+            legacy.unlink()
+            log.info("state file migrated to the journal", path=str(self._journal.path))
+        log.info(
+            "config restored from the state dir",
+            path=str(source),
+            resources={short_name(t): len(e.resources) for t, e in types.items()},
+        )
+        self.last_change = {t: frozenset(e.resources) for t, e in types.items()}
+        self.changed.emit()
+        return True
+
+    def _read_journal(self) -> dict[TypeUrl, TypeEntry] | None:
+        assert self._journal is not None
+        try:
+            restored = self._journal.read()
+            types: dict[TypeUrl, TypeEntry] = {}
+            for type_url, state in restored.types.items():
+                types[type_url] = TypeEntry(state.version, _checked(type_url, state.resources))
+        except (OSError, ConfigError) as error:
+            self._set_aside(self._journal.path, str(error))
+            return None
+        self._saved_at = restored.saved_at
+        return types
+
+    def _read_legacy(self, path: Path) -> tuple[dict[TypeUrl, TypeEntry], float] | None:
         try:
             document = json.loads(path.read_bytes())
             types = self._parse_state(document)
         except (OSError, ValueError, TypeError, KeyError, ConfigError) as error:
             self._set_aside(path, str(error))
-            return False
-        self.types = types
-        self.updated_at = float(document.get("saved_at", 0.0))
-        self.loaded_from_disk = True
-        log.info(
-            "config restored from the state dir",
-            path=str(path),
-            resources={short_name(t): len(e.resources) for t, e in types.items()},
-        )
-        self.changed.emit()
-        return True
+            return None
+        return types, float(document.get("saved_at", 0.0))
 
     def _parse_state(self, document: Any) -> dict[TypeUrl, TypeEntry]:
+        """The types in a state file of format 1 (the agent's earlier single file)."""
         if not isinstance(document, dict) or document.get("format") != STATE_FORMAT:
             raise ConfigError(f"not a mesh-agent state file of format {STATE_FORMAT}")
         if document.get("node_id") != self.node_id:
@@ -263,15 +324,11 @@ class ConfigCache:
             )
         types: dict[TypeUrl, TypeEntry] = {}
         for type_url, body in document["types"].items():
-            if type_url not in MESSAGE_TYPES:
-                raise ConfigError(f"unknown resource type {type_url!r}")
-            entry = TypeEntry(version=str(body["version"]))
-            for name, value in body["resources"].items():
-                packed = any_pb2.Any(type_url=type_url, value=base64.b64decode(value))
-                if resource_name(type_url, decode(packed, type_url)) != name:
-                    raise ConfigError(f"{short_name(type_url)} resource {name!r}: name mismatch")
-                entry.resources[name] = packed
-            types[type_url] = entry
+            resources = {
+                name: any_pb2.Any(type_url=type_url, value=base64.b64decode(value))
+                for name, value in body["resources"].items()
+            }
+            types[type_url] = TypeEntry(str(body["version"]), _checked(type_url, resources))
         return types
 
     def _set_aside(self, path: Path, reason: str) -> None:
@@ -283,6 +340,19 @@ class ConfigCache:
         message = f"state file {path} rejected ({reason}); set aside as {target.name}"
         self.problems.append(message)
         log.warning("state file rejected", path=str(path), reason=reason, moved_to=str(target))
+
+
+def _checked(
+    type_url: TypeUrl, resources: dict[ResourceName, any_pb2.Any]
+) -> dict[ResourceName, any_pb2.Any]:
+    """``resources`` read back from the state dir, each checked as an upstream one is and
+    under its own name; raises ConfigError naming the first that is not."""
+    if type_url not in MESSAGE_TYPES:
+        raise ConfigError(f"unknown resource type {type_url!r}")
+    for name, packed in resources.items():
+        if resource_name(type_url, decode(packed, type_url)) != name:
+            raise ConfigError(f"{short_name(type_url)} resource {name!r}: name mismatch")
+    return resources
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -348,4 +418,5 @@ class CacheComponent:
         return None  # nothing to loop on; it stays up until shutdown
 
     async def stop(self) -> None:
-        return None
+        if self._cache is not None:
+            self._cache.flush()

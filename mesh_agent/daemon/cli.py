@@ -37,8 +37,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import structlog
-import yaml
-from google.protobuf import json_format
 
 from mesh.v1 import node_pb2
 from mesh_agent import __version__
@@ -225,6 +223,8 @@ def load_config(args: argparse.Namespace) -> dict[str, Any]:
     """The ``--config`` file's settings (empty without one); exits naming what is wrong."""
     config: dict[str, Any] = {}
     if args.config is not None:
+        import yaml  # only a run with --config reads YAML
+
         try:
             text = args.config.read_text()
             loaded = yaml.safe_load(text) or {}
@@ -247,6 +247,8 @@ def load_config(args: argparse.Namespace) -> dict[str, Any]:
 
 def _scalar_text(text: str, key: str) -> str | None:
     """The text of the top-level ``key``'s value in the YAML document ``text``, as written."""
+    import yaml
+
     node = yaml.compose(text)
     if isinstance(node, yaml.MappingNode):
         for name, value in node.value:
@@ -322,6 +324,8 @@ def settings_from(args: argparse.Namespace, config: dict[str, Any] | None = None
     servers = control if isinstance(control, list) else str(control).split(",")
     registrations = []
     for index, body in enumerate(config.get("registrations") or []):
+        from google.protobuf import json_format  # only for registrations given
+
         try:
             registration = json_format.ParseDict(body, node_pb2.Registration())
         except (json_format.ParseError, TypeError) as error:

@@ -22,9 +22,9 @@ import grpc.aio
 import structlog
 from grpc_health.v1 import health_pb2
 
-from mesh_agent.client._server import _kind, _rebuild
 from mesh_core.errors import ConfigError
 from mesh_core.identity import NODE, parse_uri
+from mesh_core.rpc_server import handler_kind, rebuild_handler
 from mesh_core.tls import TlsFiles, certificate_uris
 
 log = structlog.get_logger(__name__)
@@ -104,8 +104,10 @@ class ListenerAccess(grpc.aio.ServerInterceptor):
         cached = self._handlers.get(method)
         if cached is not None:
             return cached
-        kind = _kind(handler)
-        wrapped = _rebuild(handler, kind, self._guarded(method, kind, getattr(handler, kind)))
+        kind = handler_kind(handler)
+        wrapped = rebuild_handler(
+            handler, kind, self._guarded(method, kind, getattr(handler, kind))
+        )
         self._handlers[method] = wrapped  # one per method of the agent's own services
         return wrapped
 

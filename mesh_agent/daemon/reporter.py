@@ -1,6 +1,7 @@
 """Tells the control server what only the agent knows: the endpoints this node registered,
-what its local processes accepted or rejected, and the agent's health (its components and
-the breakers that are not closed).
+what its local processes accepted or rejected, and the agent's health (its components, the
+breakers that are not closed, and the early warnings raised: re-sent when one is raised,
+cleared or changes reason, as breakers are on their transitions).
 
 Each is a full set, re-sent after every (re)connect and on every change, to the control
 server the upstream is connected to (the liveness of its ADS stream is what keeps the
@@ -48,7 +49,8 @@ HealthSource = Callable[[], node_pb2.NodeHealth]
 
 
 def node_health(components: Iterable[ComponentState], breakers: BreakerHub) -> node_pb2.NodeHealth:
-    """The agent's health: SERVING when every component runs, and the breakers not closed."""
+    """The agent's health: SERVING when every component runs, the breakers not closed, and
+    the early warnings raised (with their burn rates as of the last evaluation)."""
     health = node_pb2.NodeHealth()
     for component in components:
         health.components.add(
@@ -79,6 +81,7 @@ def node_health(components: Iterable[ComponentState], breakers: BreakerHub) -> n
         history = breaker.history if breaker is not None else []
         if history:
             entry.since.FromNanoseconds(int(history[-1].at * 1e9))
+    health.warnings.extend(w.to_proto() for w in breakers.risk.warnings())
     return health
 
 
@@ -324,6 +327,7 @@ class ReporterComponent:
         ctx.connect(upstream.on_connect, reporter.connected)
         ctx.connect(upstream.on_disconnect, reporter.disconnected)
         ctx.connect(hub.board.transitions, lambda transition: reporter.status_changed())
+        ctx.connect(hub.risk.changes, lambda change: reporter.status_changed())
         ctx.connect(ctx.component_changed, lambda name, serving: reporter.status_changed())
         if upstream.connected_to:  # connected while this component was down
             reporter.connected(upstream.connected_to)

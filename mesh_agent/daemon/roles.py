@@ -20,6 +20,7 @@ health     HealthRole     ``.table``: the endpoints' health and the verdicts ser
 breakers   BreakersRole   ``.hub``: the node's circuit breakers as a service
 reporter   ReporterRole   ``.reporter``: registrations, and the reports it sends
 identities IdentitiesRole ``.keeper``: the service identities the node holds
+traffic    TrafficRole    ``.counter``: the calls of local processes, per caller and service
 server     ServerRole     ``.addresses`` the agent serves on
 ========== ============== ========================================================
 
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from mesh_agent.daemon.health.table import HealthTable
     from mesh_agent.daemon.identities.keeper import IdentityKeeper
     from mesh_agent.daemon.reporter import Reporter
+    from mesh_agent.daemon.traffic import TrafficCounter
     from mesh_agent.daemon.upstream.interest import Interest
     from mesh_agent.daemon.upstream.stream import TypeStats
     from mesh_core.signals import Signal
@@ -50,6 +52,7 @@ BREAKERS: Final = "breakers"
 REPORTER: Final = "reporter"
 IDENTITIES: Final = "identities"
 SERVER: Final = "server"
+TRAFFIC: Final = "traffic"
 
 
 @runtime_checkable
@@ -140,6 +143,14 @@ class IdentitiesRole(Protocol):
 
 
 @runtime_checkable
+class TrafficRole(Protocol):
+    @property
+    def counter(self) -> TrafficCounter:
+        """Counts the outcomes local processes report, per caller and service."""
+        ...
+
+
+@runtime_checkable
 class ServerRole(Protocol):
     @property
     def addresses(self) -> Sequence[str]:
@@ -154,6 +165,7 @@ __all__ = [
     "IDENTITIES",
     "REPORTER",
     "SERVER",
+    "TRAFFIC",
     "UPSTREAM",
     "BreakersRole",
     "CacheRole",
@@ -161,5 +173,6 @@ __all__ = [
     "IdentitiesRole",
     "ReporterRole",
     "ServerRole",
+    "TrafficRole",
     "Upstream",
 ]

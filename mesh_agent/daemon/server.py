@@ -41,8 +41,7 @@ from mesh_agent.daemon.breakers.service import BreakerHub
 from mesh_agent.daemon.cache import ConfigCache
 from mesh_agent.daemon.health.table import HealthTable
 from mesh_agent.daemon.identities.keeper import PROCESS, IdentityKeeper
-from mesh_agent.daemon.listener_access import ListenerAccess, node_identity
-from mesh_agent.daemon.local import LocalSnapshotSource, zone_priorities
+from mesh_agent.daemon.local import LocalSnapshotSource, ZonePriorities, zone_priorities
 from mesh_agent.daemon.reporter import Reporter
 from mesh_agent.daemon.roles import (
     BREAKERS,
@@ -51,12 +50,14 @@ from mesh_agent.daemon.roles import (
     IDENTITIES,
     REPORTER,
     SERVER,
+    TRAFFIC,
     UPSTREAM,
     BreakersRole,
     CacheRole,
     HealthRole,
     IdentitiesRole,
     ReporterRole,
+    TrafficRole,
     Upstream,
 )
 from mesh_agent.daemon.servers import Declarations, ProcessRequests
@@ -71,6 +72,7 @@ from mesh_agent.daemon.unix_socket import (
 from mesh_agent.daemon.upstream.interest import local_demand
 from mesh_core.errors import ComponentFatalError, SocketSetupError, UnavailableError
 from mesh_core.limits import Limits
+from mesh_core.rpc_server import AioMeshServerInterceptor
 from mesh_core.tls import server_credentials
 from mesh_xds.callbacks import Callbacks, SessionCallbacks
 from mesh_xds.metrics import AGENT, XdsMetrics
@@ -142,9 +144,9 @@ def local_source(
         lambda: upstream.unreachable,
         lambda: declarations.listeners(cache),
     )
-    ctx.connect(cache.changed, source.invalidate)
-    ctx.connect(declarations.changed, source.invalidate)
-    ctx.connect(table.changed, lambda service: source.invalidate())
+    ctx.connect(cache.changed, source.cache_changed)
+    ctx.connect(declarations.changed, source.listeners_changed)
+    ctx.connect(table.changed, source.verdict_changed)
 
     def unreachable(reason: str) -> None:
         if not source.loaded:
@@ -173,16 +175,18 @@ def follow_zone_priorities(
 ) -> None:
     """Keeps the reporter's ``zone_priorities`` (sent to the control server with the agent's
     health, shown by ``meshctl status``) as the node is served, and reports a change: a zone
-    that spills over or fails over shows at once. Worked out once per burst of changes."""
+    that spills over or fails over shows at once. Worked out once per burst of changes, from
+    the assignments that changed."""
     loop = asyncio.get_running_loop()
     pending = False
+    priorities = ZonePriorities()
 
     def refresh() -> None:
         nonlocal pending
         pending = False
         if not source.loaded:
             return
-        now = zone_priorities(source.snapshot_for(node))
+        now = priorities.update(source.snapshot_for(node))
         if now != reporter.zone_priorities:
             reporter.zone_priorities = now
             reporter.status_changed()
@@ -202,7 +206,7 @@ class ServerComponent:
     the gRPC server and its health servicer are made at every start."""
 
     name = SERVER
-    requires = (CACHE, HEALTH, BREAKERS, UPSTREAM, REPORTER, IDENTITIES)
+    requires = (CACHE, HEALTH, BREAKERS, UPSTREAM, REPORTER, IDENTITIES, TRAFFIC)
 
     def __init__(self) -> None:
         self.sessions = SessionRegistry()
@@ -227,6 +231,7 @@ class ServerComponent:
         upstream = ctx.require(UPSTREAM, Upstream)
         reporter = ctx.require(REPORTER, ReporterRole).reporter
         keeper = ctx.require(IDENTITIES, IdentitiesRole).keeper
+        traffic = ctx.require(TRAFFIC, TrafficRole).counter
         self._grace = settings.grace
         if self._declarations is None:
             self._declarations = Declarations(settings.state_dir, keeper.trust_domain)
@@ -243,8 +248,12 @@ class ServerComponent:
         reporter.report_local(self.sessions)
         self._health = await self._component_health(ctx)
 
-        interceptors: list[grpc.aio.ServerInterceptor] = []
+        # Outermost, the calls' durations (rpc.server.call.duration), refusals included.
+        interceptors: list[grpc.aio.ServerInterceptor] = [AioMeshServerInterceptor()]
         if settings.listen and settings.tls is not None:
+            # Only a TLS listener checks its callers (and loads the server interceptors).
+            from mesh_agent.daemon.listener_access import ListenerAccess, node_identity
+
             own = node_identity(settings.tls, node.id)
             interceptors.append(ListenerAccess(own, settings.listen_allow))
         server = grpc.aio.server(interceptors=interceptors, options=Limits().server_options())
@@ -269,7 +278,13 @@ class ServerComponent:
             return response
 
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
-            AgentServicer(reporter, hub, status, ProcessRequests(declarations, keeper, cache)),
+            AgentServicer(
+                reporter,
+                hub,
+                status,
+                ProcessRequests(declarations, keeper, cache),
+                traffic=traffic,
+            ),
             server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

@@ -32,7 +32,6 @@ from mesh_core.names import server_listener_name
 from mesh_core.policy import SECURITY_DISABLED
 from mesh_core.signals import Signal
 from mesh_core.validation import address_problem, service_name_problem
-from mesh_xds.transport import server_listener
 from mesh_xds.types import SERVICE_POLICY
 
 log = structlog.get_logger(__name__)
@@ -126,6 +125,8 @@ class Declarations:
             if policy is None:
                 continue
             authorization = compile_rules(policy.security.authorization, self.trust_domain)
+            from mesh_xds.transport import server_listener  # the TLS and RBAC protos
+
             listener = server_listener(address, _mode(policy), authorization)
             listeners[listener.name] = listener
         return listeners

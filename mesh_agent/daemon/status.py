@@ -1,7 +1,7 @@
 """What ``mesh.v1.AgentService/GetAgentStatus`` answers: the node's view from every part of
 the agent (the upstream connection and what it received, the cache, the components, endpoint
-health, the breakers, the registrations, the service identities held). Plain functions of
-what the parts hold."""
+health, the breakers and the early warnings, the registrations, the service identities
+held). Plain functions of what the parts hold."""
 
 from __future__ import annotations
 
@@ -58,6 +58,7 @@ def agent_status(
                 service=service, address=address, state=status, applied=not in_panic
             )
     response.breakers.extend(hub.statuses())
+    response.warnings.extend(w.to_proto() for w in hub.risk.warnings())
     if cache.updated_at:
         response.config_updated.FromNanoseconds(int(cache.updated_at * 1e9))
     return response

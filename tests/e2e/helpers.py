@@ -16,7 +16,7 @@ from control import certs
 from mesh.demo.v1 import echo_pb2, echo_pb2_grpc
 from mesh.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, config_pb2, node_pb2
 from mesh_core import tls
-from tests.conftest import Proc, run_cli
+from tests.conftest import Proc, run_cli, wait_for
 from tests.e2e.conftest import MeshProcesses
 
 OPEN = agent_pb2.BREAKER_STATE_OPEN
@@ -74,6 +74,18 @@ def health(target: str, service: str = "") -> int:
         return int(stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status)
 
 
+def page_url(control: Proc) -> str:
+    """The URL of mesh-control's web page (``--http-port``), as its log says."""
+
+    def logged() -> str | None:
+        for line in log_lines(control):
+            if line.get("event") == "web page serving":
+                return str(line["url"])
+        return None
+
+    return wait_for(logged, 10, "the web page's URL in mesh-control's log")
+
+
 # -- process output ---------------------------------------------------------------------------
 
 
@@ -119,6 +131,14 @@ def register(agent: str, service: str, address: str) -> None:
                 registration=node_pb2.Registration(service=service, address=address)
             ),
             timeout=5,
+        )
+
+
+def deregister(agent: str, service: str, address: str) -> None:
+    """Removes ``address`` from ``service`` at once, through the agent at ``agent``."""
+    with grpc.insecure_channel(agent) as channel:
+        agent_pb2_grpc.AgentServiceStub(channel).Deregister(
+            agent_pb2.DeregisterRequest(service=service, address=address), timeout=5
         )
 
 
@@ -179,13 +199,21 @@ def plugin_env(procs: MeshProcesses, plugin: Path) -> dict[str, str]:
 # -- the demo backend --------------------------------------------------------------------------
 
 
-def configure(backend: str, fail: str = "", delay: float = 0.0, read_only: bool = False) -> int:
-    """Tells the demo backend how to answer (``fail``: a status code name; ``delay``:
-    seconds); returns the calls it answered so far."""
+def configure(
+    backend: str,
+    fail: str = "",
+    delay: float = 0.0,
+    read_only: bool = False,
+    fail_share: float = 0.0,
+) -> int:
+    """Tells the demo backend how to answer (``fail``: a status code name, for
+    ``fail_share`` of the calls when given; ``delay``: seconds); returns the calls it answered
+    so far."""
+    request = echo_pb2.ConfigureRequest(
+        fail=fail, delay=delay, read_only=read_only, fail_share=fail_share
+    )
     with grpc.insecure_channel(backend) as channel:
-        reply = echo_pb2_grpc.EchoServiceStub(channel).Configure(
-            echo_pb2.ConfigureRequest(fail=fail, delay=delay, read_only=read_only), timeout=5
-        )
+        reply = echo_pb2_grpc.EchoServiceStub(channel).Configure(request, timeout=5)
     return int(reply.calls)
 
 

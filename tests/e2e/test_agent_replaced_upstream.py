@@ -36,6 +36,7 @@ BUILTIN_COMPONENTS = {
     "breakers",
     "reporter",
     "identities",
+    "traffic",
     "server",
 }
 

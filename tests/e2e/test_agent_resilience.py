@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from google.protobuf import any_pb2
 
 from control.resources import build_listener
 from mesh.v1 import config_pb2
+from mesh_agent.daemon.journal import JOURNAL_FILE, parse
 from mesh_xds.testing import AdsClient
 from mesh_xds.types import LISTENER
 from tests.conftest import eventually, wait_for
@@ -67,8 +67,8 @@ def test_corrupt_state_file_is_set_aside(procs: MeshProcesses, tmp_path: Path) -
     assert "state file rejected" in proc.errors()
     client = procs.start_client(agent, "echo")
     wait_for(lambda: any(c["ok"] for c in records(client)), 30, "calls with fresh config")
-    saved = json.loads((state / "config.json").read_text())
-    assert saved["node_id"] == "node-1" and LISTENER in saved["types"]
+    saved = parse((state / JOURNAL_FILE).read_bytes(), "node-1")
+    assert LISTENER in saved.types and not (state / "config.json").exists()
 
 
 def test_state_of_another_node_is_not_used(procs: MeshProcesses) -> None:

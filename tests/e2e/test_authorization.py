@@ -2,11 +2,15 @@
 its servers from ``mesh_server`` (grpc's RBAC filters on the Listener the agent builds) and
 ``aio_mesh_server`` (the interceptor), and callers holding different identities, each in its
 own process (:mod:`tests.e2e.mtls_peer`). The same table of cases runs through both servers,
-which must give the same answers."""
+which must give the same answers.
+
+The tests share one mesh (``mesh``): each applies its own rules first, starts its own servers
+and callers (stopped at its end) and has its servers' registrations removed at its end."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,6 +62,22 @@ CASES = [
 ]
 
 
+@pytest.fixture(scope="module")
+def module_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    procs = MeshProcesses(tmp_path_factory.mktemp("authorization-mesh"))
+    try:
+        yield Mesh(procs, procs.workdir)
+    finally:
+        procs.stop_all()
+
+
+@pytest.fixture
+def mesh(module_mesh: Mesh, procs: MeshProcesses, tmp_path: Path) -> Iterator[Mesh]:
+    view = module_mesh.for_test(procs, tmp_path)
+    yield view
+    view.deregister_servers()
+
+
 def services(**rules: str) -> str:
     return WEB % {**RULES, **rules} + IDENTITIES
 
@@ -74,10 +94,7 @@ def answers(who: dict[str, Commands]) -> list[str]:
     return out
 
 
-def test_sync_and_asyncio_servers_give_the_same_answers(
-    procs: MeshProcesses, tmp_path: Path
-) -> None:
-    mesh = Mesh(procs, tmp_path)
+def test_sync_and_asyncio_servers_give_the_same_answers(mesh: Mesh) -> None:
     mesh.apply(services())
     sync_proc, _ = mesh.server("web", "sync")
     who = callers(mesh)
@@ -114,10 +131,7 @@ def test_sync_and_asyncio_servers_give_the_same_answers(
 
 
 @pytest.mark.parametrize("flavour", ["sync", "aio"])
-def test_a_rule_change_applies_to_running_servers_under_traffic(
-    procs: MeshProcesses, tmp_path: Path, flavour: str
-) -> None:
-    mesh = Mesh(procs, tmp_path)
+def test_a_rule_change_applies_to_running_servers_under_traffic(mesh: Mesh, flavour: str) -> None:
     mesh.apply(services())
     mesh.server("web", flavour)
     who = callers(mesh)
@@ -140,10 +154,7 @@ def test_a_rule_change_applies_to_running_servers_under_traffic(
     assert result["failures"] == [] and result["ok"] > 20, result
 
 
-def test_a_denied_call_does_not_open_the_caller_s_breaker(
-    procs: MeshProcesses, tmp_path: Path
-) -> None:
-    mesh = Mesh(procs, tmp_path)
+def test_a_denied_call_does_not_open_the_caller_s_breaker(mesh: Mesh) -> None:
     text = services().replace(
         "security:\n  hosts: ['node-*']\n  mode: strict",
         # Even with PERMISSION_DENIED named a failure, a denial is never reported.

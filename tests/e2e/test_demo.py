@@ -25,9 +25,10 @@ def client_calls(text: str) -> list[str]:
 
 
 def test_demo_shows_the_mesh_working(tmp_path: Path) -> None:
-    # Through make, as the README says, with the demo's options passed in ARGS.
+    # Through make, as the README says, with the demo's options passed in ARGS. --pause 0:
+    # each step still waits until it has shown what it is about, but lingers no longer.
     result = subprocess.run(
-        ["make", "-s", "demo", f"ARGS=--once --pause 2 --workdir {tmp_path / 'demo'}"],
+        ["make", "-s", "demo", f"ARGS=--once --pause 0 --workdir {tmp_path / 'demo'}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -39,6 +40,7 @@ def test_demo_shows_the_mesh_working(tmp_path: Path) -> None:
     # mTLS on: the node's certificate names it, and meshctl writes as an operator.
     assert "SANs: URI:spiffe://demo.mesh/node/demo-node, IP:127.0.0.1" in out, out
     assert "service/echo configured (revision 1)" in out, out
+    assert re.search(r"^the mesh's web page: http://127\.0\.0\.1:\d+/ ", out, re.M), out
     ok_line = rf"\[client\] {CLOCK}  call +\d+  ok    %s +\d+\.\d\d ms"
     assert re.search(ok_line % "alpha", out), out
     assert re.search(ok_line % "beta", out), out

@@ -16,6 +16,7 @@ from opentelemetry.metrics import NoOpMeterProvider
 
 from mesh.v1 import config_pb2
 from mesh_agent.daemon.health.checker import HealthChecker
+from mesh_agent.daemon.health.table import HealthPolicy
 from mesh_agent.daemon.metrics import AgentMetrics
 from tests.conftest import eventually
 
@@ -238,7 +239,7 @@ async def test_service_name_is_sent_and_unknown_service_fails() -> None:
             "named service healthy, unknown service unhealthy",
         )
         # One channel serves both services' checks of the same address.
-        assert len(checker._channels) == 1
+        assert checker.channels() == [a.address]
     finally:
         await checker.stop()
         await a.stop()
@@ -268,12 +269,12 @@ async def test_targets_update_keeps_state_and_removed_endpoints_stop_being_check
         checks = b.health.checks
         await asyncio.sleep(INTERVAL * 4)
         assert b.health.checks == checks, "removed endpoint is still being checked"
-        assert b.address not in checker._channels
+        assert b.address not in checker.channels()
 
         checker.remove_service("orders")
         assert table.services() == []
         assert checker.targets() == {}
-        assert checker._channels == {}
+        assert checker.channels() == []
     finally:
         await checker.stop()
         for backend in (a, b, c):
@@ -321,11 +322,11 @@ class FailingMetrics(AgentMetrics):
         super().__init__(NoOpMeterProvider().get_meter("test"))
         self.failures = failures
 
-    def health_check(self, service: str, address: str, ok: bool) -> None:
+    def health_check(self, service: str, address: str, ok: bool, duration: float) -> None:
         if self.failures > 0:
             self.failures -= 1
             raise RuntimeError("bug in a check")
-        super().health_check(service, address, ok)
+        super().health_check(service, address, ok, duration)
 
 
 @pytest.mark.timeout(30)
@@ -345,3 +346,127 @@ async def test_a_check_loop_survives_errors() -> None:
         await checker.stop()
         await a.stop()
     assert sum(e["event"] == "health check loop error" for e in logs) == 3
+
+
+class SlowHealth(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
+    """Answers SERVING after ``delay`` seconds, counting the calls."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.checks = 0
+
+    async def Check(self, request: Any, context: Any) -> Any:
+        self.checks += 1
+        await asyncio.sleep(self.delay)
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+
+@pytest.mark.timeout(30)
+async def test_services_sharing_a_target_share_its_check_each_by_its_own_policy() -> None:
+    """One loop for (address, ""): at the shortest interval, with the longest timeout; the
+    service whose timeout the answer exceeds fails, the other passes; the slower service
+    takes fewer results; a service leaving keeps the loop going for the others."""
+    servicer = SlowHealth(delay=0.15)
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    await server.start()
+    fast = HealthPolicy(interval=0.1, timeout=1.0, unhealthy_threshold=2, healthy_threshold=1)
+    strict = HealthPolicy(interval=0.1, timeout=0.05, unhealthy_threshold=2)
+    slow = HealthPolicy(interval=0.4, timeout=1.0, unhealthy_threshold=2, healthy_threshold=1)
+    metrics = CountingMetrics()
+    checker = HealthChecker(metrics=metrics)
+    table = checker.table
+    try:
+        with structlog.testing.capture_logs() as logs:
+            checker.set_targets("fast", [address], fast)
+            checker.set_targets("strict", [address], strict)
+            checker.set_targets("slow", [address], slow)
+            await checker.start()
+            assert checker.shared_targets() == {(address, ""): ["fast", "slow", "strict"]}
+            await eventually(
+                lambda: (
+                    table.statuses("fast") == {address: "healthy"}
+                    and table.statuses("slow") == {address: "healthy"}
+                    and table.statuses("strict") == {address: "unhealthy"}
+                ),
+                VERDICT_WITHIN + 2.0,
+                lambda: f"verdicts by each service's timeout: {table.statuses('strict')}",
+            )
+            taken = dict(metrics.taken)
+            checks = checker.checks
+            await asyncio.sleep(1.5)
+            rounds = checker.checks - checks
+            assert rounds >= 3
+            fast_took = metrics.taken["fast"] - taken["fast"]
+            slow_took = metrics.taken["slow"] - taken["slow"]
+            assert abs(fast_took - rounds) <= 1  # fast takes every round
+            # slow takes one result per ~80% of 0.4 s: well under every round.
+            assert 1 <= slow_took < fast_took * 0.75, (slow_took, fast_took)
+            assert servicer.checks - checker.checks in (0, 1)  # one may be in flight
+
+            checker.remove_service("strict")
+            checker.remove_service("fast")
+            assert checker.shared_targets() == {(address, ""): ["slow"]}
+            checks = checker.checks
+            await eventually(lambda: checker.checks >= checks + 2, 3.0, "the loop goes on")
+    finally:
+        await checker.stop()
+        await server.stop(grace=None)
+    strict_fail = [
+        e for e in logs if e["event"] == "endpoint health changed" and e["service"] == "strict"
+    ]
+    assert strict_fail[0]["reason"].startswith("DEADLINE_EXCEEDED: answered in")
+
+
+class CountingMetrics(AgentMetrics):
+    """The agent's instruments (on a meter of their own), counting the results each service
+    takes."""
+
+    def __init__(self) -> None:
+        super().__init__(NoOpMeterProvider().get_meter("test"))
+        self.taken: dict[str, int] = {}
+
+    def health_check(self, service: str, address: str, ok: bool, duration: float) -> None:
+        self.taken[service] = self.taken.get(service, 0) + 1
+        super().health_check(service, address, ok, duration)
+
+
+@pytest.mark.timeout(30)
+async def test_a_service_changing_its_health_service_name_moves_to_that_target() -> None:
+    a = await Backend().start()
+    await a.set(health_pb2.HealthCheckResponse.SERVING, service="orders.v1.Orders")
+    checker = HealthChecker()
+    table = checker.table
+    unknown = config_pb2.HealthCheckPolicy()
+    unknown.CopyFrom(POLICY)
+    unknown.service_name = "nope.v1.Nope"
+    named = config_pb2.HealthCheckPolicy()
+    named.CopyFrom(POLICY)
+    named.service_name = "orders.v1.Orders"
+    try:
+        checker.set_targets("orders", [a.address], unknown)
+        checker.set_targets("billing", [a.address], unknown)
+        await checker.start()
+        await eventually(
+            lambda: table.status("orders", a.address) == "unhealthy",
+            VERDICT_WITHIN + 1.0,
+            "an unknown health service name fails",
+        )
+        checker.set_targets("orders", [a.address], named)
+        assert checker.shared_targets() == {
+            (a.address, "nope.v1.Nope"): ["billing"],
+            (a.address, "orders.v1.Orders"): ["orders"],
+        }
+        await eventually(
+            lambda: table.status("orders", a.address) == "healthy",
+            VERDICT_WITHIN,
+            "orders healthy once it checks its own name",
+        )
+        assert table.status("billing", a.address) == "unhealthy"
+        checker.remove_service("billing")
+        assert checker.shared_targets() == {(a.address, "orders.v1.Orders"): ["orders"]}
+        assert checker.channels() == [a.address]
+    finally:
+        await checker.stop()
+        await a.stop()

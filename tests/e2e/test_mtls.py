@@ -5,11 +5,17 @@ with ``xds_channel_credentials``), each in its own process (:mod:`tests.e2e.mtls
 
 Service ``web`` is ``strict``; ``client`` and ``other`` are identities the node may hold
 (``other``, strict too, is a real identity, just not web's); ``secret`` is one it
-may not."""
+may not.
+
+The tests that neither reconfigure nor restart the mesh share one (``shared_mesh``): each
+starts its own servers and callers, stopped at its end, and its servers' registrations are
+removed, so the next test finds ``web`` with no endpoint."""
 
 from __future__ import annotations
 
+import copy
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +25,7 @@ from control import certs
 from tests.conftest import Proc, run_cli, wait_for
 from tests.e2e.commands import Commands
 from tests.e2e.conftest import MeshProcesses
-from tests.e2e.helpers import Pki, agent_status, log_lines, register
+from tests.e2e.helpers import Pki, agent_status, deregister, log_lines, register
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 
@@ -75,6 +81,28 @@ class Mesh:
         self.agent_proc, self.agent = procs.start_agent(self.control, "node-1", tls_dir=tls_dir)
         wait_for(lambda: agent_status(self.agent).upstream == self.control, 20, "agent on mTLS")
         self.callers = 0
+        self.registered: list[tuple[str, str]] = []
+
+    def for_test(self, procs: MeshProcesses, tmp_path: Path) -> Mesh:
+        """This mesh for one more test: its servers and callers are started by ``procs``
+        (stopped at the test's end), their files under ``tmp_path``."""
+        view = copy.copy(self)
+        view.procs, view.tmp_path, view.callers, view.registered = procs, tmp_path, 0, []
+        return view
+
+    def deregister_servers(self) -> None:
+        """Removes every endpoint :meth:`server` registered, and waits until the agent no
+        longer reports them."""
+        for service, address in self.registered:
+            deregister(self.agent, service, address)
+        gone = set(self.registered)
+        wait_for(
+            lambda: (
+                not {(r.service, r.address) for r in agent_status(self.agent).registrations} & gone
+            ),
+            10,
+            "the test's endpoints deregistered",
+        )
 
     def apply(self, text: str) -> None:
         path = self.tmp_path / "services.yaml"
@@ -105,6 +133,7 @@ class Mesh:
             timeout=40,
         )
         register(self.agent, register_as, address)
+        self.registered.append((register_as, address))
         return proc, address
 
     def caller(self, *extra: str) -> Commands:
@@ -128,6 +157,23 @@ class Mesh:
         return Commands(directory, proc)
 
 
+@pytest.fixture(scope="module")
+def module_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    procs = MeshProcesses(tmp_path_factory.mktemp("mtls-mesh"))
+    try:
+        yield Mesh(procs, procs.workdir)
+    finally:
+        procs.stop_all()
+
+
+@pytest.fixture
+def shared_mesh(module_mesh: Mesh, procs: MeshProcesses, tmp_path: Path) -> Iterator[Mesh]:
+    """The module's strict mesh, for a test that neither reconfigures nor restarts it."""
+    mesh = module_mesh.for_test(procs, tmp_path)
+    yield mesh
+    mesh.deregister_servers()
+
+
 def first_ok(caller: Commands, service: str = "web") -> dict[str, object]:
     """Calls until one succeeds (the server serves once the agent's Listener reached it)."""
     last: dict[str, object] = {}
@@ -143,9 +189,9 @@ def first_ok(caller: Commands, service: str = "web") -> dict[str, object]:
 
 @pytest.mark.parametrize("flavour", ["sync", "aio"])
 def test_strict_service_takes_callers_with_an_identity_and_refuses_plaintext(
-    procs: MeshProcesses, tmp_path: Path, flavour: str
+    shared_mesh: Mesh, flavour: str
 ) -> None:
-    mesh = Mesh(procs, tmp_path)
+    mesh = shared_mesh
     _, address = mesh.server("web", flavour)
     caller = mesh.caller("--identity", "client")
     answer = first_ok(caller)
@@ -159,12 +205,9 @@ def test_strict_service_takes_callers_with_an_identity_and_refuses_plaintext(
     assert answer["code"] == "UNAVAILABLE", answer
     status = agent_status(mesh.agent)
     assert {i.service for i in status.identities if i.HasField("not_after")} >= {"web", "client"}
-    (declared,) = status.servers
-    assert (declared.service, declared.listening_address, declared.mode) == (
-        "web",
-        address,
-        "strict",
-    )
+    # This test's server (the shared agent keeps earlier tests' declarations).
+    declared = next(d for d in status.servers if d.listening_address == address)
+    assert (declared.service, declared.mode) == ("web", "strict")
     assert declared.listener_name == f"mesh-server/{address}"
 
 
@@ -200,12 +243,13 @@ def test_a_mode_change_reaches_a_running_sync_server(procs: MeshProcesses, tmp_p
 
 @pytest.mark.parametrize("flavour", ["sync", "aio"])
 def test_a_server_holding_another_identity_is_refused_by_the_caller(
-    procs: MeshProcesses, tmp_path: Path, flavour: str
+    shared_mesh: Mesh, flavour: str
 ) -> None:
-    mesh = Mesh(procs, tmp_path)
+    mesh = shared_mesh
     # "other" serves with its own valid certificate, registered as other and as web.
     _, address = mesh.server("other", flavour, register_as="other")
     register(mesh.agent, "web", address)
+    mesh.registered.append(("web", address))
     caller = mesh.caller("--identity", "client")
     assert first_ok(caller, "other")["server"] == "other"  # the certificate is good
     for _ in range(5):  # but it is not web's
@@ -213,10 +257,8 @@ def test_a_server_holding_another_identity_is_refused_by_the_caller(
         assert answer["code"] == "UNAVAILABLE", answer
 
 
-def test_a_node_asking_for_an_identity_it_may_not_hold_is_refused(
-    procs: MeshProcesses, tmp_path: Path
-) -> None:
-    mesh = Mesh(procs, tmp_path)
+def test_a_node_asking_for_an_identity_it_may_not_hold_is_refused(shared_mesh: Mesh) -> None:
+    mesh = shared_mesh
     caller = mesh.caller()
     answer = caller.run({"service": "web", "identity": "secret"}, 30, "the refusal")
     assert answer["error"] == "PermissionDeniedError", answer

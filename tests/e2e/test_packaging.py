@@ -49,7 +49,12 @@ def present(name):
     except ModuleNotFoundError:
         return False
 
+# The web page's files ship in the distribution (looked up without importing control).
+from pathlib import Path
+control_dir = Path(importlib.util.find_spec("control").submodule_search_locations[0])
+static = control_dir / "web" / "static"
 print(json.dumps({
+    "web": sorted(p.name for p in static.iterdir()) if static.is_dir() else [],
     "backend": reply.backend,
     "present": [m for m in sys.argv[1:] if present(m)],
     "loaded": sorted(m for m in sys.modules if m.split(".")[0] in ("control", "mesh_xds")),
@@ -102,6 +107,7 @@ def test_the_base_install_is_the_client_library(procs: MeshProcesses, tmp_path: 
     assert called.returncode == 0, called.stderr[-3000:]
     result = json.loads(called.stdout.strip().splitlines()[-1])
     assert result["backend"] == "b1"
+    assert result["web"] == ["app.js", "favicon.svg", "index.html", "style.css"]
     assert result["present"] == [], f"the base install holds {result['present']}"
     assert result["loaded"] == []
 

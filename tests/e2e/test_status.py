@@ -36,11 +36,12 @@ BUILTIN_COMPONENTS = {
     "breakers",
     "reporter",
     "identities",
+    "traffic",
     "server",
 }
 SUMMARY = re.compile(
     r"^(\d+) node\(s\): (\d+) on the latest config, (\d+) NACKed, (\d+) not serving, "
-    r"(\d+) with open breakers, (\d+) without a stream$"
+    r"(\d+) with open breakers, (\d+) with degrading services, (\d+) without a stream$"
 )
 
 
@@ -107,7 +108,7 @@ def test_open_breaker_and_agent_health_in_status(procs: MeshProcesses, tmp_path:
         "node-2": ["node-2", "latest", "SERVING"],
     }
     assert not rows_of(table, ("NODE", "SERVICE", "STATE"))
-    assert summary(table) == (2, 2, 0, 0, 0, 0)
+    assert summary(table) == (2, 2, 0, 0, 0, 0, 0)
     health = json_node(control, "node-1")["health"]
     assert health["status"] == "SERVING"
     assert {c["name"] for c in health["components"]} == BUILTIN_COMPONENTS
@@ -215,7 +216,7 @@ def test_summary_counts_nacked_and_streamless_nodes(procs: MeshProcesses) -> Non
 
             async def counted() -> str | None:
                 table = await asyncio.to_thread(meshctl, control, "status")
-                return table if summary(table) == (2, 1, 1, 0, 0, 0) else None
+                return table if summary(table) == (2, 1, 1, 0, 0, 0, 0) else None
 
             table = await eventually(counted, 60, "the summary to count the NACK", every=0.1)
             nodes = {row[0]: row for row in rows_of(table, ("NODE", "CONFIG", "HEALTH"))}
@@ -233,12 +234,12 @@ def test_summary_counts_nacked_and_streamless_nodes(procs: MeshProcesses) -> Non
         return table if summary(table)[-1] == 1 else None
 
     table = wait_for(streamless, 5, "node-a to show without a stream")
-    assert summary(table) == (1, 0, 0, 0, 0, 1), table
+    assert summary(table) == (1, 0, 0, 0, 0, 0, 1), table
     assert rows_of(table, ("NODE", "CONFIG", "HEALTH"))[0][:2] == ["node-a", "no stream"]
     assert json_node(control, "node-a")["health"]["components"]
     wait_for(lambda: not json_node(control, "node-a"), 10, "node-a dropped after the grace")
     assert time.monotonic() - stopped >= grace * 0.8
-    assert summary(meshctl(control, "status")) == (0, 0, 0, 0, 0, 0)
+    assert summary(meshctl(control, "status")) == (0, 0, 0, 0, 0, 0, 0)
 
 
 def separators(proc: Proc) -> list[int]:

@@ -5,6 +5,7 @@ daemons serve Prometheus text on ``--metrics-port``."""
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
 import urllib.request
@@ -210,12 +211,18 @@ def test_metrics_port_serves_prometheus_text(procs: MeshProcesses, tmp_path: Pat
 
     control_url = _prometheus_url(control_proc)
     assert control_url.startswith("http://127.0.0.1:") and control_url.endswith("/metrics")
-    text = wait_for(
-        lambda: (t := _scrape(control_url)) and "mesh_xds_acks_total{" in t and t,
-        10,
-        "mesh_xds_acks in the control server's scrape",
-    )
-    assert 'mesh_xds_type="Listener"' in text
+    # The counters are there from the start, at zero: wait for the Listener ACK itself.
+    listener_acks = re.compile(r'^mesh_xds_acks_total\{[^}]*mesh_xds_type="Listener"[^}]*\} (\S+)$')
+
+    def acked() -> str | None:
+        text = _scrape(control_url)
+        for line in text.splitlines():
+            found = listener_acks.match(line)
+            if found and float(found.group(1)) >= 1:
+                return text
+        return None
+
+    text = wait_for(acked, 10, "a Listener ACK in the control server's scrape")
     assert "mesh_xds_connected_nodes" in text
     agent_text = _scrape(_prometheus_url(agent_proc))
     assert "mesh_agent_cache_age_seconds{" in agent_text

@@ -218,3 +218,31 @@ async def test_nodes_with_the_same_config_share_one_built_snapshot(cache: Snapsh
     assert cache.builds == 2
     await one.close()
     await two.close()
+
+
+async def test_an_eds_push_carries_only_the_changed_assignment(
+    stream: FakeStream, cache: SnapshotCache
+) -> None:
+    await stream.request(ENDPOINT, ["a", "b"])
+    first = await stream.next()
+    assert names_of(first) == ["a", "b"]
+    await stream.ack(first, ["a", "b"])
+    cache.set_services(2, [service("a", "10.0.0.1:1"), service("b", "10.0.0.9:1")])
+    pushed = await stream.next()
+    # The client keeps a: for EDS (and RDS) absence is not deletion.
+    assert names_of(pushed) == ["b"] and pushed.version_info != first.version_info
+    await stream.ack(pushed, ["a", "b"])
+    await stream.nothing()
+
+
+async def test_an_assignment_subscribed_again_is_sent_again_unchanged(
+    stream: FakeStream,
+) -> None:
+    await stream.request(ENDPOINT, ["a", "b"])
+    first = await stream.next()
+    await stream.ack(first, ["a", "b"])
+    await stream.request(ENDPOINT, ["a"], version=first.version_info, nonce=first.nonce)
+    await stream.nothing()
+    await stream.request(ENDPOINT, ["a", "b"], version=first.version_info, nonce=first.nonce)
+    again = await stream.next()
+    assert names_of(again) == ["b"]

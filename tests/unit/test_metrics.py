@@ -28,6 +28,7 @@ from control.publisher import Publisher
 from control.resources import build_resources
 from control.store import MemoryStore
 from mesh.v1 import agent_pb2, config_pb2
+from mesh_agent.daemon import journal
 from mesh_agent.daemon.breakers.service import BreakerHub
 from mesh_agent.daemon.cache import ConfigCache
 from mesh_agent.daemon.health.checker import HealthChecker
@@ -40,7 +41,7 @@ from mesh_xds.metrics import AGENT, CONTROL, XdsMetrics, type_name
 from mesh_xds.registry import SessionRegistry
 from mesh_xds.servicer import AdsServicer, add_ads_servicer
 from mesh_xds.session import Session, TypeState
-from mesh_xds.types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SERVICE_POLICY
+from mesh_xds.types import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, SERVICE_POLICY
 from tests.conftest import eventually, free_port
 from tests.unit.xds_streams import FakeStream, service
 
@@ -81,6 +82,10 @@ class Metrics:
             for p in metric.data.data_points  # type: ignore[union-attr]
         }
 
+    def counted(self, name: str) -> dict[frozenset[tuple[str, Any]], Any]:
+        """:meth:`points` without the series still at zero."""
+        return {key: value for key, value in self.points(name).items() if value}
+
 
 def attrs(**values: Any) -> frozenset[tuple[str, Any]]:
     return frozenset((key.replace("_", "."), value) for key, value in values.items())
@@ -115,7 +120,13 @@ async def settle() -> None:
 async def test_pushes_acks_and_nacks_are_counted_per_type(otel: Metrics) -> None:
     cache = SnapshotCache(build_resources)
     cache.set_services(1, [service("a", "10.0.0.1:1"), service("b", "10.0.0.2:1")])
-    stream = open_stream(cache, XdsMetrics(CONTROL, otel.meter), "node-1")
+    xds_metrics = XdsMetrics(CONTROL, otel.meter)
+    # Every series is there from the start, at zero.
+    zeros = {xds(type_url): 0 for type_url in PUSH_ORDER}
+    for name in ("mesh.xds.pushes", "mesh.xds.acks", "mesh.xds.nacks"):
+        assert otel.points(name) == zeros, name
+    assert otel.points("mesh.xds.connected_nodes") == {attrs(mesh_xds_server=CONTROL): 0}
+    stream = open_stream(cache, xds_metrics, "node-1")
     try:
         await stream.request(LISTENER)
         listeners = await stream.next()
@@ -138,15 +149,15 @@ async def test_pushes_acks_and_nacks_are_counted_per_type(otel: Metrics) -> None
     assert found["mesh.xds.pushes"].unit == "{response}"
     assert found["mesh.xds.acks"].unit == "{request}"
     assert found["mesh.xds.nacks"].unit == "{request}"
-    assert otel.points("mesh.xds.pushes") == {
+    assert otel.counted("mesh.xds.pushes") == {
         xds(LISTENER): 1,
         xds(CLUSTER): 1,
         xds(ROUTE): 1,
         xds(ENDPOINT): 1,
         xds(SERVICE_POLICY): 1,
     }
-    assert otel.points("mesh.xds.acks") == {xds(LISTENER): 1, xds(ROUTE): 1}
-    assert otel.points("mesh.xds.nacks") == {xds(CLUSTER): 1}
+    assert otel.counted("mesh.xds.acks") == {xds(LISTENER): 1, xds(ROUTE): 1}
+    assert otel.counted("mesh.xds.nacks") == {xds(CLUSTER): 1}
     assert {type_name(t) for t in (LISTENER, ROUTE, CLUSTER, ENDPOINT, SERVICE_POLICY)} == {
         "Listener",
         "RouteConfiguration",
@@ -214,7 +225,7 @@ async def test_convergence_counts_pushed_changes_once_and_not_late_joiners(
     assert dict(point.attributes or {}) == {"mesh.xds.type": "Listener"}
     assert point.count == 1
     assert 0.1 <= point.sum <= acked - before
-    assert otel.points("mesh.xds.acks") == {xds(LISTENER): 4}
+    assert otel.counted("mesh.xds.acks") == {xds(LISTENER): 4}
 
 
 class FakeContext:
@@ -291,7 +302,7 @@ async def test_servicer_counts_open_streams_and_tags_the_server(otel: Metrics) -
     found = otel.collect()
     assert found["mesh.xds.connected_nodes"].unit == "{node}"
     assert otel.points("mesh.xds.connected_nodes") == {attrs(mesh_xds_server=AGENT): 0}
-    assert otel.points("mesh.xds.pushes") == {xds(LISTENER, AGENT): 1}
+    assert otel.counted("mesh.xds.pushes") == {xds(LISTENER, AGENT): 1}
 
 
 async def test_agent_server_records_no_convergence(otel: Metrics) -> None:
@@ -311,7 +322,7 @@ async def test_agent_server_records_no_convergence(otel: Metrics) -> None:
     finally:
         await stream.close()
     assert "mesh.xds.convergence.duration" not in otel.collect()
-    assert otel.points("mesh.xds.acks") == {xds(LISTENER, AGENT): 2}
+    assert otel.counted("mesh.xds.acks") == {xds(LISTENER, AGENT): 2}
 
 
 # -- breakers ----------------------------------------------------------------------------------
@@ -440,6 +451,17 @@ async def test_every_health_check_is_counted_by_result(otel: Metrics) -> None:
         result(serving, "healthy"),
         result(dead, "unhealthy"),
     }
+    # Timed by service and result (no address: a histogram per endpoint would cost too much).
+    timed = otel.collect()["mesh.health_check.duration"]
+    assert timed.unit == "s"
+    by_result = {
+        dict(p.attributes or {})["mesh.health_check.result"]: p
+        for p in timed.data.data_points  # type: ignore[union-attr]
+    }
+    assert set(by_result) == {"healthy", "unhealthy"}
+    for point in by_result.values():
+        assert dict(point.attributes or {})["mesh.service"] == "orders"
+        assert point.count >= 2 and 0 < point.sum / point.count < 0.5
 
 
 # -- cache age ---------------------------------------------------------------------------------
@@ -452,13 +474,15 @@ def cache_age(otel: Metrics) -> float | None:
 
 
 async def test_cache_age_from_the_state_file(otel: Metrics, tmp_path: Path) -> None:
-    writer = ConfigCache(tmp_path, "node-1")
     message = config_pb2.ServicePolicy(name="orders")
-    packed = any_pb2.Any(type_url=SERVICE_POLICY, value=message.SerializeToString())
-    assert writer.accept(SERVICE_POLICY, "v1", [packed], None) is None
-    document = json.loads((tmp_path / "config.json").read_text())
-    document["saved_at"] = time.time() - 100
-    (tmp_path / "config.json").write_text(json.dumps(document))
+    record = journal.change_record(
+        SERVICE_POLICY,
+        "v1",
+        {"orders": any_pb2.Any(type_url=SERVICE_POLICY, value=message.SerializeToString())},
+        (),
+        time.time() - 100,
+    )
+    (tmp_path / journal.JOURNAL_FILE).write_bytes(journal.header_record("node-1") + record)
 
     cache = ConfigCache(tmp_path, "node-1")
     client = UpstreamClient(
@@ -490,6 +514,9 @@ async def test_cache_age_is_zero_while_connected_then_grows(otel: Metrics) -> No
         metrics=AgentMetrics(otel.meter),
     )
     client.want(LISTENER, None)
+    assert otel.points("mesh.agent.upstream.connects") == {
+        attrs(server_address=f"127.0.0.1:{port}"): 0
+    }, "at zero from the start"
     task = asyncio.create_task(client.run())
     try:
         assert cache_age(otel) is None
@@ -500,10 +527,14 @@ async def test_cache_age_is_zero_while_connected_then_grows(otel: Metrics) -> No
             every=0.01,
         )
         assert cache_age(otel) == 0.0
+        assert otel.points("mesh.agent.upstream.connected") == {frozenset(): 1}
+        assert otel.points("mesh.agent.upstream.connects") == {
+            attrs(server_address=f"127.0.0.1:{port}"): 1
+        }
         connected = {attrs(mesh_xds_server=CONTROL): 1}
         assert otel.points("mesh.xds.connected_nodes") == connected
         await eventually(
-            lambda: otel.points("mesh.xds.acks") == {xds(LISTENER): 1},
+            lambda: otel.counted("mesh.xds.acks") == {xds(LISTENER): 1},
             5.0,
             "one LDS ACK counted",
             every=0.01,
@@ -512,6 +543,7 @@ async def test_cache_age_is_zero_while_connected_then_grows(otel: Metrics) -> No
         await eventually(
             lambda: not client.connected, 5.0, "the client to see the server gone", every=0.01
         )
+        assert otel.points("mesh.agent.upstream.connected") == {frozenset(): 0}
         down = time.time()
         await asyncio.sleep(0.2)
         age = cache_age(otel)

@@ -31,6 +31,7 @@ from mesh_agent.client._interceptors import aio_interceptors
 from mesh_agent.client._link import OPEN, AgentLink, BreakerView
 from mesh_agent.client._sync_channel import MeshChannel
 from mesh_core.logs import add_trace_context
+from mesh_core.rpc_telemetry import DURATION_BUCKETS, ClientRpcTelemetry, ServerRpcTelemetry
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -358,3 +359,30 @@ def test_without_a_tracer_nothing_is_added_to_the_call(link: AgentLink, via: str
     finally:
         server.stop(None)
     assert [k for k, _ in seen[0] if k in ("traceparent", "tracestate")] == []
+
+
+def test_call_durations_have_buckets_in_seconds() -> None:
+    """Loopback calls take about half a millisecond: the buckets must tell 0.5 ms from 50 ms
+    (the SDK's default boundaries, made for milliseconds, would put both in the first)."""
+    telemetry = Telemetry()
+    server = ServerRpcTelemetry(meter_provider=telemetry.meter_provider)
+    client = ClientRpcTelemetry("probe", meter_provider=telemetry.meter_provider)
+    for duration in (server.duration, client.duration):
+        duration.record(0.0004, {"rpc.method": "fast"})
+        duration.record(0.04, {"rpc.method": "slow"})
+    data = telemetry.reader.get_metrics_data()
+    assert data is not None
+    seen = set()
+    for scope in data.resource_metrics[0].scope_metrics:
+        for metric in scope.metrics:
+            seen.add(metric.name)
+            assert metric.unit == "s"
+            for point in metric.data.data_points:  # type: ignore[union-attr]
+                assert tuple(point.explicit_bounds) == DURATION_BUCKETS
+                # Exactly one bucket holds the call, and it is below 1 ms or above 25 ms.
+                index = point.bucket_counts.index(1)
+                if point.attributes["rpc.method"] == "fast":
+                    assert DURATION_BUCKETS[index] <= 0.001
+                else:
+                    assert DURATION_BUCKETS[index - 1] >= 0.025
+    assert seen == {"rpc.client.call.duration", "rpc.server.call.duration"}

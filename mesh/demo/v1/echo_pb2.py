@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mesh/demo/v1/echo.proto\x12\x0cmesh.demo.v1\"B\n\x10\x43onfigureRequest\x12\x0c\n\x04\x66\x61il\x18\x01 \x01(\t\x12\r\n\x05\x64\x65lay\x18\x02 \x01(\x01\x12\x11\n\tread_only\x18\x03 \x01(\x08\"\"\n\x11\x43onfigureResponse\x12\r\n\x05\x63\x61lls\x18\x01 \x01(\x03\"\x1e\n\x0b\x45\x63hoRequest\x12\x0f\n\x07message\x18\x01 \x01(\t\"0\n\x0c\x45\x63hoResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\"$\n\x11\x45\x63hoStreamRequest\x12\x0f\n\x07message\x18\x01 \x01(\t\"6\n\x12\x45\x63hoStreamResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t2\xef\x01\n\x0b\x45\x63hoService\x12=\n\x04\x45\x63ho\x12\x19.mesh.demo.v1.EchoRequest\x1a\x1a.mesh.demo.v1.EchoResponse\x12S\n\nEchoStream\x12\x1f.mesh.demo.v1.EchoStreamRequest\x1a .mesh.demo.v1.EchoStreamResponse(\x01\x30\x01\x12L\n\tConfigure\x12\x1e.mesh.demo.v1.ConfigureRequest\x1a\x1f.mesh.demo.v1.ConfigureResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mesh/demo/v1/echo.proto\x12\x0cmesh.demo.v1\"V\n\x10\x43onfigureRequest\x12\x0c\n\x04\x66\x61il\x18\x01 \x01(\t\x12\r\n\x05\x64\x65lay\x18\x02 \x01(\x01\x12\x11\n\tread_only\x18\x03 \x01(\x08\x12\x12\n\nfail_share\x18\x04 \x01(\x01\"\"\n\x11\x43onfigureResponse\x12\r\n\x05\x63\x61lls\x18\x01 \x01(\x03\"\x1e\n\x0b\x45\x63hoRequest\x12\x0f\n\x07message\x18\x01 \x01(\t\"0\n\x0c\x45\x63hoResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\"$\n\x11\x45\x63hoStreamRequest\x12\x0f\n\x07message\x18\x01 \x01(\t\"6\n\x12\x45\x63hoStreamResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t2\xef\x01\n\x0b\x45\x63hoService\x12=\n\x04\x45\x63ho\x12\x19.mesh.demo.v1.EchoRequest\x1a\x1a.mesh.demo.v1.EchoResponse\x12S\n\nEchoStream\x12\x1f.mesh.demo.v1.EchoStreamRequest\x1a .mesh.demo.v1.EchoStreamResponse(\x01\x30\x01\x12L\n\tConfigure\x12\x1e.mesh.demo.v1.ConfigureRequest\x1a\x1f.mesh.demo.v1.ConfigureResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,17 +32,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mesh.demo.v1.echo_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CONFIGUREREQUEST']._serialized_start=41
-  _globals['_CONFIGUREREQUEST']._serialized_end=107
-  _globals['_CONFIGURERESPONSE']._serialized_start=109
-  _globals['_CONFIGURERESPONSE']._serialized_end=143
-  _globals['_ECHOREQUEST']._serialized_start=145
-  _globals['_ECHOREQUEST']._serialized_end=175
-  _globals['_ECHORESPONSE']._serialized_start=177
-  _globals['_ECHORESPONSE']._serialized_end=225
-  _globals['_ECHOSTREAMREQUEST']._serialized_start=227
-  _globals['_ECHOSTREAMREQUEST']._serialized_end=263
-  _globals['_ECHOSTREAMRESPONSE']._serialized_start=265
-  _globals['_ECHOSTREAMRESPONSE']._serialized_end=319
-  _globals['_ECHOSERVICE']._serialized_start=322
-  _globals['_ECHOSERVICE']._serialized_end=561
+  _globals['_CONFIGUREREQUEST']._serialized_end=127
+  _globals['_CONFIGURERESPONSE']._serialized_start=129
+  _globals['_CONFIGURERESPONSE']._serialized_end=163
+  _globals['_ECHOREQUEST']._serialized_start=165
+  _globals['_ECHOREQUEST']._serialized_end=195
+  _globals['_ECHORESPONSE']._serialized_start=197
+  _globals['_ECHORESPONSE']._serialized_end=245
+  _globals['_ECHOSTREAMREQUEST']._serialized_start=247
+  _globals['_ECHOSTREAMREQUEST']._serialized_end=283
+  _globals['_ECHOSTREAMRESPONSE']._serialized_start=285
+  _globals['_ECHOSTREAMRESPONSE']._serialized_end=339
+  _globals['_ECHOSERVICE']._serialized_start=342
+  _globals['_ECHOSERVICE']._serialized_end=581
 # @@protoc_insertion_point(module_scope)

@@ -5,14 +5,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ConfigureRequest(_message.Message):
-    __slots__ = ("fail", "delay", "read_only")
+    __slots__ = ("fail", "delay", "read_only", "fail_share")
     FAIL_FIELD_NUMBER: _ClassVar[int]
     DELAY_FIELD_NUMBER: _ClassVar[int]
     READ_ONLY_FIELD_NUMBER: _ClassVar[int]
+    FAIL_SHARE_FIELD_NUMBER: _ClassVar[int]
     fail: str
     delay: float
     read_only: bool
-    def __init__(self, fail: _Optional[str] = ..., delay: _Optional[float] = ..., read_only: _Optional[bool] = ...) -> None: ...
+    fail_share: float
+    def __init__(self, fail: _Optional[str] = ..., delay: _Optional[float] = ..., read_only: _Optional[bool] = ..., fail_share: _Optional[float] = ...) -> None: ...
 
 class ConfigureResponse(_message.Message):
     __slots__ = ("calls",)

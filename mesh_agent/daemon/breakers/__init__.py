@@ -2,7 +2,8 @@
 service's :mod:`~mesh_agent.daemon.breakers.breaker` (the state machine), the
 :mod:`~mesh_agent.daemon.breakers.board` of every service's breaker (all plain state, no
 grpc), and the :mod:`~mesh_agent.daemon.breakers.service` that feeds them for the agent and
-its :mod:`~mesh_agent.daemon.breakers.component`."""
+its :mod:`~mesh_agent.daemon.breakers.component`. The early warnings judge the same outcomes:
+:mod:`~mesh_agent.daemon.breakers.risk` (counted in :mod:`~mesh_agent.daemon.breakers.slots`)."""
 
 from mesh_agent.daemon.breakers.board import BreakerBoard
 from mesh_agent.daemon.breakers.breaker import (

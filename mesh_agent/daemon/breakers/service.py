@@ -23,6 +23,7 @@ from mesh.v1 import agent_pb2, config_pb2
 from mesh_agent.daemon.breakers.board import BreakerBoard
 from mesh_agent.daemon.breakers.breaker import BreakerState, BreakerStatus, Transition
 from mesh_agent.daemon.breakers.policy import Outcome
+from mesh_agent.daemon.breakers.risk import RiskBoard
 from mesh_agent.daemon.cache import ConfigCache, atomic_write, decode
 from mesh_agent.daemon.metrics import AgentMetrics, agent_metrics
 from mesh_core.aio import wait_event
@@ -101,7 +102,8 @@ class BreakerHub:
     """The node's breakers as a service. ``metrics`` (default: the agent's, on the global
     meter) counts transitions and reports each breaker's state. :attr:`board` holds the
     breakers; its ``transitions`` signal tells of every change of state, and
-    :attr:`watched_changed` of a change of the services local processes watch."""
+    :attr:`watched_changed` of a change of the services local processes watch. :attr:`risk`
+    judges the same outcomes for early warnings (:mod:`~mesh_agent.daemon.breakers.risk`)."""
 
     def __init__(self, state_dir: Path | None, *, metrics: AgentMetrics | None = None) -> None:
         self.state_dir = state_dir
@@ -116,6 +118,8 @@ class BreakerHub:
         self.watched_changed: Signal[[]] = Signal()
         self.board.transitions.connect(self._on_transition)
         self.metrics.observe_breakers(self)
+        self.risk = RiskBoard(breaker_state=self.board.state, metrics=self.metrics)
+        self.board.transitions.connect(self.risk.on_transition)
 
     # -- policy --------------------------------------------------------------------------------
 
@@ -126,13 +130,16 @@ class BreakerHub:
     def apply_policies(self, cache: ConfigCache) -> None:
         policies: dict[str, config_pb2.CircuitBreakerPolicy | None] = {}
         calls: dict[str, agent_pb2.CallPolicy] = {}
+        service_policies: dict[str, config_pb2.Policy] = {}
         for name, packed in cache.resources(SERVICE_POLICY).items():
             message = decode(packed, SERVICE_POLICY)
             assert isinstance(message, config_pb2.ServicePolicy)
+            service_policies[name] = message.policy
             has = message.policy.HasField("circuit_breaker")
             policies[name] = message.policy.circuit_breaker if has else None
             calls[name] = call_policy(name, message)
         self._apply_call_policies(calls)
+        self.risk.set_policies(service_policies)
         before = {s: self.status(s).enabled for s in self.board.services()}
         for service in self.board.services():
             if service not in policies:
@@ -179,6 +186,7 @@ class BreakerHub:
         for service, batch in by_service.items():
             self.outcomes_received += len(batch)
             counted += self.board.record(service, batch)
+            self.risk.record(service, batch)
         return counted
 
     def acquire_permit(self, service: str) -> agent_pb2.AcquirePermitResponse:

@@ -5,6 +5,7 @@ others (:class:`~mesh_agent.daemon.roles.HealthRole`)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from envoy.config.endpoint.v3 import endpoint_pb2
@@ -53,13 +54,17 @@ def _spill_over_below(policy: config_pb2.Policy) -> float:
     return locality.spill_over_below if locality.HasField("spill_over_below") else SPILL_OVER_BELOW
 
 
-def health_targets(cache: ConfigCache) -> Targets:
+def health_targets(cache: ConfigCache, assignments: Iterable[str] | None = None) -> Targets:
     """The endpoints to check: those of every service whose policy has a health check, each
     once, whether it is held through the service's assignment or its subsets'
-    (``orders/v2``)."""
+    (``orders/v2``). ``assignments``: only these (every one of a service, to have all of
+    its endpoints); None: all."""
     policies = cache.resources(SERVICE_POLICY)
+    held = cache.resources(ENDPOINT)
     targets: Targets = {}
-    for name, packed in sorted(cache.resources(ENDPOINT).items()):
+    names = held if assignments is None else [n for n in assignments if n in held]
+    for name in sorted(names):
+        packed = held[name]
         service = service_of_cluster(name)
         policy_packed = policies.get(service)
         if policy_packed is None:
@@ -92,6 +97,7 @@ class HealthComponent:
 
     def __init__(self) -> None:
         self._checker: HealthChecker | None = None
+        self._assignments: dict[str, set[str]] = {}  # service -> its assignments held
 
     @property
     def table(self) -> HealthTable:
@@ -102,7 +108,10 @@ class HealthComponent:
         if self._checker is None:
             settings = ctx.setting(SETTINGS, AgentSettings)
             self._checker = HealthChecker(HealthTable(panic_threshold=settings.panic_threshold))
-        ctx.connect(cache.changed, lambda: self._follow(cache))
+        self._assignments = {}
+        for name in cache.resources(ENDPOINT):
+            self._assignments.setdefault(service_of_cluster(name), set()).add(name)
+        ctx.connect(cache.changed, lambda: self._changed(cache))
         self._follow(cache)
         await self._checker.start()
 
@@ -113,14 +122,41 @@ class HealthComponent:
         if self._checker is not None:
             await self._checker.stop()
 
-    def _follow(self, cache: ConfigCache) -> None:
+    def _changed(self, cache: ConfigCache) -> None:
+        """Follows a change of the cache for the services whose assignments or policy it
+        touched, and only those."""
+        change = cache.last_change
+        services = set(change.get(SERVICE_POLICY, ()))
+        held = cache.resources(ENDPOINT)
+        for name in change.get(ENDPOINT, ()):
+            service = service_of_cluster(name)
+            services.add(service)
+            names = self._assignments.setdefault(service, set())
+            if name in held:
+                names.add(name)
+            else:
+                names.discard(name)
+                if not names:
+                    del self._assignments[service]
+        if services:
+            self._follow(cache, services)
+
+    def _follow(self, cache: ConfigCache, services: set[str] | None = None) -> None:
+        """Checks what the cache says, for ``services`` (None: every service)."""
         checker = self._started()
-        targets = health_targets(cache)
+        if services is None:
+            targets = health_targets(cache)
+            gone = set(checker.targets()) - set(targets)
+        else:
+            assignments = [n for s in services for n in self._assignments.get(s, ())]
+            targets = health_targets(cache, assignments)
+            unchecked = services - set(targets)
+            gone = unchecked & set(checker.targets()) if unchecked else set()
         for service, target in targets.items():
             checker.set_targets(
                 service, target.addresses, target.policy, target.placement, target.spill_over_below
             )
-        for service in set(checker.targets()) - set(targets):
+        for service in gone:
             checker.remove_service(service)
 
     def _started(self) -> HealthChecker:

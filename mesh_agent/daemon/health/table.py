@@ -204,6 +204,9 @@ class HealthTable:
         self._placement: dict[str, Mapping[str, Placement]] = {}
         self._spill: dict[str, float] = {}
         self._transitions: deque[Transition] = deque(maxlen=history)
+        self._verdicts: dict[str, Verdict] = {}
+        """Each service's verdict, computed when first read after a change: a check result
+        that changes no state (nearly all of them) costs a lookup, not a verdict."""
         self.changed: GuardedSignal[[str]] = GuardedSignal("health subscriber failed")
         """Emitted with a service name whenever that service's overrides or panic flag
         change. An observer that raises is logged; the others are still called."""
@@ -248,6 +251,7 @@ class HealthTable:
                 states[address] = state
             self._states[service] = states
             self._policies[service] = pol
+        self._verdicts.pop(service, None)
         self._changed(service, before)
 
     def remove_service(self, service: str) -> None:
@@ -263,6 +267,7 @@ class HealthTable:
         transition = state.record(ok)
         if transition is not None:
             self._transitions.append(transition)
+            self._verdicts.pop(service, None)
             self._changed(service, before)
         return transition
 
@@ -319,6 +324,14 @@ class HealthTable:
         return self._generation
 
     def _verdict(self, service: str) -> Verdict:
+        verdict = self._verdicts.get(service)
+        if verdict is None:
+            if service not in self._states:
+                return NO_VERDICT
+            verdict = self._verdicts[service] = self._judge(service)
+        return verdict
+
+    def _judge(self, service: str) -> Verdict:
         states = self._states.get(service)
         if not states:
             return NO_VERDICT

@@ -99,10 +99,11 @@ def node_trust_domain(tls: TlsFiles | None) -> str | None:
 
 def security_hosts(cache: ConfigCache, services: Iterable[str]) -> dict[str, tuple[str, ...]]:
     """The ``security.hosts`` of those of ``services`` whose policy the cache holds."""
-    wanted = set(services)
+    policies = cache.resources(SERVICE_POLICY)
     hosts: dict[str, tuple[str, ...]] = {}
-    for name, packed in cache.resources(SERVICE_POLICY).items():
-        if name in wanted:
+    for name in set(services):
+        packed = policies.get(name)
+        if packed is not None:
             policy = decode(packed, SERVICE_POLICY)
             assert isinstance(policy, config_pb2.ServicePolicy)
             hosts[name] = tuple(policy.security.hosts)

@@ -33,12 +33,6 @@ import structlog
 
 from mesh.v1 import node_pb2
 from mesh_agent.daemon.identities import files
-from mesh_agent.daemon.identities.keys import (
-    chain_facts,
-    chain_problem,
-    key_matches,
-    new_key_and_csr,
-)
 from mesh_core.aio import end_tasks, wait_event
 from mesh_core.backoff import Backoff
 from mesh_core.errors import CertError, MeshError, PermissionDeniedError, PreconditionError
@@ -232,11 +226,13 @@ class IdentityKeeper:
         if material is None or self.trust_domain is None:
             return
         spiffe_id = service_uri(self.trust_domain, held.service)
+        from mesh_agent.daemon.identities import keys  # cryptography: loaded by the first identity
+
         try:
-            facts = chain_facts(material.chain)
+            facts = keys.chain_facts(material.chain)
         except CertError:
             return
-        if spiffe_id not in facts.uris or not key_matches(material.chain, material.key):
+        if spiffe_id not in facts.uris or not keys.key_matches(material.chain, material.key):
             return
         if facts.not_after <= _wall(self.clock()):
             return
@@ -261,7 +257,9 @@ class IdentityKeeper:
         spiffe_id = service_uri(self.trust_domain, held.service)
         started = time.perf_counter()
         issued = self.clock()
-        request = new_key_and_csr(spiffe_id)
+        from mesh_agent.daemon.identities import keys  # cryptography: loaded by the first identity
+
+        request = keys.new_key_and_csr(spiffe_id)
         made = time.perf_counter()
         response = await self.signer.sign(request.csr_pem)
         signed = time.perf_counter()
@@ -303,12 +301,14 @@ def _checked(material: files.Material, spiffe_id: str) -> datetime.datetime:
     """The certificate's end, once it is checked to be what was asked for: the identity, on
     the key sent, verifying against the bundle sent with it; CertError otherwise (and the
     files in place stay)."""
-    facts = chain_facts(material.chain)
+    from mesh_agent.daemon.identities import keys  # cryptography: loaded by the first identity
+
+    facts = keys.chain_facts(material.chain)
     if spiffe_id not in facts.uris:
         raise CertError(f"the certificate signed names {', '.join(facts.uris)}, not {spiffe_id}")
-    if not key_matches(material.chain, material.key):
+    if not keys.key_matches(material.chain, material.key):
         raise CertError("the certificate signed is not for the key this node sent")
-    problem = chain_problem(material.chain, material.bundle)
+    problem = keys.chain_problem(material.chain, material.bundle)
     if problem is not None:
         raise CertError(f"the certificate signed does not verify with its trust bundle: {problem}")
     return facts.not_after

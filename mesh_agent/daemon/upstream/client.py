@@ -46,7 +46,8 @@ UNREACHABLE_AFTER = 1.0  # seconds of failed attempts before the control plane c
 
 class UpstreamClient:
     """Event-loop owned. ``want`` may be called at any time; the stream follows. ``metrics``
-    (default: the agent's, on the global meter) reports :meth:`config_age`.
+    (default: the agent's, on the global meter) reports :meth:`config_age`, whether the stream
+    is up and every stream established.
 
     :attr:`on_connect` is emitted with the server on every (re)connect, :attr:`on_disconnect`
     when a connected stream ends, :attr:`on_unreachable` with the reason after every attempt
@@ -92,11 +93,17 @@ class UpstreamClient:
         self._sotw_only: set[str] = set()  # servers that answered UNIMPLEMENTED to delta
         self._held: HeldVersions = {}  # what the cache holds, as delta servers versioned it
         self._stream: UpstreamStream | None = None
-        (metrics if metrics is not None else agent_metrics()).observe_config_age(self)
+        self._metrics = metrics if metrics is not None else agent_metrics()
+        self._metrics.observe_config_age(self)
+        self._metrics.observe_upstream(self, self.servers)
 
     @property
     def connected(self) -> bool:
         return bool(self.connected_to)
+
+    def upstream_connected(self) -> bool:
+        """:attr:`connected`, for the metrics reader's thread (reads one reference)."""
+        return self.connected
 
     def config_age(self) -> float | None:
         """Seconds the cached config has gone without confirmation from a control server:
@@ -198,6 +205,7 @@ class UpstreamClient:
     def _connected(self, server: str, flavour: str) -> None:
         self.connected_to = server
         log.info("upstream connected", server=server, protocol=flavour)
+        self._metrics.upstream_connect(server)
         self.on_connect.emit(server)
 
     def _disconnected(self) -> None:

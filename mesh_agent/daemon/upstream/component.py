@@ -14,10 +14,10 @@ from mesh_agent.daemon.cache import ConfigCache
 from mesh_agent.daemon.roles import CACHE, UPSTREAM, CacheRole
 from mesh_agent.daemon.settings import NODE, SETTINGS, AgentSettings
 from mesh_agent.daemon.upstream.client import UpstreamClient
-from mesh_agent.daemon.upstream.interest import Demand, compute_interest, merged
+from mesh_agent.daemon.upstream.interest import Demand, References, compute_interest, merged
 from mesh_agent.daemon.upstream.stream import TypeStats
 from mesh_core.signals import Signal
-from mesh_xds.types import TypeUrl
+from mesh_xds.types import CLUSTER, LISTENER, TypeUrl
 
 
 class UpstreamComponent:
@@ -33,6 +33,7 @@ class UpstreamComponent:
         self.on_unreachable: Signal[[str]] = Signal()
         self._client: UpstreamClient | None = None
         self._cache: ConfigCache | None = None
+        self._references = References()
         self._demand: dict[str, Demand] = {}
 
     # -- the Upstream role ---------------------------------------------------------------------
@@ -71,7 +72,8 @@ class UpstreamComponent:
             client.on_unreachable.connect(self.on_unreachable.emit)
             self._client = client
         self._cache = cache
-        ctx.connect(cache.changed, self._ask)
+        self._references = References.of(cache)
+        ctx.connect(cache.changed, self._cache_changed)
         ctx.connect(self.on_connect, lambda server: ctx.recovered())
         ctx.connect(
             self.on_unreachable,
@@ -86,11 +88,22 @@ class UpstreamComponent:
     async def stop(self) -> None:
         return None
 
+    def _cache_changed(self) -> None:
+        """Asks again only when listeners or clusters came, went or refer elsewhere: routes,
+        endpoints and policies refer to nothing the agent would ask for."""
+        assert self._cache is not None
+        change = self._cache.last_change
+        if (LISTENER in change or CLUSTER in change) and self._references.update(
+            self._cache, change
+        ):
+            self._ask()
+
     def _ask(self) -> None:
         """Follows the cache and the demand: what the client subscribes to upstream."""
         if self._client is None or self._cache is None:
             return
-        interest = compute_interest(self._cache, merged(self._demand.values()))
+        demand = merged(self._demand.values())
+        interest = compute_interest(self._cache, demand, self._references)
         for type_url, names in interest.items():
             self._client.want(type_url, names)
 

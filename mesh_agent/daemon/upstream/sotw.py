@@ -42,6 +42,7 @@ class SotwStream:
         self._nonces: dict[TypeUrl, str] = {}
         self._sent_node = False
         self._requested: set[TypeUrl] = set()
+        self._sorted: dict[TypeUrl, tuple[frozenset[str], list[str]]] = {}
         for type_url in sorted(interest, key=push_rank):
             # An empty first LDS/CDS request would be a wildcard subscription.
             if interest[type_url] != frozenset():
@@ -65,12 +66,22 @@ class SotwStream:
         async for response in call:
             self._handle(response)
 
-    def _request(self, type_url: TypeUrl) -> discovery_pb2.DiscoveryRequest:
+    def _names(self, type_url: TypeUrl) -> list[str]:
+        """The names to request of ``type_url``, sorted once per interest (every ACK
+        repeats them)."""
         names = self._interest.get(type_url)
+        if names is None:
+            return ["*"]
+        known = self._sorted.get(type_url)
+        if known is None or known[0] is not names:
+            known = self._sorted[type_url] = (names, sorted(names))
+        return known[1]
+
+    def _request(self, type_url: TypeUrl) -> discovery_pb2.DiscoveryRequest:
         request = discovery_pb2.DiscoveryRequest(
             type_url=type_url,
             version_info=self._cache.version(type_url),
-            resource_names=["*"] if names is None else sorted(names),
+            resource_names=self._names(type_url),
             response_nonce=self._nonces.get(type_url, ""),
         )
         if not self._sent_node:
@@ -87,7 +98,7 @@ class SotwStream:
             type_url,
             response.version_info,
             response.resources,
-            None if interest is None else set(interest),
+            interest,
         )
         request = self._request(type_url)
         if error is not None:

@@ -1,4 +1,6 @@
-"""Server interceptors for backends in the mesh, sync and asyncio, for all four call types.
+"""Server interceptors that time and trace every call, sync and asyncio, for all four call
+types: the backends in the mesh install them (``mesh_agent.client`` re-exports them), and so
+do the mesh's own daemons, whose servers' call durations the dashboard shows.
 
     server = grpc.server(executor, interceptors=[MeshServerInterceptor()])
     server = grpc.aio.server(interceptors=[AioMeshServerInterceptor()])
@@ -23,7 +25,12 @@ from opentelemetry import metrics, trace
 
 from mesh_core.rpc_telemetry import ServerCall, ServerRpcTelemetry, rpc_method, status_of
 
-__all__ = ["AioMeshServerInterceptor", "MeshServerInterceptor"]
+__all__ = [
+    "AioMeshServerInterceptor",
+    "MeshServerInterceptor",
+    "handler_kind",
+    "rebuild_handler",
+]
 
 _KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
 _FACTORIES = {
@@ -34,16 +41,18 @@ _FACTORIES = {
 }
 
 
-def _kind(handler: grpc.RpcMethodHandler[Any, Any]) -> str:
+def handler_kind(handler: grpc.RpcMethodHandler[Any, Any]) -> str:
+    """``unary_unary``, ``unary_stream``, ``stream_unary`` or ``stream_stream``."""
     for kind in _KINDS:
         if getattr(handler, kind) is not None:
             return kind
     raise ValueError("method handler without a behavior")
 
 
-def _rebuild(
+def rebuild_handler(
     handler: grpc.RpcMethodHandler[Any, Any], kind: str, behavior: Any
 ) -> grpc.RpcMethodHandler[Any, Any]:
+    """``handler`` with ``behavior`` in place of its own (same kind and serializers)."""
     return _FACTORIES[kind](
         behavior,
         request_deserializer=handler.request_deserializer,
@@ -70,8 +79,8 @@ class _HandlerCache:
         entry = self._entries.get(id(handler))
         if entry is not None and entry[0] is handler and entry[1] == method:
             return entry[2]
-        kind = _kind(handler)
-        wrapped = _rebuild(
+        kind = handler_kind(handler)
+        wrapped = rebuild_handler(
             handler, kind, wrap(self.telemetry, kind, rpc_method(method), getattr(handler, kind))
         )
         if len(self._entries) >= self.LIMIT:  # handlers made per call: keep it bounded
