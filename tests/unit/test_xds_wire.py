@@ -15,11 +15,13 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from mesh_core.errors import NoConfigError
+from mesh_xds import sotw
 from mesh_xds.cache import SnapshotCache
 from mesh_xds.delta import DeltaSession
 from mesh_xds.session import Session
 from mesh_xds.snapshot import Snapshot
 from mesh_xds.sotw import SotwSession
+from mesh_xds.testing import unpack
 from mesh_xds.types import CLUSTER, ENDPOINT, ROUTE
 from mesh_xds.wire import delta_body, sotw_body, with_nonce
 from tests.conftest import eventually
@@ -89,6 +91,57 @@ async def test_streams_subscribed_alike_are_sent_the_same_body(cache: SnapshotCa
             response.ClearField("nonce")
             bodies.add(response.SerializeToString())
         assert len(bodies) == 1
+    finally:
+        for stream in streams:
+            await stream.close()
+
+
+async def test_a_body_by_change_is_shared_by_the_streams_that_held_the_same(
+    cache: SnapshotCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EDS by change: two streams that held the same get one body of the changed assignment;
+    a stream subscribed alike (so sent the same version) that held nothing yet gets a body of
+    its own, whole; one that unsubscribed a name and subscribed it again gets it again."""
+    encoded: list[list[str]] = []
+
+    def counting(type_url: str, version: str, resources: Any, server_id: str) -> bytes:
+        resources = list(resources)
+        encoded.append([resource.name for resource in resources])
+        return sotw_body(type_url, version, resources, server_id)
+
+    monkeypatch.setattr(sotw, "sotw_body", counting)
+    held = [FakeStream(cache, f"held-{i}") for i in range(2)]
+    later, again = FakeStream(cache, "later"), FakeStream(cache, "again")
+    streams = [*held, later, again]
+    for stream in streams:
+        stream.start()
+    try:
+        for stream in [*held, again]:
+            await stream.request(ENDPOINT, ["a", "b"])
+            first = await stream.next()
+            await stream.ack(first, ["a", "b"])
+        assert encoded == [["a", "b"]], "one first response for all three"
+        await again.ack(first, ["a"])  # b unsubscribed
+        await again.nothing()
+        cache.set_services(2, [service("a", "10.0.0.9:1"), service("b", "10.0.0.2:1")])
+        pushed = [await stream.next() for stream in held]
+        for stream, response in zip(held, pushed, strict=True):
+            assert [unpack(r).cluster_name for r in response.resources] == ["a"]
+            await stream.ack(response, ["a", "b"])
+        only_a = await again.next()
+        await again.ack(only_a, ["a"])
+        await later.request(ENDPOINT, ["a", "b"])
+        whole = await later.next()
+        assert [unpack(r).cluster_name for r in whole.resources] == ["a", "b"]
+        assert whole.version_info == pushed[0].version_info
+        await again.ack(only_a, ["a", "b"])
+        resent = await again.next()
+        assert [unpack(r).cluster_name for r in resent.resources] == ["b"]
+        assert resent.version_info == pushed[0].version_info
+        # One body of a's change for both held streams; again's own (another subscription,
+        # another version); later's whole selection at the same version as held's; again's b.
+        assert encoded == [["a", "b"], ["a"], ["a"], ["a", "b"], ["b"]]
+        assert only_a.version_info != pushed[0].version_info
     finally:
         for stream in streams:
             await stream.close()
