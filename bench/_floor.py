@@ -6,7 +6,7 @@ in its serving path, holding the same streams as mesh-control and writing them t
 It answers the first request of each type on a stream with every resource of the type (the
 resources mesh-control builds from the same services, serialised once at start), reads the
 ACKs, and on ``push K`` writes change K's EDS response (the one mesh-control sends for the
-same change: SotW every assignment, delta the changed one) to every stream and reads each
+same change: the changed assignment, SotW and delta alike) to every stream and reads each
 stream's ACK of it. Every response, its nonce included, is one ``bytes`` object written as
 it is (a pass-through serializer), the same for every stream. One task per stream: it reads
 until the stream has been answered and has ACKed all five types, then waits for a push,
@@ -53,13 +53,14 @@ def changed_service(change: int) -> Any:
     return make_service(CHANGED, (f"10.0.0.1:{port}", f"10.0.0.2:{port}"))
 
 
-def _sotw(snapshot: Snapshot, type_url: str, nonce: str) -> bytes:
+def _sotw(snapshot: Snapshot, type_url: str, nonce: str, names: set[str] | None = None) -> bytes:
     _, _, version = snapshot.selection(type_url, True, frozenset())
+    resources = snapshot.resources.get(type_url, {})
     response = discovery_pb2.DiscoveryResponse(
         version_info=version,
         type_url=type_url,
         nonce=nonce,
-        resources=[r.packed for r in snapshot.resources.get(type_url, {}).values()],
+        resources=[r.packed for name, r in resources.items() if names is None or name in names],
     )
     response.control_plane.identifier = SERVER_ID
     data: bytes = response.SerializeToString()
@@ -99,7 +100,7 @@ class Floor:
             snapshot = cache.snapshot_for(node)
             nonce = f"p{change}"
             names = set(snapshot.changed_since(base, ENDPOINT))
-            self.pushes["sotw"].append((_sotw(snapshot, ENDPOINT, nonce), nonce))
+            self.pushes["sotw"].append((_sotw(snapshot, ENDPOINT, nonce, names), nonce))
             self.pushes["delta"].append((_delta(snapshot, ENDPOINT, nonce, names), nonce))
             base = snapshot
         self.pushed = 0
