@@ -1,6 +1,8 @@
 """Load generator for the ``scale`` section: N simulated nodes in one asyncio process.
 
-``python -m bench._loadgen --control HOST:PORT --nodes N --mode sotw|delta [--cpu C]``
+``python -m bench._loadgen --control HOST:PORT --nodes N --mode sotw|delta [--cpu C]
+[--first-index I]``; several of them share the nodes of a large N (``--first-index`` keeps
+their node ids apart).
 
 Every node is a real ADS stream on its own TCP connection (its own ``grpc.aio`` channel with
 a local subchannel pool) with its own node id. It subscribes like an agent holding local
@@ -85,6 +87,9 @@ def main() -> None:
     parser.add_argument("--cpu", type=int, help="pin to this core")
     parser.add_argument("--ramp", type=int, default=50, help="nodes connecting at once")
     parser.add_argument("--node-prefix", default="scale")
+    parser.add_argument(
+        "--first-index", type=int, default=0, help="index of the first node (several generators)"
+    )
     args = parser.parse_args()
     if args.cpu is not None:
         pin(args.cpu)  # before grpc starts its threads: they inherit the mask
@@ -134,7 +139,8 @@ class Generator:
         self.types = (LISTENER, CLUSTER, ROUTE, ENDPOINT, SERVICE_POLICY)
         self.short = {"LDS": 0, "CDS": 1, "RDS": 2, "EDS": 3, "POLICY": 4}
         self.type_index = {url: i for i, url in enumerate(self.types)}
-        self.nodes = [Node(i, self.delta) for i in range(args.nodes)]
+        first = args.first_index
+        self.nodes = [Node(i, self.delta) for i in range(first, first + args.nodes)]
         # Derived names, decoded once per distinct content and shared by every node.
         self._sotw_names: dict[tuple[int, str], tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self._delta_names: dict[tuple[int, str, str], str] = {}

@@ -16,7 +16,7 @@ import structlog
 from control import __version__, limits
 from control.registry import DEFAULT_GRACE
 from control.security import Access
-from control.server import DRAIN_GRACE, ControlServer, write_ready_file
+from control.server import DRAIN_GRACE, ControlServer, tune_collector, write_ready_file
 from control.signing import DEFAULT_LIFETIME, SigningAuthority, SigningFiles, load_signing_ca
 from control.store import DEFAULT_AUDIT_COUNT, DEFAULT_HISTORY_COUNT, HistoryLimits
 from control.web import DEFAULT_HOST
@@ -264,6 +264,7 @@ async def _serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(signum, stop.set)
     address = await server.start()
     await server.wait_until_published()
+    tune_collector()
     if args.ready_file:
         write_ready_file(args.ready_file, address)
     await stop.wait()

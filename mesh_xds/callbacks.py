@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 class SessionCallbacks:
     """Hooks of an ADS session; each does nothing unless overridden."""
 
+    __slots__ = ()  # hooks made per stream may declare slots and hold no __dict__
+
     def on_open(self, session: Session) -> None:
         """A stream started (its node is not known yet)."""
 
@@ -48,6 +50,8 @@ class SessionCallbacks:
 
 class Callbacks(SessionCallbacks):
     """Several :class:`SessionCallbacks`, each hook run on all of them in order."""
+
+    __slots__ = ("_all",)
 
     def __init__(self, *callbacks: SessionCallbacks) -> None:
         self._all = tuple(callbacks)

@@ -29,19 +29,22 @@ section of ``xds_protocol.rst``:
   proportion to the resources that changed: the difference between two snapshots is computed
   once and shared by every stream (:meth:`~mesh_xds.snapshot.Snapshot.changed_since`), and each
   resource's ``Resource`` message is built once (:attr:`~mesh_xds.snapshot.Resource.delta`)
-  and shared.
+  and shared; so is each response, serialised once without its nonce for every stream that
+  is sent the same resources and removals (:mod:`mesh_xds.wire`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from mesh_xds.session import WILDCARD, BaseSession, TypeState
+from mesh_xds.session import NO_NAMES, WILDCARD, BaseSession, TypeState, shared_names
 from mesh_xds.snapshot import Resource, Snapshot
-from mesh_xds.types import ALL_TYPES, LEGACY_WILDCARD, PUSH_ORDER, ResourceName, TypeUrl
+from mesh_xds.types import KNOWN_TYPES, LEGACY_WILDCARD, PUSH_ORDER, ResourceName, TypeUrl
+from mesh_xds.wire import delta_body, with_nonce
 
 
 @dataclass(slots=True)
@@ -51,7 +54,7 @@ class DeltaTypeState(TypeState):
     ``names`` are the names subscribed explicitly."""
 
     held: dict[ResourceName, str] = field(default_factory=dict)
-    resend: set[ResourceName] = field(default_factory=set)
+    resend: AbstractSet[ResourceName] = NO_NAMES  # subscribed again: sent even if unchanged
     synced: Snapshot | None = None  # the snapshot ``held`` was last brought up to date with
     started: bool = False
 
@@ -66,33 +69,40 @@ class DeltaTypeState(TypeState):
         the client announced what it holds (the first request of the type)."""
         first = not self.started
         self.started = True
+        subscribe = request.resource_names_subscribe
+        unsubscribe = request.resource_names_unsubscribe
+        if not first and not subscribe and not unsubscribe:
+            return False  # an ACK or a NACK, nothing more: most requests
         before = (self.wildcard, len(self.names))
-        subscribe = list(request.resource_names_subscribe)
+        names, resend = set(self.names), set(self.resend)
         if first and not subscribe and self.type_url in LEGACY_WILDCARD:
             self.wildcard = True
         for name in subscribe:
             if name == WILDCARD:
                 self.wildcard = True
             else:
-                self.names.add(name)
-                self.resend.add(name)
+                names.add(name)
+                resend.add(name)
         dropped: Iterable[ResourceName] = ()
-        for name in request.resource_names_unsubscribe:
+        for name in unsubscribe:
             if name == WILDCARD:
                 self.wildcard = False
                 dropped = list(self.held)
             else:
-                self.names.discard(name)
-        if request.resource_names_unsubscribe:
-            for name in [*dropped, *request.resource_names_unsubscribe]:
-                if not self.wants(name):
+                names.discard(name)
+        wildcard = self.wildcard
+        if unsubscribe:
+            for name in [*dropped, *unsubscribe]:
+                if not wildcard and name not in names:
                     self.held.pop(name, None)
-                    self.resend.discard(name)
+                    resend.discard(name)
         if first:
             for name, version in request.initial_resource_versions.items():
-                if self.wants(name):
+                if wildcard or name in names:
                     self.held[name] = version
-                    self.resend.discard(name)
+                    resend.discard(name)
+        self.names = shared_names(frozenset(names))
+        self.resend = frozenset(resend) if resend else NO_NAMES
         return first or (self.wildcard, len(self.names)) != before or bool(subscribe)
 
     def changes(
@@ -127,6 +137,7 @@ class DeltaSession(
     :class:`DeltaTypeState` per type, with ``sent_version`` and ``acked_version`` the
     ``system_version_info`` of the last response sent and of the last one ACKed."""
 
+    __slots__ = ()
     kind = "-delta"
 
     def _state(self, type_url: TypeUrl) -> DeltaTypeState:
@@ -138,9 +149,9 @@ class DeltaSession(
 
     async def _handle(self, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
         self._know_node(request)
-        type_url = request.type_url
-        if type_url not in ALL_TYPES:
-            self.log.warning("unknown type requested; ignored", type_url=type_url)
+        type_url = KNOWN_TYPES.get(request.type_url)  # the module's string, not a copy per stream
+        if type_url is None:
+            self.log.warning("unknown type requested; ignored", type_url=request.type_url)
             return
         state = self._state(type_url)
         if request.response_nonce and self._fresh(state, request):
@@ -150,36 +161,48 @@ class DeltaSession(
                 self._nacked(state, request)
             else:
                 self._acked(state, state.sent_version)
-        before = (state.wildcard, set(state.names))
+        before = (state.wildcard, state.names)
         first = not state.started
         if state.update(request):
             if (state.wildcard, state.names) != before:
                 self.callbacks.on_subscribe(self, state)
             full = first or (state.wildcard and not before[0])
-            await self._respond_delta(state, full=full)
+            await self._respond_delta(state, self._current(), full=full)
 
     async def _push_all(self) -> None:
+        snapshot = self._current()
+        if snapshot is None:
+            return
         for type_url in PUSH_ORDER:
             state = self.types.get(type_url)
             if isinstance(state, DeltaTypeState) and state.started:
-                await self._respond_delta(state, pushed=True)
+                await self._respond_delta(state, snapshot, pushed=True)
 
     async def _respond_delta(
-        self, state: DeltaTypeState, *, full: bool = False, pushed: bool = False
+        self,
+        state: DeltaTypeState,
+        snapshot: Snapshot | None,
+        *,
+        full: bool = False,
+        pushed: bool = False,
     ) -> None:
-        """Sends what changed for ``state`` since it was last brought up to date; ``full``:
-        compares its whole subscription instead. ``pushed``: because the config changed."""
-        snapshot = self._current()
+        """Sends what changed for ``state`` since it was last brought up to date with a
+        snapshot, up to ``snapshot``; ``full``: compares its whole subscription instead.
+        ``pushed``: because the config changed."""
         if snapshot is None:
             return
         available = snapshot.resources.get(state.type_url, {})
         if full or state.synced is None:
             names: Iterable[ResourceName] = state.candidates(snapshot)
         else:
-            names = snapshot.changed_since(state.synced, state.type_url) | state.resend
+            names = snapshot.changed_since(state.synced, state.type_url)
+            if not names and not state.resend:
+                state.synced = snapshot
+                return  # nothing of this type changed: most types of most pushes
+            names = names | state.resend
         updates, removed = state.changes(names, available)
         state.synced = snapshot
-        state.resend.clear()
+        state.resend = NO_NAMES
         version = snapshot.id or str(snapshot.revision)
         if not updates and not removed:
             if not state.nonce and state.held:
@@ -193,12 +216,14 @@ class DeltaSession(
             state.held.pop(name, None)
         state.sent_version = version
         nonce = self._sending(state, snapshot, pushed=pushed)
-        response = discovery_pb2.DeltaDiscoveryResponse(
-            system_version_info=version,
-            type_url=state.type_url,
-            nonce=nonce,
-            removed_resources=removed,
+        key = (
+            "delta",
+            state.type_url,
+            tuple(resource.name for resource in updates),
+            tuple(removed),
+            self._server_id,
         )
-        response.resources.extend(resource.delta for resource in updates)
-        response.control_plane.identifier = self._server_id
-        await self._send(response)
+        body = snapshot.encoded(
+            key, lambda: delta_body(state.type_url, version, updates, removed, self._server_id)
+        )
+        await self._send(with_nonce(body, nonce))

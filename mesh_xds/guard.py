@@ -22,6 +22,8 @@ class AdsStreamGuard(SessionCallbacks):
     once the node is known (:meth:`on_node`). The owner calls :meth:`release` when the stream
     ends."""
 
+    __slots__ = ("_held", "_limits", "_streams", "node_id")  # one per stream
+
     def __init__(self, limits: Limits, streams: StreamCounter | None = None) -> None:
         self._limits = limits
         self._streams = streams
@@ -39,20 +41,27 @@ class AdsStreamGuard(SessionCallbacks):
     async def delta_requests(
         self, source: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest]
     ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryRequest]:
-        """``source``, each request checked against the same limits as a state-of-the-world
-        one: the node id, the type URL, and each of its lists of names (subscribed,
-        unsubscribed, initially held)."""
+        """``source``, each request checked first (:meth:`check_delta`)."""
         async for request in source:
-            self.check_parts(
-                request.node.id if request.HasField("node") else "",
-                request.type_url,
-                (
-                    request.resource_names_subscribe,
-                    request.resource_names_unsubscribe,
-                    request.initial_resource_versions.keys(),
-                ),
-            )
+            self.check_delta(request)
             yield request
+
+    def check_delta(self, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
+        """The checks of :meth:`check` on a delta request: the node id, the type URL, and
+        each of its lists of names (subscribed, unsubscribed, initially held)."""
+        subscribe = request.resource_names_subscribe
+        unsubscribe = request.resource_names_unsubscribe
+        initial = request.initial_resource_versions
+        if not (subscribe or unsubscribe or initial or request.HasField("node")):
+            # An ACK or a NACK, most requests: only the type URL to check.
+            if len(request.type_url) > self._limits.max_name_length > 0:
+                self.check_parts("", request.type_url, ())
+            return
+        self.check_parts(
+            request.node.id if request.HasField("node") else "",
+            request.type_url,
+            (subscribe, unsubscribe, initial.keys()),
+        )
 
     def check(self, request: discovery_pb2.DiscoveryRequest) -> None:
         """Raises :class:`LimitExceeded` for a request over a limit."""
@@ -67,6 +76,17 @@ class AdsStreamGuard(SessionCallbacks):
         limits = self._limits
         if node_id and not self.node_id:
             self.node_id = node_id[: limits.max_node_id_length or None]
+        most, name_max = limits.max_names_per_request, limits.max_name_length
+        if (
+            len(node_id) <= (limits.max_node_id_length or len(node_id))
+            and len(type_url) <= (name_max or len(type_url))
+            and all(
+                len(names) <= (most or len(names))
+                and (not name_max or max(map(len, names), default=0) <= name_max)
+                for names in name_lists
+            )
+        ):
+            return  # within every limit: most requests, checked without building errors
         errors = [
             too_long("node.id", node_id, limits.max_node_id_length, "max_node_id_length"),
             too_long("type_url", type_url, limits.max_name_length, "max_name_length"),

@@ -23,6 +23,7 @@ from mesh_xds.registry import SessionRegistry
 from mesh_xds.session import BaseSession
 from mesh_xds.snapshot import SnapshotSource
 from mesh_xds.sotw import SotwSession
+from mesh_xds.wire import ADS_SERVICE, ads_method_handlers
 
 log = structlog.get_logger(__name__)
 
@@ -32,6 +33,29 @@ StreamCallbacks = Callable[[Any], SessionCallbacks]
 
 def _no_stream_callbacks(context: Any) -> SessionCallbacks:
     return NO_CALLBACKS
+
+
+class Requests:
+    """The requests of one stream, read with ``context.read()`` and each checked by ``check``
+    (which raises to refuse it). The servicer reads this way rather than through the request
+    iterator gRPC also hands it: no async generator per stream, and none that would hold the
+    stream's last request while it waits, idle, for the next."""
+
+    __slots__ = ("_check", "_read")
+
+    def __init__(self, context: Any, check: Callable[[Any], None]) -> None:
+        self._read = context.read
+        self._check = check
+
+    def __aiter__(self) -> Requests:
+        return self
+
+    async def __anext__(self) -> Any:
+        request = await self._read()
+        if request is grpc.aio.EOF:
+            raise StopAsyncIteration
+        self._check(request)
+        return request
 
 
 class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
@@ -65,7 +89,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         """A state-of-the-world or delta session for one stream, with the server's hooks."""
         return kind(
             self._source,
-            context.write,
+            context.write,  # bytes: the ADS methods pass responses through (add_ads_servicer)
             peer=context.peer(),
             server_id=self._server_id,
             callbacks=Callbacks(self._stream_callbacks(context), guard, self._callbacks),
@@ -80,7 +104,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
     ) -> None:
         guard = AdsStreamGuard(self._limits, self._streams)
         session = self._session(SotwSession, guard, context)
-        await self._serve(session, guard, guard.requests(request_iterator), context)
+        await self._serve(session, guard, Requests(context, guard.check), context)
 
     async def DeltaAggregatedResources(
         self,
@@ -91,7 +115,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
     ) -> None:
         guard = AdsStreamGuard(self._limits, self._streams)
         session = self._session(DeltaSession, guard, context)
-        await self._serve(session, guard, guard.delta_requests(request_iterator), context)
+        await self._serve(session, guard, Requests(context, guard.check_delta), context)
 
     async def _serve(
         self,
@@ -114,6 +138,16 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             session.callbacks.on_close(session)
             if session.node is not None:
                 session.log.info("node disconnected")
+
+
+def add_ads_servicer(servicer: AdsServicer, server: grpc.aio.Server) -> None:
+    """Registers ``servicer``'s ADS methods on ``server``, in place of the generated
+    ``add_AggregatedDiscoveryServiceServicer_to_server``: its sessions write responses
+    serialised already, shared by the streams that are sent the same (:mod:`mesh_xds.wire`),
+    which gRPC must pass through rather than serialise."""
+    handlers = ads_method_handlers(servicer)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),))
+    server.add_registered_method_handlers(ADS_SERVICE, handlers)
 
 
 class CsdsServicer(csds_pb2_grpc.ClientStatusDiscoveryServiceServicer):  # type: ignore[misc]

@@ -121,6 +121,16 @@ class Snapshot:
             found = self._memo[key] = (selected, digests, version_of(digests))
         return found  # type: ignore[return-value]
 
+    def encoded(self, key: tuple[object, ...], encode: Callable[[], bytes]) -> bytes:
+        """A response serialised from this snapshot, by ``key`` (what it depends on besides
+        the snapshot: type, subscription, server): ``encode()`` the first time, then the same
+        bytes for every stream that asks (:mod:`mesh_xds.wire`)."""
+        memo_key = ("encoded", *key)
+        found = self._memo.get(memo_key)
+        if found is None:
+            found = self._memo[memo_key] = encode()
+        return found  # type: ignore[return-value]
+
     def changed_since(self, old: Snapshot, type_url: TypeUrl) -> frozenset[ResourceName]:
         """Names of ``type_url`` added, changed or removed from ``old`` to this snapshot."""
         if old is self or (old.id and old.id == self.id):

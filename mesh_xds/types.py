@@ -19,6 +19,8 @@ SERVICE_POLICY: Final[TypeUrl] = _PREFIX + "mesh.v1.ServicePolicy"
 # Make before break: clusters, then endpoints, then listeners, then routes.
 PUSH_ORDER: Final[tuple[TypeUrl, ...]] = (CLUSTER, ENDPOINT, SERVICE_POLICY, LISTENER, ROUTE)
 ALL_TYPES: Final[frozenset[TypeUrl]] = frozenset(PUSH_ORDER)
+KNOWN_TYPES: Final[dict[str, TypeUrl]] = {type_url: type_url for type_url in PUSH_ORDER}
+"""Each type URL served, to itself: the one string every stream can hold."""
 # Types whose every response carries every subscribed resource (absence means deletion),
 # and which accept wildcard subscriptions.
 FULL_STATE: Final[frozenset[TypeUrl]] = frozenset({LISTENER, CLUSTER, SERVICE_POLICY})

@@ -413,13 +413,27 @@ def test_bench_quick_scale_prints_a_json_summary() -> None:
         assert row["result"] == "ok" and row["changes"] == 3, row
         assert 0 < row["p50_s"] <= row["p99_s"] < 30, row
         assert isinstance(row["rss_per_node_kb"], float) and row["cpu_s_per_change"] >= 0, row
-        assert row["eds_versions"] == 1 and row["goal_rss"] in ("PASS", "FAIL"), row
+        assert row["eds_versions"] == 1, row
+        if row["nodes"] == 5:
+            # A quick run measures the floor at its largest N only.
+            assert row["floor_rss_per_node_kb"] is None and row["goal_cpu"] is None, row
+            continue
+        # The bare grpc.aio floor served as many nodes the same changes, beside it.
+        assert 0 < row["floor_p50_s"] <= row["floor_p99_s"] < 30, row
+        assert isinstance(row["floor_rss_per_node_kb"], float), row
+        assert row["floor_cpu_ms_per_node_push"] >= 0 and row["generators"] == 1, row
+        above = row["rss_per_node_kb"] - row["floor_rss_per_node_kb"]
+        assert row["rss_above_floor_kb"] == pytest.approx(above, abs=0.11), row
+        assert row["goal_cpu"] in ("PASS", "FAIL") and row["loadgen_cpu_s_per_change"] >= 0, row
+        assert row["goal_rss"] in ("PASS", "FAIL"), row
 
     # The per-mode JSON lines (largest N) stand just before the tables.
     per_mode = [json.loads(line) for line in run.lines if line.startswith('{"mode"')]
     assert [m["mode"] for m in per_mode] == ["sotw", "delta"]
     for record in per_mode:
         assert {"mode", "nodes", "p50_s", "p99_s", "rss_per_node_kb"} <= set(record)
+        floor_keys = {"floor_rss_per_node_kb", "cpu_ms_per_node_push", "floor_cpu_ms_per_node_push"}
+        assert floor_keys <= set(record), record
         if record.get("result"):
             assert record["mode"] == "delta" and "UNIMPLEMENTED" in record["result"]
             continue

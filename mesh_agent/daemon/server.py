@@ -29,7 +29,7 @@ from pathlib import Path
 import grpc
 import structlog
 from envoy.config.core.v3 import base_pb2
-from envoy.service.discovery.v3 import ads_pb2, ads_pb2_grpc
+from envoy.service.discovery.v3 import ads_pb2
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -77,7 +77,7 @@ from mesh_core.tls import server_credentials
 from mesh_xds.callbacks import Callbacks, SessionCallbacks
 from mesh_xds.metrics import AGENT, XdsMetrics
 from mesh_xds.registry import SessionRegistry
-from mesh_xds.servicer import AdsServicer
+from mesh_xds.servicer import AdsServicer, add_ads_servicer
 from mesh_xds.session import Session, TypeState
 from mesh_xds.types import SERVICE_POLICY
 
@@ -289,7 +289,7 @@ class ServerComponent:
             own = node_identity(settings.tls, node.id)
             interceptors.append(ListenerAccess(own, settings.listen_allow))
         server = grpc.aio.server(interceptors=interceptors, options=Limits().server_options())
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
+        add_ads_servicer(
             AdsServicer(source, self.sessions, node.id, Callbacks(demand, XdsMetrics(AGENT))),
             server,
         )

@@ -266,7 +266,8 @@ class HostileClient:
         view.named_before = view.named_before or bool(names)
         view.names = names - {"*"}
 
-    async def send(self, response: discovery_pb2.DiscoveryResponse) -> None:
+    async def send(self, data: bytes) -> None:
+        response = discovery_pb2.DiscoveryResponse.FromString(data)
         request = self.current
         assert request is not None, "a response before any request"
         assert not self.answered, "two responses to one request"
@@ -361,13 +362,18 @@ class Aborted(Exception):
 
 
 class FakeContext:
-    """The part of a grpc.aio servicer context the ADS servicer uses."""
+    """The part of a grpc.aio servicer context the ADS servicer uses: it reads ``requests``
+    with ``read()`` (then ``grpc.aio.EOF``) and writes serialised responses."""
 
-    def __init__(self) -> None:
+    def __init__(self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest]) -> None:
         self.written: list[discovery_pb2.DiscoveryResponse] = []
+        self._requests = requests
 
-    async def write(self, response: discovery_pb2.DiscoveryResponse) -> None:
-        self.written.append(response)
+    async def read(self) -> Any:
+        return await anext(self._requests, grpc.aio.EOF)
+
+    async def write(self, data: bytes) -> None:
+        self.written.append(discovery_pb2.DiscoveryResponse.FromString(data))
 
     def peer(self) -> str:
         return "ipv4:127.0.0.1:1"
@@ -402,10 +408,11 @@ async def _through_servicer(steps_: list[Step]) -> None:
         cache, registry, "test", _METRICS, stream_callbacks=lambda context: _Refusing()
     )
     client = HostileClient(cache, steps_)  # builds the requests; its session is not used
-    context = FakeContext()
+    requests = client.requests(paced=False)
+    context = FakeContext(requests)
     try:
         await asyncio.wait_for(
-            servicer.StreamAggregatedResources(client.requests(paced=False), context),  # type: ignore[arg-type]
+            servicer.StreamAggregatedResources(requests, context),  # type: ignore[arg-type]
             5,
         )
     except Aborted as aborted:

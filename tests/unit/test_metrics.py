@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 import pytest
 from envoy.config.core.v3 import base_pb2
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 from grpc_health.v1 import health, health_pb2_grpc
 from opentelemetry.sdk.metrics import MeterProvider
@@ -39,7 +39,7 @@ from mesh_xds.cache import SnapshotCache
 from mesh_xds.callbacks import Callbacks, SessionCallbacks
 from mesh_xds.metrics import AGENT, CONTROL, XdsMetrics, type_name
 from mesh_xds.registry import SessionRegistry
-from mesh_xds.servicer import AdsServicer
+from mesh_xds.servicer import AdsServicer, add_ads_servicer
 from mesh_xds.session import Session, TypeState
 from mesh_xds.types import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE, SERVICE_POLICY
 from tests.conftest import eventually, free_port
@@ -231,8 +231,19 @@ async def test_convergence_counts_pushed_changes_once_and_not_late_joiners(
 class FakeContext:
     """What AdsServicer uses of a grpc.aio ServicerContext."""
 
-    def __init__(self, sent: asyncio.Queue[discovery_pb2.DiscoveryResponse]) -> None:
-        self.write = sent.put
+    def __init__(
+        self,
+        sent: asyncio.Queue[discovery_pb2.DiscoveryResponse],
+        requests: AsyncIterator[discovery_pb2.DiscoveryRequest],
+    ) -> None:
+        self._sent = sent
+        self._requests = requests
+
+    async def read(self) -> Any:
+        return await anext(self._requests, grpc.aio.EOF)
+
+    async def write(self, data: bytes) -> None:
+        await self._sent.put(discovery_pb2.DiscoveryResponse.FromString(data))
 
     def peer(self) -> str:
         return "ipv4:127.0.0.1:1"
@@ -273,8 +284,8 @@ async def test_servicer_counts_open_streams_and_tags_the_server(otel: Metrics) -
             yield request
 
     streams = [
-        asyncio.create_task(servicer.StreamAggregatedResources(iterate(), FakeContext(sent)))
-        for _ in range(2)
+        asyncio.create_task(servicer.StreamAggregatedResources(it, FakeContext(sent, it)))
+        for it in (iterate(), iterate())
     ]
     await asyncio.sleep(0.05)
     assert otel.points("mesh.xds.connected_nodes") == {attrs(mesh_xds_server=AGENT): 2}
@@ -489,7 +500,7 @@ async def test_cache_age_is_zero_while_connected_then_grows(otel: Metrics) -> No
     control = SnapshotCache(build_resources)
     control.set_services(1, [service("a", "10.0.0.1:1")])
     server = grpc.aio.server()
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
+    add_ads_servicer(
         AdsServicer(control, SessionRegistry(), "control-1", XdsMetrics(CONTROL, otel.meter)),
         server,
     )

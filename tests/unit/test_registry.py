@@ -230,7 +230,7 @@ async def test_ads_sessions_tell_the_registrations_when_the_node_is_known() -> N
         while (request := await requests.get()) is not None:
             yield request
 
-    async def send(response: discovery_pb2.DiscoveryResponse) -> None:
+    async def send(data: bytes) -> None:
         return None
 
     session = SotwSession(cache, send, callbacks=nodes)

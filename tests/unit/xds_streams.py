@@ -1,5 +1,6 @@
 """In-process streams for the xDS sessions: the tiny stream seam of STYLE item 2. Each drives one
-session through its request iterator and send function, step by step, and checks every
+session through its request iterator and send function (which gets each response serialised,
+as a gRPC stream writes it), step by step, and checks every
 response it carries against the protocol rules of :mod:`mesh_xds.testing`, as a conforming
 server must follow them and as our server adds (nonces that are increasing integers, versions
 always set). An AssertionError raised by a check ends the session's task with it, so
@@ -91,7 +92,8 @@ class FakeStream(_SessionStream):
         assert snapshot is not None, "a response without a snapshot"
         return snapshot
 
-    async def _send(self, response: discovery_pb2.DiscoveryResponse) -> None:
+    async def _send(self, data: bytes) -> None:
+        response = discovery_pb2.DiscoveryResponse.FromString(data)
         self.rules.check(response)
         await self._deliver(response)
 
@@ -135,7 +137,8 @@ class FakeDeltaStream(_SessionStream):
         self._sent_node = False
         self.session = DeltaSession(cache, self._send, peer="fake", server_id="test", **session)
 
-    async def _send(self, response: discovery_pb2.DeltaDiscoveryResponse) -> None:
+    async def _send(self, data: bytes) -> None:
+        response = discovery_pb2.DeltaDiscoveryResponse.FromString(data)
         self.rules.check(response)
         held = self.held.setdefault(response.type_url, {})
         for resource in response.resources:
