@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -263,3 +264,21 @@ class Pki:
             (directory / "key.pem").read_bytes(),
             (directory / "cert.pem").read_bytes(),
         )
+
+
+def metrics_url(proc: Proc) -> str:
+    """The Prometheus endpoint a daemon started with ``--metrics-port`` logged."""
+
+    def find() -> str | None:
+        for line in log_lines(proc):
+            if line.get("event") == "telemetry" and line.get("prometheus"):
+                return str(line["prometheus"])
+        return None
+
+    return str(wait_for(find, 10, f"{proc.name}'s metrics endpoint in its log"))
+
+
+def scrape(url: str) -> str:
+    """One Prometheus scrape, as text."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode())

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,9 +19,9 @@ import pytest
 from mesh.demo.v1 import echo_pb2, echo_pb2_grpc
 from mesh_xds.testing import AdsClient
 from mesh_xds.types import CLUSTER, LISTENER
-from tests.conftest import ROOT, Proc, wait_for
+from tests.conftest import ROOT, wait_for
 from tests.e2e.conftest import MeshProcesses
-from tests.e2e.helpers import configure, health, log_lines, meshctl
+from tests.e2e.helpers import configure, health, meshctl, metrics_url, scrape
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -268,21 +267,6 @@ class Scrapes:
     agent: str
 
 
-def _metrics_url(proc: Proc) -> str:
-    def find() -> str | None:
-        for line in log_lines(proc):
-            if line.get("event") == "telemetry" and line.get("prometheus"):
-                return str(line["prometheus"])
-        return None
-
-    return str(wait_for(find, 10, f"{proc.name}'s metrics endpoint in its log"))
-
-
-def scrape(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return str(response.read().decode())
-
-
 SAMPLE = re.compile(r"^(?P<name>[A-Za-z_:][\w:]*)(?:\{(?P<labels>.*)\})? (?P<value>\S+)")
 LABEL = re.compile(r'(\w+)="(?:[^"\\]|\\.)*"')
 
@@ -340,7 +324,7 @@ def scrapes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrapes]:
         write_services("2s")
         meshctl(control, "apply", "-f", str(services))  # an admin RPC
         agent_proc, agent = procs.start_agent(control, "node-1", "--metrics-port", "0")
-        control_url, agent_url = _metrics_url(control_proc), _metrics_url(agent_proc)
+        control_url, agent_url = metrics_url(control_proc), metrics_url(agent_proc)
 
         # Local clients make the agent subscribe upstream; their calls are reported.
         client = procs.mesh_client("client", agent, "echo", "--count", "3", "--interval", "0.05")

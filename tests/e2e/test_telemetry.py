@@ -8,7 +8,6 @@ import asyncio
 import re
 import socket
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from mesh_xds.testing import AdsClient
 from mesh_xds.types import CLUSTER, LISTENER
 from tests.conftest import Proc, wait_for
 from tests.e2e.conftest import MeshProcesses
-from tests.e2e.helpers import configure, log_lines, meshctl
+from tests.e2e.helpers import configure, log_lines, meshctl, metrics_url, scrape
 from tests.otlp_receiver import Receiver, receiver
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -183,21 +182,6 @@ def test_one_trace_spans_client_and_backend_with_metrics_and_logs(
     assert not otlp.latest("mesh.xds.nacks", "mesh-control", **{"mesh.xds.type": "Listener"})
 
 
-def _prometheus_url(proc: Proc) -> str:
-    def find() -> str | None:
-        for line in log_lines(proc):
-            if line.get("event") == "telemetry" and line.get("prometheus"):
-                return str(line["prometheus"])
-        return None
-
-    return str(wait_for(find, 10, f"{proc.name}'s metrics endpoint in its log"))
-
-
-def _scrape(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return str(response.read().decode())
-
-
 def test_metrics_port_serves_prometheus_text(procs: MeshProcesses, tmp_path: Path) -> None:
     control_proc, control = procs.start_control("--metrics-port", "0")
     _, backend = procs.start_backend("b1", proc_name="backend")
@@ -209,13 +193,13 @@ def test_metrics_port_serves_prometheus_text(procs: MeshProcesses, tmp_path: Pat
     client = procs.mesh_client("client", agent, "echo", "--count", "2", "--interval", "0.05")
     assert client.popen.wait(30) == 0, client.errors()[-2000:]
 
-    control_url = _prometheus_url(control_proc)
+    control_url = metrics_url(control_proc)
     assert control_url.startswith("http://127.0.0.1:") and control_url.endswith("/metrics")
     # The counters are there from the start, at zero: wait for the Listener ACK itself.
     listener_acks = re.compile(r'^mesh_xds_acks_total\{[^}]*mesh_xds_type="Listener"[^}]*\} (\S+)$')
 
     def acked() -> str | None:
-        text = _scrape(control_url)
+        text = scrape(control_url)
         for line in text.splitlines():
             found = listener_acks.match(line)
             if found and float(found.group(1)) >= 1:
@@ -224,7 +208,7 @@ def test_metrics_port_serves_prometheus_text(procs: MeshProcesses, tmp_path: Pat
 
     text = wait_for(acked, 10, "a Listener ACK in the control server's scrape")
     assert "mesh_xds_connected_nodes" in text
-    agent_text = _scrape(_prometheus_url(agent_proc))
+    agent_text = scrape(metrics_url(agent_proc))
     assert "mesh_agent_cache_age_seconds{" in agent_text
     assert 'mesh_xds_pushes_total{mesh_xds_server="agent",mesh_xds_type="Listener"' in agent_text
 
