@@ -23,7 +23,7 @@ before any component starts.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -170,6 +170,26 @@ def follow_declarations(
     changed()
 
 
+def once_per_burst(refresh: Callable[[], None]) -> Callable[..., None]:
+    """A signal observer that runs ``refresh`` once, on the loop's next turn, for however many
+    emissions come before it (whatever they carry)."""
+    loop = asyncio.get_running_loop()
+    pending = False
+
+    def run() -> None:
+        nonlocal pending
+        pending = False
+        refresh()
+
+    def changed(*_: object) -> None:
+        nonlocal pending
+        if not pending:
+            pending = True
+            loop.call_soon(run)
+
+    return changed
+
+
 def follow_zone_priorities(
     ctx: AgentContext, source: LocalSnapshotSource, node: base_pb2.Node, reporter: Reporter
 ) -> None:
@@ -177,13 +197,9 @@ def follow_zone_priorities(
     health, shown by ``meshctl status``) as the node is served, and reports a change: a zone
     that spills over or fails over shows at once. Worked out once per burst of changes, from
     the assignments that changed."""
-    loop = asyncio.get_running_loop()
-    pending = False
     priorities = ZonePriorities()
 
     def refresh() -> None:
-        nonlocal pending
-        pending = False
         if not source.loaded:
             return
         now = priorities.update(source.snapshot_for(node))
@@ -191,13 +207,7 @@ def follow_zone_priorities(
             reporter.zone_priorities = now
             reporter.status_changed()
 
-    def changed() -> None:
-        nonlocal pending
-        if not pending:
-            pending = True
-            loop.call_soon(refresh)
-
-    ctx.connect(source.changed, changed)
+    ctx.connect(source.changed, once_per_burst(refresh))
     refresh()
 
 
@@ -205,12 +215,8 @@ def follow_endpoint_checks(ctx: AgentContext, table: HealthTable, reporter: Repo
     """Keeps the reporter's ``endpoint_checks`` (each checked endpoint's state, sent to the
     control server with the agent's health: the web page shows them) as the checks judge,
     and reports a change. Worked out once per burst of verdicts."""
-    loop = asyncio.get_running_loop()
-    pending = False
 
     def refresh() -> None:
-        nonlocal pending
-        pending = False
         now: list[tuple[str, str, str, bool]] = []
         for service in sorted(table.services()):
             applied = not table.in_panic(service)
@@ -221,12 +227,7 @@ def follow_endpoint_checks(ctx: AgentContext, table: HealthTable, reporter: Repo
             reporter.endpoint_checks = now
             reporter.status_changed()
 
-    def changed(service: str) -> None:
-        nonlocal pending
-        if not pending:
-            pending = True
-            loop.call_soon(refresh)
-
+    changed = once_per_burst(refresh)
     ctx.connect(table.statuses_changed, changed)
     ctx.connect(table.changed, changed)  # panic
     refresh()
